@@ -1,0 +1,280 @@
+//! The admin listener: health, readiness, Prometheus metrics, and the admin API.
+//!
+//! - `GET /healthz`: the process answers.
+//! - `GET /readyz`: 200 while serving, 503 once shutdown has begun.
+//! - `GET /metrics`: Prometheus text format.
+//! - `GET /admin/factor`, `POST /admin/factor {"pin": F, "for_secs": N}`, `DELETE /admin/factor`:
+//!   read, pin (the rollback switch) and unpin the scale factor. A pin is persisted,
+//!   so it survives a restart until it lapses.
+//! - `GET /admin/events?after=SEQ&limit=N`: stored events (newest first without `after`).
+//!
+//! `/admin/*` needs `Authorization: Bearer <token>` whenever a token is configured
+//! (always, off loopback); the token is compared as a SHA-256 digest in constant
+//! time, so neither its bytes nor its length leak through timing. Every admin action
+//! that changes state is logged at info.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::factor::Pin;
+use crate::store::EventRecord;
+
+/// Longest pin an operator may set: one week.
+pub const MAX_PIN_SECS: u64 = 7 * 24 * 3600;
+
+/// SHA-256 of the admin token; the token itself is not kept.
+#[derive(Clone)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        AdminToken(Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        digest.ct_eq(&self.0).into()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let admin_api = Router::new()
+        .route(
+            "/admin/factor",
+            get(get_factor).post(pin_factor).delete(unpin_factor),
+        )
+        .route("/admin/events", get(list_events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(admin_api)
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.admin_token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let ok = presented.is_some_and(|p| token.matches(p));
+        if !ok {
+            tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong bearer token");
+            let mut res = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <admin token> (the token in server.admin_token_file)",
+            )
+            .into_response();
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutting_down.load(Ordering::Acquire) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        )
+            .into_response();
+    }
+    Json(json!({
+        "status": "ready",
+        "scale_factor": state.factor.current(),
+        "next_seq": state.store.next_seq(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+fn factor_view(state: &AppState) -> serde_json::Value {
+    let now = state.clock.now_ms();
+    let pin = state.factor.pinned(now).map(|p| {
+        json!({
+            "factor": p.factor,
+            "until": rfc3339(p.until_ms),
+            "remaining_secs": (p.until_ms - now).div_ceil(1000),
+        })
+    });
+    json!({
+        "factor": state.factor.current(),
+        "computed": state.factor.computed(),
+        "velocity": state.factor.velocity(),
+        "cap": state.config.velocity.cap(),
+        "pinned": pin,
+    })
+}
+
+async fn get_factor(State(state): State<AppState>) -> Response {
+    Json(factor_view(&state)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRequest {
+    pin: f64,
+    #[serde(default = "default_pin_secs")]
+    for_secs: u64,
+}
+
+fn default_pin_secs() -> u64 {
+    3600
+}
+
+async fn pin_factor(
+    State(state): State<AppState>,
+    body: Result<Json<PinRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{}; expected {{\"pin\": 1.0, \"for_secs\": 3600}}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let cap = state.config.velocity.cap();
+    if !(req.pin.is_finite() && (1.0..=cap).contains(&req.pin)) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("pin must be between 1.0 and the cap {cap}, got {}", req.pin),
+        )
+        .field("pin"));
+    }
+    if !(1..=MAX_PIN_SECS).contains(&req.for_secs) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "for_secs must be between 1 and {MAX_PIN_SECS}, got {}",
+                req.for_secs
+            ),
+        )
+        .field("for_secs"));
+    }
+    let now = state.clock.now_ms();
+    let pin = Pin {
+        factor: req.pin,
+        until_ms: now + req.for_secs * 1000,
+    };
+    persist_pin(&state, Some(pin)).await?;
+    state.factor.pin(pin, now);
+    tracing::info!(
+        factor = req.pin,
+        for_secs = req.for_secs,
+        "scale factor pinned by operator"
+    );
+    Ok(Json(factor_view(&state)).into_response())
+}
+
+async fn unpin_factor(State(state): State<AppState>) -> Result<Response, ApiError> {
+    persist_pin(&state, None).await?;
+    let old = state.factor.unpin(state.clock.now_ms());
+    if let Some(p) = old {
+        tracing::info!(
+            was = p.factor,
+            "scale factor unpinned by operator; computed factor in force"
+        );
+    }
+    Ok(Json(factor_view(&state)).into_response())
+}
+
+async fn persist_pin(state: &AppState, pin: Option<Pin>) -> Result<(), ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.save_pin(pin))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|e| {
+            ApiError::unavailable(
+                "storage_unavailable",
+                format!("the pin could not be saved ({e}); nothing changed, retry"),
+            )
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("{}; expected ?after=<seq>&limit=<1..1000>", e.body_text()),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("limit must be between 1 and 1000, got {limit}"),
+        )
+        .field("limit"));
+    }
+    let store = state.store.clone();
+    let events = tokio::task::spawn_blocking(move || match q.after {
+        Some(after) => store.events_after(after, limit),
+        None => store.recent_events(limit),
+    })
+    .await
+    .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
+    .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?;
+    let events: Vec<_> = events.iter().map(|(seq, r)| event_view(*seq, r)).collect();
+    Ok(Json(json!({"events": events, "next_seq": state.store.next_seq()})).into_response())
+}
+
+fn event_view(seq: u64, r: &EventRecord) -> serde_json::Value {
+    let payload: serde_json::Value = serde_json::from_slice(&r.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r.payload).into()));
+    json!({
+        "seq": seq,
+        "id": r.id,
+        "event_type": r.event_type,
+        "weight": r.weight_milli as f64 / crate::velocity::MILLI,
+        "received_at": rfc3339(r.received_ms),
+        "scheme": r.scheme.as_str(),
+        "payload": payload,
+    })
+}
+
+fn rfc3339(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,374 @@
+//! `AppState` and the running appliance: build the state once, bind both listeners,
+//! start the background tasks, and shut all of it down in order.
+//!
+//! Startup: resolve secrets → open the store → rebuild the velocity window from the
+//! events of the last window → restore a persisted pin → start the committer and the
+//! pump → bind the listeners → serve.
+//! Shutdown (SIGTERM/SIGINT or `Running::shutdown`): readiness goes 503 → listeners
+//! stop accepting and in-flight requests finish within `server.shutdown_grace_ms`
+//! (then they are cut) → the pump drains → a final fsync → exit.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::admin::{self, AdminToken};
+use crate::clock::Clock;
+use crate::commit::Committer;
+use crate::config::{Config, ConfigError, Durability};
+use crate::factor::Factor;
+use crate::ring::{Pump, Ring};
+use crate::secrets::{self, Env};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+use crate::velocity::Window;
+use crate::webhook::{self, Ingestor};
+
+/// The response header every public answer carries.
+pub const SCALE_FACTOR_HEADER: &str = "x-edge-scale-factor";
+
+/// Everything a handler may need, built once. A clone is cheap: every field is a
+/// handle over shared state.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub ring: Ring,
+    pub factor: Factor,
+    pub ingestor: Arc<Ingestor>,
+    pub committer: Committer,
+    pub clock: Clock,
+    pub admin_token: Option<AdminToken>,
+    pub metrics: PrometheusHandle,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// Why the appliance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{key}: cannot listen on {addr}: {source}; pick a free address or stop what holds it")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How to build the app beyond the config: the clock and the environment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub clock: Clock,
+    pub env: Env,
+    /// How often the pump wakes without events, to slide the window.
+    pub pump_tick: Duration,
+    /// How often expired dedup entries are swept.
+    pub sweep_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Clock::system(),
+            env: Env::from_process(),
+            pump_tick: Duration::from_millis(250),
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A started appliance.
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: AppState,
+    http_shutdown: CancellationToken,
+    background_shutdown: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Builds the state, binds both listeners and starts serving.
+pub async fn start(config: Config, opts: Options) -> Result<Running, StartError> {
+    config.validate()?;
+    let metrics = telemetry::recorder();
+    let secrets = secrets::webhook_secrets(&config, &opts.env)?;
+    let admin_token = secrets::admin_token(&config, &opts.env)?.map(|t| AdminToken::new(&t));
+    if !config.origin.static_dir.is_dir() {
+        return Err(ConfigError::invalid(
+            "origin.static_dir",
+            format!(
+                "{} is not a directory; point it at the site to serve",
+                config.origin.static_dir.display()
+            ),
+        )
+        .into());
+    }
+
+    let store = Store::open(&config.server.data_dir)?;
+    let clock = opts.clock.clone();
+    let now = clock.now_ms();
+
+    // Rebuild the window from what the log holds, so a restart mid-launch keeps its factor.
+    let mut window = Window::new(&config.velocity, now);
+    let window_ms = u64::from(config.velocity.window_secs) * 1000;
+    let recent = store.events_since(now.saturating_sub(window_ms))?;
+    for ev in &recent {
+        window.record(ev.received_ms, ev.weight_milli, now);
+    }
+    let factor = Factor::new();
+    if let Some(pin) = store.load_pin()? {
+        if pin.until_ms > now {
+            tracing::info!(factor = pin.factor, "restored the operator's factor pin");
+        }
+        factor.pin(pin, now);
+    }
+    factor.set_computed(window.factor(), window.velocity(), now);
+
+    let ring = Ring::new(config.webhook.ring_capacity);
+    let (committer, committer_task) = Committer::start(
+        store.clone(),
+        config.webhook.durability == Durability::Fsync,
+    );
+    let ingestor = Arc::new(Ingestor::new(
+        &config,
+        secrets.keys.clone(),
+        store.clone(),
+        ring.clone(),
+        clock.clone(),
+    ));
+
+    let public_listener = bind("server.listen", config.server.listen).await?;
+    let admin_listener = bind("server.admin_listen", config.server.admin_listen).await?;
+    let public_addr = public_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+
+    let state = AppState {
+        config: Arc::new(config),
+        store: store.clone(),
+        ring: ring.clone(),
+        factor: factor.clone(),
+        ingestor,
+        committer,
+        clock: clock.clone(),
+        admin_token,
+        metrics: metrics.clone(),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    };
+
+    let http_shutdown = CancellationToken::new();
+    let background_shutdown = CancellationToken::new();
+    let servers = vec![
+        spawn_server(
+            public_listener,
+            public_router(state.clone()),
+            http_shutdown.clone(),
+        ),
+        spawn_server(
+            admin_listener,
+            admin::router(state.clone()),
+            http_shutdown.clone(),
+        ),
+    ];
+
+    let pump = Pump::new(ring, window, factor);
+    let background = vec![
+        tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
+        tokio::spawn(sweep_loop(
+            store,
+            clock,
+            state.config.webhook.dedup_ttl_secs * 1000,
+            opts.sweep_every,
+            background_shutdown.clone(),
+        )),
+        tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
+    ];
+    // The committer is not awaited at shutdown: it ends by itself once every
+    // AppState clone is gone, and the final flush below covers whatever it had not.
+    drop(committer_task);
+
+    tracing::info!(
+        public = %public_addr,
+        admin = %admin_addr,
+        durability = ?state.config.webhook.durability,
+        events_in_window = recent.len(),
+        scale_factor = state.factor.current(),
+        secrets = %secrets.sources.join(", "),
+        "launchguard listening"
+    );
+    if let Some(path) = &secrets.demo_file {
+        tracing::info!(
+            "demo mode: sign a test webhook with `launchguard sign --secret-file {} --file data/samples/upvote.json`, or see README.md",
+            path.display()
+        );
+    }
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        state,
+        http_shutdown,
+        background_shutdown,
+        servers,
+        background,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (bounded), drains the pump,
+    /// and leaves everything flushed and fsynced.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        let Running {
+            state,
+            http_shutdown,
+            background_shutdown,
+            servers,
+            background,
+            ..
+        } = self;
+        state.shutting_down.store(true, Ordering::Release);
+        http_shutdown.cancel();
+        let grace = Duration::from_millis(state.config.server.shutdown_grace_ms);
+        let aborts: Vec<_> = servers.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(grace, futures_join(servers))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "in-flight requests did not finish within server.shutdown_grace_ms; cutting them"
+            );
+            aborts.iter().for_each(|a| a.abort());
+        }
+        background_shutdown.cancel();
+        let store = state.store.clone();
+        drop(state);
+        futures_join(background).await;
+        tokio::task::spawn_blocking(move || store.flush_durable(true))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        tracing::info!("launchguard stopped; store flushed");
+        Ok(())
+    }
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { key, addr, source })
+}
+
+fn spawn_server(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!("listener failed: {e}");
+        }
+    })
+}
+
+/// The public listener: the webhook path, then the site. Every answer, including
+/// 404s and 405s, carries the scale factor, so the layer wraps the whole router.
+pub fn public_router(state: AppState) -> Router {
+    let dir = &state.config.origin.static_dir;
+    let site = ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("404.html")));
+    let factor = state.factor.clone();
+    Router::new()
+        .route(&state.config.webhook.path, post(webhook::handle))
+        .fallback_service(site)
+        .with_state(state)
+        .layer(axum::middleware::map_response(move |res| {
+            let f = factor.current();
+            async move { with_factor_header(res, f) }
+        }))
+}
+
+fn with_factor_header(mut res: Response, factor: f64) -> Response {
+    let mut buf = [0u8; 24];
+    let text = format_factor(factor, &mut buf);
+    if let Ok(v) = HeaderValue::from_str(text) {
+        res.headers_mut().insert(SCALE_FACTOR_HEADER, v);
+    }
+    res
+}
+
+/// Formats a factor with two decimals into `buf`, without allocating.
+pub fn format_factor(factor: f64, buf: &mut [u8; 24]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{factor:.2}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).expect("a formatted float is ASCII")
+}
+
+async fn sweep_loop(
+    store: Store,
+    clock: Clock,
+    ttl_ms: u64,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let s = store.clone();
+        let now = clock.now_ms();
+        match tokio::task::spawn_blocking(move || (s.sweep_dedup(now, ttl_ms), s.size_on_disk()))
+            .await
+        {
+            Ok((Ok(n), size)) => {
+                if n > 0 {
+                    metrics::counter!(telemetry::DEDUP_SWEPT_TOTAL).increment(n as u64);
+                    tracing::debug!(removed = n, "swept expired dedup entries");
+                }
+                if let Ok(size) = size {
+                    metrics::gauge!(telemetry::STORE_BYTES).set(size as f64);
+                }
+            }
+            Ok((Err(e), _)) => tracing::warn!("dedup sweep failed: {e}"),
+            Err(e) => tracing::warn!("dedup sweep task failed: {e}"),
+        }
+    }
+}
+
+async fn upkeep_loop(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => handle.run_upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The command line: `serve` (the default), `sign`.
+//!
+//! Exit codes: 0 on success, 2 for a configuration or usage error (the message names
+//! the key), 1 for anything else.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::{self, Options, StartError};
+use crate::config::Config;
+use crate::telemetry::{self, LogFormat};
+use crate::webhook::signature::{self, Key};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "launchguard",
+    version,
+    about = "Launch-day edge: signed webhooks in, a scale factor out, one binary"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without one, every key takes its default: the demo.
+    #[arg(long, global = true, env = "LAUNCHGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the appliance (the default).
+    Serve,
+    /// Print the signature header(s) for a webhook body read from --file or stdin.
+    Sign(SignArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SignArgs {
+    /// The signing secret (`whsec_<base64>` or any string).
+    #[arg(
+        long,
+        required_unless_present = "secret_file",
+        conflicts_with = "secret_file"
+    )]
+    pub secret: Option<String>,
+    /// A file whose first line is the secret (e.g. data/state/demo-webhook-secret).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// The body to sign; stdin when absent.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Which headers to print.
+    #[arg(long, value_enum, default_value_t = SignScheme::Producthunt)]
+    pub scheme: SignScheme,
+    /// Standard Webhooks message id (default: random).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Standard Webhooks Unix timestamp (default: now).
+    #[arg(long)]
+    pub timestamp: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SignScheme {
+    /// `X-ProductHunt-Signature: sha256=<hex>`
+    Producthunt,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`
+    Standard,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Sign(args)) => match sign(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        None | Some(Command::Serve) => {
+            telemetry::init_logs(cli.log_format);
+            serve(cli.config)
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match config_path {
+        Some(path) => Config::load(&path),
+        None => Config::parse(""),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match app::start(config, Options::default()).await {
+            Ok(r) => r,
+            Err(e @ StartError::Config(_)) => {
+                eprintln!("error: config: {e}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, "shutting down: finishing in-flight requests");
+        match running.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: final flush failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// The header lines `sign` prints, each ending in a newline.
+pub fn sign(args: &SignArgs) -> anyhow::Result<String> {
+    let secret = match (&args.secret, &args.secret_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --secret-file {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .with_context(|| format!("--secret-file {} holds no secret", path.display()))?
+            .to_string(),
+        (None, None) => anyhow::bail!("give --secret or --secret-file"),
+    };
+    let key = Key::parse(&secret).map_err(|p| anyhow::anyhow!("--secret: {p}"))?;
+    let body = match &args.file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read --file {}", path.display()))?
+        }
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the body from stdin")?;
+            buf
+        }
+    };
+    Ok(match args.scheme {
+        SignScheme::Producthunt => format!(
+            "X-ProductHunt-Signature: {}\n",
+            signature::sign_producthunt(&key, &body)
+        ),
+        SignScheme::Standard => {
+            let id = match &args.id {
+                Some(id) => id.clone(),
+                None => {
+                    let mut b = [0u8; 12];
+                    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                    format!("msg_{}", hex::encode(b))
+                }
+            };
+            let ts = args.timestamp.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            });
+            format!(
+                "webhook-id: {id}\nwebhook-timestamp: {ts}\nwebhook-signature: {}\n",
+                signature::sign_standard(&key, &id, ts, &body)
+            )
+        }
+    })
+}

@@ -1,0 +1,394 @@
+//! TOML configuration: every key has a default, unknown keys are errors, and every
+//! error names the key (`webhook.durability: expected "fsync" or "buffered", got "sometimes"`).
+//!
+//! Parsing goes through `serde_path_to_error`, so a type error deep in the file is
+//! reported with its dotted path; `Config::validate` then checks the values that
+//! types alone cannot (ranges, addresses, relations between keys). Secrets are not
+//! resolved here: `webhook::secrets` does that at startup, so this module does no
+//! I/O beyond reading the file it is given.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, always tied to the key that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub origin: OriginConfig,
+    pub webhook: WebhookConfig,
+    pub velocity: VelocityConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public listener: visitor traffic and the webhook path. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin listener: metrics, health, admin API. Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Where sled keeps its files. Default `data/state`.
+    pub data_dir: PathBuf,
+    /// File holding the admin bearer token. Required when `admin_listen` is not loopback.
+    pub admin_token_file: Option<PathBuf>,
+    /// How long in-flight requests may run after SIGTERM before they are cut, in ms. Default 10000.
+    pub shutdown_grace_ms: u64,
+    /// How long a client may take to send a request body, in ms. Default 10000.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            data_dir: PathBuf::from("data/state"),
+            admin_token_file: None,
+            shutdown_grace_ms: 10_000,
+            body_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Directory served to visitors. Default `data/site` (the demo launch site).
+    pub static_dir: PathBuf,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            static_dir: PathBuf::from("data/site"),
+        }
+    }
+}
+
+/// When the webhook's answer is sent, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// 202 only after the event is flushed and `fsync`ed (group commit). Default.
+    Fsync,
+    /// 202 after the in-memory insert; sled flushes within `flush_every_ms`.
+    Buffered,
+}
+
+impl<'de> Deserialize<'de> for Durability {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "fsync" => Ok(Durability::Fsync),
+            "buffered" => Ok(Durability::Buffered),
+            other => Err(serde::de::Error::custom(format!(
+                "expected \"fsync\" or \"buffered\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Path of the webhook endpoint on the public listener. Default `/webhooks/producthunt`.
+    pub path: String,
+    /// Signing secrets, all accepted (rotation). `whsec_<base64>` is base64-decoded.
+    pub secrets: Vec<String>,
+    /// File with one secret per line; a relative name is looked up in `$CREDENTIALS_DIRECTORY`.
+    pub secret_file: Option<PathBuf>,
+    /// `"fsync"` (default) or `"buffered"`.
+    pub durability: Durability,
+    /// Largest accepted body in bytes; more gets 413. Default 65536.
+    pub max_body_bytes: usize,
+    /// Standard Webhooks timestamp tolerance, seconds either way. Default 300.
+    pub tolerance_secs: u64,
+    /// How long an event id is remembered for replay detection, seconds. Default 86400.
+    pub dedup_ttl_secs: u64,
+    /// Slots in the lock-free ring between ingestion and the pump. Default 65536.
+    pub ring_capacity: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            path: "/webhooks/producthunt".into(),
+            secrets: Vec::new(),
+            secret_file: None,
+            durability: Durability::Fsync,
+            max_body_bytes: 64 * 1024,
+            tolerance_secs: 300,
+            dedup_ttl_secs: 86_400,
+            ring_capacity: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VelocityConfig {
+    /// Sliding window length in one-second buckets. Default 60.
+    pub window_secs: u32,
+    /// Factor gained per weighted event per second. Default 0.4.
+    pub gain: f64,
+    /// Origin concurrency at factor 1.0. Default 50.
+    pub base_concurrency: u32,
+    /// Origin concurrency ceiling; caps the factor at max/base. Default 250.
+    pub max_concurrency: u32,
+    /// Weight per event type; types not listed weigh `default_weight`.
+    pub weights: BTreeMap<String, f64>,
+    /// Weight of an event type not in `weights`. Default 1.0.
+    pub default_weight: f64,
+}
+
+impl Default for VelocityConfig {
+    fn default() -> Self {
+        VelocityConfig {
+            window_secs: 60,
+            gain: 0.4,
+            base_concurrency: 50,
+            max_concurrency: 250,
+            weights: BTreeMap::from([
+                ("upvote".to_string(), 1.2),
+                ("comment".to_string(), 1.0),
+                ("maker_comment".to_string(), 1.5),
+            ]),
+            default_weight: 1.0,
+        }
+    }
+}
+
+impl VelocityConfig {
+    /// The highest factor the window can publish: `max_concurrency / base_concurrency`.
+    pub fn cap(&self) -> f64 {
+        f64::from(self.max_concurrency) / f64::from(self.base_concurrency)
+    }
+
+    pub fn weight_of(&self, event_type: &str) -> f64 {
+        self.weights
+            .get(event_type)
+            .copied()
+            .unwrap_or(self.default_weight)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::invalid(
+                if key == "." { "config".into() } else { key },
+                clean_message(inner.message()),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen == s.admin_listen && s.listen.port() != 0 {
+            return Err(ConfigError::invalid(
+                "server.admin_listen",
+                format!(
+                    "must differ from server.listen, both are {}",
+                    s.admin_listen
+                ),
+            ));
+        }
+        if s.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("server.data_dir", "must not be empty"));
+        }
+        positive("server.shutdown_grace_ms", s.shutdown_grace_ms)?;
+        positive("server.body_timeout_ms", s.body_timeout_ms)?;
+
+        let w = &self.webhook;
+        if !w.path.starts_with('/') || w.path.len() < 2 || w.path.contains(['{', '}', '*']) {
+            return Err(ConfigError::invalid(
+                "webhook.path",
+                format!(
+                    "expected an absolute path such as \"/webhooks/producthunt\", got {:?}",
+                    w.path
+                ),
+            ));
+        }
+        for (i, secret) in w.secrets.iter().enumerate() {
+            if secret.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("webhook.secrets[{i}]"),
+                    "is empty; remove it or give it a value",
+                ));
+            }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&w.max_body_bytes) {
+            return Err(ConfigError::invalid(
+                "webhook.max_body_bytes",
+                format!(
+                    "expected between 1024 and 16777216 bytes, got {}",
+                    w.max_body_bytes
+                ),
+            ));
+        }
+        positive("webhook.tolerance_secs", w.tolerance_secs)?;
+        positive("webhook.dedup_ttl_secs", w.dedup_ttl_secs)?;
+        if !(16..=1 << 24).contains(&w.ring_capacity) {
+            return Err(ConfigError::invalid(
+                "webhook.ring_capacity",
+                format!("expected between 16 and 16777216, got {}", w.ring_capacity),
+            ));
+        }
+
+        let v = &self.velocity;
+        if !(1..=3600).contains(&v.window_secs) {
+            return Err(ConfigError::invalid(
+                "velocity.window_secs",
+                format!("expected between 1 and 3600 seconds, got {}", v.window_secs),
+            ));
+        }
+        if !(v.gain.is_finite() && v.gain >= 0.0) {
+            return Err(ConfigError::invalid(
+                "velocity.gain",
+                format!("expected a finite number >= 0, got {}", v.gain),
+            ));
+        }
+        positive("velocity.base_concurrency", u64::from(v.base_concurrency))?;
+        if v.max_concurrency < v.base_concurrency {
+            return Err(ConfigError::invalid(
+                "velocity.max_concurrency",
+                format!(
+                    "must be at least velocity.base_concurrency ({}), got {}",
+                    v.base_concurrency, v.max_concurrency
+                ),
+            ));
+        }
+        for (name, weight) in v
+            .weights
+            .iter()
+            .map(|(k, w)| (format!("velocity.weights.{k}"), *w))
+            .chain([("velocity.default_weight".to_string(), v.default_weight)])
+        {
+            if !(weight.is_finite() && (0.0..=1000.0).contains(&weight)) {
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("expected a weight between 0 and 1000, got {weight}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// A TOML syntax error, with the line it was found on.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+    let problem = clean_message(e.message());
+    match line {
+        Some(line) => ConfigError::invalid(format!("config line {line}"), problem),
+        None => ConfigError::invalid("config", problem),
+    }
+}
+
+/// serde's messages are fine, but they end in newlines and sometimes a period.
+fn clean_message(message: &str) -> String {
+    message.trim().trim_end_matches('.').replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_demo() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.webhook.durability, Durability::Fsync);
+        assert_eq!(c.velocity.cap(), 5.0);
+        assert_eq!(c.velocity.weight_of("upvote"), 1.2);
+        assert_eq!(c.velocity.weight_of("something_else"), 1.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_section() {
+        let e = err("[webhook]\nsecretz = [\"x\"]\n");
+        assert!(e.starts_with("webhook"), "{e}");
+        assert!(e.contains("unknown field `secretz`"), "{e}");
+        let e = err("[nonsense]\na = 1\n");
+        assert!(e.contains("unknown field `nonsense`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let e = err("[webhook]\ndurability = \"sometimes\"\n");
+        assert!(e.starts_with("webhook.durability:"), "{e}");
+        assert!(e.contains("\"sometimes\""), "{e}");
+
+        let e = err("[server]\nlisten = \"localhost-ish\"\n");
+        assert!(e.starts_with("server.listen:"), "{e}");
+
+        let e = err("[velocity]\ngain = -1.0\n");
+        assert_eq!(e, "velocity.gain: expected a finite number >= 0, got -1");
+
+        let e = err("[velocity]\nbase_concurrency = 100\nmax_concurrency = 50\n");
+        assert!(e.starts_with("velocity.max_concurrency:"), "{e}");
+
+        let e = err("[velocity.weights]\nupvote = \"lots\"\n");
+        assert!(e.starts_with("velocity.weights.upvote:"), "{e}");
+
+        let e = err("[webhook]\ntolerance_secs = \"5m\"\n");
+        assert!(e.starts_with("webhook.tolerance_secs:"), "{e}");
+        assert!(e.contains("5m"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_give_a_line() {
+        let e = err("[server]\nlisten = \n");
+        assert!(e.starts_with("config line 2:"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! launchguard: one binary in front of a website for launch day.
+//!
+//! A tour in reading order:
+//! - [`config`]: the TOML file, defaults, errors that name the key.
+//! - [`webhook`]: signed webhooks in (`signature`, `payload`), dedup and commit.
+//! - [`store`]: sled trees and versioned records; [`commit`]: group commit.
+//! - [`ring`]: the lock-free ring and the pump; [`velocity`]: the window (pure);
+//!   [`factor`]: the published scale factor and the operator's pin.
+//! - [`app`]: `AppState`, both routers, startup and shutdown; [`admin`]: the admin API.
+//! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod commit;
+pub mod config;
+pub mod error;
+pub mod factor;
+pub mod ring;
+pub mod secrets;
+pub mod store;
+pub mod telemetry;
+pub mod velocity;
+pub mod webhook;

@@ -1,0 +1,109 @@
+//! Metrics and logs. Metric names live here as constants (DESIGN.md, Metrics); the
+//! Prometheus recorder is process-wide, so it is installed once behind a `OnceLock`
+//! and every app built in the same process (tests build several) shares it.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const WEBHOOKS_TOTAL: &str = "launchguard_webhooks_total";
+pub const ENGAGEMENT_VELOCITY: &str = "launchguard_engagement_velocity";
+pub const SCALE_FACTOR: &str = "launchguard_scale_factor";
+pub const SCALE_FACTOR_PINNED: &str = "launchguard_scale_factor_pinned";
+pub const RING_DEPTH: &str = "launchguard_ring_depth";
+pub const RING_OVERFLOW_TOTAL: &str = "launchguard_ring_overflow_total";
+pub const EVENTS_PUMPED_TOTAL: &str = "launchguard_events_pumped_total";
+pub const COMMIT_BATCH_SIZE: &str = "launchguard_commit_batch_size";
+pub const COMMIT_DURATION_SECONDS: &str = "launchguard_commit_duration_seconds";
+pub const COMMIT_FAILURES_TOTAL: &str = "launchguard_commit_failures_total";
+pub const WEBHOOK_DURATION_SECONDS: &str = "launchguard_webhook_duration_seconds";
+pub const DEDUP_SWEPT_TOTAL: &str = "launchguard_dedup_swept_total";
+pub const STORE_BYTES: &str = "launchguard_store_bytes";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder on first call and returns its handle.
+pub fn recorder() -> PrometheusHandle {
+    RECORDER
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once, here");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(WEBHOOKS_TOTAL, "Webhook requests by result (accepted, duplicate, unauthorized, invalid, too_large, timeout, error)");
+    describe_gauge!(
+        ENGAGEMENT_VELOCITY,
+        "Weighted engagement events per second over the velocity window"
+    );
+    describe_gauge!(SCALE_FACTOR, "Scale factor in force (pinned or computed)");
+    describe_gauge!(
+        SCALE_FACTOR_PINNED,
+        "1 while an operator pin overrides the computed factor"
+    );
+    describe_gauge!(RING_DEPTH, "Events waiting between ingestion and the pump");
+    describe_counter!(
+        RING_OVERFLOW_TOTAL,
+        "Events that found the ring full and took the spill queue (still counted)"
+    );
+    describe_counter!(EVENTS_PUMPED_TOTAL, "Events applied to the velocity window");
+    describe_histogram!(
+        COMMIT_BATCH_SIZE,
+        "Webhook acknowledgements released by one group commit"
+    );
+    describe_histogram!(
+        COMMIT_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time of one group commit (flush, plus fsync when durable)"
+    );
+    describe_counter!(
+        COMMIT_FAILURES_TOTAL,
+        "Group commits that failed (disk full, I/O error)"
+    );
+    describe_histogram!(
+        WEBHOOK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Webhook request handling time, body read to answer"
+    );
+    describe_counter!(DEDUP_SWEPT_TOTAL, "Expired dedup entries removed");
+    describe_gauge!(STORE_BYTES, Unit::Bytes, "Space the store uses on disk");
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Starts tracing to stderr. `RUST_LOG` overrides the default `info` level.
+pub fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

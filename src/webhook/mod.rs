@@ -1,0 +1,269 @@
+//! Webhook ingestion: `POST /webhooks/producthunt` (path configurable).
+//!
+//! Life of a webhook:
+//! 1. the body is read as raw bytes, at most `webhook.max_body_bytes` (413 past it) and
+//!    within `server.body_timeout_ms` (408 for a slow sender);
+//! 2. the signature is checked over those exact bytes (401 when missing or wrong);
+//! 3. the envelope is validated (400 naming the field);
+//! 4. the event and its dedup entry are committed to sled together; a known id within
+//!    the dedup TTL is a duplicate and nothing is written;
+//! 5. a new event is pushed on the ring, where the pump turns it into velocity;
+//! 6. in fsync mode the answer waits for the group commit (`commit.rs`);
+//! 7. `202 {"status":"accepted","seq":N}` or `200 {"status":"duplicate"}`.
+//!
+//! **Invariant:** nothing is stored for a 4xx; a 202 follows durability.
+//! **Invariant:** a duplicate is answered only once the original is durable too, so
+//! "duplicate" always means "you can stop retrying".
+//! Steps 2–5 are `Ingestor::ingest`, synchronous and allocation-light, which the
+//! critical-path bench measures without HTTP.
+
+pub mod payload;
+pub mod signature;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::clock::Clock;
+use crate::config::{Config, Durability};
+use crate::error::ApiError;
+use crate::ring::{Ring, RingEvent};
+use crate::store::{Commit, EventRecord, Scheme, Store};
+use crate::telemetry;
+use crate::velocity::to_milli;
+use signature::{Keys, SignatureError};
+
+/// What became of an accepted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted { seq: u64 },
+    Duplicate { seq: u64 },
+}
+
+/// Steps 2–5 of the life of a webhook: verify, parse, commit, push.
+pub struct Ingestor {
+    keys: Keys,
+    store: Store,
+    ring: Ring,
+    clock: Clock,
+    weights: HashMap<String, u64>,
+    default_weight: u64,
+    tolerance_secs: u64,
+    dedup_ttl_ms: u64,
+}
+
+impl Ingestor {
+    pub fn new(config: &Config, keys: Keys, store: Store, ring: Ring, clock: Clock) -> Ingestor {
+        Ingestor {
+            keys,
+            store,
+            ring,
+            clock,
+            weights: config
+                .velocity
+                .weights
+                .iter()
+                .map(|(k, w)| (k.clone(), to_milli(*w)))
+                .collect(),
+            default_weight: to_milli(config.velocity.default_weight),
+            tolerance_secs: config.webhook.tolerance_secs,
+            dedup_ttl_ms: config.webhook.dedup_ttl_secs.saturating_mul(1000),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Verifies, validates, commits (in memory) and pushes one webhook.
+    pub fn ingest(&self, headers: &HeaderMap, body: &[u8]) -> Result<Outcome, ApiError> {
+        let now_ms = self.clock.now_ms();
+        let (scheme, header_id) = self.verify(headers, body, now_ms)?;
+        let envelope = payload::parse(body, header_id)
+            .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()).field(e.field))?;
+        let weight_milli = self
+            .weights
+            .get(envelope.event_type.as_str())
+            .copied()
+            .unwrap_or(self.default_weight);
+        let record = EventRecord {
+            id: envelope.id,
+            event_type: envelope.event_type,
+            weight_milli,
+            received_ms: now_ms,
+            scheme,
+            payload: body.to_vec(),
+        };
+        match self.store.commit_event(&record, self.dedup_ttl_ms) {
+            Ok(Commit::Accepted { seq }) => {
+                self.ring.push(RingEvent {
+                    seq,
+                    received_ms: now_ms,
+                    weight_milli,
+                });
+                Ok(Outcome::Accepted { seq })
+            }
+            Ok(Commit::Duplicate { seq }) => Ok(Outcome::Duplicate { seq }),
+            Err(e) => Err(ApiError::unavailable(
+                "storage_unavailable",
+                format!("the event could not be stored ({e}); nothing was kept, retry later"),
+            )),
+        }
+    }
+
+    /// Picks the scheme from the headers present and verifies it. Returns the scheme
+    /// and, for Standard Webhooks, the `webhook-id` to dedup on.
+    fn verify<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<(Scheme, Option<&'h str>), ApiError> {
+        let unauthorized = |e: SignatureError| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
+        };
+        if let Some(sigs) = headers.get(signature::STD_SIGNATURE_HEADER) {
+            let id = headers
+                .get(signature::STD_ID_HEADER)
+                .ok_or(SignatureError::Malformed {
+                    header: "webhook-id",
+                    problem: "missing (required with webhook-signature)",
+                })
+                .map_err(unauthorized)?;
+            let ts = headers
+                .get(signature::STD_TIMESTAMP_HEADER)
+                .ok_or(SignatureError::Malformed {
+                    header: "webhook-timestamp",
+                    problem: "missing (required with webhook-signature)",
+                })
+                .map_err(unauthorized)?;
+            self.keys
+                .verify_standard(
+                    id.as_bytes(),
+                    ts.as_bytes(),
+                    sigs.as_bytes(),
+                    body,
+                    now_ms / 1000,
+                    self.tolerance_secs,
+                )
+                .map_err(unauthorized)?;
+            let id = id.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_payload", "webhook-id: not ASCII")
+                    .field("webhook-id")
+            })?;
+            return Ok((Scheme::StandardWebhooks, Some(id)));
+        }
+        let sig = headers
+            .get(signature::PRODUCTHUNT_HEADER)
+            .ok_or(SignatureError::Missing)
+            .map_err(unauthorized)?;
+        self.keys
+            .verify_producthunt(sig.as_bytes(), body)
+            .map_err(unauthorized)?;
+        Ok((Scheme::ProductHunt, None))
+    }
+}
+
+/// The axum handler for the webhook path.
+pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let result = handle_inner(&state, req).await;
+    metrics::histogram!(telemetry::WEBHOOK_DURATION_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    let label = match &result {
+        Ok(Outcome::Accepted { .. }) => "accepted",
+        Ok(Outcome::Duplicate { .. }) => "duplicate",
+        Err(e) => match e.status {
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::REQUEST_TIMEOUT => "timeout",
+            s if s.is_client_error() => "invalid",
+            _ => "error",
+        },
+    };
+    metrics::counter!(telemetry::WEBHOOKS_TOTAL, "result" => label).increment(1);
+    match result {
+        Ok(Outcome::Accepted { seq }) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "accepted", "seq": seq})),
+        )
+            .into_response(),
+        Ok(Outcome::Duplicate { .. }) => {
+            (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_inner(state: &AppState, req: Request) -> Result<Outcome, ApiError> {
+    let max = state.config.webhook.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let body = read_body(
+        body,
+        max,
+        Duration::from_millis(state.config.server.body_timeout_ms),
+    )
+    .await?;
+    let outcome = state.ingestor.ingest(&parts.headers, &body)?;
+    if state.config.webhook.durability == Durability::Fsync {
+        state
+            .committer
+            .wait_durable()
+            .await
+            .map_err(|e| ApiError::unavailable("storage_unavailable", e))?;
+    }
+    Ok(outcome)
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!(
+            "the body is larger than webhook.max_body_bytes ({max} bytes); send smaller events"
+        ),
+    )
+    .field("body")
+}
+
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<bytes::Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} ms; send it in one go",
+                timeout.as_millis()
+            ),
+        )),
+        Ok(Err(e)) => {
+            let is_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if is_limit {
+                Err(too_large(max))
+            } else {
+                Err(ApiError::bad_request(
+                    "body_unreadable",
+                    format!("the body could not be read: {e}"),
+                )
+                .field("body"))
+            }
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}

@@ -1,0 +1,293 @@
+//! The two signature schemes, verified over the raw body bytes.
+//!
+//! - Product Hunt style: `X-ProductHunt-Signature: sha256=<lowercase hex HMAC-SHA256(key, body)>`.
+//! - Standard Webhooks (Svix-style): `webhook-signature: v1,<base64>` (several, space
+//!   separated) over `"{webhook-id}.{webhook-timestamp}.{body}"`, with the timestamp
+//!   within a tolerance of now.
+//!
+//! Every configured key is tried (rotation). Comparison is `Mac::verify_slice`, which is
+//! constant time and rejects wrong lengths; hex or base64 strings are never compared.
+//! Keys never appear in `Debug` output or logs.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub const PRODUCTHUNT_HEADER: &str = "x-producthunt-signature";
+pub const STD_ID_HEADER: &str = "webhook-id";
+pub const STD_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+pub const STD_SIGNATURE_HEADER: &str = "webhook-signature";
+
+/// Why a signature was refused. The message is safe to send to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing signature: send X-ProductHunt-Signature: sha256=<hex HMAC-SHA256 of the raw body>, or the Standard Webhooks headers webhook-id, webhook-timestamp and webhook-signature")]
+    Missing,
+    #[error("malformed {header} header: {problem}")]
+    Malformed {
+        header: &'static str,
+        problem: &'static str,
+    },
+    #[error("signature does not match the body under any configured secret; sign the exact bytes you send, with the current secret")]
+    Mismatch,
+    #[error("webhook-timestamp is {skew_secs} s away from this server's clock, more than the {tolerance_secs} s allowed; send a fresh timestamp (and check the sender's clock)")]
+    Stale { skew_secs: i64, tolerance_secs: u64 },
+}
+
+/// A signing secret turned into HMAC key bytes.
+#[derive(Clone)]
+pub struct Key(Vec<u8>);
+
+impl Key {
+    /// `whsec_<base64>` is base64-decoded (the Standard Webhooks convention); any other
+    /// string is used as its UTF-8 bytes.
+    pub fn parse(secret: &str) -> Result<Key, &'static str> {
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return Err("empty secret");
+        }
+        match secret.strip_prefix("whsec_") {
+            Some(b64) => {
+                let bytes = B64
+                    .decode(b64)
+                    .map_err(|_| "starts with whsec_ but the rest is not valid base64")?;
+                if bytes.is_empty() {
+                    return Err("whsec_ secret decodes to zero bytes");
+                }
+                Ok(Key(bytes))
+            }
+            None => Ok(Key(secret.as_bytes().to_vec())),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+/// The configured keys; all are accepted.
+#[derive(Clone, Debug, Default)]
+pub struct Keys(Vec<Key>);
+
+impl Keys {
+    pub fn new(keys: Vec<Key>) -> Keys {
+        Keys(keys)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Verifies an `X-ProductHunt-Signature` header value against `body`.
+    pub fn verify_producthunt(&self, header: &[u8], body: &[u8]) -> Result<(), SignatureError> {
+        const HEADER: &str = "X-ProductHunt-Signature";
+        let header = std::str::from_utf8(header).map_err(|_| SignatureError::Malformed {
+            header: HEADER,
+            problem: "not ASCII",
+        })?;
+        let hex_sig = header
+            .trim()
+            .strip_prefix("sha256=")
+            .ok_or(SignatureError::Malformed {
+                header: HEADER,
+                problem: "expected sha256=<64 hex digits>",
+            })?;
+        let mut sig = [0u8; 32];
+        hex::decode_to_slice(hex_sig, &mut sig).map_err(|_| SignatureError::Malformed {
+            header: HEADER,
+            problem: "expected sha256=<64 hex digits>",
+        })?;
+        for key in &self.0 {
+            let mut mac = key.mac();
+            mac.update(body);
+            if mac.verify_slice(&sig).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(SignatureError::Mismatch)
+    }
+
+    /// Verifies Standard Webhooks headers against `body` at `now_secs`.
+    pub fn verify_standard(
+        &self,
+        id: &[u8],
+        timestamp: &[u8],
+        signatures: &[u8],
+        body: &[u8],
+        now_secs: u64,
+        tolerance_secs: u64,
+    ) -> Result<(), SignatureError> {
+        let ts: i64 = std::str::from_utf8(timestamp)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(SignatureError::Malformed {
+                header: "webhook-timestamp",
+                problem: "expected whole Unix seconds",
+            })?;
+        if id.is_empty() {
+            return Err(SignatureError::Malformed {
+                header: "webhook-id",
+                problem: "empty",
+            });
+        }
+        let skew = ts.saturating_sub(now_secs as i64);
+        if skew.unsigned_abs() > tolerance_secs {
+            return Err(SignatureError::Stale {
+                skew_secs: skew,
+                tolerance_secs,
+            });
+        }
+        let signatures =
+            std::str::from_utf8(signatures).map_err(|_| SignatureError::Malformed {
+                header: "webhook-signature",
+                problem: "not ASCII",
+            })?;
+        let mut candidates = Vec::new();
+        for entry in signatures.split_ascii_whitespace() {
+            if let Some(b64) = entry.strip_prefix("v1,") {
+                // A signature that does not decode cannot match; skip it rather than
+                // fail, since other entries may be valid.
+                if let Ok(sig) = B64.decode(b64) {
+                    candidates.push(sig);
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Err(SignatureError::Malformed {
+                header: "webhook-signature",
+                problem: "expected one or more space-separated v1,<base64> entries",
+            });
+        }
+        for key in &self.0 {
+            let mut mac = key.mac();
+            mac.update(id);
+            mac.update(b".");
+            mac.update(timestamp);
+            mac.update(b".");
+            mac.update(body);
+            for sig in &candidates {
+                if mac.clone().verify_slice(sig).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// `sha256=<hex>` for the Product Hunt header.
+pub fn sign_producthunt(key: &Key, body: &[u8]) -> String {
+    let mut mac = key.mac();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `v1,<base64>` for the Standard Webhooks `webhook-signature` header.
+pub fn sign_standard(key: &Key, id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = key.mac();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc4231_case_2() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let key = Key::parse("Jefe").unwrap();
+        assert_eq!(
+            sign_producthunt(&key, b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_reference_vector() {
+        // The reference vector published with the Standard Webhooks libraries.
+        let keys = Keys::new(vec![
+            Key::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
+        ]);
+        let body = br#"{"test": 2432232314}"#;
+        let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let ok = keys.verify_standard(
+            b"msg_p5jXN8AQM9LWM0D4loKWxJek",
+            b"1614265330",
+            sig.as_bytes(),
+            body,
+            1614265330,
+            300,
+        );
+        assert_eq!(ok, Ok(()));
+        let stale = keys.verify_standard(
+            b"msg_p5jXN8AQM9LWM0D4loKWxJek",
+            b"1614265330",
+            sig.as_bytes(),
+            body,
+            1614265330 + 301,
+            300,
+        );
+        assert!(matches!(
+            stale,
+            Err(SignatureError::Stale {
+                skew_secs: -301,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn any_configured_key_verifies() {
+        let old = Key::parse("old-secret").unwrap();
+        let new = Key::parse("new-secret").unwrap();
+        let keys = Keys::new(vec![new.clone(), old.clone()]);
+        let body = b"{\"id\":\"1\"}";
+        for k in [&old, &new] {
+            assert_eq!(
+                keys.verify_producthunt(sign_producthunt(k, body).as_bytes(), body),
+                Ok(())
+            );
+        }
+        let stranger = Key::parse("other").unwrap();
+        assert_eq!(
+            keys.verify_producthunt(sign_producthunt(&stranger, body).as_bytes(), body),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn malformed_headers_are_named() {
+        let keys = Keys::new(vec![Key::parse("s").unwrap()]);
+        for bad in ["", "sha1=abcd", "sha256=zz", "sha256=abcd"] {
+            assert!(matches!(
+                keys.verify_producthunt(bad.as_bytes(), b""),
+                Err(SignatureError::Malformed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn key_debug_is_redacted() {
+        let k = Key::parse("hunter2").unwrap();
+        assert!(!format!("{k:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,197 @@
+//! Test support: the real appliance on `127.0.0.1:0` with a temp data dir, and a
+//! small HTTP client on hyper. No fixed ports, no sleeps for timing.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+
+use launchguard::app::{self, Options, Running};
+use launchguard::clock::Clock;
+use launchguard::config::Config;
+use launchguard::secrets::Env;
+use launchguard::webhook::signature::{sign_producthunt, sign_standard, Key};
+
+pub const SECRET: &str = "test-secret-current";
+pub const OLD_SECRET: &str = "test-secret-previous";
+
+/// The test config: loopback port 0 listeners, the data dir given, the demo site.
+pub fn config(data_dir: &Path) -> Config {
+    let mut c = Config::parse("").expect("defaults are valid");
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c.server.data_dir = data_dir.to_path_buf();
+    c.origin.static_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/site");
+    c.webhook.secrets = vec![SECRET.into(), OLD_SECRET.into()];
+    c
+}
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub clock: Clock,
+    pub client: Client,
+}
+
+impl TestServer {
+    /// Starts with the test config, after `tweak` has had its say.
+    pub async fn start(data_dir: &Path, clock: Clock, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut c = config(data_dir);
+        tweak(&mut c);
+        let opts = Options {
+            clock: clock.clone(),
+            env: Env::default(),
+            ..Options::default()
+        };
+        let running = app::start(c, opts).await.expect("the test server starts");
+        TestServer {
+            public: running.public_addr,
+            admin: running.admin_addr,
+            running: Some(running),
+            clock,
+            client: Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn state(&self) -> &launchguard::app::AppState {
+        &self.running.as_ref().expect("running").state
+    }
+
+    /// Posts `body` to the webhook path signed with `secret` (Product Hunt scheme).
+    pub async fn webhook(&self, body: &[u8], secret: &str) -> Resp {
+        let sig = sign_producthunt(&Key::parse(secret).unwrap(), body);
+        self.client
+            .send(
+                Method::POST,
+                &self.url("/webhooks/producthunt"),
+                &[("x-producthunt-signature", &sig), ("content-type", "application/json")],
+                body.to_vec(),
+            )
+            .await
+    }
+
+    /// Posts `body` signed with the Standard Webhooks scheme.
+    pub async fn std_webhook(&self, id: &str, ts: u64, body: &[u8], secret: &str) -> Resp {
+        let sig = sign_standard(&Key::parse(secret).unwrap(), id, ts, body);
+        let ts = ts.to_string();
+        self.client
+            .send(
+                Method::POST,
+                &self.url("/webhooks/producthunt"),
+                &[("webhook-id", id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)],
+                body.to_vec(),
+            )
+            .await
+    }
+
+    /// Waits until the pump has applied everything pushed so far.
+    pub async fn pumped(&self) {
+        for _ in 0..10_000 {
+            if self.state().ring.depth() == 0 {
+                // One more round trip through the pump: it drains, then publishes.
+                tokio::task::yield_now().await;
+                if self.state().ring.depth() == 0 {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the pump did not drain the ring");
+    }
+
+    pub async fn stop(mut self) {
+        self.running.take().expect("running").shutdown().await.expect("clean shutdown");
+    }
+}
+
+pub fn event(id: &str, kind: &str) -> Vec<u8> {
+    format!(r#"{{"id":"{id}","event_type":"{kind}","data":{{"post":"tidepool"}}}}"#).into_bytes()
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client {
+            inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        self.try_send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Resp, String> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+        let res = self.inner.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&self, url: &str) -> Resp {
+        self.send(Method::GET, url, &[], Vec::new()).await
+    }
+}
