@@ -42,7 +42,11 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts with the test config, after `tweak` has had its say.
-    pub async fn start(data_dir: &Path, clock: Clock, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    pub async fn start(
+        data_dir: &Path,
+        clock: Clock,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut c = config(data_dir);
         tweak(&mut c);
         let opts = Options {
@@ -79,7 +83,10 @@ impl TestServer {
             .send(
                 Method::POST,
                 &self.url("/webhooks/producthunt"),
-                &[("x-producthunt-signature", &sig), ("content-type", "application/json")],
+                &[
+                    ("x-producthunt-signature", &sig),
+                    ("content-type", "application/json"),
+                ],
                 body.to_vec(),
             )
             .await
@@ -93,7 +100,11 @@ impl TestServer {
             .send(
                 Method::POST,
                 &self.url("/webhooks/producthunt"),
-                &[("webhook-id", id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)],
+                &[
+                    ("webhook-id", id),
+                    ("webhook-timestamp", &ts),
+                    ("webhook-signature", &sig),
+                ],
                 body.to_vec(),
             )
             .await
@@ -115,7 +126,12 @@ impl TestServer {
     }
 
     pub async fn stop(mut self) {
-        self.running.take().expect("running").shutdown().await.expect("clean shutdown");
+        self.running
+            .take()
+            .expect("running")
+            .shutdown()
+            .await
+            .expect("clean shutdown");
     }
 }
 
@@ -163,7 +179,13 @@ impl Client {
         }
     }
 
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
         self.try_send(method, url, headers, body)
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"))
@@ -180,8 +202,14 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-        let res = self.inner.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let res = self
+            .inner
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let (parts, body) = res.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Resp {
