@@ -1,1 +1,381 @@
-fn main() {}
+//! Critical-path micro-benchmarks (criterion). Run with
+//!
+//! ```text
+//! cargo bench --bench critical_path
+//! ```
+//!
+//! Groups, each with a naive baseline beside the real thing where one makes sense:
+//!
+//! - `webhook_path`: one webhook in process, without HTTP: `Ingestor::ingest` (verify
+//!   the `X-ProductHunt-Signature`, parse the envelope, dedup + append to sled in one
+//!   transaction, buffered i.e. no flush, push on the ring) then `Pump::drain(now)`, so
+//!   the new factor is what `Factor::current()` returns. Goal: median under 10 µs.
+//!   Baseline: the same plus one `flush()` + `sync_data()` per event, which is what
+//!   durability would cost without group commit.
+//! - `webhook_parts`: the steps of that path one by one, each next to the naive way
+//!   of doing it (hex-string `==` instead of `verify_slice`, a full `serde_json::Value`
+//!   instead of the envelope), to show where the microseconds go.
+//! - `factor_read`: `Factor::current()` (one relaxed atomic load; goal under 50 ns)
+//!   against a `parking_lot::RwLock<f64>` read and a `std::sync::Mutex<f64>` lock,
+//!   alone and with a second thread reading the same value in a loop.
+//!
+//! Bodies, ids and signatures are made in criterion's batch setup (`iter_batched`),
+//! outside the measured time; every iteration gets a fresh event id, so every ingest
+//! is a real insert, never a duplicate. The Prometheus recorder is installed first, as
+//! in the server, so the pump's gauges and counters cost what they cost in production.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
+
+use launchguard::clock::Clock;
+use launchguard::config::Config;
+use launchguard::factor::Factor;
+use launchguard::ring::{Pump, Ring, RingEvent};
+use launchguard::store::{encode_event, Commit, EventRecord, Scheme, Store};
+use launchguard::velocity::Window;
+use launchguard::webhook::signature::{sign_producthunt, Key, Keys, PRODUCTHUNT_HEADER};
+use launchguard::webhook::{payload, Ingestor, Outcome};
+
+const SECRET: &str = "bench-secret";
+
+/// A Product Hunt style upvote of about 300 bytes, with a unique id.
+fn body(id: &str) -> Vec<u8> {
+    format!(
+        concat!(
+            r#"{{"id":"{}","event_type":"upvote","created_at":"2026-11-25T08:01:00Z","#,
+            r#""data":{{"post":{{"id":"tidepool","name":"Tidepool","#,
+            r#""tagline":"Tide tables for people who surf before work"}},"#,
+            r#""user":{{"id":"u-81723","username":"early-riser","#,
+            r#""headline":"Maker of small tools"}},"vote":{{"weight":1,"source":"web"}}}}}}"#
+        ),
+        id
+    )
+    .into_bytes()
+}
+
+/// The headers a signed webhook arrives with.
+fn signed(key: &Key, body: &[u8]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        PRODUCTHUNT_HEADER,
+        HeaderValue::from_str(&sign_producthunt(key, body)).expect("hex is a valid header"),
+    );
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
+/// Everything the webhook path needs, on a fresh store in a temp dir.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    key: Key,
+    config: Config,
+    store: Store,
+    ingestor: Ingestor,
+    pump: Pump,
+    factor: Factor,
+    clock: Clock,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("lg-critical-path")
+            .tempdir()
+            .expect("a temp dir");
+        let config = Config::parse("").expect("defaults are valid");
+        let key = Key::parse(SECRET).expect("a valid secret");
+        let store = Store::open(&dir.path().join("state")).expect("the store opens");
+        let ring = Ring::new(config.webhook.ring_capacity);
+        let clock = Clock::system();
+        let factor = Factor::new();
+        let pump = Pump::new(
+            ring.clone(),
+            Window::new(&config.velocity, clock.now_ms()),
+            factor.clone(),
+        );
+        let ingestor = Ingestor::new(
+            &config,
+            Keys::new(vec![key.clone()]),
+            store.clone(),
+            ring,
+            clock.clone(),
+        );
+        Fixture {
+            _dir: dir,
+            key,
+            config,
+            store,
+            ingestor,
+            pump,
+            factor,
+            clock,
+        }
+    }
+
+    /// A setup closure for `iter_batched`: a new signed event per call.
+    fn events(&self, tag: &'static str) -> impl FnMut() -> (HeaderMap, Vec<u8>) {
+        let key = self.key.clone();
+        let mut n = 0u64;
+        move || {
+            n += 1;
+            let b = body(&format!("cp-{tag}-{n}"));
+            (signed(&key, &b), b)
+        }
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+fn webhook_path(c: &mut Criterion) {
+    // As in the server: the pump's metrics go to a real Prometheus recorder.
+    let _metrics = launchguard::telemetry::recorder();
+    let mut fx = Fixture::new();
+
+    // Check once, outside the clock, that the path does what it is timed for.
+    {
+        let before = fx.factor.current();
+        let (h, b) = fx.events("check")();
+        let out = fx.ingestor.ingest(&h, &b).expect("a valid webhook is accepted");
+        assert!(matches!(out, Outcome::Accepted { .. }), "{out:?}");
+        assert_eq!(fx.pump.drain(fx.clock.now_ms()), 1);
+        assert!(fx.factor.current() > before, "the factor rose");
+        let again = fx.ingestor.ingest(&h, &b).expect("a replay is answered");
+        assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+    }
+
+    let mut g = c.benchmark_group("webhook_path");
+    // Flat sampling: the durable baseline takes milliseconds per iteration.
+    g.sampling_mode(SamplingMode::Flat);
+
+    let mut setup = fx.events("ingest");
+    g.bench_function("ingest_drain", |b| {
+        b.iter_batched(
+            &mut setup,
+            |(h, body)| {
+                let out = fx.ingestor.ingest(&h, &body);
+                fx.pump.drain(fx.clock.now_ms());
+                black_box(fx.factor.current());
+                (out, h, body)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let mut setup = fx.events("only");
+    g.bench_function("ingest_only", |b| {
+        b.iter_batched(
+            &mut setup,
+            |(h, body)| {
+                let out = fx.ingestor.ingest(&h, &body);
+                (out, h, body)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    fx.pump.drain(fx.clock.now_ms());
+
+    // Naive baseline: make every event durable on its own (what the group commit
+    // spares the HTTP path): flush + fsync per event.
+    let mut setup = fx.events("fsync");
+    g.bench_function("naive_ingest_drain_fsync_each", |b| {
+        b.iter_batched(
+            &mut setup,
+            |(h, body)| {
+                let out = fx.ingestor.ingest(&h, &body);
+                fx.ingestor
+                    .store()
+                    .flush_durable(true)
+                    .expect("flush + fsync");
+                fx.pump.drain(fx.clock.now_ms());
+                black_box(fx.factor.current());
+                (out, h, body)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    webhook_parts(c, &mut fx);
+    assert!(fx.factor.current() > 1.0);
+}
+
+fn webhook_parts(c: &mut Criterion, fx: &mut Fixture) {
+    let mut g = c.benchmark_group("webhook_parts");
+    let b0 = body("cp-parts-fixed");
+    let h0 = signed(&fx.key, &b0);
+    let sig = h0
+        .get(PRODUCTHUNT_HEADER)
+        .expect("signed")
+        .as_bytes()
+        .to_vec();
+    let keys = Keys::new(vec![fx.key.clone()]);
+
+    g.bench_function("verify_hmac", |b| {
+        b.iter(|| keys.verify_producthunt(black_box(&sig), black_box(&b0)))
+    });
+    // Naive: sign again and compare hex strings with `==` (not constant time; what
+    // CRATES.md says never to do). Shows the verify cost is the HMAC, not the compare.
+    let header_str = std::str::from_utf8(&sig).expect("ascii").to_string();
+    g.bench_function("naive_verify_hex_eq", |b| {
+        b.iter(|| sign_producthunt(&fx.key, black_box(&b0)) == black_box(header_str.as_str()))
+    });
+
+    g.bench_function("parse_envelope", |b| {
+        b.iter(|| payload::parse(black_box(&b0), None))
+    });
+    g.bench_function("naive_parse_value", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&b0)))
+    });
+
+    let record = EventRecord {
+        id: "cp-parts-fixed".into(),
+        event_type: "upvote".into(),
+        weight_milli: 1200,
+        received_ms: fx.clock.now_ms(),
+        scheme: Scheme::ProductHunt,
+        payload: b0.clone(),
+    };
+    g.bench_function("encode_event", |b| {
+        b.iter(|| encode_event(black_box(&record)))
+    });
+
+    let ttl = fx.config.webhook.dedup_ttl_secs * 1000;
+    let store = fx.store.clone();
+    let mut n = 0u64;
+    let template = record.clone();
+    g.bench_function("commit_event", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let mut r = template.clone();
+                r.id = format!("cp-commit-{n}");
+                r
+            },
+            |r| {
+                let out = store.commit_event(&r, ttl).expect("commit");
+                debug_assert!(matches!(out, Commit::Accepted { .. }));
+                (out, r)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let ring = Ring::new(1024);
+    let factor = Factor::new();
+    let now = fx.clock.now_ms();
+    let mut pump = Pump::new(
+        ring.clone(),
+        Window::new(&fx.config.velocity, now),
+        factor.clone(),
+    );
+    let mut seq = 0u64;
+    g.bench_function("ring_push_drain", |b| {
+        b.iter(|| {
+            seq += 1;
+            ring.push(RingEvent {
+                seq,
+                received_ms: now,
+                weight_milli: 1200,
+            });
+            pump.drain(black_box(now));
+            factor.current()
+        })
+    });
+    g.finish();
+}
+
+fn factor_read(c: &mut Criterion) {
+    let factor = Factor::new();
+    factor.set_computed(2.5, 3.75, 0);
+    let rw = parking_lot::RwLock::new(2.5f64);
+    let mx = std::sync::Mutex::new(2.5f64);
+
+    let mut g = c.benchmark_group("factor_read");
+    g.bench_function("factor_current_atomic", |b| {
+        b.iter(|| black_box(&factor).current())
+    });
+    g.bench_function("naive_parking_lot_rwlock", |b| {
+        b.iter(|| *black_box(&rw).read())
+    });
+    g.bench_function("naive_std_mutex", |b| {
+        b.iter(|| *black_box(&mx).lock().expect("not poisoned"))
+    });
+    g.finish();
+
+    // The same with one more thread reading the same value in a loop: what many
+    // request handlers on other cores do to the cache line.
+    let factor = Arc::new(factor);
+    let rw = Arc::new(rw);
+    let mx = Arc::new(mx);
+    let mut g = c.benchmark_group("factor_read_contended");
+    g.bench_function("factor_current_atomic", |b| {
+        with_reader(
+            {
+                let f = factor.clone();
+                move || {
+                    black_box(f.current());
+                }
+            },
+            || b.iter(|| black_box(&*factor).current()),
+        )
+    });
+    g.bench_function("naive_parking_lot_rwlock", |b| {
+        with_reader(
+            {
+                let rw = rw.clone();
+                move || {
+                    black_box(*rw.read());
+                }
+            },
+            || b.iter(|| *black_box(&*rw).read()),
+        )
+    });
+    g.bench_function("naive_std_mutex", |b| {
+        with_reader(
+            {
+                let mx = mx.clone();
+                move || {
+                    black_box(*mx.lock().expect("not poisoned"));
+                }
+            },
+            || b.iter(|| *black_box(&*mx).lock().expect("not poisoned")),
+        )
+    });
+    g.finish();
+}
+
+/// Runs `measure` while another thread calls `read` in a loop.
+fn with_reader(read: impl Fn() + Send + 'static, measure: impl FnOnce()) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                read();
+            }
+        })
+    };
+    measure();
+    stop.store(true, Ordering::Relaxed);
+    reader.join().expect("the reader thread ends");
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = webhook_path, factor_read
+}
+criterion_main!(benches);

@@ -387,6 +387,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/launchguard.toml");
+        let shipped = Config::load(&path).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn syntax_errors_give_a_line() {
         let e = err("[server]\nlisten = \n");
         assert!(e.starts_with("config line 2:"), "{e}");
