@@ -1,7 +1,8 @@
 //! Critical-path micro-benchmarks (criterion). Run with
 //!
 //! ```text
-//! cargo bench --bench critical_path
+//! cargo bench --bench critical_path            # about 2 minutes
+//! cargo bench --bench critical_path -- factor   # one group (criterion filter)
 //! ```
 //!
 //! Groups, each with a naive baseline beside the real thing where one makes sense:
@@ -10,24 +11,30 @@
 //!   the `X-ProductHunt-Signature`, parse the envelope, dedup + append to sled in one
 //!   transaction, buffered i.e. no flush, push on the ring) then `Pump::drain(now)`, so
 //!   the new factor is what `Factor::current()` returns. Goal: median under 10 µs.
-//!   Baseline: the same plus one `flush()` + `sync_data()` per event, which is what
-//!   durability would cost without group commit.
-//! - `webhook_parts`: the steps of that path one by one, each next to the naive way
-//!   of doing it (hex-string `==` instead of `verify_slice`, a full `serde_json::Value`
-//!   instead of the envelope), to show where the microseconds go.
+//!   `ingest_drain_paced` times one webhook at a time, with a pause before each;
+//!   `ingest_drain` runs them back to back (the sustained cost, sled's background
+//!   log writes included). Baseline: one `flush()` + `sync_data()` per event, which
+//!   is what durability would cost without group commit.
+//! - `webhook_parts`: the steps of that path one by one, next to the naive way of
+//!   doing them (hex-string `==` instead of `verify_slice`, a full `serde_json::Value`
+//!   instead of the envelope), and the store's two writes straight on sled three ways
+//!   (two-tree transaction as the store does, one-tree `Batch`, two plain inserts),
+//!   to show where the microseconds go.
 //! - `factor_read`: `Factor::current()` (one relaxed atomic load; goal under 50 ns)
-//!   against a `parking_lot::RwLock<f64>` read and a `std::sync::Mutex<f64>` lock,
-//!   alone and with a second thread reading the same value in a loop.
+//!   against a `parking_lot::RwLock<f64>` read and a `std::sync::Mutex<f64>` lock;
+//!   `factor_read_contended`: the same while a second thread reads in a loop.
 //!
-//! Bodies, ids and signatures are made in criterion's batch setup (`iter_batched`),
-//! outside the measured time; every iteration gets a fresh event id, so every ingest
-//! is a real insert, never a duplicate. The Prometheus recorder is installed first, as
-//! in the server, so the pump's gauges and counters cost what they cost in production.
+//! Bodies, ids and signatures are made outside the measured time (criterion's batch
+//! setup, or before the clock starts in the paced runs); every iteration gets a fresh
+//! event id, so every ingest is a real insert, never a duplicate. The Prometheus
+//! recorder is installed first, as in the server, so the pump's gauges and counters
+//! cost what they cost in production. The store lives in a temp dir and grows by a
+//! few hundred thousand events over the run.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
@@ -42,6 +49,13 @@ use launchguard::webhook::signature::{sign_producthunt, Key, Keys, PRODUCTHUNT_H
 use launchguard::webhook::{payload, Ingestor, Outcome};
 
 const SECRET: &str = "bench-secret";
+const MEASUREMENT: Duration = Duration::from_millis(2500);
+/// The pause before each call in the `_paced` variants.
+const PACE: Duration = Duration::from_micros(250);
+/// Measured time of the `_paced` variants. Only the timed call counts, not the pause,
+/// so their wall time is several times this; criterion's "unable to complete 50
+/// samples" warning for them is expected.
+const PACED_MEASUREMENT: Duration = Duration::from_millis(300);
 
 /// A Product Hunt style upvote of about 300 bytes, with a unique id.
 fn body(id: &str) -> Vec<u8> {
@@ -65,10 +79,7 @@ fn signed(key: &Key, body: &[u8]) -> HeaderMap {
         PRODUCTHUNT_HEADER,
         HeaderValue::from_str(&sign_producthunt(key, body)).expect("hex is a valid header"),
     );
-    h.insert(
-        "content-type",
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert("content-type", HeaderValue::from_static("application/json"));
     h
 }
 
@@ -132,11 +143,13 @@ impl Fixture {
     }
 }
 
+/// Sized so the whole file runs in about two minutes on the 2-core machine.
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(MEASUREMENT)
+        .nresamples(20_000)
 }
 
 fn webhook_path(c: &mut Criterion) {
@@ -148,7 +161,10 @@ fn webhook_path(c: &mut Criterion) {
     {
         let before = fx.factor.current();
         let (h, b) = fx.events("check")();
-        let out = fx.ingestor.ingest(&h, &b).expect("a valid webhook is accepted");
+        let out = fx
+            .ingestor
+            .ingest(&h, &b)
+            .expect("a valid webhook is accepted");
         assert!(matches!(out, Outcome::Accepted { .. }), "{out:?}");
         assert_eq!(fx.pump.drain(fx.clock.now_ms()), 1);
         assert!(fx.factor.current() > before, "the factor rose");
@@ -160,6 +176,27 @@ fn webhook_path(c: &mut Criterion) {
     // Flat sampling: the durable baseline takes milliseconds per iteration.
     g.sampling_mode(SamplingMode::Flat);
 
+    // One webhook at a time: a pause before each lets sled's IO threads write out
+    // what the previous one left, as at launch-day rates (hundreds of webhooks a
+    // minute, not a back-to-back stream). Only ingest + drain is timed. First, on
+    // the fresh store.
+    let mut setup = fx.events("paced");
+    g.measurement_time(PACED_MEASUREMENT);
+    g.bench_function("ingest_drain_paced", |b| {
+        b.iter_custom(|iters| {
+            paced(iters, &mut setup, |(h, body)| {
+                let out = fx.ingestor.ingest(&h, &body);
+                fx.pump.drain(fx.clock.now_ms());
+                black_box(fx.factor.current());
+                black_box(out).expect("accepted")
+            })
+        })
+    });
+    g.measurement_time(MEASUREMENT);
+    settle(fx.ingestor.store());
+
+    // Back to back, as fast as the loop goes: sled's log writes pile up behind it,
+    // so this is the sustained cost per webhook rather than one webhook's latency.
     let mut setup = fx.events("ingest");
     g.bench_function("ingest_drain", |b| {
         b.iter_batched(
@@ -173,19 +210,7 @@ fn webhook_path(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-
-    let mut setup = fx.events("only");
-    g.bench_function("ingest_only", |b| {
-        b.iter_batched(
-            &mut setup,
-            |(h, body)| {
-                let out = fx.ingestor.ingest(&h, &body);
-                (out, h, body)
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    fx.pump.drain(fx.clock.now_ms());
+    settle(fx.ingestor.store());
 
     // Naive baseline: make every event durable on its own (what the group commit
     // spares the HTTP path): flush + fsync per event.
@@ -207,6 +232,7 @@ fn webhook_path(c: &mut Criterion) {
         )
     });
     g.finish();
+    settle(fx.ingestor.store());
 
     webhook_parts(c, &mut fx);
     assert!(fx.factor.current() > 1.0);
@@ -273,6 +299,9 @@ fn webhook_parts(c: &mut Criterion, fx: &mut Fixture) {
         )
     });
 
+    settle(&store);
+    sled_variants(&mut g, &record);
+
     let ring = Ring::new(1024);
     let factor = Factor::new();
     let now = fx.clock.now_ms();
@@ -295,6 +324,120 @@ fn webhook_parts(c: &mut Criterion, fx: &mut Fixture) {
         })
     });
     g.finish();
+}
+
+/// The same two writes as `Store::commit_event` (event by seq, dedup entry by id),
+/// straight on sled, three ways: a two-tree transaction (what the store does), one
+/// `Batch` on one tree, and two plain inserts. In sled 0.34 both the transaction and
+/// `apply_batch` go through `pin_log`, which rolls (seals and writes) the log buffer on
+/// every call; plain inserts share buffers until a flush.
+fn sled_variants(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    record: &EventRecord,
+) {
+    use sled::Transactional;
+    let dir = tempfile::Builder::new()
+        .prefix("lg-critical-path-sled")
+        .tempdir()
+        .expect("a temp dir");
+    let db = sled::Config::new()
+        .path(dir.path())
+        .cache_capacity(64 * 1024 * 1024)
+        .flush_every_ms(Some(500))
+        .open()
+        .expect("sled opens");
+    let events = db.open_tree("events").expect("tree");
+    let dedup = db.open_tree("dedup").expect("tree");
+    let value = encode_event(record).expect("encodes");
+    let dedup_value = [1u8; 17];
+    let mut seq = 0u64;
+    let mut next = move || {
+        seq += 1;
+        (seq, format!("cp-sled-{seq}"))
+    };
+
+    let txn = |seq: u64, id: &str| {
+        (&events, &dedup)
+            .transaction(|(e, d)| {
+                if d.get(id.as_bytes())?.is_some() {
+                    return Ok(false);
+                }
+                e.insert(&seq.to_be_bytes(), value.as_slice())?;
+                d.insert(id.as_bytes(), &dedup_value[..])?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(true)
+            })
+            .expect("commits")
+    };
+    let batch = |seq: u64, id: &str| {
+        let fresh = events.get(id.as_bytes()).expect("get").is_none();
+        let mut batch = sled::Batch::default();
+        batch.insert(&seq.to_be_bytes(), value.as_slice());
+        batch.insert(id.as_bytes(), &dedup_value[..]);
+        events.apply_batch(batch).expect("applies");
+        fresh
+    };
+    let plain = |seq: u64, id: &str| {
+        let fresh = dedup.get(id.as_bytes()).expect("get").is_none();
+        events
+            .insert(seq.to_be_bytes(), value.as_slice())
+            .expect("inserts");
+        dedup
+            .insert(id.as_bytes(), &dedup_value[..])
+            .expect("inserts");
+        fresh
+    };
+    let variants: [(&str, &SledWrite); 3] = [
+        ("sled_txn_two_trees", &txn),
+        ("sled_batch_one_tree", &batch),
+        ("sled_two_plain_inserts", &plain),
+    ];
+    g.measurement_time(PACED_MEASUREMENT);
+    for (name, write) in variants {
+        g.bench_function(format!("{name}_paced"), |b| {
+            b.iter_custom(|iters| paced(iters, &mut next, |(seq, id)| write(seq, &id)))
+        });
+        db.flush().expect("flush");
+    }
+    g.measurement_time(MEASUREMENT);
+    for (name, write) in variants {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                &mut next,
+                |(seq, id)| write(seq, &id),
+                BatchSize::SmallInput,
+            )
+        });
+        db.flush().expect("flush");
+    }
+    drop((events, dedup, db));
+}
+
+/// Lets sled write out what a back-to-back run left behind, so that it does not
+/// slow the next benchmark down.
+fn settle(store: &Store) {
+    store.flush_durable(false).expect("flush");
+}
+
+/// One way of writing an event (by seq) and its dedup entry (by id) to sled.
+type SledWrite<'a> = dyn Fn(u64, &str) -> bool + 'a;
+
+/// Runs `routine` `iters` times on fresh inputs, sleeping `PACE` before each, and
+/// returns the time spent in `routine` alone.
+fn paced<I, O>(
+    iters: u64,
+    mut setup: impl FnMut() -> I,
+    mut routine: impl FnMut(I) -> O,
+) -> Duration {
+    let mut timed = Duration::ZERO;
+    for _ in 0..iters {
+        let input = setup();
+        std::thread::sleep(PACE);
+        let t = Instant::now();
+        let out = routine(input);
+        timed += t.elapsed();
+        black_box(out);
+    }
+    timed
 }
 
 fn factor_read(c: &mut Criterion) {

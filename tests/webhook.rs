@@ -44,7 +44,10 @@ async fn accepted_then_duplicate_and_not_counted_again() {
         r.json(),
         serde_json::json!({"status": "accepted", "seq": 1})
     );
-    assert_eq!(r.header("x-edge-scale-factor"), Some("1.00"));
+    // The 202 carries the factor of the moment it was answered: the pump may or may
+    // not have applied this upvote yet, so either value is right.
+    let f = r.header("x-edge-scale-factor").expect("factor header");
+    assert!(f == "1.00" || f == "1.01", "factor header {f}");
 
     let r = s.webhook(&body, SECRET).await;
     assert_eq!(r.status, StatusCode::OK);
