@@ -1,28 +1,43 @@
-//! The sled store: trees, key encodings, record versions, and the one write that
-//! matters — an event and its dedup entry committed together.
+//! The sled store: trees, key encodings, record versions, and the write path of
+//! events — an in-memory append on the request path, written to sled in batches.
 //!
 //! Trees (DESIGN.md, Storage):
 //! - `events`: `u64` BE seq → `[version][bincode EventRecord]`
 //! - `dedup`: event id → `[version][received ms u64 BE][seq u64 BE]`, swept after the TTL
-//! - `meta`: `schema_version` → `u32` BE; `pin` → the operator's factor pin
+//! - `meta`: `schema_version` → `u32` BE; `pin` → the operator's factor pin;
+//!   `dedup_through` → `u64` BE, the highest seq whose dedup entry is written
 //!
-//! **Invariant:** an event and its dedup entry are written in one sled transaction, so
-//! after any crash either both exist or neither does.
-//! **Invariant:** seqs are dense and increasing: the next one is `events.last() + 1`,
+//! Write path: `append` checks the id against an in-memory dedup index (sharded, loaded
+//! from the `dedup` tree at open), takes the next seq and queues the encoded record, all
+//! in well under a microsecond and without touching sled. `write_pending` (the
+//! committer, off the async workers) takes the whole queue and writes it with plain
+//! inserts — every event of the batch first, then every dedup entry — so that sled's
+//! per-transaction log seal is paid neither per event nor at all. `flush_durable`
+//! writes what is queued and then flushes (and fsyncs) the log.
+//!
+//! **Invariant:** an event's dedup entry is written after the event, and
+//! `meta.dedup_through` after both. A crash can cut a batch; `open` repairs it: above
+//! that mark, a dedup entry whose event is missing is dropped and an event whose dedup
+//! entry is missing gets it back. So after any crash either both exist or neither does.
+//! **Invariant:** seqs are dense and increasing: they are taken in queue order, the
+//! queue is written in order, and the next one after a restart is `events.last() + 1`,
 //! never sled's `generate_id` (which jumps after a crash).
+//! **Invariant:** a record that failed to be written stays queued and is written by the
+//! next flush, so an id answered "duplicate" always has its event in the store.
 //! **Invariant:** a record or store written by a newer schema is refused, never misread.
 //!
-//! All methods here block (sled does I/O); async callers run `flush_durable` in
-//! `spawn_blocking`. Inserts are in-memory until a flush and cost microseconds.
+//! All methods block (sled does I/O) except `append`; async callers run
+//! `write_pending` and `flush_durable` in `spawn_blocking`.
 
+use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::factor::Pin;
 
@@ -112,11 +127,34 @@ struct Inner {
     meta: sled::Tree,
     /// A second handle on sled's data file, for `sync_data` after `flush`.
     db_file: File,
+    /// The seq the next accepted event gets; written under `queue`, read lock-free.
     next_seq: AtomicU64,
-    /// Serializes dedup check + seq allocation + insert. Held for microseconds,
-    /// never across an await.
-    commit_lock: Mutex<()>,
+    /// Ids seen within the dedup TTL: id → (received ms, seq). Sharded so the sweep
+    /// holds one shard at a time.
+    seen: Box<[Mutex<SeenShard>]>,
+    hasher: RandomState,
+    /// Accepted records not yet written to sled, in seq order. Taken under a shard
+    /// lock (lock order: shard, then queue), held for a push.
+    queue: Mutex<Vec<Pending>>,
+    /// Serializes `write_pending`, so batches reach sled in seq order.
+    writer: Mutex<()>,
 }
+
+/// An accepted event waiting for `write_pending`.
+struct Pending {
+    seq: u64,
+    id: Box<str>,
+    encoded: Vec<u8>,
+    dedup: [u8; 17],
+}
+
+/// One shard of the dedup index: id → (received ms, seq).
+type SeenShard = HashMap<Box<str>, (u64, u64)>;
+
+/// Shards of the in-memory dedup index.
+const SEEN_SHARDS: usize = 16;
+/// `meta` key: the highest seq whose dedup entry is written (u64 BE).
+const DEDUP_THROUGH_KEY: &str = "dedup_through";
 
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard()
@@ -170,6 +208,15 @@ impl Store {
             dir: dir.to_path_buf(),
             detail: format!("cannot open the data file for fsync: {e}"),
         })?;
+        let seen = repair_and_load_dedup(&events, &dedup, &meta)?;
+        let hasher = RandomState::new();
+        let shards: Vec<_> = (0..SEEN_SHARDS)
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect();
+        for (id, entry) in seen {
+            let i = shard_of(&hasher, &id);
+            shards[i].lock().insert(id, entry);
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -179,7 +226,10 @@ impl Store {
                 meta,
                 db_file,
                 next_seq: AtomicU64::new(next_seq),
-                commit_lock: Mutex::new(()),
+                seen: shards.into_boxed_slice(),
+                hasher,
+                queue: Mutex::new(Vec::new()),
+                writer: Mutex::new(()),
             }),
         })
     }
@@ -188,44 +238,92 @@ impl Store {
         &self.inner.dir
     }
 
-    /// Commits `record` unless its id was seen less than `dedup_ttl_ms` ago.
-    /// The write is in memory until the next flush.
+    /// Accepts `record` unless its id was seen less than `dedup_ttl_ms` ago: the id is
+    /// remembered, the next seq taken and the record queued for `write_pending`. No
+    /// sled I/O; this is the in-memory append of the webhook path.
+    pub fn append(&self, record: &EventRecord, dedup_ttl_ms: u64) -> Result<Commit, StoreError> {
+        let encoded = encode_event(record)?;
+        let inner = &*self.inner;
+        let mut shard = inner.seen[shard_of(&inner.hasher, &record.id)].lock();
+        if let Some(&(seen_ms, seen_seq)) = shard.get(record.id.as_str()) {
+            if record.received_ms.saturating_sub(seen_ms) < dedup_ttl_ms {
+                return Ok(Commit::Duplicate { seq: seen_seq });
+            }
+        }
+        let id: Box<str> = record.id.as_str().into();
+        let mut queue = inner.queue.lock();
+        let seq = inner.next_seq.load(Ordering::Relaxed);
+        queue.push(Pending {
+            seq,
+            id: id.clone(),
+            encoded,
+            dedup: encode_dedup(record.received_ms, seq),
+        });
+        inner.next_seq.store(seq + 1, Ordering::Release);
+        drop(queue);
+        shard.insert(id, (record.received_ms, seq));
+        Ok(Commit::Accepted { seq })
+    }
+
+    /// `append`, then `write_pending`: the record is in sled (not yet flushed) when
+    /// this returns. For callers without a committer (tools, tests).
     pub fn commit_event(
         &self,
         record: &EventRecord,
         dedup_ttl_ms: u64,
     ) -> Result<Commit, StoreError> {
-        let encoded = encode_event(record)?;
-        let inner = &*self.inner;
-        let _serial = inner.commit_lock.lock();
-        let seq = inner.next_seq.load(Ordering::Acquire);
-        let dedup_value = encode_dedup(record.received_ms, seq);
-        let outcome = (&inner.events, &inner.dedup).transaction(|(events, dedup)| {
-            if let Some(existing) = dedup.get(record.id.as_bytes())? {
-                let (seen_ms, seen_seq) =
-                    decode_dedup(&existing).map_err(ConflictableTransactionError::Abort)?;
-                if record.received_ms.saturating_sub(seen_ms) < dedup_ttl_ms {
-                    return Ok(Commit::Duplicate { seq: seen_seq });
-                }
-            }
-            events.insert(&seq.to_be_bytes(), encoded.as_slice())?;
-            dedup.insert(record.id.as_bytes(), dedup_value.as_slice())?;
-            Ok(Commit::Accepted { seq })
-        });
-        let outcome = outcome.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        })?;
-        if let Commit::Accepted { .. } = outcome {
-            inner.next_seq.store(seq + 1, Ordering::Release);
-        }
+        let outcome = self.append(record, dedup_ttl_ms)?;
+        self.write_pending()?;
         Ok(outcome)
     }
 
-    /// Writes everything pending to the log; with `fsync`, also forces the data file
-    /// to the disk (sled's flush alone is `sync_file_range`, which survives a process
+    /// Writes every queued record to sled: the events of the batch first, then their
+    /// dedup entries, with plain inserts. On an error the batch goes back to the head
+    /// of the queue (rewriting a key is harmless) and the next call tries again.
+    /// Returns how many records were written. Blocks: call from `spawn_blocking`.
+    pub fn write_pending(&self) -> Result<usize, StoreError> {
+        let inner = &*self.inner;
+        let _writer = inner.writer.lock();
+        let batch = std::mem::take(&mut *inner.queue.lock());
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let written = (|| {
+            for p in &batch {
+                inner
+                    .events
+                    .insert(p.seq.to_be_bytes(), p.encoded.as_slice())?;
+            }
+            for p in &batch {
+                inner.dedup.insert(p.id.as_bytes(), &p.dedup[..])?;
+            }
+            let through = batch.last().expect("the batch is not empty").seq;
+            inner
+                .meta
+                .insert(DEDUP_THROUGH_KEY, &through.to_be_bytes())?;
+            Ok::<_, sled::Error>(())
+        })();
+        match written {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                let mut queue = inner.queue.lock();
+                let newer = std::mem::replace(&mut *queue, batch);
+                queue.extend(newer);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// How many accepted records wait for `write_pending`.
+    pub fn pending(&self) -> usize {
+        self.inner.queue.lock().len()
+    }
+
+    /// Writes what is queued and the log; with `fsync`, also forces the data file to
+    /// the disk (sled's flush alone is `sync_file_range`, which survives a process
     /// crash but not a power cut). Blocks: call from `spawn_blocking`.
     pub fn flush_durable(&self, fsync: bool) -> Result<(), StoreError> {
+        self.write_pending()?;
         self.inner.db.flush()?;
         if fsync {
             self.inner.db_file.sync_data()?;
@@ -238,12 +336,16 @@ impl Store {
         self.inner.next_seq.load(Ordering::Acquire)
     }
 
+    /// The event with `seq`, written or still queued.
     pub fn event(&self, seq: u64) -> Result<Option<EventRecord>, StoreError> {
-        self.inner
-            .events
-            .get(seq.to_be_bytes())?
-            .map(|v| decode_event(&v))
-            .transpose()
+        if let Some(v) = self.inner.events.get(seq.to_be_bytes())? {
+            return decode_event(&v).map(Some);
+        }
+        let queue = self.inner.queue.lock();
+        match queue.binary_search_by_key(&seq, |p| p.seq) {
+            Ok(i) => decode_event(&queue[i].encoded).map(Some),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Up to `limit` events with seq greater than `after`, oldest first.
@@ -294,18 +396,24 @@ impl Store {
         Ok(out)
     }
 
-    /// The dedup entry for `id`: (received ms, seq).
+    /// The dedup entry for `id`: (received ms, seq), as the index holds it.
     pub fn dedup_entry(&self, id: &str) -> Result<Option<(u64, u64)>, StoreError> {
-        self.inner
-            .dedup
-            .get(id.as_bytes())?
-            .map(|v| decode_dedup(&v))
-            .transpose()
+        let inner = &*self.inner;
+        Ok(inner.seen[shard_of(&inner.hasher, id)]
+            .lock()
+            .get(id)
+            .copied())
     }
 
-    /// Removes dedup entries older than `ttl_ms` at `now_ms`. An entry rewritten
-    /// meanwhile is left alone (compare-and-swap). Returns how many were removed.
+    /// Forgets ids older than `ttl_ms` at `now_ms`, in the index (one shard at a time)
+    /// and in the `dedup` tree. A tree entry rewritten meanwhile is left alone
+    /// (compare-and-swap). Returns how many tree entries were removed.
     pub fn sweep_dedup(&self, now_ms: u64, ttl_ms: u64) -> Result<usize, StoreError> {
+        for shard in self.inner.seen.iter() {
+            shard
+                .lock()
+                .retain(|_, (seen_ms, _)| now_ms.saturating_sub(*seen_ms) < ttl_ms);
+        }
         let mut removed = 0;
         for kv in self.inner.dedup.iter() {
             let (k, v) = kv?;
@@ -363,6 +471,71 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)
     }
+}
+
+fn shard_of(hasher: &RandomState, id: &str) -> usize {
+    (hasher.hash_one(id) as usize) % SEEN_SHARDS
+}
+
+/// Repairs what a crash in the middle of `write_pending` can leave, then returns the
+/// dedup index. A batch writes its events, then their dedup entries, then
+/// `meta.dedup_through` (the highest seq whose entry is written). So only events above
+/// that mark can lack their entry (re-created here from the event), and only entries
+/// above it can lack their event, should the log keep a later write and lose an
+/// earlier one (dropped here: such an event was never acknowledged).
+fn repair_and_load_dedup(
+    events: &sled::Tree,
+    dedup: &sled::Tree,
+    meta: &sled::Tree,
+) -> Result<SeenShard, StoreError> {
+    let through = match meta.get(DEDUP_THROUGH_KEY)? {
+        Some(v) => decode_seq(&v)?,
+        None => 0,
+    };
+    let mut seen = HashMap::new();
+    let mut orphans = 0usize;
+    for kv in dedup.iter() {
+        let (k, v) = kv?;
+        let (ms, seq) = decode_dedup(&v)?;
+        if seq > through && !events.contains_key(seq.to_be_bytes())? {
+            dedup.remove(&k)?;
+            orphans += 1;
+            continue;
+        }
+        let id = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
+            what: "dedup key",
+            detail: "not UTF-8".into(),
+        })?;
+        seen.insert(id.into_boxed_str(), (ms, seq));
+    }
+    let mut restored = 0usize;
+    let mut last = through;
+    for kv in events.range(through.saturating_add(1).to_be_bytes()..) {
+        let (k, v) = kv?;
+        let seq = decode_seq(&k)?;
+        let record = decode_event(&v)?;
+        last = seq;
+        if seen.get(record.id.as_str()).is_some_and(|&(_, s)| s >= seq) {
+            continue;
+        }
+        dedup.insert(
+            record.id.as_bytes(),
+            &encode_dedup(record.received_ms, seq)[..],
+        )?;
+        seen.insert(record.id.into_boxed_str(), (record.received_ms, seq));
+        restored += 1;
+    }
+    if last > through {
+        meta.insert(DEDUP_THROUGH_KEY, &last.to_be_bytes())?;
+    }
+    if orphans + restored > 0 {
+        tracing::warn!(
+            dropped_dedup_entries = orphans,
+            restored_dedup_entries = restored,
+            "repaired the store after an interrupted write"
+        );
+    }
+    Ok(seen)
 }
 
 fn open_hint(e: &sled::Error) -> String {
@@ -559,6 +732,77 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, ["e2", "e3"]);
+    }
+
+    #[test]
+    fn appended_events_are_readable_before_and_after_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ttl = 86_400_000;
+        assert_eq!(
+            s.append(&record("a", 10), ttl).unwrap(),
+            Commit::Accepted { seq: 1 }
+        );
+        assert_eq!(
+            s.append(&record("a", 20), ttl).unwrap(),
+            Commit::Duplicate { seq: 1 }
+        );
+        assert_eq!(s.pending(), 1);
+        assert_eq!(s.event(1).unwrap().unwrap().id, "a", "read from the queue");
+        assert!(s.recent_events(10).unwrap().is_empty(), "not in sled yet");
+        assert_eq!(s.write_pending().unwrap(), 1);
+        assert_eq!(s.pending(), 0);
+        assert_eq!(s.recent_events(10).unwrap()[0].1.id, "a");
+        assert_eq!(s.dedup_entry("a").unwrap(), Some((10, 1)));
+    }
+
+    /// A crash between a batch's event inserts and its dedup inserts leaves events
+    /// without entries; a later write kept and an earlier one lost would leave an
+    /// entry without its event. `open` repairs both.
+    #[test]
+    fn open_repairs_a_cut_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = 86_400_000;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit_event(&record("kept", 100), ttl).unwrap();
+            s.flush_durable(true).unwrap();
+        }
+        {
+            // What a cut batch looks like on disk: seq 2 and 3 written without their
+            // dedup entries, and an entry for seq 4 whose event never made it.
+            let db = sled::open(dir.path()).unwrap();
+            let events = db.open_tree("events").unwrap();
+            for (seq, id) in [(2u64, "no-entry-1"), (3, "no-entry-2")] {
+                events
+                    .insert(seq.to_be_bytes(), encode_event(&record(id, 200)).unwrap())
+                    .unwrap();
+            }
+            db.open_tree("dedup")
+                .unwrap()
+                .insert("lost-event", &encode_dedup(300, 4)[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.dedup_entry("kept").unwrap(), Some((100, 1)));
+        assert_eq!(s.dedup_entry("no-entry-1").unwrap(), Some((200, 2)));
+        assert_eq!(s.dedup_entry("no-entry-2").unwrap(), Some((200, 3)));
+        assert_eq!(s.dedup_entry("lost-event").unwrap(), None);
+        assert_eq!(
+            s.commit_event(&record("no-entry-2", 500), ttl).unwrap(),
+            Commit::Duplicate { seq: 3 }
+        );
+        assert_eq!(
+            s.commit_event(&record("lost-event", 500), ttl).unwrap(),
+            Commit::Accepted { seq: 4 },
+            "an id whose event was lost is new again"
+        );
+        drop(s);
+        // The repair was written: a second open finds nothing to fix and agrees.
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.dedup_entry("no-entry-1").unwrap(), Some((200, 2)));
+        assert_eq!(s.dedup_entry("lost-event").unwrap(), Some((500, 4)));
     }
 
     #[test]

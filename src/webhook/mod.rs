@@ -5,10 +5,12 @@
 //!    within `server.body_timeout_ms` (408 for a slow sender);
 //! 2. the signature is checked over those exact bytes (401 when missing or wrong);
 //! 3. the envelope is validated (400 naming the field);
-//! 4. the event and its dedup entry are committed to sled together; a known id within
-//!    the dedup TTL is a duplicate and nothing is written;
+//! 4. the id is checked against the dedup index and the event appended in memory
+//!    (`Store::append`); a known id within the dedup TTL is a duplicate and nothing
+//!    is written;
 //! 5. a new event is pushed on the ring, where the pump turns it into velocity;
-//! 6. in fsync mode the answer waits for the group commit (`commit.rs`);
+//! 6. the committer writes it to sled (`commit.rs`); in fsync mode the answer waits
+//!    for the group commit that puts it on disk;
 //! 7. `202 {"status":"accepted","seq":N}` or `200 {"status":"duplicate"}`.
 //!
 //! **Invariant:** nothing is stored for a 4xx; a 202 follows durability.
@@ -82,7 +84,7 @@ impl Ingestor {
         &self.store
     }
 
-    /// Verifies, validates, commits (in memory) and pushes one webhook.
+    /// Verifies, validates, appends (in memory) and pushes one webhook.
     pub fn ingest(&self, headers: &HeaderMap, body: &[u8]) -> Result<Outcome, ApiError> {
         let now_ms = self.clock.now_ms();
         let (scheme, header_id) = self.verify(headers, body, now_ms)?;
@@ -101,7 +103,7 @@ impl Ingestor {
             scheme,
             payload: body.to_vec(),
         };
-        match self.store.commit_event(&record, self.dedup_ttl_ms) {
+        match self.store.append(&record, self.dedup_ttl_ms) {
             Ok(Commit::Accepted { seq }) => {
                 self.ring.push(RingEvent {
                     seq,
@@ -226,6 +228,8 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Outcome, ApiErro
             .wait_durable()
             .await
             .map_err(|e| ApiError::unavailable("storage_unavailable", e))?;
+    } else {
+        state.committer.kick();
     }
     Ok(outcome)
 }
