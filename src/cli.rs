@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `sign`.
+//! The command line: `serve` (the default), `sign`, `preflight`.
 //!
 //! Exit codes: 0 on success, 2 for a configuration or usage error (the message names
 //! the key), 1 for anything else.
@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::app::{self, Options, StartError};
 use crate::config::Config;
+use crate::preflight;
+use crate::secrets::Env;
+use crate::systemd;
 use crate::telemetry::{self, LogFormat};
 use crate::webhook::signature::{self, Key};
 
@@ -38,6 +41,19 @@ pub enum Command {
     Serve,
     /// Print the signature header(s) for a webhook body read from --file or stdin.
     Sign(SignArgs),
+    /// The night-before checklist: config, secret, disk, file limits, origin,
+    /// listeners, launch day. Exits 1 if any check fails.
+    Preflight(PreflightArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PreflightArgs {
+    /// Visitor connections the box must hold open at once.
+    #[arg(long, default_value_t = 15_000)]
+    pub connections: u64,
+    /// Events (webhooks, poller) expected over the launch, for the disk check.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +104,7 @@ pub fn run() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Preflight(args)) => preflight(cli.config.as_deref(), &args),
         None | Some(Command::Serve) => {
             telemetry::init_logs(cli.log_format);
             serve(cli.config)
@@ -95,7 +112,58 @@ pub fn run() -> ExitCode {
     }
 }
 
+fn preflight(config: Option<&std::path::Path>, args: &PreflightArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let budget = preflight::Budget {
+        connections: args.connections,
+        events: args.events,
+    };
+    let checks = runtime.block_on(preflight::run(config, &Env::from_process(), &budget));
+    println!(
+        "launchguard preflight: {}\n",
+        config.map_or("no config file (the demo)".to_string(), |p| p
+            .display()
+            .to_string())
+    );
+    print!("{}", preflight::render(&checks));
+    if checks.iter().any(|c| c.verdict == preflight::Verdict::Fail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Raises the soft open-files limit to the hard one: every visitor connection is a
+/// file descriptor, and the soft default (often 1024) would refuse a launch crowd.
+fn raise_nofile() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let from = limit.current;
+    limit.current = limit.maximum;
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => tracing::info!(
+            from = from.unwrap_or(u64::MAX),
+            to = limit.maximum.unwrap_or(u64::MAX),
+            "raised the open-files limit"
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+    }
+}
+
 fn serve(config_path: Option<PathBuf>) -> ExitCode {
+    raise_nofile();
     let config = match config_path {
         Some(path) => Config::load(&path),
         None => Config::parse(""),
@@ -129,9 +197,24 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let watchdog_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(every) = systemd::spawn_watchdog(watchdog_stop.clone()) {
+            tracing::info!(
+                every_ms = every.as_millis() as u64,
+                "pinging the systemd watchdog"
+            );
+        }
+        systemd::ready(&format!(
+            "serving on {}, admin on {}",
+            running.public_addr, running.admin_addr
+        ));
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutting down: finishing in-flight requests");
-        match running.shutdown().await {
+        // The watchdog keeps pinging while in-flight requests drain and the store flushes.
+        systemd::stopping();
+        let stopped = running.shutdown().await;
+        watchdog_stop.cancel();
+        match stopped {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: final flush failed: {e}");

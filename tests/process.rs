@@ -240,6 +240,64 @@ async fn sigterm_drains_flushes_and_exits_zero() {
     proc.child.wait().unwrap();
 }
 
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 after the listeners are
+/// bound, WATCHDOG=1 pings from the runtime, STOPPING=1 on SIGTERM. The test binds the
+/// notification socket itself, as systemd would.
+#[test]
+fn notifies_systemd_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let config = dir.path().join("launchguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             [origin]\nstatic_dir = {:?}\n[webhook]\nsecrets = [\"{SECRET}\"]\n",
+            dir.path().join("state"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification arrives");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(first.contains("STATUS=serving on 127.0.0.1:"), "{first}");
+    // Pings keep coming (every 100 ms for WATCHDOG_USEC = 200 ms).
+    for _ in 0..3 {
+        let ping = next();
+        assert_eq!(ping, "WATCHDOG=1\n");
+    }
+    assert_eq!(unsafe_kill(child.id(), libc::SIGTERM), 0);
+    let stopping = loop {
+        let m = next();
+        if m != "WATCHDOG=1\n" {
+            break m;
+        }
+    };
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 #[allow(unsafe_code)]
 fn unsafe_kill(pid: u32, signal: i32) -> i32 {
     // SAFETY: kill(2) takes plain integers; the pid is our own child.

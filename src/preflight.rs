@@ -1,0 +1,369 @@
+//! `launchguard preflight`: the night-before checklist. Each check prints PASS, WARN or
+//! FAIL with what it found and, for a failure, the fix; any FAIL makes the exit code
+//! non-zero. The checks only read, except for a probe file written to (and removed
+//! from) the data dir and the demo secret a loopback demo generates, as `serve` would.
+//!
+//! The checks: the config parses and validates; a webhook secret is configured; the data
+//! dir is writable and its disk has room for the expected events; `RLIMIT_NOFILE` covers
+//! the connection budget; the origin answers, and how fast; both listeners can bind; the
+//! launch-day time zone is known, with today's boundaries in UTC.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::secrets::{self, Env};
+
+/// What one check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub found: String,
+    /// What to do about a WARN or FAIL.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn pass(name: &'static str, found: impl Into<String>) -> Check {
+        Check {
+            name,
+            verdict: Verdict::Pass,
+            found: found.into(),
+            fix: None,
+        }
+    }
+
+    fn fail(name: &'static str, found: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            verdict: Verdict::Fail,
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn warn(name: &'static str, found: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            verdict: Verdict::Warn,
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// What the checks are measured against.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Visitor connections the box must hold open at once.
+    pub connections: u64,
+    /// Webhook and poller events expected over the launch.
+    pub events: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            connections: 15_000,
+            events: 1_000_000,
+        }
+    }
+}
+
+/// Disk per stored event: a ~1 KiB record, sled's log and its 2× space amplification.
+const BYTES_PER_EVENT: u64 = 4 * 1024;
+/// Room kept free besides the events: the metrics history, compaction, the logs.
+const DISK_MARGIN: u64 = 512 * 1024 * 1024;
+/// File descriptors besides visitor connections: origin pool, store, listeners, logs.
+const FD_MARGIN: u64 = 1024;
+
+/// Runs every check for the config at `path` (the defaults when `None`).
+pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let config = match path {
+        Some(p) => Config::load(p),
+        None => Config::parse(""),
+    }
+    .and_then(|c| c.validate().map(|()| c));
+    let config = match config {
+        Ok(c) => {
+            checks.push(Check::pass(
+                "config",
+                match path {
+                    Some(p) => format!("{} is valid", p.display()),
+                    None => "no file: every key at its default (the demo)".into(),
+                },
+            ));
+            c
+        }
+        Err(e) => {
+            checks.push(Check::fail(
+                "config",
+                e.to_string(),
+                "correct the key named above; data/launchguard.toml lists every key with its default",
+            ));
+            return checks;
+        }
+    };
+    checks.push(secret(&config, env));
+    checks.push(data_dir(&config.server.data_dir, budget.events));
+    checks.push(nofile(budget.connections));
+    checks.push(origin(&config).await);
+    checks.push(bindable("server.listen", config.server.listen));
+    checks.push(bindable("server.admin_listen", config.server.admin_listen));
+    checks.push(launch_day());
+    checks
+}
+
+/// The checklist as an operator reads it.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let tag = match c.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        let _ = writeln!(out, "  {tag}  {:<20} {}", c.name, c.found);
+        if let Some(fix) = &c.fix {
+            let _ = writeln!(out, "        {:<20} fix: {fix}", "");
+        }
+    }
+    let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
+    let warned = checks.iter().filter(|c| c.verdict == Verdict::Warn).count();
+    let _ = writeln!(
+        out,
+        "\n{} passed, {warned} warned, {failed} failed{}",
+        checks.len() - failed - warned,
+        if failed == 0 {
+            ": ready for launch"
+        } else {
+            ": fix the failures before launch"
+        }
+    );
+    out
+}
+
+fn secret(config: &Config, env: &Env) -> Check {
+    match secrets::webhook_secrets(config, env) {
+        Ok(s) if s.demo_file.is_some() => Check::warn(
+            "webhook secret",
+            format!("only the demo secret ({})", s.sources.join(", ")),
+            "fine for the loopback demo; for the launch set webhook.secret_file or the webhook_secret credential and give the sender the same secret",
+        ),
+        Ok(s) => Check::pass("webhook secret", s.sources.join(", ")),
+        Err(e) => Check::fail(
+            "webhook secret",
+            e.to_string(),
+            "configure a secret (webhook.secrets, webhook.secret_file or LAUNCHGUARD_WEBHOOK_SECRET)",
+        ),
+    }
+}
+
+fn data_dir(dir: &Path, events: u64) -> Check {
+    const NAME: &str = "data dir";
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return Check::fail(
+            NAME,
+            format!("cannot create {}: {e}", dir.display()),
+            "create it and give the service user write access (systemd: StateDirectory=launchguard)",
+        );
+    }
+    let probe: PathBuf = dir.join(".preflight-probe");
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(b"launchguard preflight\n")
+            .and_then(|()| f.sync_all())
+    });
+    let _ = std::fs::remove_file(&probe);
+    if let Err(e) = written {
+        return Check::fail(
+            NAME,
+            format!("{} is not writable: {e}", dir.display()),
+            "give the service user write access to server.data_dir, or point server.data_dir elsewhere",
+        );
+    }
+    let free = match rustix::fs::statvfs(dir) {
+        Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot read the free space of {}: {e}", dir.display()),
+                "check the mount of server.data_dir",
+            )
+        }
+    };
+    let need = events.saturating_mul(BYTES_PER_EVENT) + DISK_MARGIN;
+    let found = format!(
+        "{} is writable; {} free, {} needed for {events} events",
+        dir.display(),
+        human_bytes(free),
+        human_bytes(need)
+    );
+    if free < need {
+        Check::fail(
+            NAME,
+            found,
+            "free disk space or move server.data_dir to a larger disk (an event takes about 4 KiB with sled's overhead)",
+        )
+    } else {
+        Check::pass(NAME, found)
+    }
+}
+
+fn nofile(connections: u64) -> Check {
+    const NAME: &str = "open files";
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    // `serve` raises the soft limit to the hard one at startup, so the hard one counts.
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let need = connections + FD_MARGIN;
+    let found = format!(
+        "RLIMIT_NOFILE hard limit {}, needed {need} for {connections} connections",
+        if hard == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            hard.to_string()
+        }
+    );
+    if hard < need {
+        Check::fail(
+            NAME,
+            found,
+            "raise it: LimitNOFILE=65536 in the unit (systemd/launchguard.service has it), or `ulimit -Hn 65536` before starting",
+        )
+    } else {
+        Check::pass(NAME, found)
+    }
+}
+
+async fn origin(config: &Config) -> Check {
+    const NAME: &str = "origin";
+    let dir = &config.origin.static_dir;
+    let started = Instant::now();
+    let index = dir.join("index.html");
+    match tokio::fs::read(&index).await {
+        Ok(bytes) => Check::pass(
+            NAME,
+            format!(
+                "static site {}: index.html ({} bytes) read in {} µs",
+                dir.display(),
+                bytes.len(),
+                started.elapsed().as_micros()
+            ),
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("cannot read {}: {e}", index.display()),
+            "point origin.static_dir at the built site (it must hold index.html)",
+        ),
+    }
+}
+
+fn bindable(key: &'static str, addr: SocketAddr) -> Check {
+    match TcpListener::bind(addr) {
+        Ok(_) => Check::pass(key, format!("{addr} is free to bind")),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Check::fail(
+            key,
+            format!("{addr} is already in use"),
+            "stop what listens there (`ss -ltnp` shows it; a running launchguard counts) or pick another address",
+        ),
+        Err(e) => Check::fail(
+            key,
+            format!("cannot bind {addr}: {e}"),
+            "use an address of this host; ports under 1024 need CAP_NET_BIND_SERVICE",
+        ),
+    }
+}
+
+/// The launch day is the calendar day in Los Angeles (Product Hunt's day).
+fn launch_day() -> Check {
+    const NAME: &str = "launch day";
+    const TZ: &str = "America/Los_Angeles";
+    let day = jiff::Timestamp::now()
+        .in_tz(TZ)
+        .and_then(|now| {
+            let start = now.start_of_day()?;
+            let end = start.tomorrow()?.start_of_day()?;
+            Ok((start, end))
+        })
+        .map(|(start, end)| {
+            format!(
+                "{TZ}: today {} runs {} → {} UTC ({} h)",
+                start.date(),
+                start.timestamp().strftime("%Y-%m-%d %H:%M"),
+                end.timestamp().strftime("%Y-%m-%d %H:%M"),
+                (end.timestamp().as_second() - start.timestamp().as_second()) / 3600
+            )
+        });
+    match day {
+        Ok(found) => Check::pass(NAME, found),
+        Err(e) => Check::fail(
+            NAME,
+            format!("cannot resolve {TZ}: {e}"),
+            "this build bundles the time zone database; report the error",
+        ),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    const MIB: f64 = 1024.0 * 1024.0;
+    let n = n as f64;
+    if n >= GIB {
+        format!("{:.1} GiB", n / GIB)
+    } else {
+        format!("{:.0} MiB", n / MIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_render_names_failures_and_fixes() {
+        let text = render(&[
+            Check::pass("config", "valid"),
+            Check::fail("data dir", "/x is not writable", "chmod it"),
+        ]);
+        assert!(text.contains("PASS  config"), "{text}");
+        assert!(text.contains("FAIL  data dir"), "{text}");
+        assert!(text.contains("fix: chmod it"), "{text}");
+        assert!(text.contains("1 passed, 0 warned, 1 failed"), "{text}");
+    }
+
+    #[test]
+    fn a_taken_port_fails_the_bind_check() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = bindable("server.listen", held.local_addr().unwrap());
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.found.contains("already in use"), "{}", c.found);
+    }
+
+    #[test]
+    fn the_launch_day_spans_23_to_25_hours() {
+        let c = launch_day();
+        assert_eq!(c.verdict, Verdict::Pass, "{}", c.found);
+        assert!(
+            c.found.contains("(24 h)") || c.found.contains("(23 h)") || c.found.contains("(25 h)"),
+            "{}",
+            c.found
+        );
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+        assert_eq!(human_bytes(512 * 1024 * 1024), "512 MiB");
+    }
+}

@@ -1,0 +1,122 @@
+//! `launchguard preflight` as an operator runs it: the binary, a config file, the
+//! printed checklist and the exit code.
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_launchguard");
+
+fn site() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site")
+}
+
+/// Runs `preflight` on a config with `body`; returns (exit code, stdout).
+fn preflight(dir: &Path, body: &str) -> (i32, String) {
+    let config = dir.join("launchguard.toml");
+    std::fs::write(&config, body).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "preflight",
+            "--connections",
+            "1000",
+            "--events",
+            "1000",
+            "--config",
+        ])
+        .arg(&config)
+        .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A config on free loopback ports with a secret; `extra` is appended.
+fn config(data_dir: &Path, static_dir: &Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n\
+         [origin]\nstatic_dir = {static_dir:?}\n[webhook]\nsecrets = [\"preflight-secret\"]\n"
+    )
+}
+
+#[test]
+fn passes_on_the_demo_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = preflight(dir.path(), &config(&dir.path().join("state"), &site()));
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "PASS  config",
+        "PASS  webhook secret",
+        "PASS  data dir",
+        "PASS  open files",
+        "PASS  origin",
+        "PASS  server.listen",
+        "PASS  server.admin_listen",
+        "PASS  launch day",
+        "0 failed: ready for launch",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn fails_clearly_on_a_read_only_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    // chmod does not stop root; /proc refuses new files to everyone.
+    let data_dir = if rustix::process::geteuid().is_root() {
+        Path::new("/proc").to_path_buf()
+    } else {
+        let d = dir.path().join("ro");
+        std::fs::create_dir(&d).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o500)).unwrap();
+        d
+    };
+    let (code, out) = preflight(dir.path(), &config(&data_dir, &site()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  data dir"), "{out}");
+    assert!(out.contains("is not writable"), "{out}");
+    assert!(
+        out.contains("fix: give the service user write access"),
+        "{out}"
+    );
+    assert!(out.contains("fix the failures before launch"), "{out}");
+}
+
+#[test]
+fn fails_clearly_without_a_site_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty-site");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, out) = preflight(dir.path(), &config(&dir.path().join("state"), &empty));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  origin"), "{out}");
+    assert!(out.contains("fix: point origin.static_dir"), "{out}");
+}
+
+#[test]
+fn a_bad_config_key_is_named_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = preflight(dir.path(), "[webhook]\ndurability = \"sometimes\"\n");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  config"), "{out}");
+    assert!(out.contains("webhook.durability"), "{out}");
+}
+
+#[test]
+fn a_taken_listener_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let body = config(&dir.path().join("state"), &site()).replace(
+        "listen = \"127.0.0.1:0\"\nadmin",
+        &format!("listen = \"{addr}\"\nadmin"),
+    );
+    let (code, out) = preflight(dir.path(), &body);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  server.listen"), "{out}");
+    assert!(out.contains("already in use"), "{out}");
+}
