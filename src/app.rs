@@ -344,6 +344,7 @@ async fn sweep_loop(
             _ = shutdown.cancelled() => return,
         }
         let s = store.clone();
+        let s_dir = store.dir().to_path_buf();
         let now = clock.now_ms();
         match tokio::task::spawn_blocking(move || (s.sweep_dedup(now, ttl_ms), s.size_on_disk()))
             .await
@@ -355,6 +356,11 @@ async fn sweep_loop(
                 }
                 if let Ok(size) = size {
                     metrics::gauge!(telemetry::STORE_BYTES).set(size as f64);
+                }
+                if let Ok(fs) = rustix::fs::statvfs(s_dir.as_path()) {
+                    let block = fs.f_frsize as f64;
+                    metrics::gauge!(telemetry::DISK_FREE_BYTES).set(fs.f_bavail as f64 * block);
+                    metrics::gauge!(telemetry::DISK_TOTAL_BYTES).set(fs.f_blocks as f64 * block);
                 }
             }
             Ok((Err(e), _)) => tracing::warn!("dedup sweep failed: {e}"),

@@ -77,3 +77,16 @@ fn value<'a>(unit: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("the unit has no {key}"))
         .trim()
 }
+
+#[test]
+fn prometheus_alert_rules_are_valid_and_fire_as_tested() {
+    let rules = repo("data/prometheus/alerts.yml");
+    let Some((ok, out)) = run("promtool", &["check", "rules", rules.to_str().unwrap()]) else {
+        return;
+    };
+    assert!(ok, "promtool check rules:\n{out}");
+    let tests = repo("data/prometheus/alerts_test.yml");
+    let (ok, out) = run("promtool", &["test", "rules", tests.to_str().unwrap()])
+        .expect("promtool ran a moment ago");
+    assert!(ok, "promtool test rules:\n{out}");
+}
