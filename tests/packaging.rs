@@ -90,3 +90,15 @@ fn prometheus_alert_rules_are_valid_and_fire_as_tested() {
         .expect("promtool ran a moment ago");
     assert!(ok, "promtool test rules:\n{out}");
 }
+
+#[test]
+fn the_packaged_config_is_valid() {
+    let path = repo("systemd/launchguard.toml");
+    let c = launchguard::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    c.validate().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.server.data_dir, Path::new("/var/lib/launchguard"));
+    assert_eq!(
+        c.origin.static_dir,
+        Path::new("/usr/share/launchguard/site")
+    );
+}
