@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `sign`.
+//! The command line: `serve` (the default), `sign`, `report`.
 //!
 //! Exit codes: 0 on success, 2 for a configuration or usage error (the message names
 //! the key), 1 for anything else.
@@ -38,6 +38,8 @@ pub enum Command {
     Serve,
     /// Print the signature header(s) for a webhook body read from --file or stdin.
     Sign(SignArgs),
+    /// Print a launch day from the store (run it while the server is stopped).
+    Report(crate::analytics::ReportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +88,16 @@ pub fn run() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(2)
+            }
+        },
+        Some(Command::Report(args)) => match crate::analytics::report(cli.config, &args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(if e.is_usage() { 2 } else { 1 })
             }
         },
         None | Some(Command::Serve) => {
