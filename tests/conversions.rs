@@ -534,3 +534,72 @@ fn increments_racing_the_flusher_are_never_lost_or_doubled() {
     assert_eq!(day.tally.conversions_of("signup"), THREADS * EACH / 2);
     assert_eq!(day.batches, rows.len() as u64);
 }
+
+/// Waits (bounded) for the background retention pass that runs at startup.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("{what} did not happen");
+}
+
+#[tokio::test]
+async fn retention_sweeps_payloads_then_rows_and_keeps_daily_totals() {
+    const DAY_MS: u64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0);
+    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let r = s.webhook(&event("evt-old", "upvote"), SECRET).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    s.client.get(&s.url("/launch/")).await;
+    clock.advance_ms(5000);
+    flush(&s);
+    s.stop().await;
+
+    // 31 days on: past webhook.retention_days (30), within conversions.retention_days.
+    clock.set_ms(T0 + 31 * DAY_MS);
+    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    until("the payload sweep", || {
+        s.state()
+            .store
+            .event(1)
+            .unwrap()
+            .is_some_and(|e| e.payload.is_empty())
+    })
+    .await;
+    let kept = s.state().store.event(1).unwrap().unwrap();
+    assert_eq!(kept.id, "evt-old", "the event itself stays");
+    assert_eq!(s.state().store.next_seq(), 2);
+    let rows = s
+        .state()
+        .conversions
+        .history()
+        .batches(0, u64::MAX)
+        .unwrap();
+    assert_eq!(rows.len(), 1, "metrics rows are kept 400 days");
+    s.stop().await;
+
+    // 401 days on: the row is gone, the day's totals are not.
+    clock.set_ms(T0 + 401 * DAY_MS);
+    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    until("the metrics sweep", || {
+        s.state()
+            .conversions
+            .history()
+            .batches(0, u64::MAX)
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let a = analytics(&s, &format!("?day={DAY}")).await;
+    assert_eq!(a["visits"], 1);
+    assert_eq!(a["webhooks_accepted"], 1);
+    assert_eq!(a["series"].as_array().unwrap().len(), 0);
+    let l = s.client.get(&s.admin_url("/api/launches")).await.json();
+    assert_eq!(l["launches"][0]["day"], DAY);
+    assert_eq!(l["launches"][0]["visits"], 1);
+    s.stop().await;
+}
