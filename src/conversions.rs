@@ -6,7 +6,8 @@
 //!   an increment is one uncontended `fetch_add`, no lock, no shared line.
 //! - [`count_requests`]: the one layer on the public router that counts requests and
 //!   visits. A visit is a `GET` under `conversions.funnel_paths` answered 2xx with
-//!   `text/html`: assets, `HEAD`, errors and shed requests (503) are not visits.
+//!   `text/html` (or 304 to a request that accepts `text/html`: a browser reload);
+//!   assets, `HEAD`, errors and shed requests (503) are not visits.
 //! - [`beacon`]: `POST /api/convert {"goal":"signup"}` (JSON, or a `navigator.sendBeacon`
 //!   text/plain body) → 204; an unknown goal or a malformed body → 400 naming it.
 //! - [`Conversions::flush`]: swaps every cell to zero and writes the sum as one
@@ -164,10 +165,13 @@ impl Counters {
         self.add(WEBHOOKS, 1);
     }
     /// `goal_index` is the goal's position in `conversions.goals`.
+    /// An index past [`MAX_GOALS`] is ignored (config validation prevents it).
     #[inline]
     pub fn record_conversion(&self, goal_index: usize) {
         debug_assert!(goal_index < MAX_GOALS);
-        self.add(FIRST_GOAL + goal_index.min(MAX_GOALS - 1), 1);
+        if goal_index < MAX_GOALS {
+            self.add(FIRST_GOAL + goal_index, 1);
+        }
     }
 
     /// Notes the factor a request saw; keeps the highest until the next take.
@@ -398,11 +402,26 @@ pub async fn count_requests(State(conv): State<Conversions>, req: Request, next:
     counters.record_request();
     counters.observe_factor(conv.inner.factor.current());
     let maybe_visit = req.method() == Method::GET && conv.inner.funnel.matches(req.uri().path());
+    // A reload answered 304 Not Modified carries no content type; a browser asking
+    // for a page says so in Accept, an asset request does not.
+    let wants_html = maybe_visit && accepts_html(req.headers());
     let res = next.run(req).await;
-    if maybe_visit && res.status().is_success() && is_html(&res) {
+    let status = res.status();
+    if maybe_visit
+        && ((status.is_success() && is_html(&res))
+            || (status == StatusCode::NOT_MODIFIED && wants_html))
+    {
         counters.record_visit();
     }
     res
+}
+
+fn accepts_html(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/html"))
 }
 
 fn is_html(res: &Response) -> bool {

@@ -392,6 +392,42 @@ mod tests {
         assert_eq!(h.days().unwrap().len(), 1);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Whatever the batches (window starts repeat, goals vary), the rows sum to the
+        /// day's totals and to a naive recount.
+        #[test]
+        fn rows_sum_to_the_day_totals(
+            batches in proptest::collection::vec((0u64..20, 0u64..1000, 0u64..50, 0usize..3), 1..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let h = History::open(&store).unwrap();
+            let goals = ["signup", "waitlist", "demo"];
+            let (mut visits, mut conv) = (0, 0);
+            for (slot, v, c, g) in &batches {
+                let mut b = batch(slot * 5000, *v, 0);
+                b.tally.conversions.clear();
+                b.tally.add_conversions(goals[*g], *c);
+                h.record(&b, "2026-11-26").unwrap();
+                visits += v;
+                conv += c;
+            }
+            let rows = h.batches(0, u64::MAX).unwrap();
+            let mut sum = Tally::default();
+            rows.iter().for_each(|r| sum.merge(&r.tally));
+            let day = h.day("2026-11-26").unwrap().unwrap();
+            proptest::prop_assert_eq!(sum.visits, visits);
+            proptest::prop_assert_eq!(sum.conversions_total(), conv);
+            proptest::prop_assert_eq!(day.tally.visits, visits);
+            proptest::prop_assert_eq!(day.tally.conversions_total(), conv);
+            proptest::prop_assert_eq!(day.batches, batches.len() as u64);
+            for g in goals {
+                proptest::prop_assert_eq!(sum.conversions_of(g), day.tally.conversions_of(g));
+            }
+        }
+    }
+
     #[test]
     fn retention_removes_rows_but_keeps_days() {
         let dir = tempfile::tempdir().unwrap();

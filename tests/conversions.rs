@@ -84,12 +84,43 @@ async fn only_html_page_views_under_the_funnel_are_visits() {
         .send(Method::POST, &s.url("/launch/"), &[], Vec::new())
         .await;
 
+    // A browser reload answered 304 is a page view.
+    let page = get("/launch/").await;
+    let etag = page
+        .header("etag")
+        .expect("the site sends ETags")
+        .to_string();
+    let reload = s
+        .client
+        .send(
+            Method::GET,
+            &s.url("/launch/"),
+            &[
+                ("if-none-match", &etag),
+                ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+            ],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(reload.status, StatusCode::NOT_MODIFIED);
+    // The same 304 to a script's fetch (Accept: */*) is not a page view.
+    let fetched = s
+        .client
+        .send(
+            Method::GET,
+            &s.url("/launch/"),
+            &[("if-none-match", &etag), ("accept", "*/*")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(fetched.status, StatusCode::NOT_MODIFIED);
+
     let (live, _) = s.state().conversions.counters().peek();
-    assert_eq!(live.visits(), 3);
-    assert_eq!(live.requests(), 10);
+    assert_eq!(live.visits(), 5);
+    assert_eq!(live.requests(), 13);
     let a = analytics(&s, &format!("?day={DAY}")).await;
-    assert_eq!(a["visits"], 3);
-    assert_eq!(a["requests"], 10);
+    assert_eq!(a["visits"], 5);
+    assert_eq!(a["requests"], 13);
     s.stop().await;
 }
 
