@@ -233,3 +233,27 @@ async fn a_running_server_holds_the_store_and_report_says_so() {
         .unwrap();
     assert!(stdout(&o).contains("visits               400"));
 }
+
+#[test]
+fn an_unknown_time_zone_is_named_by_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("launchguard.toml"),
+        "[conversions]\ntimezone = \"Mars/Olympus_Mons\"\n",
+    )
+    .unwrap();
+    for command in ["report", "serve"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_launchguard"))
+            .arg(command)
+            .arg("--config")
+            .arg(dir.path().join("launchguard.toml"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{command}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("conversions.timezone: unknown time zone \"Mars/Olympus_Mons\""),
+            "{command}: {err}"
+        );
+    }
+}
