@@ -19,6 +19,20 @@ use support::*;
 const T0: u64 = 1_795_680_000_000;
 const DAY: &str = "2026-11-26";
 
+/// The test server with the periodic flush pushed out of reach (an hour of real
+/// time), so only the test's own flushes and the one at shutdown write batches.
+async fn start(
+    dir: &std::path::Path,
+    clock: Clock,
+    tweak: impl FnOnce(&mut launchguard::config::Config),
+) -> TestServer {
+    TestServer::start(dir, clock, |c| {
+        c.conversions.flush_interval_ms = 3_600_000;
+        tweak(c);
+    })
+    .await
+}
+
 async fn analytics(s: &TestServer, query: &str) -> serde_json::Value {
     let r = s
         .client
@@ -52,7 +66,7 @@ fn flush(s: &TestServer) {
 #[tokio::test]
 async fn only_html_page_views_under_the_funnel_are_visits() {
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
+    let s = start(dir.path(), Clock::manual(T0), |_| {}).await;
     let get = |path: &'static str| {
         let s = &s;
         async move { s.client.get(&s.url(path)).await }
@@ -175,7 +189,7 @@ async fn a_shed_request_is_not_a_visit() {
 #[tokio::test]
 async fn the_beacon_counts_known_goals_and_names_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), Clock::manual(T0), |c| {
+    let s = start(dir.path(), Clock::manual(T0), |c| {
         c.conversions.goals = vec!["signup".into(), "waitlist".into()];
     })
     .await;
@@ -243,7 +257,7 @@ async fn the_beacon_counts_known_goals_and_names_what_is_wrong() {
 #[tokio::test]
 async fn the_demo_signup_button_sends_the_beacon() {
     let dir = tempfile::tempdir().unwrap();
-    let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
+    let s = start(dir.path(), Clock::manual(T0), |_| {}).await;
     let page = s.client.get(&s.url("/launch/")).await.text();
     assert!(page.contains(r#"<script src="/app.js""#));
     assert!(page.contains(r#"id="signup-form""#));
@@ -261,7 +275,7 @@ async fn the_demo_signup_button_sends_the_beacon() {
 async fn analytics_is_exact_between_flushes_and_history_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0 + 9 * 3_600_000); // 09:00 PST
-    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let s = start(dir.path(), clock.clone(), |_| {}).await;
     for _ in 0..4 {
         s.client.get(&s.url("/launch/")).await;
     }
@@ -304,7 +318,7 @@ async fn analytics_is_exact_between_flushes_and_history_survives_a_restart() {
     // A shutdown flushes what is pending; a restart reads it all back.
     clock.advance_ms(1000);
     s.stop().await;
-    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let s = start(dir.path(), clock.clone(), |_| {}).await;
     let a = analytics(&s, &format!("?day={DAY}")).await;
     assert_eq!(a["visits"], 10);
     assert_eq!(a["conversions_total"], 3);
@@ -325,7 +339,7 @@ async fn analytics_is_exact_between_flushes_and_history_survives_a_restart() {
 async fn ranges_and_launches_compare_days() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0 - 3_600_000); // 23:00 PST on 2026-11-25
-    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let s = start(dir.path(), clock.clone(), |_| {}).await;
     s.client.get(&s.url("/launch/")).await;
     clock.advance_ms(3_600_000);
     flush(&s);
@@ -382,7 +396,7 @@ async fn analytics_needs_the_admin_token_when_one_is_configured() {
     let token_file = dir.path().join("admin_token");
     std::fs::write(&token_file, "a-long-enough-admin-token-0123\n").unwrap();
     let data = dir.path().join("state");
-    let s = TestServer::start(&data, Clock::manual(T0), |c| {
+    let s = start(&data, Clock::manual(T0), |c| {
         c.server.admin_token_file = Some(token_file.clone());
     })
     .await;
@@ -410,7 +424,7 @@ async fn analytics_needs_the_admin_token_when_one_is_configured() {
 async fn a_flush_writes_one_batch_with_every_counter_and_feeds_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);
-    let s = TestServer::start(dir.path(), clock.clone(), |c| {
+    let s = start(dir.path(), clock.clone(), |c| {
         c.conversions.goals = vec!["signup".into(), "metrics_probe".into()];
     })
     .await;
@@ -582,7 +596,7 @@ async fn retention_sweeps_payloads_then_rows_and_keeps_daily_totals() {
     const DAY_MS: u64 = 86_400_000;
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);
-    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let s = start(dir.path(), clock.clone(), |_| {}).await;
     let r = s.webhook(&event("evt-old", "upvote"), SECRET).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.client.get(&s.url("/launch/")).await;
@@ -592,7 +606,7 @@ async fn retention_sweeps_payloads_then_rows_and_keeps_daily_totals() {
 
     // 31 days on: past webhook.retention_days (30), within conversions.retention_days.
     clock.set_ms(T0 + 31 * DAY_MS);
-    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let s = start(dir.path(), clock.clone(), |_| {}).await;
     until("the payload sweep", || {
         s.state()
             .store
@@ -615,7 +629,7 @@ async fn retention_sweeps_payloads_then_rows_and_keeps_daily_totals() {
 
     // 401 days on: the row is gone, the day's totals are not.
     clock.set_ms(T0 + 401 * DAY_MS);
-    let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let s = start(dir.path(), clock.clone(), |_| {}).await;
     until("the metrics sweep", || {
         s.state()
             .conversions
