@@ -7,9 +7,11 @@
 //!   read, pin (the rollback switch) and unpin the scale factor. A pin is persisted,
 //!   so it survives a restart until it lapses.
 //! - `GET /admin/events?after=SEQ&limit=N`: stored events (newest first without `after`).
+//! - `GET /api/analytics?day=D` or `?from=D&to=D`, `GET /api/launches`: launch-day
+//!   reports (`analytics.rs`).
 //!
-//! `/admin/*` needs `Authorization: Bearer <token>` whenever a token is configured
-//! (always, off loopback); the token is compared as a SHA-256 digest in constant
+//! `/admin/*`, `/api/analytics` and `/api/launches` need `Authorization: Bearer <token>`
+//! whenever a token is configured (always, off loopback); the token is compared as a SHA-256 digest in constant
 //! time, so neither its bytes nor its length leak through timing. Every admin action
 //! that changes state is logged at info.
 
@@ -57,6 +59,8 @@ pub fn router(state: AppState) -> Router {
             get(get_factor).post(pin_factor).delete(unpin_factor),
         )
         .route("/admin/events", get(list_events))
+        .route("/api/analytics", get(crate::analytics::analytics))
+        .route("/api/launches", get(crate::analytics::list_launches))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -6,7 +6,8 @@
 //! pump → bind the listeners → serve.
 //! Shutdown (SIGTERM/SIGINT or `Running::shutdown`): readiness goes 503 → listeners
 //! stop accepting and in-flight requests finish within `server.shutdown_grace_ms`
-//! (then they are cut) → the pump drains → a final fsync → exit.
+//! (then they are cut) → the pump drains and the counters are flushed → a final
+//! fsync → exit.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,9 @@ use crate::admin::{self, AdminToken};
 use crate::clock::Clock;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Durability};
+use crate::conversions::{self, Conversions};
 use crate::factor::Factor;
+use crate::history::History;
 use crate::ring::{Pump, Ring};
 use crate::secrets::{self, Env};
 use crate::store::{Store, StoreError};
@@ -52,6 +55,8 @@ pub struct AppState {
     pub admin_token: Option<AdminToken>,
     pub metrics: PrometheusHandle,
     pub shutting_down: Arc<AtomicBool>,
+    /// Sharded counters (visits, conversions, requests, ...) and their history.
+    pub conversions: Conversions,
 }
 
 /// Why the appliance could not start.
@@ -139,6 +144,13 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     }
     factor.set_computed(window.factor(), window.velocity(), now);
 
+    let counters = Conversions::new(
+        &config.conversions,
+        History::open(&store)?,
+        factor.clone(),
+        now,
+    )?;
+
     let ring = Ring::new(config.webhook.ring_capacity);
     let (committer, committer_task) = Committer::start(
         store.clone(),
@@ -172,6 +184,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         admin_token,
         metrics: metrics.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
+        conversions: counters.clone(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -200,6 +213,14 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
+        tokio::spawn(conversions::flush_loop(
+            counters,
+            state.clock.clone(),
+            Duration::from_millis(state.config.conversions.flush_interval_ms),
+            u64::from(state.config.conversions.retention_days) * 86_400_000,
+            u64::from(state.config.webhook.retention_days) * 86_400_000,
+            background_shutdown.clone(),
+        )),
     ];
     // The committer is not awaited at shutdown: it ends by itself once every
     // AppState clone is gone, and the final flush below covers whatever it had not.
@@ -296,16 +317,24 @@ fn spawn_server(
     })
 }
 
-/// The public listener: the webhook path, then the site. Every answer, including
-/// 404s and 405s, carries the scale factor, so the layer wraps the whole router.
+/// The public listener: the webhook path, the conversion beacon, then the site.
+/// Every answer, including 404s and 405s, carries the scale factor, so the layer wraps
+/// the whole router. Requests and visits are counted by `conversions::count_requests`,
+/// which wraps everything that serves the site and judges only the final answer.
 pub fn public_router(state: AppState) -> Router {
     let dir = &state.config.origin.static_dir;
     let site = ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("404.html")));
     let factor = state.factor.clone();
+    let counting = state.conversions.clone();
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
+        .route(conversions::BEACON_PATH, post(conversions::beacon))
         .fallback_service(site)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            counting,
+            conversions::count_requests,
+        ))
         .layer(axum::middleware::map_response(move |res| {
             let f = factor.current();
             async move { with_factor_header(res, f) }

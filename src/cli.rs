@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `sign`, `preflight`.
+//! The command line: `serve` (the default), `sign`, `preflight`, `report`.
 //!
 //! Exit codes: 0 on success, 2 for a configuration or usage error (the message names
 //! the key), 1 for anything else.
@@ -41,6 +41,8 @@ pub enum Command {
     Serve,
     /// Print the signature header(s) for a webhook body read from --file or stdin.
     Sign(SignArgs),
+    /// Print a launch day from the store (run it while the server is stopped).
+    Report(crate::analytics::ReportArgs),
     /// The night-before checklist: config, secret, disk, file limits, origin,
     /// listeners, launch day. Exits 1 if any check fails.
     Preflight(PreflightArgs),
@@ -105,6 +107,16 @@ pub fn run() -> ExitCode {
             }
         },
         Some(Command::Preflight(args)) => preflight(cli.config.as_deref(), &args),
+        Some(Command::Report(args)) => match crate::analytics::report(cli.config, &args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(if e.is_usage() { 2 } else { 1 })
+            }
+        },
         None | Some(Command::Serve) => {
             telemetry::init_logs(cli.log_format);
             serve(cli.config)

@@ -41,6 +41,7 @@ pub struct Config {
     pub origin: OriginConfig,
     pub webhook: WebhookConfig,
     pub velocity: VelocityConfig,
+    pub conversions: ConversionsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +130,9 @@ pub struct WebhookConfig {
     pub dedup_ttl_secs: u64,
     /// Slots in the lock-free ring between ingestion and the pump. Default 65536.
     pub ring_capacity: usize,
+    /// Days a stored event keeps its raw payload; older payloads are swept (the
+    /// event's id, type, weight and time stay). Default 30.
+    pub retention_days: u32,
 }
 
 impl Default for WebhookConfig {
@@ -142,6 +146,7 @@ impl Default for WebhookConfig {
             tolerance_secs: 300,
             dedup_ttl_secs: 86_400,
             ring_capacity: 65_536,
+            retention_days: 30,
         }
     }
 }
@@ -264,6 +269,7 @@ impl Config {
             ));
         }
         positive("webhook.tolerance_secs", w.tolerance_secs)?;
+        positive("webhook.retention_days", u64::from(w.retention_days))?;
         positive("webhook.dedup_ttl_secs", w.dedup_ttl_secs)?;
         if !(16..=1 << 24).contains(&w.ring_capacity) {
             return Err(ConfigError::invalid(
@@ -308,6 +314,118 @@ impl Config {
                 ));
             }
         }
+        self.conversions.validate()?;
+        Ok(())
+    }
+}
+
+/// `[conversions]`: what counts as a visit and a conversion, and how a launch day is
+/// priced and bucketed (DESIGN.md, Conversions and analytics).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversionsConfig {
+    /// Goals `POST /api/convert` accepts; any other is a 400. At most 10. Default `["signup"]`.
+    pub goals: Vec<String>,
+    /// Paths whose HTML page views count as visits: exact (`/`) or a prefix (`/launch/*`).
+    /// Default `["/launch/*"]`.
+    pub funnel_paths: Vec<String>,
+    /// How often the counters are written to the store as one batch, ms. Default 5000.
+    pub flush_interval_ms: u64,
+    /// What one visit costs (ads, sponsorship), USD; `spend = visits * this`. Default 12.50.
+    pub cost_per_visit_usd: f64,
+    /// Lifetime value of one conversion, USD; `revenue = conversions * this`. Default 48.0.
+    pub ltv_usd: f64,
+    /// IANA time zone whose midnights delimit a launch day. Default `America/Los_Angeles`.
+    pub timezone: String,
+    /// Days the per-batch metrics rows are kept; daily totals are kept forever. Default 400.
+    pub retention_days: u32,
+}
+
+impl Default for ConversionsConfig {
+    fn default() -> Self {
+        ConversionsConfig {
+            goals: vec!["signup".into()],
+            funnel_paths: vec!["/launch/*".into()],
+            flush_interval_ms: 5000,
+            cost_per_visit_usd: 12.50,
+            ltv_usd: 48.0,
+            timezone: "America/Los_Angeles".into(),
+            retention_days: 400,
+        }
+    }
+}
+
+impl ConversionsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let max = crate::conversions::MAX_GOALS;
+        if self.goals.is_empty() || self.goals.len() > max {
+            return Err(ConfigError::invalid(
+                "conversions.goals",
+                format!(
+                    "expected between 1 and {max} goals, got {}",
+                    self.goals.len()
+                ),
+            ));
+        }
+        for (i, goal) in self.goals.iter().enumerate() {
+            let ok = (1..=64).contains(&goal.len())
+                && goal
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("conversions.goals[{i}]"),
+                    format!("expected 1-64 letters, digits, '_' or '-', got {goal:?}"),
+                ));
+            }
+            if self.goals[..i].contains(goal) {
+                return Err(ConfigError::invalid(
+                    format!("conversions.goals[{i}]"),
+                    format!("{goal:?} is listed twice"),
+                ));
+            }
+        }
+        for (i, path) in self.funnel_paths.iter().enumerate() {
+            let body = path.strip_suffix("/*").unwrap_or(path);
+            if !path.starts_with('/') || body.contains('*') {
+                return Err(ConfigError::invalid(
+                    format!("conversions.funnel_paths[{i}]"),
+                    format!(
+                        "expected an exact path (\"/\") or a prefix (\"/launch/*\"), got {path:?}"
+                    ),
+                ));
+            }
+        }
+        if !(100..=3_600_000).contains(&self.flush_interval_ms) {
+            return Err(ConfigError::invalid(
+                "conversions.flush_interval_ms",
+                format!(
+                    "expected between 100 and 3600000 ms, got {}",
+                    self.flush_interval_ms
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("conversions.cost_per_visit_usd", self.cost_per_visit_usd),
+            ("conversions.ltv_usd", self.ltv_usd),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("expected a finite amount >= 0, got {v}"),
+                ));
+            }
+        }
+        if let Err(e) = jiff::tz::TimeZone::get(&self.timezone) {
+            return Err(ConfigError::invalid(
+                "conversions.timezone",
+                format!(
+                    "unknown time zone {:?} ({e}); use an IANA name such as \"America/Los_Angeles\" or \"UTC\"",
+                    self.timezone
+                ),
+            ));
+        }
+        positive("conversions.retention_days", u64::from(self.retention_days))?;
         Ok(())
     }
 }
@@ -392,6 +510,29 @@ mod tests {
         let shipped = Config::load(&path).unwrap();
         let defaults = Config::default();
         assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn conversions_errors_name_the_key() {
+        let e = err("[conversions]\ntimezone = \"Mars/Olympus_Mons\"\n");
+        assert!(e.starts_with("conversions.timezone:"), "{e}");
+        assert!(e.contains("Mars/Olympus_Mons"), "{e}");
+        let e = err("[conversions]\ngoals = []\n");
+        assert!(e.starts_with("conversions.goals:"), "{e}");
+        let e = err("[conversions]\ngoals = [\"signup\", \"sign up\"]\n");
+        assert!(e.starts_with("conversions.goals[1]:"), "{e}");
+        let e = err("[conversions]\nfunnel_paths = [\"launch/*\"]\n");
+        assert!(e.starts_with("conversions.funnel_paths[0]:"), "{e}");
+        let e = err("[conversions]\nflush_interval_ms = 5\n");
+        assert!(e.starts_with("conversions.flush_interval_ms:"), "{e}");
+        let e = err("[conversions]\nltv_usd = -1.0\n");
+        assert!(e.starts_with("conversions.ltv_usd:"), "{e}");
+        let e = err("[conversions]\nretention_days = 0\n");
+        assert!(e.starts_with("conversions.retention_days:"), "{e}");
+        let e = err("[webhook]\nretention_days = 0\n");
+        assert!(e.starts_with("webhook.retention_days:"), "{e}");
+        let c = Config::parse("[conversions]\ntimezone = \"Europe/Paris\"\n").unwrap();
+        assert_eq!(c.conversions.timezone, "Europe/Paris");
     }
 
     #[test]

@@ -7,16 +7,22 @@
 //! - [`ring`]: the lock-free ring and the pump; [`velocity`]: the window (pure);
 //!   [`factor`]: the published scale factor and the operator's pin.
 //! - [`app`]: `AppState`, both routers, startup and shutdown; [`admin`]: the admin API.
+//! - [`conversions`]: sharded counters, the beacon, the flusher; [`history`]: the
+//!   `metrics` and `launches` trees; [`analytics`]: launch-day reports.
+//! - [`preflight`]: the night-before checklist; [`systemd`]: READY and the watchdog.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
+pub mod analytics;
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod conversions;
 pub mod error;
 pub mod factor;
+pub mod history;
 pub mod preflight;
 pub mod ring;
 pub mod secrets;

@@ -122,7 +122,7 @@ pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> 
     checks.push(origin(&config).await);
     checks.push(bindable("server.listen", config.server.listen));
     checks.push(bindable("server.admin_listen", config.server.admin_listen));
-    checks.push(launch_day());
+    checks.push(launch_day(&config.conversions.timezone));
     checks
 }
 
@@ -285,12 +285,12 @@ fn bindable(key: &'static str, addr: SocketAddr) -> Check {
     }
 }
 
-/// The launch day is the calendar day in Los Angeles (Product Hunt's day).
-fn launch_day() -> Check {
+/// The launch day is the calendar day in `conversions.timezone` (Product Hunt's day is
+/// Los Angeles's, the default).
+fn launch_day(tz: &str) -> Check {
     const NAME: &str = "launch day";
-    const TZ: &str = "America/Los_Angeles";
     let day = jiff::Timestamp::now()
-        .in_tz(TZ)
+        .in_tz(tz)
         .and_then(|now| {
             let start = now.start_of_day()?;
             let end = start.tomorrow()?.start_of_day()?;
@@ -298,7 +298,7 @@ fn launch_day() -> Check {
         })
         .map(|(start, end)| {
             format!(
-                "{TZ}: today {} runs {} → {} UTC ({} h)",
+                "{tz}: today {} runs {} → {} UTC ({} h)",
                 start.date(),
                 start.timestamp().strftime("%Y-%m-%d %H:%M"),
                 end.timestamp().strftime("%Y-%m-%d %H:%M"),
@@ -309,8 +309,8 @@ fn launch_day() -> Check {
         Ok(found) => Check::pass(NAME, found),
         Err(e) => Check::fail(
             NAME,
-            format!("cannot resolve {TZ}: {e}"),
-            "this build bundles the time zone database; report the error",
+            format!("conversions.timezone: cannot resolve {tz:?}: {e}"),
+            "use an IANA zone name such as America/Los_Angeles",
         ),
     }
 }
@@ -352,13 +352,20 @@ mod tests {
 
     #[test]
     fn the_launch_day_spans_23_to_25_hours() {
-        let c = launch_day();
+        let c = launch_day("America/Los_Angeles");
         assert_eq!(c.verdict, Verdict::Pass, "{}", c.found);
         assert!(
             c.found.contains("(24 h)") || c.found.contains("(23 h)") || c.found.contains("(25 h)"),
             "{}",
             c.found
         );
+    }
+
+    #[test]
+    fn an_unknown_zone_fails_naming_the_key() {
+        let c = launch_day("Mars/Olympus_Mons");
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.found.contains("conversions.timezone"), "{}", c.found);
     }
 
     #[test]

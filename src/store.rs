@@ -467,6 +467,12 @@ impl Store {
         self.flush_durable(true)
     }
 
+    /// Another tree of the same database: `history.rs` keeps `metrics` and `launches`
+    /// this way, beside the trees this module owns.
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
     /// Space sled uses on disk, bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)

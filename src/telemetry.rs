@@ -21,6 +21,8 @@ pub const DEDUP_SWEPT_TOTAL: &str = "launchguard_dedup_swept_total";
 pub const STORE_BYTES: &str = "launchguard_store_bytes";
 pub const DISK_FREE_BYTES: &str = "launchguard_disk_free_bytes";
 pub const DISK_TOTAL_BYTES: &str = "launchguard_disk_total_bytes";
+pub const VISITS_TOTAL: &str = "launchguard_visits_total";
+pub const CONVERSIONS_TOTAL: &str = "launchguard_conversions_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -94,6 +96,14 @@ fn describe() {
         DISK_TOTAL_BYTES,
         Unit::Bytes,
         "Size of the disk of server.data_dir"
+    );
+    describe_counter!(
+        VISITS_TOTAL,
+        "HTML page views under conversions.funnel_paths (added at each counter flush)"
+    );
+    describe_counter!(
+        CONVERSIONS_TOTAL,
+        "Conversions by goal (added at each counter flush)"
     );
 }
 

@@ -33,6 +33,25 @@
     box.focus();
   }
 
+  // Tells the edge a signup happened (POST /api/convert). sendBeacon survives the
+  // page being closed or navigated away; it sends the string as text/plain.
+  function sendConversion(goal) {
+    var body = JSON.stringify({ goal: goal });
+    try {
+      if (navigator.sendBeacon && navigator.sendBeacon("/api/convert", body)) return;
+      if (window.fetch) {
+        fetch("/api/convert", {
+          method: "POST",
+          body: body,
+          keepalive: true,
+          headers: { "content-type": "application/json" }
+        }).catch(function () {});
+      }
+    } catch (e) {
+      /* counting must never break the signup */
+    }
+  }
+
   // Submit handler for #signup-form. Kept as a named global so it can be extended.
   function onSignup(event) {
     event.preventDefault();
@@ -51,6 +70,7 @@
     }
 
     clearError(input, errorEl);
+    sendConversion("signup");
     showConfirmation(form);
     return true;
   }

@@ -191,6 +191,9 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
         },
     };
     metrics::counter!(telemetry::WEBHOOKS_TOTAL, "result" => label).increment(1);
+    if let Ok(Outcome::Accepted { .. }) = result {
+        state.conversions.counters().record_webhook_accepted();
+    }
     match result {
         Ok(Outcome::Accepted { seq }) => (
             StatusCode::ACCEPTED,

@@ -1,0 +1,1024 @@
+//! Launch-day reports: the math (pure), the day in the launch time zone, the queries
+//! behind `GET /api/analytics` and `GET /api/launches`, and the `report` renderings.
+//!
+//! - `conv_rate = conversions / visits`, `spend = visits * cost_per_visit_usd`,
+//!   `CAC = cost_per_visit_usd / conv_rate` (= spend / conversions),
+//!   `revenue = conversions * ltv_usd`, `ROI = (revenue - spend) / spend`.
+//!   A ratio whose denominator is zero is `None` (JSON `null`), never NaN or a panic.
+//! - A launch day runs from midnight to midnight in `conversions.timezone` (jiff, with
+//!   its bundled tz database): 23 hours on the spring-forward day, 25 in the autumn.
+//! - A batch belongs to the day its window started in.
+//!
+//! **Invariant:** the math and the report assembly do no I/O and read no clock; the
+//! queries read the store and the live counters under the flush lock, so a report is
+//! exact at the moment it is made.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::config::ConversionsConfig;
+use crate::conversions::Conversions;
+use crate::error::ApiError;
+use crate::history::{DayTotals, MetricsBatch, Tally};
+use crate::store::StoreError;
+
+/// Longest span `?from=&to=` may cover, days.
+pub const MAX_RANGE_DAYS: i32 = 3660;
+
+/// What a visit costs and a conversion is worth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pricing {
+    pub cost_per_visit_usd: f64,
+    pub ltv_usd: f64,
+}
+
+impl Pricing {
+    pub fn of(config: &ConversionsConfig) -> Pricing {
+        Pricing {
+            cost_per_visit_usd: config.cost_per_visit_usd,
+            ltv_usd: config.ltv_usd,
+        }
+    }
+}
+
+/// The money side of a set of counts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Economics {
+    /// `conversions / visits`; `None` without visits.
+    pub conv_rate: Option<f64>,
+    pub spend_usd: f64,
+    /// `cost_per_visit_usd / conv_rate`; `None` without conversions.
+    pub cac_usd: Option<f64>,
+    pub revenue_usd: f64,
+    /// `(revenue - spend) / spend`; `None` without spend.
+    pub roi: Option<f64>,
+}
+
+pub fn economics(visits: u64, conversions: u64, pricing: &Pricing) -> Economics {
+    let spend = visits as f64 * pricing.cost_per_visit_usd;
+    let revenue = conversions as f64 * pricing.ltv_usd;
+    let conv_rate = (visits > 0).then(|| conversions as f64 / visits as f64);
+    // cost / (conversions / visits) = spend / conversions, without the rounding of
+    // the intermediate rate.
+    let cac = (conversions > 0).then(|| spend / conversions as f64);
+    let roi = (spend > 0.0).then(|| (revenue - spend) / spend);
+    Economics {
+        conv_rate,
+        spend_usd: spend,
+        cac_usd: cac,
+        revenue_usd: revenue,
+        roi,
+    }
+}
+
+/// The launch day that `ms` falls in.
+pub fn day_of(ms: u64, tz: &TimeZone) -> Date {
+    Timestamp::from_millisecond(ms.min(i64::MAX as u64) as i64)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_zoned(tz.clone())
+        .date()
+}
+
+/// Start and end (exclusive) of `day` in Unix ms: its two midnights in `tz`.
+pub fn day_bounds(day: Date, tz: &TimeZone) -> Result<(u64, u64), jiff::Error> {
+    let start = day.to_zoned(tz.clone())?.timestamp().as_millisecond();
+    let end = day
+        .tomorrow()?
+        .to_zoned(tz.clone())?
+        .timestamp()
+        .as_millisecond();
+    Ok((start.max(0) as u64, end.max(0) as u64))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS±HH:MM` in `tz`.
+pub fn local_time(ms: u64, tz: &TimeZone) -> String {
+    Timestamp::from_millisecond(ms.min(i64::MAX as u64) as i64)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_zoned(tz.clone())
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+fn hour_label(ms: u64, tz: &TimeZone) -> String {
+    Timestamp::from_millisecond(ms as i64)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_zoned(tz.clone())
+        .strftime("%H:%M %Z")
+        .to_string()
+}
+
+/// Parses `YYYY-MM-DD`, naming `key` when it is not one.
+pub fn parse_day(key: &'static str, text: &str) -> Result<Date, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("{key}: expected a date YYYY-MM-DD, got {text:?}"),
+        )
+        .field(key)
+    };
+    if text.len() != 10 {
+        return Err(bad());
+    }
+    text.parse::<Date>().map_err(|_| bad())
+}
+
+/// Counts and their economics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub visits: u64,
+    pub conversions: BTreeMap<String, u64>,
+    pub conversions_total: u64,
+    #[serde(flatten)]
+    pub economics: Economics,
+    pub peak_rps: f64,
+    pub peak_factor: f64,
+    pub requests: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub rejections: u64,
+    pub webhooks_accepted: u64,
+}
+
+impl Summary {
+    pub fn of(
+        tally: &Tally,
+        peak_rps: f64,
+        peak_factor: f64,
+        goals: &[String],
+        pricing: &Pricing,
+    ) -> Summary {
+        let mut conversions: BTreeMap<String, u64> = goals.iter().map(|g| (g.clone(), 0)).collect();
+        for (g, n) in &tally.conversions {
+            *conversions.entry(g.clone()).or_default() += n;
+        }
+        let total = tally.conversions_total();
+        Summary {
+            visits: tally.visits,
+            conversions,
+            conversions_total: total,
+            economics: economics(tally.visits, total, pricing),
+            peak_rps,
+            peak_factor,
+            requests: tally.requests,
+            cache_hits: tally.cache_hits,
+            cache_misses: tally.cache_misses,
+            rejections: tally.rejections,
+            webhooks_accepted: tally.webhooks_accepted,
+        }
+    }
+}
+
+/// One hour of a launch day.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HourRow {
+    /// Local wall-clock start with the zone abbreviation: `"01:00 PDT"`, `"01:00 PST"`.
+    pub hour: String,
+    pub start: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// One flushed batch (or the live window) for charts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    pub t: String,
+    pub start_ms: u64,
+    pub window_ms: u64,
+    pub visits: u64,
+    pub conversions: BTreeMap<String, u64>,
+    pub requests: u64,
+    pub rps: f64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub rejections: u64,
+    pub webhooks_accepted: u64,
+    pub peak_factor: f64,
+    pub velocity: f64,
+    /// The live window, not yet flushed.
+    pub live: bool,
+}
+
+/// `GET /api/analytics?day=…`, and what `launchguard report` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DayReport {
+    pub day: String,
+    pub timezone: String,
+    pub start: String,
+    pub end: String,
+    pub hours_in_day: u64,
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub hourly: Vec<HourRow>,
+    pub series: Vec<SeriesPoint>,
+}
+
+/// One day's line in a range or the launches list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DayLine {
+    pub day: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// `GET /api/analytics?from=…&to=…`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RangeReport {
+    pub from: String,
+    pub to: String,
+    pub timezone: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub days: Vec<DayLine>,
+}
+
+/// What the report math needs besides the data.
+#[derive(Debug, Clone)]
+pub struct Frame<'a> {
+    pub tz: &'a TimeZone,
+    pub tz_name: &'a str,
+    pub goals: &'a [String],
+    pub pricing: Pricing,
+}
+
+fn point(b: &MetricsBatch, live: bool, tz: &TimeZone) -> SeriesPoint {
+    SeriesPoint {
+        t: local_time(b.window_start_ms, tz),
+        start_ms: b.window_start_ms,
+        window_ms: b.window_ms,
+        visits: b.tally.visits,
+        conversions: b.tally.conversions.iter().cloned().collect(),
+        requests: b.tally.requests,
+        rps: b.rps(),
+        cache_hits: b.tally.cache_hits,
+        cache_misses: b.tally.cache_misses,
+        rejections: b.tally.rejections,
+        webhooks_accepted: b.tally.webhooks_accepted,
+        peak_factor: b.peak_factor,
+        velocity: b.velocity,
+        live,
+    }
+}
+
+/// Assembles a day from its stored totals, its batches and the live window (pass the
+/// live window only when it started on this day and holds counts). Pure.
+pub fn day_report(
+    day: Date,
+    frame: &Frame,
+    totals: Option<&DayTotals>,
+    batches: &[MetricsBatch],
+    live: Option<&MetricsBatch>,
+) -> Result<DayReport, jiff::Error> {
+    let (start, end) = day_bounds(day, frame.tz)?;
+    let mut all = totals
+        .cloned()
+        .unwrap_or_else(|| DayTotals::empty(&day.to_string()));
+    if let Some(l) = live {
+        all.add_batch(l);
+    }
+    let mut hours: Vec<(u64, DayTotals)> = (start..end)
+        .step_by(3_600_000)
+        .map(|h| (h, DayTotals::empty("")))
+        .collect();
+    for b in batches.iter().chain(live) {
+        if (start..end).contains(&b.window_start_ms) {
+            let i = ((b.window_start_ms - start) / 3_600_000) as usize;
+            if let Some((_, h)) = hours.get_mut(i) {
+                h.add_batch(b);
+            }
+        }
+    }
+    let summary = |t: &DayTotals| {
+        Summary::of(
+            &t.tally,
+            t.peak_rps,
+            t.peak_factor,
+            frame.goals,
+            &frame.pricing,
+        )
+    };
+    Ok(DayReport {
+        day: day.to_string(),
+        timezone: frame.tz_name.to_string(),
+        start: local_time(start, frame.tz),
+        end: local_time(end, frame.tz),
+        hours_in_day: (end - start) / 3_600_000,
+        summary: summary(&all),
+        hourly: hours
+            .iter()
+            .map(|(h, t)| HourRow {
+                hour: hour_label(*h, frame.tz),
+                start: local_time(*h, frame.tz),
+                summary: summary(t),
+            })
+            .collect(),
+        series: batches
+            .iter()
+            .map(|b| point(b, false, frame.tz))
+            .chain(live.map(|l| point(l, true, frame.tz)))
+            .collect(),
+    })
+}
+
+fn line(t: &DayTotals, frame: &Frame) -> DayLine {
+    DayLine {
+        day: t.day.clone(),
+        summary: Summary::of(
+            &t.tally,
+            t.peak_rps,
+            t.peak_factor,
+            frame.goals,
+            &frame.pricing,
+        ),
+    }
+}
+
+/// Adds the live window to the day it belongs to, creating the day if needed.
+fn with_live(
+    mut days: Vec<DayTotals>,
+    live: Option<&MetricsBatch>,
+    tz: &TimeZone,
+) -> Vec<DayTotals> {
+    if let Some(l) = live {
+        let day = day_of(l.window_start_ms, tz).to_string();
+        match days.iter_mut().find(|d| d.day == day) {
+            Some(d) => d.add_batch(l),
+            None => {
+                let mut d = DayTotals::empty(&day);
+                d.add_batch(l);
+                days.push(d);
+                days.sort_by(|a, b| a.day.cmp(&b.day));
+            }
+        }
+    }
+    days
+}
+
+/// Assembles a range of days (inclusive) from their stored totals and the live window.
+pub fn range_report(
+    from: Date,
+    to: Date,
+    frame: &Frame,
+    days: Vec<DayTotals>,
+    live: Option<&MetricsBatch>,
+) -> RangeReport {
+    let (lo, hi) = (from.to_string(), to.to_string());
+    let days: Vec<DayTotals> = with_live(days, live, frame.tz)
+        .into_iter()
+        .filter(|d| d.day >= lo && d.day <= hi)
+        .collect();
+    let mut total = DayTotals::empty("");
+    for d in &days {
+        total.tally.merge(&d.tally);
+        total.peak_factor = total.peak_factor.max(d.peak_factor);
+        total.peak_rps = total.peak_rps.max(d.peak_rps);
+    }
+    RangeReport {
+        from: lo,
+        to: hi,
+        timezone: frame.tz_name.to_string(),
+        summary: Summary::of(
+            &total.tally,
+            total.peak_rps,
+            total.peak_factor,
+            frame.goals,
+            &frame.pricing,
+        ),
+        days: days.iter().map(|d| line(d, frame)).collect(),
+    }
+}
+
+/// Every recorded day with its totals, newest first.
+pub fn launches(frame: &Frame, days: Vec<DayTotals>, live: Option<&MetricsBatch>) -> Vec<DayLine> {
+    let mut out: Vec<DayLine> = with_live(days, live, frame.tz)
+        .iter()
+        .map(|d| line(d, frame))
+        .collect();
+    out.reverse();
+    out
+}
+
+fn live_batch(live: &crate::conversions::Live) -> Option<&MetricsBatch> {
+    (!live.batch.tally.is_empty()).then_some(&live.batch)
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("day out of range: {0}")]
+    Date(#[from] jiff::Error),
+}
+
+/// The report of `day`: stored totals, batches and the live window, read together.
+pub fn query_day(
+    conv: &Conversions,
+    config: &ConversionsConfig,
+    day: Date,
+    now_ms: u64,
+) -> Result<DayReport, QueryError> {
+    let tz = conv.timezone().clone();
+    let (start, end) = day_bounds(day, &tz)?;
+    let (totals, batches, live) = conv.consistent(now_ms, |history, live| {
+        let live = live_batch(live).filter(|b| (start..end).contains(&b.window_start_ms));
+        Ok((
+            history.day(&day.to_string())?,
+            history.batches(start, end)?,
+            live.cloned(),
+        ))
+    })?;
+    let frame = Frame {
+        tz: &tz,
+        tz_name: &config.timezone,
+        goals: conv.goals(),
+        pricing: Pricing::of(config),
+    };
+    Ok(day_report(
+        day,
+        &frame,
+        totals.as_ref(),
+        &batches,
+        live.as_ref(),
+    )?)
+}
+
+fn all_days(
+    conv: &Conversions,
+    now_ms: u64,
+) -> Result<(Vec<DayTotals>, Option<MetricsBatch>), StoreError> {
+    conv.consistent(now_ms, |history, live| {
+        Ok((history.days()?, live_batch(live).cloned()))
+    })
+}
+
+/// The query string of `GET /api/analytics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsQuery {
+    pub day: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+fn storage_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(
+        "storage_unavailable",
+        format!("the history could not be read ({e}); retry"),
+    )
+}
+
+/// `GET /api/analytics?day=YYYY-MM-DD` (default today in the launch time zone), or
+/// `?from=YYYY-MM-DD&to=YYYY-MM-DD` for a range of days, both ends included.
+pub async fn analytics(
+    State(state): State<AppState>,
+    query: Result<Query<AnalyticsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{}; expected ?day=YYYY-MM-DD or ?from=YYYY-MM-DD&to=YYYY-MM-DD",
+                e.body_text()
+            ),
+        )
+    })?;
+    let now = state.clock.now_ms();
+    let conv = state.conversions.clone();
+    let config = state.config.clone();
+    match (q.day, q.from, q.to) {
+        (day, None, None) => {
+            let day = match day {
+                Some(d) => parse_day("day", &d)?,
+                None => day_of(now, conv.timezone()),
+            };
+            let report = tokio::task::spawn_blocking(move || {
+                query_day(&conv, &config.conversions, day, now)
+            })
+            .await
+            .map_err(storage_error)?
+            .map_err(storage_error)?;
+            Ok(Json(report).into_response())
+        }
+        (None, Some(from), Some(to)) => {
+            let from = parse_day("from", &from)?;
+            let to = parse_day("to", &to)?;
+            if from > to {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("from: {from} is after to ({to}); swap them"),
+                )
+                .field("from"));
+            }
+            let span = from.until(to).map(|s| s.get_days()).unwrap_or(i32::MAX);
+            if span >= MAX_RANGE_DAYS {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("to: a range covers at most {MAX_RANGE_DAYS} days"),
+                )
+                .field("to"));
+            }
+            let (days, live) = tokio::task::spawn_blocking({
+                let conv = conv.clone();
+                move || all_days(&conv, now)
+            })
+            .await
+            .map_err(storage_error)?
+            .map_err(storage_error)?;
+            let frame = Frame {
+                tz: conv.timezone(),
+                tz_name: &config.conversions.timezone,
+                goals: conv.goals(),
+                pricing: Pricing::of(&config.conversions),
+            };
+            Ok(Json(range_report(from, to, &frame, days, live.as_ref())).into_response())
+        }
+        (Some(_), _, _) => Err(ApiError::bad_request(
+            "invalid_request",
+            "day: give either day, or from and to, not both",
+        )
+        .field("day")),
+        (None, from, _) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{}: a range needs both from and to (YYYY-MM-DD)",
+                if from.is_none() { "from" } else { "to" }
+            ),
+        )
+        .field(if from.is_none() { "from" } else { "to" })),
+    }
+}
+
+/// `GET /api/launches`: every recorded day with its totals, newest first.
+pub async fn list_launches(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let now = state.clock.now_ms();
+    let conv = state.conversions.clone();
+    let (days, live) = tokio::task::spawn_blocking({
+        let conv = conv.clone();
+        move || all_days(&conv, now)
+    })
+    .await
+    .map_err(storage_error)?
+    .map_err(storage_error)?;
+    let frame = Frame {
+        tz: conv.timezone(),
+        tz_name: &state.config.conversions.timezone,
+        goals: conv.goals(),
+        pricing: Pricing::of(&state.config.conversions),
+    };
+    Ok(Json(serde_json::json!({
+        "timezone": state.config.conversions.timezone,
+        "launches": launches(&frame, days, live.as_ref()),
+    }))
+    .into_response())
+}
+
+/// `launchguard report [--day D] [--json|--csv]`.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The launch day, YYYY-MM-DD in conversions.timezone (default: today there).
+    #[arg(long)]
+    pub day: Option<String>,
+    /// Print JSON, the same fields as GET /api/analytics.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV: one line per hour, then the day's total.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// Why `launchguard report` could not print.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("--day: expected a date YYYY-MM-DD, got {0:?}")]
+    Day(String),
+    #[error("no store in {0}: nothing was recorded there yet; check server.data_dir in the config given with --config")]
+    NoStore(std::path::PathBuf),
+    #[error("the store in {0} is in use: a running launchguard holds its lock, and sled lets one process open it at a time; stop the server first (systemctl stop launchguard), or ask the running one with GET /api/analytics?day=YYYY-MM-DD on the admin listener")]
+    Locked(std::path::PathBuf),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
+
+impl ReportError {
+    /// A mistake in the command line or the config (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ReportError::Config(_) | ReportError::Day(_))
+    }
+}
+
+/// Reads one day from the store of a stopped server and renders it.
+pub fn report(
+    config_path: Option<std::path::PathBuf>,
+    args: &ReportArgs,
+) -> Result<String, ReportError> {
+    let config = match config_path {
+        Some(path) => crate::config::Config::load(&path)?,
+        None => crate::config::Config::parse("")?,
+    };
+    let tz = TimeZone::get(&config.conversions.timezone)
+        .map_err(|e| crate::config::ConfigError::invalid("conversions.timezone", e.to_string()))?;
+    let now = crate::clock::Clock::system().now_ms();
+    let day = match &args.day {
+        Some(d) => parse_day("day", d).map_err(|_| ReportError::Day(d.clone()))?,
+        None => day_of(now, &tz),
+    };
+    let dir = &config.server.data_dir;
+    if !dir.join("db").is_file() {
+        return Err(ReportError::NoStore(dir.clone()));
+    }
+    let store = crate::store::Store::open(dir).map_err(|e| match &e {
+        StoreError::Open { detail, .. } if detail.contains("lock") => {
+            ReportError::Locked(dir.clone())
+        }
+        _ => ReportError::Store(e),
+    })?;
+    let conv = Conversions::new(
+        &config.conversions,
+        crate::history::History::open(&store)?,
+        crate::factor::Factor::new(),
+        now,
+    )?;
+    let r = query_day(&conv, &config.conversions, day, now)?;
+    Ok(if args.json {
+        let mut s = serde_json::to_string_pretty(&r).expect("reports serialize");
+        s.push('\n');
+        s
+    } else if args.csv {
+        render_csv(&r)
+    } else {
+        render_table(&r)
+    })
+}
+
+fn opt(v: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "n/a".to_string(), fmt)
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2} %", v * 100.0)
+}
+
+fn usd(v: f64) -> String {
+    if v < 0.0 {
+        format!("-${:.2}", -v)
+    } else {
+        format!("${v:.2}")
+    }
+}
+
+/// The readable table `launchguard report` prints.
+pub fn render_table(r: &DayReport) -> String {
+    let s = &r.summary;
+    let e = &s.economics;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "launch day {} ({}, {} h: {} to {})\n",
+        r.day, r.timezone, r.hours_in_day, r.start, r.end
+    );
+    let goals: Vec<String> = s
+        .conversions
+        .iter()
+        .map(|(g, n)| format!("{g} {n}"))
+        .collect();
+    let rows = [
+        ("visits", s.visits.to_string()),
+        (
+            "conversions",
+            format!("{} ({})", s.conversions_total, goals.join(", ")),
+        ),
+        ("conversion rate", opt(e.conv_rate, pct)),
+        ("spend", usd(e.spend_usd)),
+        ("CAC", opt(e.cac_usd, usd)),
+        ("revenue", usd(e.revenue_usd)),
+        ("ROI", opt(e.roi, pct)),
+        ("peak requests/s", format!("{:.1}", s.peak_rps)),
+        ("peak scale factor", format!("{:.2}", s.peak_factor)),
+        ("requests", s.requests.to_string()),
+        (
+            "cache hits / misses",
+            format!("{} / {}", s.cache_hits, s.cache_misses),
+        ),
+        ("rejections (503)", s.rejections.to_string()),
+        ("webhooks accepted", s.webhooks_accepted.to_string()),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "  {k:<20} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "\n  {:<10} {:>8} {:>11} {:>10} {:>9} {:>9} {:>7}",
+        "hour", "visits", "conversions", "conv rate", "requests", "peak rps", "factor"
+    );
+    for h in &r.hourly {
+        let s = &h.summary;
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>8} {:>11} {:>10} {:>9} {:>9.1} {:>7.2}",
+            h.hour,
+            s.visits,
+            s.conversions_total,
+            opt(s.economics.conv_rate, pct),
+            s.requests,
+            s.peak_rps,
+            s.peak_factor
+        );
+    }
+    if r.hourly
+        .iter()
+        .all(|h| h.summary.requests == 0 && h.summary.visits == 0)
+        && (s.requests > 0 || s.visits > 0)
+    {
+        let _ = writeln!(
+            out,
+            "\n  (hourly detail is gone: rows older than conversions.retention_days are swept; the totals remain)"
+        );
+    }
+    out
+}
+
+/// CSV: one line per hour, then a `total` line.
+pub fn render_csv(r: &DayReport) -> String {
+    let goals: Vec<&String> = r.summary.conversions.keys().collect();
+    let mut out = String::from("hour_start,hour,visits");
+    for g in &goals {
+        let _ = write!(out, ",conversions_{g}");
+    }
+    out.push_str(",conversions_total,conv_rate,spend_usd,cac_usd,revenue_usd,roi,requests,peak_rps,peak_factor\n");
+    let row = |out: &mut String, start: &str, label: &str, s: &Summary| {
+        let _ = write!(out, "{start},{label},{}", s.visits);
+        for g in &goals {
+            let _ = write!(out, ",{}", s.conversions.get(*g).copied().unwrap_or(0));
+        }
+        let e = &s.economics;
+        let o = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            ",{},{},{:.2},{},{:.2},{},{},{:.3},{:.3}",
+            s.conversions_total,
+            o(e.conv_rate),
+            e.spend_usd,
+            o(e.cac_usd),
+            e.revenue_usd,
+            o(e.roi),
+            s.requests,
+            s.peak_rps,
+            s.peak_factor
+        );
+    };
+    for h in &r.hourly {
+        row(&mut out, &h.start, &h.hour, &h.summary);
+    }
+    row(&mut out, &r.start, "total", &r.summary);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const P: Pricing = Pricing {
+        cost_per_visit_usd: 12.5,
+        ltv_usd: 48.0,
+    };
+
+    fn la() -> TimeZone {
+        TimeZone::get("America/Los_Angeles").unwrap()
+    }
+
+    fn ms(rfc3339: &str) -> u64 {
+        rfc3339.parse::<Timestamp>().unwrap().as_millisecond() as u64
+    }
+
+    #[test]
+    fn the_design_example() {
+        // 1000 visits, 40 signups: 4 %, spend 12,500, CAC 312.50, revenue 1,920.
+        let e = economics(1000, 40, &P);
+        assert_eq!(e.conv_rate, Some(0.04));
+        assert_eq!(e.spend_usd, 12_500.0);
+        assert_eq!(e.cac_usd, Some(312.5));
+        assert_eq!(e.revenue_usd, 1920.0);
+        assert_eq!(e.roi, Some((1920.0 - 12_500.0) / 12_500.0));
+        // CAC is cost_per_visit / conv_rate.
+        assert!((e.cac_usd.unwrap() - 12.5 / 0.04).abs() < 1e-9);
+    }
+
+    #[test]
+    fn zero_visits_and_zero_conversions_give_null_not_nan() {
+        let e = economics(0, 0, &P);
+        assert_eq!(e.conv_rate, None);
+        assert_eq!(e.cac_usd, None);
+        assert_eq!(e.roi, None);
+        assert_eq!(e.spend_usd, 0.0);
+        let e = economics(10, 0, &P);
+        assert_eq!(e.conv_rate, Some(0.0));
+        assert_eq!(e.cac_usd, None);
+        assert_eq!(e.roi, Some(-1.0));
+        // Conversions without a visit (a beacon from a page outside the funnel).
+        let e = economics(0, 3, &P);
+        assert_eq!(e.conv_rate, None);
+        assert_eq!(e.cac_usd, Some(0.0));
+        assert_eq!(e.roi, None);
+        // Free traffic: no spend, no ROI.
+        let free = Pricing {
+            cost_per_visit_usd: 0.0,
+            ltv_usd: 48.0,
+        };
+        assert_eq!(economics(10, 1, &free).roi, None);
+        let json = serde_json::to_value(economics(0, 0, &P)).unwrap();
+        assert!(json["conv_rate"].is_null() && json["cac_usd"].is_null() && json["roi"].is_null());
+    }
+
+    proptest! {
+        #[test]
+        fn economics_are_finite_and_consistent(visits in 0u64..1_000_000_000, conv in 0u64..1_000_000_000,
+                                               cost in 0.0f64..1000.0, ltv in 0.0f64..10_000.0) {
+            let e = economics(visits, conv, &Pricing { cost_per_visit_usd: cost, ltv_usd: ltv });
+            for v in [Some(e.spend_usd), Some(e.revenue_usd), e.conv_rate, e.cac_usd, e.roi].into_iter().flatten() {
+                prop_assert!(v.is_finite());
+            }
+            prop_assert_eq!(e.conv_rate.is_some(), visits > 0);
+            prop_assert_eq!(e.cac_usd.is_some(), conv > 0);
+            if let (Some(rate), Some(cac)) = (e.conv_rate, e.cac_usd) {
+                if rate > 0.0 {
+                    prop_assert!((cac - cost / rate).abs() <= 1e-6 * cac.max(1.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dst_days_have_23_and_25_hours_in_los_angeles() {
+        let tz = la();
+        let hours = |d: &str| {
+            let (s, e) = day_bounds(d.parse().unwrap(), &tz).unwrap();
+            (e - s) / 3_600_000
+        };
+        assert_eq!(hours("2026-03-08"), 23);
+        assert_eq!(hours("2026-11-01"), 25);
+        assert_eq!(hours("2026-11-26"), 24);
+        let (s, e) = day_bounds("2026-03-08".parse().unwrap(), &tz).unwrap();
+        assert_eq!(s, ms("2026-03-08T08:00:00Z"));
+        assert_eq!(e, ms("2026-03-09T07:00:00Z"));
+    }
+
+    #[test]
+    fn instants_fall_in_the_right_launch_day() {
+        let tz = la();
+        let d = |t: &str| day_of(ms(t), &tz).to_string();
+        assert_eq!(d("2026-03-08T07:59:59.999Z"), "2026-03-07");
+        assert_eq!(d("2026-03-08T08:00:00Z"), "2026-03-08");
+        assert_eq!(d("2026-03-09T06:59:59.999Z"), "2026-03-08");
+        assert_eq!(d("2026-03-09T07:00:00Z"), "2026-03-09");
+        assert_eq!(d("2026-11-01T07:00:00Z"), "2026-11-01");
+        assert_eq!(d("2026-11-02T07:59:59.999Z"), "2026-11-01");
+        assert_eq!(d("2026-11-02T08:00:00Z"), "2026-11-02");
+    }
+
+    fn batch(at: u64, visits: u64, signups: u64) -> MetricsBatch {
+        let mut tally = Tally {
+            visits,
+            requests: visits * 2,
+            ..Tally::default()
+        };
+        tally.add_conversions("signup", signups);
+        MetricsBatch {
+            window_start_ms: at,
+            window_ms: 5000,
+            tally,
+            peak_factor: 1.0,
+            velocity: 0.0,
+        }
+    }
+
+    fn totals(day: &str, batches: &[MetricsBatch]) -> DayTotals {
+        let mut t = DayTotals::empty(day);
+        batches.iter().for_each(|b| t.add_batch(b));
+        t
+    }
+
+    #[test]
+    fn the_fall_back_day_buckets_into_25_hours() {
+        let tz = la();
+        let goals = vec!["signup".to_string()];
+        let frame = Frame {
+            tz: &tz,
+            tz_name: "America/Los_Angeles",
+            goals: &goals,
+            pricing: P,
+        };
+        // 01:30 PDT and 01:30 PST are an hour apart and both exist on 2026-11-01.
+        let b = [
+            batch(ms("2026-11-01T08:30:00Z"), 3, 1),
+            batch(ms("2026-11-01T09:30:00Z"), 5, 0),
+            batch(ms("2026-11-02T07:59:00Z"), 7, 2),
+        ];
+        let r = day_report(
+            "2026-11-01".parse().unwrap(),
+            &frame,
+            Some(&totals("2026-11-01", &b)),
+            &b,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.hours_in_day, 25);
+        assert_eq!(r.hourly.len(), 25);
+        assert_eq!(r.hourly[1].hour, "01:00 PDT");
+        assert_eq!(r.hourly[1].summary.visits, 3);
+        assert_eq!(r.hourly[2].hour, "01:00 PST");
+        assert_eq!(r.hourly[2].summary.visits, 5);
+        assert_eq!(r.hourly[24].hour, "23:00 PST");
+        assert_eq!(r.hourly[24].summary.visits, 7);
+        assert_eq!(r.summary.visits, 15);
+        assert_eq!(r.summary.conversions_total, 3);
+        assert_eq!(r.start, "2026-11-01T00:00:00-07:00");
+        assert_eq!(r.end, "2026-11-02T00:00:00-08:00");
+        assert_eq!(r.series.len(), 3);
+
+        let r = day_report("2026-03-08".parse().unwrap(), &frame, None, &[], None).unwrap();
+        assert_eq!(r.hourly.len(), 23);
+        assert_eq!(r.hourly[2].hour, "03:00 PDT");
+    }
+
+    #[test]
+    fn live_window_adds_to_its_day_and_range() {
+        let tz = la();
+        let goals = vec!["signup".to_string()];
+        let frame = Frame {
+            tz: &tz,
+            tz_name: "America/Los_Angeles",
+            goals: &goals,
+            pricing: P,
+        };
+        let stored = [batch(ms("2026-11-26T17:00:00Z"), 10, 1)];
+        let live = batch(ms("2026-11-26T17:00:05Z"), 4, 1);
+        let r = day_report(
+            "2026-11-26".parse().unwrap(),
+            &frame,
+            Some(&totals("2026-11-26", &stored)),
+            &stored,
+            Some(&live),
+        )
+        .unwrap();
+        assert_eq!(r.summary.visits, 14);
+        assert_eq!(r.summary.conversions["signup"], 2);
+        assert!(r.series.last().unwrap().live);
+
+        let days = vec![totals(
+            "2026-11-25",
+            &[batch(ms("2026-11-25T17:00:00Z"), 1, 0)],
+        )];
+        let range = range_report(
+            "2026-11-25".parse().unwrap(),
+            "2026-11-26".parse().unwrap(),
+            &frame,
+            days.clone(),
+            Some(&live),
+        );
+        assert_eq!(range.days.len(), 2);
+        assert_eq!(range.summary.visits, 5);
+        let l = launches(&frame, days, Some(&live));
+        assert_eq!(l[0].day, "2026-11-26");
+        assert_eq!(l[1].day, "2026-11-25");
+    }
+
+    #[test]
+    fn table_and_csv_show_nulls_as_such() {
+        let tz = TimeZone::UTC;
+        let goals = vec!["signup".to_string()];
+        let frame = Frame {
+            tz: &tz,
+            tz_name: "UTC",
+            goals: &goals,
+            pricing: P,
+        };
+        let r = day_report("2026-11-26".parse().unwrap(), &frame, None, &[], None).unwrap();
+        let t = render_table(&r);
+        assert!(t.contains("conversion rate      n/a"), "{t}");
+        assert!(t.contains("CAC                  n/a"), "{t}");
+        let csv = render_csv(&r);
+        assert_eq!(csv.lines().count(), 1 + 24 + 1);
+        assert!(
+            csv.lines()
+                .last()
+                .unwrap()
+                .contains(",total,0,0,0,,0.00,,0.00,,0,"),
+            "{csv}"
+        );
+    }
+}

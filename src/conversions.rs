@@ -1,0 +1,694 @@
+//! Visits, conversions and the request counters: sharded atomics on the hot path, the
+//! conversion beacon, the visit-counting layer and the flusher.
+//!
+//! - [`Counters`]: every count lives in a cell of a cache-line-padded shard; a thread
+//!   always increments its own shard (picked round-robin on its first increment), so
+//!   an increment is one uncontended `fetch_add`, no lock, no shared line.
+//! - [`count_requests`]: the one layer on the public router that counts requests and
+//!   visits. A visit is a `GET` under `conversions.funnel_paths` answered 2xx with
+//!   `text/html` (or 304 to a request that accepts `text/html`: a browser reload);
+//!   assets, `HEAD`, errors and shed requests (503) are not visits.
+//! - [`beacon`]: `POST /api/convert {"goal":"signup"}` (JSON, or a `navigator.sendBeacon`
+//!   text/plain body) → 204; an unknown goal or a malformed body → 400 naming it.
+//! - [`Conversions::flush`]: swaps every cell to zero and writes the sum as one
+//!   `MetricsBatch` (`history.rs`); [`flush_loop`] runs it every
+//!   `conversions.flush_interval_ms` and once more at shutdown, and sweeps retention.
+//!
+//! **Invariant:** no increment is lost or counted twice across a flush: each cell is
+//! taken with an atomic `swap(0)`, so an increment lands either in the batch being
+//! written or in the next one. A failed write puts the taken counts back.
+//! **Invariant:** readers see flushed rows plus live cells under the flush lock, so a
+//! report is exact at any moment; increments never take that lock.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use crossbeam::utils::CachePadded;
+use jiff::tz::TimeZone;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::clock::Clock;
+use crate::config::ConversionsConfig;
+use crate::error::ApiError;
+use crate::factor::Factor;
+use crate::history::{History, MetricsBatch, Tally};
+use crate::store::StoreError;
+use crate::telemetry;
+
+/// The most goals `conversions.goals` may list: one shard is 16 cells of 8 bytes,
+/// exactly one 128-byte padded line.
+pub const MAX_GOALS: usize = 10;
+/// Largest beacon body accepted; `{"goal":"..."}` needs well under this.
+pub const BEACON_MAX_BYTES: usize = 1024;
+/// The beacon's path on the public listener.
+pub const BEACON_PATH: &str = "/api/convert";
+
+const VISITS: usize = 0;
+const REQUESTS: usize = 1;
+const CACHE_HITS: usize = 2;
+const CACHE_MISSES: usize = 3;
+const REJECTIONS: usize = 4;
+const WEBHOOKS: usize = 5;
+const FIRST_GOAL: usize = 6;
+const CELLS: usize = FIRST_GOAL + MAX_GOALS;
+
+/// One thread's cells. Padded to its own cache line(s), so two threads never write
+/// the same line.
+struct Shard([AtomicU64; CELLS]);
+
+impl Shard {
+    fn new() -> Shard {
+        Shard(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard number, handed out round-robin on first use.
+    static THREAD_SHARD: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts taken out of (or read from) the cells, one per cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts([u64; CELLS]);
+
+impl Counts {
+    pub fn visits(&self) -> u64 {
+        self.0[VISITS]
+    }
+    pub fn requests(&self) -> u64 {
+        self.0[REQUESTS]
+    }
+    pub fn conversions(&self, goal_index: usize) -> u64 {
+        self.0[FIRST_GOAL + goal_index]
+    }
+    pub fn webhooks_accepted(&self) -> u64 {
+        self.0[WEBHOOKS]
+    }
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|&n| n == 0)
+    }
+}
+
+/// The sharded counters. A clone is cheap and shares the same cells.
+#[derive(Clone)]
+pub struct Counters {
+    inner: Arc<CountersInner>,
+}
+
+struct CountersInner {
+    shards: Box<[CachePadded<Shard>]>,
+    mask: usize,
+    /// Highest factor a request saw since the last take, as `f64` bits (for positive
+    /// floats the bit patterns order like the values).
+    peak_factor: CachePadded<AtomicU64>,
+}
+
+impl Counters {
+    /// Four shards per CPU (at least 8, a power of two), so threads rarely share one.
+    pub fn new() -> Counters {
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        Counters::with_shards((cpus * 4).next_power_of_two().clamp(8, 256))
+    }
+
+    /// `shards` is rounded up to a power of two.
+    pub fn with_shards(shards: usize) -> Counters {
+        let n = shards.max(1).next_power_of_two();
+        Counters {
+            inner: Arc::new(CountersInner {
+                shards: (0..n).map(|_| CachePadded::new(Shard::new())).collect(),
+                mask: n - 1,
+                peak_factor: CachePadded::new(AtomicU64::new(0)),
+            }),
+        }
+    }
+
+    #[inline]
+    fn add(&self, cell: usize, n: u64) {
+        let shard = THREAD_SHARD.with(|s| *s) & self.inner.mask;
+        self.inner.shards[shard].0[cell].fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn record_visit(&self) {
+        self.add(VISITS, 1);
+    }
+    #[inline]
+    pub fn record_request(&self) {
+        self.add(REQUESTS, 1);
+    }
+    /// For the edge cache: a request answered from the cache.
+    #[inline]
+    pub fn record_cache_hit(&self) {
+        self.add(CACHE_HITS, 1);
+    }
+    /// For the edge cache: a request that had to go to the origin.
+    #[inline]
+    pub fn record_cache_miss(&self) {
+        self.add(CACHE_MISSES, 1);
+    }
+    /// For admission: a request shed with 503.
+    #[inline]
+    pub fn record_rejection(&self) {
+        self.add(REJECTIONS, 1);
+    }
+    #[inline]
+    pub fn record_webhook_accepted(&self) {
+        self.add(WEBHOOKS, 1);
+    }
+    /// `goal_index` is the goal's position in `conversions.goals`.
+    /// An index past [`MAX_GOALS`] is ignored (config validation prevents it).
+    #[inline]
+    pub fn record_conversion(&self, goal_index: usize) {
+        debug_assert!(goal_index < MAX_GOALS);
+        if goal_index < MAX_GOALS {
+            self.add(FIRST_GOAL + goal_index, 1);
+        }
+    }
+
+    /// Notes the factor a request saw; keeps the highest until the next take.
+    /// A plain load first: the line stays shared until the factor actually rises.
+    #[inline]
+    pub fn observe_factor(&self, factor: f64) {
+        let bits = factor.to_bits();
+        if factor > 0.0 && bits > self.inner.peak_factor.load(Ordering::Relaxed) {
+            self.inner.peak_factor.fetch_max(bits, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes every count out (each cell swapped to zero) and the peak factor.
+    pub fn take(&self) -> (Counts, f64) {
+        let mut out = [0u64; CELLS];
+        for shard in self.inner.shards.iter() {
+            for (sum, cell) in out.iter_mut().zip(shard.0.iter()) {
+                *sum += cell.swap(0, Ordering::AcqRel);
+            }
+        }
+        let peak = f64::from_bits(self.inner.peak_factor.swap(0, Ordering::AcqRel));
+        (Counts(out), peak)
+    }
+
+    /// Puts counts back (after a failed write), so nothing is lost.
+    pub fn give_back(&self, counts: &Counts) {
+        for (cell, &n) in counts.0.iter().enumerate() {
+            if n > 0 {
+                self.add(cell, n);
+            }
+        }
+    }
+
+    /// Reads every count without taking it.
+    pub fn peek(&self) -> (Counts, f64) {
+        let mut out = [0u64; CELLS];
+        for shard in self.inner.shards.iter() {
+            for (sum, cell) in out.iter_mut().zip(shard.0.iter()) {
+                *sum += cell.load(Ordering::Acquire);
+            }
+        }
+        let peak = f64::from_bits(self.inner.peak_factor.load(Ordering::Acquire));
+        (Counts(out), peak)
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new()
+    }
+}
+
+/// Which paths' page views are visits: exact paths and `/prefix/*` patterns.
+#[derive(Debug, Clone)]
+pub struct Funnel {
+    exact: Vec<String>,
+    /// `"/launch"` for `/launch/*`: matches `/launch`, `/launch/` and below.
+    prefixes: Vec<String>,
+}
+
+impl Funnel {
+    pub fn new(patterns: &[String]) -> Funnel {
+        let mut exact = Vec::new();
+        let mut prefixes = Vec::new();
+        for p in patterns {
+            match p.strip_suffix("/*") {
+                Some(prefix) => prefixes.push(prefix.to_string()),
+                None => exact.push(p.clone()),
+            }
+        }
+        Funnel { exact, prefixes }
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        self.exact.iter().any(|e| e == path)
+            || self.prefixes.iter().any(|p| {
+                path.strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+    }
+}
+
+/// The live window: what the cells hold now and since when.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub window_start_ms: u64,
+    pub now_ms: u64,
+    pub batch: MetricsBatch,
+}
+
+/// Conversions, visits and counters, with their history. A clone is cheap.
+#[derive(Clone)]
+pub struct Conversions {
+    inner: Arc<ConvInner>,
+}
+
+struct ConvInner {
+    counters: Counters,
+    history: History,
+    funnel: Funnel,
+    goals: Vec<String>,
+    tz: TimeZone,
+    factor: Factor,
+    /// Start of the window the cells are counting. Taken by the flusher and by readers
+    /// that need flushed rows and live cells to agree; never by an increment.
+    window_start_ms: Mutex<u64>,
+}
+
+impl Conversions {
+    /// `config` must have passed validation (the time zone resolves).
+    pub fn new(
+        config: &ConversionsConfig,
+        history: History,
+        factor: Factor,
+        now_ms: u64,
+    ) -> Result<Conversions, crate::config::ConfigError> {
+        let tz = TimeZone::get(&config.timezone).map_err(|e| {
+            crate::config::ConfigError::invalid("conversions.timezone", e.to_string())
+        })?;
+        Ok(Conversions {
+            inner: Arc::new(ConvInner {
+                counters: Counters::new(),
+                history,
+                funnel: Funnel::new(&config.funnel_paths),
+                goals: config.goals.clone(),
+                tz,
+                factor,
+                window_start_ms: Mutex::new(now_ms),
+            }),
+        })
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub fn history(&self) -> &History {
+        &self.inner.history
+    }
+
+    pub fn goals(&self) -> &[String] {
+        &self.inner.goals
+    }
+
+    pub fn timezone(&self) -> &TimeZone {
+        &self.inner.tz
+    }
+
+    pub fn goal_index(&self, goal: &str) -> Option<usize> {
+        self.inner.goals.iter().position(|g| g == goal)
+    }
+
+    fn batch_of(&self, counts: &Counts, peak: f64, start_ms: u64, now_ms: u64) -> MetricsBatch {
+        let mut tally = Tally {
+            visits: counts.0[VISITS],
+            conversions: Vec::with_capacity(self.inner.goals.len()),
+            requests: counts.0[REQUESTS],
+            cache_hits: counts.0[CACHE_HITS],
+            cache_misses: counts.0[CACHE_MISSES],
+            rejections: counts.0[REJECTIONS],
+            webhooks_accepted: counts.0[WEBHOOKS],
+        };
+        for (i, goal) in self.inner.goals.iter().enumerate() {
+            tally.add_conversions(goal, counts.0[FIRST_GOAL + i]);
+        }
+        MetricsBatch {
+            window_start_ms: start_ms,
+            window_ms: now_ms.saturating_sub(start_ms),
+            tally,
+            peak_factor: peak.max(self.inner.factor.current()),
+            velocity: self.inner.factor.velocity(),
+        }
+    }
+
+    /// Takes the cells and writes them as one batch keyed by the window start, into
+    /// the day (in the launch time zone) the window started in. An empty window
+    /// writes nothing. Blocks on sled briefly (an in-memory insert).
+    /// Returns the batch written, if any.
+    pub fn flush(&self, now_ms: u64) -> Result<Option<MetricsBatch>, StoreError> {
+        let mut start = self.inner.window_start_ms.lock();
+        let (counts, peak) = self.inner.counters.take();
+        if counts.is_zero() {
+            *start = now_ms.max(*start);
+            return Ok(None);
+        }
+        let batch = self.batch_of(&counts, peak, *start, now_ms);
+        let day = crate::analytics::day_of(batch.window_start_ms, &self.inner.tz).to_string();
+        if let Err(e) = self.inner.history.record(&batch, &day) {
+            self.inner.counters.give_back(&counts);
+            if peak > 0.0 {
+                self.inner.counters.observe_factor(peak);
+            }
+            return Err(e);
+        }
+        *start = now_ms.max(*start);
+        drop(start);
+        metrics::counter!(telemetry::VISITS_TOTAL).increment(batch.tally.visits);
+        for (goal, n) in &batch.tally.conversions {
+            metrics::counter!(telemetry::CONVERSIONS_TOTAL, "goal" => goal.clone()).increment(*n);
+        }
+        Ok(Some(batch))
+    }
+
+    /// Runs `read` with the history and the live window, while no flush can move
+    /// counts between them: flushed rows plus live cells are then exact.
+    pub fn consistent<T>(
+        &self,
+        now_ms: u64,
+        read: impl FnOnce(&History, &Live) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let start = self.inner.window_start_ms.lock();
+        let (counts, peak) = self.inner.counters.peek();
+        let live = Live {
+            window_start_ms: *start,
+            now_ms,
+            batch: self.batch_of(&counts, peak, *start, now_ms.max(*start)),
+        };
+        read(&self.inner.history, &live)
+    }
+}
+
+/// The one place the public router counts: every request, and visits (HTML page
+/// views under the funnel paths). It wraps whatever serves the site (static files
+/// today; admission, cache and origin later), and only looks at the method, the path
+/// and the final answer, so a shed request (503) or an asset is never a visit.
+pub async fn count_requests(State(conv): State<Conversions>, req: Request, next: Next) -> Response {
+    let counters = conv.counters();
+    counters.record_request();
+    counters.observe_factor(conv.inner.factor.current());
+    let maybe_visit = req.method() == Method::GET && conv.inner.funnel.matches(req.uri().path());
+    // A reload answered 304 Not Modified carries no content type; a browser asking
+    // for a page says so in Accept, an asset request does not.
+    let wants_html = maybe_visit && accepts_html(req.headers());
+    let res = next.run(req).await;
+    let status = res.status();
+    if maybe_visit
+        && ((status.is_success() && is_html(&res))
+            || (status == StatusCode::NOT_MODIFIED && wants_html))
+    {
+        counters.record_visit();
+    }
+    res
+}
+
+fn accepts_html(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+fn is_html(res: &Response) -> bool {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html"))
+        })
+}
+
+/// `POST /api/convert`: one conversion of a configured goal.
+pub async fn beacon(State(state): State<AppState>, req: Request) -> Response {
+    match beacon_inner(&state, req).await {
+        Ok(()) => {
+            let mut res = StatusCode::NO_CONTENT.into_response();
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn beacon_inner(state: &AppState, req: Request) -> Result<(), ApiError> {
+    let (parts, body) = req.into_parts();
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        let mime = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" && mime != "text/plain" {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "content-type {mime:?} is not accepted; send application/json or text/plain (navigator.sendBeacon with a string)"
+                ),
+            ));
+        }
+    }
+    let timeout = Duration::from_millis(state.config.server.body_timeout_ms);
+    let bytes =
+        match tokio::time::timeout(timeout, axum::body::to_bytes(body, BEACON_MAX_BYTES)).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the body did not arrive in time; send it in one go",
+                ))
+            }
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!(
+                "a beacon body is at most {BEACON_MAX_BYTES} bytes; send {{\"goal\":\"<goal>\"}}"
+            ),
+                )
+                .field("body"))
+            }
+            Ok(Ok(b)) => b,
+        };
+    let goal = parse_goal(&bytes)?;
+    let conv = &state.conversions;
+    let Some(index) = conv.goal_index(&goal) else {
+        return Err(ApiError::bad_request(
+            "unknown_goal",
+            format!(
+                "goal: {goal:?} is not a configured goal (conversions.goals: {}); send one of those",
+                conv.goals().join(", ")
+            ),
+        )
+        .field("goal"));
+    };
+    conv.counters().record_conversion(index);
+    Ok(())
+}
+
+/// The goal of a beacon body `{"goal": "<name>"}`; other fields are ignored.
+pub fn parse_goal(body: &[u8]) -> Result<String, ApiError> {
+    let hint = "send {\"goal\":\"signup\"}";
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_body", format!("body: not JSON ({e}); {hint}")).field("body")
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("body: expected a JSON object; {hint}"),
+        )
+        .field("body"));
+    };
+    match obj.get("goal") {
+        None => Err(
+            ApiError::bad_request("invalid_body", format!("goal: missing; {hint}")).field("goal"),
+        ),
+        Some(serde_json::Value::String(g)) => Ok(g.clone()),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("goal: expected a string; {hint}"),
+        )
+        .field("goal")),
+    }
+}
+
+/// How often retention runs in [`flush_loop`].
+pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Flushes every `every`, sweeps retention every [`RETENTION_EVERY`] (and once at
+/// start), and flushes once more when `shutdown` fires.
+pub async fn flush_loop(
+    conv: Conversions,
+    clock: Clock,
+    every: Duration,
+    metrics_retention_ms: u64,
+    payload_retention_ms: u64,
+    shutdown: CancellationToken,
+) {
+    let mut flush = tokio::time::interval(every);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.tick().await;
+    let mut retention = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        let done = tokio::select! {
+            _ = flush.tick() => false,
+            _ = retention.tick() => {
+                let h = conv.history().clone();
+                let now = clock.now_ms();
+                let swept = tokio::task::spawn_blocking(move || {
+                    Ok::<_, StoreError>((
+                        h.sweep_metrics(now.saturating_sub(metrics_retention_ms))?,
+                        h.sweep_payloads(now.saturating_sub(payload_retention_ms))?,
+                    ))
+                })
+                .await;
+                match swept {
+                    Ok(Ok((rows, payloads))) if rows + payloads > 0 => {
+                        tracing::info!(rows, payloads, "retention swept old metrics rows and event payloads");
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("retention sweep failed: {e}"),
+                    Err(e) => tracing::warn!("retention sweep task failed: {e}"),
+                }
+                continue;
+            }
+            _ = shutdown.cancelled() => true,
+        };
+        let c = conv.clone();
+        let now = clock.now_ms();
+        match tokio::task::spawn_blocking(move || c.flush(now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("counter flush failed, counts kept for the next one: {e}"),
+            Err(e) => tracing::warn!("counter flush task failed: {e}"),
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_one_padded_line() {
+        assert_eq!(std::mem::size_of::<Shard>(), 128);
+        assert!(std::mem::align_of::<CachePadded<Shard>>() >= 64);
+        assert_eq!(std::mem::size_of::<CachePadded<Shard>>() % 64, 0);
+    }
+
+    #[test]
+    fn take_swaps_out_and_peek_does_not() {
+        let c = Counters::with_shards(4);
+        c.record_visit();
+        c.record_visit();
+        c.record_conversion(1);
+        c.record_cache_hit();
+        c.observe_factor(1.5);
+        c.observe_factor(1.2);
+        let (peek, peak) = c.peek();
+        assert_eq!(peek.visits(), 2);
+        assert_eq!(peak, 1.5);
+        let (taken, peak) = c.take();
+        assert_eq!(taken, peek);
+        assert_eq!(peak, 1.5);
+        assert!(c.peek().0.is_zero());
+        c.give_back(&taken);
+        assert_eq!(c.take().0, taken);
+    }
+
+    #[test]
+    fn concurrent_increments_racing_take_sum_exactly() {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 200_000;
+        let c = Counters::with_shards(2); // fewer shards than threads: shared cells too
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let taker = {
+            let (c, done) = (c.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut visits = 0;
+                let mut goal = 0;
+                let mut takes = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    let (t, _) = c.take();
+                    visits += t.visits();
+                    goal += t.conversions(2);
+                    takes += 1;
+                }
+                (visits, goal, takes)
+            })
+        };
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..EACH {
+                        c.record_visit();
+                        c.record_conversion(2);
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
+        done.store(true, Ordering::Release);
+        let (mut visits, mut goal, takes) = taker.join().unwrap();
+        let (rest, _) = c.take();
+        visits += rest.visits();
+        goal += rest.conversions(2);
+        assert_eq!(visits, THREADS * EACH);
+        assert_eq!(goal, THREADS * EACH);
+        assert!(takes > 0);
+    }
+
+    #[test]
+    fn funnel_matches_exact_and_prefix() {
+        let f = Funnel::new(&["/launch/*".into(), "/".into()]);
+        assert!(f.matches("/"));
+        assert!(f.matches("/launch"));
+        assert!(f.matches("/launch/"));
+        assert!(f.matches("/launch/pricing"));
+        assert!(!f.matches("/launcher"));
+        assert!(!f.matches("/about"));
+    }
+
+    #[test]
+    fn beacon_bodies() {
+        assert_eq!(parse_goal(br#"{"goal":"signup"}"#).unwrap(), "signup");
+        assert_eq!(
+            parse_goal(br#"{"goal":"signup","page":"/launch/"}"#).unwrap(),
+            "signup"
+        );
+        for (body, field) in [
+            (&b"goal=signup"[..], "body"),
+            (b"[]", "body"),
+            (b"{}", "goal"),
+            (br#"{"goal":3}"#, "goal"),
+        ] {
+            let e = parse_goal(body).unwrap_err();
+            assert_eq!(e.field, Some(field), "{}", e.message);
+            assert!(e.message.starts_with(field), "{}", e.message);
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! Launch history in the store: the `metrics` and `launches` trees, and retention.
+//!
+//! Trees (DESIGN.md, Storage), beside the ones `store.rs` owns:
+//! - `metrics`: window start ms as `u64` BE → `[version][bincode MetricsBatch]`, one row
+//!   per flush of the counters; swept after `conversions.retention_days`.
+//! - `launches`: launch day `"YYYY-MM-DD"` (in `conversions.timezone`) →
+//!   `[version][bincode DayTotals]`, the running totals of that day; kept forever.
+//!
+//! **Invariant:** a batch row and its day's totals are written in one sled transaction,
+//! so the totals always equal the sum of the day's batches (until retention removes
+//! batches; the totals stay).
+//! **Invariant:** two batches that share a window start are merged, never overwritten.
+//! **Invariant:** a record written by a newer version is refused, never misread.
+//!
+//! Retention also strips the raw payload of events older than `webhook.retention_days`
+//! (the event itself stays: seqs remain dense, and id, type, weight and time remain).
+//! Every method blocks on sled; async callers use `spawn_blocking`.
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::store::{decode_event, encode_event, Store, StoreError};
+
+const BATCH_RECORD_VERSION: u8 = 1;
+const DAY_RECORD_VERSION: u8 = 1;
+const CURSOR_RECORD_VERSION: u8 = 1;
+/// `meta` key: the highest event seq whose payload retention has already looked at.
+const PAYLOAD_CURSOR_KEY: &str = "payload_sweep_seq";
+
+/// Counts over some span of time. Conversions are kept by goal name, so a store read
+/// under a different `conversions.goals` list is still read correctly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    pub visits: u64,
+    /// `(goal, count)`, in the order goals were first seen.
+    pub conversions: Vec<(String, u64)>,
+    pub requests: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub rejections: u64,
+    pub webhooks_accepted: u64,
+}
+
+impl Tally {
+    /// Adds `other` into `self`, goal by goal.
+    pub fn merge(&mut self, other: &Tally) {
+        self.visits += other.visits;
+        self.requests += other.requests;
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.rejections += other.rejections;
+        self.webhooks_accepted += other.webhooks_accepted;
+        for (goal, n) in &other.conversions {
+            self.add_conversions(goal, *n);
+        }
+    }
+
+    pub fn add_conversions(&mut self, goal: &str, n: u64) {
+        match self.conversions.iter_mut().find(|(g, _)| g == goal) {
+            Some((_, c)) => *c += n,
+            None => self.conversions.push((goal.to_string(), n)),
+        }
+    }
+
+    pub fn conversions_of(&self, goal: &str) -> u64 {
+        self.conversions
+            .iter()
+            .find(|(g, _)| g == goal)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    pub fn conversions_total(&self) -> u64 {
+        self.conversions.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.visits == 0
+            && self.requests == 0
+            && self.cache_hits == 0
+            && self.cache_misses == 0
+            && self.rejections == 0
+            && self.webhooks_accepted == 0
+            && self.conversions_total() == 0
+    }
+}
+
+/// One flush of the counters: what happened in `[window_start_ms, + window_ms)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsBatch {
+    pub window_start_ms: u64,
+    pub window_ms: u64,
+    pub tally: Tally,
+    /// Highest scale factor seen by a request in the window, or in force at the flush.
+    pub peak_factor: f64,
+    /// Engagement velocity (weighted events/s) at the flush.
+    pub velocity: f64,
+}
+
+impl MetricsBatch {
+    /// Requests per second over the window. Windows shorter than a second (a flush at
+    /// shutdown right after a regular one) are taken as one second, so a handful of
+    /// requests cannot read as a spike.
+    pub fn rps(&self) -> f64 {
+        rps(self.tally.requests, self.window_ms)
+    }
+
+    fn merge(&mut self, other: &MetricsBatch) {
+        self.window_ms = self.window_ms.max(other.window_ms);
+        self.tally.merge(&other.tally);
+        self.peak_factor = self.peak_factor.max(other.peak_factor);
+        self.velocity = other.velocity;
+    }
+}
+
+/// Requests per second over `window_ms`, counting a window under 1 s as 1 s.
+pub fn rps(requests: u64, window_ms: u64) -> f64 {
+    requests as f64 * 1000.0 / window_ms.max(1000) as f64
+}
+
+/// The running totals of one launch day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayTotals {
+    /// `YYYY-MM-DD` in `conversions.timezone`.
+    pub day: String,
+    pub tally: Tally,
+    pub peak_factor: f64,
+    pub peak_rps: f64,
+    /// How many batches were rolled up.
+    pub batches: u64,
+}
+
+impl DayTotals {
+    pub fn empty(day: &str) -> DayTotals {
+        DayTotals {
+            day: day.to_string(),
+            tally: Tally::default(),
+            peak_factor: 1.0,
+            peak_rps: 0.0,
+            batches: 0,
+        }
+    }
+
+    pub fn add_batch(&mut self, b: &MetricsBatch) {
+        self.tally.merge(&b.tally);
+        self.peak_factor = self.peak_factor.max(b.peak_factor);
+        self.peak_rps = self.peak_rps.max(b.rps());
+        self.batches += 1;
+    }
+}
+
+/// Handle to the history trees; a clone is cheap and shares the same sled trees.
+#[derive(Clone)]
+pub struct History {
+    metrics: sled::Tree,
+    launches: sled::Tree,
+    events: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl History {
+    pub fn open(store: &Store) -> Result<History, StoreError> {
+        Ok(History {
+            metrics: store.open_tree("metrics")?,
+            launches: store.open_tree("launches")?,
+            events: store.open_tree("events")?,
+            meta: store.open_tree("meta")?,
+        })
+    }
+
+    /// Writes `batch` (merged into a row with the same window start, if any) and adds
+    /// it to the totals of `day`, in one transaction. In memory until the next flush.
+    pub fn record(&self, batch: &MetricsBatch, day: &str) -> Result<(), StoreError> {
+        let key = batch.window_start_ms.to_be_bytes();
+        let result = (&self.metrics, &self.launches).transaction(|(metrics, launches)| {
+            let abort = ConflictableTransactionError::Abort;
+            let row = match metrics.get(key)? {
+                Some(old) => {
+                    let mut old = decode_batch(&old).map_err(abort)?;
+                    old.merge(batch);
+                    old
+                }
+                None => batch.clone(),
+            };
+            let mut totals = match launches.get(day.as_bytes())? {
+                Some(v) => decode_day(&v).map_err(abort)?,
+                None => DayTotals::empty(day),
+            };
+            totals.add_batch(batch);
+            metrics.insert(&key, encode_batch(&row).map_err(abort)?)?;
+            launches.insert(day.as_bytes(), encode_day(&totals).map_err(abort)?)?;
+            Ok(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    /// Batches whose window starts in `[from_ms, to_ms)`, oldest first.
+    pub fn batches(&self, from_ms: u64, to_ms: u64) -> Result<Vec<MetricsBatch>, StoreError> {
+        if to_ms <= from_ms {
+            return Ok(Vec::new());
+        }
+        self.metrics
+            .range(from_ms.to_be_bytes()..to_ms.to_be_bytes())
+            .map(|kv| decode_batch(&kv?.1))
+            .collect()
+    }
+
+    /// The totals of one day (`YYYY-MM-DD`), if anything was recorded on it.
+    pub fn day(&self, day: &str) -> Result<Option<DayTotals>, StoreError> {
+        self.launches
+            .get(day.as_bytes())?
+            .map(|v| decode_day(&v))
+            .transpose()
+    }
+
+    /// Every recorded day, oldest first.
+    pub fn days(&self) -> Result<Vec<DayTotals>, StoreError> {
+        self.launches.iter().map(|kv| decode_day(&kv?.1)).collect()
+    }
+
+    /// Removes metrics rows whose window started before `before_ms`. Daily totals stay.
+    pub fn sweep_metrics(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        for kv in self.metrics.range(..before_ms.to_be_bytes()) {
+            let (k, _) = kv?;
+            batch.remove(k);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.metrics.apply_batch(batch)?;
+        }
+        Ok(removed)
+    }
+
+    /// Empties the stored payload of events received before `before_ms`, oldest first,
+    /// stopping at the first newer event. Resumes where the last sweep stopped.
+    /// Returns how many payloads were emptied.
+    pub fn sweep_payloads(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let cursor = self.payload_cursor()?;
+        let mut swept = 0;
+        let mut last = cursor;
+        for kv in self.events.range(cursor.saturating_add(1).to_be_bytes()..) {
+            let (k, v) = kv?;
+            let mut record = decode_event(&v)?;
+            if record.received_ms >= before_ms {
+                break;
+            }
+            if !record.payload.is_empty() {
+                record.payload = Vec::new();
+                let new = encode_event(&record)?;
+                // Events are never rewritten elsewhere; the swap only guards the invariant.
+                if self
+                    .events
+                    .compare_and_swap(&k, Some(&v), Some(new))?
+                    .is_ok()
+                {
+                    swept += 1;
+                }
+            }
+            last = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: "events key",
+                detail: format!("{} bytes, expected 8", k.len()),
+            })?);
+        }
+        if last != cursor {
+            let mut v = Vec::with_capacity(9);
+            v.push(CURSOR_RECORD_VERSION);
+            v.extend_from_slice(&last.to_be_bytes());
+            self.meta.insert(PAYLOAD_CURSOR_KEY, v)?;
+        }
+        Ok(swept)
+    }
+
+    fn payload_cursor(&self) -> Result<u64, StoreError> {
+        let Some(v) = self.meta.get(PAYLOAD_CURSOR_KEY)? else {
+            return Ok(0);
+        };
+        check_version("meta.payload_sweep_seq", &v, CURSOR_RECORD_VERSION)?;
+        let bytes: [u8; 8] = v[1..].try_into().map_err(|_| StoreError::Corrupt {
+            what: "meta.payload_sweep_seq",
+            detail: format!("{} bytes, expected 9", v.len()),
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+}
+
+fn check_version(what: &'static str, v: &[u8], max: u8) -> Result<(), StoreError> {
+    match v.first().copied() {
+        None | Some(0) => Err(StoreError::Corrupt {
+            what,
+            detail: "empty record or version 0".into(),
+        }),
+        Some(found) if found > max => Err(StoreError::NewerRecord { what, found, max }),
+        Some(_) => Ok(()),
+    }
+}
+
+fn encode<T: Serialize>(what: &'static str, version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![version];
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()).map_err(
+        |e| StoreError::Corrupt {
+            what,
+            detail: e.to_string(),
+        },
+    )?;
+    Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    max: u8,
+    v: &[u8],
+) -> Result<T, StoreError> {
+    check_version(what, v, max)?;
+    let (value, _) = bincode::serde::decode_from_slice(&v[1..], bincode::config::standard())
+        .map_err(|e| StoreError::Corrupt {
+            what,
+            detail: e.to_string(),
+        })?;
+    Ok(value)
+}
+
+pub fn encode_batch(b: &MetricsBatch) -> Result<Vec<u8>, StoreError> {
+    encode("metrics batch", BATCH_RECORD_VERSION, b)
+}
+
+pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
+    decode("metrics batch", BATCH_RECORD_VERSION, v)
+}
+
+fn encode_day(d: &DayTotals) -> Result<Vec<u8>, StoreError> {
+    encode("launch day", DAY_RECORD_VERSION, d)
+}
+
+fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
+    decode("launch day", DAY_RECORD_VERSION, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventRecord, Scheme};
+
+    fn batch(start: u64, visits: u64, signups: u64) -> MetricsBatch {
+        let mut tally = Tally {
+            visits,
+            requests: visits * 3,
+            ..Tally::default()
+        };
+        tally.add_conversions("signup", signups);
+        MetricsBatch {
+            window_start_ms: start,
+            window_ms: 5000,
+            tally,
+            peak_factor: 1.5,
+            velocity: 2.0,
+        }
+    }
+
+    #[test]
+    fn batch_round_trips_and_newer_versions_are_refused() {
+        let b = batch(7, 3, 1);
+        let mut bytes = encode_batch(&b).unwrap();
+        assert_eq!(decode_batch(&bytes).unwrap(), b);
+        bytes[0] = BATCH_RECORD_VERSION + 1;
+        assert!(matches!(
+            decode_batch(&bytes),
+            Err(StoreError::NewerRecord { .. })
+        ));
+    }
+
+    #[test]
+    fn same_window_start_merges_and_totals_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        h.record(&batch(1000, 2, 1), "2026-11-26").unwrap();
+        h.record(&batch(1000, 5, 0), "2026-11-26").unwrap();
+        h.record(&batch(6000, 1, 1), "2026-11-26").unwrap();
+        let rows = h.batches(0, u64::MAX).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].tally.visits, 7);
+        assert_eq!(rows[0].tally.conversions_of("signup"), 1);
+        let day = h.day("2026-11-26").unwrap().unwrap();
+        assert_eq!(day.tally.visits, 8);
+        assert_eq!(day.tally.conversions_total(), 2);
+        assert_eq!(day.batches, 3);
+        assert_eq!(h.days().unwrap().len(), 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Whatever the batches (window starts repeat, goals vary), the rows sum to the
+        /// day's totals and to a naive recount.
+        #[test]
+        fn rows_sum_to_the_day_totals(
+            batches in proptest::collection::vec((0u64..20, 0u64..1000, 0u64..50, 0usize..3), 1..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let h = History::open(&store).unwrap();
+            let goals = ["signup", "waitlist", "demo"];
+            let (mut visits, mut conv) = (0, 0);
+            for (slot, v, c, g) in &batches {
+                let mut b = batch(slot * 5000, *v, 0);
+                b.tally.conversions.clear();
+                b.tally.add_conversions(goals[*g], *c);
+                h.record(&b, "2026-11-26").unwrap();
+                visits += v;
+                conv += c;
+            }
+            let rows = h.batches(0, u64::MAX).unwrap();
+            let mut sum = Tally::default();
+            rows.iter().for_each(|r| sum.merge(&r.tally));
+            let day = h.day("2026-11-26").unwrap().unwrap();
+            proptest::prop_assert_eq!(sum.visits, visits);
+            proptest::prop_assert_eq!(sum.conversions_total(), conv);
+            proptest::prop_assert_eq!(day.tally.visits, visits);
+            proptest::prop_assert_eq!(day.tally.conversions_total(), conv);
+            proptest::prop_assert_eq!(day.batches, batches.len() as u64);
+            for g in goals {
+                proptest::prop_assert_eq!(sum.conversions_of(g), day.tally.conversions_of(g));
+            }
+        }
+    }
+
+    #[test]
+    fn retention_removes_rows_but_keeps_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        h.record(&batch(1000, 2, 1), "2026-11-25").unwrap();
+        h.record(&batch(90_000, 2, 1), "2026-11-26").unwrap();
+        assert_eq!(h.sweep_metrics(50_000).unwrap(), 1);
+        assert_eq!(h.batches(0, u64::MAX).unwrap().len(), 1);
+        assert_eq!(h.days().unwrap().len(), 2);
+        assert_eq!(h.sweep_metrics(50_000).unwrap(), 0);
+    }
+
+    #[test]
+    fn payload_sweep_empties_old_payloads_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        for (i, at) in [100u64, 200, 300].iter().enumerate() {
+            let r = EventRecord {
+                id: format!("e{i}"),
+                event_type: "upvote".into(),
+                weight_milli: 1200,
+                received_ms: *at,
+                scheme: Scheme::ProductHunt,
+                payload: b"{\"secret\":\"stuff\"}".to_vec(),
+            };
+            store.commit_event(&r, 1000).unwrap();
+        }
+        assert_eq!(h.sweep_payloads(250).unwrap(), 2);
+        assert!(store.event(1).unwrap().unwrap().payload.is_empty());
+        assert!(store.event(2).unwrap().unwrap().payload.is_empty());
+        let third = store.event(3).unwrap().unwrap();
+        assert!(!third.payload.is_empty());
+        assert_eq!(third.id, "e2");
+        assert_eq!(h.payload_cursor().unwrap(), 2);
+        assert_eq!(h.sweep_payloads(250).unwrap(), 0);
+        assert_eq!(h.sweep_payloads(1000).unwrap(), 1);
+        // Seqs stay dense: the next event still follows the last one.
+        assert_eq!(store.next_seq(), 4);
+    }
+}
