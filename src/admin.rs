@@ -7,6 +7,8 @@
 //!   read, pin (the rollback switch) and unpin the scale factor. A pin is persisted,
 //!   so it survives a restart until it lapses.
 //! - `GET /admin/events?after=SEQ&limit=N`: stored events (newest first without `after`).
+//! - `POST /admin/purge {"prefix": "/launch/"}`, `POST /admin/warm {"urls"?: [...]}`: the
+//!   edge cache (handlers in `edge.rs`).
 //!
 //! `/admin/*` needs `Authorization: Bearer <token>` whenever a token is configured
 //! (always, off loopback); the token is compared as a SHA-256 digest in constant
@@ -57,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             get(get_factor).post(pin_factor).delete(unpin_factor),
         )
         .route("/admin/events", get(list_events))
+        .merge(crate::edge::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -21,12 +21,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower_http::services::{ServeDir, ServeFile};
 
 use crate::admin::{self, AdminToken};
 use crate::clock::Clock;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Durability};
+use crate::edge::{self, Edge, PurgeRules};
 use crate::factor::Factor;
 use crate::ring::{Pump, Ring};
 use crate::secrets::{self, Env};
@@ -52,6 +52,8 @@ pub struct AppState {
     pub admin_token: Option<AdminToken>,
     pub metrics: PrometheusHandle,
     pub shutting_down: Arc<AtomicBool>,
+    /// Admission, edge cache and origin for every public request but the webhook.
+    pub edge: Edge,
 }
 
 /// Why the appliance could not start.
@@ -108,7 +110,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let metrics = telemetry::recorder();
     let secrets = secrets::webhook_secrets(&config, &opts.env)?;
     let admin_token = secrets::admin_token(&config, &opts.env)?.map(|t| AdminToken::new(&t));
-    if !config.origin.static_dir.is_dir() {
+    if config.origin.upstream.is_none() && !config.origin.static_dir.is_dir() {
         return Err(ConfigError::invalid(
             "origin.static_dir",
             format!(
@@ -131,6 +133,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         window.record(ev.received_ms, ev.weight_milli, now);
     }
     let factor = Factor::new();
+    let edge = Edge::new(&config, factor.clone(), clock.clone())?;
     if let Some(pin) = store.load_pin()? {
         if pin.until_ms > now {
             tracing::info!(factor = pin.factor, "restored the operator's factor pin");
@@ -172,6 +175,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         admin_token,
         metrics: metrics.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
+        edge: edge.clone(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -189,7 +193,8 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         ),
     ];
 
-    let pump = Pump::new(ring, window, factor);
+    let pump = Pump::new(ring, window, factor)
+        .with_purge(PurgeRules::new(&state.config), edge.cache().clone());
     let background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
         tokio::spawn(sweep_loop(
@@ -201,6 +206,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )),
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
     ];
+    if !edge.warm_urls().is_empty() {
+        let results = edge.warm(edge.warm_urls()).await;
+        for r in &results {
+            tracing::info!(path = %r.path, status = r.status, cache = %r.cache, "warmed");
+        }
+    }
     // The committer is not awaited at shutdown: it ends by itself once every
     // AppState clone is gone, and the final flush below covers whatever it had not.
     drop(committer_task);
@@ -287,29 +298,33 @@ fn spawn_server(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let result = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
         if let Err(e) = result {
             tracing::error!("listener failed: {e}");
         }
     })
 }
 
-/// The public listener: the webhook path, then the site. Every answer, including
-/// 404s and 405s, carries the scale factor, so the layer wraps the whole router.
+/// The public listener: the webhook path, then the edge (admission → cache →
+/// origin, `edge.rs`) for everything else. Every answer, including 404s, 405s and
+/// 503s, carries the scale factor, so that layer wraps the whole router; the timing
+/// layer sits outside it so the histogram covers the whole answer.
 pub fn public_router(state: AppState) -> Router {
-    let dir = &state.config.origin.static_dir;
-    let site = ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("404.html")));
     let factor = state.factor.clone();
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
-        .fallback_service(site)
+        .fallback(edge::handle)
         .with_state(state)
         .layer(axum::middleware::map_response(move |res| {
             let f = factor.current();
             async move { with_factor_header(res, f) }
         }))
+        .layer(axum::middleware::from_fn(edge::timed))
 }
 
 fn with_factor_header(mut res: Response, factor: f64) -> Response {

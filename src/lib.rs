@@ -6,17 +6,23 @@
 //! - [`store`]: sled trees and versioned records; [`commit`]: group commit.
 //! - [`ring`]: the lock-free ring and the pump; [`velocity`]: the window (pure);
 //!   [`factor`]: the published scale factor and the operator's pin.
+//! - [`edge`]: the visitor path: [`admission`] (classes, shedding, origin permits) →
+//!   [`cache`] (keys, freshness, store, single-flight) → [`origin`] (static dir or upstream).
 //! - [`app`]: `AppState`, both routers, startup and shutdown; [`admin`]: the admin API.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod factor;
+pub mod origin;
 pub mod ring;
 pub mod secrets;
 pub mod store;

@@ -57,6 +57,7 @@ pub struct Ingestor {
     default_weight: u64,
     tolerance_secs: u64,
     dedup_ttl_ms: u64,
+    purge_rules: crate::edge::PurgeRules,
 }
 
 impl Ingestor {
@@ -75,6 +76,7 @@ impl Ingestor {
             default_weight: to_milli(config.velocity.default_weight),
             tolerance_secs: config.webhook.tolerance_secs,
             dedup_ttl_ms: config.webhook.dedup_ttl_secs.saturating_mul(1000),
+            purge_rules: crate::edge::PurgeRules::new(config),
         }
     }
 
@@ -107,6 +109,7 @@ impl Ingestor {
                     seq,
                     received_ms: now_ms,
                     weight_milli,
+                    purge_rule: self.purge_rules.rule_of(&record.event_type),
                 });
                 Ok(Outcome::Accepted { seq })
             }
