@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, Response, StatusCode};
 use axum::middleware::Next;
@@ -278,14 +277,15 @@ struct PurgeRequest {
     prefix: String,
 }
 
+/// JSON bodies are read whatever the `Content-Type`, so `curl -d` works as typed.
 async fn purge(
     State(state): State<AppState>,
-    body: Result<Json<PurgeRequest>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let Json(req) = body.map_err(|e| {
+    let req: PurgeRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_request",
-            format!("{}; expected {{\"prefix\": \"/launch/\"}}", e.body_text()),
+            format!("{e}; expected {{\"prefix\": \"/launch/\"}}"),
         )
     })?;
     if !req.prefix.starts_with('/') {
