@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::admin::{self, AdminToken};
 use crate::clock::Clock;
@@ -312,28 +313,29 @@ fn spawn_server(
 
 /// The public listener: the webhook path, then the edge (admission → cache →
 /// origin, `edge.rs`) for everything else. Every answer, including 404s, 405s and
-/// 503s, carries the scale factor, so that layer wraps the whole router; the timing
-/// layer sits outside it so the histogram covers the whole answer.
+/// 503s, carries the scale factor, so that layer wraps the whole router. It is
+/// tower-http's `SetResponseHeader`, which wraps the response future without cloning
+/// the router per request; the fallback captures only the edge and the factor, so
+/// a cache hit does not clone the whole `AppState`.
 pub fn public_router(state: AppState) -> Router {
     let factor = state.factor.clone();
+    let edge_handles = (state.edge.clone(), state.factor.clone());
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
-        .fallback(edge::handle)
+        .fallback(move |req: axum::extract::Request| {
+            let (edge, factor) = edge_handles.clone();
+            async move { edge::handle(edge, factor, req).await }
+        })
         .with_state(state)
-        .layer(axum::middleware::map_response(move |res| {
-            let f = factor.current();
-            async move { with_factor_header(res, f) }
-        }))
-        .layer(axum::middleware::from_fn(edge::timed))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(SCALE_FACTOR_HEADER),
+            move |_: &Response| factor_header(factor.current()),
+        ))
 }
 
-fn with_factor_header(mut res: Response, factor: f64) -> Response {
+fn factor_header(factor: f64) -> Option<HeaderValue> {
     let mut buf = [0u8; 24];
-    let text = format_factor(factor, &mut buf);
-    if let Ok(v) = HeaderValue::from_str(text) {
-        res.headers_mut().insert(SCALE_FACTOR_HEADER, v);
-    }
-    res
+    HeaderValue::from_str(format_factor(factor, &mut buf)).ok()
 }
 
 /// Formats a factor with two decimals into `buf`, without allocating.

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, Response, StatusCode};
-use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -54,6 +53,7 @@ struct EdgeInner {
     warm_urls: Vec<String>,
     page_views: Option<Arc<dyn PageViews>>,
     rejections: [metrics::Counter; 2],
+    http_duration: metrics::Histogram,
 }
 
 impl Edge {
@@ -82,6 +82,7 @@ impl Edge {
                 retry_after_secs: config.backpressure.retry_after_secs,
                 warm_urls: config.cache.warm_urls.clone(),
                 page_views: None,
+                http_duration: metrics::histogram!(telemetry::HTTP_REQUEST_DURATION_SECONDS),
                 rejections: [Class::Normal, Class::Low].map(|c| {
                     metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
                 }),
@@ -171,11 +172,19 @@ pub struct WarmResult {
     pub cache: String,
 }
 
-/// The public fallback handler: admission, then the cache.
-pub async fn handle(State(state): State<AppState>, req: Request) -> Response<Body> {
-    let edge = &state.edge;
+/// The public fallback handler: admission, then the cache. Records
+/// `launchguard_http_request_duration_seconds` (to the response headers).
+pub async fn handle(edge: Edge, factor: Factor, req: Request) -> Response<Body> {
+    let started = Instant::now();
+    let res = admit(&edge, factor.current(), req).await;
+    edge.inner
+        .http_duration
+        .record(started.elapsed().as_secs_f64());
+    res
+}
+
+async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
     let class = edge.inner.classifier.classify(req.uri().path());
-    let factor = state.factor.current();
     if admission::shed(class, factor, edge.inner.shed_factor) {
         return edge.shed_response(class, factor);
     }
@@ -207,15 +216,6 @@ fn is_page_view(res: &Response<Body>) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|ct| ct.starts_with("text/html"))
-}
-
-/// Times every public request (`launchguard_http_request_duration_seconds`).
-pub async fn timed(req: Request, next: Next) -> Response<Body> {
-    let started = Instant::now();
-    let res = next.run(req).await;
-    metrics::histogram!(telemetry::HTTP_REQUEST_DURATION_SECONDS)
-        .record(started.elapsed().as_secs_f64());
-    res
 }
 
 /// Purge rules from `cache.purge_on`, indexed for the ring (`RingEvent::purge_rule`).
