@@ -338,3 +338,53 @@ async fn warm(
     tracing::info!(urls = urls.len(), "cache warmed by operator");
     Ok(Json(json!({"warmed": results})).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Views(parking_lot::Mutex<Vec<String>>, AtomicUsize);
+
+    impl PageViews for Views {
+        fn page_view(&self, path: &str) {
+            self.0.lock().push(path.to_string());
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn get(path: &str) -> Request {
+        Request::builder().uri(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn html_page_views_reach_the_hook_once_each() {
+        let mut config = Config::default();
+        config.origin.static_dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/site");
+        let views = Arc::new(Views::default());
+        let factor = Factor::new();
+        let edge = Edge::new(&config, factor.clone(), Clock::manual(1_000))
+            .unwrap()
+            .with_page_views(views.clone());
+        for path in [
+            "/launch/?utm_source=ph",
+            "/launch/",
+            "/style.css",
+            "/nope",
+            "/",
+        ] {
+            handle(edge.clone(), factor.clone(), get(path)).await;
+        }
+        let head = Request::builder()
+            .method(Method::HEAD)
+            .uri("/launch/")
+            .body(Body::empty())
+            .unwrap();
+        handle(edge.clone(), factor.clone(), head).await;
+        // HTML 2xx GETs only: not the stylesheet, not the 404 page, not HEAD.
+        assert_eq!(*views.0.lock(), vec!["/launch/", "/launch/", "/"]);
+        assert_eq!(views.1.load(Ordering::Relaxed), 3);
+    }
+}

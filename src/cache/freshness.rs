@@ -129,6 +129,8 @@ pub struct Life {
     pub never_stale: bool,
     /// 301/404: kept at most `min_ttl`.
     pub brief: bool,
+    /// The `Age` the origin (or a cache before it) reported, seconds.
+    pub initial_age_secs: u64,
 }
 
 impl Life {
@@ -144,7 +146,17 @@ impl Life {
                 status,
                 StatusCode::MOVED_PERMANENTLY | StatusCode::NOT_FOUND
             ),
+            initial_age_secs: headers
+                .get(header::AGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0),
         }
+    }
+
+    /// The `Age` to send: what the origin reported plus the time spent here.
+    pub fn served_age_secs(&self, now_ms: u64) -> u64 {
+        self.initial_age_secs + self.age_ms(now_ms) / 1000
     }
 
     /// The lifetime in force at `factor`.
@@ -305,6 +317,7 @@ mod tests {
         assert!(l.never_stale, "s-maxage implies proxy-revalidate");
         let l = life(&[("cache-control", "max-age=100"), ("age", "95")]);
         assert_eq!(l.ttl_ms(&P, 1.0), 5_000);
+        assert_eq!(l.served_age_secs(1_003_000), 98);
         let l = life(&[
             ("date", "Wed, 25 Nov 2026 10:00:00 GMT"),
             ("expires", "Wed, 25 Nov 2026 10:00:07 GMT"),

@@ -597,7 +597,7 @@ impl Cache {
                 self.inner.swr_secs
             )
         };
-        let age = e.life.age_ms(now) / 1000;
+        let age = e.life.served_age_secs(now);
         let status = if not_modified && e.status == StatusCode::OK {
             StatusCode::NOT_MODIFIED
         } else {

@@ -58,14 +58,13 @@ impl Entry {
     /// variants when the type is text-like and the body large enough.
     pub fn new(status: StatusCode, mut headers: HeaderMap, body: Bytes, life: Life) -> Entry {
         let vary = vary_headers(&headers);
+        // Cache-Control and Expires stay: a 304 that does not repeat them must not
+        // lose them (RFC 9111 §4.3.4). Answers replace Cache-Control with the edge's.
         for h in [
             header::AGE,
-            header::CACHE_CONTROL,
             header::CONTENT_LENGTH,
             header::SET_COOKIE,
             header::VARY,
-            header::EXPIRES,
-            header::PRAGMA,
             HeaderName::from_static("x-cache"),
         ] {
             headers.remove(h);
@@ -150,11 +149,9 @@ impl Entry {
             }
             headers.insert(name.clone(), value.clone());
         }
-        // The lifetime comes from the fresh headers (RFC 9111 §4.3.4).
+        // The lifetime comes from the updated headers (RFC 9111 §4.3.4).
         let life = Life::from_response(self.status, &headers, now_ms);
-        for h in [header::AGE, header::CACHE_CONTROL, header::EXPIRES] {
-            headers.remove(h);
-        }
+        headers.remove(header::AGE);
         let etag = headers.get(header::ETAG).cloned();
         let last_modified = headers.get(header::LAST_MODIFIED).cloned();
         Entry::assemble(
@@ -461,6 +458,29 @@ mod tests {
         // A new marker gets a new generation: the old variants stay unreachable.
         assert!(s.insert("/p", &fr, varied("salut")));
         assert!(s.get("/p", &en).0.is_none());
+    }
+
+    #[test]
+    fn a_304_keeps_the_stored_directives_and_takes_new_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        let l = Life::from_response(StatusCode::OK, &h, 0);
+        let e = Entry::new(StatusCode::OK, h, Bytes::from_static(b"page"), l);
+        assert!(e.life.revalidate_always);
+        let mut not_modified = HeaderMap::new();
+        not_modified.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        let again = e.revalidated(&not_modified, 5_000);
+        assert!(again.life.revalidate_always, "no-cache survives a bare 304");
+        assert_eq!(again.life.stored_at_ms, 5_000);
+        assert_eq!(&again.identity[..], b"page");
+        not_modified.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=30"),
+        );
+        let renewed = e.revalidated(&not_modified, 6_000);
+        assert!(!renewed.life.revalidate_always);
+        assert_eq!(renewed.life.origin_ttl_ms, Some(30_000));
     }
 
     #[test]
