@@ -217,6 +217,29 @@ async fn the_stale_copy_stands_in_when_the_origin_is_down() {
 }
 
 #[tokio::test]
+async fn the_stale_copy_stands_in_for_a_failing_origin() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let first = get(&s, "/launch/", &[]).await;
+    origin
+        .state
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    s.clock.advance_ms(200_000);
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(x_cache(&r), "STALE");
+    assert_eq!(r.body, first.body);
+    assert_eq!(origin.count("/launch/"), 2);
+    // Without a stored copy the 500 goes through.
+    assert_eq!(
+        get(&s, "/pricing", &[]).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_slow_origin_gives_504_not_a_hang() {
     let origin = TestOrigin::start().await;
     let (_d, s) = edge(&origin, |c| c.origin.timeout_ms = 200).await;

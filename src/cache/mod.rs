@@ -280,22 +280,15 @@ impl Cache {
                 };
                 self.respond(entry, &req, x, remaining, now)
             }
-            Fetched::Transient {
-                status,
-                headers,
-                body,
-            } => {
+            Fetched::Transient { status, .. } if status.is_server_error() && stale.is_some() => {
+                // A 5xx counts as an origin failure when a stale copy may stand in
+                // (as nginx's proxy_cache_use_stale http_500..http_504).
+                let res = self.transient(&outcome, &req);
+                self.on_failure(stale.as_deref(), &req, res, now)
+            }
+            Fetched::Transient { .. } => {
                 self.count(XCache::Miss);
-                let mut res = Response::new(if req.method() == Method::HEAD {
-                    Body::empty()
-                } else {
-                    Body::from(body.clone())
-                });
-                *res.status_mut() = *status;
-                *res.headers_mut() = headers.clone();
-                res.headers_mut()
-                    .insert(X_CACHE, HeaderValue::from_static(XCache::Miss.as_str()));
-                res
+                self.transient(&outcome, &req)
             }
             Fetched::Pass => match own {
                 Some(mut res) => {
@@ -317,6 +310,29 @@ impl Cache {
                 self.on_failure(stale.as_deref(), &req, res, now)
             }
         }
+    }
+
+    /// A shared, unstored answer (a 500, a 302) for one waiter.
+    fn transient(&self, outcome: &Fetched, req: &Request<Body>) -> Response<Body> {
+        let Fetched::Transient {
+            status,
+            headers,
+            body,
+        } = outcome
+        else {
+            return ApiError::new(StatusCode::BAD_GATEWAY, "origin_unreachable", "no answer")
+                .into_response();
+        };
+        let mut res = Response::new(if req.method() == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(body.clone())
+        });
+        *res.status_mut() = *status;
+        *res.headers_mut() = headers.clone();
+        res.headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(XCache::Miss.as_str()));
+        res
     }
 
     fn queue_timeout(&self) -> Response<Body> {

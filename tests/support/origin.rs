@@ -34,6 +34,8 @@ pub struct OriginState {
     pub version: AtomicU64,
     pub last_headers: Mutex<HeaderMap>,
     held: AtomicBool,
+    /// Every answer is a 500 while set.
+    pub failing: AtomicBool,
     gate: Mutex<Option<watch::Sender<bool>>>,
     pub arrived: Notify,
 }
@@ -182,7 +184,7 @@ async fn answer(State(s): State<Arc<OriginState>>, req: Request) -> Response {
             .body(Body::from(format!("<p>lang={lang} n={n}</p>")))
             .unwrap();
     }
-    if p.starts_with("/error") {
+    if p.starts_with("/error") || s.failing.load(Ordering::SeqCst) {
         b = b.status(StatusCode::INTERNAL_SERVER_ERROR);
     }
     if req.method() == Method::POST {
