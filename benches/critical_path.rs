@@ -345,6 +345,7 @@ fn webhook_parts(c: &mut Criterion, fx: &mut Fixture) {
                 seq,
                 received_ms: now,
                 weight_milli: 1200,
+                purge_rule: 0,
             });
             pump.drain(black_box(now));
             factor.current()

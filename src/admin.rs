@@ -9,6 +9,8 @@
 //! - `GET /admin/events?after=SEQ&limit=N`: stored events (newest first without `after`).
 //! - `GET /api/analytics?day=D` or `?from=D&to=D`, `GET /api/launches`: launch-day
 //!   reports (`analytics.rs`).
+//! - `POST /admin/purge {"prefix": "/launch/"}`, `POST /admin/warm {"urls"?: [...]}`: the
+//!   edge cache (handlers in `edge.rs`).
 //!
 //! `/admin/*`, `/api/analytics` and `/api/launches` need `Authorization: Bearer <token>`
 //! whenever a token is configured (always, off loopback); the token is compared as a SHA-256 digest in constant
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/events", get(list_events))
         .route("/api/analytics", get(crate::analytics::analytics))
         .route("/api/launches", get(crate::analytics::list_launches))
+        .merge(crate::edge::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

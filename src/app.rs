@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
@@ -22,13 +22,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::admin::{self, AdminToken};
 use crate::clock::Clock;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Durability};
 use crate::conversions::{self, Conversions};
+use crate::edge::{self, Edge, PurgeRules};
 use crate::factor::Factor;
 use crate::history::History;
 use crate::ring::{Pump, Ring};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// Sharded counters (visits, conversions, requests, ...) and their history.
     pub conversions: Conversions,
+    /// Admission, edge cache and origin for every public request but the webhook.
+    pub edge: Edge,
 }
 
 /// Why the appliance could not start.
@@ -113,7 +116,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let metrics = telemetry::recorder();
     let secrets = secrets::webhook_secrets(&config, &opts.env)?;
     let admin_token = secrets::admin_token(&config, &opts.env)?.map(|t| AdminToken::new(&t));
-    if !config.origin.static_dir.is_dir() {
+    if config.origin.upstream.is_none() && !config.origin.static_dir.is_dir() {
         return Err(ConfigError::invalid(
             "origin.static_dir",
             format!(
@@ -136,6 +139,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         window.record(ev.received_ms, ev.weight_milli, now);
     }
     let factor = Factor::new();
+    let edge = Edge::new(&config, factor.clone(), clock.clone())?;
     if let Some(pin) = store.load_pin()? {
         if pin.until_ms > now {
             tracing::info!(factor = pin.factor, "restored the operator's factor pin");
@@ -185,6 +189,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         metrics: metrics.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
         conversions: counters.clone(),
+        edge: edge.clone(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -202,7 +207,8 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         ),
     ];
 
-    let pump = Pump::new(ring, window, factor);
+    let pump = Pump::new(ring, window, factor)
+        .with_purge(PurgeRules::new(&state.config), edge.cache().clone());
     let background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
         tokio::spawn(sweep_loop(
@@ -222,6 +228,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
     ];
+    if !edge.warm_urls().is_empty() {
+        let results = edge.warm(edge.warm_urls()).await;
+        for r in &results {
+            tracing::info!(path = %r.path, status = r.status, cache = %r.cache, "warmed");
+        }
+    }
     // The committer is not awaited at shutdown: it ends by itself once every
     // AppState clone is gone, and the final flush below covers whatever it had not.
     drop(committer_task);
@@ -308,46 +320,51 @@ fn spawn_server(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let result = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
         if let Err(e) = result {
             tracing::error!("listener failed: {e}");
         }
     })
 }
 
-/// The public listener: the webhook path, the conversion beacon, then the site.
-/// Every answer, including 404s and 405s, carries the scale factor, so the layer wraps
-/// the whole router. Requests and visits are counted by `conversions::count_requests`,
-/// which wraps everything that serves the site and judges only the final answer.
+/// The public listener: the webhook path, the conversion beacon, then the edge
+/// (admission → cache → origin, `edge.rs`) for everything else. Requests and visits
+/// are counted by `conversions::count_requests`, which wraps everything that serves the
+/// site and judges only the final answer. Every answer, including 404s, 405s and 503s,
+/// carries the scale factor, so that layer wraps the whole router. It is tower-http's
+/// `SetResponseHeader`, which wraps the response future without cloning the router per
+/// request; the fallback captures only the edge and the factor, so a cache hit does not
+/// clone the whole `AppState`.
 pub fn public_router(state: AppState) -> Router {
-    let dir = &state.config.origin.static_dir;
-    let site = ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("404.html")));
     let factor = state.factor.clone();
     let counting = state.conversions.clone();
+    let edge_handles = (state.edge.clone(), state.factor.clone());
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
         .route(conversions::BEACON_PATH, post(conversions::beacon))
-        .fallback_service(site)
+        .fallback(move |req: axum::extract::Request| {
+            let (edge, factor) = edge_handles.clone();
+            async move { edge::handle(edge, factor, req).await }
+        })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             counting,
             conversions::count_requests,
         ))
-        .layer(axum::middleware::map_response(move |res| {
-            let f = factor.current();
-            async move { with_factor_header(res, f) }
-        }))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(SCALE_FACTOR_HEADER),
+            move |_: &Response| factor_header(factor.current()),
+        ))
 }
 
-fn with_factor_header(mut res: Response, factor: f64) -> Response {
+fn factor_header(factor: f64) -> Option<HeaderValue> {
     let mut buf = [0u8; 24];
-    let text = format_factor(factor, &mut buf);
-    if let Ok(v) = HeaderValue::from_str(text) {
-        res.headers_mut().insert(SCALE_FACTOR_HEADER, v);
-    }
-    res
+    HeaderValue::from_str(format_factor(factor, &mut buf)).ok()
 }
 
 /// Formats a factor with two decimals into `buf`, without allocating.

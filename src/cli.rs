@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `sign`, `preflight`, `report`.
+//! The command line: `serve` (the default), `sign`, `preflight`, `report`, `warm`.
 //!
 //! Exit codes: 0 on success, 2 for a configuration or usage error (the message names
 //! the key), 1 for anything else.
@@ -46,6 +46,8 @@ pub enum Command {
     /// The night-before checklist: config, secret, disk, file limits, origin,
     /// listeners, launch day. Exits 1 if any check fails.
     Preflight(PreflightArgs),
+    /// Fill the running edge cache: POST /admin/warm on the admin listener.
+    Warm(WarmArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +58,15 @@ pub struct PreflightArgs {
     /// Events (webhooks, poller) expected over the launch, for the disk check.
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WarmArgs {
+    /// Paths to fetch into the cache (default: cache.warm_urls from the config).
+    pub paths: Vec<String>,
+    /// Admin base URL (default: http://<server.admin_listen>).
+    #[arg(long)]
+    pub admin_url: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,6 +126,16 @@ pub fn run() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(if e.is_usage() { 2 } else { 1 })
+            }
+        },
+        Some(Command::Warm(args)) => match warm(cli.config, &args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
         },
         None | Some(Command::Serve) => {
@@ -256,6 +277,70 @@ async fn wait_for_signal() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
     }
+}
+
+/// Asks the running appliance to warm its cache; returns one line per path.
+pub fn warm(config_path: Option<PathBuf>, args: &WarmArgs) -> anyhow::Result<String> {
+    use http_body_util::{BodyExt, Full};
+    let config = match config_path {
+        Some(path) => Config::load(&path),
+        None => Config::parse(""),
+    }
+    .context("config")?;
+    let token = crate::secrets::admin_token(&config, &crate::secrets::Env::from_process())
+        .context("config")?;
+    let base = args
+        .admin_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.server.admin_listen));
+    let url = format!("{}/admin/warm", base.trim_end_matches('/'));
+    let body = if args.paths.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&serde_json::json!({"urls": args.paths}))?
+    };
+    let mut req = hyper::Request::post(url.as_str()).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(body)))
+        .with_context(|| format!("bad admin URL {url:?}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, bytes) = runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<bytes::Bytes>>();
+        let res = client
+            .request(req)
+            .await
+            .with_context(|| format!("cannot reach {url}; is launchguard running?"))?;
+        let status = res.status();
+        let bytes = res.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, bytes))
+    })?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let mut out = String::new();
+    for r in v["warmed"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{} {} {}\n",
+            r["status"],
+            r["cache"].as_str().unwrap_or(""),
+            r["path"].as_str().unwrap_or("")
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("nothing to warm: give paths or set cache.warm_urls\n");
+    }
+    Ok(out)
 }
 
 /// The header lines `sign` prints, each ending in a newline.

@@ -41,6 +41,8 @@ pub struct Config {
     pub origin: OriginConfig,
     pub webhook: WebhookConfig,
     pub velocity: VelocityConfig,
+    pub backpressure: BackpressureConfig,
+    pub cache: CacheConfig,
     pub conversions: ConversionsConfig,
 }
 
@@ -78,13 +80,89 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
     /// Directory served to visitors. Default `data/site` (the demo launch site).
+    /// Used when `upstream` is not set.
     pub static_dir: PathBuf,
+    /// An HTTP origin such as `http://127.0.0.1:3000`; when set, `static_dir` is unused.
+    pub upstream: Option<String>,
+    /// Longest wait for the origin's response headers, then 504 (or the stale copy), ms. Default 2000.
+    pub timeout_ms: u64,
+    /// Longest wait for an origin permit under load, then 503 + Retry-After, ms. Default 1000.
+    pub queue_timeout_ms: u64,
 }
 
 impl Default for OriginConfig {
     fn default() -> Self {
         OriginConfig {
             static_dir: PathBuf::from("data/site"),
+            upstream: None,
+            timeout_ms: 2000,
+            queue_timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackpressureConfig {
+    /// Above this factor, requests that are not critical get 503. Default 2.0.
+    pub shed_factor: f64,
+    /// `Retry-After` on a shed or queued-out request, seconds. Default 5.
+    pub retry_after_secs: u64,
+    /// Glob patterns of critical paths, never shed. The webhook path and `/api/convert`
+    /// are always critical. `*` matches across `/`; `/launch/*` also matches `/launch`.
+    /// Default `["/", "/launch/*", "/api/leaderboard"]`.
+    pub critical_paths: Vec<String>,
+    /// Glob patterns of low-priority paths (assets, feeds). Default none.
+    pub low_paths: Vec<String>,
+}
+
+impl Default for BackpressureConfig {
+    fn default() -> Self {
+        BackpressureConfig {
+            shed_factor: 2.0,
+            retry_after_secs: 5,
+            critical_paths: vec!["/".into(), "/launch/*".into(), "/api/leaderboard".into()],
+            low_paths: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Lifetime at factor 1.0, seconds; at factor F it is `max(min_ttl_secs, base_ttl_secs / F)`. Default 60.
+    pub base_ttl_secs: u64,
+    /// Shortest lifetime, seconds. Default 5.
+    pub min_ttl_secs: u64,
+    /// How long past its lifetime a copy is served while one refresh runs, seconds. Default 30.
+    pub stale_while_revalidate_secs: u64,
+    /// How long past its lifetime a copy is served when the origin fails, seconds. Default 600.
+    pub stale_if_error_secs: u64,
+    /// Memory bound for stored objects (bodies, variants, headers, keys), bytes. Default 67108864.
+    pub max_bytes: u64,
+    /// Largest body stored; larger ones stream through uncached, bytes. Default 8388608.
+    pub max_object_bytes: u64,
+    /// Longest normalized URL cached; longer ones bypass the cache, bytes. Default 2048.
+    pub max_key_bytes: usize,
+    /// Paths fetched into the cache at startup and by `launchguard warm`. Default none.
+    pub warm_urls: Vec<String>,
+    /// Event type → path prefixes purged when such an event arrives.
+    /// Default `{ maker_comment = ["/launch/"] }`.
+    pub purge_on: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            base_ttl_secs: 60,
+            min_ttl_secs: 5,
+            stale_while_revalidate_secs: 30,
+            stale_if_error_secs: 600,
+            max_bytes: 64 * 1024 * 1024,
+            max_object_bytes: 8 * 1024 * 1024,
+            max_key_bytes: 2048,
+            warm_urls: Vec::new(),
+            purge_on: BTreeMap::from([("maker_comment".to_string(), vec!["/launch/".to_string()])]),
         }
     }
 }
@@ -315,6 +393,88 @@ impl Config {
             }
         }
         self.conversions.validate()?;
+        self.validate_edge()
+    }
+
+    /// The `[origin]`, `[backpressure]` and `[cache]` sections.
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let o = &self.origin;
+        if let Some(up) = &o.upstream {
+            crate::origin::parse_upstream(up)
+                .map_err(|problem| ConfigError::invalid("origin.upstream", problem))?;
+        }
+        positive("origin.timeout_ms", o.timeout_ms)?;
+        positive("origin.queue_timeout_ms", o.queue_timeout_ms)?;
+
+        let b = &self.backpressure;
+        if !(b.shed_factor.is_finite() && b.shed_factor >= 1.0) {
+            return Err(ConfigError::invalid(
+                "backpressure.shed_factor",
+                format!(
+                    "expected a number >= 1.0 (the factor above which non-critical paths are shed), got {}",
+                    b.shed_factor
+                ),
+            ));
+        }
+        positive("backpressure.retry_after_secs", b.retry_after_secs)?;
+        for (key, list) in [
+            ("backpressure.critical_paths", &b.critical_paths),
+            ("backpressure.low_paths", &b.low_paths),
+        ] {
+            for (i, pattern) in list.iter().enumerate() {
+                crate::admission::compile_glob(pattern)
+                    .map_err(|problem| ConfigError::invalid(format!("{key}[{i}]"), problem))?;
+            }
+        }
+
+        let c = &self.cache;
+        positive("cache.base_ttl_secs", c.base_ttl_secs)?;
+        positive("cache.min_ttl_secs", c.min_ttl_secs)?;
+        if c.min_ttl_secs > c.base_ttl_secs {
+            return Err(ConfigError::invalid(
+                "cache.min_ttl_secs",
+                format!(
+                    "must not exceed cache.base_ttl_secs ({}), got {}",
+                    c.base_ttl_secs, c.min_ttl_secs
+                ),
+            ));
+        }
+        if c.max_bytes < 64 * 1024 {
+            return Err(ConfigError::invalid(
+                "cache.max_bytes",
+                format!("expected at least 65536 bytes, got {}", c.max_bytes),
+            ));
+        }
+        positive("cache.max_object_bytes", c.max_object_bytes)?;
+        if !(64..=65_536).contains(&c.max_key_bytes) {
+            return Err(ConfigError::invalid(
+                "cache.max_key_bytes",
+                format!(
+                    "expected between 64 and 65536 bytes, got {}",
+                    c.max_key_bytes
+                ),
+            ));
+        }
+        for (i, url) in c.warm_urls.iter().enumerate() {
+            if !url.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("cache.warm_urls[{i}]"),
+                    format!(
+                        "expected a path starting with \"/\", such as \"/launch/\", got {url:?}"
+                    ),
+                ));
+            }
+        }
+        for (event, prefixes) in &c.purge_on {
+            for (i, prefix) in prefixes.iter().enumerate() {
+                if !prefix.starts_with('/') {
+                    return Err(ConfigError::invalid(
+                        format!("cache.purge_on.{event}[{i}]"),
+                        format!("expected a path prefix starting with \"/\", got {prefix:?}"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -533,6 +693,69 @@ mod tests {
         assert!(e.starts_with("webhook.retention_days:"), "{e}");
         let c = Config::parse("[conversions]\ntimezone = \"Europe/Paris\"\n").unwrap();
         assert_eq!(c.conversions.timezone, "Europe/Paris");
+    }
+
+    #[test]
+    fn the_shipped_config_file_names_every_key() {
+        // Every field of every section appears in the shipped file, so operators see them all.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/launchguard.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let debug = format!("{:#?}", Config::default());
+        let mut section = String::new();
+        for line in debug.lines() {
+            let t = line.trim();
+            if let Some(name) = t
+                .strip_suffix(": ServerConfig {")
+                .or(t.strip_suffix(": OriginConfig {"))
+                .or(t.strip_suffix(": WebhookConfig {"))
+                .or(t.strip_suffix(": VelocityConfig {"))
+                .or(t.strip_suffix(": BackpressureConfig {"))
+                .or(t.strip_suffix(": CacheConfig {"))
+                .or(t.strip_suffix(": ConversionsConfig {"))
+            {
+                section = name.to_string();
+                assert!(
+                    text.contains(&format!("[{section}]")),
+                    "[{section}] missing"
+                );
+                continue;
+            }
+            if line.starts_with("        ") && !line.starts_with("         ") {
+                if let Some((field, _)) = t.split_once(": ") {
+                    let shown = text.lines().any(|l| {
+                        let l = l.trim_start_matches('#').trim_start();
+                        l.starts_with(&format!("{field} "))
+                            || l.starts_with(&format!("[{section}.{field}]"))
+                    });
+                    assert!(shown, "{section}.{field} is not in data/launchguard.toml");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn edge_sections_name_their_keys() {
+        let e = err("[origin]\nupstream = \"https://example.com\"\n");
+        assert!(
+            e.starts_with("origin.upstream:") && e.contains("https"),
+            "{e}"
+        );
+        let e = err("[origin]\ntimeout_ms = 0\n");
+        assert_eq!(e, "origin.timeout_ms: must be greater than 0");
+        let e = err("[backpressure]\nshed_factor = 0.5\n");
+        assert!(e.starts_with("backpressure.shed_factor:"), "{e}");
+        let e = err("[backpressure]\nlow_paths = [\"/ok/*\", \"assets\"]\n");
+        assert!(e.starts_with("backpressure.low_paths[1]:"), "{e}");
+        let e = err("[cache]\nmin_ttl_secs = 90\n");
+        assert!(e.starts_with("cache.min_ttl_secs:"), "{e}");
+        let e = err("[cache]\nmax_bytes = 10\n");
+        assert!(e.starts_with("cache.max_bytes:"), "{e}");
+        let e = err("[cache]\nwarm_urls = [\"launch\"]\n");
+        assert!(e.starts_with("cache.warm_urls[0]:"), "{e}");
+        let e = err("[cache.purge_on]\nupvote = [\"launch\"]\n");
+        assert!(e.starts_with("cache.purge_on.upvote[0]:"), "{e}");
+        let e = err("[cache]\nttl = 5\n");
+        assert!(e.contains("unknown field `ttl`"), "{e}");
     }
 
     #[test]

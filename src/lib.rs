@@ -6,6 +6,8 @@
 //! - [`store`]: sled trees and versioned records; [`commit`]: group commit.
 //! - [`ring`]: the lock-free ring and the pump; [`velocity`]: the window (pure);
 //!   [`factor`]: the published scale factor and the operator's pin.
+//! - [`edge`]: the visitor path: [`admission`] (classes, shedding, origin permits) →
+//!   [`cache`] (keys, freshness, store, single-flight) → [`origin`] (static dir or upstream).
 //! - [`app`]: `AppState`, both routers, startup and shutdown; [`admin`]: the admin API.
 //! - [`conversions`]: sharded counters, the beacon, the flusher; [`history`]: the
 //!   `metrics` and `launches` trees; [`analytics`]: launch-day reports.
@@ -13,16 +15,20 @@
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
+pub mod admission;
 pub mod analytics;
 pub mod app;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod conversions;
+pub mod edge;
 pub mod error;
 pub mod factor;
 pub mod history;
+pub mod origin;
 pub mod preflight;
 pub mod ring;
 pub mod secrets;

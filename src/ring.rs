@@ -31,6 +31,8 @@ pub struct RingEvent {
     pub seq: u64,
     pub received_ms: u64,
     pub weight_milli: u64,
+    /// The `cache.purge_on` rule this event triggers: 0 for none, else its number.
+    pub purge_rule: u16,
 }
 
 /// Handle to the ring; a clone is cheap and shares the queues.
@@ -93,6 +95,7 @@ pub struct Pump {
     ring: Ring,
     window: Window,
     factor: Factor,
+    purge: Option<(crate::edge::PurgeRules, crate::cache::Cache)>,
 }
 
 impl Pump {
@@ -101,7 +104,18 @@ impl Pump {
             ring,
             window,
             factor,
+            purge: None,
         }
+    }
+
+    /// Applies the cache's event-driven purge rules to the events drained.
+    pub fn with_purge(
+        mut self,
+        rules: crate::edge::PurgeRules,
+        cache: crate::cache::Cache,
+    ) -> Pump {
+        self.purge = Some((rules, cache));
+        self
     }
 
     /// Drains every waiting event into the window, slides it to `now_ms`, and
@@ -109,9 +123,17 @@ impl Pump {
     pub fn drain(&mut self, now_ms: u64) -> usize {
         metrics::gauge!(telemetry::RING_DEPTH).set(self.ring.depth() as f64);
         let mut n = 0;
+        let mut purge_rules: Vec<u16> = Vec::new();
         while let Some(ev) = self.ring.pop() {
             self.window.record(ev.received_ms, ev.weight_milli, now_ms);
+            if ev.purge_rule != 0 && !purge_rules.contains(&ev.purge_rule) {
+                purge_rules.push(ev.purge_rule);
+            }
             n += 1;
+        }
+        if let (Some((rules, cache)), false) = (&self.purge, purge_rules.is_empty()) {
+            let dropped = rules.apply(cache, &purge_rules);
+            metrics::counter!(telemetry::CACHE_PURGED_TOTAL).increment(dropped as u64);
         }
         self.window.advance(now_ms);
         let lapsed = self
@@ -172,6 +194,7 @@ mod tests {
             seq,
             received_ms: at,
             weight_milli: 1000,
+            purge_rule: 0,
         }
     }
 

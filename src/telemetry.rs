@@ -23,6 +23,13 @@ pub const DISK_FREE_BYTES: &str = "launchguard_disk_free_bytes";
 pub const DISK_TOTAL_BYTES: &str = "launchguard_disk_total_bytes";
 pub const VISITS_TOTAL: &str = "launchguard_visits_total";
 pub const CONVERSIONS_TOTAL: &str = "launchguard_conversions_total";
+pub const CACHE_REQUESTS_TOTAL: &str = "launchguard_cache_requests_total";
+pub const CACHE_BYTES: &str = "launchguard_cache_bytes";
+pub const CACHE_PURGED_TOTAL: &str = "launchguard_cache_purged_total";
+pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "launchguard_backpressure_rejections_total";
+pub const ORIGIN_INFLIGHT: &str = "launchguard_origin_inflight";
+pub const ORIGIN_REQUEST_DURATION_SECONDS: &str = "launchguard_origin_request_duration_seconds";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "launchguard_http_request_duration_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -104,6 +111,31 @@ fn describe() {
     describe_counter!(
         CONVERSIONS_TOTAL,
         "Conversions by goal (added at each counter flush)"
+    );
+    describe_counter!(
+        CACHE_REQUESTS_TOTAL,
+        "Edge cache answers by result (hit, stale, miss, bypass)"
+    );
+    describe_gauge!(
+        CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes held by the edge cache, as weighed against cache.max_bytes"
+    );
+    describe_counter!(CACHE_PURGED_TOTAL, "Cache entries dropped by purges");
+    describe_counter!(
+        BACKPRESSURE_REJECTIONS_TOTAL,
+        "Requests refused with 503 by class (normal, low: shed; queue: no origin permit in time)"
+    );
+    describe_gauge!(ORIGIN_INFLIGHT, "Origin fetches holding a permit");
+    describe_histogram!(
+        ORIGIN_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to the origin's response headers, by outcome"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Public request handling time, to the response headers"
     );
 }
 

@@ -59,6 +59,7 @@ pub struct Ingestor {
     default_weight: u64,
     tolerance_secs: u64,
     dedup_ttl_ms: u64,
+    purge_rules: crate::edge::PurgeRules,
 }
 
 impl Ingestor {
@@ -77,6 +78,7 @@ impl Ingestor {
             default_weight: to_milli(config.velocity.default_weight),
             tolerance_secs: config.webhook.tolerance_secs,
             dedup_ttl_ms: config.webhook.dedup_ttl_secs.saturating_mul(1000),
+            purge_rules: crate::edge::PurgeRules::new(config),
         }
     }
 
@@ -109,6 +111,7 @@ impl Ingestor {
                     seq,
                     received_ms: now_ms,
                     weight_milli,
+                    purge_rule: self.purge_rules.rule_of(&record.event_type),
                 });
                 Ok(Outcome::Accepted { seq })
             }

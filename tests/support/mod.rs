@@ -12,6 +12,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 
+pub mod origin;
+
 use launchguard::app::{self, Options, Running};
 use launchguard::clock::Clock;
 use launchguard::config::Config;

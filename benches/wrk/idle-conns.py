@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""idle-conns.py - RSS of a running launchguard with N idle keep-alive connections.
+
+Opens N connections to URL, sends one keep-alive GET on each (so every connection
+has been through hyper's request path and holds its buffers), reads the answer,
+then leaves them all open and idle, and prints the server's VmRSS (from
+/proc/PID/status) before and with the connections, and the cache's own bytes
+(launchguard_cache_bytes from the admin /metrics). Closes everything at the end.
+
+    benches/wrk/idle-conns.py --pid PID --url http://127.0.0.1:8080/launch/ \
+        --metrics http://127.0.0.1:9090/metrics --conns 15000
+"""
+import argparse
+import asyncio
+import re
+import urllib.parse
+import urllib.request
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit("no VmRSS")
+
+
+def cache_bytes(url):
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    m = re.search(r"^launchguard_cache_bytes (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def one(host, port, path, ready):
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    await reader.readexactly(int(m.group(1)) if m else 0)
+    ready.append(writer)
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pid", type=int, required=True)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--conns", type=int, default=15000)
+    ap.add_argument("--batch", type=int, default=500)
+    a = ap.parse_args()
+    u = urllib.parse.urlparse(a.url)
+    before = rss_kib(a.pid)
+    cache = cache_bytes(a.metrics)
+    ready = []
+    for start in range(0, a.conns, a.batch):
+        n = min(a.batch, a.conns - start)
+        await asyncio.gather(*(one(u.hostname, u.port, u.path or "/", ready) for _ in range(n)))
+    await asyncio.sleep(2)  # let the server settle (allocator, buffers)
+    with_conns = rss_kib(a.pid)
+    cache_after = cache_bytes(a.metrics)
+    print(f"connections open and idle: {len(ready)}")
+    print(f"RSS before: {before / 1024:.1f} MiB; with {len(ready)} idle connections: {with_conns / 1024:.1f} MiB; "
+          f"delta {(with_conns - before) / 1024:.1f} MiB ({(with_conns - before) * 1024 / max(1, len(ready)):.0f} bytes per connection)")
+    print(f"cache bytes (launchguard_cache_bytes): {cache / 1048576:.3f} MiB before, {cache_after / 1048576:.3f} MiB after")
+    print(f"RSS beyond the cache's own bytes: {(with_conns * 1024 - cache_after) / 1048576:.1f} MiB")
+    for w in ready:
+        w.close()
+
+
+asyncio.run(main())

@@ -1,0 +1,296 @@
+//! Admission: which class a path belongs to, whether it is shed at the current
+//! factor, and the origin concurrency limit.
+//!
+//! - Classes come from `backpressure.critical_paths` and `low_paths`, glob patterns
+//!   compiled once into two `GlobSet`s at startup; the rest is normal. The webhook
+//!   path and the conversion beacon (`/api/convert`) are always critical.
+//! - `factor > backpressure.shed_factor` → every non-critical request is answered
+//!   503 + `Retry-After` + `Cache-Control: no-store` before it costs anything.
+//! - Origin fetches (misses, revalidations, refreshes) hold an [`OriginPermit`] from a
+//!   limit of `clamp(base_concurrency × factor, base, max)`, read from the factor at the
+//!   moment of asking. A request that waits longer than `origin.queue_timeout_ms` gets
+//!   503, never a hang.
+//!
+//! **Invariant:** the shed decision is one atomic load of the factor plus a glob match
+//! on immutable sets; taking a permit is a compare-and-swap on one counter. Neither
+//! takes a lock. Only a request that must *wait* for a permit parks on a `Notify`.
+//! **Invariant:** a permit given is a permit returned (`Drop`), whatever happens.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use tokio::sync::Notify;
+
+use crate::config::{BackpressureConfig, VelocityConfig};
+use crate::telemetry;
+
+/// The conversion beacon's path; always critical.
+pub const BEACON_PATH: &str = "/api/convert";
+
+/// How much a path matters when the crowd arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Critical,
+    Normal,
+    Low,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Critical => "critical",
+            Class::Normal => "normal",
+            Class::Low => "low",
+        }
+    }
+}
+
+/// Compiles one configured pattern; the error text is meant for a config error.
+pub fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
+    if !pattern.starts_with('/') {
+        return Err(format!(
+            "expected a path pattern starting with \"/\" such as \"/launch/*\", got {pattern:?}"
+        ));
+    }
+    GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .build()
+        .map_err(|e| format!("invalid glob {pattern:?}: {e}"))
+}
+
+fn glob_set(patterns: &[String], always: &[&str]) -> Result<GlobSet, String> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns
+        .iter()
+        .map(String::as_str)
+        .chain(always.iter().copied())
+    {
+        b.add(compile_glob(p)?);
+        // `/launch/*` also covers `/launch` itself, as an operator would expect.
+        if let Some(bare) = p.strip_suffix("/*").filter(|s| !s.is_empty()) {
+            b.add(compile_glob(bare)?);
+        }
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// Path classes, compiled once.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    critical: Arc<GlobSet>,
+    low: Arc<GlobSet>,
+}
+
+impl Classifier {
+    /// `always_critical` holds the webhook path (and anything else that must pass).
+    pub fn new(config: &BackpressureConfig, webhook_path: &str) -> Result<Classifier, String> {
+        Ok(Classifier {
+            critical: Arc::new(glob_set(
+                &config.critical_paths,
+                &[webhook_path, BEACON_PATH],
+            )?),
+            low: Arc::new(glob_set(&config.low_paths, &[])?),
+        })
+    }
+
+    pub fn classify(&self, path: &str) -> Class {
+        if self.critical.is_match(path) {
+            Class::Critical
+        } else if self.low.is_match(path) {
+            Class::Low
+        } else {
+            Class::Normal
+        }
+    }
+}
+
+/// Whether a request of `class` is shed at `factor`. Pure.
+#[inline]
+pub fn shed(class: Class, factor: f64, shed_factor: f64) -> bool {
+    class != Class::Critical && factor > shed_factor
+}
+
+/// `clamp(base × factor, base, max)`, the number of origin fetches allowed at once. Pure.
+#[inline]
+pub fn origin_limit(base: u32, max: u32, factor: f64) -> usize {
+    let want = (f64::from(base) * factor).floor();
+    let want = if want.is_finite() { want } else { 0.0 };
+    (want as u64).clamp(u64::from(base), u64::from(max)) as usize
+}
+
+/// The origin concurrency limit. A clone is cheap and shares the counter.
+#[derive(Clone)]
+pub struct OriginLimit {
+    inner: Arc<LimitInner>,
+}
+
+struct LimitInner {
+    inflight: AtomicUsize,
+    released: Notify,
+    base: u32,
+    max: u32,
+    queue_timeout: Duration,
+}
+
+/// Why no permit was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueTimeout;
+
+impl OriginLimit {
+    pub fn new(velocity: &VelocityConfig, queue_timeout: Duration) -> OriginLimit {
+        OriginLimit {
+            inner: Arc::new(LimitInner {
+                inflight: AtomicUsize::new(0),
+                released: Notify::new(),
+                base: velocity.base_concurrency,
+                max: velocity.max_concurrency,
+                queue_timeout,
+            }),
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inner.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Takes a permit if one is free at `factor`; never waits.
+    pub fn try_acquire(&self, factor: f64) -> Option<OriginPermit> {
+        let limit = origin_limit(self.inner.base, self.inner.max, factor);
+        let mut cur = self.inner.inflight.load(Ordering::Relaxed);
+        loop {
+            if cur >= limit {
+                return None;
+            }
+            match self.inner.inflight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    metrics::gauge!(telemetry::ORIGIN_INFLIGHT).increment(1.0);
+                    return Some(OriginPermit {
+                        limit: self.clone(),
+                    });
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Takes a permit, waiting at most `origin.queue_timeout_ms`. `factor` is read
+    /// again on every wake-up, so a rising factor lets waiters in.
+    pub async fn acquire(&self, factor: impl Fn() -> f64) -> Result<OriginPermit, QueueTimeout> {
+        if let Some(p) = self.try_acquire(factor()) {
+            return Ok(p);
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.queue_timeout;
+        loop {
+            let notified = self.inner.released.notified();
+            tokio::pin!(notified);
+            // Register before re-checking, so a release between the check and the
+            // wait is not missed.
+            notified.as_mut().enable();
+            if let Some(p) = self.try_acquire(factor()) {
+                return Ok(p);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.try_acquire(factor()).ok_or(QueueTimeout);
+            }
+        }
+    }
+}
+
+/// One origin fetch in flight; returned on drop.
+pub struct OriginPermit {
+    limit: OriginLimit,
+}
+
+impl Drop for OriginPermit {
+    fn drop(&mut self) {
+        self.limit.inner.inflight.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(telemetry::ORIGIN_INFLIGHT).decrement(1.0);
+        self.limit.inner.released.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classifier() -> Classifier {
+        let c = BackpressureConfig {
+            low_paths: vec!["/assets/*".into(), "/*.png".into()],
+            ..BackpressureConfig::default()
+        };
+        Classifier::new(&c, "/webhooks/producthunt").unwrap()
+    }
+
+    #[test]
+    fn classes_follow_the_patterns() {
+        let c = classifier();
+        assert_eq!(c.classify("/"), Class::Critical);
+        assert_eq!(c.classify("/launch/"), Class::Critical);
+        assert_eq!(c.classify("/launch"), Class::Critical);
+        assert_eq!(c.classify("/launch/deep/page"), Class::Critical);
+        assert_eq!(c.classify("/api/leaderboard"), Class::Critical);
+        assert_eq!(c.classify("/webhooks/producthunt"), Class::Critical);
+        assert_eq!(c.classify("/api/convert"), Class::Critical);
+        assert_eq!(c.classify("/assets/app.js"), Class::Low);
+        assert_eq!(c.classify("/img/logo.png"), Class::Low);
+        assert_eq!(c.classify("/pricing"), Class::Normal);
+        assert_eq!(c.classify("/launchpad"), Class::Normal);
+    }
+
+    #[test]
+    fn bad_patterns_are_explained() {
+        assert!(compile_glob("launch/*")
+            .unwrap_err()
+            .contains("starting with"));
+        assert!(compile_glob("/a/[").unwrap_err().contains("invalid glob"));
+    }
+
+    #[test]
+    fn shedding_spares_critical_paths_only_above_the_threshold() {
+        assert!(!shed(Class::Normal, 2.0, 2.0));
+        assert!(shed(Class::Normal, 2.01, 2.0));
+        assert!(shed(Class::Low, 3.0, 2.0));
+        assert!(!shed(Class::Critical, 5.0, 2.0));
+    }
+
+    #[test]
+    fn the_limit_scales_with_the_factor_within_bounds() {
+        assert_eq!(origin_limit(50, 250, 1.0), 50);
+        assert_eq!(origin_limit(50, 250, 0.5), 50);
+        assert_eq!(origin_limit(50, 250, 2.5), 125);
+        assert_eq!(origin_limit(50, 250, 9.0), 250);
+        assert_eq!(origin_limit(50, 250, f64::NAN), 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_get_a_released_permit_or_time_out() {
+        let v = VelocityConfig {
+            base_concurrency: 1,
+            max_concurrency: 2,
+            ..VelocityConfig::default()
+        };
+        let limit = OriginLimit::new(&v, Duration::from_millis(100));
+        let first = limit.try_acquire(1.0).unwrap();
+        assert!(limit.try_acquire(1.0).is_none());
+        // A higher factor makes room at once.
+        let second = limit.try_acquire(2.0).unwrap();
+        drop(second);
+        // The waiter is released by the drop of the first permit.
+        let l2 = limit.clone();
+        let waiter = tokio::spawn(async move { l2.acquire(|| 1.0).await.is_ok() });
+        tokio::task::yield_now().await;
+        drop(first);
+        assert!(waiter.await.unwrap());
+        assert_eq!(limit.inflight(), 0);
+        // Nobody releases: the waiter gives up after queue_timeout.
+        let _held = limit.try_acquire(1.0).unwrap();
+        assert_eq!(limit.acquire(|| 1.0).await.err(), Some(QueueTimeout));
+    }
+}

@@ -1,0 +1,837 @@
+//! The edge cache: what a GET or HEAD that passed admission gets, and where it
+//! comes from.
+//!
+//! ```text
+//! request ─► unsafe method? ─► origin (BYPASS), then invalidate its URL on success
+//!         ─► Authorization or over-long URL? ─► origin (BYPASS)
+//!         ─► key (key.rs) ─► store (store.rs) ─► verdict at today's factor (freshness.rs)
+//!              Fresh      ─► HIT
+//!              Stale      ─► STALE at once; one background refresh (flight.rs)
+//!              Revalidate ─► conditional fetch (ETag / Last-Modified) ─► 304 → HIT
+//!              missing    ─► one fetch for all waiters ─► MISS
+//!         origin failed or no permit in time ─► the stale copy (STALE) or 502/504/503
+//! ```
+//!
+//! The shared fetch runs in a spawned task holding an origin permit; it buffers a
+//! storable body up to the per-object limit, makes the gzip and br variants once,
+//! stores the entry and hands it to every waiter. A personal response (`Set-Cookie`,
+//! `private`, `no-store`, `Vary: *`) or an over-large one is never shared: it streams
+//! to the request that fetched it, and each waiter asks the origin itself.
+//!
+//! Answers from the store carry `Age`, `X-Cache` and
+//! `Cache-Control: public, max-age=<remaining>, stale-while-revalidate=<swr>`.
+//! Request directives (`Cache-Control: no-cache` on reload) are ignored: a reload
+//! storm must not reach the origin.
+
+pub mod flight;
+pub mod freshness;
+pub mod key;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
+};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+
+use crate::admission::OriginLimit;
+use crate::clock::Clock;
+use crate::config::CacheConfig;
+use crate::error::ApiError;
+use crate::factor::Factor;
+use crate::origin::{Forwarded, Origin, OriginError};
+use crate::telemetry;
+use flight::{Flights, Role};
+use freshness::{Life, NotStored, Policy, Verdict};
+use store::{Entry, Store};
+
+/// The `X-Cache` header.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XCache {
+    Hit,
+    Stale,
+    Miss,
+    Bypass,
+}
+
+impl XCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XCache::Hit => "HIT",
+            XCache::Stale => "STALE",
+            XCache::Miss => "MISS",
+            XCache::Bypass => "BYPASS",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            XCache::Hit => "hit",
+            XCache::Stale => "stale",
+            XCache::Miss => "miss",
+            XCache::Bypass => "bypass",
+        }
+    }
+}
+
+/// What one shared fetch produced.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Stored; `revalidated` when the origin answered 304 to a conditional request.
+    Stored {
+        entry: Arc<Entry>,
+        revalidated: bool,
+        /// The leader's values of the headers the object varies on.
+        vary_values: Vec<Option<HeaderValue>>,
+    },
+    /// Shareable with the waiters, but not kept (a 500, a 302).
+    Transient {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    /// Personal or too large: only the fetching request gets it.
+    Pass,
+    Failed(OriginError),
+    /// No origin permit within `origin.queue_timeout_ms`.
+    Queued,
+}
+
+/// The cache; a clone is cheap and shares everything.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    flights: Flights<Fetched>,
+    policy: Policy,
+    max_key_bytes: usize,
+    swr_secs: u64,
+    retry_after_secs: u64,
+    origin: Origin,
+    limit: OriginLimit,
+    factor: Factor,
+    clock: Clock,
+    results: [metrics::Counter; 4],
+    bytes: metrics::Gauge,
+}
+
+/// The headers a client sends that must not reach the origin on a shared fetch.
+const CLIENT_ONLY: [HeaderName; 8] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+    header::CACHE_CONTROL,
+    header::PRAGMA,
+];
+
+impl Cache {
+    pub fn new(
+        config: &CacheConfig,
+        retry_after_secs: u64,
+        origin: Origin,
+        limit: OriginLimit,
+        factor: Factor,
+        clock: Clock,
+    ) -> Cache {
+        let results = [XCache::Hit, XCache::Stale, XCache::Miss, XCache::Bypass]
+            .map(|x| metrics::counter!(telemetry::CACHE_REQUESTS_TOTAL, "result" => x.label()));
+        Cache {
+            inner: Arc::new(Inner {
+                store: Store::new(config.max_bytes, config.max_object_bytes),
+                flights: Flights::new(),
+                policy: Policy::from_config(config),
+                max_key_bytes: config.max_key_bytes,
+                swr_secs: config.stale_while_revalidate_secs,
+                retry_after_secs,
+                origin,
+                limit,
+                factor,
+                clock,
+                results,
+                bytes: metrics::gauge!(telemetry::CACHE_BYTES),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn origin_limit(&self) -> &OriginLimit {
+        &self.inner.limit
+    }
+
+    /// Bytes held, as weighed against `cache.max_bytes`.
+    pub fn bytes(&self) -> u64 {
+        self.inner.store.weight()
+    }
+
+    /// Drops every entry whose key starts with `prefix`; returns how many.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let n = self.inner.store.purge_prefix(prefix);
+        self.inner.bytes.set(self.bytes() as f64);
+        n
+    }
+
+    /// Answers one public request that passed admission.
+    pub async fn handle(&self, req: Request<Body>, fwd: Forwarded) -> Response<Body> {
+        let method = req.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            return self.pass_unsafe(req, fwd).await;
+        }
+        if req.headers().contains_key(header::AUTHORIZATION) {
+            return self.pass(req, fwd, XCache::Bypass).await;
+        }
+        let Some(key) = key::normalize(
+            req.uri().path(),
+            req.uri().query(),
+            self.inner.max_key_bytes,
+        ) else {
+            return self.pass(req, fwd, XCache::Bypass).await;
+        };
+        let i = &self.inner;
+        let now = i.clock.now_ms();
+        let factor = i.factor.current();
+        let (stale, full_key) = i.store.get(&key, req.headers());
+        if let Some(e) = &stale {
+            match freshness::verdict(&e.life, &i.policy, factor, now) {
+                Verdict::Fresh { remaining_ms } => {
+                    return self.respond(e, &req, XCache::Hit, remaining_ms, now);
+                }
+                Verdict::Stale => {
+                    if e.start_refresh() {
+                        self.spawn_refresh(key, full_key, e.clone(), &req, fwd);
+                    }
+                    return self.respond(e, &req, XCache::Stale, 0, now);
+                }
+                Verdict::Revalidate => {}
+            }
+        }
+        let flight_key = full_key.unwrap_or_else(|| key.clone());
+        let (outcome, own) = match i.flights.join(&flight_key) {
+            Role::Leader(leader) => {
+                let waiter = leader.follower();
+                let this = self.clone();
+                let origin_req = origin_request(req.uri(), req.headers(), stale.as_deref());
+                let client_headers = req.headers().clone();
+                let task_fwd = fwd.clone();
+                let stale_for_task = stale.clone();
+                // The fetch outlives this request if the client goes away.
+                let task = tokio::spawn(async move {
+                    let (outcome, own) = this
+                        .fetch(&key, origin_req, &client_headers, task_fwd, stale_for_task)
+                        .await;
+                    leader.finish(Arc::new(outcome));
+                    own
+                });
+                let own = task.await.ok().flatten();
+                (waiter.wait().await, own)
+            }
+            Role::Follower(waiter) => (waiter.wait().await, None),
+        };
+        let now = i.clock.now_ms();
+        let Some(outcome) = outcome else {
+            return self.on_failure(
+                stale.as_deref(),
+                &req,
+                OriginError::Unreachable("the shared fetch ended without an answer".into())
+                    .into_response(),
+                now,
+            );
+        };
+        match &*outcome {
+            Fetched::Stored {
+                entry,
+                revalidated,
+                vary_values,
+            } => {
+                let same_variant = entry
+                    .vary
+                    .iter()
+                    .zip(vary_values)
+                    .all(|(name, v)| req.headers().get(name) == v.as_ref());
+                if !same_variant {
+                    return self.pass(req, fwd, XCache::Miss).await;
+                }
+                let remaining =
+                    match freshness::verdict(&entry.life, &i.policy, i.factor.current(), now) {
+                        Verdict::Fresh { remaining_ms } => remaining_ms,
+                        _ => 0,
+                    };
+                let x = if *revalidated {
+                    XCache::Hit
+                } else {
+                    XCache::Miss
+                };
+                self.respond(entry, &req, x, remaining, now)
+            }
+            Fetched::Transient { status, .. } if status.is_server_error() && stale.is_some() => {
+                // A 5xx counts as an origin failure when a stale copy may stand in
+                // (as nginx's proxy_cache_use_stale http_500..http_504).
+                let res = self.transient(&outcome, &req);
+                self.on_failure(stale.as_deref(), &req, res, now)
+            }
+            Fetched::Transient { .. } => {
+                self.count(XCache::Miss);
+                self.transient(&outcome, &req)
+            }
+            Fetched::Pass => match own {
+                Some(mut res) => {
+                    self.count(XCache::Miss);
+                    res.headers_mut()
+                        .insert(X_CACHE, HeaderValue::from_static(XCache::Miss.as_str()));
+                    if req.method() == Method::HEAD {
+                        *res.body_mut() = Body::empty();
+                    }
+                    res
+                }
+                None => self.pass(req, fwd, XCache::Miss).await,
+            },
+            Fetched::Failed(e) => {
+                self.on_failure(stale.as_deref(), &req, e.clone().into_response(), now)
+            }
+            Fetched::Queued => {
+                let res = self.queue_timeout();
+                self.on_failure(stale.as_deref(), &req, res, now)
+            }
+        }
+    }
+
+    /// A shared, unstored answer (a 500, a 302) for one waiter.
+    fn transient(&self, outcome: &Fetched, req: &Request<Body>) -> Response<Body> {
+        let Fetched::Transient {
+            status,
+            headers,
+            body,
+        } = outcome
+        else {
+            return ApiError::new(StatusCode::BAD_GATEWAY, "origin_unreachable", "no answer")
+                .into_response();
+        };
+        let mut res = Response::new(if req.method() == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(body.clone())
+        });
+        *res.status_mut() = *status;
+        *res.headers_mut() = headers.clone();
+        res.headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(XCache::Miss.as_str()));
+        res
+    }
+
+    fn queue_timeout(&self) -> Response<Body> {
+        metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => "queue")
+            .increment(1);
+        ApiError::unavailable(
+            "origin_busy",
+            "every origin slot is taken and none came free within origin.queue_timeout_ms; retry shortly",
+        )
+        .retry_after(self.inner.retry_after_secs)
+        .into_response()
+    }
+
+    /// The stale copy if it may stand in, else `fallback`.
+    fn on_failure(
+        &self,
+        stale: Option<&Entry>,
+        req: &Request<Body>,
+        fallback: Response<Body>,
+        now: u64,
+    ) -> Response<Body> {
+        let i = &self.inner;
+        if let Some(e) = stale {
+            if freshness::usable_on_error(&e.life, &i.policy, i.factor.current(), now) {
+                return self.respond(e, req, XCache::Stale, 0, now);
+            }
+        }
+        self.count(XCache::Miss);
+        fallback
+    }
+
+    /// The one background refresh of a stale entry.
+    fn spawn_refresh(
+        &self,
+        key: String,
+        full_key: Option<String>,
+        stale: Arc<Entry>,
+        req: &Request<Body>,
+        fwd: Forwarded,
+    ) {
+        let flight_key = full_key.unwrap_or_else(|| key.clone());
+        let Some(leader) = self.inner.flights.lead(&flight_key) else {
+            // A fetch for this key is already under way; it will store the result.
+            stale.end_refresh();
+            return;
+        };
+        let origin_req = origin_request(req.uri(), req.headers(), Some(&stale));
+        let client_headers = req.headers().clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let (outcome, _) = this
+                .fetch(&key, origin_req, &client_headers, fwd, Some(stale.clone()))
+                .await;
+            if !matches!(outcome, Fetched::Stored { .. }) {
+                // Let a later request try again.
+                stale.end_refresh();
+            }
+            leader.finish(Arc::new(outcome));
+        });
+    }
+
+    /// One origin fetch under a permit; stores what may be stored.
+    async fn fetch(
+        &self,
+        key: &str,
+        origin_req: Request<Body>,
+        client_headers: &HeaderMap,
+        fwd: Forwarded,
+        stale: Option<Arc<Entry>>,
+    ) -> (Fetched, Option<Response<Body>>) {
+        let i = &self.inner;
+        let factor = i.factor.clone();
+        let Ok(_permit) = i.limit.acquire(|| factor.current()).await else {
+            return (Fetched::Queued, None);
+        };
+        let res = match i.origin.fetch(origin_req, &fwd).await {
+            Ok(r) => r,
+            Err(e) => return (Fetched::Failed(e), None),
+        };
+        let now = i.clock.now_ms();
+        if res.status() == StatusCode::NOT_MODIFIED {
+            if let Some(stale) = stale {
+                let entry = Arc::new(stale.revalidated(res.headers(), now));
+                i.store.insert(key, client_headers, entry.clone());
+                i.bytes.set(self.bytes() as f64);
+                let vary_values = vary_values(&entry, client_headers);
+                return (
+                    Fetched::Stored {
+                        entry,
+                        revalidated: true,
+                        vary_values,
+                    },
+                    None,
+                );
+            }
+        }
+        let verdict = freshness::storable(res.status(), res.headers());
+        if let Err(NotStored::Personal(_)) = verdict {
+            return (Fetched::Pass, Some(res));
+        }
+        let limit = i.store.max_object_bytes();
+        let declared = res
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return (Fetched::Pass, Some(res));
+        }
+        let (parts, body) = res.into_parts();
+        let timeout = Duration::from_millis(i.origin.timeout_ms());
+        let body = match tokio::time::timeout(timeout, collect_limited(body, limit)).await {
+            Err(_) => {
+                return (
+                    Fetched::Failed(OriginError::Timeout(i.origin.timeout_ms())),
+                    None,
+                )
+            }
+            Ok(Err(e)) => return (Fetched::Failed(OriginError::Body(e)), None),
+            Ok(Ok(Collected::Over(body))) => {
+                return (Fetched::Pass, Some(Response::from_parts(parts, body)))
+            }
+            Ok(Ok(Collected::Whole(bytes))) => bytes,
+        };
+        if verdict.is_err() {
+            return (
+                Fetched::Transient {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                },
+                None,
+            );
+        }
+        let life = Life::from_response(parts.status, &parts.headers, now);
+        let status = parts.status;
+        let headers = parts.headers;
+        // Compression of a large body runs off the async workers.
+        let entry = if body.len() > 64 * 1024 {
+            match tokio::task::spawn_blocking(move || Entry::new(status, headers, body, life)).await
+            {
+                Ok(e) => e,
+                Err(e) => return (Fetched::Failed(OriginError::Body(e.to_string())), None),
+            }
+        } else {
+            Entry::new(status, headers, body, life)
+        };
+        let entry = Arc::new(entry);
+        i.store.insert(key, client_headers, entry.clone());
+        i.bytes.set(self.bytes() as f64);
+        let vary_values = vary_values(&entry, client_headers);
+        (
+            Fetched::Stored {
+                entry,
+                revalidated: false,
+                vary_values,
+            },
+            None,
+        )
+    }
+
+    /// Straight to the origin under a permit, nothing stored.
+    async fn pass(&self, req: Request<Body>, fwd: Forwarded, x: XCache) -> Response<Body> {
+        self.count(x);
+        let i = &self.inner;
+        let factor = i.factor.clone();
+        let Ok(_permit) = i.limit.acquire(|| factor.current()).await else {
+            return self.queue_timeout();
+        };
+        let mut res = match i.origin.fetch(req, &fwd).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        res.headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(x.as_str()));
+        res
+    }
+
+    /// POST, PUT, PATCH, DELETE and the rest: to the origin; a success invalidates
+    /// the stored entries for the URL and its `Location` / `Content-Location`.
+    async fn pass_unsafe(&self, req: Request<Body>, fwd: Forwarded) -> Response<Body> {
+        let unsafe_method = !matches!(
+            *req.method(),
+            Method::OPTIONS | Method::TRACE | Method::CONNECT
+        );
+        let uri = req.uri().clone();
+        let res = self.pass(req, fwd, XCache::Bypass).await;
+        let ok = res.status().is_success() || res.status().is_redirection();
+        if unsafe_method && ok {
+            let mut targets = vec![(uri.path().to_string(), uri.query().map(str::to_string))];
+            for h in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(u) = res
+                    .headers()
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<Uri>().ok())
+                {
+                    // Only same-site references: a path, or an absolute URL whose path we use.
+                    if u.authority().is_none() || u.authority() == uri.authority() {
+                        targets.push((u.path().to_string(), u.query().map(str::to_string)));
+                    }
+                }
+            }
+            for (path, query) in targets {
+                if let Some(k) = key::normalize(&path, query.as_deref(), self.inner.max_key_bytes) {
+                    self.inner.store.remove(&k);
+                }
+            }
+            self.inner.bytes.set(self.bytes() as f64);
+        }
+        res
+    }
+
+    fn count(&self, x: XCache) {
+        let idx = match x {
+            XCache::Hit => 0,
+            XCache::Stale => 1,
+            XCache::Miss => 2,
+            XCache::Bypass => 3,
+        };
+        self.inner.results[idx].increment(1);
+    }
+
+    /// An answer from a stored entry: the encoding the client takes, a 304 when its
+    /// validator matches, `Age`, `Cache-Control` and `X-Cache`.
+    fn respond(
+        &self,
+        e: &Entry,
+        req: &Request<Body>,
+        x: XCache,
+        remaining_ms: u64,
+        now: u64,
+    ) -> Response<Body> {
+        self.count(x);
+        let accept = req
+            .headers()
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (body, encoding) = if e.encoded {
+            (&e.identity, None)
+        } else {
+            match (&e.br, &e.gzip) {
+                (Some(br), _) if accepts(accept, "br") => (br, Some("br")),
+                (_, Some(gz)) if accepts(accept, "gzip") => (gz, Some("gzip")),
+                _ => (&e.identity, None),
+            }
+        };
+        // A compressed variant is not byte-identical to the origin's: its tag is weak.
+        let etag = match (&e.etag, encoding) {
+            (Some(t), Some(_)) if !t.as_bytes().starts_with(b"W/") => {
+                let mut weak = Vec::with_capacity(t.len() + 2);
+                weak.extend_from_slice(b"W/");
+                weak.extend_from_slice(t.as_bytes());
+                HeaderValue::from_bytes(&weak).ok()
+            }
+            (t, _) => t.clone(),
+        };
+        let not_modified = match (req.headers().get(header::IF_NONE_MATCH), &etag) {
+            (Some(inm), Some(tag)) => etag_matches(inm, tag),
+            (Some(_), None) => false,
+            (None, _) => match (
+                req.headers().get(header::IF_MODIFIED_SINCE),
+                &e.last_modified,
+            ) {
+                (Some(ims), Some(lm)) => not_modified_since(ims, lm),
+                _ => false,
+            },
+        };
+        let cache_control = if e.life.revalidate_always {
+            "public, no-cache".to_string()
+        } else if e.life.never_stale {
+            format!("public, max-age={}, must-revalidate", remaining_ms / 1000)
+        } else {
+            format!(
+                "public, max-age={}, stale-while-revalidate={}",
+                remaining_ms / 1000,
+                self.inner.swr_secs
+            )
+        };
+        let age = e.life.served_age_secs(now);
+        let status = if not_modified && e.status == StatusCode::OK {
+            StatusCode::NOT_MODIFIED
+        } else {
+            e.status
+        };
+        let send_body = req.method() != Method::HEAD && status != StatusCode::NOT_MODIFIED;
+        let mut res = Response::new(if send_body {
+            Body::from(body.clone())
+        } else {
+            Body::empty()
+        });
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        if status == StatusCode::NOT_MODIFIED {
+            for name in [
+                header::CONTENT_LOCATION,
+                header::DATE,
+                header::LAST_MODIFIED,
+            ] {
+                if let Some(v) = e.headers.get(&name) {
+                    h.insert(name, v.clone());
+                }
+            }
+        } else {
+            h.clone_from(&e.headers);
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            if let Some(enc) = encoding {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+            }
+        }
+        match etag {
+            Some(t) => {
+                h.insert(header::ETAG, t);
+            }
+            None => {
+                h.remove(header::ETAG);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&cache_control) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+        h.insert(header::AGE, HeaderValue::from(age));
+        h.insert(header::VARY, vary_value(e));
+        h.insert(X_CACHE, HeaderValue::from_static(x.as_str()));
+        res
+    }
+}
+
+fn vary_value(e: &Entry) -> HeaderValue {
+    if e.vary.is_empty() {
+        return HeaderValue::from_static("Accept-Encoding");
+    }
+    let mut v = String::from("Accept-Encoding");
+    for name in &e.vary {
+        v.push_str(", ");
+        v.push_str(name.as_str());
+    }
+    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Accept-Encoding"))
+}
+
+fn vary_values(e: &Entry, req: &HeaderMap) -> Vec<Option<HeaderValue>> {
+    e.vary.iter().map(|n| req.get(n).cloned()).collect()
+}
+
+/// The request a shared fetch sends: always GET, the client's headers less its
+/// conditionals and directives, `Accept-Encoding: identity` (the cache compresses),
+/// and the stored validators when there is a stale copy.
+fn origin_request(uri: &Uri, client: &HeaderMap, stale: Option<&Entry>) -> Request<Body> {
+    let mut headers = client.clone();
+    for h in CLIENT_ONLY.iter() {
+        headers.remove(h);
+    }
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    if let Some(e) = stale {
+        if let Some(t) = &e.etag {
+            headers.insert(header::IF_NONE_MATCH, t.clone());
+        }
+        if let Some(lm) = &e.last_modified {
+            headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+    let mut req = Request::new(Body::empty());
+    *req.uri_mut() = uri.clone();
+    *req.headers_mut() = headers;
+    req
+}
+
+/// Whether `Accept-Encoding` takes `coding` (q > 0, or `*`).
+pub fn accepts(accept: &str, coding: &str) -> bool {
+    let mut star = false;
+    for part in accept.split(',') {
+        let mut it = part.split(';');
+        let name = it.next().unwrap_or("").trim();
+        let q_zero = it.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if name.eq_ignore_ascii_case(coding) {
+            return !q_zero;
+        }
+        if name == "*" && !q_zero {
+            star = true;
+        }
+    }
+    star
+}
+
+/// Weak comparison of an `If-None-Match` list with a tag (RFC 9110 §13.1.2).
+pub fn etag_matches(inm: &HeaderValue, tag: &HeaderValue) -> bool {
+    let Ok(list) = inm.to_str() else {
+        return false;
+    };
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let ours = match tag.to_str() {
+        Ok(t) => strip(t),
+        Err(_) => return false,
+    };
+    list.split(',').any(|t| t.trim() == "*" || strip(t) == ours)
+}
+
+fn not_modified_since(ims: &HeaderValue, lm: &HeaderValue) -> bool {
+    let parse = |v: &HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+    };
+    match (parse(ims), parse(lm)) {
+        (Some(ims), Some(lm)) => lm <= ims,
+        _ => false,
+    }
+}
+
+enum Collected {
+    Whole(Bytes),
+    /// Over the limit: what was read so far, followed by the rest, still streaming.
+    Over(Body),
+}
+
+/// Reads a body up to `limit` bytes. Past the limit, gives back a body that replays
+/// what was read and streams the rest, so nothing is lost and nothing more buffered.
+async fn collect_limited(body: Body, limit: u64) -> Result<Collected, String> {
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            chunks.push(data);
+            if total > limit {
+                let head = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>));
+                let rest = body.into_data_stream();
+                return Ok(Collected::Over(Body::from_stream(head.chain(rest))));
+            }
+        }
+    }
+    Ok(Collected::Whole(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut all = Vec::with_capacity(total as usize);
+            for c in &chunks {
+                all.extend_from_slice(c);
+            }
+            Bytes::from(all)
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_encoding() {
+        assert!(accepts("gzip, deflate, br", "br"));
+        assert!(accepts("gzip;q=1.0, br;q=0.5", "br"));
+        assert!(!accepts("gzip, br;q=0", "br"));
+        assert!(accepts("*", "gzip"));
+        assert!(!accepts("*, gzip;q=0", "gzip"));
+        assert!(!accepts("", "gzip"));
+        assert!(!accepts("identity", "br"));
+    }
+
+    #[test]
+    fn etags_compare_weakly() {
+        let tag = HeaderValue::from_static("\"abc\"");
+        assert!(etag_matches(&HeaderValue::from_static("\"abc\""), &tag));
+        assert!(etag_matches(&HeaderValue::from_static("W/\"abc\""), &tag));
+        assert!(etag_matches(
+            &HeaderValue::from_static("\"x\", \"abc\""),
+            &tag
+        ));
+        assert!(etag_matches(&HeaderValue::from_static("*"), &tag));
+        assert!(!etag_matches(&HeaderValue::from_static("\"abd\""), &tag));
+    }
+
+    #[tokio::test]
+    async fn an_over_limit_body_is_replayed_whole() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = (0..10)
+            .map(|i| Ok(Bytes::from(vec![b'a' + i; 100])))
+            .collect();
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        let Collected::Over(rest) = collect_limited(body, 250).await.unwrap() else {
+            panic!("over the limit")
+        };
+        let all = rest.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 1000);
+        assert_eq!(all[999], b'j');
+        let body = Body::from("small");
+        let Collected::Whole(b) = collect_limited(body, 250).await.unwrap() else {
+            panic!("under the limit")
+        };
+        assert_eq!(&b[..], b"small");
+    }
+}

@@ -1,0 +1,390 @@
+//! The public request path for everything that is not a webhook: admission →
+//! edge cache → origin, plus the operations around the cache (purge, warm-up,
+//! event-driven purge rules) and the page-view hook.
+//!
+//! ```text
+//! request ─► classify path ─► shed? (factor > shed_factor and not critical) ─► 503
+//!                                 └─► cache (cache/) ─► origin (origin.rs) under a permit
+//! ```
+//!
+//! **Invariant:** the admission decision reads the factor once (one atomic load) and
+//! matches immutable glob sets; it takes no lock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Method, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::admission::{self, Class, Classifier, OriginLimit};
+use crate::app::AppState;
+use crate::cache::Cache;
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
+use crate::error::ApiError;
+use crate::factor::Factor;
+use crate::origin::{Forwarded, Origin};
+use crate::telemetry;
+
+/// Told of every HTML page view the edge serves (GET, 2xx, `text/html`), after the
+/// answer is known. Visit counting plugs in here.
+pub trait PageViews: Send + Sync + 'static {
+    fn page_view(&self, path: &str);
+}
+
+/// Admission and cache, built once. A clone is cheap.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<EdgeInner>,
+}
+
+struct EdgeInner {
+    classifier: Classifier,
+    cache: Cache,
+    shed_factor: f64,
+    retry_after_secs: u64,
+    warm_urls: Vec<String>,
+    page_views: Option<Arc<dyn PageViews>>,
+    rejections: [metrics::Counter; 2],
+    http_duration: metrics::Histogram,
+}
+
+impl Edge {
+    pub fn new(config: &Config, factor: Factor, clock: Clock) -> Result<Edge, ConfigError> {
+        let classifier = Classifier::new(&config.backpressure, &config.webhook.path)
+            .map_err(|p| ConfigError::invalid("backpressure.critical_paths", p))?;
+        let origin =
+            Origin::new(&config.origin).map_err(|p| ConfigError::invalid("origin.upstream", p))?;
+        let limit = OriginLimit::new(
+            &config.velocity,
+            Duration::from_millis(config.origin.queue_timeout_ms),
+        );
+        let cache = Cache::new(
+            &config.cache,
+            config.backpressure.retry_after_secs,
+            origin,
+            limit,
+            factor,
+            clock,
+        );
+        Ok(Edge {
+            inner: Arc::new(EdgeInner {
+                classifier,
+                cache,
+                shed_factor: config.backpressure.shed_factor,
+                retry_after_secs: config.backpressure.retry_after_secs,
+                warm_urls: config.cache.warm_urls.clone(),
+                page_views: None,
+                http_duration: metrics::histogram!(telemetry::HTTP_REQUEST_DURATION_SECONDS),
+                rejections: [Class::Normal, Class::Low].map(|c| {
+                    metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
+                }),
+            }),
+        })
+    }
+
+    /// Sets the page-view hook; call before the edge is shared.
+    pub fn with_page_views(mut self, hook: Arc<dyn PageViews>) -> Edge {
+        Arc::get_mut(&mut self.inner)
+            .expect("the page-view hook is set before the edge is shared")
+            .page_views = Some(hook);
+        self
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.inner.cache
+    }
+
+    pub fn classify(&self, path: &str) -> Class {
+        self.inner.classifier.classify(path)
+    }
+
+    /// Fetches each path into the cache (as a plain GET) and reports what happened.
+    pub async fn warm(&self, paths: &[String]) -> Vec<WarmResult> {
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let req = match Request::builder()
+                .method(Method::GET)
+                .uri(path.as_str())
+                .body(Body::empty())
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    out.push(WarmResult {
+                        path: path.clone(),
+                        status: 0,
+                        cache: format!("invalid path: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let res = self.inner.cache.handle(req, Forwarded::default()).await;
+            let cache = res
+                .headers()
+                .get(crate::cache::X_CACHE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            out.push(WarmResult {
+                path: path.clone(),
+                status: res.status().as_u16(),
+                cache,
+            });
+        }
+        out
+    }
+
+    /// The configured `cache.warm_urls`.
+    pub fn warm_urls(&self) -> &[String] {
+        &self.inner.warm_urls
+    }
+
+    fn shed_response(&self, class: Class, factor: f64) -> Response<Body> {
+        let idx = if class == Class::Low { 1 } else { 0 };
+        self.inner.rejections[idx].increment(1);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shed",
+            format!(
+                "launch traffic is high (scale factor {factor:.2} > backpressure.shed_factor {}); this {} page is paused, retry in {} s",
+                self.inner.shed_factor,
+                class.as_str(),
+                self.inner.retry_after_secs
+            ),
+        )
+        .retry_after(self.inner.retry_after_secs)
+        .into_response()
+    }
+}
+
+/// What warming one path did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WarmResult {
+    pub path: String,
+    pub status: u16,
+    pub cache: String,
+}
+
+/// The public fallback handler: admission, then the cache. Records
+/// `launchguard_http_request_duration_seconds` (to the response headers).
+pub async fn handle(edge: Edge, factor: Factor, req: Request) -> Response<Body> {
+    let started = Instant::now();
+    let res = admit(&edge, factor.current(), req).await;
+    edge.inner
+        .http_duration
+        .record(started.elapsed().as_secs_f64());
+    res
+}
+
+async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
+    let class = edge.inner.classifier.classify(req.uri().path());
+    if admission::shed(class, factor, edge.inner.shed_factor) {
+        return edge.shed_response(class, factor);
+    }
+    let fwd = Forwarded {
+        client: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+        host: req.headers().get(header::HOST).cloned(),
+    };
+    let view_path = match &edge.inner.page_views {
+        Some(_) if req.method() == Method::GET => Some(req.uri().path().to_string()),
+        _ => None,
+    };
+    let res = edge.inner.cache.handle(req, fwd).await;
+    if let (Some(hook), Some(path)) = (&edge.inner.page_views, view_path) {
+        if is_page_view(&res) {
+            hook.page_view(&path);
+        }
+    }
+    res
+}
+
+/// A successful HTML answer (a 304 counts: the visitor saw the page).
+fn is_page_view(res: &Response<Body>) -> bool {
+    let ok = res.status().is_success() || res.status() == StatusCode::NOT_MODIFIED;
+    ok && res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("text/html"))
+}
+
+/// Purge rules from `cache.purge_on`, indexed for the ring (`RingEvent::purge_rule`).
+#[derive(Clone, Default)]
+pub struct PurgeRules {
+    rules: Arc<Vec<(String, Vec<String>)>>,
+}
+
+impl PurgeRules {
+    pub fn new(config: &Config) -> PurgeRules {
+        PurgeRules {
+            rules: Arc::new(
+                config
+                    .cache
+                    .purge_on
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The rule for an event type: 0 for none, else its index + 1.
+    pub fn rule_of(&self, event_type: &str) -> u16 {
+        self.rules
+            .iter()
+            .position(|(k, _)| k == event_type)
+            .map_or(0, |i| (i + 1) as u16)
+    }
+
+    /// Applies the rules seen (by number) to the cache; returns entries dropped.
+    pub fn apply(&self, cache: &Cache, rules: &[u16]) -> usize {
+        let mut n = 0;
+        for r in rules {
+            if let Some((event, prefixes)) =
+                (*r as usize).checked_sub(1).and_then(|i| self.rules.get(i))
+            {
+                for p in prefixes {
+                    let dropped = cache.purge_prefix(p);
+                    tracing::info!(event = %event, prefix = %p, dropped, "purged the cache on an event");
+                    n += dropped;
+                }
+            }
+        }
+        n
+    }
+}
+
+/// The cache's admin routes: `POST /admin/purge`, `POST /admin/warm`.
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/purge", post(purge))
+        .route("/admin/warm", post(warm))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    prefix: String,
+}
+
+/// JSON bodies are read whatever the `Content-Type`, so `curl -d` works as typed.
+async fn purge(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let req: PurgeRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("{e}; expected {{\"prefix\": \"/launch/\"}}"),
+        )
+    })?;
+    if !req.prefix.starts_with('/') {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "prefix must be a path starting with \"/\" (\"/\" purges everything), got {:?}",
+                req.prefix
+            ),
+        )
+        .field("prefix"));
+    }
+    let purged = state.edge.cache().purge_prefix(&req.prefix);
+    tracing::info!(prefix = %req.prefix, purged, "cache purged by operator");
+    Ok(
+        Json(json!({"prefix": req.prefix, "purged": purged, "bytes": state.edge.cache().bytes()}))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WarmRequest {
+    urls: Option<Vec<String>>,
+}
+
+async fn warm(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let req: WarmRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        WarmRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("{e}; expected {{\"urls\": [\"/launch/\"]}} or an empty body for cache.warm_urls"),
+            )
+        })?
+    };
+    let urls = req.urls.unwrap_or_else(|| state.edge.warm_urls().to_vec());
+    if let Some(bad) = urls.iter().find(|u| !u.starts_with('/')) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("every url must be a path starting with \"/\", got {bad:?}"),
+        )
+        .field("urls"));
+    }
+    let results = state.edge.warm(&urls).await;
+    tracing::info!(urls = urls.len(), "cache warmed by operator");
+    Ok(Json(json!({"warmed": results})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Views(parking_lot::Mutex<Vec<String>>, AtomicUsize);
+
+    impl PageViews for Views {
+        fn page_view(&self, path: &str) {
+            self.0.lock().push(path.to_string());
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn get(path: &str) -> Request {
+        Request::builder().uri(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn html_page_views_reach_the_hook_once_each() {
+        let mut config = Config::default();
+        config.origin.static_dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/site");
+        let views = Arc::new(Views::default());
+        let factor = Factor::new();
+        let edge = Edge::new(&config, factor.clone(), Clock::manual(1_000))
+            .unwrap()
+            .with_page_views(views.clone());
+        for path in [
+            "/launch/?utm_source=ph",
+            "/launch/",
+            "/style.css",
+            "/nope",
+            "/",
+        ] {
+            handle(edge.clone(), factor.clone(), get(path)).await;
+        }
+        let head = Request::builder()
+            .method(Method::HEAD)
+            .uri("/launch/")
+            .body(Body::empty())
+            .unwrap();
+        handle(edge.clone(), factor.clone(), head).await;
+        // HTML 2xx GETs only: not the stylesheet, not the 404 page, not HEAD.
+        assert_eq!(*views.0.lock(), vec!["/launch/", "/launch/", "/"]);
+        assert_eq!(views.1.load(Ordering::Relaxed), 3);
+    }
+}

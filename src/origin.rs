@@ -1,0 +1,353 @@
+//! The origin: the static directory (`origin.static_dir`) or an HTTP upstream
+//! (`origin.upstream`, such as a Next.js app on `127.0.0.1:3000`).
+//!
+//! The static directory is tower-http's `ServeDir`: ETag, Last-Modified, ranges,
+//! conditional requests, and `404.html` with status 404 for what is not there.
+//!
+//! The upstream is reached through one pooled keep-alive client, hyper-util's
+//! `client::legacy::Client` over plain HTTP/1.1. It is used rather than reqwest
+//! because a reverse proxy wants none of a user agent's habits: no redirect
+//! following, no transparent decompression, no cookie store; and because request and
+//! response bodies stay `http_body` streams end to end (hyper already sits under
+//! axum), so large or uncacheable bodies pass through without being buffered.
+//!
+//! Proxy hygiene: hop-by-hop headers (`Connection` and what it names, `Keep-Alive`,
+//! `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed both ways;
+//! `X-Forwarded-For` gains the client address, `X-Forwarded-Proto` and
+//! `X-Forwarded-Host` are set, and `Host` names the upstream.
+//!
+//! **Invariant:** every fetch ends within `origin.timeout_ms` (response headers), as
+//! a response or an [`OriginError`]; nothing waits on the origin forever.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use axum::response::IntoResponse;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+use tower_http::services::fs::ServeFileSystemResponseBody;
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_status::SetStatus;
+
+use crate::config::OriginConfig;
+use crate::error::ApiError;
+use crate::telemetry;
+
+/// Checks an `origin.upstream` value; the error text is meant for a config error.
+pub fn parse_upstream(text: &str) -> Result<(Scheme, Authority), String> {
+    let uri: Uri = text.parse().map_err(|e| {
+        format!("expected a URL such as \"http://127.0.0.1:3000\", got {text:?} ({e})")
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{text:?}: https upstreams are not supported; run the origin on loopback over http"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "expected a URL such as \"http://127.0.0.1:3000\", got {text:?}"
+            ))
+        }
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("{text:?} has no host:port"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{text:?}: give only scheme, host and port; paths are passed through as requested"
+        ));
+    }
+    Ok((Scheme::HTTP, authority))
+}
+
+/// Why the origin gave no response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OriginError {
+    #[error("the origin did not answer within {0} ms (origin.timeout_ms)")]
+    Timeout(u64),
+    #[error("the origin could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the origin's response body failed: {0}")]
+    Body(String),
+}
+
+impl OriginError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            OriginError::Timeout(_) => "timeout",
+            OriginError::Unreachable(_) => "unreachable",
+            OriginError::Body(_) => "body",
+        }
+    }
+}
+
+impl IntoResponse for OriginError {
+    fn into_response(self) -> Response<Body> {
+        let code = match self {
+            OriginError::Timeout(_) => "origin_timeout",
+            _ => "origin_unreachable",
+        };
+        ApiError::new(
+            self.status(),
+            code,
+            format!("{self}; no cached copy could stand in, retry shortly"),
+        )
+        .retry_after(5)
+        .into_response()
+    }
+}
+
+type StaticSite = ServeDir<SetStatus<ServeFile>>;
+
+enum Kind {
+    Static(StaticSite),
+    Upstream {
+        client: Client<HttpConnector, Body>,
+        scheme: Scheme,
+        authority: Authority,
+    },
+}
+
+/// Handle to the origin; a clone is cheap (the client's pool is shared).
+#[derive(Clone)]
+pub struct Origin {
+    kind: Arc<Kind>,
+    timeout: Duration,
+}
+
+/// Who asked, for the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarded {
+    pub client: Option<SocketAddr>,
+    pub host: Option<HeaderValue>,
+}
+
+impl Origin {
+    pub fn new(config: &OriginConfig) -> Result<Origin, String> {
+        let kind = match &config.upstream {
+            Some(up) => {
+                let (scheme, authority) = parse_upstream(up)?;
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
+                connector.set_keepalive(Some(Duration::from_secs(60)));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(512)
+                    .build(connector);
+                Kind::Upstream {
+                    client,
+                    scheme,
+                    authority,
+                }
+            }
+            None => {
+                let dir = &config.static_dir;
+                Kind::Static(
+                    ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("404.html"))),
+                )
+            }
+        };
+        Ok(Origin {
+            kind: Arc::new(kind),
+            timeout: Duration::from_millis(config.timeout_ms),
+        })
+    }
+
+    /// `origin.timeout_ms`.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout.as_millis() as u64
+    }
+
+    pub fn is_upstream(&self) -> bool {
+        matches!(*self.kind, Kind::Upstream { .. })
+    }
+
+    /// Sends `req` to the origin and returns its response, body still streaming.
+    pub async fn fetch(
+        &self,
+        mut req: Request<Body>,
+        fwd: &Forwarded,
+    ) -> Result<Response<Body>, OriginError> {
+        let started = Instant::now();
+        let timeout_ms = self.timeout.as_millis() as u64;
+        let result = match &*self.kind {
+            Kind::Static(site) => {
+                let fut = site.clone().oneshot(req);
+                match tokio::time::timeout(self.timeout, fut).await {
+                    Ok(Ok(res)) => Ok(res.map(static_body)),
+                    Ok(Err(never)) => match never {},
+                    Err(_) => Err(OriginError::Timeout(timeout_ms)),
+                }
+            }
+            Kind::Upstream {
+                client,
+                scheme,
+                authority,
+            } => {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                let uri = Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query(pq)
+                    .build()
+                    .map_err(|e| OriginError::Unreachable(e.to_string()))?;
+                *req.uri_mut() = uri;
+                *req.version_mut() = axum::http::Version::HTTP_11;
+                prepare_request_headers(req.headers_mut(), fwd, authority);
+                match tokio::time::timeout(self.timeout, client.request(req)).await {
+                    Ok(Ok(res)) => {
+                        let (mut parts, body) = res.into_parts();
+                        strip_hop_by_hop(&mut parts.headers);
+                        Ok(Response::from_parts(parts, Body::new(body)))
+                    }
+                    Ok(Err(e)) => Err(OriginError::Unreachable(error_chain(&e))),
+                    Err(_) => Err(OriginError::Timeout(timeout_ms)),
+                }
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        metrics::histogram!(telemetry::ORIGIN_REQUEST_DURATION_SECONDS, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+fn static_body(b: ServeFileSystemResponseBody) -> Body {
+    Body::new(b)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers: the fixed list, `Upgrade`, and whatever `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn prepare_request_headers(headers: &mut HeaderMap, fwd: &Forwarded, authority: &Authority) {
+    let original_host = fwd
+        .host
+        .clone()
+        .or_else(|| headers.get(header::HOST).cloned());
+    strip_hop_by_hop(headers);
+    if let Some(client) = fwd.client {
+        let ip = client.ip().to_string();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+        headers.insert(header::HOST, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_must_be_plain_http_roots() {
+        assert!(parse_upstream("http://127.0.0.1:3000").is_ok());
+        assert!(parse_upstream("http://localhost:3000/").is_ok());
+        assert!(parse_upstream("https://example.com")
+            .unwrap_err()
+            .contains("https"));
+        assert!(parse_upstream("127.0.0.1:3000").is_err());
+        assert!(parse_upstream("http://127.0.0.1:3000/app")
+            .unwrap_err()
+            .contains("paths"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::HOST, HeaderValue::from_static("launch.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        let fwd = Forwarded {
+            client: Some("198.51.100.7:5555".parse().unwrap()),
+            host: None,
+        };
+        prepare_request_headers(&mut h, &fwd, &"127.0.0.1:3000".parse().unwrap());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::TE).is_none());
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "launch.example");
+        assert_eq!(h[header::HOST], "127.0.0.1:3000");
+        assert_eq!(h[header::ACCEPT], "text/html");
+    }
+}

@@ -1,0 +1,625 @@
+//! The edge over real HTTP: the appliance on port 0 in front of a real local origin
+//! (tests/support/origin.rs) that counts its requests. Time is a manual clock.
+
+mod support;
+
+use std::io::Read;
+use std::sync::Arc;
+
+use hyper::{Method, StatusCode};
+use launchguard::clock::Clock;
+use launchguard::config::Config;
+use support::origin::TestOrigin;
+use support::{event, Resp, TestServer};
+
+const T0: u64 = 1_780_000_000_000;
+
+async fn edge(
+    origin: &TestOrigin,
+    tweak: impl FnOnce(&mut Config),
+) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = origin.url();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), move |c| {
+        c.origin.upstream = Some(url);
+        tweak(c);
+    })
+    .await;
+    (dir, s)
+}
+
+async fn get(s: &TestServer, path: &str, headers: &[(&str, &str)]) -> Resp {
+    s.client
+        .send(Method::GET, &s.url(path), headers, Vec::new())
+        .await
+}
+
+fn x_cache(r: &Resp) -> &str {
+    r.header("x-cache").unwrap_or("-")
+}
+
+async fn pin(s: &TestServer, factor: f64) {
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/factor"),
+            &[("content-type", "application/json")],
+            format!(r#"{{"pin": {factor}, "for_secs": 86400}}"#).into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_cold_requests_reach_the_origin_once() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    origin.hold();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let client = s.client.clone();
+            let url = s.url("/launch/");
+            tokio::spawn(async move { client.get(&url).await })
+        })
+        .collect();
+    origin.wait_for("/launch/", 1).await;
+    origin.release();
+    let mut bodies = std::collections::HashSet::new();
+    let mut misses = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        misses += usize::from(x_cache(&r) == "MISS");
+        bodies.insert(r.body.clone());
+    }
+    assert_eq!(
+        origin.count("/launch/"),
+        1,
+        "one origin fetch for 1000 requests"
+    );
+    assert_eq!(bodies.len(), 1, "every request got the same page");
+    assert!(misses >= 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tracking_params_hit_the_same_entry() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let a = get(&s, "/launch/?utm_source=producthunt&b=2&a=1", &[]).await;
+    assert_eq!(x_cache(&a), "MISS");
+    let b = get(&s, "/launch/?a=1&fbclid=xyz&b=2&ref=ph", &[]).await;
+    assert_eq!(x_cache(&b), "HIT");
+    assert_eq!(a.body, b.body);
+    let c = get(&s, "/launch/?a=1&b=3", &[]).await;
+    assert_eq!(x_cache(&c), "MISS");
+    assert_eq!(origin.total(), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_ttl_shrinks_when_the_factor_rises() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(x_cache(&r), "MISS");
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=60, stale-while-revalidate=30")
+    );
+    s.clock.advance_ms(10_000);
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.header("age"), Some("10"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=50, stale-while-revalidate=30")
+    );
+    // The crowd arrives: 60 / 5 = 12 s, and the page stored 10 s ago has 2 s left.
+    pin(&s, 5.0).await;
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(r.header("x-edge-scale-factor"), Some("5.00"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=2, stale-while-revalidate=30")
+    );
+    s.clock.advance_ms(3_000);
+    origin.hold();
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(
+        x_cache(&r),
+        "STALE",
+        "13 s old at factor 5 is past its 12 s"
+    );
+    origin.release();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let first = get(&s, "/launch/", &[]).await;
+    assert!(first.text().contains("version=1"));
+    origin
+        .state
+        .version
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    s.clock.advance_ms(61_000);
+    origin.hold();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let client = s.client.clone();
+            let url = s.url("/launch/");
+            tokio::spawn(async move { client.get(&url).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(x_cache(&r), "STALE");
+        assert!(r.text().contains("version=1"));
+        assert_eq!(
+            r.header("cache-control"),
+            Some("public, max-age=0, stale-while-revalidate=30")
+        );
+    }
+    origin.wait_for("/launch/", 2).await;
+    assert_eq!(
+        origin.count("/launch/"),
+        2,
+        "exactly one background refresh"
+    );
+    origin.release();
+    // The refresh lands; wait for it by asking until the new page is served.
+    let mut fresh = None;
+    for _ in 0..1000 {
+        let r = get(&s, "/launch/", &[]).await;
+        if x_cache(&r) == "HIT" {
+            fresh = Some(r);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let fresh = fresh.expect("the refreshed page is served");
+    assert!(fresh.text().contains("version=2"));
+    assert_eq!(origin.count("/launch/"), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_stale_copy_stands_in_when_the_origin_is_down() {
+    let mut origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| c.origin.timeout_ms = 500).await;
+    let first = get(&s, "/launch/", &[]).await;
+    assert_eq!(x_cache(&first), "MISS");
+    origin.stop().await;
+    // Past the lifetime and the SWR window, inside stale_if_error (600 s).
+    s.clock.advance_ms(200_000);
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(x_cache(&r), "STALE");
+    assert_eq!(r.body, first.body);
+    // Never fetched: nothing to stand in.
+    let r = get(&s, "/pricing", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.text().contains("origin could not be reached"),
+        "{}",
+        r.text()
+    );
+    // Past stale_if_error too.
+    s.clock.advance_ms(600_000);
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_stale_copy_stands_in_for_a_failing_origin() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let first = get(&s, "/launch/", &[]).await;
+    origin
+        .state
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    s.clock.advance_ms(200_000);
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(x_cache(&r), "STALE");
+    assert_eq!(r.body, first.body);
+    assert_eq!(origin.count("/launch/"), 2);
+    // Without a stored copy the 500 goes through.
+    assert_eq!(
+        get(&s, "/pricing", &[]).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_origin_gives_504_not_a_hang() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| c.origin.timeout_ms = 200).await;
+    let r = get(&s, "/hang", &[]).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(r.text().contains("origin.timeout_ms"), "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("5"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_origin_queue_gives_503_after_queue_timeout() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| {
+        c.velocity.base_concurrency = 1;
+        c.velocity.max_concurrency = 1;
+        c.origin.timeout_ms = 3_000;
+        c.origin.queue_timeout_ms = 100;
+    })
+    .await;
+    let client = s.client.clone();
+    let url = s.url("/hang");
+    let hung = tokio::spawn(async move { client.get(&url).await });
+    origin.wait_for("/hang", 1).await;
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert!(r.text().contains("origin.queue_timeout_ms"), "{}", r.text());
+    assert_eq!(hung.await.unwrap().status, StatusCode::GATEWAY_TIMEOUT);
+    // The permit came back: the next fetch goes through.
+    assert_eq!(get(&s, "/launch/", &[]).await.status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shedding_spares_critical_paths() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    assert_eq!(get(&s, "/pricing", &[]).await.status, StatusCode::OK);
+    let before = metric(
+        &s,
+        "launchguard_backpressure_rejections_total{class=\"normal\"}",
+    )
+    .await;
+    pin(&s, 3.0).await;
+    let r = get(&s, "/pricing", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-edge-scale-factor"), Some("3.00"));
+    assert!(
+        r.text().contains("backpressure.shed_factor"),
+        "{}",
+        r.text()
+    );
+    for path in [
+        "/",
+        "/launch/",
+        "/launch/?utm_source=ph",
+        "/api/leaderboard",
+    ] {
+        let r = get(&s, path, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{path} is critical");
+    }
+    let r = s.webhook(&event("shed-1", "upvote"), support::SECRET).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let after = metric(
+        &s,
+        "launchguard_backpressure_rejections_total{class=\"normal\"}",
+    )
+    .await;
+    assert!(after >= before + 1.0, "{before} -> {after}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cookies_private_and_authorization_are_never_cached() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    for _ in 0..2 {
+        let r = get(&s, "/cookie", &[]).await;
+        assert_eq!(x_cache(&r), "MISS");
+        assert!(r.header("set-cookie").is_some());
+        let r = get(&s, "/private", &[]).await;
+        assert_eq!(x_cache(&r), "MISS");
+        let r = get(&s, "/launch/", &[("authorization", "Bearer x")]).await;
+        assert_eq!(x_cache(&r), "BYPASS");
+    }
+    assert_eq!(origin.count("/cookie"), 2);
+    assert_eq!(origin.count("/private"), 2);
+    assert_eq!(origin.count("/launch/"), 2);
+    // Errors are not kept either.
+    get(&s, "/error", &[]).await;
+    let r = get(&s, "/error", &[]).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(origin.count("/error"), 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_stays_under_max_bytes_after_100k_urls() {
+    let origin = TestOrigin::start().await;
+    let max = 1024 * 1024;
+    let (_d, s) = edge(&origin, |c| c.cache.max_bytes = max).await;
+    let s = Arc::new(s);
+    let workers: Vec<_> = (0..32u64)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..3125u64 {
+                    let r = get(&s, &format!("/p/{w}/{i}"), &[]).await;
+                    assert_eq!(r.status, StatusCode::OK);
+                    if i % 50 == 0 {
+                        get(&s, "/launch/", &[]).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(origin.total() - origin.count("/launch/"), 100_000);
+    let bytes = s.state().edge.cache().bytes();
+    assert!(bytes <= max, "{bytes} > {max}");
+    let gauge = metric(&s, "launchguard_cache_bytes").await;
+    assert!(gauge <= max as f64, "{gauge}");
+    // The page asked for all along stayed while 100,000 one-offs went through.
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert!(
+        origin.count("/launch/") <= 2,
+        "{}",
+        origin.count("/launch/")
+    );
+    Arc::try_unwrap(s).ok().expect("last handle").stop().await;
+}
+
+#[tokio::test]
+async fn no_cache_revalidates_with_the_etag() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let r = get(&s, "/nocache", &[]).await;
+    assert_eq!(x_cache(&r), "MISS");
+    let r = get(&s, "/nocache", &[]).await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(origin.count("/nocache"), 2);
+    assert_eq!(origin.not_modified(), 1);
+    assert_eq!(r.header("cache-control"), Some("public, no-cache"));
+    // The origin's max-age caps the dynamic lifetime.
+    let r = get(&s, "/maxage", &[]).await;
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=10, stale-while-revalidate=30")
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let en = get(&s, "/vary", &[("accept-language", "en")]).await;
+    let fr = get(&s, "/vary", &[("accept-language", "fr")]).await;
+    assert!(en.text().contains("lang=en"));
+    assert!(fr.text().contains("lang=fr"));
+    let en2 = get(&s, "/vary", &[("accept-language", "en")]).await;
+    assert_eq!(x_cache(&en2), "HIT");
+    assert!(en2.text().contains("lang=en"));
+    assert_eq!(origin.count("/vary"), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn compressed_variants_head_and_conditional_requests() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let plain = get(&s, "/big", &[]).await;
+    assert!(plain.header("content-encoding").is_none());
+    assert_eq!(plain.header("vary"), Some("Accept-Encoding"));
+    let gz = get(&s, "/big", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&gz.body[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, plain.body);
+    let br = get(&s, "/big", &[("accept-encoding", "gzip, deflate, br")]).await;
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    let mut out = Vec::new();
+    brotli::BrotliDecompress(&mut &br.body[..], &mut out).unwrap();
+    assert_eq!(out, plain.body);
+    assert!(br.body.len() < gz.body.len() && gz.body.len() < plain.body.len());
+    let head = s
+        .client
+        .send(Method::HEAD, &s.url("/big"), &[], Vec::new())
+        .await;
+    assert_eq!(x_cache(&head), "HIT");
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(plain.body.len().to_string().as_str())
+    );
+    assert_eq!(origin.count("/big"), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_static_site_keeps_its_validators() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
+    let r = get(&s, "/launch/", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(x_cache(&r), "MISS");
+    let etag = r.header("etag").expect("ServeDir's ETag").to_string();
+    assert!(r.header("last-modified").is_some());
+    let r = get(&s, "/launch/", &[("if-none-match", &etag)]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(x_cache(&r), "HIT");
+    assert!(r.body.is_empty());
+    let r = get(&s, "/no/such/page", &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().contains("<html"));
+    // 404s are kept briefly (min_ttl_secs).
+    let r = get(&s, "/no/such/page", &[]).await;
+    assert_eq!(x_cache(&r), "HIT");
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=5, stale-while-revalidate=30")
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn purge_warm_and_event_driven_purge() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| c.cache.warm_urls = vec!["/launch/".into()]).await;
+    assert_eq!(origin.count("/launch/"), 1, "warmed at start");
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
+
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/purge"),
+            &[],
+            br#"{"prefix": "/launch/"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["purged"], 1);
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
+
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/purge"),
+            &[],
+            br#"{"prefix": "launch"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["field"], "prefix");
+
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/warm"),
+            &[],
+            br#"{"urls": ["/pricing"]}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["warmed"][0]["cache"], "MISS");
+    assert_eq!(x_cache(&get(&s, "/pricing", &[]).await), "HIT");
+
+    // A maker comment purges /launch/ (cache.purge_on default); an upvote does not.
+    let r = s.webhook(&event("up-1", "upvote"), support::SECRET).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    s.pumped().await;
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
+    let r = s
+        .webhook(&event("mc-1", "maker_comment"), support::SECRET)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    s.pumped().await;
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&s, "/pricing", &[]).await), "HIT");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_hygiene_and_unsafe_methods_invalidate() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    get(
+        &s,
+        "/launch/",
+        &[
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("host", "launch.example"),
+        ],
+    )
+    .await;
+    {
+        let h = origin.state.last_headers.lock();
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "launch.example");
+        assert!(h.get("x-hop").is_none());
+        assert_eq!(h["host"], origin.addr.to_string().as_str());
+    }
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
+    let r = s
+        .client
+        .send(Method::POST, &s.url("/launch/"), &[], b"form".to_vec())
+        .await;
+    assert_eq!(x_cache(&r), "BYPASS");
+    assert_eq!(r.text(), "posted");
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cache_metrics_move() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let hit = "launchguard_cache_requests_total{result=\"hit\"}";
+    let miss = "launchguard_cache_requests_total{result=\"miss\"}";
+    let (h0, m0) = (metric(&s, hit).await, metric(&s, miss).await);
+    get(&s, "/metrics-page", &[]).await;
+    get(&s, "/metrics-page", &[]).await;
+    assert!(metric(&s, hit).await > h0);
+    assert!(metric(&s, miss).await > m0);
+    let text = s.client.get(&s.admin_url("/metrics")).await.text();
+    for name in [
+        "launchguard_cache_bytes",
+        "launchguard_origin_inflight",
+        "launchguard_origin_request_duration_seconds",
+        "launchguard_http_request_duration_seconds",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    s.stop().await;
+}
+
+/// The value of one sample line in the admin `/metrics` text (0 when absent).
+async fn metric(s: &TestServer, series: &str) -> f64 {
+    let text = s.client.get(&s.admin_url("/metrics")).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_command_fills_the_running_cache() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    let admin = format!("http://{}", s.admin);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_launchguard"))
+            .args(["warm", "--admin-url", &admin, "/launch/", "/pricing"])
+            .env_remove("LAUNCHGUARD_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("200 MISS /launch/"), "{stdout}");
+    assert!(stdout.contains("200 MISS /pricing"), "{stdout}");
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
+    s.stop().await;
+}
