@@ -3,6 +3,8 @@
 //! - `GET /healthz`: the process answers.
 //! - `GET /readyz`: 200 while serving, 503 once shutdown has begun.
 //! - `GET /metrics`: Prometheus text format.
+//! - `GET /dashboard`: the live dashboard page; `GET /api/live`: its Server-Sent Events,
+//!   one sample a second (`live.rs`).
 //! - `GET /admin/factor`, `POST /admin/factor {"pin": F, "for_secs": N}`, `DELETE /admin/factor`:
 //!   read, pin (the rollback switch) and unpin the scale factor. A pin is persisted,
 //!   so it survives a restart until it lapses.
@@ -12,9 +14,11 @@
 //! - `POST /admin/purge {"prefix": "/launch/"}`, `POST /admin/warm {"urls"?: [...]}`: the
 //!   edge cache (handlers in `edge.rs`).
 //!
-//! `/admin/*`, `/api/analytics` and `/api/launches` need `Authorization: Bearer <token>`
-//! whenever a token is configured (always, off loopback); the token is compared as a SHA-256 digest in constant
-//! time, so neither its bytes nor its length leak through timing. Every admin action
+//! `/admin/*`, `/api/live`, `/api/analytics` and `/api/launches` need
+//! `Authorization: Bearer <token>` whenever a token is configured (always, off
+//! loopback); the token is compared as a SHA-256 digest in constant time, so neither
+//! its bytes nor its length leak through timing. The dashboard page itself holds no
+//! data: it asks for the token when its feed answers 401. Every admin action
 //! that changes state is logged at info.
 
 use std::sync::atomic::Ordering;
@@ -63,12 +67,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/events", get(list_events))
         .route("/api/analytics", get(crate::analytics::analytics))
         .route("/api/launches", get(crate::analytics::list_launches))
+        .route("/api/live", get(crate::live::stream))
         .merge(crate::edge::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/dashboard", get(crate::live::dashboard))
         .merge(admin_api)
         .with_state(state)
 }

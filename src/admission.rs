@@ -106,6 +106,11 @@ impl Classifier {
     }
 }
 
+/// Marks a response as refused by admission (shed, or no origin permit in time), for
+/// the counters that judge the final answer (`conversions::count_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected;
+
 /// Whether a request of `class` is shed at `factor`. Pure.
 #[inline]
 pub fn shed(class: Class, factor: f64, shed_factor: f64) -> bool {

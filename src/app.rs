@@ -32,6 +32,7 @@ use crate::conversions::{self, Conversions};
 use crate::edge::{self, Edge, PurgeRules};
 use crate::factor::Factor;
 use crate::history::History;
+use crate::live::{self, LiveFeed};
 use crate::ring::{Pump, Ring};
 use crate::secrets::{self, Env};
 use crate::store::{Store, StoreError};
@@ -60,6 +61,8 @@ pub struct AppState {
     pub conversions: Conversions,
     /// Admission, edge cache and origin for every public request but the webhook.
     pub edge: Edge,
+    /// The dashboard's live feed (`/api/live`).
+    pub live: LiveFeed,
 }
 
 /// Why the appliance could not start.
@@ -86,6 +89,8 @@ pub struct Options {
     pub pump_tick: Duration,
     /// How often expired dedup entries are swept.
     pub sweep_every: Duration,
+    /// How often the dashboard's live feed takes a sample.
+    pub live_every: Duration,
 }
 
 impl Default for Options {
@@ -95,6 +100,7 @@ impl Default for Options {
             env: Env::from_process(),
             pump_tick: Duration::from_millis(250),
             sweep_every: Duration::from_secs(60),
+            live_every: Duration::from_secs(1),
         }
     }
 }
@@ -190,6 +196,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         shutting_down: Arc::new(AtomicBool::new(false)),
         conversions: counters.clone(),
         edge: edge.clone(),
+        live: LiveFeed::new(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -219,6 +226,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
+        tokio::spawn(live::sample_loop(
+            state.clone(),
+            state.live.clone(),
+            opts.live_every,
+            background_shutdown.clone(),
+        )),
         tokio::spawn(conversions::flush_loop(
             counters,
             state.clock.clone(),

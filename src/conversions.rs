@@ -393,10 +393,12 @@ impl Conversions {
     }
 }
 
-/// The one place the public router counts: every request, and visits (HTML page
-/// views under the funnel paths). It wraps whatever serves the site (static files
-/// today; admission, cache and origin later), and only looks at the method, the path
-/// and the final answer, so a shed request (503) or an asset is never a visit.
+/// The one place the public router counts: every request, visits (HTML page views
+/// under the funnel paths), cache hits and misses (the answer's `X-Cache`: HIT and
+/// STALE are hits, MISS a miss, BYPASS neither) and admission's rejections (the
+/// answer carries `admission::Rejected`). It wraps the whole public router and only
+/// looks at the method, the path and the final answer, so a shed request (503) or an
+/// asset is never a visit.
 pub async fn count_requests(State(conv): State<Conversions>, req: Request, next: Next) -> Response {
     let counters = conv.counters();
     counters.record_request();
@@ -407,6 +409,22 @@ pub async fn count_requests(State(conv): State<Conversions>, req: Request, next:
     let wants_html = maybe_visit && accepts_html(req.headers());
     let res = next.run(req).await;
     let status = res.status();
+    match res
+        .headers()
+        .get(crate::cache::X_CACHE)
+        .map(|v| v.as_bytes())
+    {
+        Some(b"HIT" | b"STALE") => counters.record_cache_hit(),
+        Some(b"MISS") => counters.record_cache_miss(),
+        _ => {}
+    }
+    if res
+        .extensions()
+        .get::<crate::admission::Rejected>()
+        .is_some()
+    {
+        counters.record_rejection();
+    }
     if maybe_visit
         && ((status.is_success() && is_html(&res))
             || (status == StatusCode::NOT_MODIFIED && wants_html))

@@ -160,7 +160,7 @@ impl Edge {
             ),
         )
         .retry_after(self.inner.retry_after_secs)
-        .into_response()
+        .into_response_with(admission::Rejected)
     }
 }
 

@@ -54,6 +54,15 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The response, carrying `mark` in its extensions for the layers outside.
+    pub fn into_response_with<T: Clone + Send + Sync + 'static>(self, mark: T) -> Response {
+        let mut res = self.into_response();
+        res.extensions_mut().insert(mark);
+        res
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

@@ -11,7 +11,8 @@
 //! - [`app`]: `AppState`, both routers, startup and shutdown; [`admin`]: the admin API.
 //! - [`conversions`]: sharded counters, the beacon, the flusher; [`history`]: the
 //!   `metrics` and `launches` trees; [`analytics`]: launch-day reports.
-//! - [`preflight`]: the night-before checklist; [`systemd`]: READY and the watchdog.
+//! - [`live`]: the dashboard and its live feed; [`preflight`]: the night-before
+//!   checklist; [`systemd`]: READY and the watchdog.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod edge;
 pub mod error;
 pub mod factor;
 pub mod history;
+pub mod live;
 pub mod origin;
 pub mod preflight;
 pub mod ring;

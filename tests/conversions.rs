@@ -186,6 +186,46 @@ async fn a_shed_request_is_not_a_visit() {
     server.abort();
 }
 
+/// Through the real edge: a funnel page shed by admission is a request and a
+/// rejection, not a visit; cache misses and hits are counted from the answers.
+#[tokio::test]
+async fn the_edge_reports_rejections_hits_and_misses() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only "/" is critical, so the funnel's /launch/ is shed above the shed factor.
+    let s = start(dir.path(), Clock::manual(T0), |c| {
+        c.backpressure.critical_paths = vec!["/".into()];
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            s.client.get(&s.url("/launch/")).await.status,
+            StatusCode::OK
+        );
+    }
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/factor"),
+            &[("content-type", "application/json")],
+            br#"{"pin": 3.0, "for_secs": 600}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let shed = s.client.get(&s.url("/launch/")).await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(shed.header("retry-after").is_some());
+
+    let (live, _) = s.state().conversions.counters().peek();
+    assert_eq!(live.requests(), 4);
+    assert_eq!(live.visits(), 3, "the shed page view is not a visit");
+    let a = analytics(&s, &format!("?day={DAY}")).await;
+    assert_eq!(a["rejections"], 1, "{a}");
+    assert_eq!(a["cache_misses"], 1, "{a}");
+    assert_eq!(a["cache_hits"], 2, "{a}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn the_beacon_counts_known_goals_and_names_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
@@ -465,10 +505,10 @@ async fn a_flush_writes_one_batch_with_every_counter_and_feeds_prometheus() {
     );
     s.client.get(&s.url("/launch/")).await;
     f.unpin(T0);
+    // That GET was the page's first: a cache miss. The rest by hand.
     let c = s.state().conversions.counters();
     c.record_cache_hit();
     c.record_cache_hit();
-    c.record_cache_miss();
     c.record_rejection();
     s.pumped().await;
     for _ in 0..1000 {

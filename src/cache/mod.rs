@@ -343,7 +343,7 @@ impl Cache {
             "every origin slot is taken and none came free within origin.queue_timeout_ms; retry shortly",
         )
         .retry_after(self.inner.retry_after_secs)
-        .into_response()
+        .into_response_with(crate::admission::Rejected)
     }
 
     /// The stale copy if it may stand in, else `fallback`.

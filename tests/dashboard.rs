@@ -1,0 +1,169 @@
+//! The dashboard page and its live feed over real HTTP: `/dashboard` is one
+//! self-contained page, `/api/live` streams a JSON sample a second as Server-Sent
+//! Events, new webhook events show up in it, and the feed needs the admin token when
+//! one is configured.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use launchguard::clock::Clock;
+use serde_json::Value;
+use support::*;
+
+/// T0 of the manual clock: 2026-11-26T08:00:00Z, which is 00:00 in Los Angeles.
+const T0: u64 = 1_795_680_000_000;
+
+/// Reads SSE frames from `url` until `want` samples arrived, calling `between` after
+/// the first one. Gives up after 30 s.
+async fn samples(
+    url: &str,
+    token: Option<&str>,
+    want: usize,
+    between: impl AsyncFnOnce(),
+) -> Vec<Value> {
+    let client = HyperClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = Request::get(url).header("accept", "text/event-stream");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = client
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut body = res.into_body();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let mut between = Some(between);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < want {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("samples keep coming")
+            .expect("the stream stays open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            buf.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf[..end].to_string();
+            buf.drain(..end + 2);
+            let data: String = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if data.is_empty() {
+                continue; // a keep-alive comment
+            }
+            out.push(serde_json::from_str(&data).unwrap());
+            if out.len() == 1 {
+                if let Some(f) = between.take() {
+                    f().await;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
+    let r = s.client.get(&s.admin_url("/dashboard")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = r.text();
+    assert!(page.contains("/api/live"));
+    // Nothing loaded from elsewhere: no external scripts, styles or fonts.
+    for needle in ["src=\"http", "href=\"http", "@import", "cdn"] {
+        assert!(!page.contains(needle), "the page references {needle}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_live_feed_streams_samples_with_new_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
+    for _ in 0..3 {
+        assert_eq!(
+            s.client.get(&s.url("/launch/")).await.status,
+            StatusCode::OK
+        );
+    }
+    // The first sample may predate the requests above (it is the newest one when the
+    // stream opens); later ones count them.
+    let got = samples(&s.admin_url("/api/live"), None, 4, async || {
+        let r = s.webhook(&event("evt-live-1", "upvote"), SECRET).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    })
+    .await;
+    let last = got.last().unwrap();
+    assert_eq!(last["today"]["day"], "2026-11-26");
+    assert_eq!(last["today"]["timezone"], "America/Los_Angeles");
+    assert_eq!(last["today"]["visits"], 3, "{last}");
+    assert!(last["requests_total"].as_u64().unwrap() >= 3, "{last}");
+    assert_eq!(last["webhooks_total"], 1, "{last}");
+    assert!(last["velocity"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(last["factor"].as_f64().unwrap() > 1.0, "{last}");
+    assert_eq!(last["shedding"], false);
+    // Three GETs of one page: the first a miss, the others hits, in some sample's
+    // interval; the ratio is null in intervals without lookups.
+    let (hits, lookups) = got
+        .iter()
+        .fold((0.0, 0), |(h, n), s| match s["hit_ratio"].as_f64() {
+            Some(r) => (h + r, n + 1),
+            None => (h, n),
+        });
+    assert!(lookups >= 1 && hits > 0.0, "{got:?}");
+    // The webhook sent after the first sample shows up in a later one, once.
+    let later: Vec<&Value> = got[1..]
+        .iter()
+        .flat_map(|s| s["events"].as_array().unwrap())
+        .filter(|e| e["id"] == "evt-live-1")
+        .collect();
+    assert_eq!(later.len(), 1, "{got:?}");
+    assert_eq!(later[0]["event_type"], "upvote");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_live_feed_needs_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin_token");
+    std::fs::write(&token_file, "live-token-0123456789\n").unwrap();
+    let s = TestServer::start(&dir.path().join("state"), Clock::manual(T0), |c| {
+        c.server.admin_token_file = Some(token_file.clone());
+    })
+    .await;
+    let r = s.client.get(&s.admin_url("/api/live")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The page itself is served, and asks for the token.
+    assert_eq!(
+        s.client.get(&s.admin_url("/dashboard")).await.status,
+        StatusCode::OK
+    );
+    let got = samples(
+        &s.admin_url("/api/live"),
+        Some("live-token-0123456789"),
+        1,
+        async || {},
+    )
+    .await;
+    assert_eq!(got[0]["factor"], 1.0);
+    s.stop().await;
+}
