@@ -369,6 +369,10 @@ pub fn public_router(state: AppState) -> Router {
             counting,
             conversions::count_requests,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            telemetry::HttpTimer::new(),
+            telemetry::HttpTimer::layer,
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static(SCALE_FACTOR_HEADER),
             move |_: &Response| factor_header(factor.current()),

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -53,7 +53,6 @@ struct EdgeInner {
     warm_urls: Vec<String>,
     page_views: Option<Arc<dyn PageViews>>,
     rejections: [metrics::Counter; 2],
-    http_duration: metrics::Histogram,
 }
 
 impl Edge {
@@ -82,7 +81,6 @@ impl Edge {
                 retry_after_secs: config.backpressure.retry_after_secs,
                 warm_urls: config.cache.warm_urls.clone(),
                 page_views: None,
-                http_duration: metrics::histogram!(telemetry::HTTP_REQUEST_DURATION_SECONDS),
                 rejections: [Class::Normal, Class::Low].map(|c| {
                     metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
                 }),
@@ -172,15 +170,10 @@ pub struct WarmResult {
     pub cache: String,
 }
 
-/// The public fallback handler: admission, then the cache. Records
-/// `launchguard_http_request_duration_seconds` (to the response headers).
+/// The public fallback handler: admission, then the cache. (Every public request,
+/// this one included, is timed by `telemetry::HttpTimer` around the whole router.)
 pub async fn handle(edge: Edge, factor: Factor, req: Request) -> Response<Body> {
-    let started = Instant::now();
-    let res = admit(&edge, factor.current(), req).await;
-    edge.inner
-        .http_duration
-        .record(started.elapsed().as_secs_f64());
-    res
+    admit(&edge, factor.current(), req).await
 }
 
 async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {

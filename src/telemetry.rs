@@ -2,7 +2,7 @@
 //! Prometheus recorder is process-wide, so it is installed once behind a `OnceLock`
 //! and every app built in the same process (tests build several) shares it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -39,6 +39,48 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder on first call and returns its handle.
+/// Times every public request to its response headers into
+/// `launchguard_http_request_duration_seconds{status="2xx"|...}`: the status class
+/// is what the error-rate alert divides by. The five histogram handles are made once,
+/// so a request costs a clock read and one record. A clone is cheap.
+#[derive(Clone)]
+pub struct HttpTimer {
+    by_class: Arc<[metrics::Histogram; 5]>,
+}
+
+impl Default for HttpTimer {
+    fn default() -> Self {
+        HttpTimer::new()
+    }
+}
+
+impl HttpTimer {
+    pub fn new() -> HttpTimer {
+        HttpTimer {
+            by_class: Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(
+                |class| metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "status" => class),
+            )),
+        }
+    }
+
+    fn record(&self, status: axum::http::StatusCode, secs: f64) {
+        let i = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[i].record(secs);
+    }
+
+    /// The middleware (`axum::middleware::from_fn_with_state`).
+    pub async fn layer(
+        axum::extract::State(timer): axum::extract::State<HttpTimer>,
+        req: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let started = std::time::Instant::now();
+        let res = next.run(req).await;
+        timer.record(res.status(), started.elapsed().as_secs_f64());
+        res
+    }
+}
+
 pub fn recorder() -> PrometheusHandle {
     RECORDER
         .get_or_init(|| {
@@ -51,9 +93,30 @@ pub fn recorder() -> PrometheusHandle {
                 .install_recorder()
                 .expect("the metrics recorder is installed once, here");
             describe();
+            zero_series();
             handle
         })
         .clone()
+}
+
+/// Registers at zero the series that alert rules compute `rate` or `increase` on, so a
+/// first event is an increase Prometheus sees rather than a series that appears.
+fn zero_series() {
+    for result in [
+        "accepted",
+        "duplicate",
+        "unauthorized",
+        "invalid",
+        "too_large",
+        "timeout",
+        "error",
+    ] {
+        metrics::counter!(WEBHOOKS_TOTAL, "result" => result).increment(0);
+    }
+    for class in ["normal", "low", "queue"] {
+        metrics::counter!(BACKPRESSURE_REJECTIONS_TOTAL, "class" => class).increment(0);
+    }
+    metrics::counter!(COMMIT_FAILURES_TOTAL).increment(0);
 }
 
 fn describe() {
@@ -135,7 +198,7 @@ fn describe() {
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "Public request handling time, to the response headers"
+        "Public request handling time, to the response headers, by status class"
     );
 }
 
