@@ -174,7 +174,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     origin.release();
     // The refresh lands; wait for it by asking until the new page is served.
     let mut fresh = None;
-    for _ in 0..1000 {
+    for _ in 0..20_000 {
         let r = get(&s, "/launch/", &[]).await;
         if x_cache(&r) == "HIT" {
             fresh = Some(r);

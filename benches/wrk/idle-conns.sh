@@ -25,6 +25,6 @@ ulimit -n $(( CONNS * 2 + 1000 )) 2>/dev/null || true
 PID=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PUB") 2>/dev/null && break; sleep 0.1; done
 curl -s -o /dev/null "http://127.0.0.1:$PUB/launch/"
-echo "# $(date -u +%FT%TZ) launchguard $(git rev-parse --short HEAD), $CONNS connections, each after one GET /launch/ (a cache HIT)"
+echo "# $(date -u +%FT%TZ) launchguard $(git rev-parse --short HEAD), $CONNS connections, ${*:-each after one GET /launch/ (a cache HIT)}"
 python3 benches/wrk/idle-conns.py --pid "$PID" --url "http://127.0.0.1:$PUB/launch/" \
-    --metrics "http://127.0.0.1:$ADM/metrics" --conns "$CONNS"
+    --metrics "http://127.0.0.1:$ADM/metrics" --conns "$CONNS" "$@"
