@@ -113,7 +113,7 @@ fn describe() {
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "Public request handling time, to the response headers"
+        "Public request handling time through the edge (admission, cache, origin), to the response headers"
     );
 }
 

@@ -623,3 +623,27 @@ async fn the_warm_command_fills_the_running_cache() {
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn large_bodies_stream_through_and_long_urls_bypass() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| {
+        c.cache.max_object_bytes = 1024;
+        c.cache.max_key_bytes = 64;
+    })
+    .await;
+    // /big is about 3.3 KB, over the 1 KiB object limit: served whole, never stored.
+    for _ in 0..2 {
+        let r = get(&s, "/big", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(x_cache(&r), "MISS");
+        assert!(r.body.len() > 3000 && r.text().ends_with("</body></html>"));
+    }
+    assert_eq!(origin.count("/big"), 2);
+    let long = format!("/launch/?q={}", "x".repeat(100));
+    for _ in 0..2 {
+        assert_eq!(x_cache(&get(&s, &long, &[]).await), "BYPASS");
+    }
+    assert_eq!(origin.count(&long), 2);
+    s.stop().await;
+}
