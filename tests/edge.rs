@@ -528,8 +528,44 @@ async fn purge_warm_and_event_driven_purge() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.pumped().await;
+    // The pump purges right after it drains; wait for that, not for a time.
+    let store = s.state().edge.cache().store().clone();
+    for _ in 0..100_000 {
+        if store.get("/launch/", &hyper::HeaderMap::new()).0.is_none() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
     assert_eq!(x_cache(&get(&s, "/pricing", &[]).await), "HIT");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fetch_keeps_the_fetched_page_out() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    origin.hold();
+    let client = s.client.clone();
+    let url = s.url("/launch/");
+    let fetch = tokio::spawn(async move { client.get(&url).await });
+    origin.wait_for("/launch/", 1).await;
+    // The page changes (a maker comment) while the origin is still sending the old one.
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/purge"),
+            &[],
+            br#"{"prefix": "/launch/"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    origin.release();
+    assert_eq!(x_cache(&fetch.await.unwrap()), "MISS");
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
+    assert_eq!(origin.count("/launch/"), 2);
     s.stop().await;
 }
 
