@@ -33,12 +33,6 @@ use crate::factor::Factor;
 use crate::origin::{Forwarded, Origin};
 use crate::telemetry;
 
-/// Told of every HTML page view the edge serves (GET, 2xx, `text/html`), after the
-/// answer is known. Visit counting plugs in here.
-pub trait PageViews: Send + Sync + 'static {
-    fn page_view(&self, path: &str);
-}
-
 /// Admission and cache, built once. A clone is cheap.
 #[derive(Clone)]
 pub struct Edge {
@@ -51,7 +45,6 @@ struct EdgeInner {
     shed_factor: f64,
     retry_after_secs: u64,
     warm_urls: Vec<String>,
-    page_views: Option<Arc<dyn PageViews>>,
     rejections: [metrics::Counter; 2],
 }
 
@@ -80,20 +73,11 @@ impl Edge {
                 shed_factor: config.backpressure.shed_factor,
                 retry_after_secs: config.backpressure.retry_after_secs,
                 warm_urls: config.cache.warm_urls.clone(),
-                page_views: None,
                 rejections: [Class::Normal, Class::Low].map(|c| {
                     metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
                 }),
             }),
         })
-    }
-
-    /// Sets the page-view hook; call before the edge is shared.
-    pub fn with_page_views(mut self, hook: Arc<dyn PageViews>) -> Edge {
-        Arc::get_mut(&mut self.inner)
-            .expect("the page-view hook is set before the edge is shared")
-            .page_views = Some(hook);
-        self
     }
 
     pub fn cache(&self) -> &Cache {
@@ -188,27 +172,7 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
             .map(|c| c.0),
         host: req.headers().get(header::HOST).cloned(),
     };
-    let view_path = match &edge.inner.page_views {
-        Some(_) if req.method() == Method::GET => Some(req.uri().path().to_string()),
-        _ => None,
-    };
-    let res = edge.inner.cache.handle(req, fwd).await;
-    if let (Some(hook), Some(path)) = (&edge.inner.page_views, view_path) {
-        if is_page_view(&res) {
-            hook.page_view(&path);
-        }
-    }
-    res
-}
-
-/// A successful HTML answer (a 304 counts: the visitor saw the page).
-fn is_page_view(res: &Response<Body>) -> bool {
-    let ok = res.status().is_success() || res.status() == StatusCode::NOT_MODIFIED;
-    ok && res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| ct.starts_with("text/html"))
+    edge.inner.cache.handle(req, fwd).await
 }
 
 /// Purge rules from `cache.purge_on`, indexed for the ring (`RingEvent::purge_rule`).
@@ -330,54 +294,4 @@ async fn warm(
     let results = state.edge.warm(&urls).await;
     tracing::info!(urls = urls.len(), "cache warmed by operator");
     Ok(Json(json!({"warmed": results})).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[derive(Default)]
-    struct Views(parking_lot::Mutex<Vec<String>>, AtomicUsize);
-
-    impl PageViews for Views {
-        fn page_view(&self, path: &str) {
-            self.0.lock().push(path.to_string());
-            self.1.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn get(path: &str) -> Request {
-        Request::builder().uri(path).body(Body::empty()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn html_page_views_reach_the_hook_once_each() {
-        let mut config = Config::default();
-        config.origin.static_dir =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/site");
-        let views = Arc::new(Views::default());
-        let factor = Factor::new();
-        let edge = Edge::new(&config, factor.clone(), Clock::manual(1_000))
-            .unwrap()
-            .with_page_views(views.clone());
-        for path in [
-            "/launch/?utm_source=ph",
-            "/launch/",
-            "/style.css",
-            "/nope",
-            "/",
-        ] {
-            handle(edge.clone(), factor.clone(), get(path)).await;
-        }
-        let head = Request::builder()
-            .method(Method::HEAD)
-            .uri("/launch/")
-            .body(Body::empty())
-            .unwrap();
-        handle(edge.clone(), factor.clone(), head).await;
-        // HTML 2xx GETs only: not the stylesheet, not the 404 page, not HEAD.
-        assert_eq!(*views.0.lock(), vec!["/launch/", "/launch/", "/"]);
-        assert_eq!(views.1.load(Ordering::Relaxed), 3);
-    }
 }

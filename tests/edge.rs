@@ -174,7 +174,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
     origin.release();
     // The refresh lands; wait for it by asking until the new page is served.
     let mut fresh = None;
-    for _ in 0..1000 {
+    for _ in 0..20_000 {
         let r = get(&s, "/launch/", &[]).await;
         if x_cache(&r) == "HIT" {
             fresh = Some(r);
@@ -528,8 +528,44 @@ async fn purge_warm_and_event_driven_purge() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.pumped().await;
+    // The pump purges right after it drains; wait for that, not for a time.
+    let store = s.state().edge.cache().store().clone();
+    for _ in 0..100_000 {
+        if store.get("/launch/", &hyper::HeaderMap::new()).0.is_none() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
     assert_eq!(x_cache(&get(&s, "/pricing", &[]).await), "HIT");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fetch_keeps_the_fetched_page_out() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |_| {}).await;
+    origin.hold();
+    let client = s.client.clone();
+    let url = s.url("/launch/");
+    let fetch = tokio::spawn(async move { client.get(&url).await });
+    origin.wait_for("/launch/", 1).await;
+    // The page changes (a maker comment) while the origin is still sending the old one.
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/purge"),
+            &[],
+            br#"{"prefix": "/launch/"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    origin.release();
+    assert_eq!(x_cache(&fetch.await.unwrap()), "MISS");
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
+    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
+    assert_eq!(origin.count("/launch/"), 2);
     s.stop().await;
 }
 
@@ -621,5 +657,29 @@ async fn the_warm_command_fills_the_running_cache() {
     assert!(stdout.contains("200 MISS /launch/"), "{stdout}");
     assert!(stdout.contains("200 MISS /pricing"), "{stdout}");
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_and_long_urls_bypass() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| {
+        c.cache.max_object_bytes = 1024;
+        c.cache.max_key_bytes = 64;
+    })
+    .await;
+    // /big is about 3.3 KB, over the 1 KiB object limit: served whole, never stored.
+    for _ in 0..2 {
+        let r = get(&s, "/big", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(x_cache(&r), "MISS");
+        assert!(r.body.len() > 3000 && r.text().ends_with("</body></html>"));
+    }
+    assert_eq!(origin.count("/big"), 2);
+    let long = format!("/launch/?q={}", "x".repeat(100));
+    for _ in 0..2 {
+        assert_eq!(x_cache(&get(&s, &long, &[]).await), "BYPASS");
+    }
+    assert_eq!(origin.count(&long), 2);
     s.stop().await;
 }

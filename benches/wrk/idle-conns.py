@@ -31,8 +31,11 @@ def cache_bytes(url):
     return float(m.group(1)) if m else 0.0
 
 
-async def one(host, port, path, ready):
+async def one(host, port, path, ready, send):
     reader, writer = await asyncio.open_connection(host, port)
+    if not send:
+        ready.append(writer)
+        return
     writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
@@ -48,6 +51,7 @@ async def main():
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--conns", type=int, default=15000)
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--no-request", action="store_true", help="connect only, send nothing")
     a = ap.parse_args()
     u = urllib.parse.urlparse(a.url)
     before = rss_kib(a.pid)
@@ -55,7 +59,7 @@ async def main():
     ready = []
     for start in range(0, a.conns, a.batch):
         n = min(a.batch, a.conns - start)
-        await asyncio.gather(*(one(u.hostname, u.port, u.path or "/", ready) for _ in range(n)))
+        await asyncio.gather(*(one(u.hostname, u.port, u.path or "/", ready, not a.no_request) for _ in range(n)))
     await asyncio.sleep(2)  # let the server settle (allocator, buffers)
     with_conns = rss_kib(a.pid)
     cache_after = cache_bytes(a.metrics)

@@ -10,11 +10,13 @@
 --
 -- done() prints the status counts of the class, so errors are visible per class.
 
-local mode, arg1, arg2
+-- `mode` and `counts` are globals so that done() can read them with thread:get().
+mode = nil
+counts = {}
+local arg1, arg2
 local reqs = {}
 local n = 0
 local pause = 0
-local counts = {}
 local threads = {}
 
 local pages = {

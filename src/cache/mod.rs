@@ -28,6 +28,7 @@ pub mod freshness;
 pub mod key;
 pub mod store;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +126,9 @@ struct Inner {
     clock: Clock,
     results: [metrics::Counter; 4],
     bytes: metrics::Gauge,
+    /// Bumped by every purge and invalidation. A fetch that started before one does
+    /// not store what it got: it may be the very page the purge meant to drop.
+    purges: AtomicU64,
 }
 
 /// The headers a client sends that must not reach the origin on a shared fetch.
@@ -164,6 +168,7 @@ impl Cache {
                 clock,
                 results,
                 bytes: metrics::gauge!(telemetry::CACHE_BYTES),
+                purges: AtomicU64::new(0),
             }),
         }
     }
@@ -183,6 +188,7 @@ impl Cache {
 
     /// Drops every entry whose key starts with `prefix`; returns how many.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.inner.purges.fetch_add(1, Ordering::AcqRel);
         let n = self.inner.store.purge_prefix(prefix);
         self.inner.bytes.set(self.bytes() as f64);
         n
@@ -386,8 +392,10 @@ impl Cache {
             let (outcome, _) = this
                 .fetch(&key, origin_req, &client_headers, fwd, Some(stale.clone()))
                 .await;
-            if !matches!(outcome, Fetched::Stored { .. }) {
-                // Let a later request try again.
+            // If the store still holds the stale entry (the fetch failed, or a purge
+            // kept its result out), let a later request try again.
+            let (current, _) = this.inner.store.get(&key, &client_headers);
+            if current.is_some_and(|e| Arc::ptr_eq(&e, &stale)) {
                 stale.end_refresh();
             }
             leader.finish(Arc::new(outcome));
@@ -404,6 +412,7 @@ impl Cache {
         stale: Option<Arc<Entry>>,
     ) -> (Fetched, Option<Response<Body>>) {
         let i = &self.inner;
+        let epoch = i.purges.load(Ordering::Acquire);
         let factor = i.factor.clone();
         let Ok(_permit) = i.limit.acquire(|| factor.current()).await else {
             return (Fetched::Queued, None);
@@ -416,7 +425,7 @@ impl Cache {
         if res.status() == StatusCode::NOT_MODIFIED {
             if let Some(stale) = stale {
                 let entry = Arc::new(stale.revalidated(res.headers(), now));
-                i.store.insert(key, client_headers, entry.clone());
+                self.store_unless_purged(epoch, key, client_headers, &entry);
                 i.bytes.set(self.bytes() as f64);
                 let vary_values = vary_values(&entry, client_headers);
                 return (
@@ -481,7 +490,7 @@ impl Cache {
             Entry::new(status, headers, body, life)
         };
         let entry = Arc::new(entry);
-        i.store.insert(key, client_headers, entry.clone());
+        self.store_unless_purged(epoch, key, client_headers, &entry);
         i.bytes.set(self.bytes() as f64);
         let vary_values = vary_values(&entry, client_headers);
         (
@@ -492,6 +501,17 @@ impl Cache {
             },
             None,
         )
+    }
+
+    /// Stores a fetched entry unless a purge happened since the fetch began; the
+    /// waiters get the entry either way.
+    fn store_unless_purged(&self, epoch: u64, key: &str, req: &HeaderMap, entry: &Arc<Entry>) {
+        let i = &self.inner;
+        if i.purges.load(Ordering::Acquire) != epoch {
+            tracing::debug!(key, "not storing a page fetched before a purge");
+            return;
+        }
+        i.store.insert(key, req, entry.clone());
     }
 
     /// Straight to the origin under a permit, nothing stored.
@@ -536,6 +556,7 @@ impl Cache {
                     }
                 }
             }
+            self.inner.purges.fetch_add(1, Ordering::AcqRel);
             for (path, query) in targets {
                 if let Some(k) = key::normalize(&path, query.as_deref(), self.inner.max_key_bytes) {
                     self.inner.store.remove(&k);
