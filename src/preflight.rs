@@ -5,8 +5,9 @@
 //!
 //! The checks: the config parses and validates; a webhook secret is configured; the data
 //! dir is writable and its disk has room for the expected events; `RLIMIT_NOFILE` covers
-//! the connection budget; the origin answers, and how fast; both listeners can bind; the
-//! launch-day time zone is known, with today's boundaries in UTC.
+//! the connection budget; the origin (static dir or upstream) answers `/`, and how fast;
+//! every `cache.warm_urls` page answers 200 and may be cached; both listeners can bind;
+//! the launch-day time zone is known, with today's boundaries in UTC.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -14,7 +15,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use axum::http::header;
+
 use crate::config::Config;
+use crate::origin::{Forwarded, Origin};
 use crate::secrets::{self, Env};
 
 /// What one check found.
@@ -119,7 +123,17 @@ pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> 
     checks.push(secret(&config, env));
     checks.push(data_dir(&config.server.data_dir, budget.events));
     checks.push(nofile(budget.connections));
-    checks.push(origin(&config).await);
+    match Origin::new(&config.origin) {
+        Ok(o) => {
+            checks.push(origin(&config, &o).await);
+            checks.push(warm_urls(&config, &o).await);
+        }
+        Err(e) => checks.push(Check::fail(
+            "origin",
+            format!("origin.upstream: {e}"),
+            "use http://host:port",
+        )),
+    }
     checks.push(bindable("server.listen", config.server.listen));
     checks.push(bindable("server.admin_listen", config.server.admin_listen));
     checks.push(launch_day(&config.conversions.timezone));
@@ -246,27 +260,105 @@ fn nofile(connections: u64) -> Check {
     }
 }
 
-async fn origin(config: &Config) -> Check {
-    const NAME: &str = "origin";
-    let dir = &config.origin.static_dir;
+/// GETs `path` from the origin as the edge would, with `origin.timeout_ms`.
+async fn origin_get(
+    origin: &Origin,
+    path: &str,
+) -> Result<(axum::http::Response<axum::body::Body>, u128), String> {
+    let req = axum::http::Request::get(path)
+        .header(header::HOST, "localhost")
+        .body(axum::body::Body::empty())
+        .map_err(|e| format!("{path} is not a valid path: {e}"))?;
     let started = Instant::now();
-    let index = dir.join("index.html");
-    match tokio::fs::read(&index).await {
-        Ok(bytes) => Check::pass(
+    let res = origin
+        .fetch(req, &Forwarded::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((res, started.elapsed().as_micros()))
+}
+
+fn origin_name(config: &Config) -> String {
+    match &config.origin.upstream {
+        Some(up) => format!("upstream {up}"),
+        None => format!("static site {}", config.origin.static_dir.display()),
+    }
+}
+
+async fn origin(config: &Config, origin: &Origin) -> Check {
+    const NAME: &str = "origin";
+    let what = origin_name(config);
+    match origin_get(origin, "/").await {
+        Ok((res, us)) if res.status().is_success() || res.status().is_redirection() => {
+            Check::pass(
+                NAME,
+                format!("{what} answered GET / with {} in {} ms", res.status(), ms(us)),
+            )
+        }
+        Ok((res, us)) => Check::fail(
             NAME,
-            format!(
-                "static site {}: index.html ({} bytes) read in {} µs",
-                dir.display(),
-                bytes.len(),
-                started.elapsed().as_micros()
-            ),
+            format!("{what} answered GET / with {} in {} ms", res.status(), ms(us)),
+            match config.origin.upstream {
+                Some(_) => "make the site answer / (or check origin.upstream)",
+                None => "point origin.static_dir at the built site (it must hold index.html)",
+            },
         ),
         Err(e) => Check::fail(
             NAME,
-            format!("cannot read {}: {e}", index.display()),
-            "point origin.static_dir at the built site (it must hold index.html)",
+            format!("{what}: {e}"),
+            "start the site, or fix origin.upstream / origin.static_dir; origin.timeout_ms bounds the wait",
         ),
     }
+}
+
+/// Every `cache.warm_urls` entry answers 200 and may be cached: no `Set-Cookie`, no
+/// `Cache-Control: private` or `no-store`.
+async fn warm_urls(config: &Config, origin: &Origin) -> Check {
+    const NAME: &str = "warm urls";
+    let urls = &config.cache.warm_urls;
+    if urls.is_empty() {
+        return Check::warn(
+            NAME,
+            "none configured: after a restart the first visitors all miss the cache",
+            "list the launch pages in cache.warm_urls, e.g. [\"/\", \"/launch/\"]",
+        );
+    }
+    let mut problems = Vec::new();
+    for url in urls {
+        match origin_get(origin, url).await {
+            Ok((res, _)) => {
+                let h = res.headers();
+                let cc = h
+                    .get(header::CACHE_CONTROL)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                if res.status() != axum::http::StatusCode::OK {
+                    problems.push(format!("{url} answers {}", res.status()));
+                } else if h.contains_key(header::SET_COOKIE) {
+                    problems.push(format!("{url} sets a cookie (Set-Cookie is never cached)"));
+                } else if cc.contains("private") || cc.contains("no-store") {
+                    problems.push(format!("{url} says Cache-Control: {cc}"));
+                }
+            }
+            Err(e) => problems.push(format!("{url}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Check::pass(
+            NAME,
+            format!("{} cacheable: {}", urls.len(), urls.join(", ")),
+        )
+    } else {
+        Check::fail(
+            NAME,
+            problems.join("; "),
+            "serve these pages without cookies and as public (or drop them from cache.warm_urls): they cannot be cached",
+        )
+    }
+}
+
+fn ms(us: u128) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
 }
 
 fn bindable(key: &'static str, addr: SocketAddr) -> Check {

@@ -34,11 +34,20 @@ fn preflight(dir: &Path, body: &str) -> (i32, String) {
     )
 }
 
-/// A config on free loopback ports with a secret; `extra` is appended.
+/// A config on free loopback ports with a secret and the demo's pages to warm.
 fn config(data_dir: &Path, static_dir: &Path) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {data_dir:?}\n\
-         [origin]\nstatic_dir = {static_dir:?}\n[webhook]\nsecrets = [\"preflight-secret\"]\n"
+         [origin]\nstatic_dir = {static_dir:?}\n[webhook]\nsecrets = [\"preflight-secret\"]\n\
+         [cache]\nwarm_urls = [\"/\", \"/launch/\"]\n"
+    )
+}
+
+/// The same with `origin.upstream` set.
+fn upstream_config(data_dir: &Path, upstream: &str) -> String {
+    config(data_dir, &site()).replace(
+        "[origin]\n",
+        &format!("[origin]\nupstream = \"{upstream}\"\ntimeout_ms = 500\n"),
     )
 }
 
@@ -53,6 +62,7 @@ fn passes_on_the_demo_site() {
         "PASS  data dir",
         "PASS  open files",
         "PASS  origin",
+        "PASS  warm urls",
         "PASS  server.listen",
         "PASS  server.admin_listen",
         "PASS  launch day",
@@ -119,4 +129,58 @@ fn a_taken_listener_fails() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  server.listen"), "{out}");
     assert!(out.contains("already in use"), "{out}");
+}
+
+#[test]
+fn fails_clearly_when_the_upstream_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = format!("http://{closed}");
+    let (code, out) = preflight(
+        dir.path(),
+        &upstream_config(&dir.path().join("state"), &upstream),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("FAIL  origin               upstream {upstream}")),
+        "{out}"
+    );
+    assert!(out.contains("could not be reached"), "{out}");
+    assert!(out.contains("fix: start the site"), "{out}");
+}
+
+/// A real upstream that answers: `/` fast, `/launch/` with a cookie, `/private` private.
+#[test]
+fn an_upstream_page_that_cannot_be_cached_fails_the_warm_check() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "home" }))
+        .route(
+            "/launch/",
+            axum::routing::get(|| async { ([("set-cookie", "session=1")], "launch") }),
+        );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = preflight(
+        dir.path(),
+        &upstream_config(&dir.path().join("state"), &format!("http://{addr}")),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("PASS  origin"), "{out}");
+    assert!(out.contains("answered GET / with 200 OK in"), "{out}");
+    assert!(out.contains("FAIL  warm urls"), "{out}");
+    assert!(out.contains("/launch/ sets a cookie"), "{out}");
+    rt.shutdown_background();
 }
