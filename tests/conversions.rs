@@ -202,16 +202,7 @@ async fn the_edge_reports_rejections_hits_and_misses() {
             StatusCode::OK
         );
     }
-    let r = s
-        .client
-        .send(
-            Method::POST,
-            &s.admin_url("/admin/factor"),
-            &[("content-type", "application/json")],
-            br#"{"pin": 3.0, "for_secs": 600}"#.to_vec(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    s.pin(3.0, 600).await;
     let shed = s.client.get(&s.url("/launch/")).await;
     assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(shed.header("retry-after").is_some());

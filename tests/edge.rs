@@ -39,16 +39,7 @@ fn x_cache(r: &Resp) -> &str {
 }
 
 async fn pin(s: &TestServer, factor: f64) {
-    let r = s
-        .client
-        .send(
-            Method::POST,
-            &s.admin_url("/admin/factor"),
-            &[("content-type", "application/json")],
-            format!(r#"{{"pin": {factor}, "for_secs": 86400}}"#).into_bytes(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    s.pin(factor, 86400).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

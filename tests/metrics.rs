@@ -40,16 +40,7 @@ async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
         )
         .await;
     assert_eq!(beacon.status, StatusCode::NO_CONTENT);
-    let r = s
-        .client
-        .send(
-            Method::POST,
-            &s.admin_url("/admin/factor"),
-            &[("content-type", "application/json")],
-            br#"{"pin": 3.0, "for_secs": 60}"#.to_vec(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
+    s.pin(3.0, 60).await;
     assert_eq!(
         s.client.get(&s.url("/launch/")).await.status,
         StatusCode::SERVICE_UNAVAILABLE

@@ -127,6 +127,20 @@ impl TestServer {
         panic!("the pump did not drain the ring");
     }
 
+    /// Pins the scale factor through the admin API for `for_secs`.
+    pub async fn pin(&self, factor: f64, for_secs: u64) {
+        let r = self
+            .client
+            .send(
+                Method::POST,
+                &self.admin_url("/admin/factor"),
+                &[("content-type", "application/json")],
+                format!(r#"{{"pin": {factor}, "for_secs": {for_secs}}}"#).into_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+
     pub async fn stop(mut self) {
         self.running
             .take()
