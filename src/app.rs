@@ -33,6 +33,7 @@ use crate::edge::{self, Edge, PurgeRules};
 use crate::factor::Factor;
 use crate::history::History;
 use crate::live::{self, LiveFeed};
+use crate::outbound::Outbound;
 use crate::ring::{Pump, Ring};
 use crate::secrets::{self, Env};
 use crate::store::{Store, StoreError};
@@ -63,6 +64,8 @@ pub struct AppState {
     pub edge: Edge,
     /// The dashboard's live feed (`/api/live`).
     pub live: LiveFeed,
+    /// The durable queue of outbound calls (`outbound.rs`).
+    pub outbound: Outbound,
 }
 
 /// Why the appliance could not start.
@@ -91,6 +94,8 @@ pub struct Options {
     pub sweep_every: Duration,
     /// How often the dashboard's live feed takes a sample.
     pub live_every: Duration,
+    /// Longest sleep of the outbound worker between looks at the queue.
+    pub outbound_tick: Duration,
 }
 
 impl Default for Options {
@@ -101,6 +106,7 @@ impl Default for Options {
             pump_tick: Duration::from_millis(250),
             sweep_every: Duration::from_secs(60),
             live_every: Duration::from_secs(1),
+            outbound_tick: Duration::from_secs(1),
         }
     }
 }
@@ -161,6 +167,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         now,
     )?;
 
+    let outbound = Outbound::open(&store, &config.outbound, clock.clone())?;
     let ring = Ring::new(config.webhook.ring_capacity);
     let (committer, committer_task) = Committer::start(
         store.clone(),
@@ -197,6 +204,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         conversions: counters.clone(),
         edge: edge.clone(),
         live: LiveFeed::new(),
+        outbound: outbound.clone(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -226,6 +234,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
+        tokio::spawn(outbound.run(opts.outbound_tick, background_shutdown.clone())),
         tokio::spawn(live::sample_loop(
             state.clone(),
             state.live.clone(),

@@ -44,6 +44,8 @@ pub struct Config {
     pub backpressure: BackpressureConfig,
     pub cache: CacheConfig,
     pub conversions: ConversionsConfig,
+    pub outbound: OutboundConfig,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -393,6 +395,8 @@ impl Config {
             }
         }
         self.conversions.validate()?;
+        self.outbound.validate()?;
+        self.alerts.validate()?;
         self.validate_edge()
     }
 
@@ -474,6 +478,114 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// `[outbound]`: the durable queue every outbound call goes through (`outbound.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Failed attempts (other than 429) before a job moves to dead letters. Default 3.
+    pub max_retries: u32,
+    /// First retry delay, ms; doubles per attempt, +-40% jitter, never under
+    /// `Retry-After` / `X-Rate-Limit-Reset`. Default 1200.
+    pub base_delay_ms: u64,
+    /// Longest backoff the doubling reaches, ms (a server's `Retry-After` may ask for more). Default 300000.
+    pub max_delay_ms: u64,
+    /// Requests per minute the queue sends to any one host. Default 60.
+    pub host_budget_per_minute: u32,
+    /// Longest wait for one attempt's answer, ms. Default 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            max_retries: 3,
+            base_delay_ms: 1200,
+            max_delay_ms: 300_000,
+            host_budget_per_minute: 60,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl OutboundConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100).contains(&self.max_retries) {
+            return Err(ConfigError::invalid(
+                "outbound.max_retries",
+                format!("expected between 1 and 100, got {}", self.max_retries),
+            ));
+        }
+        positive("outbound.base_delay_ms", self.base_delay_ms)?;
+        if self.max_delay_ms < self.base_delay_ms {
+            return Err(ConfigError::invalid(
+                "outbound.max_delay_ms",
+                format!(
+                    "must be at least outbound.base_delay_ms ({}), got {}",
+                    self.base_delay_ms, self.max_delay_ms
+                ),
+            ));
+        }
+        positive(
+            "outbound.host_budget_per_minute",
+            u64::from(self.host_budget_per_minute),
+        )?;
+        positive("outbound.timeout_ms", self.timeout_ms)
+    }
+}
+
+/// `[alerts]`: Slack-compatible incoming webhooks told about launch-day events (`alerts.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Incoming-webhook URLs (`http://` or `https://`); each gets every message. Default none (off).
+    pub slack_webhook_urls: Vec<String>,
+    /// Factors whose crossing, either way, sends a message. Default `[2.0, 10.0]`.
+    pub factor_thresholds: Vec<f64>,
+    /// Shortest time between two messages about the same signal, seconds. Default 300.
+    pub min_interval_secs: u64,
+    /// Free space on the data dir's disk below which a message is sent, percent. Default 10.
+    pub disk_free_percent: f64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            slack_webhook_urls: Vec::new(),
+            factor_thresholds: vec![2.0, 10.0],
+            min_interval_secs: 300,
+            disk_free_percent: 10.0,
+        }
+    }
+}
+
+impl AlertsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, url) in self.slack_webhook_urls.iter().enumerate() {
+            crate::outbound::parse_target(url).map_err(|problem| {
+                ConfigError::invalid(format!("alerts.slack_webhook_urls[{i}]"), problem)
+            })?;
+        }
+        for (i, t) in self.factor_thresholds.iter().enumerate() {
+            if !(t.is_finite() && *t > 1.0) {
+                return Err(ConfigError::invalid(
+                    format!("alerts.factor_thresholds[{i}]"),
+                    format!("expected a factor above 1.0, got {t}"),
+                ));
+            }
+        }
+        if !(self.disk_free_percent.is_finite() && (0.0..100.0).contains(&self.disk_free_percent)) {
+            return Err(ConfigError::invalid(
+                "alerts.disk_free_percent",
+                format!(
+                    "expected a percentage from 0 to below 100, got {}",
+                    self.disk_free_percent
+                ),
+            ));
         }
         Ok(())
     }
@@ -712,6 +824,8 @@ mod tests {
                 .or(t.strip_suffix(": BackpressureConfig {"))
                 .or(t.strip_suffix(": CacheConfig {"))
                 .or(t.strip_suffix(": ConversionsConfig {"))
+                .or(t.strip_suffix(": OutboundConfig {"))
+                .or(t.strip_suffix(": AlertsConfig {"))
             {
                 section = name.to_string();
                 assert!(

@@ -13,6 +13,7 @@
 //!   `metrics` and `launches` trees; [`analytics`]: launch-day reports.
 //! - [`live`]: the dashboard and its live feed; [`preflight`]: the night-before
 //!   checklist; [`systemd`]: READY and the watchdog.
+//! - [`outbound`]: the durable queue of outbound calls, backoff and dead letters.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod factor;
 pub mod history;
 pub mod live;
 pub mod origin;
+pub mod outbound;
 pub mod preflight;
 pub mod ring;
 pub mod secrets;
