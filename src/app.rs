@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::admin::{self, AdminToken};
+use crate::alerts::{Alerter, Alerts};
 use crate::clock::Clock;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Durability};
@@ -66,6 +67,8 @@ pub struct AppState {
     pub live: LiveFeed,
     /// The durable queue of outbound calls (`outbound.rs`).
     pub outbound: Outbound,
+    /// Launch-day messages (`alerts.rs`).
+    pub alerts: Alerts,
 }
 
 /// Why the appliance could not start.
@@ -96,6 +99,8 @@ pub struct Options {
     pub live_every: Duration,
     /// Longest sleep of the outbound worker between looks at the queue.
     pub outbound_tick: Duration,
+    /// How often the alert signals are looked at.
+    pub alerts_every: Duration,
 }
 
 impl Default for Options {
@@ -107,6 +112,7 @@ impl Default for Options {
             sweep_every: Duration::from_secs(60),
             live_every: Duration::from_secs(1),
             outbound_tick: Duration::from_secs(1),
+            alerts_every: Duration::from_secs(1),
         }
     }
 }
@@ -168,6 +174,20 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     )?;
 
     let outbound = Outbound::open(&store, &config.outbound, clock.clone())?;
+    // The day of the newest stored event was announced already (or is past).
+    let engaged_day = store
+        .recent_events(1)?
+        .first()
+        .map(|(_, ev)| crate::analytics::day_of(ev.received_ms, counters.timezone()).to_string());
+    let alerts = Alerts::new(
+        Alerter::new(
+            &config,
+            store.next_seq(),
+            engaged_day,
+            outbound.deadletter_count(),
+        ),
+        counters.timezone().clone(),
+    );
     let ring = Ring::new(config.webhook.ring_capacity);
     let (committer, committer_task) = Committer::start(
         store.clone(),
@@ -205,6 +225,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         edge: edge.clone(),
         live: LiveFeed::new(),
         outbound: outbound.clone(),
+        alerts: alerts.clone(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -235,6 +256,11 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )),
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
         tokio::spawn(outbound.run(opts.outbound_tick, background_shutdown.clone())),
+        tokio::spawn(alerts.run(
+            state.clone(),
+            opts.alerts_every,
+            background_shutdown.clone(),
+        )),
         tokio::spawn(live::sample_loop(
             state.clone(),
             state.live.clone(),

@@ -13,11 +13,13 @@
 //!   `metrics` and `launches` trees; [`analytics`]: launch-day reports.
 //! - [`live`]: the dashboard and its live feed; [`preflight`]: the night-before
 //!   checklist; [`systemd`]: READY and the watchdog.
-//! - [`outbound`]: the durable queue of outbound calls, backoff and dead letters.
+//! - [`outbound`]: the durable queue of outbound calls, backoff and dead letters;
+//!   [`alerts`]: launch-day messages to Slack-compatible webhooks through it.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
 pub mod admission;
+pub mod alerts;
 pub mod analytics;
 pub mod app;
 pub mod cache;
