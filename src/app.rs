@@ -35,6 +35,7 @@ use crate::factor::Factor;
 use crate::history::History;
 use crate::live::{self, LiveFeed};
 use crate::outbound::Outbound;
+use crate::producthunt::Poller;
 use crate::ring::{Pump, Ring};
 use crate::secrets::{self, Env};
 use crate::store::{Store, StoreError};
@@ -69,6 +70,8 @@ pub struct AppState {
     pub outbound: Outbound,
     /// Launch-day messages (`alerts.rs`).
     pub alerts: Alerts,
+    /// The Product Hunt poller, when a token and a post slug are set.
+    pub producthunt: Option<Poller>,
 }
 
 /// Why the appliance could not start.
@@ -101,6 +104,8 @@ pub struct Options {
     pub outbound_tick: Duration,
     /// How often the alert signals are looked at.
     pub alerts_every: Duration,
+    /// Longest sleep of the Product Hunt poller between looks at the clock.
+    pub producthunt_tick: Duration,
 }
 
 impl Default for Options {
@@ -113,6 +118,7 @@ impl Default for Options {
             live_every: Duration::from_secs(1),
             outbound_tick: Duration::from_secs(1),
             alerts_every: Duration::from_secs(1),
+            producthunt_tick: Duration::from_secs(1),
         }
     }
 }
@@ -134,6 +140,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let metrics = telemetry::recorder();
     let secrets = secrets::webhook_secrets(&config, &opts.env)?;
     let admin_token = secrets::admin_token(&config, &opts.env)?.map(|t| AdminToken::new(&t));
+    let producthunt_token = secrets::producthunt_token(&config, &opts.env)?;
     if config.origin.upstream.is_none() && !config.origin.static_dir.is_dir() {
         return Err(ConfigError::invalid(
             "origin.static_dir",
@@ -188,6 +195,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         ),
         counters.timezone().clone(),
     );
+    let producthunt = Poller::new(&config.producthunt, producthunt_token, &store)?;
     let ring = Ring::new(config.webhook.ring_capacity);
     let (committer, committer_task) = Committer::start(
         store.clone(),
@@ -226,6 +234,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         live: LiveFeed::new(),
         outbound: outbound.clone(),
         alerts: alerts.clone(),
+        producthunt: producthunt.clone(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -245,7 +254,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
 
     let pump = Pump::new(ring, window, factor)
         .with_purge(PurgeRules::new(&state.config), edge.cache().clone());
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
         tokio::spawn(sweep_loop(
             store,
@@ -276,6 +285,20 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
     ];
+    match producthunt {
+        Some(poller) => {
+            tracing::info!(slug = poller.slug(), api = %state.config.producthunt.api_url, "polling Product Hunt");
+            background.push(tokio::spawn(poller.run(
+                state.clone(),
+                opts.producthunt_tick,
+                background_shutdown.clone(),
+            )));
+        }
+        None if state.config.producthunt.post_slug.is_some() => tracing::warn!(
+            "producthunt.post_slug is set but no token was found (producthunt.token, producthunt.token_file, the producthunt_token credential or LAUNCHGUARD_PRODUCTHUNT_TOKEN); not polling"
+        ),
+        None => {}
+    }
     if !edge.warm_urls().is_empty() {
         let results = edge.warm(edge.warm_urls()).await;
         for r in &results {

@@ -46,6 +46,7 @@ pub struct Config {
     pub conversions: ConversionsConfig,
     pub outbound: OutboundConfig,
     pub alerts: AlertsConfig,
+    pub producthunt: ProducthuntConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -397,6 +398,7 @@ impl Config {
         self.conversions.validate()?;
         self.outbound.validate()?;
         self.alerts.validate()?;
+        self.producthunt.validate()?;
         self.validate_edge()
     }
 
@@ -584,6 +586,78 @@ impl AlertsConfig {
                 format!(
                     "expected a percentage from 0 to below 100, got {}",
                     self.disk_free_percent
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[producthunt]`: the poller of Product Hunt's GraphQL API (`producthunt.rs`); off
+/// until a token and `post_slug` are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducthuntConfig {
+    /// API token (OAuth bearer). Prefer `token_file`, the `producthunt_token`
+    /// credential or `LAUNCHGUARD_PRODUCTHUNT_TOKEN`. Default none.
+    pub token: Option<String>,
+    /// File whose first line is the token; a relative name is looked up in `$CREDENTIALS_DIRECTORY`.
+    pub token_file: Option<PathBuf>,
+    /// The post to watch: the last part of its URL (`producthunt.com/posts/<slug>`). Default none.
+    pub post_slug: Option<String>,
+    /// GraphQL endpoint. Default `https://api.producthunt.com/v2/api/graphql`.
+    pub api_url: String,
+    /// Time between polls at factor 1.0, ms; divided by the factor as it rises. Default 60000.
+    pub poll_interval_ms: u64,
+    /// Shortest time between polls, ms. Default 5000.
+    pub min_poll_interval_ms: u64,
+}
+
+impl Default for ProducthuntConfig {
+    fn default() -> Self {
+        ProducthuntConfig {
+            token: None,
+            token_file: None,
+            post_slug: None,
+            api_url: "https://api.producthunt.com/v2/api/graphql".into(),
+            poll_interval_ms: 60_000,
+            min_poll_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ProducthuntConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::outbound::parse_target(&self.api_url)
+            .map_err(|problem| ConfigError::invalid("producthunt.api_url", problem))?;
+        if let Some(slug) = &self.post_slug {
+            if slug.is_empty()
+                || !slug
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::invalid(
+                    "producthunt.post_slug",
+                    format!("expected the last part of the post's URL, such as \"my-product\", got {slug:?}"),
+                ));
+            }
+        }
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "producthunt.token",
+                "is empty; remove it or give it a value",
+            ));
+        }
+        positive(
+            "producthunt.min_poll_interval_ms",
+            self.min_poll_interval_ms,
+        )?;
+        if self.poll_interval_ms < self.min_poll_interval_ms {
+            return Err(ConfigError::invalid(
+                "producthunt.poll_interval_ms",
+                format!(
+                    "must be at least producthunt.min_poll_interval_ms ({}), got {}",
+                    self.min_poll_interval_ms, self.poll_interval_ms
                 ),
             ));
         }
@@ -826,6 +900,7 @@ mod tests {
                 .or(t.strip_suffix(": ConversionsConfig {"))
                 .or(t.strip_suffix(": OutboundConfig {"))
                 .or(t.strip_suffix(": AlertsConfig {"))
+                .or(t.strip_suffix(": ProducthuntConfig {"))
             {
                 section = name.to_string();
                 assert!(

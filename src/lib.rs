@@ -14,7 +14,8 @@
 //! - [`live`]: the dashboard and its live feed; [`preflight`]: the night-before
 //!   checklist; [`systemd`]: READY and the watchdog.
 //! - [`outbound`]: the durable queue of outbound calls, backoff and dead letters;
-//!   [`alerts`]: launch-day messages to Slack-compatible webhooks through it.
+//!   [`alerts`]: launch-day messages to Slack-compatible webhooks through it;
+//!   [`producthunt`]: the rate-budgeted poller of Product Hunt's GraphQL API.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod live;
 pub mod origin;
 pub mod outbound;
 pub mod preflight;
+pub mod producthunt;
 pub mod ring;
 pub mod secrets;
 pub mod store;
