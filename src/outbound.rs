@@ -219,7 +219,6 @@ pub struct Outbound {
 }
 
 struct Inner {
-    store: Store,
     jobs: sled::Tree,
     dead: sled::Tree,
     next_id: AtomicU64,
@@ -263,7 +262,6 @@ impl Outbound {
         let next_id = last(&jobs)?.max(last(&dead)?) + 1;
         let out = Outbound {
             inner: Arc::new(Inner {
-                store: store.clone(),
                 jobs,
                 dead,
                 next_id: AtomicU64::new(next_id),
@@ -603,11 +601,13 @@ impl Outbound {
             })
     }
 
+    /// Flushes sled's log (the committer stays the only writer of events).
     async fn flush(&self) -> Result<(), StoreError> {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.flush_durable(false))
+        let jobs = self.inner.jobs.clone();
+        tokio::task::spawn_blocking(move || jobs.flush().map(drop))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(StoreError::Sled)
     }
 
     fn publish_deadletters(&self) {

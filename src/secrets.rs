@@ -265,6 +265,43 @@ mod tests {
     }
 
     #[test]
+    fn the_producthunt_token_comes_from_config_file_credential_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = producthunt_token(&config(""), &Env::default()).unwrap();
+        assert!(none.is_none());
+        let env = Env {
+            producthunt_token: Some(" from-env \n".into()),
+            ..Env::default()
+        };
+        let t = producthunt_token(&config(""), &env).unwrap();
+        assert_eq!(t.as_deref(), Some("from-env"));
+        std::fs::write(dir.path().join("producthunt_token"), "from-credential\n").unwrap();
+        let env = Env {
+            producthunt_token: Some("from-env".into()),
+            credentials_directory: Some(dir.path().to_path_buf()),
+            ..Env::default()
+        };
+        let t = producthunt_token(&config(""), &env).unwrap();
+        assert_eq!(t.as_deref(), Some("from-credential"));
+        std::fs::write(dir.path().join("ph.token"), "from-file\n").unwrap();
+        let c = config("[producthunt]\ntoken_file = \"ph.token\"\n");
+        assert_eq!(
+            producthunt_token(&c, &env).unwrap().as_deref(),
+            Some("from-file")
+        );
+        let c = config("[producthunt]\ntoken = \"from-config\"\n");
+        assert_eq!(
+            producthunt_token(&c, &env).unwrap().as_deref(),
+            Some("from-config")
+        );
+        let c = config("[producthunt]\ntoken_file = \"/nonexistent/ph.token\"\n");
+        let e = producthunt_token(&c, &Env::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("producthunt.token_file:"), "{e}");
+    }
+
+    #[test]
     fn all_sources_are_accepted_together() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

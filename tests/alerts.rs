@@ -124,6 +124,42 @@ async fn the_first_event_of_the_launch_day_is_announced_once_even_across_a_resta
 }
 
 #[tokio::test]
+async fn a_message_that_fails_every_retry_becomes_a_dead_letter_and_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Receiver::start().await;
+    broken.set_fallback(support::receiver::Answer::status(500));
+    let working = Receiver::start().await;
+    let clock = Clock::manual(START_MS);
+    let urls = vec![broken.url("/hook"), working.url("/hook")];
+    let server = TestServer::start(dir.path(), clock.clone(), |c| {
+        c.alerts.slack_webhook_urls = urls.clone();
+        c.alerts.factor_thresholds = vec![3.0];
+        c.backpressure.shed_factor = 5.0;
+        c.outbound.max_retries = 1;
+    })
+    .await;
+    pin(&server, 3.5).await;
+    evaluate(&server).await;
+    working.wait_for(1).await;
+    broken.wait_for(1).await;
+    let outbound = &server.state().outbound;
+    let mut progress = outbound.progress();
+    tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|n| *n >= 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outbound.deadletter_count(), 1);
+    evaluate(&server).await;
+    working.wait_for(2).await;
+    let t = texts(&working);
+    assert!(
+        t[1].contains("Dead letters growing: 1 held (was 0)"),
+        "{t:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn alert_urls_are_checked_at_startup() {
     let e = launchguard::config::Config::parse(
         "[alerts]\nslack_webhook_urls = [\"hooks.slack.com/services/x\"]\n",
