@@ -332,3 +332,76 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
     assert!(outbound.pending().unwrap().is_empty());
     assert_eq!(outbound.deadletter_count(), 0);
 }
+
+#[tokio::test]
+async fn one_host_gets_no_more_than_its_budget_per_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let server = TestServer::start(dir.path(), clock.clone(), |c| {
+        c.outbound.host_budget_per_minute = 2;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let outbound = server.state().outbound.clone();
+    for n in 0..3 {
+        outbound
+            .enqueue(
+                "test",
+                &receiver.url(&format!("/{n}")),
+                "text/plain",
+                vec![],
+            )
+            .await
+            .unwrap();
+    }
+    receiver.wait_for(2).await;
+    attempts_recorded(&outbound, 2).await;
+    // The third is due but the host's budget is spent: nothing goes until a refill.
+    assert_eq!(outbound.run_due().await, 0);
+    assert_eq!(receiver.count(), 2);
+    assert_eq!(outbound.pending().unwrap().len(), 1);
+    let metrics = server
+        .client
+        .get(&server.admin_url("/metrics"))
+        .await
+        .text();
+    let gauge = format!(
+        "launchguard_outbound_budget_remaining{{host=\"{}\"}} 0",
+        receiver.addr
+    );
+    assert!(metrics.contains(&gauge), "{metrics}");
+
+    clock.advance_ms(30_000); // 2 a minute: one more token after 30 s
+    outbound.kick();
+    receiver.wait_for(3).await;
+    attempts_recorded(&outbound, 3).await;
+    assert!(outbound.pending().unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn https_targets_go_through_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), Clock::manual(START_MS), |c| {
+        c.outbound.max_retries = 1;
+    })
+    .await;
+    // A plain-HTTP listener behind an https:// URL: the TLS handshake fails, so the
+    // attempt is a failure that names the host, and no request reaches the handler.
+    let receiver = Receiver::start().await;
+    let outbound = server.state().outbound.clone();
+    let target = format!("https://{}/hook", receiver.addr);
+    outbound
+        .enqueue("test", &target, "application/json", b"{}".to_vec())
+        .await
+        .unwrap();
+    attempts_recorded(&outbound, 1).await;
+    let dead = outbound.deadletters().unwrap();
+    let error = dead[0].last_error.clone().unwrap();
+    assert!(
+        error.starts_with(&format!("cannot reach {}", receiver.addr)),
+        "{error}"
+    );
+    assert_eq!(receiver.count(), 0);
+    server.stop().await;
+}
