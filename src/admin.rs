@@ -13,6 +13,9 @@
 //!   reports (`analytics.rs`).
 //! - `POST /admin/purge {"prefix": "/launch/"}`, `POST /admin/warm {"urls"?: [...]}`: the
 //!   edge cache (handlers in `edge.rs`).
+//! - `GET /admin/outbound/deadletters`, `POST /admin/outbound/deadletters/{id}/retry`,
+//!   `DELETE /admin/outbound/deadletters/{id}`: outbound calls that failed every retry
+//!   (`outbound.rs`).
 //!
 //! `/admin/*`, `/api/live`, `/api/analytics` and `/api/launches` need
 //! `Authorization: Bearer <token>` whenever a token is configured (always, off
@@ -69,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/launches", get(crate::analytics::list_launches))
         .route("/api/live", get(crate::live::stream))
         .merge(crate::edge::admin_routes())
+        .merge(crate::outbound::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::admin::{self, AdminToken};
+use crate::alerts::{Alerter, Alerts};
 use crate::clock::Clock;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Durability};
@@ -33,6 +34,8 @@ use crate::edge::{self, Edge, PurgeRules};
 use crate::factor::Factor;
 use crate::history::History;
 use crate::live::{self, LiveFeed};
+use crate::outbound::Outbound;
+use crate::producthunt::Poller;
 use crate::ring::{Pump, Ring};
 use crate::secrets::{self, Env};
 use crate::store::{Store, StoreError};
@@ -63,6 +66,12 @@ pub struct AppState {
     pub edge: Edge,
     /// The dashboard's live feed (`/api/live`).
     pub live: LiveFeed,
+    /// The durable queue of outbound calls (`outbound.rs`).
+    pub outbound: Outbound,
+    /// Launch-day messages (`alerts.rs`).
+    pub alerts: Alerts,
+    /// The Product Hunt poller, when a token and a post slug are set.
+    pub producthunt: Option<Poller>,
 }
 
 /// Why the appliance could not start.
@@ -91,6 +100,12 @@ pub struct Options {
     pub sweep_every: Duration,
     /// How often the dashboard's live feed takes a sample.
     pub live_every: Duration,
+    /// Longest sleep of the outbound worker between looks at the queue.
+    pub outbound_tick: Duration,
+    /// How often the alert signals are looked at.
+    pub alerts_every: Duration,
+    /// Longest sleep of the Product Hunt poller between looks at the clock.
+    pub producthunt_tick: Duration,
 }
 
 impl Default for Options {
@@ -101,6 +116,9 @@ impl Default for Options {
             pump_tick: Duration::from_millis(250),
             sweep_every: Duration::from_secs(60),
             live_every: Duration::from_secs(1),
+            outbound_tick: Duration::from_secs(1),
+            alerts_every: Duration::from_secs(1),
+            producthunt_tick: Duration::from_secs(1),
         }
     }
 }
@@ -122,6 +140,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let metrics = telemetry::recorder();
     let secrets = secrets::webhook_secrets(&config, &opts.env)?;
     let admin_token = secrets::admin_token(&config, &opts.env)?.map(|t| AdminToken::new(&t));
+    let producthunt_token = secrets::producthunt_token(&config, &opts.env)?;
     if config.origin.upstream.is_none() && !config.origin.static_dir.is_dir() {
         return Err(ConfigError::invalid(
             "origin.static_dir",
@@ -161,6 +180,22 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         now,
     )?;
 
+    let outbound = Outbound::open(&store, &config.outbound, clock.clone())?;
+    // The day of the newest stored event was announced already (or is past).
+    let engaged_day = store
+        .recent_events(1)?
+        .first()
+        .map(|(_, ev)| crate::analytics::day_of(ev.received_ms, counters.timezone()).to_string());
+    let alerts = Alerts::new(
+        Alerter::new(
+            &config,
+            store.next_seq(),
+            engaged_day,
+            outbound.deadletter_count(),
+        ),
+        counters.timezone().clone(),
+    );
+    let producthunt = Poller::new(&config.producthunt, producthunt_token, &store)?;
     let ring = Ring::new(config.webhook.ring_capacity);
     let (committer, committer_task) = Committer::start(
         store.clone(),
@@ -197,6 +232,9 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         conversions: counters.clone(),
         edge: edge.clone(),
         live: LiveFeed::new(),
+        outbound: outbound.clone(),
+        alerts: alerts.clone(),
+        producthunt: producthunt.clone(),
     };
 
     let http_shutdown = CancellationToken::new();
@@ -216,7 +254,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
 
     let pump = Pump::new(ring, window, factor)
         .with_purge(PurgeRules::new(&state.config), edge.cache().clone());
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
         tokio::spawn(sweep_loop(
             store,
@@ -226,6 +264,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
+        tokio::spawn(outbound.run(opts.outbound_tick, background_shutdown.clone())),
+        tokio::spawn(alerts.run(
+            state.clone(),
+            opts.alerts_every,
+            background_shutdown.clone(),
+        )),
         tokio::spawn(live::sample_loop(
             state.clone(),
             state.live.clone(),
@@ -241,6 +285,20 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
     ];
+    match producthunt {
+        Some(poller) => {
+            tracing::info!(slug = poller.slug(), api = %state.config.producthunt.api_url, "polling Product Hunt");
+            background.push(tokio::spawn(poller.run(
+                state.clone(),
+                opts.producthunt_tick,
+                background_shutdown.clone(),
+            )));
+        }
+        None if state.config.producthunt.post_slug.is_some() => tracing::warn!(
+            "producthunt.post_slug is set but no token was found (producthunt.token, producthunt.token_file, the producthunt_token credential or LAUNCHGUARD_PRODUCTHUNT_TOKEN); not polling"
+        ),
+        None => {}
+    }
     if !edge.warm_urls().is_empty() {
         let results = edge.warm(edge.warm_urls()).await;
         for r in &results {

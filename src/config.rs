@@ -44,6 +44,9 @@ pub struct Config {
     pub backpressure: BackpressureConfig,
     pub cache: CacheConfig,
     pub conversions: ConversionsConfig,
+    pub outbound: OutboundConfig,
+    pub alerts: AlertsConfig,
+    pub producthunt: ProducthuntConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -393,6 +396,9 @@ impl Config {
             }
         }
         self.conversions.validate()?;
+        self.outbound.validate()?;
+        self.alerts.validate()?;
+        self.producthunt.validate()?;
         self.validate_edge()
     }
 
@@ -474,6 +480,186 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// `[outbound]`: the durable queue every outbound call goes through (`outbound.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Failed attempts (other than 429) before a job moves to dead letters. Default 3.
+    pub max_retries: u32,
+    /// First retry delay, ms; doubles per attempt, +-40% jitter, never under
+    /// `Retry-After` / `X-Rate-Limit-Reset`. Default 1200.
+    pub base_delay_ms: u64,
+    /// Longest backoff the doubling reaches, ms (a server's `Retry-After` may ask for more). Default 300000.
+    pub max_delay_ms: u64,
+    /// Requests per minute the queue sends to any one host. Default 60.
+    pub host_budget_per_minute: u32,
+    /// Longest wait for one attempt's answer, ms. Default 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            max_retries: 3,
+            base_delay_ms: 1200,
+            max_delay_ms: 300_000,
+            host_budget_per_minute: 60,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl OutboundConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100).contains(&self.max_retries) {
+            return Err(ConfigError::invalid(
+                "outbound.max_retries",
+                format!("expected between 1 and 100, got {}", self.max_retries),
+            ));
+        }
+        positive("outbound.base_delay_ms", self.base_delay_ms)?;
+        if self.max_delay_ms < self.base_delay_ms {
+            return Err(ConfigError::invalid(
+                "outbound.max_delay_ms",
+                format!(
+                    "must be at least outbound.base_delay_ms ({}), got {}",
+                    self.base_delay_ms, self.max_delay_ms
+                ),
+            ));
+        }
+        positive(
+            "outbound.host_budget_per_minute",
+            u64::from(self.host_budget_per_minute),
+        )?;
+        positive("outbound.timeout_ms", self.timeout_ms)
+    }
+}
+
+/// `[alerts]`: Slack-compatible incoming webhooks told about launch-day events (`alerts.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Incoming-webhook URLs (`http://` or `https://`); each gets every message. Default none (off).
+    pub slack_webhook_urls: Vec<String>,
+    /// Factors whose crossing, either way, sends a message. Default `[2.0, 10.0]`.
+    pub factor_thresholds: Vec<f64>,
+    /// Shortest time between two messages about the same signal, seconds. Default 300.
+    pub min_interval_secs: u64,
+    /// Free space on the data dir's disk below which a message is sent, percent. Default 10.
+    pub disk_free_percent: f64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            slack_webhook_urls: Vec::new(),
+            factor_thresholds: vec![2.0, 10.0],
+            min_interval_secs: 300,
+            disk_free_percent: 10.0,
+        }
+    }
+}
+
+impl AlertsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, url) in self.slack_webhook_urls.iter().enumerate() {
+            crate::outbound::parse_target(url).map_err(|problem| {
+                ConfigError::invalid(format!("alerts.slack_webhook_urls[{i}]"), problem)
+            })?;
+        }
+        for (i, t) in self.factor_thresholds.iter().enumerate() {
+            if !(t.is_finite() && *t > 1.0) {
+                return Err(ConfigError::invalid(
+                    format!("alerts.factor_thresholds[{i}]"),
+                    format!("expected a factor above 1.0, got {t}"),
+                ));
+            }
+        }
+        if !(self.disk_free_percent.is_finite() && (0.0..100.0).contains(&self.disk_free_percent)) {
+            return Err(ConfigError::invalid(
+                "alerts.disk_free_percent",
+                format!(
+                    "expected a percentage from 0 to below 100, got {}",
+                    self.disk_free_percent
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[producthunt]`: the poller of Product Hunt's GraphQL API (`producthunt.rs`); off
+/// until a token and `post_slug` are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducthuntConfig {
+    /// API token (OAuth bearer). Prefer `token_file`, the `producthunt_token`
+    /// credential or `LAUNCHGUARD_PRODUCTHUNT_TOKEN`. Default none.
+    pub token: Option<String>,
+    /// File whose first line is the token; a relative name is looked up in `$CREDENTIALS_DIRECTORY`.
+    pub token_file: Option<PathBuf>,
+    /// The post to watch: the last part of its URL (`producthunt.com/posts/<slug>`). Default none.
+    pub post_slug: Option<String>,
+    /// GraphQL endpoint. Default `https://api.producthunt.com/v2/api/graphql`.
+    pub api_url: String,
+    /// Time between polls at factor 1.0, ms; divided by the factor as it rises. Default 60000.
+    pub poll_interval_ms: u64,
+    /// Shortest time between polls, ms. Default 5000.
+    pub min_poll_interval_ms: u64,
+}
+
+impl Default for ProducthuntConfig {
+    fn default() -> Self {
+        ProducthuntConfig {
+            token: None,
+            token_file: None,
+            post_slug: None,
+            api_url: "https://api.producthunt.com/v2/api/graphql".into(),
+            poll_interval_ms: 60_000,
+            min_poll_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ProducthuntConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::outbound::parse_target(&self.api_url)
+            .map_err(|problem| ConfigError::invalid("producthunt.api_url", problem))?;
+        if let Some(slug) = &self.post_slug {
+            if slug.is_empty()
+                || !slug
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::invalid(
+                    "producthunt.post_slug",
+                    format!("expected the last part of the post's URL, such as \"my-product\", got {slug:?}"),
+                ));
+            }
+        }
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                "producthunt.token",
+                "is empty; remove it or give it a value",
+            ));
+        }
+        positive(
+            "producthunt.min_poll_interval_ms",
+            self.min_poll_interval_ms,
+        )?;
+        if self.poll_interval_ms < self.min_poll_interval_ms {
+            return Err(ConfigError::invalid(
+                "producthunt.poll_interval_ms",
+                format!(
+                    "must be at least producthunt.min_poll_interval_ms ({}), got {}",
+                    self.min_poll_interval_ms, self.poll_interval_ms
+                ),
+            ));
         }
         Ok(())
     }
@@ -712,6 +898,9 @@ mod tests {
                 .or(t.strip_suffix(": BackpressureConfig {"))
                 .or(t.strip_suffix(": CacheConfig {"))
                 .or(t.strip_suffix(": ConversionsConfig {"))
+                .or(t.strip_suffix(": OutboundConfig {"))
+                .or(t.strip_suffix(": AlertsConfig {"))
+                .or(t.strip_suffix(": ProducthuntConfig {"))
             {
                 section = name.to_string();
                 assert!(

@@ -13,10 +13,14 @@
 //!   `metrics` and `launches` trees; [`analytics`]: launch-day reports.
 //! - [`live`]: the dashboard and its live feed; [`preflight`]: the night-before
 //!   checklist; [`systemd`]: READY and the watchdog.
+//! - [`outbound`]: the durable queue of outbound calls, backoff and dead letters;
+//!   [`alerts`]: launch-day messages to Slack-compatible webhooks through it;
+//!   [`producthunt`]: the rate-budgeted poller of Product Hunt's GraphQL API.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
 
 pub mod admin;
 pub mod admission;
+pub mod alerts;
 pub mod analytics;
 pub mod app;
 pub mod cache;
@@ -31,7 +35,9 @@ pub mod factor;
 pub mod history;
 pub mod live;
 pub mod origin;
+pub mod outbound;
 pub mod preflight;
+pub mod producthunt;
 pub mod ring;
 pub mod secrets;
 pub mod store;

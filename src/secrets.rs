@@ -17,6 +17,8 @@ pub const WEBHOOK_SECRET_ENV: &str = "LAUNCHGUARD_WEBHOOK_SECRET";
 pub const ADMIN_TOKEN_ENV: &str = "LAUNCHGUARD_ADMIN_TOKEN";
 pub const WEBHOOK_CREDENTIAL: &str = "webhook_secret";
 pub const ADMIN_CREDENTIAL: &str = "admin_token";
+pub const PRODUCTHUNT_TOKEN_ENV: &str = "LAUNCHGUARD_PRODUCTHUNT_TOKEN";
+pub const PRODUCTHUNT_CREDENTIAL: &str = "producthunt_token";
 pub const DEMO_SECRET_FILE: &str = "demo-webhook-secret";
 
 /// What the process environment contributes; injected so tests need not mutate it.
@@ -24,6 +26,7 @@ pub const DEMO_SECRET_FILE: &str = "demo-webhook-secret";
 pub struct Env {
     pub webhook_secret: Option<String>,
     pub admin_token: Option<String>,
+    pub producthunt_token: Option<String>,
     pub credentials_directory: Option<PathBuf>,
 }
 
@@ -32,6 +35,7 @@ impl Env {
         Env {
             webhook_secret: std::env::var(WEBHOOK_SECRET_ENV).ok(),
             admin_token: std::env::var(ADMIN_TOKEN_ENV).ok(),
+            producthunt_token: std::env::var(PRODUCTHUNT_TOKEN_ENV).ok(),
             credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         }
     }
@@ -159,6 +163,33 @@ pub fn admin_token(config: &Config, env: &Env) -> Result<Option<String>, ConfigE
     Ok(token)
 }
 
+/// The Product Hunt API token, if one is configured: `producthunt.token`,
+/// `producthunt.token_file`, the credential `producthunt_token`, or
+/// `LAUNCHGUARD_PRODUCTHUNT_TOKEN`, first found wins.
+pub fn producthunt_token(config: &Config, env: &Env) -> Result<Option<String>, ConfigError> {
+    let p = &config.producthunt;
+    if let Some(t) = &p.token {
+        return Ok(Some(t.trim().to_string()));
+    }
+    if let Some(f) = &p.token_file {
+        let path = locate(f, env);
+        return first_line(&path)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid("producthunt.token_file", e));
+    }
+    if let Some(path) = credential(env, PRODUCTHUNT_CREDENTIAL) {
+        return first_line(&path)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid("credential producthunt_token", e));
+    }
+    Ok(env
+        .producthunt_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from))
+}
+
 fn locate(path: &Path, env: &Env) -> PathBuf {
     if path.is_relative() {
         if let Some(dir) = &env.credentials_directory {
@@ -231,6 +262,43 @@ mod tests {
 
     fn config(text: &str) -> Config {
         Config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn the_producthunt_token_comes_from_config_file_credential_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = producthunt_token(&config(""), &Env::default()).unwrap();
+        assert!(none.is_none());
+        let env = Env {
+            producthunt_token: Some(" from-env \n".into()),
+            ..Env::default()
+        };
+        let t = producthunt_token(&config(""), &env).unwrap();
+        assert_eq!(t.as_deref(), Some("from-env"));
+        std::fs::write(dir.path().join("producthunt_token"), "from-credential\n").unwrap();
+        let env = Env {
+            producthunt_token: Some("from-env".into()),
+            credentials_directory: Some(dir.path().to_path_buf()),
+            ..Env::default()
+        };
+        let t = producthunt_token(&config(""), &env).unwrap();
+        assert_eq!(t.as_deref(), Some("from-credential"));
+        std::fs::write(dir.path().join("ph.token"), "from-file\n").unwrap();
+        let c = config("[producthunt]\ntoken_file = \"ph.token\"\n");
+        assert_eq!(
+            producthunt_token(&c, &env).unwrap().as_deref(),
+            Some("from-file")
+        );
+        let c = config("[producthunt]\ntoken = \"from-config\"\n");
+        assert_eq!(
+            producthunt_token(&c, &env).unwrap().as_deref(),
+            Some("from-config")
+        );
+        let c = config("[producthunt]\ntoken_file = \"/nonexistent/ph.token\"\n");
+        let e = producthunt_token(&c, &Env::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("producthunt.token_file:"), "{e}");
     }
 
     #[test]

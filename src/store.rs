@@ -43,7 +43,7 @@ use crate::factor::Pin;
 
 /// The store layout this build writes. A store with a higher number is refused.
 pub const SCHEMA_VERSION: u32 = 1;
-const EVENT_RECORD_VERSION: u8 = 1;
+const EVENT_RECORD_VERSION: u8 = 2;
 const DEDUP_RECORD_VERSION: u8 = 1;
 const PIN_RECORD_VERSION: u8 = 1;
 
@@ -76,6 +76,9 @@ pub enum Scheme {
     ProductHunt,
     /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
     StandardWebhooks,
+    /// Not a webhook: made by the Product Hunt poller from count deltas. Such records
+    /// are written as event record version 2, so an older build refuses them.
+    Poller,
 }
 
 impl Scheme {
@@ -83,6 +86,7 @@ impl Scheme {
         match self {
             Scheme::ProductHunt => "producthunt",
             Scheme::StandardWebhooks => "standard-webhooks",
+            Scheme::Poller => "producthunt-api",
         }
     }
 }
@@ -584,7 +588,12 @@ fn decode_seq(k: &[u8]) -> Result<u64, StoreError> {
 
 pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(64 + record.payload.len());
-    out.push(EVENT_RECORD_VERSION);
+    // Version 1 for webhook records (what older builds read), 2 for the poller's.
+    out.push(if record.scheme == Scheme::Poller {
+        EVENT_RECORD_VERSION
+    } else {
+        1
+    });
     bincode::serde::encode_into_std_write(record, &mut out, bincode_config()).map_err(|e| {
         StoreError::Corrupt {
             what: "event",

@@ -29,6 +29,9 @@ pub const CACHE_PURGED_TOTAL: &str = "launchguard_cache_purged_total";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "launchguard_backpressure_rejections_total";
 pub const ORIGIN_INFLIGHT: &str = "launchguard_origin_inflight";
 pub const ORIGIN_REQUEST_DURATION_SECONDS: &str = "launchguard_origin_request_duration_seconds";
+pub const OUTBOUND_JOBS_TOTAL: &str = "launchguard_outbound_jobs_total";
+pub const OUTBOUND_DEADLETTER: &str = "launchguard_outbound_deadletter";
+pub const OUTBOUND_BUDGET_REMAINING: &str = "launchguard_outbound_budget_remaining";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "launchguard_http_request_duration_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -190,6 +193,15 @@ fn describe() {
         "Requests refused with 503 by class (normal, low: shed; queue: no origin permit in time)"
     );
     describe_gauge!(ORIGIN_INFLIGHT, "Origin fetches holding a permit");
+    describe_counter!(
+        OUTBOUND_JOBS_TOTAL,
+        "Outbound attempts by result (delivered, retry, throttled, dead_letter)"
+    );
+    describe_gauge!(OUTBOUND_DEADLETTER, "Outbound jobs held in dead letters");
+    describe_gauge!(
+        OUTBOUND_BUDGET_REMAINING,
+        "Requests left in the current minute's budget, per target host"
+    );
     describe_histogram!(
         ORIGIN_REQUEST_DURATION_SECONDS,
         Unit::Seconds,

@@ -105,7 +105,36 @@ impl Ingestor {
             scheme,
             payload: body.to_vec(),
         };
-        match self.store.append(&record, self.dedup_ttl_ms) {
+        self.append_and_push(&record)
+    }
+
+    /// An event that is not an HTTP webhook (the Product Hunt poller's): same dedup,
+    /// seq, ring push and durability (the caller waits on the committer) as `ingest`.
+    pub fn ingest_synthetic(
+        &self,
+        id: &str,
+        event_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<Outcome, ApiError> {
+        let record = EventRecord {
+            id: id.to_string(),
+            event_type: event_type.to_string(),
+            weight_milli: self
+                .weights
+                .get(event_type)
+                .copied()
+                .unwrap_or(self.default_weight),
+            received_ms: self.clock.now_ms(),
+            scheme: Scheme::Poller,
+            payload,
+        };
+        self.append_and_push(&record)
+    }
+
+    fn append_and_push(&self, record: &EventRecord) -> Result<Outcome, ApiError> {
+        let now_ms = record.received_ms;
+        let weight_milli = record.weight_milli;
+        match self.store.append(record, self.dedup_ttl_ms) {
             Ok(Commit::Accepted { seq }) => {
                 self.ring.push(RingEvent {
                     seq,

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 
 pub mod origin;
+pub mod receiver;
 
 use launchguard::app::{self, Options, Running};
 use launchguard::clock::Clock;

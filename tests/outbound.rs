@@ -1,0 +1,407 @@
+//! The outbound queue against a real local receiver: 500s spend attempts and end in
+//! dead letters after exactly `outbound.max_retries`, 429s spend none and their
+//! `Retry-After` is honoured, `X-Request-Id` is stable across retries, the admin API
+//! lists, retries and drops dead letters, and a job in flight at SIGKILL is sent
+//! again after a restart.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use launchguard::clock::Clock;
+use launchguard::outbound::Outbound;
+use launchguard::store::Store;
+use support::receiver::{Answer, Receiver};
+use support::TestServer;
+
+const START_MS: u64 = 1_790_000_000_000;
+
+/// Waits until the queue has recorded `n` attempts.
+async fn attempts_recorded(outbound: &Outbound, n: u64) {
+    let mut rx = outbound.progress();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|c| *c >= n))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "only {} of {n} attempts recorded",
+                *outbound.progress().borrow()
+            )
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failures_end_in_dead_letters_after_max_retries_and_429s_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let server = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    let receiver = Receiver::start().await;
+    let throttle = Answer::Status(429, vec![("retry-after", "120".into())]);
+    receiver.script([
+        Answer::status(500),
+        throttle.clone(),
+        Answer::status(503),
+        throttle.clone(),
+        throttle,
+        Answer::status(500),
+    ]);
+    let outbound = server.state().outbound.clone();
+    let job = outbound
+        .enqueue(
+            "test",
+            &receiver.url("/hook"),
+            "application/json",
+            b"{\"text\":\"hello\"}".to_vec(),
+        )
+        .await
+        .unwrap();
+
+    for n in 1..=6u64 {
+        receiver.wait_for(n as usize).await;
+        attempts_recorded(&outbound, n).await;
+        let pending = outbound.pending().unwrap();
+        match n {
+            1 => {
+                assert_eq!(pending[0].attempts, 1);
+                // First retry: 1200 ms ± 40%.
+                let wait = pending[0].next_at_ms - clock.now_ms();
+                assert!((720..=1680).contains(&wait), "first backoff {wait} ms");
+            }
+            2 => {
+                assert_eq!((pending[0].attempts, pending[0].throttled), (1, 1));
+                let wait = pending[0].next_at_ms - clock.now_ms();
+                assert!(wait >= 120_000, "Retry-After: 120 undercut: {wait} ms");
+            }
+            6 => assert!(pending.is_empty(), "{pending:?}"),
+            _ => assert_eq!(pending.len(), 1),
+        }
+        clock.advance_ms(3_600_000);
+        outbound.kick();
+    }
+    assert_eq!(receiver.count(), 6, "exactly 3 failures + 3 throttles");
+    let ids: Vec<_> = receiver
+        .requests()
+        .into_iter()
+        .map(|r| r.request_id.unwrap())
+        .collect();
+    assert!(ids.iter().all(|id| *id == job.idempotency_id), "{ids:?}");
+
+    let list = server
+        .client
+        .get(&server.admin_url("/admin/outbound/deadletters"))
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    let dead = list.json()["deadletters"].as_array().unwrap().clone();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["id"], job.id);
+    assert_eq!(dead[0]["attempts"], 3);
+    assert_eq!(dead[0]["target"], receiver.addr.to_string());
+    assert!(
+        dead[0]["last_error"].as_str().unwrap().contains("500"),
+        "{dead:?}"
+    );
+    let metrics = server
+        .client
+        .get(&server.admin_url("/metrics"))
+        .await
+        .text();
+    assert!(
+        metrics.contains("launchguard_outbound_jobs_total{result=\"dead_letter\"}"),
+        "{metrics}"
+    );
+    // The gauge is process-wide and other tests here move it too: only its presence.
+    assert!(
+        metrics.contains("launchguard_outbound_deadletter "),
+        "{metrics}"
+    );
+
+    // Retry it: it goes again with the same X-Request-Id and is delivered.
+    let r = server
+        .client
+        .send(
+            Method::POST,
+            &server.admin_url(&format!("/admin/outbound/deadletters/{}/retry", job.id)),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    receiver.wait_for(7).await;
+    attempts_recorded(&outbound, 7).await;
+    assert_eq!(
+        receiver.requests()[6].request_id.as_deref(),
+        Some(job.idempotency_id.as_str())
+    );
+    assert!(outbound.pending().unwrap().is_empty());
+    assert_eq!(outbound.deadletter_count(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_dropped_and_bad_ids_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let server = TestServer::start(dir.path(), clock.clone(), |c| {
+        c.outbound.max_retries = 1;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.set_fallback(Answer::status(500));
+    let outbound = server.state().outbound.clone();
+    let job = outbound
+        .enqueue("test", &receiver.url("/x"), "text/plain", b"x".to_vec())
+        .await
+        .unwrap();
+    attempts_recorded(&outbound, 1).await;
+    assert_eq!(outbound.deadletter_count(), 1);
+
+    let url = server.admin_url(&format!("/admin/outbound/deadletters/{}", job.id));
+    let r = server.client.send(Method::DELETE, &url, &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["status"], "dropped");
+    let r = server.client.send(Method::DELETE, &url, &[], vec![]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().contains("GET /admin/outbound/deadletters"));
+    let r = server
+        .client
+        .send(
+            Method::POST,
+            &server.admin_url("/admin/outbound/deadletters/abc/retry"),
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("abc") && r.text().contains("not a dead-letter id"));
+    let list = server
+        .client
+        .get(&server.admin_url("/admin/outbound/deadletters"))
+        .await
+        .json();
+    assert_eq!(list["deadletters"].as_array().unwrap().len(), 0);
+    assert_eq!(receiver.count(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret-admin-token\n").unwrap();
+    let server = TestServer::start(dir.path(), Clock::manual(START_MS), |c| {
+        c.server.admin_token_file = Some(token.clone());
+    })
+    .await;
+    let url = server.admin_url("/admin/outbound/deadletters");
+    let r = server.client.get(&url).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = server
+        .client
+        .send(
+            Method::GET,
+            &url,
+            &[("authorization", "Bearer s3cret-admin-token")],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    server.stop().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_launchguard");
+
+/// Starts the binary on `dir` and reads its admin address from the startup log.
+fn spawn(dir: &Path) -> (Child, SocketAddr) {
+    let config = dir.join("launchguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             [origin]\nstatic_dir = {:?}\n[webhook]\nsecrets = [\"outbound-test\"]\n",
+            dir.join("state"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut admin = None;
+    for line in lines.by_ref() {
+        let line = line.expect("stderr is readable");
+        if line.contains("launchguard listening") {
+            let start = line.find("admin=").unwrap() + "admin=".len();
+            admin = Some(
+                line[start..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, admin.expect("the binary logged its listeners"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    receiver.set_fallback(Answer::Hold);
+
+    // Queue a job in the store the binary will open.
+    let job = {
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let config = launchguard::config::OutboundConfig::default();
+        let outbound = Outbound::open(&store, &config, Clock::system()).unwrap();
+        let job = outbound
+            .enqueue(
+                "test",
+                &receiver.url("/slack"),
+                "application/json",
+                b"{}".to_vec(),
+            )
+            .await
+            .unwrap();
+        store.flush_durable(true).unwrap();
+        job
+    };
+
+    let (mut child, _) = spawn(dir.path());
+    receiver.wait_for(1).await; // in flight: the receiver holds it
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    receiver.set_fallback(Answer::status(200));
+    let (mut child, admin) = spawn(dir.path());
+    receiver.wait_for(2).await;
+    let client = support::Client::new();
+    let delivered = "launchguard_outbound_jobs_total{result=\"delivered\"} 1";
+    let mut seen = false;
+    for _ in 0..1500 {
+        if client
+            .get(&format!("http://{admin}/metrics"))
+            .await
+            .text()
+            .contains(delivered)
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "the retried job was not recorded as delivered");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    let ids: Vec<_> = receiver
+        .requests()
+        .into_iter()
+        .map(|r| r.request_id.unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![job.idempotency_id.clone(), job.idempotency_id.clone()]
+    );
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let outbound = Outbound::open(
+        &store,
+        &launchguard::config::OutboundConfig::default(),
+        Clock::system(),
+    )
+    .unwrap();
+    assert!(outbound.pending().unwrap().is_empty());
+    assert_eq!(outbound.deadletter_count(), 0);
+}
+
+#[tokio::test]
+async fn one_host_gets_no_more_than_its_budget_per_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let server = TestServer::start(dir.path(), clock.clone(), |c| {
+        c.outbound.host_budget_per_minute = 2;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let outbound = server.state().outbound.clone();
+    for n in 0..3 {
+        outbound
+            .enqueue(
+                "test",
+                &receiver.url(&format!("/{n}")),
+                "text/plain",
+                vec![],
+            )
+            .await
+            .unwrap();
+    }
+    receiver.wait_for(2).await;
+    attempts_recorded(&outbound, 2).await;
+    // The third is due but the host's budget is spent: nothing goes until a refill.
+    assert_eq!(outbound.run_due().await, 0);
+    assert_eq!(receiver.count(), 2);
+    assert_eq!(outbound.pending().unwrap().len(), 1);
+    let metrics = server
+        .client
+        .get(&server.admin_url("/metrics"))
+        .await
+        .text();
+    let gauge = format!(
+        "launchguard_outbound_budget_remaining{{host=\"{}\"}} 0",
+        receiver.addr
+    );
+    assert!(metrics.contains(&gauge), "{metrics}");
+
+    clock.advance_ms(30_000); // 2 a minute: one more token after 30 s
+    outbound.kick();
+    receiver.wait_for(3).await;
+    attempts_recorded(&outbound, 3).await;
+    assert!(outbound.pending().unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn https_targets_go_through_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), Clock::manual(START_MS), |c| {
+        c.outbound.max_retries = 1;
+    })
+    .await;
+    // A plain-HTTP listener behind an https:// URL: the TLS handshake fails, so the
+    // attempt is a failure that names the host, and no request reaches the handler.
+    let receiver = Receiver::start().await;
+    let outbound = server.state().outbound.clone();
+    let target = format!("https://{}/hook", receiver.addr);
+    outbound
+        .enqueue("test", &target, "application/json", b"{}".to_vec())
+        .await
+        .unwrap();
+    attempts_recorded(&outbound, 1).await;
+    let dead = outbound.deadletters().unwrap();
+    let error = dead[0].last_error.clone().unwrap();
+    assert!(
+        error.starts_with(&format!("cannot reach {}", receiver.addr)),
+        "{error}"
+    );
+    assert_eq!(receiver.count(), 0);
+    server.stop().await;
+}
