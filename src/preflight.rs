@@ -6,7 +6,8 @@
 //! The checks: the config parses and validates; a webhook secret is configured; the data
 //! dir is writable and its disk has room for the expected events; `RLIMIT_NOFILE` covers
 //! the connection budget; the origin (static dir or upstream) answers `/`, and how fast;
-//! every `cache.warm_urls` page answers 200 and may be cached; both listeners can bind;
+//! every `cache.warm_urls` page answers 200 and may be cached; the Product Hunt poller
+//! is off or fully configured; alerts have somewhere to go; both listeners can bind;
 //! the launch-day time zone is known, with today's boundaries in UTC.
 
 use std::fmt::Write as _;
@@ -134,6 +135,8 @@ pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> 
             "use http://host:port",
         )),
     }
+    checks.push(producthunt(&config, env));
+    checks.push(alerts(&config));
     checks.push(bindable("server.listen", config.server.listen));
     checks.push(bindable("server.admin_listen", config.server.admin_listen));
     checks.push(launch_day(&config.conversions.timezone));
@@ -359,6 +362,66 @@ async fn warm_urls(config: &Config, origin: &Origin) -> Check {
 
 fn ms(us: u128) -> String {
     format!("{:.1}", us as f64 / 1000.0)
+}
+
+/// The Product Hunt poller is either off, or has both its token and its post.
+fn producthunt(config: &Config, env: &Env) -> Check {
+    const NAME: &str = "product hunt";
+    let token = match secrets::producthunt_token(config, env) {
+        Ok(t) => t,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                e.to_string(),
+                "fix the token source named above (producthunt.token, token_file, the producthunt_token credential or LAUNCHGUARD_PRODUCTHUNT_TOKEN)",
+            )
+        }
+    };
+    match (token.is_some(), &config.producthunt.post_slug) {
+        (true, Some(slug)) => Check::pass(
+            NAME,
+            format!(
+                "polling post {slug:?} at {} with a token",
+                config.producthunt.api_url
+            ),
+        ),
+        (false, None) => Check::pass(
+            NAME,
+            "poller off (no producthunt.token or post_slug): the factor follows signed webhooks only",
+        ),
+        (true, None) => Check::fail(
+            NAME,
+            "a token is set but producthunt.post_slug is not, so nothing is polled",
+            "set producthunt.post_slug to the launch's slug (the last part of its producthunt.com/posts/ URL)",
+        ),
+        (false, Some(slug)) => Check::fail(
+            NAME,
+            format!("producthunt.post_slug is {slug:?} but no token is set, so nothing is polled"),
+            "set producthunt.token_file (or the producthunt_token credential, or LAUNCHGUARD_PRODUCTHUNT_TOKEN) to a Product Hunt API token",
+        ),
+    }
+}
+
+/// Someone is told when shedding starts and the factor climbs.
+fn alerts(config: &Config) -> Check {
+    const NAME: &str = "alerts";
+    let urls = &config.alerts.slack_webhook_urls;
+    if urls.is_empty() {
+        Check::warn(
+            NAME,
+            "no alerts.slack_webhook_urls: shedding, factor thresholds and dead letters are only logged",
+            "add a Slack (or compatible) incoming-webhook URL to alerts.slack_webhook_urls",
+        )
+    } else {
+        Check::pass(
+            NAME,
+            format!(
+                "{} webhook URL(s); factor thresholds {:?}",
+                urls.len(),
+                config.alerts.factor_thresholds
+            ),
+        )
+    }
 }
 
 fn bindable(key: &'static str, addr: SocketAddr) -> Check {

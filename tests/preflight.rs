@@ -25,6 +25,7 @@ fn preflight(dir: &Path, body: &str) -> (i32, String) {
         ])
         .arg(&config)
         .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
+        .env_remove("LAUNCHGUARD_PRODUCTHUNT_TOKEN")
         .env_remove("CREDENTIALS_DIRECTORY")
         .output()
         .expect("the binary runs");
@@ -63,6 +64,8 @@ fn passes_on_the_demo_site() {
         "PASS  open files",
         "PASS  origin",
         "PASS  warm urls",
+        "PASS  product hunt         poller off",
+        "WARN  alerts",
         "PASS  server.listen",
         "PASS  server.admin_listen",
         "PASS  launch day",
@@ -183,4 +186,16 @@ fn an_upstream_page_that_cannot_be_cached_fails_the_warm_check() {
     assert!(out.contains("FAIL  warm urls"), "{out}");
     assert!(out.contains("/launch/ sets a cookie"), "{out}");
     rt.shutdown_background();
+}
+
+#[test]
+fn a_half_configured_poller_fails_naming_the_missing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let body =
+        config(&dir.path().join("state"), &site()) + "[producthunt]\npost_slug = \"my-product\"\n";
+    let (code, out) = preflight(dir.path(), &body);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  product hunt"), "{out}");
+    assert!(out.contains("no token is set"), "{out}");
+    assert!(out.contains("fix: set producthunt.token_file"), "{out}");
 }
