@@ -132,6 +132,8 @@ pub struct Running {
     background_shutdown: CancellationToken,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    /// Ends once every `AppState` clone (and so every committer handle) is gone.
+    committer: JoinHandle<()>,
 }
 
 /// Builds the state, binds both listeners and starts serving.
@@ -305,9 +307,6 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             tracing::info!(path = %r.path, status = r.status, cache = %r.cache, "warmed");
         }
     }
-    // The committer is not awaited at shutdown: it ends by itself once every
-    // AppState clone is gone, and the final flush below covers whatever it had not.
-    drop(committer_task);
 
     tracing::info!(
         public = %public_addr,
@@ -332,6 +331,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         background_shutdown,
         servers,
         background,
+        committer: committer_task,
     })
 }
 
@@ -345,6 +345,7 @@ impl Running {
             background_shutdown,
             servers,
             background,
+            committer,
             ..
         } = self;
         state.shutting_down.store(true, Ordering::Release);
@@ -365,6 +366,15 @@ impl Running {
         let store = state.store.clone();
         drop(state);
         futures_join(background).await;
+        // The committer ends when the last handle to it is gone. A connection cut after
+        // the grace period may still hold one for a moment; the final flush below
+        // covers whatever the committer had not written.
+        if tokio::time::timeout(Duration::from_secs(2), committer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the committer was still held after shutdown; flushing without it");
+        }
         tokio::task::spawn_blocking(move || store.flush_durable(true))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
