@@ -192,7 +192,7 @@ impl<'de> Deserialize<'de> for Durability {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// Path of the webhook endpoint on the public listener. Default `/webhooks/producthunt`.
@@ -595,7 +595,7 @@ impl AlertsConfig {
 
 /// `[producthunt]`: the poller of Product Hunt's GraphQL API (`producthunt.rs`); off
 /// until a token and `post_slug` are set.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducthuntConfig {
     /// API token (OAuth bearer). Prefer `token_file`, the `producthunt_token`
@@ -800,6 +800,44 @@ fn clean_message(message: &str) -> String {
     message.trim().trim_end_matches('.').replace('\n', " ")
 }
 
+/// Shows that secrets are set, and how many, never their values.
+struct Redacted(usize);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} redacted>", self.0)
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("path", &self.path)
+            .field("secrets", &Redacted(self.secrets.len()))
+            .field("secret_file", &self.secret_file)
+            .field("durability", &self.durability)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("tolerance_secs", &self.tolerance_secs)
+            .field("dedup_ttl_secs", &self.dedup_ttl_secs)
+            .field("ring_capacity", &self.ring_capacity)
+            .field("retention_days", &self.retention_days)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ProducthuntConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProducthuntConfig")
+            .field("token", &self.token.as_ref().map(|_| Redacted(1)))
+            .field("token_file", &self.token_file)
+            .field("post_slug", &self.post_slug)
+            .field("api_url", &self.api_url)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("min_poll_interval_ms", &self.min_poll_interval_ms)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,6 +983,21 @@ mod tests {
         assert!(e.starts_with("cache.purge_on.upvote[0]:"), "{e}");
         let e = err("[cache]\nttl = 5\n");
         assert!(e.contains("unknown field `ttl`"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let c = Config::parse(
+            "[webhook]\nsecrets = [\"whsec-one-ABCDEF\", \"two-GHIJKL\"]\n\
+             [producthunt]\ntoken = \"ph-token-MNOPQR\"\npost_slug = \"my-product\"\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in ["ABCDEF", "GHIJKL", "MNOPQR"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("<2 redacted>"), "{shown}");
+        assert!(shown.contains("my-product"), "{shown}");
     }
 
     #[test]
