@@ -640,22 +640,13 @@ pub fn report(
     if !dir.join("db").is_file() {
         return Err(ReportError::NoStore(dir.clone()));
     }
-    // A server that has just stopped may still be letting go of the lock (sled releases
-    // it when its last thread ends): give it a moment before calling the store busy.
-    let mut tries = 0;
-    let store = loop {
-        match crate::store::Store::open(dir) {
-            Ok(store) => break store,
-            Err(StoreError::Open { detail, .. }) if detail.contains("lock") => {
-                tries += 1;
-                if tries >= 20 {
-                    return Err(ReportError::Locked(dir.clone()));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err(e) => return Err(ReportError::Store(e)),
+    // `Store::open` waits a moment for a server that has just stopped.
+    let store = crate::store::Store::open(dir).map_err(|e| match &e {
+        StoreError::Open { detail, .. } if detail.contains("lock") => {
+            ReportError::Locked(dir.clone())
         }
-    };
+        _ => ReportError::Store(e),
+    })?;
     let conv = Conversions::new(
         &config.conversions,
         crate::history::History::open(&store)?,

@@ -171,15 +171,30 @@ impl Store {
             dir: dir.to_path_buf(),
             detail: format!("cannot create the directory: {e}"),
         })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| StoreError::Open {
-                dir: dir.to_path_buf(),
-                detail: open_hint(&e),
-            })?;
+        // sled lets go of its file lock when the last of its threads ends, a moment
+        // after the previous owner (this process's last run, or a process that has just
+        // exited) closed the store. A restart right after a stop waits that moment out;
+        // a store held by a live server is still refused, after LOCK_WAIT.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 * 1024 * 1024)
+                .flush_every_ms(Some(500))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if is_lock_error(&e) && started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        dir: dir.to_path_buf(),
+                        detail: open_hint(&e),
+                    })
+                }
+            }
+        };
         let events = db.open_tree("events")?;
         let dedup = db.open_tree("dedup")?;
         let meta = db.open_tree("meta")?;
@@ -548,12 +563,19 @@ fn repair_and_load_dedup(
     Ok(seen)
 }
 
-fn open_hint(e: &sled::Error) -> String {
+/// How long `Store::open` waits for a lock a closing owner is about to release.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_lock_error(e: &sled::Error) -> bool {
     let text = e.to_string();
-    if text.contains("lock")
+    text.contains("could not acquire lock")
         || text.contains("WouldBlock")
         || text.contains("Resource temporarily unavailable")
-    {
+}
+
+fn open_hint(e: &sled::Error) -> String {
+    let text = e.to_string();
+    if is_lock_error(e) || text.contains("lock") {
         format!("{text}; another launchguard process probably holds this data dir, stop it first")
     } else {
         format!(
@@ -818,6 +840,26 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.dedup_entry("no-entry-1").unwrap(), Some((200, 2)));
         assert_eq!(s.dedup_entry("lost-event").unwrap(), Some((500, 4)));
+    }
+
+    /// A restart right after a stop waits for the closing owner's lock; a store that
+    /// stays held is refused with the hint, after the wait.
+    #[test]
+    fn open_waits_out_a_closing_owner_but_refuses_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let closer = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        tx.send(()).unwrap();
+        let second = Store::open(dir.path()).expect("opened once the first let go");
+        closer.join().unwrap();
+        let e = Store::open(dir.path()).err().expect("held by `second`");
+        assert!(e.to_string().contains("another launchguard process"), "{e}");
+        drop(second);
     }
 
     #[test]
