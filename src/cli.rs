@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `sign`, `preflight`, `report`, `warm`.
+//! The command line: `serve` (the default), `sign`, `preflight`, `report`, `warm`,
+//! `simulate`.
 //!
 //! Exit codes: 0 on success, 2 for a configuration or usage error (the message names
 //! the key), 1 for anything else.
@@ -48,6 +49,25 @@ pub enum Command {
     Preflight(PreflightArgs),
     /// Fill the running edge cache: POST /admin/warm on the admin listener.
     Warm(WarmArgs),
+    /// Replay a launch curve (webhooks per minute) against a running launchguard.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SimulateArgs {
+    /// CSV of minute,upvotes,comments,maker_comments.
+    #[arg(long, default_value = "data/curves/launch-hour.csv")]
+    pub curve: PathBuf,
+    /// How many curve minutes per minute: 1 replays the curve's rates, 10 plays an
+    /// hour in six minutes at ten times the rates.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Webhook URL (default: http://<server.listen><webhook.path> from the config).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Signing secret (default: the first one the config resolves, the demo's included).
+    #[arg(long)]
+    pub secret: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -128,6 +148,19 @@ pub fn run() -> ExitCode {
                 ExitCode::from(if e.is_usage() { 2 } else { 1 })
             }
         },
+        Some(Command::Simulate(args)) => {
+            telemetry::init_logs(cli.log_format);
+            match simulate(cli.config, &args) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some(Command::Warm(args)) => match warm(cli.config, &args) {
             Ok(text) => {
                 print!("{text}");
@@ -277,6 +310,64 @@ async fn wait_for_signal() -> &'static str {
 }
 
 /// Asks the running appliance to warm its cache; returns one line per path.
+/// Replays the curve, printing a line per curve minute as it goes; returns the summary.
+pub fn simulate(config_path: Option<PathBuf>, args: &SimulateArgs) -> anyhow::Result<String> {
+    let config = match config_path {
+        Some(path) => Config::load(&path),
+        None => Config::parse(""),
+    }
+    .context("config")?;
+    if !(args.speed.is_finite() && args.speed > 0.0 && args.speed <= 3600.0) {
+        anyhow::bail!(
+            "--speed: expected a number above 0 and at most 3600, got {}",
+            args.speed
+        );
+    }
+    let curve = crate::simulate::load_curve(&args.curve).map_err(anyhow::Error::msg)?;
+    let key = match &args.secret {
+        Some(s) => Key::parse(s).map_err(|p| anyhow::anyhow!("--secret: {p}"))?,
+        None => crate::secrets::webhook_secrets(&config, &Env::from_process())
+            .context("config")?
+            .keys
+            .first()
+            .cloned()
+            .context("no webhook secret configured; give --secret")?,
+    };
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}{}", config.server.listen, config.webhook.path));
+    let run_id = crate::clock::Clock::system().now_ms().to_string();
+    let events: u32 = curve.iter().map(crate::simulate::Minute::total).sum();
+    println!(
+        "replaying {} ({} minutes, {events} webhooks) at speed {} against {url}",
+        args.curve.display(),
+        curve.len(),
+        args.speed
+    );
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        anyhow::bail!("cannot start the async runtime");
+    };
+    let summary = runtime
+        .block_on(crate::simulate::play(
+            &url,
+            &key,
+            &curve,
+            args.speed,
+            &run_id,
+            |line| println!("{line}"),
+        ))
+        .map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "sent {}: {} accepted, {} refused; peak factor {:.2}, last {}\n",
+        summary.sent,
+        summary.accepted,
+        summary.other,
+        summary.peak_factor,
+        summary.last_factor.as_deref().unwrap_or("-")
+    ))
+}
+
 pub fn warm(config_path: Option<PathBuf>, args: &WarmArgs) -> anyhow::Result<String> {
     use http_body_util::{BodyExt, Full};
     let config = match config_path {

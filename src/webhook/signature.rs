@@ -87,6 +87,11 @@ impl Keys {
         Keys(keys)
     }
 
+    /// The first key, the one a local sender (`launchguard simulate`) signs with.
+    pub fn first(&self) -> Option<&Key> {
+        self.0.first()
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
