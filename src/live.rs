@@ -8,9 +8,6 @@
 //! of today's exact totals (flushed rows plus live counters, read under the flush
 //! lock), so the live view and `/api/analytics` never disagree.
 //!
-//! The sampler also logs the one state change it sees first: shedding starting and
-//! stopping (one line each, at info).
-//!
 //! The dashboard page itself is `dashboard/index.html`, compiled into the binary: no
 //! CDN, no build step, its charts drawn by its own canvas code.
 
@@ -149,7 +146,6 @@ pub async fn sample_loop(
     shutdown: CancellationToken,
 ) {
     let mut prev = Previous::default();
-    let mut shedding = false;
     let mut last_tick = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,18 +163,6 @@ pub async fn sample_loop(
         match tokio::task::spawn_blocking(move || sample(&s, taken, elapsed)).await {
             Ok((Ok(sample), next)) => {
                 prev = next;
-                if sample.shedding != shedding {
-                    shedding = sample.shedding;
-                    if shedding {
-                        tracing::info!(
-                            factor = sample.factor,
-                            shed_factor = state.config.backpressure.shed_factor,
-                            "shedding started: non-critical paths get 503 + Retry-After"
-                        );
-                    } else {
-                        tracing::info!(factor = sample.factor, "shedding stopped");
-                    }
-                }
                 match serde_json::to_string(&sample) {
                     Ok(json) => feed.publish(json.into()),
                     Err(e) => tracing::warn!("live sample not encodable: {e}"),
