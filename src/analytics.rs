@@ -250,6 +250,30 @@ pub struct Frame<'a> {
     pub pricing: Pricing,
 }
 
+impl<'a> Frame<'a> {
+    /// The frame of the running appliance's conversions.
+    fn of(conv: &'a Conversions, config: &'a ConversionsConfig) -> Frame<'a> {
+        Frame {
+            tz: conv.timezone(),
+            tz_name: &config.timezone,
+            goals: conv.goals(),
+            pricing: Pricing::of(config),
+        }
+    }
+}
+
+/// Every recorded day and the live window, read off the async workers.
+async fn all_days_blocking(
+    conv: &Conversions,
+    now: u64,
+) -> Result<(Vec<DayTotals>, Option<MetricsBatch>), ApiError> {
+    let conv = conv.clone();
+    tokio::task::spawn_blocking(move || all_days(&conv, now))
+        .await
+        .map_err(storage_error)?
+        .map_err(storage_error)
+}
+
 fn point(b: &MetricsBatch, live: bool, tz: &TimeZone) -> SeriesPoint {
     SeriesPoint {
         t: local_time(b.window_start_ms, tz),
@@ -527,19 +551,8 @@ pub async fn analytics(
                 )
                 .field("to"));
             }
-            let (days, live) = tokio::task::spawn_blocking({
-                let conv = conv.clone();
-                move || all_days(&conv, now)
-            })
-            .await
-            .map_err(storage_error)?
-            .map_err(storage_error)?;
-            let frame = Frame {
-                tz: conv.timezone(),
-                tz_name: &config.conversions.timezone,
-                goals: conv.goals(),
-                pricing: Pricing::of(&config.conversions),
-            };
+            let (days, live) = all_days_blocking(&conv, now).await?;
+            let frame = Frame::of(&conv, &config.conversions);
             Ok(Json(range_report(from, to, &frame, days, live.as_ref())).into_response())
         }
         (Some(_), _, _) => Err(ApiError::bad_request(
@@ -562,19 +575,8 @@ pub async fn analytics(
 pub async fn list_launches(State(state): State<AppState>) -> Result<Response, ApiError> {
     let now = state.clock.now_ms();
     let conv = state.conversions.clone();
-    let (days, live) = tokio::task::spawn_blocking({
-        let conv = conv.clone();
-        move || all_days(&conv, now)
-    })
-    .await
-    .map_err(storage_error)?
-    .map_err(storage_error)?;
-    let frame = Frame {
-        tz: conv.timezone(),
-        tz_name: &state.config.conversions.timezone,
-        goals: conv.goals(),
-        pricing: Pricing::of(&state.config.conversions),
-    };
+    let (days, live) = all_days_blocking(&conv, now).await?;
+    let frame = Frame::of(&conv, &state.config.conversions);
     Ok(Json(serde_json::json!({
         "timezone": state.config.conversions.timezone,
         "launches": launches(&frame, days, live.as_ref()),

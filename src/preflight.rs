@@ -444,22 +444,21 @@ fn bindable(key: &'static str, addr: SocketAddr) -> Check {
 /// Los Angeles's, the default).
 fn launch_day(tz: &str) -> Check {
     const NAME: &str = "launch day";
-    let day = jiff::Timestamp::now()
-        .in_tz(tz)
-        .and_then(|now| {
-            let start = now.start_of_day()?;
-            let end = start.tomorrow()?.start_of_day()?;
-            Ok((start, end))
-        })
-        .map(|(start, end)| {
-            format!(
-                "{tz}: today {} runs {} → {} UTC ({} h)",
-                start.date(),
-                start.timestamp().strftime("%Y-%m-%d %H:%M"),
-                end.timestamp().strftime("%Y-%m-%d %H:%M"),
-                (end.timestamp().as_second() - start.timestamp().as_second()) / 3600
-            )
-        });
+    // The same day boundaries the analytics use.
+    let day = jiff::tz::TimeZone::get(tz).and_then(|zone| {
+        let today = crate::analytics::day_of(crate::clock::Clock::system().now_ms(), &zone);
+        let (start, end) = crate::analytics::day_bounds(today, &zone)?;
+        let utc = |ms: u64| {
+            jiff::Timestamp::from_millisecond(ms as i64)
+                .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+        };
+        Ok(format!(
+            "{tz}: today {today} runs {} → {} UTC ({} h)",
+            utc(start)?,
+            utc(end)?,
+            (end - start) / 3_600_000
+        ))
+    });
     match day {
         Ok(found) => Check::pass(NAME, found),
         Err(e) => Check::fail(

@@ -6,16 +6,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 use launchguard::outbound::Outbound;
 use launchguard::store::Store;
+use support::binary::{self, write_config};
 use support::receiver::{Answer, Receiver};
 use support::TestServer;
 
@@ -213,49 +213,11 @@ async fn the_admin_api_needs_the_token_when_one_is_set() {
     server.stop().await;
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_launchguard");
-
-/// Starts the binary on `dir` and reads its admin address from the startup log.
+/// Starts the binary on `dir` and returns it with its admin address.
 fn spawn(dir: &Path) -> (Child, SocketAddr) {
-    let config = dir.join("launchguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-             [origin]\nstatic_dir = {:?}\n[webhook]\nsecrets = [\"outbound-test\"]\n",
-            dir.join("state"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut admin = None;
-    for line in lines.by_ref() {
-        let line = line.expect("stderr is readable");
-        if line.contains("launchguard listening") {
-            let start = line.find("admin=").unwrap() + "admin=".len();
-            admin = Some(
-                line[start..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-            );
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, admin.expect("the binary logged its listeners"))
+    let config = write_config(dir, "outbound-test", "");
+    let proc = binary::spawn(&config, &[]);
+    (proc.child, proc.admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,75 +5,24 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
 use launchguard::webhook::signature::{sign_producthunt, Key};
+use support::binary::{self, write_config, Proc, BIN};
 use support::{event, Client};
 
-const BIN: &str = env!("CARGO_BIN_EXE_launchguard");
 const SECRET: &str = "process-test-secret";
 
-struct Proc {
-    child: Child,
-    public: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// Starts the binary on `dir` and reads the bound addresses from its startup log.
+/// Starts the binary on `dir` with the given durability.
 fn spawn(dir: &Path, durability: &str) -> Proc {
-    let config = dir.join("launchguard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-             [origin]\nstatic_dir = {:?}\n\
-             [webhook]\nsecrets = [\"{SECRET}\"]\ndurability = \"{durability}\"\n",
-            dir.join("state"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addrs = None;
-    for line in lines.by_ref() {
-        let line = line.expect("stderr is readable");
-        if line.contains("launchguard listening") {
-            let field = |name: &str| -> SocketAddr {
-                let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-                line[start..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            };
-            addrs = Some((field("public"), field("admin")));
-            break;
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let (public, admin) = addrs.expect("the binary logged its listeners");
-    Proc {
-        child,
-        public,
-        admin,
-    }
+    let config = write_config(dir, SECRET, &format!("durability = \"{durability}\"\n"));
+    binary::spawn(&config, &[])
 }
 
 fn signed(id: &str) -> (Vec<u8>, String) {
@@ -251,29 +200,14 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
-    let config = dir.path().join("launchguard.toml");
-    std::fs::write(
+    let config = write_config(dir.path(), SECRET, "");
+    let mut proc = binary::spawn(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
-             [origin]\nstatic_dir = {:?}\n[webhook]\nsecrets = [\"{SECRET}\"]\n",
-            dir.path().join("state"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "200000")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
+        &[
+            ("NOTIFY_SOCKET", sock_path.as_os_str()),
+            ("WATCHDOG_USEC", "200000".as_ref()),
+        ],
+    );
     let mut buf = [0u8; 512];
     let mut next = || {
         let n = sock.recv(&mut buf).expect("a notification arrives");
@@ -287,7 +221,7 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
         let ping = next();
         assert_eq!(ping, "WATCHDOG=1\n");
     }
-    assert_eq!(unsafe_kill(child.id(), libc::SIGTERM), 0);
+    assert_eq!(unsafe_kill(proc.child.id(), libc::SIGTERM), 0);
     let stopping = loop {
         let m = next();
         if m != "WATCHDOG=1\n" {
@@ -295,7 +229,7 @@ fn notifies_systemd_ready_watchdog_and_stopping() {
         }
     };
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(proc.child.wait().unwrap().code(), Some(0));
 }
 
 #[allow(unsafe_code)]

@@ -1,0 +1,78 @@
+//! The real binary as a child process: a config on loopback port 0 with a temp data
+//! dir, and the bound addresses read from its startup log.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_launchguard");
+
+/// Writes `dir/launchguard.toml`: loopback port 0 listeners, `dir/state`, the demo site,
+/// the webhook `secret`. `webhook_extra` is appended inside `[webhook]` (and may open
+/// further sections).
+pub fn write_config(dir: &Path, secret: &str, webhook_extra: &str) -> PathBuf {
+    let config = dir.join("launchguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             [origin]\nstatic_dir = {:?}\n[webhook]\nsecrets = [\"{secret}\"]\n{webhook_extra}",
+            dir.join("state"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A running binary and the addresses it bound.
+pub struct Proc {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts `launchguard serve --config config` with `envs` set (and the process's own
+/// secrets and any inherited watchdog pid removed), waits for its "listening" log line and reads both addresses.
+pub fn spawn(config: &Path, envs: &[(&str, &OsStr)]) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("LAUNCHGUARD_WEBHOOK_SECRET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("WATCHDOG_PID")
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addrs = None;
+    for line in lines.by_ref() {
+        let line = line.expect("stderr is readable");
+        if line.contains("launchguard listening") {
+            let field = |name: &str| -> SocketAddr {
+                let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+                line[start..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            addrs = Some((field("public"), field("admin")));
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let (public, admin) = addrs.expect("the binary logged its listeners");
+    Proc {
+        child,
+        public,
+        admin,
+    }
+}
