@@ -42,6 +42,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::factor::Pin;
 use crate::store::EventRecord;
+use crate::telemetry;
 
 /// Longest pin an operator may set: one week.
 pub const MAX_PIN_SECS: u64 = 7 * 24 * 3600;
@@ -123,6 +124,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    telemetry::record_connections(&state.connections);
     (
         [(
             header::CONTENT_TYPE,

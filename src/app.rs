@@ -38,6 +38,7 @@ use crate::outbound::Outbound;
 use crate::producthunt::Poller;
 use crate::ring::{Pump, Ring};
 use crate::secrets::{self, Env};
+use crate::server::{self, Connections};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::velocity::Window;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub alerts: Alerts,
     /// The Product Hunt poller, when a token and a post slug are set.
     pub producthunt: Option<Poller>,
+    /// Live counts of the public listener's connections (open, parked).
+    pub connections: Connections,
 }
 
 /// Why the appliance could not start.
@@ -237,19 +240,22 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         outbound: outbound.clone(),
         alerts: alerts.clone(),
         producthunt: producthunt.clone(),
+        connections: Connections::new(),
     };
 
     let http_shutdown = CancellationToken::new();
     let background_shutdown = CancellationToken::new();
     let servers = vec![
-        spawn_server(
+        server::spawn(
             public_listener,
             public_router(state.clone()),
+            state.connections.clone(),
             http_shutdown.clone(),
         ),
-        spawn_server(
+        server::spawn(
             admin_listener,
             admin::router(state.clone()),
+            Connections::new(),
             http_shutdown.clone(),
         ),
     ];
@@ -393,24 +399,6 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { key, addr, source })
-}
-
-fn spawn_server(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-        if let Err(e) = result {
-            tracing::error!("listener failed: {e}");
-        }
-    })
 }
 
 /// The public listener: the webhook path, the conversion beacon, then the edge

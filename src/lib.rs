@@ -40,6 +40,7 @@ pub mod preflight;
 pub mod producthunt;
 pub mod ring;
 pub mod secrets;
+pub mod server;
 pub mod simulate;
 pub mod store;
 pub mod systemd;

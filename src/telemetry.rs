@@ -33,6 +33,7 @@ pub const OUTBOUND_JOBS_TOTAL: &str = "launchguard_outbound_jobs_total";
 pub const OUTBOUND_DEADLETTER: &str = "launchguard_outbound_deadletter";
 pub const OUTBOUND_BUDGET_REMAINING: &str = "launchguard_outbound_budget_remaining";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "launchguard_http_request_duration_seconds";
+pub const HTTP_CONNECTIONS: &str = "launchguard_http_connections";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -212,6 +213,19 @@ fn describe() {
         Unit::Seconds,
         "Public request handling time, to the response headers, by status class"
     );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Open public connections by state: active (in a request) or parked (idle keep-alive, no buffers)"
+    );
+}
+
+/// Sets `launchguard_http_connections{state}` from the public listener's live counts;
+/// called when /metrics is rendered, so connections cost nothing to count.
+pub fn record_connections(connections: &crate::server::Connections) {
+    let open = connections.open();
+    let parked = connections.parked().min(open);
+    metrics::gauge!(HTTP_CONNECTIONS, "state" => "active").set((open - parked) as f64);
+    metrics::gauge!(HTTP_CONNECTIONS, "state" => "parked").set(parked as f64);
 }
 
 /// Log output format.

@@ -1,0 +1,492 @@
+//! HTTP/1 connections for both listeners: accept, serve with hyper, and park
+//! keep-alive connections that wait for their next request.
+//!
+//! hyper's HTTP/1 server keeps an 8 KiB read buffer and an 8 KiB write buffer for the
+//! whole life of a connection. On launch day most of the 15,000 connections a crowd
+//! holds open are idle between page views, so a connection here lives in two states:
+//!
+//! - **active**: a hyper session (`serve_connection`) with its buffers, serving one
+//!   or more requests;
+//! - **parked**: only the socket and a small task, waiting for the socket to become
+//!   readable. No hyper state, no buffers.
+//!
+//! A session ends and the connection parks when hyper has been idle for
+//! [`PARK_AFTER`] and the socket has nothing to read: every response it started has
+//! been written and flushed, every request body was read to its end, and no byte has
+//! arrived since the last response completed. (Parking on the first empty read cost
+//! 14% of throughput at 8 busy connections: a session per request.) [`ParkingIo`] tells hyper "end of stream" at that moment,
+//! which hyper treats as the client closing an idle keep-alive connection: it ends the
+//! session cleanly without touching the socket (`poll_without_shutdown`), and the
+//! socket goes back to waiting. When bytes arrive, a fresh session reads them.
+//!
+//! Whatever is uncertain keeps the session open instead (a request body the handler
+//! did not read to the end, bytes that arrived after the last response): the
+//! connection then behaves exactly as hyper's own keep-alive, buffers included.
+//!
+//! One case is lost on purpose: a client that pipelines a *partial* second request
+//! behind a complete first one, and then stalls, has the connection closed under it
+//! once the first response is out. RFC 9112 §9.3.2 asks pipelining clients to retry
+//! unanswered requests when a connection closes; browsers do not pipeline.
+//!
+//! Shutdown: the listener stops accepting, parked connections close at once, active
+//! sessions finish their in-flight request (hyper's graceful shutdown) and close.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// How long a session waits, idle between requests, before it parks. A connection in
+/// use (a page and its assets, a load generator) keeps its session; one that has gone
+/// quiet gives its buffers back a moment later.
+pub const PARK_AFTER: Duration = Duration::from_millis(20);
+
+/// Live counts of one listener's connections. A clone is a handle on the same counts.
+#[derive(Clone, Default)]
+pub struct Connections {
+    inner: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    open: AtomicUsize,
+    parked: AtomicUsize,
+    sessions: AtomicUsize,
+}
+
+impl Connections {
+    pub fn new() -> Connections {
+        Connections::default()
+    }
+
+    /// Connections accepted and not yet closed.
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Relaxed)
+    }
+
+    /// Open connections waiting for a request with no hyper session (no buffers).
+    pub fn parked(&self) -> usize {
+        self.inner.parked.load(Relaxed)
+    }
+
+    /// hyper sessions started since the listener opened (one per connection, plus one
+    /// each time a parked connection wakes up).
+    pub fn sessions(&self) -> usize {
+        self.inner.sessions.load(Relaxed)
+    }
+}
+
+/// Decrements a counter when dropped.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(counter: &'a AtomicUsize) -> Held<'a> {
+        counter.fetch_add(1, Relaxed);
+        Held(counter)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then waits for every
+/// connection to end (in-flight requests finish; parked connections close).
+pub fn spawn(
+    listener: TcpListener,
+    router: Router,
+    connections: Connections,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let tracker = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) if is_per_connection(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors or memory: the listener is fine, the
+                    // box is not. Back off instead of spinning on the same error.
+                    tracing::warn!(
+                        "accept failed: {e}; retrying in 100 ms (check LimitNOFILE and memory)"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tracker.spawn(connection(
+                stream,
+                peer,
+                router.clone(),
+                connections.clone(),
+                shutdown.clone(),
+            ));
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+    })
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One TCP connection: park until readable, serve a session, park again.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    connections: Connections,
+    shutdown: CancellationToken,
+) {
+    let counts = &connections.inner;
+    let _open = Held::new(&counts.open);
+    loop {
+        {
+            let _parked = Held::new(&counts.parked);
+            // `peek`, not `readable`: a fresh socket reports readable before any
+            // byte has come. One byte seen (or the end of the stream) starts a session.
+            let mut first = [0u8; 1];
+            tokio::select! {
+                r = stream.peek(&mut first) => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        counts.sessions.fetch_add(1, Relaxed);
+        // Boxed, so that a parked connection's task does not carry the size of an
+        // active session.
+        match Box::pin(session(stream, peer, &router, &shutdown)).await {
+            Some(s) if !shutdown.is_cancelled() => stream = s,
+            _ => return,
+        }
+    }
+}
+
+/// Serves requests on `stream` until hyper is idle with nothing to read (the stream
+/// comes back, to park) or the connection ends (`None`).
+async fn session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: &Router,
+    shutdown: &CancellationToken,
+) -> Option<TcpStream> {
+    let state = Arc::new(SessionState::default());
+    let io = ParkingIo {
+        io: TokioIo::new(stream),
+        state: state.clone(),
+        parked: false,
+        idle: None,
+    };
+    let service = Service {
+        router: router.clone(),
+        peer,
+        state,
+    };
+    let mut conn = Box::new(http1::Builder::new().serve_connection(io, service));
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+        }
+    };
+    match result {
+        Ok(()) => {
+            let parts = conn.into_parts();
+            (parts.io.parked && parts.read_buf.is_empty()).then(|| parts.io.io.into_inner())
+        }
+        Err(e) => {
+            tracing::debug!(%peer, "connection ended: {e}");
+            None
+        }
+    }
+}
+
+/// What one session has seen, shared by its IO and its service. Everything runs on
+/// the connection's own task, so relaxed atomics suffice; they are atomics only
+/// because hyper asks for `Send` parts.
+#[derive(Default)]
+struct SessionState {
+    /// Requests handed to the router whose response body has not been dropped.
+    in_flight: AtomicU32,
+    /// Request bodies that were not read to their end (yet, or ever).
+    bodies_open: AtomicU32,
+    /// A response has completed in this session.
+    served: AtomicBool,
+    /// Bytes given to hyper's write path that hyper has not yet flushed: set when a
+    /// response completes and on every write, cleared when hyper flushes the socket
+    /// (which it does only once its own buffer is empty).
+    unflushed: AtomicBool,
+    /// Bytes (or end of stream) read since the last response completed.
+    read_since_served: AtomicBool,
+}
+
+impl SessionState {
+    fn may_park(&self) -> bool {
+        self.served.load(Relaxed)
+            && self.in_flight.load(Relaxed) == 0
+            && self.bodies_open.load(Relaxed) == 0
+            && !self.unflushed.load(Relaxed)
+            && !self.read_since_served.load(Relaxed)
+    }
+}
+
+/// The socket as hyper sees it. It reports end of stream, instead of "nothing yet",
+/// when the session may park (see the module docs).
+struct ParkingIo {
+    io: TokioIo<TcpStream>,
+    state: Arc<SessionState>,
+    parked: bool,
+    /// Fires `PARK_AFTER` after the last response was flushed; made on first use.
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl ParkingIo {
+    /// Starts (or restarts) the idle period: the task is woken at its end, and a read
+    /// that finds the socket still empty then parks the connection.
+    fn start_idle(&mut self, cx: &mut Context<'_>) {
+        let deadline = Instant::now() + PARK_AFTER;
+        let idle = match &mut self.idle {
+            Some(idle) => {
+                idle.as_mut().reset(deadline);
+                idle
+            }
+            none => none.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        // Registers the waker; the deadline is ahead, so this is Pending.
+        let _ = idle.as_mut().poll(cx);
+    }
+
+    fn idle_over(&mut self, cx: &mut Context<'_>) -> bool {
+        self.idle
+            .as_mut()
+            .is_some_and(|idle| idle.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl Read for ParkingIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            // Nothing to read, hyper idle for PARK_AFTER: an empty read ends the session.
+            Poll::Pending if this.state.may_park() && this.idle_over(cx) => {
+                this.parked = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+            ready => {
+                this.state.read_since_served.store(true, Relaxed);
+                ready
+            }
+        }
+    }
+}
+
+impl Write for ParkingIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.state.unflushed.store(true, Relaxed);
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.state.unflushed.store(true, Relaxed);
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        if flushed.is_ready() && self.state.unflushed.swap(false, Relaxed) && self.state.may_park()
+        {
+            // hyper went idle with this flush. It reads again only when woken, and
+            // the socket wakes it only when the client sends: the idle timer wakes it
+            // at the end of the idle period, and that read parks the connection.
+            self.start_idle(cx);
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The router as a hyper service: adds the peer address (`ConnectInfo`) and tracks
+/// request and response bodies for [`SessionState`].
+struct Service {
+    router: Router,
+    peer: SocketAddr,
+    state: Arc<SessionState>,
+}
+
+type ServiceFuture =
+    Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ServiceFuture {
+        let state = self.state.clone();
+        state.in_flight.fetch_add(1, Relaxed);
+        let done = Completion(state.clone());
+        let mut req = if req.body().is_end_stream() {
+            req.map(Body::new)
+        } else {
+            state.bodies_open.fetch_add(1, Relaxed);
+            req.map(|body| {
+                Body::new(TrackedIncoming {
+                    body,
+                    state: Some(state),
+                })
+            })
+        };
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let answer = self.router.clone().oneshot(req);
+        Box::pin(async move {
+            let res = match answer.await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+            Ok(res.map(|body| TrackedBody { body, _done: done }))
+        })
+    }
+}
+
+/// Marks a response complete when dropped: hyper drops the body once it has put the
+/// last byte in its write buffer (or when the request is abandoned).
+struct Completion(Arc<SessionState>);
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.read_since_served.store(false, Relaxed);
+        s.unflushed.store(true, Relaxed);
+        s.served.store(true, Relaxed);
+        s.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that reports its completion when hyper drops it.
+pub struct TrackedBody {
+    body: Body,
+    _done: Completion,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body that reports when it has been read to its end. One dropped before
+/// that leaves the session unable to park: hyper still has to drain or refuse the
+/// rest, and only hyper knows where it ends.
+struct TrackedIncoming {
+    body: Incoming,
+    state: Option<Arc<SessionState>>,
+}
+
+impl TrackedIncoming {
+    fn finish(&mut self) {
+        if let Some(state) = self.state.take() {
+            state.bodies_open.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl HttpBody for TrackedIncoming {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,279 @@
+//! Keep-alive connections park between requests (no hyper session, no buffers) and
+//! serve again when the client sends. Raw TCP against the real server, so that what
+//! is on the wire (pipelining, a request split across writes, an unread body) is
+//! exactly what the test says.
+
+mod support;
+
+use std::time::Duration;
+
+use launchguard::clock::Clock;
+use launchguard::server::Connections;
+use support::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One client connection with its own read buffer (pipelined answers may arrive in
+/// one read).
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(srv: &TestServer) -> Conn {
+        Conn {
+            stream: TcpStream::connect(srv.public).await.expect("connect"),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more bytes into the buffer; false at end of stream.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("the server answers within 10 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next answer, or None if the server closed the connection first.
+    async fn answer(&mut self) -> Option<Answer> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill().await {
+                assert!(self.buf.is_empty(), "closed mid-answer: {:?}", self.buf);
+                return None;
+            }
+        };
+        let head = String::from_utf8(self.buf[..end].to_vec()).expect("ASCII head");
+        let status: u16 = head[9..12].parse().expect("a status code");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().expect("a length"))
+            })
+            .unwrap_or(0);
+        while self.buf.len() < end + len {
+            assert!(self.fill().await, "closed mid-body");
+        }
+        let body = self.buf[end..end + len].to_vec();
+        self.buf.drain(..end + len);
+        Some(Answer { status, head, body })
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        self.send(get(path).as_bytes()).await;
+        self.answer().await.expect("an answer")
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: launch.test\r\n\r\n")
+}
+
+/// Waits (polling the live counts, 10 s at most) until `cond` holds.
+async fn until(what: &str, conns: &Connections, cond: impl Fn(&Connections) -> bool) {
+    for _ in 0..2000 {
+        if cond(conns) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!(
+        "{what}: open {}, parked {}, sessions {}",
+        conns.open(),
+        conns.parked(),
+        conns.sessions()
+    );
+}
+
+async fn server() -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Clock::system(), |_| {}).await;
+    (dir, srv)
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_park_and_serve_again() {
+    let (_dir, srv) = server().await;
+    let conns = srv.state().connections.clone();
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let mut c = Conn::open(&srv).await;
+        let a = c.get("/launch/").await;
+        assert_eq!(a.status, 200, "{}", a.head);
+        clients.push((c, a.body));
+    }
+    until("all 50 park after their answer", &conns, |c| {
+        c.open() == 50 && c.parked() == 50
+    })
+    .await;
+    assert_eq!(conns.sessions(), 50, "one session per connection so far");
+    // The only test here that renders /metrics, so the gauges are this server's.
+    let m = srv.client.get(&srv.admin_url("/metrics")).await.text();
+    assert!(
+        m.contains("launchguard_http_connections{state=\"parked\"} 50"),
+        "{m}"
+    );
+    assert!(
+        m.contains("launchguard_http_connections{state=\"active\"} 0"),
+        "{m}"
+    );
+
+    // The same sockets, again: each wakes a new session and gets the same page.
+    for (c, first) in clients.iter_mut() {
+        let a = c.get("/launch/").await;
+        assert_eq!(a.status, 200, "{}", a.head);
+        assert_eq!(&a.body, first, "the same page on the parked connection");
+    }
+    until(
+        "each parked connection woke once and parked again",
+        &conns,
+        |c| c.sessions() == 100 && c.parked() == 50,
+    )
+    .await;
+
+    drop(clients);
+    until("closed connections are gone", &conns, |c| c.open() == 0).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_all_answered_in_order() {
+    let (_dir, srv) = server().await;
+    let conns = srv.state().connections.clone();
+    let mut c = Conn::open(&srv).await;
+    let three = format!("{}{}{}", get("/launch/"), get("/nope"), get("/"));
+    c.send(three.as_bytes()).await;
+    let statuses = [
+        c.answer().await.expect("first").status,
+        c.answer().await.expect("second").status,
+        c.answer().await.expect("third").status,
+    ];
+    assert_eq!(statuses, [200, 404, 200]);
+    until("parks after the last answer", &conns, |c| c.parked() == 1).await;
+    assert_eq!(c.get("/").await.status, 200);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_split_across_writes_is_served_whether_parked_or_not() {
+    let (_dir, srv) = server().await;
+    let conns = srv.state().connections.clone();
+    let mut c = Conn::open(&srv).await;
+    assert_eq!(c.get("/launch/").await.status, 200);
+
+    // Straight after an answer, while the session may still be up.
+    let req = get("/launch/");
+    let (head, tail) = req.split_at(10);
+    c.send(head.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.send(tail.as_bytes()).await;
+    assert_eq!(c.answer().await.expect("an answer").status, 200);
+
+    // Once parked: the first bytes wake a session, which then waits for the rest.
+    until("parked", &conns, |c| c.parked() == 1).await;
+    let before = conns.sessions();
+    c.send(head.as_bytes()).await;
+    until("the first bytes start a session", &conns, |c| {
+        c.sessions() == before + 1 && c.parked() == 0
+    })
+    .await;
+    c.send(tail.as_bytes()).await;
+    assert_eq!(c.answer().await.expect("an answer").status, 200);
+
+    // A webhook whose body comes in a second write after a pause.
+    until("parked again", &conns, |c| c.parked() == 1).await;
+    let body = support::event("split-1", "upvote");
+    let sig = launchguard::webhook::signature::sign_producthunt(
+        &launchguard::webhook::signature::Key::parse(support::SECRET).unwrap(),
+        &body,
+    );
+    let head = format!(
+        "POST /webhooks/producthunt HTTP/1.1\r\nHost: launch.test\r\nContent-Type: application/json\r\n\
+         X-ProductHunt-Signature: {sig}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.send(&body).await;
+    let a = c.answer().await.expect("an answer");
+    assert_eq!(
+        a.status,
+        202,
+        "{}{}",
+        a.head,
+        String::from_utf8_lossy(&a.body)
+    );
+    until("parks after the webhook", &conns, |c| c.parked() == 1).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn an_unread_request_body_never_turns_into_a_bad_request() {
+    let (_dir, srv) = server().await;
+    let mut c = Conn::open(&srv).await;
+    assert_eq!(c.get("/").await.status, 200);
+    // Past webhook.max_body_bytes: refused from the length alone, body unread.
+    let len = 200 * 1024;
+    let head = format!(
+        "POST /webhooks/producthunt HTTP/1.1\r\nHost: launch.test\r\nContent-Type: application/json\r\n\
+         X-ProductHunt-Signature: sha256=00\r\nContent-Length: {len}\r\n\r\n"
+    );
+    c.send(head.as_bytes()).await;
+    c.send(&vec![b'x'; 1024]).await;
+    let a = c.answer().await.expect("an answer");
+    assert_eq!(a.status, 413, "{}", a.head);
+    // The rest of the body arrives late, then a GET. The server may read the body
+    // away and answer the GET, or close; it must never take body bytes for a request.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let _ = c.stream.write_all(&vec![b'x'; len - 1024]).await;
+    let _ = c.stream.write_all(get("/").as_bytes()).await;
+    while let Some(a) = c.answer().await {
+        assert_eq!(a.status, 200, "only the GET may be answered: {}", a.head);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_connections() {
+    let (_dir, srv) = server().await;
+    let conns = srv.state().connections.clone();
+    let mut parked = Conn::open(&srv).await;
+    assert_eq!(parked.get("/").await.status, 200);
+    until("parked", &conns, |c| c.parked() == 1).await;
+    srv.stop().await;
+    assert!(
+        parked.answer().await.is_none(),
+        "a parked connection is closed at shutdown"
+    );
+    assert_eq!(conns.open(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_stays_parked() {
+    let (_dir, srv) = server().await;
+    let conns = srv.state().connections.clone();
+    let _c = Conn::open(&srv).await;
+    until("accepted", &conns, |c| c.open() == 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!((conns.parked(), conns.sessions()), (1, 0));
+    srv.stop().await;
+}
