@@ -205,7 +205,8 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let (committer, committer_task) = Committer::start(
         store.clone(),
         config.webhook.durability == Durability::Fsync,
-    );
+    )
+    .map_err(StoreError::Io)?;
     let ingestor = Arc::new(Ingestor::new(
         &config,
         secrets.keys.clone(),
