@@ -47,10 +47,21 @@ use crate::webhook::{self, Ingestor};
 /// The response header every public answer carries.
 pub const SCALE_FACTOR_HEADER: &str = "x-edge-scale-factor";
 
-/// Everything a handler may need, built once. A clone is cheap: every field is a
-/// handle over shared state.
+/// Everything a handler may need, built once. A clone is one reference count: axum's
+/// `State` extractor clones it for every request that asks for it.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// The handles behind [`AppState`]; each is itself a handle over shared state.
+pub struct Handles {
     pub config: Arc<Config>,
     pub store: Store,
     pub ring: Ring,
@@ -224,7 +235,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         .local_addr()
         .expect("bound socket has an address");
 
-    let state = AppState {
+    let state = AppState(Arc::new(Handles {
         config: Arc::new(config),
         store: store.clone(),
         ring: ring.clone(),
@@ -242,7 +253,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         alerts: alerts.clone(),
         producthunt: producthunt.clone(),
         connections: Connections::new(),
-    };
+    }));
 
     let http_shutdown = CancellationToken::new();
     let background_shutdown = CancellationToken::new();
