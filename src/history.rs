@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::store::{decode_event, encode_event, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 const BATCH_RECORD_VERSION: u8 = 1;
 const DAY_RECORD_VERSION: u8 = 1;
@@ -154,7 +154,7 @@ impl DayTotals {
 pub struct History {
     metrics: sled::Tree,
     launches: sled::Tree,
-    events: sled::Tree,
+    store: Store,
     meta: sled::Tree,
 }
 
@@ -163,7 +163,7 @@ impl History {
         Ok(History {
             metrics: store.open_tree("metrics")?,
             launches: store.open_tree("launches")?,
-            events: store.open_tree("events")?,
+            store: store.clone(),
             meta: store.open_tree("meta")?,
         })
     }
@@ -241,31 +241,7 @@ impl History {
     /// Returns how many payloads were emptied.
     pub fn sweep_payloads(&self, before_ms: u64) -> Result<usize, StoreError> {
         let cursor = self.payload_cursor()?;
-        let mut swept = 0;
-        let mut last = cursor;
-        for kv in self.events.range(cursor.saturating_add(1).to_be_bytes()..) {
-            let (k, v) = kv?;
-            let mut record = decode_event(&v)?;
-            if record.received_ms >= before_ms {
-                break;
-            }
-            if !record.payload.is_empty() {
-                record.payload = Vec::new();
-                let new = encode_event(&record)?;
-                // Events are never rewritten elsewhere; the swap only guards the invariant.
-                if self
-                    .events
-                    .compare_and_swap(&k, Some(&v), Some(new))?
-                    .is_ok()
-                {
-                    swept += 1;
-                }
-            }
-            last = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                what: "events key",
-                detail: format!("{} bytes, expected 8", k.len()),
-            })?);
-        }
+        let (swept, last) = self.store.strip_payloads(cursor, before_ms)?;
         if last != cursor {
             let mut v = Vec::with_capacity(9);
             v.push(CURSOR_RECORD_VERSION);

@@ -2,29 +2,40 @@
 //! events — an in-memory append on the request path, written to sled in batches.
 //!
 //! Trees (DESIGN.md, Storage):
-//! - `events`: `u64` BE seq → `[version][bincode EventRecord]`
-//! - `dedup`: event id → `[version][received ms u64 BE][seq u64 BE]`, swept after the TTL
+//! - `events`: `u64` BE seq → an entry: a committer batch, `[3][count u32 BE]` then per
+//!   event `[len u32 BE][event record]`, holding seqs `key`, `key + 1`, ...; or (stores
+//!   written before schema 2) one event record per key. An event record is
+//!   `[version][bincode EventRecord]`.
+//! - `dedup`: event id → `[version][received ms u64 BE][seq u64 BE]`, written only by
+//!   builds before schema 2; still loaded at open and swept after the TTL.
 //! - `meta`: `schema_version` → `u32` BE; `pin` → the operator's factor pin;
-//!   `dedup_through` → `u64` BE, the highest seq whose dedup entry is written
+//!   `batches_from` → the first seq written as batches (`u64` BE, set once);
+//!   `dedup_from` → the lowest seq whose id the dedup index may still need
+//!   (`u64` BE, moved up by the sweep); `dedup_through` → schema 1's repair mark.
 //!
-//! Write path: `append` checks the id against an in-memory dedup index (sharded, loaded
-//! from the `dedup` tree at open), takes the next seq and queues the encoded record, all
-//! in well under a microsecond and without touching sled. `write_pending` (the
-//! committer, off the async workers) takes the whole queue and writes it with plain
-//! inserts — every event of the batch first, then every dedup entry — so that sled's
-//! per-transaction log seal is paid neither per event nor at all. `flush_durable`
-//! writes what is queued and then flushes (and fsyncs) the log.
+//! Write path: `append` checks the id against an in-memory dedup index (sharded), takes
+//! the next seq and queues the encoded record, all in well under a microsecond and
+//! without touching sled. `write_pending` (the committer, off the async workers) takes
+//! the whole queue and writes it as one `events` entry (at most `MAX_BATCH` events an
+//! entry): one sled insert for a batch instead of two per event (event and dedup entry),
+//! which was most of the committer's CPU. `flush_durable` writes what is queued and
+//! then flushes (and fsyncs) the log.
 //!
-//! **Invariant:** an event's dedup entry is written after the event, and
-//! `meta.dedup_through` after both. A crash can cut a batch; `open` repairs it: above
-//! that mark, a dedup entry whose event is missing is dropped and an event whose dedup
-//! entry is missing gets it back. So after any crash either both exist or neither does.
+//! The dedup index is rebuilt at open from the ids in the `events` entries from
+//! `meta.dedup_from` on (and from the legacy `dedup` tree, for events before
+//! `meta.batches_from`). An event and its id are one sled insert, so no crash can leave
+//! one without the other.
+//!
+//! **Invariant:** every id accepted within the TTL is in the index after a restart:
+//! the sweep moves `dedup_from` only up to the lowest seq the index still holds, and
+//! never past the next seq to be taken.
 //! **Invariant:** seqs are dense and increasing: they are taken in queue order, the
-//! queue is written in order, and the next one after a restart is `events.last() + 1`,
-//! never sled's `generate_id` (which jumps after a crash).
+//! queue is written in order, and the next one after a restart is one past the last
+//! event of the last entry, never sled's `generate_id` (which jumps after a crash).
 //! **Invariant:** a record that failed to be written stays queued and is written by the
 //! next flush, so an id answered "duplicate" always has its event in the store.
-//! **Invariant:** a record or store written by a newer schema is refused, never misread.
+//! **Invariant:** a record or store written by a newer schema is refused, never misread;
+//! builds before schema 2 refuse a store with batches (`schema_version` 2).
 //!
 //! All methods block (sled does I/O) except `append`; async callers run
 //! `write_pending` and `flush_durable` in `spawn_blocking`.
@@ -42,8 +53,12 @@ use serde::{Deserialize, Serialize};
 use crate::factor::Pin;
 
 /// The store layout this build writes. A store with a higher number is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 const EVENT_RECORD_VERSION: u8 = 2;
+/// The first byte of an `events` entry holding a batch.
+const EVENT_BATCH_VERSION: u8 = 3;
+/// Most events in one `events` entry: a committer that fell behind writes several.
+const MAX_BATCH: usize = 256;
 const DEDUP_RECORD_VERSION: u8 = 1;
 const PIN_RECORD_VERSION: u8 = 1;
 
@@ -147,9 +162,7 @@ struct Inner {
 /// An accepted event waiting for `write_pending`.
 struct Pending {
     seq: u64,
-    id: Box<str>,
     encoded: Vec<u8>,
-    dedup: [u8; 17],
 }
 
 /// One shard of the dedup index: id → (received ms, seq).
@@ -157,8 +170,13 @@ type SeenShard = HashMap<Box<str>, (u64, u64)>;
 
 /// Shards of the in-memory dedup index.
 const SEEN_SHARDS: usize = 16;
-/// `meta` key: the highest seq whose dedup entry is written (u64 BE).
+/// `meta` key (schema 1): the highest seq whose dedup entry is written (u64 BE).
 const DEDUP_THROUGH_KEY: &str = "dedup_through";
+/// `meta` key: the first seq written as a batch entry; the ids of events before it are
+/// in the `dedup` tree (u64 BE).
+const BATCHES_FROM_KEY: &str = "batches_from";
+/// `meta` key: the lowest seq whose id the dedup index may still need (u64 BE).
+const DEDUP_FROM_KEY: &str = "dedup_from";
 
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard()
@@ -199,35 +217,58 @@ impl Store {
         let dedup = db.open_tree("dedup")?;
         let meta = db.open_tree("meta")?;
 
-        match meta.get("schema_version")? {
-            Some(v) => {
-                let found =
-                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                        what: "meta.schema_version",
-                        detail: format!("{} bytes, expected 4", v.len()),
-                    })?);
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::NewerSchema {
-                        dir: dir.to_path_buf(),
-                        found,
-                    });
-                }
-            }
-            None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                db.flush()?;
+        if let Some(v) = meta.get("schema_version")? {
+            let found =
+                u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "meta.schema_version",
+                    detail: format!("{} bytes, expected 4", v.len()),
+                })?);
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::NewerSchema {
+                    dir: dir.to_path_buf(),
+                    found,
+                });
             }
         }
 
         let next_seq = match events.last()? {
-            Some((k, _)) => decode_seq(&k)? + 1,
+            Some((k, v)) => decode_seq(&k)? + entry_len(&v)?,
             None => 1,
         };
+        let batches_from = match meta.get(BATCHES_FROM_KEY)? {
+            Some(v) => decode_seq(&v)?,
+            None => {
+                // First open by a build that writes batches: everything before is the
+                // old layout, with its ids in the `dedup` tree.
+                meta.insert(BATCHES_FROM_KEY, &next_seq.to_be_bytes())?;
+                next_seq
+            }
+        };
+        meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        db.flush()?;
         let db_file = File::open(dir.join("db")).map_err(|e| StoreError::Open {
             dir: dir.to_path_buf(),
             detail: format!("cannot open the data file for fsync: {e}"),
         })?;
-        let seen = repair_and_load_dedup(&events, &dedup, &meta)?;
+        let mut seen = repair_and_load_dedup(&events, &dedup, &meta, batches_from)?;
+        let dedup_from = match meta.get(DEDUP_FROM_KEY)? {
+            Some(v) => decode_seq(&v)?.max(batches_from),
+            None => batches_from,
+        };
+        for entry in entries_from(&events, dedup_from) {
+            let (k, v) = entry?;
+            for (seq, record) in decode_entry(&k, &v)? {
+                if seq < dedup_from {
+                    continue;
+                }
+                let newer = seen
+                    .get(record.id.as_str())
+                    .is_none_or(|&(_, known)| known < seq);
+                if newer {
+                    seen.insert(record.id.into_boxed_str(), (record.received_ms, seq));
+                }
+            }
+        }
         let hasher = RandomState::new();
         let shards: Vec<_> = (0..SEEN_SHARDS)
             .map(|_| Mutex::new(HashMap::new()))
@@ -272,12 +313,7 @@ impl Store {
         let id: Box<str> = record.id.as_str().into();
         let mut queue = inner.queue.lock();
         let seq = inner.next_seq.load(Ordering::Relaxed);
-        queue.push(Pending {
-            seq,
-            id: id.clone(),
-            encoded,
-            dedup: encode_dedup(record.received_ms, seq),
-        });
+        queue.push(Pending { seq, encoded });
         inner.next_seq.store(seq + 1, Ordering::Release);
         drop(queue);
         shard.insert(id, (record.received_ms, seq));
@@ -296,9 +332,9 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Writes every queued record to sled: the events of the batch first, then their
-    /// dedup entries, with plain inserts. On an error the batch goes back to the head
-    /// of the queue (rewriting a key is harmless) and the next call tries again.
+    /// Writes every queued record to sled, as batch entries of at most `MAX_BATCH`
+    /// events. On an error the batch goes back to the head of the queue (rewriting an
+    /// entry with the same events is harmless) and the next call tries again.
     /// Returns how many records were written. Blocks: call from `spawn_blocking`.
     pub fn write_pending(&self) -> Result<usize, StoreError> {
         let inner = &*self.inner;
@@ -307,21 +343,13 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
-        let written = (|| {
-            for p in &batch {
-                inner
-                    .events
-                    .insert(p.seq.to_be_bytes(), p.encoded.as_slice())?;
-            }
-            for p in &batch {
-                inner.dedup.insert(p.id.as_bytes(), &p.dedup[..])?;
-            }
-            let through = batch.last().expect("the batch is not empty").seq;
+        let written = batch.chunks(MAX_BATCH).try_for_each(|chunk| {
+            let value = encode_batch(chunk.iter().map(|p| p.encoded.as_slice()));
             inner
-                .meta
-                .insert(DEDUP_THROUGH_KEY, &through.to_be_bytes())?;
-            Ok::<_, sled::Error>(())
-        })();
+                .events
+                .insert(chunk[0].seq.to_be_bytes(), value)
+                .map(|_| ())
+        });
         match written {
             Ok(()) => Ok(batch.len()),
             Err(e) => {
@@ -357,8 +385,11 @@ impl Store {
 
     /// The event with `seq`, written or still queued.
     pub fn event(&self, seq: u64) -> Result<Option<EventRecord>, StoreError> {
-        if let Some(v) = self.inner.events.get(seq.to_be_bytes())? {
-            return decode_event(&v).map(Some);
+        if let Some(entry) = self.inner.events.range(..=seq.to_be_bytes()).next_back() {
+            let (k, v) = entry?;
+            if let Some((_, record)) = decode_entry(&k, &v)?.into_iter().find(|(s, _)| *s == seq) {
+                return Ok(Some(record));
+            }
         }
         let queue = self.inner.queue.lock();
         match queue.binary_search_by_key(&seq, |p| p.seq) {
@@ -373,46 +404,104 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
-        let start = after.saturating_add(1).to_be_bytes();
-        self.inner
-            .events
-            .range(start..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((decode_seq(&k)?, decode_event(&v)?))
-            })
-            .collect()
+        let from = after.saturating_add(1);
+        let mut out = Vec::new();
+        for entry in entries_from(&self.inner.events, from) {
+            let (k, v) = entry?;
+            for (seq, record) in decode_entry(&k, &v)? {
+                if seq >= from {
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                    out.push((seq, record));
+                }
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The newest `limit` events, newest first.
     pub fn recent_events(&self, limit: usize) -> Result<Vec<(u64, EventRecord)>, StoreError> {
-        self.inner
-            .events
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((decode_seq(&k)?, decode_event(&v)?))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for entry in self.inner.events.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            out.extend(decode_entry(&k, &v)?.into_iter().rev());
+        }
+        out.truncate(limit);
+        Ok(out)
     }
 
     /// Events received at or after `since_ms`, oldest first: what the velocity
     /// window is rebuilt from at startup. Walks back from the newest event.
     pub fn events_since(&self, since_ms: u64) -> Result<Vec<EventRecord>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.inner.events.iter().rev() {
-            let (_, v) = kv?;
-            let record = decode_event(&v)?;
-            if record.received_ms < since_ms {
-                break;
+        'entries: for entry in self.inner.events.iter().rev() {
+            let (k, v) = entry?;
+            for (_, record) in decode_entry(&k, &v)?.into_iter().rev() {
+                if record.received_ms < since_ms {
+                    break 'entries;
+                }
+                out.push(record);
             }
-            out.push(record);
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Empties the payload of events with seq above `after` received before
+    /// `before_ms`, oldest first, stopping at the first newer event. Returns how many
+    /// payloads were emptied and the last seq done (`after` if none): the retention
+    /// sweep (`history.rs`) resumes from there.
+    pub fn strip_payloads(&self, after: u64, before_ms: u64) -> Result<(usize, u64), StoreError> {
+        let from = after.saturating_add(1);
+        let (mut stripped, mut last) = (0, after);
+        for entry in entries_from(&self.inner.events, from) {
+            let (k, v) = entry?;
+            let mut records = decode_entry(&k, &v)?;
+            let mut changed = false;
+            let mut reached_newer = false;
+            for (seq, record) in records.iter_mut() {
+                if *seq < from {
+                    continue;
+                }
+                if record.received_ms >= before_ms {
+                    reached_newer = true;
+                    break;
+                }
+                if !record.payload.is_empty() {
+                    record.payload = Vec::new();
+                    changed = true;
+                    stripped += 1;
+                }
+                last = *seq;
+            }
+            if changed {
+                let new = if v.first() == Some(&EVENT_BATCH_VERSION) {
+                    let encoded = records
+                        .iter()
+                        .map(|(_, r)| encode_event(r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    encode_batch(encoded.iter().map(Vec::as_slice))
+                } else {
+                    encode_event(&records[0].1)?
+                };
+                // Entries are never rewritten elsewhere; the swap only guards that.
+                let _ = self
+                    .inner
+                    .events
+                    .compare_and_swap(&k, Some(&v), Some(new))?;
+            }
+            if reached_newer {
+                break;
+            }
+        }
+        Ok((stripped, last))
     }
 
     /// The dedup entry for `id`: (received ms, seq), as the index holds it.
@@ -425,29 +514,42 @@ impl Store {
     }
 
     /// Forgets ids older than `ttl_ms` at `now_ms`, in the index (one shard at a time)
-    /// and in the `dedup` tree. A tree entry rewritten meanwhile is left alone
-    /// (compare-and-swap). Returns how many tree entries were removed.
+    /// and in the legacy `dedup` tree (compare-and-swap, so an entry rewritten
+    /// meanwhile is left alone), then moves `meta.dedup_from` up to the lowest seq the
+    /// index still holds. Returns how many ids the index forgot.
     pub fn sweep_dedup(&self, now_ms: u64, ttl_ms: u64) -> Result<usize, StoreError> {
-        for shard in self.inner.seen.iter() {
-            shard
-                .lock()
-                .retain(|_, (seen_ms, _)| now_ms.saturating_sub(*seen_ms) < ttl_ms);
+        let inner = &*self.inner;
+        // Ids appended while the shards are swept get seqs from here on.
+        let next = inner.next_seq.load(Ordering::Acquire);
+        let (mut forgotten, mut lowest) = (0, next);
+        for shard in inner.seen.iter() {
+            shard.lock().retain(|_, &mut (seen_ms, seq)| {
+                let keep = now_ms.saturating_sub(seen_ms) < ttl_ms;
+                if keep {
+                    lowest = lowest.min(seq);
+                } else {
+                    forgotten += 1;
+                }
+                keep
+            });
         }
-        let mut removed = 0;
-        for kv in self.inner.dedup.iter() {
+        for kv in inner.dedup.iter() {
             let (k, v) = kv?;
             let (seen_ms, _) = decode_dedup(&v)?;
-            if now_ms.saturating_sub(seen_ms) >= ttl_ms
-                && self
-                    .inner
+            if now_ms.saturating_sub(seen_ms) >= ttl_ms {
+                let _ = inner
                     .dedup
-                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?
-                    .is_ok()
-            {
-                removed += 1;
+                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?;
             }
         }
-        Ok(removed)
+        let current = match inner.meta.get(DEDUP_FROM_KEY)? {
+            Some(v) => decode_seq(&v)?,
+            None => 0,
+        };
+        if lowest > current {
+            inner.meta.insert(DEDUP_FROM_KEY, &lowest.to_be_bytes())?;
+        }
+        Ok(forgotten)
     }
 
     /// The operator's persisted factor pin, if any.
@@ -502,16 +604,18 @@ fn shard_of(hasher: &RandomState, id: &str) -> usize {
     (hasher.hash_one(id) as usize) % SEEN_SHARDS
 }
 
-/// Repairs what a crash in the middle of `write_pending` can leave, then returns the
-/// dedup index. A batch writes its events, then their dedup entries, then
-/// `meta.dedup_through` (the highest seq whose entry is written). So only events above
-/// that mark can lack their entry (re-created here from the event), and only entries
-/// above it can lack their event, should the log keep a later write and lose an
-/// earlier one (dropped here: such an event was never acknowledged).
+/// Loads the legacy `dedup` tree, after repairing what a crash in the middle of a
+/// schema 1 batch can leave among the events before `batches_from`. Such a batch wrote
+/// its events, then their dedup entries, then `meta.dedup_through` (the highest seq
+/// whose entry is written). So only events above that mark can lack their entry
+/// (re-created here from the event), and only entries above it can lack their event,
+/// should the log keep a later write and lose an earlier one (dropped here: such an
+/// event was never acknowledged).
 fn repair_and_load_dedup(
     events: &sled::Tree,
     dedup: &sled::Tree,
     meta: &sled::Tree,
+    batches_from: u64,
 ) -> Result<SeenShard, StoreError> {
     let through = match meta.get(DEDUP_THROUGH_KEY)? {
         Some(v) => decode_seq(&v)?,
@@ -535,7 +639,8 @@ fn repair_and_load_dedup(
     }
     let mut restored = 0usize;
     let mut last = through;
-    for kv in events.range(through.saturating_add(1).to_be_bytes()..) {
+    let legacy = through.saturating_add(1).to_be_bytes()..batches_from.to_be_bytes();
+    for kv in events.range(legacy) {
         let (k, v) = kv?;
         let seq = decode_seq(&k)?;
         let record = decode_event(&v)?;
@@ -606,6 +711,82 @@ fn decode_seq(k: &[u8]) -> Result<u64, StoreError> {
             detail: format!("{} bytes, expected 8", k.len()),
         }
     })?))
+}
+
+/// The `events` entries that can hold `seq` or later ones: the entry at or before
+/// `seq` (a batch may hold it), then every later entry.
+fn entries_from(
+    events: &sled::Tree,
+    seq: u64,
+) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
+    let at = seq.to_be_bytes();
+    events
+        .range(..=at)
+        .next_back()
+        .into_iter()
+        .chain(events.range((std::ops::Bound::Excluded(at), std::ops::Bound::Unbounded)))
+}
+
+/// The events of one `events` entry with their seqs: a batch, or one record.
+fn decode_entry(k: &[u8], v: &[u8]) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+    let first = decode_seq(k)?;
+    if v.first() != Some(&EVENT_BATCH_VERSION) {
+        return Ok(vec![(first, decode_event(v)?)]);
+    }
+    batch_records(v)?
+        .into_iter()
+        .zip(first..)
+        .map(|(bytes, seq)| Ok((seq, decode_event(bytes)?)))
+        .collect()
+}
+
+/// How many events an `events` entry holds.
+fn entry_len(v: &[u8]) -> Result<u64, StoreError> {
+    if v.first() != Some(&EVENT_BATCH_VERSION) {
+        return Ok(1);
+    }
+    Ok(batch_records(v)?.len() as u64)
+}
+
+/// Encodes a batch entry from encoded event records.
+fn encode_batch<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + records.len() * 320);
+    out.push(EVENT_BATCH_VERSION);
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// The encoded event records of a batch entry.
+fn batch_records(v: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "event batch",
+        detail,
+    };
+    let u32_at = |at: usize| {
+        v.get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+    };
+    let count = u32_at(1).ok_or_else(|| corrupt("shorter than its header".into()))?;
+    let mut out = Vec::with_capacity(count.min(MAX_BATCH));
+    let mut at = 5;
+    for i in 0..count {
+        let record = u32_at(at)
+            .and_then(|len| v.get(at + 4..at + 4 + len))
+            .ok_or_else(|| corrupt(format!("event {} of {count} is cut short", i + 1)))?;
+        at += 4 + record.len();
+        out.push(record);
+    }
+    if at != v.len() {
+        return Err(corrupt(format!(
+            "{} bytes after the last event",
+            v.len() - at
+        )));
+    }
+    Ok(out)
 }
 
 pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
@@ -793,35 +974,35 @@ mod tests {
         assert_eq!(s.dedup_entry("a").unwrap(), Some((10, 1)));
     }
 
-    /// A crash between a batch's event inserts and its dedup inserts leaves events
-    /// without entries; a later write kept and an earlier one lost would leave an
-    /// entry without its event. `open` repairs both.
+    /// A store written by a build before schema 2 (one record per key, ids in the
+    /// `dedup` tree), cut by a crash between a batch's event inserts and its dedup
+    /// inserts: events without entries, and an entry whose event was lost. `open`
+    /// repairs both, then writes new events as batches after the old ones.
     #[test]
-    fn open_repairs_a_cut_batch() {
+    fn a_schema_1_store_is_repaired_and_continued() {
         let dir = tempfile::tempdir().unwrap();
         let ttl = 86_400_000;
         {
-            let s = Store::open(dir.path()).unwrap();
-            s.commit_event(&record("kept", 100), ttl).unwrap();
-            s.flush_durable(true).unwrap();
-        }
-        {
-            // What a cut batch looks like on disk: seq 2 and 3 written without their
-            // dedup entries, and an entry for seq 4 whose event never made it.
             let db = sled::open(dir.path()).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
+            meta.insert(DEDUP_THROUGH_KEY, &1u64.to_be_bytes()).unwrap();
             let events = db.open_tree("events").unwrap();
-            for (seq, id) in [(2u64, "no-entry-1"), (3, "no-entry-2")] {
+            let dedup = db.open_tree("dedup").unwrap();
+            for (seq, id) in [(1u64, "kept"), (2, "no-entry-1"), (3, "no-entry-2")] {
+                let at = if seq == 1 { 100 } else { 200 };
                 events
-                    .insert(seq.to_be_bytes(), encode_event(&record(id, 200)).unwrap())
+                    .insert(seq.to_be_bytes(), encode_event(&record(id, at)).unwrap())
                     .unwrap();
             }
-            db.open_tree("dedup")
-                .unwrap()
+            dedup.insert("kept", &encode_dedup(100, 1)[..]).unwrap();
+            dedup
                 .insert("lost-event", &encode_dedup(300, 4)[..])
                 .unwrap();
             db.flush().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.next_seq(), 4);
         assert_eq!(s.dedup_entry("kept").unwrap(), Some((100, 1)));
         assert_eq!(s.dedup_entry("no-entry-1").unwrap(), Some((200, 2)));
         assert_eq!(s.dedup_entry("no-entry-2").unwrap(), Some((200, 3)));
@@ -835,11 +1016,178 @@ mod tests {
             Commit::Accepted { seq: 4 },
             "an id whose event was lost is new again"
         );
+        s.commit_event(&record("new", 600), ttl).unwrap();
+        let ids: Vec<_> = s
+            .events_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, r)| (seq, r.id))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (1, "kept".to_string()),
+                (2, "no-entry-1".into()),
+                (3, "no-entry-2".into()),
+                (4, "lost-event".into()),
+                (5, "new".into())
+            ]
+        );
         drop(s);
-        // The repair was written: a second open finds nothing to fix and agrees.
+        // The repair was written and the new layout recorded: a second open agrees.
         let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.next_seq(), 6);
         assert_eq!(s.dedup_entry("no-entry-1").unwrap(), Some((200, 2)));
         assert_eq!(s.dedup_entry("lost-event").unwrap(), Some((500, 4)));
+        assert_eq!(s.dedup_entry("new").unwrap(), Some((600, 5)));
+        let meta = s.open_tree("meta").unwrap();
+        let version = meta.get("schema_version").unwrap().unwrap();
+        assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_be_bytes());
+        assert_eq!(
+            meta.get(BATCHES_FROM_KEY).unwrap().unwrap().as_ref(),
+            &4u64.to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn a_batch_is_one_entry_and_reads_back_by_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = 86_400_000;
+        let s = Store::open(dir.path()).unwrap();
+        for i in 1..=5 {
+            s.append(&record(&format!("e{i}"), i * 100), ttl).unwrap();
+        }
+        assert_eq!(s.write_pending().unwrap(), 5);
+        let events = s.open_tree("events").unwrap();
+        assert_eq!(events.len(), 1, "one entry for the batch");
+        for i in 6..=8 {
+            s.append(&record(&format!("e{i}"), i * 100), ttl).unwrap();
+        }
+        assert_eq!(s.write_pending().unwrap(), 3);
+        assert_eq!(events.len(), 2);
+
+        let ids =
+            |v: Vec<(u64, EventRecord)>| -> Vec<u64> { v.into_iter().map(|(q, _)| q).collect() };
+        assert_eq!(s.event(3).unwrap().unwrap().id, "e3");
+        assert_eq!(s.event(6).unwrap().unwrap().id, "e6");
+        assert_eq!(s.event(9).unwrap(), None);
+        assert_eq!(ids(s.events_after(2, 2).unwrap()), [3, 4]);
+        assert_eq!(
+            ids(s.events_after(4, 10).unwrap()),
+            [5, 6, 7, 8],
+            "across entries"
+        );
+        assert_eq!(ids(s.events_after(8, 10).unwrap()), Vec::<u64>::new());
+        assert_eq!(ids(s.recent_events(4).unwrap()), [8, 7, 6, 5]);
+        let since: Vec<_> = s
+            .events_since(450)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(since, ["e5", "e6", "e7", "e8"]);
+        drop((s, events));
+
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.next_seq(), 9);
+        for i in 1..=8u64 {
+            assert_eq!(
+                s.commit_event(&record(&format!("e{i}"), 1000), ttl)
+                    .unwrap(),
+                Commit::Duplicate { seq: i },
+                "e{i} is remembered after a restart"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_queue_is_written_as_several_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let n = 2 * MAX_BATCH as u64 + 7;
+        for i in 0..n {
+            s.append(&record(&format!("e{i}"), i), 86_400_000).unwrap();
+        }
+        assert_eq!(s.write_pending().unwrap(), n as usize);
+        assert_eq!(s.open_tree("events").unwrap().len(), 3);
+        assert_eq!(s.events_after(0, usize::MAX).unwrap().len(), n as usize);
+        drop(s);
+        assert_eq!(Store::open(dir.path()).unwrap().next_seq(), n + 1);
+    }
+
+    #[test]
+    fn a_restart_after_the_sweep_forgets_expired_ids_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = 1000;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit_event(&record("a", 0), ttl).unwrap();
+            s.commit_event(&record("b", 900), ttl).unwrap();
+            s.commit_event(&record("c", 950), ttl).unwrap();
+            assert_eq!(s.sweep_dedup(1500, ttl).unwrap(), 1);
+            let meta = s.open_tree("meta").unwrap();
+            assert_eq!(
+                meta.get(DEDUP_FROM_KEY).unwrap().unwrap().as_ref(),
+                &2u64.to_be_bytes(),
+                "the lowest seq still remembered"
+            );
+            s.flush_durable(true).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.dedup_entry("a").unwrap(),
+            None,
+            "not read back from its event"
+        );
+        assert_eq!(s.dedup_entry("b").unwrap(), Some((900, 2)));
+        assert_eq!(
+            s.commit_event(&record("c", 1600), ttl).unwrap(),
+            Commit::Duplicate { seq: 3 }
+        );
+        assert_eq!(
+            s.commit_event(&record("a", 1600), ttl).unwrap(),
+            Commit::Accepted { seq: 4 }
+        );
+    }
+
+    #[test]
+    fn stripping_payloads_stops_at_the_first_newer_event_inside_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for (i, at) in [100, 200, 300, 400].into_iter().enumerate() {
+            s.append(&record(&format!("e{i}"), at), 86_400_000).unwrap();
+        }
+        s.write_pending().unwrap();
+        assert_eq!(s.strip_payloads(0, 250).unwrap(), (2, 2));
+        assert!(s.event(1).unwrap().unwrap().payload.is_empty());
+        assert!(s.event(2).unwrap().unwrap().payload.is_empty());
+        assert!(!s.event(3).unwrap().unwrap().payload.is_empty());
+        assert_eq!(
+            s.event(3).unwrap().unwrap().id,
+            "e2",
+            "the rest of the batch kept"
+        );
+        assert_eq!(
+            s.strip_payloads(2, 250).unwrap(),
+            (0, 2),
+            "nothing more yet"
+        );
+        assert_eq!(s.strip_payloads(2, 1000).unwrap(), (2, 4));
+        assert!(s.event(4).unwrap().unwrap().payload.is_empty());
+    }
+
+    #[test]
+    fn a_cut_batch_entry_is_named_corrupt() {
+        let mut v = encode_batch([b"\x01abc".as_slice(), b"\x01de"].into_iter());
+        assert_eq!(batch_records(&v).unwrap().len(), 2);
+        v.truncate(v.len() - 1);
+        let e = decode_entry(&1u64.to_be_bytes(), &v)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("event batch") && e.contains("event 2 of 2"),
+            "{e}"
+        );
     }
 
     /// A restart right after a stop waits for the closing owner's lock; a store that
