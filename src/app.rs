@@ -447,9 +447,29 @@ pub fn public_router(state: AppState) -> Router {
         ))
 }
 
+/// The `X-Edge-Scale-Factor` value for `factor`. The factor changes a few times a
+/// second at most while every response needs the header, so each worker thread keeps
+/// the last value it formatted and hands out clones (a reference count) until the
+/// factor moves.
 fn factor_header(factor: f64) -> Option<HeaderValue> {
-    let mut buf = [0u8; 24];
-    HeaderValue::from_str(format_factor(factor, &mut buf)).ok()
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((bits, value)) = last.as_ref() {
+            if *bits == factor.to_bits() {
+                return Some(value.clone());
+            }
+        }
+        let mut buf = [0u8; 24];
+        let text = format_factor(factor, &mut buf);
+        let value =
+            HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(text.as_bytes())).ok()?;
+        *last = Some((factor.to_bits(), value.clone()));
+        Some(value)
+    })
 }
 
 /// Formats a factor with two decimals into `buf`, without allocating.
@@ -507,5 +527,20 @@ async fn upkeep_loop(handle: PrometheusHandle, shutdown: CancellationToken) {
             _ = ticker.tick() => handle.run_upkeep(),
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_factor_header_follows_the_factor_and_keeps_two_decimals() {
+        let header = |f: f64| factor_header(f).unwrap().to_str().unwrap().to_string();
+        assert_eq!(header(1.0), "1.00");
+        assert_eq!(header(1.0), "1.00", "served from the thread's last value");
+        assert_eq!(header(1.236), "1.24");
+        assert_eq!(header(5.0), "5.00");
+        assert_eq!(header(1.0), "1.00", "back again after a change");
     }
 }
