@@ -261,12 +261,14 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         server::spawn(
             public_listener,
             public_router(state.clone()),
+            server::Limits::from_config(&state.config.server),
             state.connections.clone(),
             http_shutdown.clone(),
         ),
         server::spawn(
             admin_listener,
             admin::router(state.clone()),
+            server::Limits::from_config(&state.config.server),
             Connections::new(),
             http_shutdown.clone(),
         ),

@@ -64,6 +64,11 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// How long a client may take to send a request body, in ms. Default 10000.
     pub body_timeout_ms: u64,
+    /// How long a client may take to send a request's head (request line and headers),
+    /// from its first byte, in ms; then the connection is closed. Default 10000.
+    pub header_timeout_ms: u64,
+    /// How long an idle keep-alive connection is kept open, in s. Default 75.
+    pub keepalive_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +80,8 @@ impl Default for ServerConfig {
             admin_token_file: None,
             shutdown_grace_ms: 10_000,
             body_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            keepalive_timeout_secs: 75,
         }
     }
 }
@@ -321,6 +328,8 @@ impl Config {
         }
         positive("server.shutdown_grace_ms", s.shutdown_grace_ms)?;
         positive("server.body_timeout_ms", s.body_timeout_ms)?;
+        positive("server.header_timeout_ms", s.header_timeout_ms)?;
+        positive("server.keepalive_timeout_secs", s.keepalive_timeout_secs)?;
 
         let w = &self.webhook;
         if !w.path.starts_with('/') || w.path.len() < 2 || w.path.contains(['{', '}', '*']) {

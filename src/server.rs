@@ -28,6 +28,12 @@
 //! once the first response is out. RFC 9112 §9.3.2 asks pipelining clients to retry
 //! unanswered requests when a connection closes; browsers do not pipeline.
 //!
+//! Slow and silent clients: a request's head must arrive within `server.header_timeout_ms`
+//! of its first byte (hyper's header timer), a new connection must send within that
+//! time too, and a parked connection is closed after `server.keepalive_timeout_secs`,
+//! so neither a slowloris nor a client that vanished without a FIN holds a socket for
+//! ever.
+//!
 //! Shutdown: the listener stops accepting, parked connections close at once, active
 //! sessions finish their in-flight request (hyper's graceful shutdown) and close.
 
@@ -49,7 +55,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
@@ -113,11 +119,32 @@ impl Drop for Held<'_> {
     }
 }
 
+/// How long clients may take, per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From a request's first byte to the end of its head (`server.header_timeout_ms`);
+    /// also how long a new connection may stay silent before its first request.
+    pub header: Duration,
+    /// How long a parked connection waits for its next request
+    /// (`server.keepalive_timeout_secs`).
+    pub keepalive: Duration,
+}
+
+impl Limits {
+    pub fn from_config(server: &crate::config::ServerConfig) -> Limits {
+        Limits {
+            header: Duration::from_millis(server.header_timeout_ms),
+            keepalive: Duration::from_secs(server.keepalive_timeout_secs),
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` fires, then waits for every
 /// connection to end (in-flight requests finish; parked connections close).
 pub fn spawn(
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     connections: Connections,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -149,6 +176,7 @@ pub fn spawn(
                 stream,
                 peer,
                 router.clone(),
+                limits,
                 connections.clone(),
                 shutdown.clone(),
             ));
@@ -168,16 +196,20 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// One TCP connection: park until readable, serve a session, park again.
+/// One TCP connection: park until readable, serve a session, park again. A new
+/// connection waits at most `limits.header` for its first byte, a parked one
+/// `limits.keepalive`; then it is closed.
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     router: Router,
+    limits: Limits,
     connections: Connections,
     shutdown: CancellationToken,
 ) {
     let counts = &connections.inner;
     let _open = Held::new(&counts.open);
+    let mut idle_limit = limits.header;
     loop {
         {
             let _parked = Held::new(&counts.parked);
@@ -185,17 +217,25 @@ async fn connection(
             // byte has come. One byte seen (or the end of the stream) starts a session.
             let mut first = [0u8; 1];
             tokio::select! {
-                r = stream.peek(&mut first) => if r.is_err() { return },
+                r = tokio::time::timeout(idle_limit, stream.peek(&mut first)) => match r {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        return;
+                    }
+                },
                 _ = shutdown.cancelled() => return,
             }
         }
         counts.sessions.fetch_add(1, Relaxed);
         // Boxed, so that a parked connection's task does not carry the size of an
         // active session.
-        match Box::pin(session(stream, peer, &router, &shutdown)).await {
+        match Box::pin(session(stream, peer, &router, limits, &shutdown)).await {
             Some(s) if !shutdown.is_cancelled() => stream = s,
             _ => return,
         }
+        idle_limit = limits.keepalive;
     }
 }
 
@@ -205,6 +245,7 @@ async fn session(
     stream: TcpStream,
     peer: SocketAddr,
     router: &Router,
+    limits: Limits,
     shutdown: &CancellationToken,
 ) -> Option<TcpStream> {
     let state = Arc::new(SessionState::default());
@@ -219,7 +260,12 @@ async fn session(
         peer,
         state,
     };
-    let mut conn = Box::new(http1::Builder::new().serve_connection(io, service));
+    let mut conn = Box::new(
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header)
+            .serve_connection(io, service),
+    );
     let mut draining = false;
     let result = loop {
         tokio::select! {

@@ -277,3 +277,56 @@ async fn a_connection_that_sends_nothing_stays_parked() {
     assert_eq!((conns.parked(), conns.sessions()), (1, 0));
     srv.stop().await;
 }
+
+async fn server_with(
+    tweak: impl FnOnce(&mut launchguard::config::Config),
+) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Clock::system(), tweak).await;
+    (dir, srv)
+}
+
+#[tokio::test]
+async fn a_head_that_never_ends_is_cut_after_the_header_timeout() {
+    let (_dir, srv) = server_with(|c| c.server.header_timeout_ms = 300).await;
+    let conns = srv.state().connections.clone();
+    let mut c = Conn::open(&srv).await;
+    assert_eq!(c.get("/").await.status, 200, "a whole request is served");
+    // Parked first, so the session and its header timer start with the first byte.
+    until("parked", &conns, |c| c.parked() == 1).await;
+    let started = std::time::Instant::now();
+    c.send(b"GET /launch/ HTTP/1.1\r\nHost: launch.test\r\nX-Slow: 1\r\n")
+        .await;
+    assert!(c.answer().await.is_none(), "closed, not answered");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the timeout: {:?}",
+        started.elapsed()
+    );
+    until("the connection is gone", &conns, |c| c.open() == 0).await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_is_closed_after_the_header_timeout() {
+    let (_dir, srv) = server_with(|c| c.server.header_timeout_ms = 300).await;
+    let started = std::time::Instant::now();
+    let mut c = Conn::open(&srv).await;
+    assert!(c.answer().await.is_none(), "closed without an answer");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
+    let (_dir, srv) = server_with(|c| c.server.keepalive_timeout_secs = 1).await;
+    let conns = srv.state().connections.clone();
+    let mut c = Conn::open(&srv).await;
+    assert_eq!(c.get("/").await.status, 200);
+    let answered = std::time::Instant::now();
+    until("parked", &conns, |c| c.parked() == 1).await;
+    assert!(c.answer().await.is_none(), "closed once idle for a second");
+    assert!(answered.elapsed() >= Duration::from_secs(1));
+    until("the connection is gone", &conns, |c| c.open() == 0).await;
+    srv.stop().await;
+}
