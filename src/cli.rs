@@ -260,6 +260,12 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // READY before the first ping: the pinger's first tick is immediate, and on
+        // another worker it could otherwise reach systemd first.
+        systemd::ready(&format!(
+            "serving on {}, admin on {}",
+            running.public_addr, running.admin_addr
+        ));
         let watchdog_stop = tokio_util::sync::CancellationToken::new();
         if let Some(every) = systemd::spawn_watchdog(watchdog_stop.clone()) {
             tracing::info!(
@@ -267,10 +273,6 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
                 "pinging the systemd watchdog"
             );
         }
-        systemd::ready(&format!(
-            "serving on {}, admin on {}",
-            running.public_addr, running.admin_addr
-        ));
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutting down: finishing in-flight requests");
         // The watchdog keeps pinging while in-flight requests drain and the store flushes.
