@@ -31,6 +31,13 @@ def cache_bytes(url):
     return float(m.group(1)) if m else 0.0
 
 
+def server_connections(url):
+    """The server's own count of open public connections by state, when it has one."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {m.group(1): int(float(m.group(2)))
+            for m in re.finditer(r'^launchguard_http_connections\{state="(\w+)"\} (\S+)$', text, re.M)}
+
+
 async def one(host, port, path, ready, send):
     reader, writer = await asyncio.open_connection(host, port)
     if not send:
@@ -64,6 +71,9 @@ async def main():
     with_conns = rss_kib(a.pid)
     cache_after = cache_bytes(a.metrics)
     print(f"connections open and idle: {len(ready)}")
+    states = server_connections(a.metrics)
+    if states:
+        print("server's count: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
     print(f"RSS before: {before / 1024:.1f} MiB; with {len(ready)} idle connections: {with_conns / 1024:.1f} MiB; "
           f"delta {(with_conns - before) / 1024:.1f} MiB ({(with_conns - before) * 1024 / max(1, len(ready)):.0f} bytes per connection)")
     print(f"cache bytes (launchguard_cache_bytes): {cache / 1048576:.3f} MiB before, {cache_after / 1048576:.3f} MiB after")

@@ -17,6 +17,9 @@ cat > "$S/launchguard.toml" <<TOML
 listen = "127.0.0.1:$PUB"
 admin_listen = "127.0.0.1:$ADM"
 data_dir = "$S/state"
+# Opening 15,000 connections takes longer than the default 10 s in which a silent
+# connection must send its first request (--no-request would lose some).
+header_timeout_ms = 120000
 [webhook]
 secrets = ["bench"]
 TOML
