@@ -143,6 +143,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub state: AppState,
     http_shutdown: CancellationToken,
+    /// Drops every connection, in-flight requests included, after the grace period.
+    http_cut: CancellationToken,
     background_shutdown: CancellationToken,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -256,6 +258,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     }));
 
     let http_shutdown = CancellationToken::new();
+    let http_cut = CancellationToken::new();
     let background_shutdown = CancellationToken::new();
     let servers = vec![
         server::spawn(
@@ -264,6 +267,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             server::Limits::from_config(&state.config.server),
             state.connections.clone(),
             http_shutdown.clone(),
+            http_cut.clone(),
         ),
         server::spawn(
             admin_listener,
@@ -271,6 +275,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             server::Limits::from_config(&state.config.server),
             Connections::new(),
             http_shutdown.clone(),
+            http_cut.clone(),
         ),
     ];
 
@@ -348,6 +353,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         admin_addr,
         state,
         http_shutdown,
+        http_cut,
         background_shutdown,
         servers,
         background,
@@ -362,6 +368,7 @@ impl Running {
         let Running {
             state,
             http_shutdown,
+            http_cut,
             background_shutdown,
             servers,
             background,
@@ -380,6 +387,7 @@ impl Running {
                 grace_ms = grace.as_millis() as u64,
                 "in-flight requests did not finish within server.shutdown_grace_ms; cutting them"
             );
+            http_cut.cancel();
             aborts.iter().for_each(|a| a.abort());
         }
         background_shutdown.cancel();

@@ -16,8 +16,9 @@
 //! arrived since the last response completed. (Parking on the first empty read cost
 //! 14% of throughput at 8 busy connections: a session per request.) [`ParkingIo`] tells hyper "end of stream" at that moment,
 //! which hyper treats as the client closing an idle keep-alive connection: it ends the
-//! session cleanly without touching the socket (`poll_without_shutdown`), and the
-//! socket goes back to waiting. When bytes arrive, a fresh session reads them.
+//! session cleanly (flushing first, then a shutdown that `ParkingIo` skips for a
+//! parking session), and the socket goes back to waiting. When bytes arrive, a fresh
+//! session reads them.
 //!
 //! Whatever is uncertain keeps the session open instead (a request body the handler
 //! did not read to the end, bytes that arrived after the last response): the
@@ -141,12 +142,16 @@ impl Limits {
 
 /// Serves `router` on `listener` until `shutdown` fires, then waits for every
 /// connection to end (in-flight requests finish; parked connections close).
+///
+/// `cut` drops every connection at once, in-flight requests included: what shutdown
+/// does when they outlast `server.shutdown_grace_ms`.
 pub fn spawn(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     connections: Connections,
     shutdown: CancellationToken,
+    cut: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let tracker = TaskTracker::new();
@@ -172,14 +177,21 @@ pub fn spawn(
                 }
             };
             let _ = stream.set_nodelay(true);
-            tracker.spawn(connection(
+            let serve = connection(
                 stream,
                 peer,
                 router.clone(),
                 limits,
                 connections.clone(),
                 shutdown.clone(),
-            ));
+            );
+            let cut = cut.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = serve => {}
+                    _ = cut.cancelled() => {}
+                }
+            });
         }
         drop(listener);
         tracker.close();
@@ -269,7 +281,10 @@ async fn session(
     let mut draining = false;
     let result = loop {
         tokio::select! {
-            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            // Polled as a future, not with `poll_without_shutdown`: when hyper is done
+            // it then flushes what it still holds before `poll_shutdown`, which
+            // `ParkingIo` turns into a no-op for a parking session.
+            r = &mut *conn => break r,
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 Pin::new(&mut *conn).graceful_shutdown();
@@ -278,7 +293,7 @@ async fn session(
     };
     match result {
         Ok(()) => {
-            let parts = conn.into_parts();
+            let parts = (*conn).into_parts();
             (parts.io.parked && parts.read_buf.is_empty()).then(|| parts.io.io.into_inner())
         }
         Err(e) => {
@@ -407,7 +422,12 @@ impl Write for ParkingIo {
         flushed
     }
 
+    /// hyper calls this when a session ends, after flushing. A parking session keeps
+    /// its socket open for the next request; any other end closes our side (FIN).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -464,7 +464,7 @@ impl Store {
         for entry in entries_from(&self.inner.events, from) {
             let (k, v) = entry?;
             let mut records = decode_entry(&k, &v)?;
-            let mut changed = false;
+            let (mut entry_stripped, mut entry_last) = (0, last);
             let mut reached_newer = false;
             for (seq, record) in records.iter_mut() {
                 if *seq < from {
@@ -476,11 +476,11 @@ impl Store {
                 }
                 if !record.payload.is_empty() {
                     record.payload = Vec::new();
-                    changed = true;
-                    stripped += 1;
+                    entry_stripped += 1;
                 }
-                last = *seq;
+                entry_last = *seq;
             }
+            let changed = entry_stripped > 0;
             if changed {
                 let new = if v.first() == Some(&EVENT_BATCH_VERSION) {
                     let encoded = records
@@ -491,12 +491,19 @@ impl Store {
                 } else {
                     encode_event(&records[0].1)?
                 };
-                // Entries are never rewritten elsewhere; the swap only guards that.
-                let _ = self
+                // Only a committer retry rewrites an entry; if one raced this sweep,
+                // leave the entry for the next sweep.
+                if self
                     .inner
                     .events
-                    .compare_and_swap(&k, Some(&v), Some(new))?;
+                    .compare_and_swap(&k, Some(&v), Some(new))?
+                    .is_err()
+                {
+                    break;
+                }
             }
+            stripped += entry_stripped;
+            last = entry_last;
             if reached_newer {
                 break;
             }

@@ -330,3 +330,65 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
     until("the connection is gone", &conns, |c| c.open() == 0).await;
     srv.stop().await;
 }
+
+/// A site with one file far bigger than the sockets' buffers, so that hyper still holds
+/// part of the answer when the request side is done.
+async fn big_file_server() -> (tempfile::TempDir, TestServer, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let len = 16 << 20;
+    std::fs::write(site.join("big.bin"), vec![7u8; len]).unwrap();
+    std::fs::write(site.join("index.html"), "<html>home</html>").unwrap();
+    let srv = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        c.origin.static_dir = site;
+        // Cached, so that it is answered from memory as one 16 MiB chunk: hyper then
+        // holds the whole answer at once, most of it waiting for the socket. (An object
+        // may take a quarter of one of the cache's 16 shards.)
+        c.cache.max_object_bytes = 20 << 20;
+        c.cache.max_bytes = 1 << 30;
+    })
+    .await;
+    let mut warm = Conn::open(&srv).await;
+    let first = warm.get("/big.bin").await;
+    assert_eq!((first.status, first.body.len()), (200, len));
+    let again = warm.get("/big.bin").await;
+    assert!(again.head.contains("x-cache: HIT"), "{}", again.head);
+    (dir, srv, len)
+}
+
+/// The head and the body's length of the next answer.
+async fn body_len(c: &mut Conn) -> (String, usize) {
+    let a = c.answer().await.expect("an answer");
+    (a.head, a.body.len())
+}
+
+#[tokio::test]
+async fn an_answer_is_delivered_whole_when_the_request_body_is_left_unread() {
+    let (_dir, srv, len) = big_file_server().await;
+    let mut c = Conn::open(&srv).await;
+    c.send(
+        b"GET /big.bin HTTP/1.1\r\nHost: launch.test\r\nContent-Length: 1000000\r\n\r\n0123456789",
+    )
+    .await;
+    // Not reading yet: the answer fills the socket buffers and waits in hyper.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (head, got) = body_len(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(got, len, "every byte of the answer");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_delivers_a_download_that_closes_the_connection() {
+    let (_dir, srv, len) = big_file_server().await;
+    let mut c = Conn::open(&srv).await;
+    c.send(b"GET /big.bin HTTP/1.1\r\nHost: launch.test\r\nConnection: close\r\n\r\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(srv.stop());
+    let (head, got) = body_len(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(got, len, "every byte of the answer, though shutdown began");
+    stopping.await.unwrap();
+}
