@@ -674,3 +674,31 @@ async fn large_bodies_stream_through_and_long_urls_bypass() {
     assert_eq!(origin.count(&long), 2);
     s.stop().await;
 }
+
+/// A request still waiting on the origin when shutdown's grace period ends is cut:
+/// shutdown ends, and the client sees its connection close instead of a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_request_that_outlasts_the_grace_period() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| {
+        c.origin.timeout_ms = 60_000;
+        c.server.shutdown_grace_ms = 200;
+    })
+    .await;
+    let client = s.client.clone();
+    let url = s.url("/hang");
+    let hung = tokio::spawn(async move {
+        client
+            .try_send(hyper::Method::GET, &url, &[], Vec::new())
+            .await
+    });
+    origin.wait_for("/hang", 1).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.stop())
+        .await
+        .expect("shutdown ends soon after the grace period");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), hung)
+        .await
+        .expect("the client is not left hanging")
+        .unwrap();
+    assert!(answer.is_err(), "the connection was closed: {answer:?}");
+}
