@@ -183,7 +183,8 @@ pub fn spawn(
                 router.clone(),
                 limits,
                 connections.clone(),
-                (shutdown.clone(), cut.clone()),
+                shutdown.clone(),
+                cut.clone(),
             ));
         }
         drop(listener);
@@ -213,7 +214,8 @@ async fn connection(
     router: Router,
     limits: Limits,
     connections: Connections,
-    (shutdown, cut): (CancellationToken, CancellationToken),
+    shutdown: CancellationToken,
+    cut: CancellationToken,
 ) {
     let counts = &connections.inner;
     let _open = Held::new(&counts.open);

@@ -255,18 +255,13 @@ impl Store {
             Some(v) => decode_seq(&v)?.max(batches_from),
             None => batches_from,
         };
-        for entry in entries_from(&events, dedup_from) {
-            let (k, v) = entry?;
-            for (seq, record) in decode_entry(&k, &v)? {
-                if seq < dedup_from {
-                    continue;
-                }
-                let newer = seen
-                    .get(record.id.as_str())
-                    .is_none_or(|&(_, known)| known < seq);
-                if newer {
-                    seen.insert(record.id.into_boxed_str(), (record.received_ms, seq));
-                }
+        for stored in records_from(&events, dedup_from) {
+            let (seq, record) = stored?;
+            let newer = seen
+                .get(record.id.as_str())
+                .is_none_or(|&(_, known)| known < seq);
+            if newer {
+                seen.insert(record.id.into_boxed_str(), (record.received_ms, seq));
             }
         }
         let hasher = RandomState::new();
@@ -385,9 +380,8 @@ impl Store {
 
     /// The event with `seq`, written or still queued.
     pub fn event(&self, seq: u64) -> Result<Option<EventRecord>, StoreError> {
-        if let Some(entry) = self.inner.events.range(..=seq.to_be_bytes()).next_back() {
-            let (k, v) = entry?;
-            if let Some((_, record)) = decode_entry(&k, &v)?.into_iter().find(|(s, _)| *s == seq) {
+        if let Some((found, record)) = records_from(&self.inner.events, seq).next().transpose()? {
+            if found == seq {
                 return Ok(Some(record));
             }
         }
@@ -404,52 +398,25 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, EventRecord)>, StoreError> {
-        let from = after.saturating_add(1);
-        let mut out = Vec::new();
-        for entry in entries_from(&self.inner.events, from) {
-            let (k, v) = entry?;
-            for (seq, record) in decode_entry(&k, &v)? {
-                if seq >= from {
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                    out.push((seq, record));
-                }
-            }
-            if out.len() == limit {
-                break;
-            }
-        }
-        Ok(out)
+        records_from(&self.inner.events, after.saturating_add(1))
+            .take(limit)
+            .collect()
     }
 
     /// The newest `limit` events, newest first.
     pub fn recent_events(&self, limit: usize) -> Result<Vec<(u64, EventRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.inner.events.iter().rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = entry?;
-            out.extend(decode_entry(&k, &v)?.into_iter().rev());
-        }
-        out.truncate(limit);
-        Ok(out)
+        records_newest_first(&self.inner.events)
+            .take(limit)
+            .collect()
     }
 
     /// Events received at or after `since_ms`, oldest first: what the velocity
     /// window is rebuilt from at startup. Walks back from the newest event.
     pub fn events_since(&self, since_ms: u64) -> Result<Vec<EventRecord>, StoreError> {
-        let mut out = Vec::new();
-        'entries: for entry in self.inner.events.iter().rev() {
-            let (k, v) = entry?;
-            for (_, record) in decode_entry(&k, &v)?.into_iter().rev() {
-                if record.received_ms < since_ms {
-                    break 'entries;
-                }
-                out.push(record);
-            }
-        }
+        let mut out = records_newest_first(&self.inner.events)
+            .map(|stored| stored.map(|(_, record)| record))
+            .take_while(|stored| !matches!(stored, Ok(r) if r.received_ms < since_ms))
+            .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
     }
@@ -732,6 +699,45 @@ fn entries_from(
         .next_back()
         .into_iter()
         .chain(events.range((std::ops::Bound::Excluded(at), std::ops::Bound::Unbounded)))
+}
+
+/// The events with seq `from` or later, oldest first, across entries of either layout.
+fn records_from(
+    events: &sled::Tree,
+    from: u64,
+) -> impl Iterator<Item = Result<(u64, EventRecord), StoreError>> {
+    entries_from(events, from)
+        .flat_map(|entry| entry_records(entry, false))
+        .filter(move |stored| !matches!(stored, Ok((seq, _)) if *seq < from))
+}
+
+/// Every event, newest first.
+fn records_newest_first(
+    events: &sled::Tree,
+) -> impl Iterator<Item = Result<(u64, EventRecord), StoreError>> {
+    events
+        .iter()
+        .rev()
+        .flat_map(|entry| entry_records(entry, true))
+}
+
+/// The events of one entry as read from sled, or the error reading or decoding it.
+fn entry_records(
+    entry: sled::Result<(sled::IVec, sled::IVec)>,
+    newest_first: bool,
+) -> Vec<Result<(u64, EventRecord), StoreError>> {
+    match entry
+        .map_err(StoreError::from)
+        .and_then(|(k, v)| decode_entry(&k, &v))
+    {
+        Ok(mut records) => {
+            if newest_first {
+                records.reverse();
+            }
+            records.into_iter().map(Ok).collect()
+        }
+        Err(e) => vec![Err(e)],
+    }
 }
 
 /// The events of one `events` entry with their seqs: a batch, or one record.

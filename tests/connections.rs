@@ -105,9 +105,7 @@ async fn until(what: &str, conns: &Connections, cond: impl Fn(&Connections) -> b
 }
 
 async fn server() -> (tempfile::TempDir, TestServer) {
-    let dir = tempfile::tempdir().unwrap();
-    let srv = TestServer::start(dir.path(), Clock::system(), |_| {}).await;
-    (dir, srv)
+    server_with(|_| {}).await
 }
 
 #[tokio::test]
