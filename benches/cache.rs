@@ -9,6 +9,10 @@
 //!   the answer's headers), driven on a current-thread runtime. This is the edge's
 //!   share of a cache HIT; hyper's parsing and writing come on top.
 //! - `cache_hit/key_normalize`: `key::normalize` of a URL with tracking parameters.
+//! - `cache_miss/bust`: one `Cache::handle` of a URL never seen before
+//!   (`/launch/?bust=<n>`), from the demo site's static origin: the whole miss as a
+//!   cache-busting flood costs it (key, single-flight, origin read, store), with the
+//!   spawned fetch task and the blocking pool on a current-thread runtime.
 //! - `cache_lookup`: the store lookup plus verdict, against a naive baseline: a
 //!   `Mutex<HashMap<String, Arc<Entry>>>` (no bound, no eviction) with the same verdict.
 
@@ -19,7 +23,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, Request};
+use axum::http::{HeaderMap, HeaderValue, Request};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use launchguard::admission::OriginLimit;
@@ -46,33 +50,65 @@ fn bench(c: &mut Criterion) {
         &config.cache,
         5,
         Origin::new(&config.origin).unwrap(),
-        OriginLimit::new(&config.velocity, Duration::from_secs(1)),
+        OriginLimit::new(&config.velocity, 0.5, Duration::from_secs(1)),
         factor.clone(),
         clock.clone(),
     );
     let req = || Request::builder().uri(URL).body(Body::empty()).unwrap();
-    let warm = rt.block_on(cache.handle(req(), Forwarded::default()));
+    let fwd = || Forwarded {
+        client: None,
+        host: HeaderValue::from_static("launch.example"),
+        proto: "http",
+    };
+    let warm = rt.block_on(cache.handle(req(), fwd()));
     assert!(warm.status().is_success());
-    let hit = rt.block_on(cache.handle(req(), Forwarded::default()));
+    let hit = rt.block_on(cache.handle(req(), fwd()));
     assert_eq!(hit.headers()["x-cache"], "HIT");
 
     let mut g = c.benchmark_group("cache_hit");
     g.bench_function("handle", |b| {
-        b.iter(|| rt.block_on(cache.handle(black_box(req()), Forwarded::default())))
+        b.iter(|| rt.block_on(cache.handle(black_box(req()), fwd())))
     });
     g.bench_function("key_normalize", |b| {
         b.iter(|| {
             key::normalize(
+                black_box("launch.example"),
                 black_box("/launch/"),
                 black_box(URL.split_once('?').map(|x| x.1)),
+                &key::QueryMode::Sorted,
                 2048,
             )
         })
     });
     g.finish();
 
+    let mut g = c.benchmark_group("cache_miss");
+    let mut n = 0u64;
+    g.bench_function("bust", |b| {
+        b.iter(|| {
+            n += 1;
+            let req = Request::builder()
+                .uri(format!("/launch/?bust={n}"))
+                .body(Body::empty())
+                .unwrap();
+            let res = rt.block_on(cache.handle(black_box(req), fwd()));
+            debug_assert_eq!(res.headers()["x-cache"], "MISS");
+            res
+        })
+    });
+    g.finish();
+
     let policy = Policy::from_config(&config.cache);
-    let k = key::normalize("/launch/", Some("a=1&b=2"), 2048).unwrap();
+    let k = key::normalize(
+        "launch.example",
+        "/launch/",
+        Some("a=1&b=2"),
+        &key::QueryMode::Sorted,
+        2048,
+    )
+    .unwrap()
+    .as_str()
+    .to_string();
     let empty = HeaderMap::new();
     let entry = cache.store().get(&k, &empty).0.unwrap();
     let naive: Mutex<HashMap<String, _>> = Mutex::new(HashMap::from([(k.clone(), entry)]));

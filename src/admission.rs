@@ -10,13 +10,21 @@
 //!   limit of `clamp(base_concurrency × factor, base, max)`, read from the factor at the
 //!   moment of asking. A request that waits longer than `origin.queue_timeout_ms` gets
 //!   503, never a hang.
+//! - The limit is split in two shares: requests that bypass the cache (Authorization,
+//!   personal cookies, unsafe methods) hold at most `max(1, floor(limit ×
+//!   origin.bypass_share))` permits, and cache fills (misses, refreshes, revalidations)
+//!   the rest. However many logged-in clients pile onto a slow origin, a visitor's
+//!   cold page still finds a permit; however many fills a cache-busting flood starts,
+//!   a signup POST still finds one. Neither share borrows the other's idle permits:
+//!   the guarantee is worth more than the spare capacity.
 //!
 //! **Invariant:** the shed decision is one atomic load of the factor plus a glob match
-//! on immutable sets; taking a permit is a compare-and-swap on one counter. Neither
+//! on immutable sets; taking a permit is a compare-and-swap on one word (both counts,
+//! all permits in the low half, bypass permits in the high half). Neither
 //! takes a lock. Only a request that must *wait* for a permit parks on a `Notify`.
 //! **Invariant:** a permit given is a permit returned (`Drop`), whatever happens.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +133,25 @@ pub fn origin_limit(base: u32, max: u32, factor: f64) -> usize {
     (want as u64).clamp(u64::from(base), u64::from(max)) as usize
 }
 
+/// What an origin fetch is for, which decides the permits it may draw on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A cache fill, revalidation or refresh: serves everyone; the whole limit.
+    Fill,
+    /// A request that bypasses the cache: serves one client; its bounded share.
+    Bypass,
+}
+
+/// The bypass share of `limit` permits: `max(1, floor(limit × share))`, below `limit`
+/// whenever `limit > 1`. Pure.
+#[inline]
+pub fn bypass_limit(limit: usize, share: f64) -> usize {
+    let n = (limit as f64 * share).floor() as usize;
+    n.clamp(1, limit.saturating_sub(1).max(1))
+}
+
+const LOW: u64 = 0xffff_ffff;
+
 /// The origin concurrency limit. A clone is cheap and shares the counter.
 #[derive(Clone)]
 pub struct OriginLimit {
@@ -132,10 +159,14 @@ pub struct OriginLimit {
 }
 
 struct LimitInner {
-    inflight: AtomicUsize,
-    released: Notify,
+    /// All permits held (low 32 bits) and bypass permits held (high 32 bits).
+    inflight: AtomicU64,
+    /// Woken one at a time as permits come back, per use: a released permit may be
+    /// one a fill can take and a bypass cannot.
+    released: [Notify; 2],
     base: u32,
     max: u32,
+    bypass_share: f64,
     queue_timeout: Duration,
 }
 
@@ -144,33 +175,54 @@ struct LimitInner {
 pub struct QueueTimeout;
 
 impl OriginLimit {
-    pub fn new(velocity: &VelocityConfig, queue_timeout: Duration) -> OriginLimit {
+    pub fn new(
+        velocity: &VelocityConfig,
+        bypass_share: f64,
+        queue_timeout: Duration,
+    ) -> OriginLimit {
         OriginLimit {
             inner: Arc::new(LimitInner {
-                inflight: AtomicUsize::new(0),
-                released: Notify::new(),
+                inflight: AtomicU64::new(0),
+                released: [Notify::new(), Notify::new()],
                 base: velocity.base_concurrency,
                 max: velocity.max_concurrency,
+                bypass_share,
                 queue_timeout,
             }),
         }
     }
 
+    /// Permits held, of both shares.
     pub fn inflight(&self) -> usize {
-        self.inner.inflight.load(Ordering::Relaxed)
+        (self.inner.inflight.load(Ordering::Relaxed) & LOW) as usize
     }
 
-    /// Takes a permit if one is free at `factor`; never waits.
-    pub fn try_acquire(&self, factor: f64) -> Option<OriginPermit> {
+    /// Permits held by requests that bypass the cache.
+    pub fn bypass_inflight(&self) -> usize {
+        (self.inner.inflight.load(Ordering::Relaxed) >> 32) as usize
+    }
+
+    /// Takes a permit for `use_` if one is free in its share at `factor`; never waits.
+    pub fn try_acquire(&self, factor: f64, use_: Use) -> Option<OriginPermit> {
         let limit = origin_limit(self.inner.base, self.inner.max, factor);
+        let bypass_cap = bypass_limit(limit, self.inner.bypass_share);
+        let step = match use_ {
+            Use::Fill => 1u64,
+            Use::Bypass => 1 + (1 << 32),
+        };
         let mut cur = self.inner.inflight.load(Ordering::Relaxed);
         loop {
-            if cur >= limit {
+            let (all, bypass) = ((cur & LOW) as usize, (cur >> 32) as usize);
+            let full = match use_ {
+                Use::Fill => all - bypass >= limit.saturating_sub(bypass_cap).max(1),
+                Use::Bypass => bypass >= bypass_cap,
+            };
+            if full {
                 return None;
             }
             match self.inner.inflight.compare_exchange_weak(
                 cur,
-                cur + 1,
+                cur + step,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
@@ -178,6 +230,7 @@ impl OriginLimit {
                     metrics::gauge!(telemetry::ORIGIN_INFLIGHT).increment(1.0);
                     return Some(OriginPermit {
                         limit: self.clone(),
+                        step,
                     });
                 }
                 Err(actual) => cur = actual,
@@ -187,22 +240,26 @@ impl OriginLimit {
 
     /// Takes a permit, waiting at most `origin.queue_timeout_ms`. `factor` is read
     /// again on every wake-up, so a rising factor lets waiters in.
-    pub async fn acquire(&self, factor: impl Fn() -> f64) -> Result<OriginPermit, QueueTimeout> {
-        if let Some(p) = self.try_acquire(factor()) {
+    pub async fn acquire(
+        &self,
+        factor: impl Fn() -> f64,
+        use_: Use,
+    ) -> Result<OriginPermit, QueueTimeout> {
+        if let Some(p) = self.try_acquire(factor(), use_) {
             return Ok(p);
         }
         let deadline = tokio::time::Instant::now() + self.inner.queue_timeout;
         loop {
-            let notified = self.inner.released.notified();
+            let notified = self.inner.released[use_ as usize].notified();
             tokio::pin!(notified);
             // Register before re-checking, so a release between the check and the
             // wait is not missed.
             notified.as_mut().enable();
-            if let Some(p) = self.try_acquire(factor()) {
+            if let Some(p) = self.try_acquire(factor(), use_) {
                 return Ok(p);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.try_acquire(factor()).ok_or(QueueTimeout);
+                return self.try_acquire(factor(), use_).ok_or(QueueTimeout);
             }
         }
     }
@@ -211,13 +268,21 @@ impl OriginLimit {
 /// One origin fetch in flight; returned on drop.
 pub struct OriginPermit {
     limit: OriginLimit,
+    step: u64,
 }
 
 impl Drop for OriginPermit {
     fn drop(&mut self) {
-        self.limit.inner.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.limit
+            .inner
+            .inflight
+            .fetch_sub(self.step, Ordering::AcqRel);
         metrics::gauge!(telemetry::ORIGIN_INFLIGHT).decrement(1.0);
-        self.limit.inner.released.notify_one();
+        // One waiter of each use: each re-checks, and one that cannot take the
+        // permit waits again.
+        for n in &self.limit.inner.released {
+            n.notify_one();
+        }
     }
 }
 
@@ -277,25 +342,64 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiters_get_a_released_permit_or_time_out() {
         let v = VelocityConfig {
-            base_concurrency: 1,
-            max_concurrency: 2,
+            base_concurrency: 2,
+            max_concurrency: 4,
             ..VelocityConfig::default()
         };
-        let limit = OriginLimit::new(&v, Duration::from_millis(100));
-        let first = limit.try_acquire(1.0).unwrap();
-        assert!(limit.try_acquire(1.0).is_none());
+        let limit = OriginLimit::new(&v, 0.5, Duration::from_millis(100));
+        let first = limit.try_acquire(1.0, Use::Fill).unwrap();
+        assert!(limit.try_acquire(1.0, Use::Fill).is_none());
         // A higher factor makes room at once.
-        let second = limit.try_acquire(2.0).unwrap();
+        let second = limit.try_acquire(2.0, Use::Fill).unwrap();
         drop(second);
         // The waiter is released by the drop of the first permit.
         let l2 = limit.clone();
-        let waiter = tokio::spawn(async move { l2.acquire(|| 1.0).await.is_ok() });
+        let waiter = tokio::spawn(async move { l2.acquire(|| 1.0, Use::Fill).await.is_ok() });
         tokio::task::yield_now().await;
         drop(first);
         assert!(waiter.await.unwrap());
         assert_eq!(limit.inflight(), 0);
         // Nobody releases: the waiter gives up after queue_timeout.
-        let _held = limit.try_acquire(1.0).unwrap();
-        assert_eq!(limit.acquire(|| 1.0).await.err(), Some(QueueTimeout));
+        let _held = limit.try_acquire(1.0, Use::Fill).unwrap();
+        assert_eq!(
+            limit.acquire(|| 1.0, Use::Fill).await.err(),
+            Some(QueueTimeout)
+        );
+    }
+
+    #[test]
+    fn bypass_requests_never_take_the_fills_share() {
+        assert_eq!(bypass_limit(50, 0.5), 25);
+        assert_eq!(bypass_limit(250, 0.5), 125);
+        assert_eq!(bypass_limit(2, 0.9), 1);
+        assert_eq!(bypass_limit(1, 0.5), 1);
+        assert_eq!(bypass_limit(10, 0.01), 1);
+        let v = VelocityConfig {
+            base_concurrency: 10,
+            max_concurrency: 20,
+            ..VelocityConfig::default()
+        };
+        let limit = OriginLimit::new(&v, 0.5, Duration::from_millis(100));
+        let bypass: Vec<_> = (0..60)
+            .filter_map(|_| limit.try_acquire(1.0, Use::Bypass))
+            .collect();
+        assert_eq!(bypass.len(), 5);
+        assert_eq!(limit.bypass_inflight(), 5);
+        let fills: Vec<_> = (0..10)
+            .filter_map(|_| limit.try_acquire(1.0, Use::Fill))
+            .collect();
+        assert_eq!(fills.len(), 5, "the other half is the fills'");
+        drop(bypass);
+        // Neither share borrows the other's idle permits.
+        assert!(limit.try_acquire(1.0, Use::Fill).is_none());
+        let posts: Vec<_> = (0..10)
+            .filter_map(|_| limit.try_acquire(1.0, Use::Bypass))
+            .collect();
+        assert_eq!(posts.len(), 5, "fills never starve a signup");
+        // A higher factor widens both shares.
+        assert!(limit.try_acquire(2.0, Use::Fill).is_some());
+        drop((fills, posts));
+        assert_eq!(limit.inflight(), 0);
+        assert_eq!(limit.bypass_inflight(), 0);
     }
 }

@@ -32,6 +32,7 @@ use crate::config::{Config, ConfigError, Durability};
 use crate::conversions::{self, Conversions};
 use crate::edge::{self, Edge, PurgeRules};
 use crate::factor::Factor;
+use crate::front::{self, Front};
 use crate::history::History;
 use crate::live::{self, LiveFeed};
 use crate::outbound::Outbound;
@@ -182,7 +183,22 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         window.record(ev.received_ms, ev.weight_milli, now);
     }
     let factor = Factor::new();
-    let edge = Edge::new(&config, factor.clone(), clock.clone())?;
+    let public_listener = bind("server.listen", config.server.listen).await?;
+    let admin_listener = bind("server.admin_listen", config.server.admin_listen).await?;
+    let public_addr = public_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let front = Front::new(&config.server.hosts, &own_host(public_addr), "http")
+        .map_err(|p| ConfigError::invalid("server.hosts", p))?;
+    let edge = Edge::new(
+        &config,
+        factor.clone(),
+        clock.clone(),
+        front.primary_host().clone(),
+    )?;
     if let Some(pin) = store.load_pin()? {
         if pin.until_ms > now {
             tracing::info!(factor = pin.factor, "restored the operator's factor pin");
@@ -228,15 +244,6 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         clock.clone(),
     ));
 
-    let public_listener = bind("server.listen", config.server.listen).await?;
-    let admin_listener = bind("server.admin_listen", config.server.admin_listen).await?;
-    let public_addr = public_listener
-        .local_addr()
-        .expect("bound socket has an address");
-    let admin_addr = admin_listener
-        .local_addr()
-        .expect("bound socket has an address");
-
     let state = AppState(Arc::new(Handles {
         config: Arc::new(config),
         store: store.clone(),
@@ -263,7 +270,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let servers = vec![
         server::spawn(
             public_listener,
-            public_router(state.clone()),
+            public_router(state.clone(), front),
             server::Limits::from_config(&state.config.server),
             state.connections.clone(),
             http_shutdown.clone(),
@@ -423,7 +430,19 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-/// The public listener: the webhook path, the conversion beacon, then the edge
+/// The host a site with no `server.hosts` is warmed under: the listener's address as
+/// a local client names it (`127.0.0.1:8080`; an unspecified address as loopback).
+fn own_host(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
+/// The public listener: the front door (`front.rs`: host and canonical path, before
+/// routing), then the webhook path, the conversion beacon, and the edge
 /// (admission → cache → origin, `edge.rs`) for everything else. Requests and visits
 /// are counted by `conversions::count_requests`, which wraps everything that serves the
 /// site and judges only the final answer. Every answer, including 404s, 405s and 503s,
@@ -431,11 +450,11 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
 /// `SetResponseHeader`, which wraps the response future without cloning the router per
 /// request; the fallback captures only the edge and the factor, so a cache hit does not
 /// clone the whole `AppState`.
-pub fn public_router(state: AppState) -> Router {
+pub fn public_router(state: AppState, front: Front) -> Router {
     let factor = state.factor.clone();
     let counting = state.conversions.clone();
     let edge_handles = (state.edge.clone(), state.factor.clone());
-    Router::new()
+    let routes = Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
         .route(conversions::BEACON_PATH, post(conversions::beacon))
         .fallback(move |req: axum::extract::Request| {
@@ -446,7 +465,12 @@ pub fn public_router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             counting,
             conversions::count_requests,
-        ))
+        ));
+    // A layer on a router runs after its routing: the front door wraps a router whose
+    // only route is the fallback, so `routes` routes on the canonical path.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn_with_state(front, front::guard))
         .layer(axum::middleware::from_fn_with_state(
             telemetry::HttpTimer::new(),
             telemetry::HttpTimer::layer,

@@ -69,6 +69,10 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// How long an idle keep-alive connection is kept open, in s. Default 75.
     pub keepalive_timeout_secs: u64,
+    /// The host names this site answers to (`example.com`, `*.example.com`); any other
+    /// `Host` gets 421. The first is the primary name, used for warm-ups. Default none:
+    /// any host is served (and keyed apart in the cache).
+    pub hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +86,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             keepalive_timeout_secs: 75,
+            hosts: Vec::new(),
         }
     }
 }
@@ -98,6 +103,10 @@ pub struct OriginConfig {
     pub timeout_ms: u64,
     /// Longest wait for an origin permit under load, then 503 + Retry-After, ms. Default 1000.
     pub queue_timeout_ms: u64,
+    /// Share of the origin permits for requests that bypass the cache (Authorization,
+    /// personal cookies, unsafe methods); cache fills get the rest. Neither share
+    /// takes the other's. Between 0 and 1 (exclusive). Default 0.5.
+    pub bypass_share: f64,
 }
 
 impl Default for OriginConfig {
@@ -107,6 +116,7 @@ impl Default for OriginConfig {
             upstream: None,
             timeout_ms: 2000,
             queue_timeout_ms: 1000,
+            bypass_share: 0.5,
         }
     }
 }
@@ -159,6 +169,16 @@ pub struct CacheConfig {
     /// Event type → path prefixes purged when such an event arrives.
     /// Default `{ maker_comment = ["/launch/"] }`.
     pub purge_on: BTreeMap<String, Vec<String>>,
+    /// Cookie names (globs) the pages do not depend on: they do not make a request
+    /// bypass the cache, and are removed from shared fetches. Default the common
+    /// analytics cookies (`_ga*`, `_gid`, `_gcl_*`, `_fbp`, `_hj*`, `ajs_*`, `ph_*`,
+    /// `_pk_*`, `plausible_*`).
+    pub ignore_cookies: Vec<String>,
+    /// What the query string does to the key: `"sorted"` (tracking parameters dropped,
+    /// the rest sorted), `"ignore"` (one entry per path), or a list of the parameter
+    /// names kept. What is not keyed is not sent to the origin on a shared fetch.
+    /// Default `"sorted"`.
+    pub query: QueryMode,
 }
 
 impl Default for CacheConfig {
@@ -173,6 +193,42 @@ impl Default for CacheConfig {
             max_key_bytes: 2048,
             warm_urls: Vec::new(),
             purge_on: BTreeMap::from([("maker_comment".to_string(), vec!["/launch/".to_string()])]),
+            ignore_cookies: crate::cache::cookies::DEFAULT_IGNORED
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            query: QueryMode::Sorted,
+        }
+    }
+}
+
+pub use crate::cache::key::QueryMode;
+
+impl<'de> Deserialize<'de> for QueryMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Names(Vec<String>),
+        }
+        let expected =
+            "expected \"sorted\", \"ignore\" or a list of parameter names such as [\"page\"]";
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(expected))? {
+            Raw::Word(w) if w == "sorted" => Ok(QueryMode::Sorted),
+            Raw::Word(w) if w == "ignore" => Ok(QueryMode::Ignore),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!("{expected}, got {w:?}"))),
+            Raw::Names(names) => {
+                if let Some(bad) = names
+                    .iter()
+                    .find(|n| n.is_empty() || n.contains(['&', '=', '#', ' ']))
+                {
+                    return Err(serde::de::Error::custom(format!(
+                        "{expected}; {bad:?} is not a parameter name"
+                    )));
+                }
+                Ok(QueryMode::Keep(names))
+            }
         }
     }
 }
@@ -330,6 +386,10 @@ impl Config {
         positive("server.body_timeout_ms", s.body_timeout_ms)?;
         positive("server.header_timeout_ms", s.header_timeout_ms)?;
         positive("server.keepalive_timeout_secs", s.keepalive_timeout_secs)?;
+        for (i, host) in s.hosts.iter().enumerate() {
+            crate::front::check_host_entry(host)
+                .map_err(|problem| ConfigError::invalid(format!("server.hosts[{i}]"), problem))?;
+        }
 
         let w = &self.webhook;
         if !w.path.starts_with('/') || w.path.len() < 2 || w.path.contains(['{', '}', '*']) {
@@ -420,6 +480,15 @@ impl Config {
         }
         positive("origin.timeout_ms", o.timeout_ms)?;
         positive("origin.queue_timeout_ms", o.queue_timeout_ms)?;
+        if !(o.bypass_share > 0.0 && o.bypass_share < 1.0) {
+            return Err(ConfigError::invalid(
+                "origin.bypass_share",
+                format!(
+                    "expected a number between 0 and 1 (exclusive): the share of origin permits requests that bypass the cache may hold, got {}",
+                    o.bypass_share
+                ),
+            ));
+        }
 
         let b = &self.backpressure;
         if !(b.shed_factor.is_finite() && b.shed_factor >= 1.0) {
@@ -480,6 +549,9 @@ impl Config {
                 ));
             }
         }
+        crate::cache::cookies::compile(&c.ignore_cookies).map_err(|(i, problem)| {
+            ConfigError::invalid(format!("cache.ignore_cookies[{i}]"), problem)
+        })?;
         for (event, prefixes) in &c.purge_on {
             for (i, prefix) in prefixes.iter().enumerate() {
                 if !prefix.starts_with('/') {
@@ -992,6 +1064,42 @@ mod tests {
         assert!(e.starts_with("cache.purge_on.upvote[0]:"), "{e}");
         let e = err("[cache]\nttl = 5\n");
         assert!(e.contains("unknown field `ttl`"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_safety_keys_name_themselves() {
+        let e = err("[server]\nhosts = [\"example.com\", \"example.com:443\"]\n");
+        assert!(
+            e.starts_with("server.hosts[1]:") && e.contains("port"),
+            "{e}"
+        );
+        let e = err("[server]\nhosts = [\"https://example.com\"]\n");
+        assert!(e.starts_with("server.hosts[0]:"), "{e}");
+        let e = err("[origin]\nbypass_share = 1.0\n");
+        assert!(e.starts_with("origin.bypass_share:"), "{e}");
+        let e = err("[cache]\nquery = \"random\"\n");
+        assert!(
+            e.starts_with("cache.query:") && e.contains("\"ignore\""),
+            "{e}"
+        );
+        let e = err("[cache]\nquery = [\"a=b\"]\n");
+        assert!(e.starts_with("cache.query:"), "{e}");
+        let e = err("[cache]\nignore_cookies = [\"_ga*\", \"a;b\"]\n");
+        assert!(e.starts_with("cache.ignore_cookies[1]:"), "{e}");
+        let c = Config::parse(
+            "[server]\nhosts = [\"Example.com\", \"*.example.com\"]\n[cache]\nquery = [\"page\"]\nignore_cookies = []\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache.query, QueryMode::Keep(vec!["page".into()]));
+        assert!(c.cache.ignore_cookies.is_empty());
+        assert_eq!(
+            Config::parse("[cache]\nquery = \"ignore\"\n")
+                .unwrap()
+                .cache
+                .query,
+            QueryMode::Ignore
+        );
+        assert_eq!(Config::default().cache.query, QueryMode::Sorted);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! event-driven purge rules) and the page-view hook.
 //!
 //! ```text
-//! request ─► classify path ─► shed? (factor > shed_factor and not critical) ─► 503
-//!                                 └─► cache (cache/) ─► origin (origin.rs) under a permit
+//! front door (front.rs: host, canonical path) ─► routing ─► classify the canonical path
+//!   ─► shed? (factor > shed_factor and not critical) ─► 503
+//!   └─► cache (cache/) ─► origin (origin.rs) under a permit
 //! ```
 //!
 //! **Invariant:** the admission decision reads the factor once (one atomic load) and
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, Method, Response, StatusCode};
+use axum::http::{Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -30,6 +31,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
 use crate::factor::Factor;
+use crate::front::Verified;
 use crate::origin::{Forwarded, Origin};
 use crate::telemetry;
 
@@ -41,6 +43,8 @@ pub struct Edge {
 
 struct EdgeInner {
     classifier: Classifier,
+    /// Warm-ups are fetched under this host (`Front::primary_host`).
+    primary_host: axum::http::HeaderValue,
     cache: Cache,
     shed_factor: f64,
     retry_after_secs: u64,
@@ -49,13 +53,20 @@ struct EdgeInner {
 }
 
 impl Edge {
-    pub fn new(config: &Config, factor: Factor, clock: Clock) -> Result<Edge, ConfigError> {
+    /// `primary_host`: the host warm-ups fill the cache under (`Front::primary_host`).
+    pub fn new(
+        config: &Config,
+        factor: Factor,
+        clock: Clock,
+        primary_host: axum::http::HeaderValue,
+    ) -> Result<Edge, ConfigError> {
         let classifier = Classifier::new(&config.backpressure, &config.webhook.path)
             .map_err(|p| ConfigError::invalid("backpressure.critical_paths", p))?;
         let origin =
             Origin::new(&config.origin).map_err(|p| ConfigError::invalid("origin.upstream", p))?;
         let limit = OriginLimit::new(
             &config.velocity,
+            config.origin.bypass_share,
             Duration::from_millis(config.origin.queue_timeout_ms),
         );
         let cache = Cache::new(
@@ -69,6 +80,7 @@ impl Edge {
         Ok(Edge {
             inner: Arc::new(EdgeInner {
                 classifier,
+                primary_host,
                 cache,
                 shed_factor: config.backpressure.shed_factor,
                 retry_after_secs: config.backpressure.retry_after_secs,
@@ -88,35 +100,23 @@ impl Edge {
         self.inner.classifier.classify(path)
     }
 
-    /// Fetches each path into the cache (as a plain GET) and reports what happened.
+    /// Fetches each path into the cache (as a plain GET under the primary host),
+    /// compresses it at once, and reports what happened.
     pub async fn warm(&self, paths: &[String]) -> Vec<WarmResult> {
         let mut out = Vec::with_capacity(paths.len());
         for path in paths {
-            let req = match Request::builder()
-                .method(Method::GET)
-                .uri(path.as_str())
-                .body(Body::empty())
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    out.push(WarmResult {
-                        path: path.clone(),
-                        status: 0,
-                        cache: format!("invalid path: {e}"),
-                    });
-                    continue;
-                }
+            let fwd = Forwarded {
+                client: None,
+                host: self.inner.primary_host.clone(),
+                proto: "http",
             };
-            let res = self.inner.cache.handle(req, Forwarded::default()).await;
-            let cache = res
-                .headers()
-                .get(crate::cache::X_CACHE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            let (status, cache) = match self.inner.cache.warm(path, fwd).await {
+                Ok(r) => r,
+                Err(e) => (0, e),
+            };
             out.push(WarmResult {
                 path: path.clone(),
-                status: res.status().as_u16(),
+                status,
                 cache,
             });
         }
@@ -165,12 +165,17 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
     if admission::shed(class, factor, edge.inner.shed_factor) {
         return edge.shed_response(class, factor);
     }
+    let (host, proto) = match req.extensions().get::<Verified>() {
+        Some(v) => (v.host.clone(), v.proto),
+        None => (edge.inner.primary_host.clone(), "http"),
+    };
     let fwd = Forwarded {
         client: req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0),
-        host: req.headers().get(header::HOST).cloned(),
+        host,
+        proto,
     };
     edge.inner.cache.handle(req, fwd).await
 }

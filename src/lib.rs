@@ -32,6 +32,7 @@ pub mod conversions;
 pub mod edge;
 pub mod error;
 pub mod factor;
+pub mod front;
 pub mod history;
 pub mod live;
 pub mod origin;

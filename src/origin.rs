@@ -12,9 +12,13 @@
 //! axum), so large or uncacheable bodies pass through without being buffered.
 //!
 //! Proxy hygiene: hop-by-hop headers (`Connection` and what it names, `Keep-Alive`,
-//! `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed both ways;
-//! `X-Forwarded-For` gains the client address, `X-Forwarded-Proto` and
-//! `X-Forwarded-Host` are set, and `Host` names the upstream.
+//! `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed both ways.
+//! Every header a client could use to tell the origin where the request came from or
+//! where to route it (`Forwarded`, every `X-Forwarded-*`, `X-Real-IP` and its kin,
+//! `X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method-Override` and its kin) is removed
+//! from every request; then `X-Forwarded-For` (the client address),
+//! `X-Forwarded-Proto` and `X-Forwarded-Host` (the host the front door verified) are
+//! set from what launchguard itself saw, and `Host` names the upstream.
 //!
 //! **Invariant:** every fetch ends within `origin.timeout_ms` (response headers), as
 //! a response or an [`OriginError`]; nothing waits on the origin forever.
@@ -131,11 +135,15 @@ pub struct Origin {
     timeout: Duration,
 }
 
-/// Who asked, for the `X-Forwarded-*` headers.
-#[derive(Debug, Clone, Default)]
+/// Who asked, as launchguard saw it: the `X-Forwarded-*` headers and the cache key's
+/// host come from here, never from the client's own headers.
+#[derive(Debug, Clone)]
 pub struct Forwarded {
     pub client: Option<SocketAddr>,
-    pub host: Option<HeaderValue>,
+    /// The verified, normalized host (`front::Verified`).
+    pub host: HeaderValue,
+    /// `http` or `https`.
+    pub proto: &'static str,
 }
 
 impl Origin {
@@ -280,26 +288,53 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// Request headers that say where a request came from or where it should go, which
+/// apps and frameworks believe (Rails, Django, Express, Symfony, IIS, Spring): only
+/// launchguard may set such things, from what it saw itself.
+const ROUTING: [&str; 16] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-proxyuser-ip",
+];
+
+/// Removes every routing and override header and every `X-Forwarded-*`.
+pub fn strip_routing(headers: &mut HeaderMap) {
+    for name in ROUTING {
+        headers.remove(name);
+    }
+    let forwarded: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarded {
+        headers.remove(name);
+    }
+}
+
 fn prepare_request_headers(headers: &mut HeaderMap, fwd: &Forwarded, authority: &Authority) {
-    let original_host = fwd
-        .host
-        .clone()
-        .or_else(|| headers.get(header::HOST).cloned());
     strip_hop_by_hop(headers);
+    strip_routing(headers);
     if let Some(client) = fwd.client {
-        let ip = client.ip().to_string();
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
             headers.insert("x-forwarded-for", v);
         }
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
-    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
+    headers.insert("x-forwarded-host", fwd.host.clone());
     if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
         headers.insert(header::HOST, v);
     }
@@ -332,19 +367,37 @@ mod tests {
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::HOST, HeaderValue::from_static("launch.example"));
+        h.insert(header::HOST, HeaderValue::from_static("evil.example"));
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("8443"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/admin"));
+        h.insert("forwarded", HeaderValue::from_static("host=evil.example"));
+        h.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        h.insert("x-rewrite-url", HeaderValue::from_static("/admin"));
         h.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
         let fwd = Forwarded {
             client: Some("198.51.100.7:5555".parse().unwrap()),
-            host: None,
+            host: HeaderValue::from_static("launch.example"),
+            proto: "http",
         };
         prepare_request_headers(&mut h, &fwd, &"127.0.0.1:3000".parse().unwrap());
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get("x-secret-hop").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::TE).is_none());
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.7");
+        for gone in [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "forwarded",
+            "x-http-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "launch.example");
         assert_eq!(h[header::HOST], "127.0.0.1:3000");

@@ -266,15 +266,30 @@ fn nofile(connections: u64) -> Check {
 /// GETs `path` from the origin as the edge would, with `origin.timeout_ms`.
 async fn origin_get(
     origin: &Origin,
+    config: &Config,
     path: &str,
 ) -> Result<(axum::http::Response<axum::body::Body>, u128), String> {
+    let host = config
+        .server
+        .hosts
+        .first()
+        .map(|h| h.trim_start_matches("*.").to_string())
+        .unwrap_or_else(|| "localhost".to_string());
     let req = axum::http::Request::get(path)
         .header(header::HOST, "localhost")
         .body(axum::body::Body::empty())
         .map_err(|e| format!("{path} is not a valid path: {e}"))?;
     let started = Instant::now();
     let res = origin
-        .fetch(req, &Forwarded::default())
+        .fetch(
+            req,
+            &Forwarded {
+                client: None,
+                host: axum::http::HeaderValue::from_str(&host)
+                    .unwrap_or(axum::http::HeaderValue::from_static("localhost")),
+                proto: "http",
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok((res, started.elapsed().as_micros()))
@@ -290,7 +305,7 @@ fn origin_name(config: &Config) -> String {
 async fn origin(config: &Config, origin: &Origin) -> Check {
     const NAME: &str = "origin";
     let what = origin_name(config);
-    match origin_get(origin, "/").await {
+    match origin_get(origin, config, "/").await {
         Ok((res, us)) if res.status().is_success() || res.status().is_redirection() => {
             Check::pass(
                 NAME,
@@ -327,7 +342,7 @@ async fn warm_urls(config: &Config, origin: &Origin) -> Check {
     }
     let mut problems = Vec::new();
     for url in urls {
-        match origin_get(origin, url).await {
+        match origin_get(origin, config, url).await {
             Ok((res, _)) => {
                 let h = res.headers();
                 let cc = h

@@ -26,6 +26,7 @@ pub const CONVERSIONS_TOTAL: &str = "launchguard_conversions_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "launchguard_cache_requests_total";
 pub const CACHE_BYTES: &str = "launchguard_cache_bytes";
 pub const CACHE_PURGED_TOTAL: &str = "launchguard_cache_purged_total";
+pub const CACHE_COMPRESSIONS_TOTAL: &str = "launchguard_cache_compressions_total";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "launchguard_backpressure_rejections_total";
 pub const ORIGIN_INFLIGHT: &str = "launchguard_origin_inflight";
 pub const ORIGIN_REQUEST_DURATION_SECONDS: &str = "launchguard_origin_request_duration_seconds";
@@ -189,6 +190,10 @@ fn describe() {
         "Bytes held by the edge cache, as weighed against cache.max_bytes"
     );
     describe_counter!(CACHE_PURGED_TOTAL, "Cache entries dropped by purges");
+    describe_counter!(
+        CACHE_COMPRESSIONS_TOTAL,
+        "Cached objects compressed (result=done), or not yet because one was already running (result=busy)"
+    );
     describe_counter!(
         BACKPRESSURE_REJECTIONS_TOTAL,
         "Requests refused with 503 by class (normal, low: shed; queue: no origin permit in time)"

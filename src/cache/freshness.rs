@@ -11,7 +11,7 @@
 //!   one refresh runs, and for `stale_if_error` when the origin fails.
 //! - 301 and 404 are kept briefly: at most `min_ttl`.
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 
 /// Lifetimes from `[cache]`, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +44,61 @@ impl Policy {
 }
 
 /// The `Cache-Control` directives a shared cache acts on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directives {
     pub no_store: bool,
+    /// Unqualified `private`: the whole response is for one user.
     pub private: bool,
+    /// Unqualified `no-cache`: revalidate before each use.
     pub no_cache: bool,
     pub must_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// Fields named by `private="..."` and `no-cache="..."`: the response may be
+    /// stored, but never with these (RFC 9111 §5.2.2.4, §5.2.2.7).
+    pub withheld: Vec<HeaderName>,
+}
+
+/// Splits one `Cache-Control` value into directives, honouring quoted strings (a
+/// field list such as `no-cache="set-cookie, x-user"` holds commas).
+fn split_directives(text: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut in_quotes = false;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            if escaped {
+                escaped = false;
+            } else if in_quotes && c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quotes = !in_quotes;
+            } else if c == ',' && !in_quotes {
+                end = i;
+                break;
+            }
+        }
+        let part = rest[..end].trim();
+        rest = rest.get(end + 1..).unwrap_or("");
+        if part.is_empty() {
+            continue;
+        }
+        let (name, arg) = match part.split_once('=') {
+            Some((n, a)) => {
+                let a = a.trim();
+                let a = a
+                    .strip_prefix('"')
+                    .and_then(|a| a.strip_suffix('"'))
+                    .unwrap_or(a);
+                (n.trim(), Some(a.to_string()))
+            }
+            None => (part, None),
+        };
+        out.push((name.to_ascii_lowercase(), arg));
+    }
+    out
 }
 
 /// Parses every `Cache-Control` header value. Unknown directives are ignored;
@@ -62,16 +109,24 @@ pub fn directives(headers: &HeaderMap) -> Directives {
         let Ok(text) = value.to_str() else {
             continue;
         };
-        for part in text.split(',') {
-            let (name, arg) = match part.split_once('=') {
-                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                None => (part.trim(), None),
+        for (name, arg) in split_directives(text) {
+            let secs = || {
+                arg.as_deref()
+                    .and_then(|a| a.parse::<u64>().ok())
+                    .unwrap_or(0)
             };
-            let secs = || arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(0);
-            match name.to_ascii_lowercase().as_str() {
+            let fields = |d: &mut Directives| {
+                for f in arg.as_deref().unwrap_or("").split(',') {
+                    if let Ok(n) = HeaderName::from_bytes(f.trim().as_bytes()) {
+                        d.withheld.push(n);
+                    }
+                }
+            };
+            match name.as_str() {
                 "no-store" => d.no_store = true,
-                // `private="set-cookie"` and `no-cache="x"` name fields; treat them whole.
+                "private" if arg.is_some() => fields(&mut d),
                 "private" => d.private = true,
+                "no-cache" if arg.is_some() => fields(&mut d),
                 "no-cache" => d.no_cache = true,
                 "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
                 "max-age" => d.max_age = Some(secs()),
@@ -226,11 +281,12 @@ pub enum NotStored {
     Transient,
 }
 
-/// The not-cached rules: `Set-Cookie`, `private`, `no-store`, `Vary: *`, and statuses
-/// other than 2xx, 301 and 404.
+/// The not-cached rules: `Set-Cookie` (unless the origin withheld it with
+/// `private="set-cookie"` or `no-cache="set-cookie"`), `private`, `no-store`,
+/// `Vary: *`, and statuses other than 2xx, 301 and 404.
 pub fn storable(status: StatusCode, headers: &HeaderMap) -> Result<(), NotStored> {
     let d = directives(headers);
-    if headers.contains_key(header::SET_COOKIE) {
+    if headers.contains_key(header::SET_COOKIE) && !d.withheld.contains(&header::SET_COOKIE) {
         return Err(NotStored::Personal("set-cookie"));
     }
     if d.private {
@@ -340,6 +396,39 @@ mod tests {
         let l = life(&[("cache-control", "max-age=10, must-revalidate")]);
         assert_eq!(verdict(&l, &P, 1.0, 1_011_000), Verdict::Revalidate);
         assert!(!usable_on_error(&l, &P, 1.0, 1_011_000));
+    }
+
+    #[test]
+    fn qualified_private_and_no_cache_withhold_fields_only() {
+        let d = directives(&h(&[(
+            "cache-control",
+            "public, no-cache=\"Set-Cookie, X-User\", max-age=30, private=\"x-debug\"",
+        )]));
+        assert!(!d.no_cache && !d.private);
+        assert_eq!(d.max_age, Some(30));
+        assert_eq!(
+            d.withheld,
+            vec![
+                HeaderName::from_static("set-cookie"),
+                HeaderName::from_static("x-user"),
+                HeaderName::from_static("x-debug")
+            ]
+        );
+        let l = life(&[("cache-control", "no-cache=\"set-cookie\", max-age=30")]);
+        assert!(!l.revalidate_always);
+        assert_eq!(
+            storable(
+                StatusCode::OK,
+                &h(&[
+                    ("set-cookie", "s=1"),
+                    ("cache-control", "private=\"set-cookie\"")
+                ])
+            ),
+            Ok(())
+        );
+        // Unqualified, they still mean the whole response.
+        let d = directives(&h(&[("cache-control", "private, no-cache")]));
+        assert!(d.private && d.no_cache && d.withheld.is_empty());
     }
 
     #[test]

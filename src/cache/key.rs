@@ -17,46 +17,106 @@ pub fn is_tracking(name: &str) -> bool {
     name.starts_with("utm_") || TRACKING_EXACT.contains(&name)
 }
 
-/// Normalizes `path` and `query` into a cache key of at most `max_len` bytes; `None`
-/// when the key would be longer.
-pub fn normalize(path: &str, query: Option<&str>, max_len: usize) -> Option<String> {
+/// What the query string does to the key (`cache.query`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueryMode {
+    /// Tracking parameters dropped, the rest sorted. The default.
+    #[default]
+    Sorted,
+    /// One entry per path: the query is dropped.
+    Ignore,
+    /// Only these parameters (by name, as sent) are kept, sorted.
+    Keep(Vec<String>),
+}
+
+impl QueryMode {
+    fn keeps(&self, name: &str) -> bool {
+        match self {
+            QueryMode::Sorted => !is_tracking(name),
+            QueryMode::Ignore => false,
+            QueryMode::Keep(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// A cache key: the URL the origin is asked for (normalized path and query), then a
+/// NUL, then the normalized host. The URL comes first so that a purge by path prefix
+/// covers every host. Neither part can hold a NUL: the front door refuses `%00`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    text: String,
+    url_len: usize,
+}
+
+impl Key {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The path and query a shared fetch asks the origin for: exactly what is keyed.
+    pub fn url(&self) -> &str {
+        &self.text[..self.url_len]
+    }
+
+    pub fn host(&self) -> &str {
+        &self.text[self.url_len + 1..]
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.host(), self.url())
+    }
+}
+
+/// Normalizes `host`, `path` and `query` into a cache key of at most `max_len` bytes;
+/// `None` when the key would be longer. `path` is canonical already (`front.rs`).
+pub fn normalize(
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    mode: &QueryMode,
+    max_len: usize,
+) -> Option<Key> {
     let path = if path.is_empty() { "/" } else { path };
-    if path.len() > max_len {
+    if path.len() + 1 + host.len() > max_len {
         return None;
     }
     let mut pairs: Vec<&str> = match query {
-        Some(q) => q
+        Some(q) if *mode != QueryMode::Ignore => q
             .split('&')
             .filter(|p| !p.is_empty())
-            .filter(|p| !is_tracking(p.split('=').next().unwrap_or(p)))
+            .filter(|p| mode.keeps(p.split('=').next().unwrap_or(p)))
             .collect(),
-        None => Vec::new(),
+        _ => Vec::new(),
     };
-    if pairs.is_empty() {
-        return Some(path.to_string());
-    }
     pairs.sort_unstable();
-    let len = path.len() + 1 + pairs.iter().map(|p| p.len() + 1).sum::<usize>() - 1;
+    let query_len = if pairs.is_empty() {
+        0
+    } else {
+        1 + pairs.iter().map(|p| p.len() + 1).sum::<usize>() - 1
+    };
+    let url_len = path.len() + query_len;
+    let len = url_len + 1 + host.len();
     if len > max_len {
         return None;
     }
-    let mut key = String::with_capacity(len);
-    key.push_str(path);
-    key.push('?');
+    let mut text = String::with_capacity(len);
+    text.push_str(path);
     for (i, p) in pairs.iter().enumerate() {
-        if i > 0 {
-            key.push('&');
-        }
-        key.push_str(p);
+        text.push(if i == 0 { '?' } else { '&' });
+        text.push_str(p);
     }
-    Some(key)
+    text.push('\0');
+    text.push_str(host);
+    Some(Key { text, url_len })
 }
 
-/// Splits a key back into path and query.
-pub fn split(key: &str) -> (&str, Option<&str>) {
-    match key.split_once('?') {
+/// Splits a URL (`Key::url`) into path and query.
+pub fn split(url: &str) -> (&str, Option<&str>) {
+    match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
-        None => (key, None),
+        None => (url, None),
     }
 }
 
@@ -65,10 +125,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const H: &str = "launch.example";
+
+    fn url(path: &str, query: Option<&str>, max: usize) -> Option<String> {
+        normalize(H, path, query, &QueryMode::Sorted, max).map(|k| k.url().to_string())
+    }
+
     #[test]
     fn tracking_params_are_dropped_and_the_rest_sorted() {
         assert_eq!(
-            normalize(
+            url(
                 "/launch/",
                 Some("utm_source=ph&b=2&fbclid=x&a=1&ref=hn"),
                 2048
@@ -77,28 +143,65 @@ mod tests {
             "/launch/?a=1&b=2"
         );
         assert_eq!(
-            normalize("/launch/", Some("utm_medium=x"), 2048).unwrap(),
+            url("/launch/", Some("utm_medium=x"), 2048).unwrap(),
             "/launch/"
         );
-        assert_eq!(normalize("/", Some(""), 2048).unwrap(), "/");
-        assert_eq!(normalize("", None, 2048).unwrap(), "/");
-        assert_eq!(normalize("/a", Some("&&x&"), 2048).unwrap(), "/a?x");
+        assert_eq!(url("/", Some(""), 2048).unwrap(), "/");
+        assert_eq!(url("", None, 2048).unwrap(), "/");
+        assert_eq!(url("/a", Some("&&x&"), 2048).unwrap(), "/a?x");
         // Not a tracking parameter: only the exact names and the utm_ prefix are.
         assert_eq!(
-            normalize("/a", Some("reference=1"), 2048).unwrap(),
+            url("/a", Some("reference=1"), 2048).unwrap(),
             "/a?reference=1"
         );
     }
 
     #[test]
+    fn the_host_is_part_of_the_key_and_the_url_is_what_the_origin_gets() {
+        let a = normalize(
+            "launch.example",
+            "/p",
+            Some("utm_source=x&b=1"),
+            &QueryMode::Sorted,
+            2048,
+        )
+        .unwrap();
+        let b = normalize("evil.example", "/p", Some("b=1"), &QueryMode::Sorted, 2048).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.url(), b.url());
+        assert_eq!(a.url(), "/p?b=1");
+        assert_eq!(a.host(), "launch.example");
+        assert!(
+            a.as_str().starts_with("/p?b=1"),
+            "a path prefix covers every host"
+        );
+        assert_eq!(a.to_string(), "launch.example/p?b=1");
+    }
+
+    #[test]
+    fn query_modes() {
+        let k = |mode: &QueryMode, q: &str| {
+            normalize(H, "/p", Some(q), mode, 2048)
+                .unwrap()
+                .url()
+                .to_string()
+        };
+        assert_eq!(k(&QueryMode::Ignore, "bust=1&a=2"), "/p");
+        let keep = QueryMode::Keep(vec!["page".into(), "utm_source".into()]);
+        assert_eq!(
+            k(&keep, "bust=1&page=2&utm_source=ph&x"),
+            "/p?page=2&utm_source=ph"
+        );
+        assert_eq!(k(&keep, "bust=1"), "/p");
+        assert_eq!(k(&QueryMode::Sorted, "b=1&a=2&gclid=3"), "/p?a=2&b=1");
+    }
+
+    #[test]
     fn over_long_keys_are_refused() {
         let long = "a".repeat(100);
-        assert!(normalize(&format!("/{long}"), None, 64).is_none());
-        assert!(normalize("/x", Some(&format!("q={long}")), 64).is_none());
-        assert_eq!(
-            normalize("/x", Some(&format!("utm_x={long}")), 64).unwrap(),
-            "/x"
-        );
+        assert!(url(&format!("/{long}"), None, 64).is_none());
+        assert!(url("/x", Some(&format!("q={long}")), 64).is_none());
+        assert_eq!(url("/x", Some(&format!("utm_x={long}")), 64).unwrap(), "/x");
     }
 
     fn param() -> impl Strategy<Value = String> {
@@ -116,9 +219,9 @@ mod tests {
         #[test]
         fn normalization_is_idempotent(path in "/[a-z/]{0,20}", params in prop::collection::vec(param(), 0..8)) {
             let q = params.join("&");
-            if let Some(key) = normalize(&path, Some(&q), 2048) {
+            if let Some(key) = url(&path, Some(&q), 2048) {
                 let (p, q2) = split(&key);
-                prop_assert_eq!(normalize(p, q2, 2048), Some(key.clone()));
+                prop_assert_eq!(url(p, q2, 2048), Some(key.clone()));
             }
         }
 
@@ -132,8 +235,8 @@ mod tests {
                 shuffled.swap(i, (s % (i as u64 + 1)) as usize);
             }
             prop_assert_eq!(
-                normalize(&path, Some(&params.join("&")), 2048),
-                normalize(&path, Some(&shuffled.join("&")), 2048)
+                url(&path, Some(&params.join("&")), 2048),
+                url(&path, Some(&shuffled.join("&")), 2048)
             );
         }
 
@@ -141,13 +244,13 @@ mod tests {
         fn tracking_params_never_change_the_key(path in "/[a-z/]{0,20}", params in prop::collection::vec("[a-z]{1,6}=[0-9]{0,4}", 0..5), tracking in "utm_[a-z]{1,5}=[a-z]{0,5}") {
             let base = params.join("&");
             let with = if base.is_empty() { tracking.clone() } else { format!("{base}&{tracking}") };
-            prop_assert_eq!(normalize(&path, Some(&base), 2048), normalize(&path, Some(&with), 2048));
+            prop_assert_eq!(url(&path, Some(&base), 2048), url(&path, Some(&with), 2048));
         }
 
         #[test]
         fn keys_respect_the_bound(path in "/[a-z]{0,80}", params in prop::collection::vec(param(), 0..20), max in 64usize..200) {
-            if let Some(key) = normalize(&path, Some(&params.join("&")), max) {
-                prop_assert!(key.len() <= max);
+            if let Some(key) = normalize(H, &path, Some(&params.join("&")), &QueryMode::Sorted, max) {
+                prop_assert!(key.as_str().len() <= max);
             }
         }
     }

@@ -2,9 +2,10 @@
 //! comes from.
 //!
 //! ```text
-//! request ─► unsafe method? ─► origin (BYPASS), then invalidate its URL on success
-//!         ─► Authorization or over-long URL? ─► origin (BYPASS)
-//!         ─► key (key.rs) ─► store (store.rs) ─► verdict at today's factor (freshness.rs)
+//! request ─► unsafe method? ─► origin (BYPASS, bypass permits), then invalidate its URL
+//!         ─► Authorization or a personal cookie (cookies.rs)? ─► origin (BYPASS)
+//!         ─► key: host + canonical path + query (key.rs) ─► store (store.rs)
+//!              ─► verdict at today's factor (freshness.rs)
 //!              Fresh      ─► HIT
 //!              Stale      ─► STALE at once; one background refresh (flight.rs)
 //!              Revalidate ─► conditional fetch (ETag / Last-Modified) ─► 304 → HIT
@@ -12,23 +13,42 @@
 //!         origin failed or no permit in time ─► the stale copy (STALE) or 502/504/503
 //! ```
 //!
-//! The shared fetch runs in a spawned task holding an origin permit; it buffers a
-//! storable body up to the per-object limit, makes the gzip and br variants once,
-//! stores the entry and hands it to every waiter. A personal response (`Set-Cookie`,
-//! `private`, `no-store`, `Vary: *`) or an over-large one is never shared: it streams
-//! to the request that fetched it, and each waiter asks the origin itself.
+//! **What reaches the origin on a shared fetch** is built from the key, not from the
+//! request that happened to come first: the key's URL (what `cache.query` keeps),
+//! the client's headers less its conditionals, directives and cookies (only ignored
+//! and launchguard's own cookies are left by then, and both are removed), and never
+//! the routing or override headers (`origin.rs` strips those from every request).
+//! A request with `Authorization` or a personal cookie never joins a shared fetch.
 //!
-//! Answers from the store carry `Age`, `X-Cache` and
-//! `Cache-Control: public, max-age=<remaining>, stale-while-revalidate=<swr>`.
-//! Request directives (`Cache-Control: no-cache` on reload) are ignored: a reload
-//! storm must not reach the origin.
+//! The shared fetch runs in a spawned task holding an origin permit; it buffers a
+//! storable body up to the per-object limit, stores the entry unless a purge of its
+//! own key happened meanwhile (purges.rs) and hands it to every waiter. A personal
+//! response (`Set-Cookie`, `private`, `no-store`, `Vary: *`) or an over-large one is
+//! never shared: it streams to the request that fetched it, and each waiter asks the
+//! origin itself.
+//!
+//! **Compression** is not on the miss path: an entry is compressed (gzip and br) when
+//! it is served a second time, on the blocking pool, one object at a time
+//! ([`COMPRESS_AT_ONCE`]), and the compressed copy replaces the stored one only if
+//! nothing purged or replaced it meanwhile. A cache-busting flood of one-off URLs
+//! therefore costs no compression at all. Warm-ups compress at once.
+//!
+//! **The origin's word wins**: where it sent `Cache-Control` or `Expires`, answers
+//! carry them unchanged (plus `Age`); the edge's dynamic
+//! `Cache-Control: public, max-age=<remaining>, stale-while-revalidate=<swr>` is
+//! sent only where the origin was silent. The origin's `Vary` is passed on, with
+//! `Accept-Encoding` added when encoded variants are served. Request directives
+//! (`Cache-Control: no-cache` on reload) are ignored: a reload storm must not reach
+//! the origin.
 
+pub mod cookies;
 pub mod flight;
 pub mod freshness;
 pub mod key;
+pub mod purges;
 pub mod store;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,19 +61,26 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
-use crate::admission::OriginLimit;
+use crate::admission::{OriginLimit, Use};
 use crate::clock::Clock;
 use crate::config::CacheConfig;
 use crate::error::ApiError;
 use crate::factor::Factor;
 use crate::origin::{Forwarded, Origin, OriginError};
 use crate::telemetry;
+use cookies::CookiePolicy;
 use flight::{Flights, Role};
 use freshness::{Life, NotStored, Policy, Verdict};
+use key::{Key, QueryMode};
+use purges::{PurgeLog, Purged};
 use store::{Entry, Store};
 
 /// The `X-Cache` header.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Compressions running at once on the blocking pool: one, so that on a 2-core box
+/// at least one core is always left for serving, whatever the traffic.
+pub const COMPRESS_AT_ONCE: usize = 1;
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +134,14 @@ pub enum Fetched {
     Queued,
 }
 
+/// What only the leader of a shared fetch gets.
+enum Own {
+    /// The whole response (personal or too large to store).
+    Response(Response<Body>),
+    /// Fields the origin withheld from the stored copy (`private="set-cookie"`).
+    Withheld(HeaderMap),
+}
+
 /// The cache; a clone is cheap and shares everything.
 #[derive(Clone)]
 pub struct Cache {
@@ -117,6 +152,8 @@ struct Inner {
     store: Store,
     flights: Flights<Fetched>,
     policy: Policy,
+    cookies: CookiePolicy,
+    query: QueryMode,
     max_key_bytes: usize,
     swr_secs: u64,
     retry_after_secs: u64,
@@ -126,13 +163,14 @@ struct Inner {
     clock: Clock,
     results: [metrics::Counter; 4],
     bytes: metrics::Gauge,
-    /// Bumped by every purge and invalidation. A fetch that started before one does
-    /// not store what it got: it may be the very page the purge meant to drop.
-    purges: AtomicU64,
+    purges: PurgeLog,
+    /// Compressions running now (at most [`COMPRESS_AT_ONCE`]).
+    compressing: AtomicUsize,
+    compressions: [metrics::Counter; 2],
 }
 
 /// The headers a client sends that must not reach the origin on a shared fetch.
-const CLIENT_ONLY: [HeaderName; 8] = [
+const CLIENT_ONLY: [HeaderName; 9] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
@@ -141,9 +179,11 @@ const CLIENT_ONLY: [HeaderName; 8] = [
     header::RANGE,
     header::CACHE_CONTROL,
     header::PRAGMA,
+    header::COOKIE,
 ];
 
 impl Cache {
+    /// `config` is validated (`cache.ignore_cookies` compiles).
     pub fn new(
         config: &CacheConfig,
         retry_after_secs: u64,
@@ -154,11 +194,15 @@ impl Cache {
     ) -> Cache {
         let results = [XCache::Hit, XCache::Stale, XCache::Miss, XCache::Bypass]
             .map(|x| metrics::counter!(telemetry::CACHE_REQUESTS_TOTAL, "result" => x.label()));
+        let ignored =
+            cookies::compile(&config.ignore_cookies).unwrap_or_else(|_| globset::GlobSet::empty());
         Cache {
             inner: Arc::new(Inner {
                 store: Store::new(config.max_bytes, config.max_object_bytes),
                 flights: Flights::new(),
                 policy: Policy::from_config(config),
+                cookies: CookiePolicy::new(ignored),
+                query: config.query.clone(),
                 max_key_bytes: config.max_key_bytes,
                 swr_secs: config.stale_while_revalidate_secs,
                 retry_after_secs,
@@ -168,7 +212,10 @@ impl Cache {
                 clock,
                 results,
                 bytes: metrics::gauge!(telemetry::CACHE_BYTES),
-                purges: AtomicU64::new(0),
+                purges: PurgeLog::new(),
+                compressing: AtomicUsize::new(0),
+                compressions: ["done", "busy"]
+                    .map(|r| metrics::counter!(telemetry::CACHE_COMPRESSIONS_TOTAL, "result" => r)),
             }),
         }
     }
@@ -186,37 +233,63 @@ impl Cache {
         self.inner.store.weight()
     }
 
-    /// Drops every entry whose key starts with `prefix`; returns how many.
+    /// The key a GET of `path_and_query` on `host` is stored under, if it is cached.
+    pub fn key_of(&self, host: &str, path: &str, query: Option<&str>) -> Option<Key> {
+        key::normalize(
+            host,
+            path,
+            query,
+            &self.inner.query,
+            self.inner.max_key_bytes,
+        )
+    }
+
+    /// Drops every entry whose key starts with `prefix` (a path prefix, on every
+    /// host); returns how many.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.inner.purges.fetch_add(1, Ordering::AcqRel);
-        let n = self.inner.store.purge_prefix(prefix);
+        let store = &self.inner.store;
+        let n = self
+            .inner
+            .purges
+            .purge([Purged::Prefix(prefix.to_string())], || {
+                store.purge_prefix(prefix)
+            });
         self.inner.bytes.set(self.bytes() as f64);
         n
     }
 
     /// Answers one public request that passed admission.
-    pub async fn handle(&self, req: Request<Body>, fwd: Forwarded) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Body>, fwd: Forwarded) -> Response<Body> {
+        let i = &self.inner;
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
+            cookies::strip_own(req.headers_mut());
             return self.pass_unsafe(req, fwd).await;
         }
-        if req.headers().contains_key(header::AUTHORIZATION) {
-            return self.pass(req, fwd, XCache::Bypass).await;
+        if req.headers().contains_key(header::AUTHORIZATION)
+            || i.cookies.verdict(req.headers()) == cookies::Verdict::Personal
+        {
+            cookies::strip_own(req.headers_mut());
+            return self.pass(req, fwd, XCache::Bypass, Use::Bypass).await;
         }
+        // Only ignored and launchguard's own cookies are left: none reaches the origin.
+        req.headers_mut().remove(header::COOKIE);
         let Some(key) = key::normalize(
+            host_str(&fwd),
             req.uri().path(),
             req.uri().query(),
-            self.inner.max_key_bytes,
+            &i.query,
+            i.max_key_bytes,
         ) else {
-            return self.pass(req, fwd, XCache::Bypass).await;
+            return self.pass(req, fwd, XCache::Bypass, Use::Bypass).await;
         };
-        let i = &self.inner;
         let now = i.clock.now_ms();
         let factor = i.factor.current();
-        let (stale, full_key) = i.store.get(&key, req.headers());
+        let (stale, full_key) = i.store.get(key.as_str(), req.headers());
         if let Some(e) = &stale {
             match freshness::verdict(&e.life, &i.policy, factor, now) {
                 Verdict::Fresh { remaining_ms } => {
+                    self.note_use(&key, full_key.as_deref(), e);
                     return self.respond(e, &req, XCache::Hit, remaining_ms, now);
                 }
                 Verdict::Stale => {
@@ -228,19 +301,26 @@ impl Cache {
                 Verdict::Revalidate => {}
             }
         }
-        let flight_key = full_key.unwrap_or_else(|| key.clone());
+        let flight_key = full_key.unwrap_or_else(|| key.as_str().to_string());
         let (outcome, own) = match i.flights.join(&flight_key) {
             Role::Leader(leader) => {
                 let waiter = leader.follower();
                 let this = self.clone();
-                let origin_req = origin_request(req.uri(), req.headers(), stale.as_deref());
+                let origin_req = origin_request(&key, req.headers(), stale.as_deref());
                 let client_headers = req.headers().clone();
                 let task_fwd = fwd.clone();
                 let stale_for_task = stale.clone();
+                let task_key = key.clone();
                 // The fetch outlives this request if the client goes away.
                 let task = tokio::spawn(async move {
                     let (outcome, own) = this
-                        .fetch(&key, origin_req, &client_headers, task_fwd, stale_for_task)
+                        .fetch(
+                            &task_key,
+                            origin_req,
+                            &client_headers,
+                            task_fwd,
+                            stale_for_task,
+                        )
                         .await;
                     leader.finish(Arc::new(outcome));
                     own
@@ -272,7 +352,7 @@ impl Cache {
                     .zip(vary_values)
                     .all(|(name, v)| req.headers().get(name) == v.as_ref());
                 if !same_variant {
-                    return self.pass(req, fwd, XCache::Miss).await;
+                    return self.pass(req, fwd, XCache::Miss, Use::Fill).await;
                 }
                 let remaining =
                     match freshness::verdict(&entry.life, &i.policy, i.factor.current(), now) {
@@ -284,7 +364,17 @@ impl Cache {
                 } else {
                     XCache::Miss
                 };
-                self.respond(entry, &req, x, remaining, now)
+                if entry.compressible {
+                    let (_, slot) = i.store.get(key.as_str(), req.headers());
+                    self.note_use(&key, slot.as_deref(), entry);
+                }
+                let mut res = self.respond(entry, &req, x, remaining, now);
+                if let Some(Own::Withheld(fields)) = own {
+                    for (name, value) in &fields {
+                        res.headers_mut().append(name, value.clone());
+                    }
+                }
+                res
             }
             Fetched::Transient { status, .. } if status.is_server_error() && stale.is_some() => {
                 // A 5xx counts as an origin failure when a stale copy may stand in
@@ -297,7 +387,7 @@ impl Cache {
                 self.transient(&outcome, &req)
             }
             Fetched::Pass => match own {
-                Some(mut res) => {
+                Some(Own::Response(mut res)) => {
                     self.count(XCache::Miss);
                     res.headers_mut()
                         .insert(X_CACHE, HeaderValue::from_static(XCache::Miss.as_str()));
@@ -306,7 +396,7 @@ impl Cache {
                     }
                     res
                 }
-                None => self.pass(req, fwd, XCache::Miss).await,
+                _ => self.pass(req, fwd, XCache::Miss, Use::Fill).await,
             },
             Fetched::Failed(e) => {
                 self.on_failure(stale.as_deref(), &req, e.clone().into_response(), now)
@@ -316,6 +406,89 @@ impl Cache {
                 self.on_failure(stale.as_deref(), &req, res, now)
             }
         }
+    }
+
+    /// Counts one answer from `e` (stored under `key`, in the slot `slot` when it is a
+    /// `Vary` variant) and starts its compression on the second.
+    fn note_use(&self, key: &Key, slot: Option<&str>, e: &Arc<Entry>) {
+        if e.note_use() {
+            self.spawn_compress(key.clone(), slot.map(str::to_string), e.clone());
+        }
+    }
+
+    /// Compresses `e` on the blocking pool and puts the compressed copy in its slot,
+    /// unless the slot changed or a purge covered it meanwhile. At most
+    /// [`COMPRESS_AT_ONCE`] run at once; past that the claim is given back and a later
+    /// answer tries again.
+    fn spawn_compress(&self, key: Key, slot: Option<String>, e: Arc<Entry>) {
+        let i = &self.inner;
+        let taken = i
+            .compressing
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < COMPRESS_AT_ONCE).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            e.release_compression();
+            i.compressions[1].increment(1);
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.compress(&key, slot.as_deref(), e).await;
+            this.inner.compressing.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// The compression itself; also used by warm-ups, which wait for it.
+    async fn compress(&self, key: &Key, slot: Option<&str>, e: Arc<Entry>) {
+        let i = &self.inner;
+        let since = i.purges.epoch();
+        let old = e.clone();
+        let Ok(Some(compressed)) = tokio::task::spawn_blocking(move || old.compressed()).await
+        else {
+            return;
+        };
+        i.compressions[0].increment(1);
+        let slot = slot.unwrap_or(key.as_str());
+        let store = &i.store;
+        i.purges.unless_purged(since, key.as_str(), || {
+            store.replace(slot, &e, Arc::new(compressed))
+        });
+        i.bytes.set(self.bytes() as f64);
+    }
+
+    /// Fetches one path into the cache as a plain GET under `host`, and compresses
+    /// it at once; the answer's status and `X-Cache`.
+    pub async fn warm(&self, path: &str, fwd: Forwarded) -> Result<(u16, String), String> {
+        let uri: Uri = path.parse().map_err(|e| format!("invalid path: {e}"))?;
+        let canonical = crate::front::canonical_path(uri.path())
+            .map_err(|e| format!("invalid path: {}", e.message()))?
+            .into_owned();
+        let key = self.key_of(host_str(&fwd), &canonical, uri.query());
+        let pq = match uri.query() {
+            Some(q) => format!("{canonical}?{q}"),
+            None => canonical,
+        };
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(pq)
+            .body(Body::empty())
+            .map_err(|e| format!("invalid path: {e}"))?;
+        let res = self.handle(req, fwd).await;
+        let x = res
+            .headers()
+            .get(X_CACHE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if let Some(key) = key {
+            let (entry, slot) = self.inner.store.get(key.as_str(), &HeaderMap::new());
+            if let Some(e) = entry.filter(|e| e.claim_compression()) {
+                self.compress(&key, slot.as_deref(), e).await;
+            }
+        }
+        Ok((res.status().as_u16(), x))
     }
 
     /// A shared, unstored answer (a 500, a 302) for one waiter.
@@ -373,19 +546,19 @@ impl Cache {
     /// The one background refresh of a stale entry.
     fn spawn_refresh(
         &self,
-        key: String,
+        key: Key,
         full_key: Option<String>,
         stale: Arc<Entry>,
         req: &Request<Body>,
         fwd: Forwarded,
     ) {
-        let flight_key = full_key.unwrap_or_else(|| key.clone());
+        let flight_key = full_key.unwrap_or_else(|| key.as_str().to_string());
         let Some(leader) = self.inner.flights.lead(&flight_key) else {
             // A fetch for this key is already under way; it will store the result.
             stale.end_refresh();
             return;
         };
-        let origin_req = origin_request(req.uri(), req.headers(), Some(&stale));
+        let origin_req = origin_request(&key, req.headers(), Some(&stale));
         let client_headers = req.headers().clone();
         let this = self.clone();
         tokio::spawn(async move {
@@ -394,7 +567,7 @@ impl Cache {
                 .await;
             // If the store still holds the stale entry (the fetch failed, or a purge
             // kept its result out), let a later request try again.
-            let (current, _) = this.inner.store.get(&key, &client_headers);
+            let (current, _) = this.inner.store.get(key.as_str(), &client_headers);
             if current.is_some_and(|e| Arc::ptr_eq(&e, &stale)) {
                 stale.end_refresh();
             }
@@ -405,16 +578,20 @@ impl Cache {
     /// One origin fetch under a permit; stores what may be stored.
     async fn fetch(
         &self,
-        key: &str,
-        origin_req: Request<Body>,
+        key: &Key,
+        origin_req: Result<Request<Body>, OriginError>,
         client_headers: &HeaderMap,
         fwd: Forwarded,
         stale: Option<Arc<Entry>>,
-    ) -> (Fetched, Option<Response<Body>>) {
+    ) -> (Fetched, Option<Own>) {
         let i = &self.inner;
-        let epoch = i.purges.load(Ordering::Acquire);
+        let since = i.purges.epoch();
+        let origin_req = match origin_req {
+            Ok(r) => r,
+            Err(e) => return (Fetched::Failed(e), None),
+        };
         let factor = i.factor.clone();
-        let Ok(_permit) = i.limit.acquire(|| factor.current()).await else {
+        let Ok(_permit) = i.limit.acquire(|| factor.current(), Use::Fill).await else {
             return (Fetched::Queued, None);
         };
         let res = match i.origin.fetch(origin_req, &fwd).await {
@@ -425,8 +602,7 @@ impl Cache {
         if res.status() == StatusCode::NOT_MODIFIED {
             if let Some(stale) = stale {
                 let entry = Arc::new(stale.revalidated(res.headers(), now));
-                self.store_unless_purged(epoch, key, client_headers, &entry);
-                i.bytes.set(self.bytes() as f64);
+                self.store_unless_purged(since, key, client_headers, &entry);
                 let vary_values = vary_values(&entry, client_headers);
                 return (
                     Fetched::Stored {
@@ -440,7 +616,7 @@ impl Cache {
         }
         let verdict = freshness::storable(res.status(), res.headers());
         if let Err(NotStored::Personal(_)) = verdict {
-            return (Fetched::Pass, Some(res));
+            return (Fetched::Pass, Some(Own::Response(res)));
         }
         let limit = i.store.max_object_bytes();
         let declared = res
@@ -449,7 +625,7 @@ impl Cache {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return (Fetched::Pass, Some(res));
+            return (Fetched::Pass, Some(Own::Response(res)));
         }
         let (parts, body) = res.into_parts();
         let timeout = Duration::from_millis(i.origin.timeout_ms());
@@ -462,7 +638,10 @@ impl Cache {
             }
             Ok(Err(e)) => return (Fetched::Failed(OriginError::Body(e)), None),
             Ok(Ok(Collected::Over(body))) => {
-                return (Fetched::Pass, Some(Response::from_parts(parts, body)))
+                return (
+                    Fetched::Pass,
+                    Some(Own::Response(Response::from_parts(parts, body))),
+                )
             }
             Ok(Ok(Collected::Whole(bytes))) => bytes,
         };
@@ -477,21 +656,15 @@ impl Cache {
             );
         }
         let life = Life::from_response(parts.status, &parts.headers, now);
-        let status = parts.status;
-        let headers = parts.headers;
-        // Compression of a large body runs off the async workers.
-        let entry = if body.len() > 64 * 1024 {
-            match tokio::task::spawn_blocking(move || Entry::new(status, headers, body, life)).await
-            {
-                Ok(e) => e,
-                Err(e) => return (Fetched::Failed(OriginError::Body(e.to_string())), None),
+        // What the origin withheld from the stored copy still goes to this client.
+        let mut withheld = HeaderMap::new();
+        for name in freshness::directives(&parts.headers).withheld {
+            for v in parts.headers.get_all(&name) {
+                withheld.append(name.clone(), v.clone());
             }
-        } else {
-            Entry::new(status, headers, body, life)
-        };
-        let entry = Arc::new(entry);
-        self.store_unless_purged(epoch, key, client_headers, &entry);
-        i.bytes.set(self.bytes() as f64);
+        }
+        let entry = Arc::new(Entry::new(parts.status, parts.headers, body, life));
+        self.store_unless_purged(since, key, client_headers, &entry);
         let vary_values = vary_values(&entry, client_headers);
         (
             Fetched::Stored {
@@ -499,27 +672,36 @@ impl Cache {
                 revalidated: false,
                 vary_values,
             },
-            None,
+            (!withheld.is_empty()).then_some(Own::Withheld(withheld)),
         )
     }
 
-    /// Stores a fetched entry unless a purge happened since the fetch began; the
-    /// waiters get the entry either way.
-    fn store_unless_purged(&self, epoch: u64, key: &str, req: &HeaderMap, entry: &Arc<Entry>) {
+    /// Stores a fetched entry unless a purge of its key happened since the fetch
+    /// began; the waiters get the entry either way.
+    fn store_unless_purged(&self, since: u64, key: &Key, req: &HeaderMap, entry: &Arc<Entry>) {
         let i = &self.inner;
-        if i.purges.load(Ordering::Acquire) != epoch {
-            tracing::debug!(key, "not storing a page fetched before a purge");
-            return;
+        let store = &i.store;
+        let stored = i.purges.unless_purged(since, key.as_str(), || {
+            store.insert(key.as_str(), req, entry.clone())
+        });
+        if stored.is_none() {
+            tracing::debug!(%key, "not storing a page fetched before a purge of it");
         }
-        i.store.insert(key, req, entry.clone());
+        i.bytes.set(self.bytes() as f64);
     }
 
-    /// Straight to the origin under a permit, nothing stored.
-    async fn pass(&self, req: Request<Body>, fwd: Forwarded, x: XCache) -> Response<Body> {
+    /// Straight to the origin under a permit of `use_`, nothing stored.
+    async fn pass(
+        &self,
+        req: Request<Body>,
+        fwd: Forwarded,
+        x: XCache,
+        use_: Use,
+    ) -> Response<Body> {
         self.count(x);
         let i = &self.inner;
         let factor = i.factor.clone();
-        let Ok(_permit) = i.limit.acquire(|| factor.current()).await else {
+        let Ok(_permit) = i.limit.acquire(|| factor.current(), use_).await else {
             return self.queue_timeout();
         };
         let mut res = match i.origin.fetch(req, &fwd).await {
@@ -531,17 +713,20 @@ impl Cache {
         res
     }
 
-    /// POST, PUT, PATCH, DELETE and the rest: to the origin; a success invalidates
-    /// the stored entries for the URL and its `Location` / `Content-Location`.
+    /// POST, PUT, PATCH, DELETE and the rest: to the origin on a bypass permit; a
+    /// success invalidates the stored entries for the URL and its `Location` /
+    /// `Content-Location` on the same host.
     async fn pass_unsafe(&self, req: Request<Body>, fwd: Forwarded) -> Response<Body> {
         let unsafe_method = !matches!(
             *req.method(),
             Method::OPTIONS | Method::TRACE | Method::CONNECT
         );
         let uri = req.uri().clone();
-        let res = self.pass(req, fwd, XCache::Bypass).await;
+        let host = fwd.host.clone();
+        let res = self.pass(req, fwd, XCache::Bypass, Use::Bypass).await;
         let ok = res.status().is_success() || res.status().is_redirection();
         if unsafe_method && ok {
+            let host = host.to_str().unwrap_or("");
             let mut targets = vec![(uri.path().to_string(), uri.query().map(str::to_string))];
             for h in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(u) = res
@@ -550,18 +735,32 @@ impl Cache {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<Uri>().ok())
                 {
-                    // Only same-site references: a path, or an absolute URL whose path we use.
-                    if u.authority().is_none() || u.authority() == uri.authority() {
-                        targets.push((u.path().to_string(), u.query().map(str::to_string)));
+                    // Only same-site references: a path, or an absolute URL on this host.
+                    let same_host = match u.authority() {
+                        None => true,
+                        Some(a) => {
+                            crate::front::parse_host(a.as_str().as_bytes(), default_port(&u))
+                                .is_ok_and(|h| h.key == host)
+                        }
+                    };
+                    if let (true, Ok(path)) = (same_host, crate::front::canonical_path(u.path())) {
+                        targets.push((path.into_owned(), u.query().map(str::to_string)));
                     }
                 }
             }
-            self.inner.purges.fetch_add(1, Ordering::AcqRel);
-            for (path, query) in targets {
-                if let Some(k) = key::normalize(&path, query.as_deref(), self.inner.max_key_bytes) {
-                    self.inner.store.remove(&k);
-                }
-            }
+            let keys: Vec<Key> = targets
+                .iter()
+                .filter_map(|(path, query)| self.key_of(host, path, query.as_deref()))
+                .collect();
+            let store = &self.inner.store;
+            self.inner.purges.purge(
+                keys.iter().map(|k| Purged::Exact(k.as_str().to_string())),
+                || {
+                    for k in &keys {
+                        store.remove(k.as_str());
+                    }
+                },
+            );
             self.inner.bytes.set(self.bytes() as f64);
         }
         res
@@ -578,7 +777,8 @@ impl Cache {
     }
 
     /// An answer from a stored entry: the encoding the client takes, a 304 when its
-    /// validator matches, `Age`, `Cache-Control` and `X-Cache`.
+    /// validator matches, `Age`, `Cache-Control` (the origin's, or the edge's where
+    /// the origin was silent) and `X-Cache`.
     fn respond(
         &self,
         e: &Entry,
@@ -623,17 +823,6 @@ impl Cache {
                 _ => false,
             },
         };
-        let cache_control = if e.life.revalidate_always {
-            "public, no-cache".to_string()
-        } else if e.life.never_stale {
-            format!("public, max-age={}, must-revalidate", remaining_ms / 1000)
-        } else {
-            format!(
-                "public, max-age={}, stale-while-revalidate={}",
-                remaining_ms / 1000,
-                self.inner.swr_secs
-            )
-        };
         let age = e.life.served_age_secs(now);
         let status = if not_modified && e.status == StatusCode::OK {
             StatusCode::NOT_MODIFIED
@@ -649,13 +838,16 @@ impl Cache {
         *res.status_mut() = status;
         let h = res.headers_mut();
         if status == StatusCode::NOT_MODIFIED {
+            // RFC 9110 §15.4.5: what a 200 would have carried of these.
             for name in [
+                header::CACHE_CONTROL,
                 header::CONTENT_LOCATION,
                 header::DATE,
+                header::EXPIRES,
                 header::LAST_MODIFIED,
             ] {
-                if let Some(v) = e.headers.get(&name) {
-                    h.insert(name, v.clone());
+                for v in e.headers.get_all(&name) {
+                    h.append(name.clone(), v.clone());
                 }
             }
         } else {
@@ -673,36 +865,54 @@ impl Cache {
                 h.remove(header::ETAG);
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&cache_control) {
-            h.insert(header::CACHE_CONTROL, v);
+        if !e.origin_speaks {
+            let cache_control = format!(
+                "public, max-age={}, stale-while-revalidate={}",
+                remaining_ms / 1000,
+                self.inner.swr_secs
+            );
+            if let Ok(v) = HeaderValue::from_str(&cache_control) {
+                h.insert(header::CACHE_CONTROL, v);
+            }
         }
         h.insert(header::AGE, HeaderValue::from(age));
-        h.insert(header::VARY, vary_value(e));
+        match &e.vary_out {
+            Some(v) => {
+                h.insert(header::VARY, v.clone());
+            }
+            None => {
+                h.remove(header::VARY);
+            }
+        }
         h.insert(X_CACHE, HeaderValue::from_static(x.as_str()));
         res
     }
 }
 
-fn vary_value(e: &Entry) -> HeaderValue {
-    if e.vary.is_empty() {
-        return HeaderValue::from_static("Accept-Encoding");
+fn host_str(fwd: &Forwarded) -> &str {
+    fwd.host.to_str().unwrap_or("")
+}
+
+fn default_port(u: &Uri) -> u16 {
+    if u.scheme_str() == Some("https") {
+        443
+    } else {
+        80
     }
-    let mut v = String::from("Accept-Encoding");
-    for name in &e.vary {
-        v.push_str(", ");
-        v.push_str(name.as_str());
-    }
-    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Accept-Encoding"))
 }
 
 fn vary_values(e: &Entry, req: &HeaderMap) -> Vec<Option<HeaderValue>> {
     e.vary.iter().map(|n| req.get(n).cloned()).collect()
 }
 
-/// The request a shared fetch sends: always GET, the client's headers less its
-/// conditionals and directives, `Accept-Encoding: identity` (the cache compresses),
-/// and the stored validators when there is a stale copy.
-fn origin_request(uri: &Uri, client: &HeaderMap, stale: Option<&Entry>) -> Request<Body> {
+/// The request a shared fetch sends: always GET of the key's URL, the client's
+/// headers less its conditionals, directives and cookies, `Accept-Encoding: identity`
+/// (the cache compresses), and the stored validators when there is a stale copy.
+fn origin_request(
+    key: &Key,
+    client: &HeaderMap,
+    stale: Option<&Entry>,
+) -> Result<Request<Body>, OriginError> {
     let mut headers = client.clone();
     for h in CLIENT_ONLY.iter() {
         headers.remove(h);
@@ -720,9 +930,14 @@ fn origin_request(uri: &Uri, client: &HeaderMap, stale: Option<&Entry>) -> Reque
         }
     }
     let mut req = Request::new(Body::empty());
-    *req.uri_mut() = uri.clone();
+    // The URL is made of a parsed URI's canonical path and query pieces, so it parses;
+    // if it ever did not, nothing is fetched (or stored) for it.
+    *req.uri_mut() = key
+        .url()
+        .parse()
+        .map_err(|e| OriginError::Unreachable(format!("cache key {key} is not a URL: {e}")))?;
     *req.headers_mut() = headers;
-    req
+    Ok(req)
 }
 
 /// Whether `Accept-Encoding` takes `coding` (q > 0, or `*`).
@@ -796,17 +1011,14 @@ async fn collect_limited(body: Body, limit: u64) -> Result<Collected, String> {
             }
         }
     }
-    Ok(Collected::Whole(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().expect("one chunk"),
-        _ => {
-            let mut all = Vec::with_capacity(total as usize);
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            Bytes::from(all)
-        }
-    }))
+    // Always copied into a buffer of its own size: a chunk is often a slice of a much
+    // larger read buffer (64 KiB from the static origin, hyper's from an upstream),
+    // which a stored slice would keep alive unweighed.
+    let mut all = Vec::with_capacity(total as usize);
+    for c in &chunks {
+        all.extend_from_slice(c);
+    }
+    Ok(Collected::Whole(Bytes::from(all)))
 }
 
 #[cfg(test)]
@@ -835,6 +1047,22 @@ mod tests {
         ));
         assert!(etag_matches(&HeaderValue::from_static("*"), &tag));
         assert!(!etag_matches(&HeaderValue::from_static("\"abd\""), &tag));
+    }
+
+    #[tokio::test]
+    async fn a_stored_body_does_not_keep_its_read_buffer_alive() {
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let page = buffer.slice(0..5000);
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let Collected::Whole(kept) = collect_limited(Body::from(page), 1 << 20).await.unwrap()
+        else {
+            panic!("under the limit")
+        };
+        assert_eq!(kept.len(), 5000);
+        assert!(
+            !range.contains(&(kept.as_ptr() as usize)),
+            "a copy, not a slice"
+        );
     }
 
     #[tokio::test]

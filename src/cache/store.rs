@@ -8,16 +8,20 @@
 //! sweep of 100,000 URLs, leave first. Its weight cap is per shard, so an object
 //! heavier than a shard's share is never stored ([`Store::max_object_bytes`]).
 //!
-//! An object is stored once with its compressed variants (gzip, br) made at insert
-//! time. A response with `Vary` (other than `Accept-Encoding`) stores a marker under
-//! the URL that names the headers, and the object under the URL plus their values;
-//! the marker carries a generation, so invalidating the URL orphans every variant.
+//! An object is stored as the origin sent it. Its compressed variants (gzip, br) are
+//! made later, off the async workers, once it has been asked for twice
+//! ([`Entry::note_use`], `Cache::compress`): a cache-busting miss costs no
+//! compression. The compressed copy replaces the stored one only if that one is still
+//! in place ([`Store::replace`]), and is weighed anew. A response with `Vary` (other
+//! than `Accept-Encoding`) stores a marker under the URL that names the headers, and
+//! the object under the URL plus their values; the marker carries a generation, so
+//! invalidating the URL orphans every variant.
 //!
 //! **Invariant:** `weight()` ≤ `cache.max_bytes`; every stored byte (body, variants,
 //! headers, key) is counted in its entry's weight.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -25,7 +29,7 @@ use bytes::Bytes;
 use quick_cache::sync::Cache as Qc;
 use quick_cache::{OptionsBuilder, Weighter};
 
-use super::freshness::Life;
+use super::freshness::{self, Life};
 
 /// Bodies below this are not compressed: the headers would cost more than the gain.
 const COMPRESS_MIN_BYTES: usize = 256;
@@ -33,11 +37,13 @@ const COMPRESS_MIN_BYTES: usize = 256;
 const ENTRY_OVERHEAD: u64 = 256;
 const SHARDS: usize = 16;
 
-/// One stored response: immutable except for its refresh flag.
+/// One stored response: immutable except for its refresh and use flags.
 #[derive(Debug)]
 pub struct Entry {
     pub status: StatusCode,
-    /// The origin's end-to-end headers, less those the cache sets per answer.
+    /// The origin's end-to-end headers as it sent them (its `Cache-Control`,
+    /// `Expires` and `Vary` included), less those the cache sets per answer and the
+    /// fields it withheld (`private="..."`, `no-cache="..."`).
     pub headers: HeaderMap,
     pub identity: Bytes,
     pub gzip: Option<Bytes>,
@@ -47,28 +53,41 @@ pub struct Entry {
     pub life: Life,
     /// The origin sent the body already encoded (`Content-Encoding`); served as is.
     pub encoded: bool,
+    /// Text-like and large enough: gzip and br variants are (or will be) served.
+    pub compressible: bool,
+    /// The origin said how long the object stays fresh (`Cache-Control` or
+    /// `Expires`): clients get its words, not the edge's dynamic header.
+    pub origin_speaks: bool,
+    /// The `Vary` answers carry: the origin's, with `Accept-Encoding` added when the
+    /// object is compressible.
+    pub vary_out: Option<HeaderValue>,
     /// The request headers this object varies on (from `Vary`, less `Accept-Encoding`).
     pub vary: Vec<HeaderName>,
     weight: u64,
     refreshing: AtomicBool,
+    /// Answers served from this entry (saturating), to compress on the second.
+    uses: AtomicU32,
+    /// A compression was started for this entry.
+    compressing: AtomicBool,
 }
 
 impl Entry {
-    /// Builds an entry from a complete origin response, making the compressed
-    /// variants when the type is text-like and the body large enough.
+    /// Builds an entry from a complete origin response. No compression happens here.
     pub fn new(status: StatusCode, mut headers: HeaderMap, body: Bytes, life: Life) -> Entry {
         let vary = vary_headers(&headers);
-        // Cache-Control and Expires stay: a 304 that does not repeat them must not
-        // lose them (RFC 9111 §4.3.4). Answers replace Cache-Control with the edge's.
+        // Cache-Control and Expires stay: clients get them, and a 304 that does not
+        // repeat them must not lose them (RFC 9111 §4.3.4).
         for h in [
             header::AGE,
             header::CONTENT_LENGTH,
-            header::SET_COOKIE,
-            header::VARY,
             HeaderName::from_static("x-cache"),
         ] {
             headers.remove(h);
         }
+        for h in freshness::directives(&headers).withheld {
+            headers.remove(h);
+        }
+        headers.remove(header::SET_COOKIE);
         let encoded = headers.contains_key(header::CONTENT_ENCODING);
         let compressible = !encoded
             && body.len() >= COMPRESS_MIN_BYTES
@@ -76,96 +95,144 @@ impl Entry {
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(compressible_type);
-        let (gzip, br) = if compressible {
-            let g = gzip(&body).filter(|g| g.len() < body.len());
-            let b = brotli(&body).filter(|b| b.len() < body.len());
-            (g, b)
-        } else {
-            (None, None)
-        };
         let etag = headers.get(header::ETAG).cloned();
         let last_modified = headers.get(header::LAST_MODIFIED).cloned();
-        Entry::assemble(
+        Entry::assemble(Parts {
             status,
             headers,
-            body,
-            gzip,
-            br,
+            identity: body,
+            gzip: None,
+            br: None,
             etag,
             last_modified,
             life,
             encoded,
+            compressible,
             vary,
-        )
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        status: StatusCode,
-        headers: HeaderMap,
-        identity: Bytes,
-        gzip: Option<Bytes>,
-        br: Option<Bytes>,
-        etag: Option<HeaderValue>,
-        last_modified: Option<HeaderValue>,
-        life: Life,
-        encoded: bool,
-        vary: Vec<HeaderName>,
-    ) -> Entry {
-        let header_bytes: usize = headers
+    fn assemble(p: Parts) -> Entry {
+        let header_bytes: usize = p
+            .headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         let weight = ENTRY_OVERHEAD
-            + (identity.len()
-                + gzip.as_ref().map_or(0, Bytes::len)
-                + br.as_ref().map_or(0, Bytes::len)
+            + (p.identity.len()
+                + p.gzip.as_ref().map_or(0, Bytes::len)
+                + p.br.as_ref().map_or(0, Bytes::len)
                 + header_bytes) as u64;
+        let origin_speaks = p.headers.contains_key(header::CACHE_CONTROL)
+            || p.headers.contains_key(header::EXPIRES);
+        let vary_out = vary_out(&p.headers, p.compressible);
         Entry {
-            status,
-            headers,
-            identity,
-            gzip,
-            br,
-            etag,
-            last_modified,
-            life,
-            encoded,
-            vary,
+            status: p.status,
+            headers: p.headers,
+            identity: p.identity,
+            gzip: p.gzip,
+            br: p.br,
+            etag: p.etag,
+            last_modified: p.last_modified,
+            life: p.life,
+            encoded: p.encoded,
+            compressible: p.compressible,
+            origin_speaks,
+            vary_out,
+            vary: p.vary,
             weight,
             refreshing: AtomicBool::new(false),
+            uses: AtomicU32::new(0),
+            compressing: AtomicBool::new(false),
+        }
+    }
+
+    fn parts(&self) -> Parts {
+        Parts {
+            status: self.status,
+            headers: self.headers.clone(),
+            identity: self.identity.clone(),
+            gzip: self.gzip.clone(),
+            br: self.br.clone(),
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+            life: self.life,
+            encoded: self.encoded,
+            compressible: self.compressible,
+            vary: self.vary.clone(),
         }
     }
 
     /// The entry after a 304: same bodies, the 304's headers merged in, stored anew.
     pub fn revalidated(&self, not_modified: &HeaderMap, now_ms: u64) -> Entry {
-        let mut headers = self.headers.clone();
+        let mut p = self.parts();
         for (name, value) in not_modified {
             if matches!(
                 *name,
-                header::CONTENT_LENGTH | header::CONTENT_ENCODING | header::TRANSFER_ENCODING
+                header::CONTENT_LENGTH
+                    | header::CONTENT_ENCODING
+                    | header::TRANSFER_ENCODING
+                    | header::SET_COOKIE
             ) {
                 continue;
             }
-            headers.insert(name.clone(), value.clone());
+            p.headers.insert(name.clone(), value.clone());
         }
         // The lifetime comes from the updated headers (RFC 9111 §4.3.4).
-        let life = Life::from_response(self.status, &headers, now_ms);
-        headers.remove(header::AGE);
-        let etag = headers.get(header::ETAG).cloned();
-        let last_modified = headers.get(header::LAST_MODIFIED).cloned();
-        Entry::assemble(
-            self.status,
-            headers,
-            self.identity.clone(),
-            self.gzip.clone(),
-            self.br.clone(),
-            etag,
-            last_modified,
-            life,
-            self.encoded,
-            self.vary.clone(),
-        )
+        p.life = Life::from_response(self.status, &p.headers, now_ms);
+        p.headers.remove(header::AGE);
+        for h in freshness::directives(&p.headers).withheld {
+            p.headers.remove(h);
+        }
+        p.etag = p.headers.get(header::ETAG).cloned();
+        p.last_modified = p.headers.get(header::LAST_MODIFIED).cloned();
+        Entry::assemble(p)
+    }
+
+    /// The same entry with its gzip and br variants; `None` when it is not
+    /// compressible or neither variant is smaller. CPU-heavy: call it off the async
+    /// workers.
+    pub fn compressed(&self) -> Option<Entry> {
+        if !self.compressible || self.gzip.is_some() || self.br.is_some() {
+            return None;
+        }
+        let g = gzip(&self.identity).filter(|g| g.len() < self.identity.len());
+        let b = brotli(&self.identity).filter(|b| b.len() < self.identity.len());
+        if g.is_none() && b.is_none() {
+            return None;
+        }
+        let mut p = self.parts();
+        p.gzip = g;
+        p.br = b;
+        let e = Entry::assemble(p);
+        e.uses
+            .store(self.uses.load(Ordering::Relaxed), Ordering::Relaxed);
+        e.compressing.store(true, Ordering::Relaxed);
+        Some(e)
+    }
+
+    /// Counts one answer served from this entry; true exactly once, on the second,
+    /// when the entry should now be compressed.
+    pub fn note_use(&self) -> bool {
+        if !self.compressible || self.gzip.is_some() || self.br.is_some() {
+            return false;
+        }
+        let n = self.uses.fetch_add(1, Ordering::Relaxed);
+        n >= 1 && self.claim_compression()
+    }
+
+    /// Claims the one compression of this entry (warm-ups compress at once).
+    pub fn claim_compression(&self) -> bool {
+        self.compressible
+            && self
+                .compressing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Gives the claim back (the compression could not run now).
+    pub fn release_compression(&self) {
+        self.compressing.store(false, Ordering::Release);
     }
 
     pub fn weight(&self) -> u64 {
@@ -186,6 +253,50 @@ impl Entry {
     /// Lets a later request start a refresh again (the last one failed).
     pub fn end_refresh(&self) {
         self.refreshing.store(false, Ordering::Release);
+    }
+}
+
+/// An entry's fields, to build one from another.
+struct Parts {
+    status: StatusCode,
+    headers: HeaderMap,
+    identity: Bytes,
+    gzip: Option<Bytes>,
+    br: Option<Bytes>,
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+    life: Life,
+    encoded: bool,
+    compressible: bool,
+    vary: Vec<HeaderName>,
+}
+
+/// The origin's `Vary` as it sent it, with `Accept-Encoding` appended when the
+/// edge serves encoded variants of the object and the origin did not list it.
+fn vary_out(headers: &HeaderMap, compressible: bool) -> Option<HeaderValue> {
+    let mut values = headers.get_all(header::VARY).iter();
+    let (first, more) = (values.next(), values.next().is_some());
+    let lists_ae = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|n| n.trim().eq_ignore_ascii_case("accept-encoding"));
+    match first {
+        None if compressible => Some(HeaderValue::from_static("Accept-Encoding")),
+        None => None,
+        Some(v) if !more && (lists_ae || !compressible) => Some(v.clone()),
+        Some(_) => {
+            let mut joined: Vec<&str> = headers
+                .get_all(header::VARY)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if compressible && !lists_ae {
+                joined.push("Accept-Encoding");
+            }
+            HeaderValue::from_str(&joined.join(", ")).ok()
+        }
     }
 }
 
@@ -348,6 +459,32 @@ impl Store {
         true
     }
 
+    /// Puts `new` in the slot `slot` (a key, or a variant's full key) if that slot
+    /// still holds `old`, weighing it anew; false if the slot changed or `new` is too
+    /// heavy. The check and the swap happen under the shard's lock.
+    pub fn replace(&self, slot: &str, old: &Arc<Entry>, new: Arc<Entry>) -> bool {
+        if new.weight + slot.len() as u64 * 2 + 64 > self.per_shard {
+            return false;
+        }
+        let mut new = Some(new);
+        let slot: Arc<str> = Arc::from(slot);
+        match self
+            .map
+            .entry(&slot, Some(std::time::Duration::ZERO), |_, v| {
+                let same = matches!(v, Slot::Object(e) if Arc::ptr_eq(e, old));
+                if same {
+                    if let Some(n) = new.take() {
+                        *v = Slot::Object(n);
+                    }
+                }
+                quick_cache::sync::EntryAction::Retain(same)
+            }) {
+            quick_cache::sync::EntryResult::Retained(same) => same,
+            // Vacant: the slot was emptied meanwhile; dropping the guard inserts nothing.
+            _ => false,
+        }
+    }
+
     /// Drops what is stored for `key` (and, through the marker, its variants).
     pub fn remove(&self, key: &str) -> bool {
         self.map.remove(key).is_some()
@@ -413,9 +550,20 @@ mod tests {
     }
 
     #[test]
-    fn variants_are_made_once_for_text() {
+    fn variants_are_made_once_for_text_asked_for_twice() {
         let page = "<p>launch day</p>".repeat(100);
-        let e = entry(&page, "text/html; charset=utf-8");
+        let plain = entry(&page, "text/html; charset=utf-8");
+        assert!(
+            plain.gzip.is_none() && plain.br.is_none(),
+            "no compression on store"
+        );
+        assert!(plain.compressible);
+        assert!(!plain.note_use(), "the first answer does not compress");
+        assert!(plain.note_use(), "the second does, once");
+        assert!(!plain.note_use());
+        let e = plain.compressed().unwrap();
+        assert!(e.weight() > plain.weight());
+        assert!(e.compressed().is_none(), "compressed once");
         let gz = e.gzip.as_ref().unwrap();
         let mut d = flate2::read::GzDecoder::new(&gz[..]);
         let mut out = String::new();
@@ -426,7 +574,8 @@ mod tests {
         brotli::BrotliDecompress(&mut &br[..], &mut out).unwrap();
         assert_eq!(out, page.as_bytes());
         let png = entry(&page, "image/png");
-        assert!(png.gzip.is_none() && png.br.is_none());
+        assert!(!png.compressible && png.compressed().is_none());
+        assert!(!png.note_use() && !png.note_use());
     }
 
     #[test]
@@ -481,6 +630,62 @@ mod tests {
         let renewed = e.revalidated(&not_modified, 6_000);
         assert!(!renewed.life.revalidate_always);
         assert_eq!(renewed.life.origin_ttl_ms, Some(30_000));
+    }
+
+    #[test]
+    fn the_origins_vary_is_kept_and_accept_encoding_added_for_variants() {
+        let mk = |vary: Option<&'static str>, ct: &'static str, body: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            if let Some(v) = vary {
+                h.insert(header::VARY, HeaderValue::from_static(v));
+            }
+            Entry::new(StatusCode::OK, h, Bytes::from(body.to_string()), life())
+        };
+        let big = "x".repeat(1000);
+        assert_eq!(
+            mk(None, "text/html", &big).vary_out.unwrap(),
+            "Accept-Encoding"
+        );
+        assert_eq!(mk(None, "image/png", &big).vary_out, None);
+        assert_eq!(mk(None, "text/html", "tiny").vary_out, None);
+        assert_eq!(
+            mk(Some("Accept-Language"), "text/html", &big)
+                .vary_out
+                .unwrap(),
+            "Accept-Language, Accept-Encoding"
+        );
+        assert_eq!(
+            mk(Some("accept-encoding, Cookie"), "text/html", &big)
+                .vary_out
+                .unwrap(),
+            "accept-encoding, Cookie"
+        );
+        assert_eq!(
+            mk(Some("Accept-Language"), "image/png", &big)
+                .vary_out
+                .unwrap(),
+            "Accept-Language"
+        );
+    }
+
+    #[test]
+    fn replace_swaps_only_the_entry_it_saw() {
+        let s = Store::new(1 << 20, 1 << 16);
+        let page = "<p>launch day</p>".repeat(100);
+        let a = entry(&page, "text/html");
+        s.insert("/p", &HeaderMap::new(), a.clone());
+        let b = Arc::new(a.compressed().unwrap());
+        assert!(s.replace("/p", &a, b.clone()));
+        assert!(s.get("/p", &HeaderMap::new()).0.unwrap().br.is_some());
+        // The slot now holds b: a stale swap from a is refused.
+        let c = Arc::new(a.compressed().unwrap());
+        assert!(!s.replace("/p", &a, c));
+        assert!(Arc::ptr_eq(&s.get("/p", &HeaderMap::new()).0.unwrap(), &b));
+        // An emptied slot stays empty.
+        s.remove("/p");
+        assert!(!s.replace("/p", &b, entry("x", "text/plain")));
+        assert!(s.get("/p", &HeaderMap::new()).0.is_none());
     }
 
     #[test]

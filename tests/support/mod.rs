@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 
 pub mod binary;
+pub mod edge;
 pub mod origin;
 pub mod receiver;
 

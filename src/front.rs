@@ -1,0 +1,572 @@
+//! The front door of the public listener: what every request is checked for before
+//! anything else reads it, once, so that admission, the cache key and the origin
+//! all see the same request.
+//!
+//! - **Host.** The effective host is the request target's authority (absolute-form,
+//!   or HTTP/2's `:authority`), else the one `Host` header. A missing `Host` on
+//!   HTTP/1.1 and two `Host` headers get 400; a malformed one gets 400; a name not in
+//!   `server.hosts` (when it is not empty) gets 421 Misdirected Request, before the
+//!   origin is asked anything. The host is lower-cased, a trailing dot and the
+//!   scheme's default port are dropped; HTTP/1.0 without `Host` gets the primary host.
+//! - **Path.** Percent-encoded unreserved characters are decoded and the other
+//!   escapes' hex is upper-cased (RFC 3986 §6.2.2), then dot-segments are resolved
+//!   (§5.2.4). A path that climbs above `/`, an encoded `/`, `\` or NUL, a literal
+//!   `\`, a bad escape, or a dot-segment with parameters (`..;x`, which Tomcat-style
+//!   origins read as `..`) gets 400. The request goes on with the canonical path, so
+//!   `/launch/%2e%2e/pricing` is classified, keyed and fetched as `/pricing`.
+//!
+//! What was verified travels in the request's extensions as [`Verified`]; the cache
+//! keys on its host and the origin's `X-Forwarded-*` headers are built from it.
+//!
+//! **Invariant:** a request that reaches routing has an origin-form URI whose path is
+//! canonical (`canonical_path(p) == p`), and carries exactly one [`Verified`].
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::uri::PathAndQuery;
+use axum::http::{header, HeaderValue, Method, Response, StatusCode, Uri, Version};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+
+use crate::error::ApiError;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not an absolute path (`/...`).
+    NotAbsolute,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// `%2F`: a `/` that origins disagree about.
+    EncodedSlash,
+    /// `%5C` or a literal `\`, which some origins read as `/`.
+    Backslash,
+    /// `%00`.
+    Nul,
+    /// More `..` than segments above them.
+    AboveRoot,
+    /// `..;x` or `.;x`: a dot-segment with path parameters.
+    DotParameters,
+}
+
+impl PathError {
+    pub fn message(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "the path must start with \"/\"",
+            PathError::BadEscape => "the path has a \"%\" not followed by two hex digits",
+            PathError::EncodedSlash => "the path has an encoded \"/\" (%2F)",
+            PathError::Backslash => "the path has a backslash",
+            PathError::Nul => "the path has an encoded NUL (%00)",
+            PathError::AboveRoot => "the path climbs above \"/\" with \"..\"",
+            PathError::DotParameters => "the path has a dot-segment with parameters (\"..;\")",
+        }
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Whether a segment is `.` or `..`, or one of them with parameters.
+fn dot_segment(seg: &[u8]) -> Result<Option<bool>, PathError> {
+    let name = match seg.iter().position(|&b| b == b';') {
+        Some(i) => &seg[..i],
+        None => seg,
+    };
+    let kind = match name {
+        b"." => false,
+        b".." => true,
+        _ => return Ok(None),
+    };
+    if name.len() != seg.len() {
+        return Err(PathError::DotParameters);
+    }
+    Ok(Some(kind))
+}
+
+/// The canonical form of a request path (RFC 3986 §6.2.2 and §5.2.4), or why it is
+/// refused. Borrows when the path is canonical already, which is the common case.
+pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if bytes.contains(&b'\\') {
+        return Err(PathError::Backslash);
+    }
+    let has_escape = bytes.contains(&b'%');
+    let mut has_dots = false;
+    for seg in bytes[1..].split(|&b| b == b'/') {
+        if seg.first() == Some(&b'.') && dot_segment(seg)?.is_some() {
+            has_dots = true;
+        }
+    }
+    if !has_escape && !has_dots {
+        return Ok(Cow::Borrowed(path));
+    }
+    // 1. Escapes: decode the unreserved, upper-case the rest, refuse the dangerous.
+    let decoded: Cow<'_, [u8]> = if has_escape {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b != b'%' {
+                out.push(b);
+                i += 1;
+                continue;
+            }
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = h * 16 + l;
+            match v {
+                b'/' => return Err(PathError::EncodedSlash),
+                b'\\' => return Err(PathError::Backslash),
+                0 => return Err(PathError::Nul),
+                _ if is_unreserved(v) => out.push(v),
+                _ => {
+                    out.push(b'%');
+                    out.push(bytes[i + 1].to_ascii_uppercase());
+                    out.push(bytes[i + 2].to_ascii_uppercase());
+                }
+            }
+            i += 3;
+        }
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(bytes)
+    };
+    // 2. Dot-segments, on what the origin will read.
+    let mut out: Vec<&[u8]> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in decoded[1..].split(|&b| b == b'/') {
+        match dot_segment(seg)? {
+            Some(false) => trailing_slash = true,
+            Some(true) => {
+                if out.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                trailing_slash = true;
+            }
+            None => {
+                out.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut text = String::with_capacity(decoded.len());
+    for seg in &out {
+        text.push('/');
+        // Every byte is ASCII: the input was a valid URI path, and only unreserved
+        // characters were decoded.
+        text.push_str(std::str::from_utf8(seg).map_err(|_| PathError::BadEscape)?);
+    }
+    if trailing_slash || text.is_empty() {
+        text.push('/');
+    }
+    Ok(Cow::Owned(text))
+}
+
+/// Why a host was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostError {
+    Missing,
+    Duplicate,
+    Malformed,
+    /// Not one of `server.hosts`; holds the normalized host.
+    NotServed(String),
+}
+
+/// A checked host: `name` without the port, `key` with it unless it is the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub key: String,
+}
+
+/// Parses and normalizes a `Host` value (or an authority): lower case, no trailing
+/// dot, the default port dropped. Userinfo, empty names and bad ports are refused.
+pub fn parse_host(raw: &[u8], default_port: u16) -> Result<Host, HostError> {
+    if raw.is_empty() || raw.len() > 300 {
+        return Err(HostError::Malformed);
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| HostError::Malformed)?;
+    let (name, port) = if let Some(rest) = text.strip_prefix('[') {
+        let end = rest.find(']').ok_or(HostError::Malformed)?;
+        let inner = &rest[..end];
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(HostError::Malformed);
+        }
+        let after = &rest[end + 1..];
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(HostError::Malformed)?),
+        };
+        (format!("[{}]", inner.to_ascii_lowercase()), port)
+    } else {
+        let (name, port) = match text.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (text, None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty()
+            || name.len() > 253
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            || name.starts_with('.')
+            || name.contains("..")
+        {
+            return Err(HostError::Malformed);
+        }
+        (name.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HostError::Malformed);
+            }
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(HostError::Malformed),
+                Ok(n) if n == default_port => None,
+                Ok(n) => Some(n),
+            }
+        }
+    };
+    let key = match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name.clone(),
+    };
+    Ok(Host { name, key })
+}
+
+/// A `server.hosts` entry: an exact name, or `*.example.com` for its subdomains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    Subdomains(String),
+}
+
+/// Checks a `server.hosts` entry; the error text is meant for a config error.
+pub fn check_host_entry(entry: &str) -> Result<(), String> {
+    pattern(entry).map(|_| ())
+}
+
+fn pattern(entry: &str) -> Result<HostPattern, String> {
+    let (wild, name) = match entry.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, entry),
+    };
+    let host = parse_host(name.as_bytes(), 0).map_err(|_| {
+        format!("expected a host name such as \"example.com\" or \"*.example.com\", got {entry:?}")
+    })?;
+    if host.key != host.name {
+        return Err(format!(
+            "{entry:?}: give the name without a port; every port of the listener answers to it"
+        ));
+    }
+    Ok(if wild {
+        HostPattern::Subdomains(format!(".{}", host.name))
+    } else {
+        HostPattern::Exact(host.name)
+    })
+}
+
+/// What the front door verified about a request.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The normalized host (`example.com`, `127.0.0.1:8080`), the cache key's first part.
+    pub host: HeaderValue,
+    /// `http` or `https`: how the client reached us.
+    pub proto: &'static str,
+}
+
+/// The front door's settings, built once. A clone is cheap.
+#[derive(Clone)]
+pub struct Front {
+    inner: Arc<FrontInner>,
+}
+
+struct FrontInner {
+    hosts: Vec<HostPattern>,
+    /// Used for HTTP/1.0 requests without `Host` and for warm-ups.
+    primary: HeaderValue,
+    proto: &'static str,
+    default_port: u16,
+}
+
+impl Front {
+    /// `hosts` from `server.hosts` (checked by config validation); `fallback` names the
+    /// primary host when the list is empty (the listener's own address).
+    pub fn new(hosts: &[String], fallback: &str, proto: &'static str) -> Result<Front, String> {
+        let default_port = if proto == "https" { 443 } else { 80 };
+        let hosts = hosts
+            .iter()
+            .map(|h| pattern(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let primary = match hosts.first() {
+            Some(HostPattern::Exact(n)) => n.clone(),
+            Some(HostPattern::Subdomains(n)) => format!("www{n}"),
+            None => parse_host(fallback.as_bytes(), default_port)
+                .map(|h| h.key)
+                .unwrap_or_else(|_| "localhost".to_string()),
+        };
+        Ok(Front {
+            inner: Arc::new(FrontInner {
+                hosts,
+                primary: HeaderValue::from_str(&primary).map_err(|e| e.to_string())?,
+                proto,
+                default_port,
+            }),
+        })
+    }
+
+    /// The host warm-ups and host-less HTTP/1.0 requests are served under.
+    pub fn primary_host(&self) -> &HeaderValue {
+        &self.inner.primary
+    }
+
+    /// Whether `server.hosts` lets `name` in.
+    fn serves(&self, name: &str) -> bool {
+        let hosts = &self.inner.hosts;
+        hosts.is_empty()
+            || hosts.iter().any(|p| match p {
+                HostPattern::Exact(n) => n == name,
+                HostPattern::Subdomains(suffix) => {
+                    name.len() > suffix.len() && name.ends_with(suffix.as_str())
+                }
+            })
+    }
+
+    /// The effective host of a request, checked against `server.hosts`.
+    pub fn host_of(&self, req: &Request) -> Result<HeaderValue, HostError> {
+        let host = if let Some(authority) = req.uri().authority() {
+            if authority.as_str().contains('@') {
+                return Err(HostError::Malformed);
+            }
+            parse_host(authority.as_str().as_bytes(), self.inner.default_port)?
+        } else {
+            let mut values = req.headers().get_all(header::HOST).iter();
+            match (values.next(), values.next()) {
+                (Some(v), None) => parse_host(v.as_bytes(), self.inner.default_port)?,
+                (Some(_), Some(_)) => return Err(HostError::Duplicate),
+                (None, _) if req.version() <= Version::HTTP_10 => {
+                    return Ok(self.inner.primary.clone())
+                }
+                (None, _) => return Err(HostError::Missing),
+            }
+        };
+        if !self.serves(&host.name) {
+            return Err(HostError::NotServed(host.key));
+        }
+        HeaderValue::from_str(&host.key).map_err(|_| HostError::Malformed)
+    }
+
+    /// Checks a request and rewrites it to its canonical origin-form URI; the answer
+    /// to send instead when it is refused.
+    pub fn check(&self, req: &mut Request) -> Result<(), Box<Response<Body>>> {
+        let host = self.host_of(req).map_err(|e| Box::new(host_refusal(e)))?;
+        let uri = req.uri();
+        let canonical = if uri.path() == "*" && req.method() == Method::OPTIONS {
+            Cow::Borrowed("*")
+        } else {
+            canonical_path(uri.path()).map_err(|e| Box::new(path_refusal(e)))?
+        };
+        let rewrite = uri.authority().is_some()
+            || uri.scheme().is_some()
+            || matches!(canonical, Cow::Owned(_));
+        if rewrite {
+            let pq = match uri.query() {
+                Some(q) => format!("{canonical}?{q}"),
+                None => canonical.into_owned(),
+            };
+            let pq = PathAndQuery::try_from(pq)
+                .map_err(|_| Box::new(path_refusal(PathError::BadEscape)))?;
+            *req.uri_mut() = Uri::from(pq);
+        }
+        req.extensions_mut().insert(Verified {
+            host,
+            proto: self.inner.proto,
+        });
+        Ok(())
+    }
+}
+
+fn path_refusal(e: PathError) -> Response<Body> {
+    ApiError::bad_request("bad_path", format!("{}; fix the link", e.message())).into_response()
+}
+
+fn host_refusal(e: HostError) -> Response<Body> {
+    match e {
+        HostError::Missing => {
+            ApiError::bad_request("bad_host", "an HTTP/1.1 request must carry a Host header")
+        }
+        HostError::Duplicate => {
+            ApiError::bad_request("bad_host", "the request carries more than one Host header")
+        }
+        HostError::Malformed => ApiError::bad_request(
+            "bad_host",
+            "the Host header is not a host name, an IP address or one of them with a port",
+        ),
+        HostError::NotServed(host) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected",
+            format!("this server does not answer for {host:?} (server.hosts)"),
+        ),
+    }
+    .into_response()
+}
+
+/// The public listener's outermost check, before routing: see the module docs.
+pub async fn guard(State(front): State<Front>, mut req: Request, next: Next) -> Response<Body> {
+    match front.check(&mut req) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => *refusal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn canon(p: &str) -> Result<String, PathError> {
+        canonical_path(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn dot_segments_and_escapes_resolve_once() {
+        assert_eq!(canon("/launch/../pricing").unwrap(), "/pricing");
+        assert_eq!(canon("/launch/%2e%2e/pricing").unwrap(), "/pricing");
+        assert_eq!(canon("/launch/%2E%2e/pricing").unwrap(), "/pricing");
+        assert_eq!(canon("/launch/.%2e/pricing").unwrap(), "/pricing");
+        assert_eq!(canon("/a/./b").unwrap(), "/a/b");
+        assert_eq!(canon("/a/b/..").unwrap(), "/a/");
+        assert_eq!(canon("/a/b/.").unwrap(), "/a/b/");
+        assert_eq!(canon("/a/..").unwrap(), "/");
+        assert_eq!(canon("/%7euser/%41").unwrap(), "/~user/A");
+        assert_eq!(canon("/a%3fb%c3%a9").unwrap(), "/a%3Fb%C3%A9");
+        assert_eq!(canon("/launch//x").unwrap(), "/launch//x");
+        assert_eq!(canon("/").unwrap(), "/");
+        assert!(matches!(canonical_path("/launch/"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            canonical_path("/a/.well-known/x"),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn dangerous_paths_are_refused() {
+        assert_eq!(canon("/../x"), Err(PathError::AboveRoot));
+        assert_eq!(canon("/a/../../x"), Err(PathError::AboveRoot));
+        assert_eq!(canon("/%2e%2e/x"), Err(PathError::AboveRoot));
+        assert_eq!(canon("/launch/..%2fpricing"), Err(PathError::EncodedSlash));
+        assert_eq!(canon("/a%2Fb"), Err(PathError::EncodedSlash));
+        assert_eq!(canon("/a%5cb"), Err(PathError::Backslash));
+        assert_eq!(canon("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(canon("/a%00"), Err(PathError::Nul));
+        assert_eq!(canon("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(canon("/a%4"), Err(PathError::BadEscape));
+        assert_eq!(canon("/launch/..;/pricing"), Err(PathError::DotParameters));
+        assert_eq!(canon("/launch/.;x/pricing"), Err(PathError::DotParameters));
+        assert_eq!(canon("x"), Err(PathError::NotAbsolute));
+        // A name that merely starts with dots is an ordinary segment.
+        assert_eq!(canon("/...").unwrap(), "/...");
+        assert_eq!(canon("/..a/b").unwrap(), "/..a/b");
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        let h = |s: &str| parse_host(s.as_bytes(), 80);
+        assert_eq!(h("Example.COM").unwrap().key, "example.com");
+        assert_eq!(h("example.com.").unwrap().key, "example.com");
+        assert_eq!(h("example.com:80").unwrap().key, "example.com");
+        assert_eq!(h("example.com:8080").unwrap().key, "example.com:8080");
+        assert_eq!(h("example.com:8080").unwrap().name, "example.com");
+        assert_eq!(h("127.0.0.1:80").unwrap().key, "127.0.0.1");
+        assert_eq!(h("[::1]:8080").unwrap().key, "[::1]:8080");
+        assert_eq!(h("[::1]").unwrap().name, "[::1]");
+        for bad in [
+            "",
+            "user@example.com",
+            "example.com:",
+            "example.com:0",
+            "example.com:99999",
+            "exa mple.com",
+            "exa/mple.com",
+            ".example.com",
+            "a..b",
+            "[::1",
+            "[zz]",
+            ":80",
+            "example.com:8o",
+        ] {
+            assert_eq!(h(bad), Err(HostError::Malformed), "{bad:?}");
+        }
+        assert_eq!(
+            parse_host(b"example.com:443", 443).unwrap().key,
+            "example.com"
+        );
+    }
+
+    #[test]
+    fn server_hosts_admit_their_names_only() {
+        let f = Front::new(
+            &["launch.example".into(), "*.tidepool.dev".into()],
+            "127.0.0.1:8080",
+            "http",
+        )
+        .unwrap();
+        assert!(f.serves("launch.example"));
+        assert!(f.serves("www.tidepool.dev"));
+        assert!(f.serves("a.b.tidepool.dev"));
+        assert!(!f.serves("tidepool.dev"));
+        assert!(!f.serves("evil.example"));
+        assert!(!f.serves("evil-launch.example"));
+        assert_eq!(f.primary_host(), "launch.example");
+        let any = Front::new(&[], "127.0.0.1:80", "http").unwrap();
+        assert!(any.serves("anything.example"));
+        assert_eq!(any.primary_host(), "127.0.0.1");
+        assert!(check_host_entry("example.com:443").is_err());
+        assert!(check_host_entry("https://example.com").is_err());
+        assert!(check_host_entry("*.example.com").is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_paths_are_fixed_points(segs in prop::collection::vec(
+            prop_oneof![
+                Just(".".to_string()), Just("..".to_string()), Just("%2e".to_string()),
+                Just("%2E%2e".to_string()), Just("".to_string()), Just("%7e".to_string()),
+                Just("%3f".to_string()), "[a-z~._-]{1,5}",
+            ], 0..10)) {
+            let path = format!("/{}", segs.join("/"));
+            if let Ok(c) = canonical_path(&path) {
+                let again = canonical_path(&c).unwrap();
+                prop_assert_eq!(again.as_ref(), c.as_ref());
+                // No dot-segment survives.
+                prop_assert!(!c.split('/').any(|s| s == "." || s == ".."));
+            }
+        }
+    }
+}
