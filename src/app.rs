@@ -32,7 +32,7 @@ use crate::config::{Config, ConfigError, Durability};
 use crate::conversions::{self, Conversions};
 use crate::edge::{self, Edge, PurgeRules};
 use crate::factor::Factor;
-use crate::front::{self, Front};
+use crate::front::Front;
 use crate::history::History;
 use crate::live::{self, LiveFeed};
 use crate::outbound::Outbound;
@@ -45,8 +45,7 @@ use crate::telemetry;
 use crate::velocity::Window;
 use crate::webhook::{self, Ingestor};
 
-/// The response header every public answer carries.
-pub const SCALE_FACTOR_HEADER: &str = "x-edge-scale-factor";
+pub use crate::factor::SCALE_FACTOR_HEADER;
 
 /// Everything a handler may need, built once. A clone is one reference count: axum's
 /// `State` extractor clones it for every request that asks for it.
@@ -192,7 +191,8 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         .local_addr()
         .expect("bound socket has an address");
     let front = Front::new(&config.server.hosts, &own_host(public_addr), "http")
-        .map_err(|p| ConfigError::invalid("server.hosts", p))?;
+        .map_err(|p| ConfigError::invalid("server.hosts", p))?
+        .with_factor(factor.clone());
     let edge = Edge::new(
         &config,
         factor.clone(),
@@ -270,7 +270,8 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let servers = vec![
         server::spawn(
             public_listener,
-            public_router(state.clone(), front),
+            public_router(state.clone()),
+            Some(front),
             server::Limits::from_config(&state.config.server),
             state.connections.clone(),
             http_shutdown.clone(),
@@ -279,6 +280,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         server::spawn(
             admin_listener,
             admin::router(state.clone()),
+            None,
             server::Limits::from_config(&state.config.server),
             Connections::new(),
             http_shutdown.clone(),
@@ -441,20 +443,21 @@ fn own_host(addr: SocketAddr) -> String {
     SocketAddr::new(ip, addr.port()).to_string()
 }
 
-/// The public listener: the front door (`front.rs`: host and canonical path, before
-/// routing), then the webhook path, the conversion beacon, and the edge
-/// (admission → cache → origin, `edge.rs`) for everything else. Requests and visits
+/// The public listener's router: the webhook path, the conversion beacon, and the edge
+/// (admission → cache → origin, `edge.rs`) for everything else. The front door
+/// (`front.rs`: host and canonical path) runs before it, in the connection's service
+/// (`server.rs`), so routing already sees the canonical path. Requests and visits
 /// are counted by `conversions::count_requests`, which wraps everything that serves the
 /// site and judges only the final answer. Every answer, including 404s, 405s and 503s,
 /// carries the scale factor, so that layer wraps the whole router. It is tower-http's
 /// `SetResponseHeader`, which wraps the response future without cloning the router per
 /// request; the fallback captures only the edge and the factor, so a cache hit does not
 /// clone the whole `AppState`.
-pub fn public_router(state: AppState, front: Front) -> Router {
+pub fn public_router(state: AppState) -> Router {
     let factor = state.factor.clone();
     let counting = state.conversions.clone();
     let edge_handles = (state.edge.clone(), state.factor.clone());
-    let routes = Router::new()
+    Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
         .route(conversions::BEACON_PATH, post(conversions::beacon))
         .fallback(move |req: axum::extract::Request| {
@@ -465,12 +468,7 @@ pub fn public_router(state: AppState, front: Front) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             counting,
             conversions::count_requests,
-        ));
-    // A layer on a router runs after its routing: the front door wraps a router whose
-    // only route is the fallback, so `routes` routes on the canonical path.
-    Router::new()
-        .fallback_service(routes)
-        .layer(axum::middleware::from_fn_with_state(front, front::guard))
+        ))
         .layer(axum::middleware::from_fn_with_state(
             telemetry::HttpTimer::new(),
             telemetry::HttpTimer::layer,

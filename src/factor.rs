@@ -7,6 +7,9 @@
 //!
 //! **Invariant:** `current()` is one relaxed atomic load, nothing more.
 
+/// The response header every public answer carries.
+pub const SCALE_FACTOR_HEADER: &str = "x-edge-scale-factor";
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -25,10 +25,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderValue, Method, Response, StatusCode, Uri, Version};
-use axum::middleware::Next;
 use axum::response::IntoResponse;
 
 use crate::error::ApiError;
@@ -229,6 +227,7 @@ pub fn parse_host(raw: &[u8], default_port: u16) -> Result<Host, HostError> {
         };
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty()
+            || name.ends_with('.')
             || name.len() > 253
             || !name
                 .bytes()
@@ -309,6 +308,11 @@ pub struct Front {
 
 struct FrontInner {
     hosts: Vec<HostPattern>,
+    /// The listener's port: with `server.hosts` set, a `Host` may name it, the
+    /// scheme's default port, or none (any other port would only multiply keys).
+    port: u16,
+    /// Refusals carry the scale factor like every other public answer.
+    factor: Option<crate::factor::Factor>,
     /// Used for HTTP/1.0 requests without `Host` and for warm-ups.
     primary: HeaderValue,
     proto: &'static str,
@@ -317,7 +321,8 @@ struct FrontInner {
 
 impl Front {
     /// `hosts` from `server.hosts` (checked by config validation); `fallback` names the
-    /// primary host when the list is empty (the listener's own address).
+    /// primary host when the list is empty (the listener's own address, whose port is
+    /// also the one a `Host` may name besides the default).
     pub fn new(hosts: &[String], fallback: &str, proto: &'static str) -> Result<Front, String> {
         let default_port = if proto == "https" { 443 } else { 80 };
         let hosts = hosts
@@ -331,14 +336,36 @@ impl Front {
                 .map(|h| h.key)
                 .unwrap_or_else(|_| "localhost".to_string()),
         };
+        let port = fallback
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(default_port);
         Ok(Front {
             inner: Arc::new(FrontInner {
                 hosts,
+                port,
+                factor: None,
                 primary: HeaderValue::from_str(&primary).map_err(|e| e.to_string())?,
                 proto,
                 default_port,
             }),
         })
+    }
+
+    /// Refusals will carry `X-Edge-Scale-Factor` read from `factor`.
+    pub fn with_factor(self, factor: crate::factor::Factor) -> Front {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|a| FrontInner {
+            hosts: a.hosts.clone(),
+            port: a.port,
+            factor: None,
+            primary: a.primary.clone(),
+            proto: a.proto,
+            default_port: a.default_port,
+        });
+        inner.factor = Some(factor);
+        Front {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The host warm-ups and host-less HTTP/1.0 requests are served under.
@@ -359,32 +386,110 @@ impl Front {
     }
 
     /// The effective host of a request, checked against `server.hosts`.
-    pub fn host_of(&self, req: &Request) -> Result<HeaderValue, HostError> {
-        let host = if let Some(authority) = req.uri().authority() {
+    pub fn host_of<B>(&self, req: &axum::http::Request<B>) -> Result<HeaderValue, HostError> {
+        // RFC 9112 §3.2: whatever the request target, an HTTP/1.1 request needs one
+        // Host line, and no request may carry two.
+        let mut values = req.headers().get_all(header::HOST).iter();
+        let header_host = match (values.next(), values.next()) {
+            (_, Some(_)) => return Err(HostError::Duplicate),
+            (Some(v), None) => Some(v),
+            (None, _) if req.version() == Version::HTTP_11 => return Err(HostError::Missing),
+            (None, _) => None,
+        };
+        if let Some(authority) = req.uri().authority() {
+            // Absolute-form (or HTTP/2's :authority): the target's host is the one.
             if authority.as_str().contains('@') {
                 return Err(HostError::Malformed);
             }
-            parse_host(authority.as_str().as_bytes(), self.inner.default_port)?
-        } else {
-            let mut values = req.headers().get_all(header::HOST).iter();
-            match (values.next(), values.next()) {
-                (Some(v), None) => parse_host(v.as_bytes(), self.inner.default_port)?,
-                (Some(_), Some(_)) => return Err(HostError::Duplicate),
-                (None, _) if req.version() <= Version::HTTP_10 => {
-                    return Ok(self.inner.primary.clone())
+            let host = parse_host(authority.as_str().as_bytes(), self.inner.default_port)?;
+            return self.admit(host);
+        }
+        match header_host {
+            Some(v) => match self.normalized(v) {
+                Some(name_len) => {
+                    let name = std::str::from_utf8(&v.as_bytes()[..name_len])
+                        .map_err(|_| HostError::Malformed)?;
+                    if !self.serves(name) || !self.port_ok(&v.as_bytes()[name_len..]) {
+                        return Err(HostError::NotServed(
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        ));
+                    }
+                    Ok(v.clone())
                 }
-                (None, _) => return Err(HostError::Missing),
-            }
-        };
-        if !self.serves(&host.name) {
+                None => self.admit(parse_host(v.as_bytes(), self.inner.default_port)?),
+            },
+            None => Ok(self.inner.primary.clone()),
+        }
+    }
+
+    fn admit(&self, host: Host) -> Result<HeaderValue, HostError> {
+        let port = &host.key.as_bytes()[host.name.len()..];
+        if !self.serves(&host.name) || !self.port_ok(port) {
             return Err(HostError::NotServed(host.key));
         }
         HeaderValue::from_str(&host.key).map_err(|_| HostError::Malformed)
     }
 
+    /// `:port` (or nothing) after a normalized name: any when `server.hosts` is empty,
+    /// else only the listener's own (the default port is normalized away already).
+    fn port_ok(&self, port: &[u8]) -> bool {
+        if self.inner.hosts.is_empty() || port.is_empty() {
+            return true;
+        }
+        std::str::from_utf8(&port[1..])
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_some_and(|p| p == self.inner.port)
+    }
+
+    /// The length of the name when a `Host` value is already in normal form (what
+    /// browsers send), so the hot path takes it as is without allocating; `None`
+    /// sends it through [`parse_host`].
+    fn normalized(&self, v: &HeaderValue) -> Option<usize> {
+        let b = v.as_bytes();
+        let name_len = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        let (name, port) = b.split_at(name_len);
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name[0] != b'.'
+            && name[name.len() - 1] != b'.'
+            && !name.windows(2).any(|w| w == b"..")
+            && name.iter().all(|&c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.' | b'_')
+            });
+        let port_ok = match port {
+            [] => true,
+            [b':', digits @ ..] => {
+                !digits.is_empty()
+                    && digits.len() <= 5
+                    && digits[0] != b'0'
+                    && digits.iter().all(u8::is_ascii_digit)
+                    && std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse::<u16>().ok())
+                        .is_some_and(|p| p != self.inner.default_port)
+            }
+            _ => false,
+        };
+        (name_ok && port_ok).then_some(name_len)
+    }
+
     /// Checks a request and rewrites it to its canonical origin-form URI; the answer
-    /// to send instead when it is refused.
-    pub fn check(&self, req: &mut Request) -> Result<(), Box<Response<Body>>> {
+    /// to send instead when it is refused (with the scale factor, like every answer).
+    pub fn check<B>(&self, req: &mut axum::http::Request<B>) -> Result<(), Box<Response<Body>>> {
+        self.check_inner(req).map_err(|mut refusal| {
+            if let Some(f) = &self.inner.factor {
+                if let Ok(v) = HeaderValue::from_str(&format!("{:.2}", f.current())) {
+                    refusal
+                        .headers_mut()
+                        .insert(crate::factor::SCALE_FACTOR_HEADER, v);
+                }
+            }
+            refusal
+        })
+    }
+
+    fn check_inner<B>(&self, req: &mut axum::http::Request<B>) -> Result<(), Box<Response<Body>>> {
         let host = self.host_of(req).map_err(|e| Box::new(host_refusal(e)))?;
         let uri = req.uri();
         let canonical = if uri.path() == "*" && req.method() == Method::OPTIONS {
@@ -435,14 +540,6 @@ fn host_refusal(e: HostError) -> Response<Body> {
         ),
     }
     .into_response()
-}
-
-/// The public listener's outermost check, before routing: see the module docs.
-pub async fn guard(State(front): State<Front>, mut req: Request, next: Next) -> Response<Body> {
-    match front.check(&mut req) {
-        Ok(()) => next.run(req).await,
-        Err(refusal) => *refusal,
-    }
 }
 
 #[cfg(test)]
@@ -550,6 +647,66 @@ mod tests {
         assert!(check_host_entry("example.com:443").is_err());
         assert!(check_host_entry("https://example.com").is_err());
         assert!(check_host_entry("*.example.com").is_ok());
+    }
+
+    fn request(version: Version, target: &str, hosts: &[&'static str]) -> axum::http::Request<()> {
+        let mut b = axum::http::Request::builder().version(version).uri(target);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_effective_host_is_checked_whatever_the_form() {
+        let f = Front::new(&["launch.example".into()], "127.0.0.1:8080", "http").unwrap();
+        let host = |v, t, h: &[&'static str]| f.host_of(&request(v, t, h));
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            host(v11, "/", &["launch.example"]).unwrap(),
+            "launch.example"
+        );
+        assert_eq!(
+            host(v11, "/", &["launch.example:8080"]).unwrap(),
+            "launch.example:8080"
+        );
+        assert_eq!(
+            host(v11, "/", &["Launch.Example:80"]).unwrap(),
+            "launch.example"
+        );
+        assert!(matches!(
+            host(v11, "/", &["launch.example:1234"]),
+            Err(HostError::NotServed(_))
+        ));
+        assert_eq!(host(v11, "/", &[]), Err(HostError::Missing));
+        assert_eq!(
+            host(v11, "/", &["launch.example", "launch.example"]),
+            Err(HostError::Duplicate)
+        );
+        // Absolute-form: the target's host counts, but the Host line rules still hold.
+        assert_eq!(
+            host(v11, "http://launch.example/x", &["other"]).unwrap(),
+            "launch.example"
+        );
+        assert!(matches!(
+            host(v11, "http://evil.example/x", &["launch.example"]),
+            Err(HostError::NotServed(_))
+        ));
+        assert_eq!(
+            host(v11, "http://launch.example/x", &[]),
+            Err(HostError::Missing)
+        );
+        assert_eq!(
+            host(v11, "http://launch.example/x", &["a", "b"]),
+            Err(HostError::Duplicate)
+        );
+        assert_eq!(host(Version::HTTP_10, "/", &[]).unwrap(), "launch.example");
+        // The fast path takes a normalized value as it came.
+        let any = Front::new(&[], "127.0.0.1:8080", "http").unwrap();
+        let r = request(v11, "/", &["shop.example:9000"]);
+        assert_eq!(any.host_of(&r).unwrap(), "shop.example:9000");
+        let r = request(v11, "/", &["shop.example:09000"]);
+        assert_eq!(any.host_of(&r).unwrap(), "shop.example:9000");
     }
 
     proptest! {

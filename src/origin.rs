@@ -291,7 +291,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Request headers that say where a request came from or where it should go, which
 /// apps and frameworks believe (Rails, Django, Express, Symfony, IIS, Spring): only
 /// launchguard may set such things, from what it saw itself.
-const ROUTING: [&str; 16] = [
+const ROUTING: [&str; 19] = [
+    // Next.js internals a client must never set (CVE-2025-29927 and kin).
+    "x-middleware-subrequest",
+    "x-middleware-prefetch",
+    "x-now-route-matches",
     "forwarded",
     "x-real-ip",
     "x-client-ip",

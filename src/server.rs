@@ -50,6 +50,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+
+use crate::front::Front;
 use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -148,6 +150,7 @@ impl Limits {
 pub fn spawn(
     listener: TcpListener,
     router: Router,
+    front: Option<Front>,
     limits: Limits,
     connections: Connections,
     shutdown: CancellationToken,
@@ -180,7 +183,10 @@ pub fn spawn(
             tracker.spawn(connection(
                 stream,
                 peer,
-                router.clone(),
+                Routes {
+                    router: router.clone(),
+                    front: front.clone(),
+                },
                 limits,
                 connections.clone(),
                 shutdown.clone(),
@@ -211,7 +217,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    router: Routes,
     limits: Limits,
     connections: Connections,
     shutdown: CancellationToken,
@@ -254,7 +260,7 @@ async fn connection(
 async fn session(
     stream: TcpStream,
     peer: SocketAddr,
-    router: &Router,
+    router: &Routes,
     limits: Limits,
     shutdown: &CancellationToken,
     cut: &CancellationToken,
@@ -432,10 +438,19 @@ impl Write for ParkingIo {
     }
 }
 
-/// The router as a hyper service: adds the peer address (`ConnectInfo`) and tracks
-/// request and response bodies for [`SessionState`].
-struct Service {
+/// What a connection serves: the router, behind the listener's front door (the
+/// public listener's host and path checks, `front.rs`) when it has one.
+#[derive(Clone)]
+struct Routes {
     router: Router,
+    front: Option<Front>,
+}
+
+/// The router as a hyper service: adds the peer address (`ConnectInfo`), runs the
+/// front door before routing, and tracks request and response bodies for
+/// [`SessionState`].
+struct Service {
+    router: Routes,
     peer: SocketAddr,
     state: Arc<SessionState>,
 }
@@ -464,7 +479,14 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             })
         };
         req.extensions_mut().insert(ConnectInfo(self.peer));
-        let answer = self.router.clone().oneshot(req);
+        if let Some(front) = &self.router.front {
+            if let Err(refusal) = front.check(&mut req) {
+                return Box::pin(async move {
+                    Ok(refusal.map(|body| TrackedBody { body, _done: done }))
+                });
+            }
+        }
+        let answer = self.router.router.clone().oneshot(req);
         Box::pin(async move {
             let res = match answer.await {
                 Ok(res) => res,

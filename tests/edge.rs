@@ -545,9 +545,16 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_page_out() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    // A request after the purge does not join the fetch that began before it.
+    let client = s.client.clone();
+    let url = s.url("/launch/");
+    let after = tokio::spawn(async move { client.get(&url).await });
+    origin.wait_for("/launch/", 2).await;
     origin.release();
     assert_eq!(x_cache(&fetch.await.unwrap()), "MISS");
-    assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
+    let after = after.await.unwrap();
+    assert_eq!(x_cache(&after), "MISS");
+    assert!(after.text().contains("n=2"), "{}", after.text());
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
     assert_eq!(origin.count("/launch/"), 2);
     s.stop().await;

@@ -88,6 +88,12 @@ impl<T> Flights<T> {
         }
     }
 
+    /// Unregisters the flights whose key `covered` matches (a purge of them): they
+    /// finish for the requests already waiting, and later requests start anew.
+    pub fn forget(&self, covered: impl Fn(&str) -> bool) {
+        self.map.lock().retain(|k, _| !covered(k));
+    }
+
     pub fn in_flight(&self) -> usize {
         self.map.lock().len()
     }
@@ -158,6 +164,29 @@ mod tests {
         for w in followers {
             assert_eq!(*w.await.unwrap().unwrap(), 7);
         }
+        assert_eq!(f.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_flight_serves_its_waiters_but_no_one_new() {
+        let f: Flights<u32> = Flights::new();
+        let Role::Leader(old) = f.join("/a") else {
+            panic!()
+        };
+        let Role::Follower(w) = f.join("/a") else {
+            panic!()
+        };
+        f.forget(|k| k.starts_with("/a"));
+        let Role::Leader(new) = f.join("/a") else {
+            panic!("a request after the purge starts its own fetch")
+        };
+        old.finish(Arc::new(1));
+        assert_eq!(*w.wait().await.unwrap(), 1);
+        assert!(
+            matches!(f.join("/a"), Role::Follower(_)),
+            "the new flight is still registered"
+        );
+        new.finish(Arc::new(2));
         assert_eq!(f.in_flight(), 0);
     }
 

@@ -54,6 +54,8 @@ pub struct Directives {
     pub must_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    /// `no-transform`: the edge serves no encoded variant of its own.
+    pub no_transform: bool,
     /// Fields named by `private="..."` and `no-cache="..."`: the response may be
     /// stored, but never with these (RFC 9111 §5.2.2.4, §5.2.2.7).
     pub withheld: Vec<HeaderName>,
@@ -124,6 +126,7 @@ pub fn directives(headers: &HeaderMap) -> Directives {
             };
             match name.as_str() {
                 "no-store" => d.no_store = true,
+                "no-transform" => d.no_transform = true,
                 "private" if arg.is_some() => fields(&mut d),
                 "private" => d.private = true,
                 "no-cache" if arg.is_some() => fields(&mut d),
@@ -286,7 +289,17 @@ pub enum NotStored {
 /// `Vary: *`, and statuses other than 2xx, 301 and 404.
 pub fn storable(status: StatusCode, headers: &HeaderMap) -> Result<(), NotStored> {
     let d = directives(headers);
-    if headers.contains_key(header::SET_COOKIE) && !d.withheld.contains(&header::SET_COOKIE) {
+    let storable_status = status.is_success()
+        && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NO_CONTENT
+        || status == StatusCode::MOVED_PERMANENTLY
+        || status == StatusCode::NOT_FOUND;
+    // A withheld Set-Cookie only counts for what is stored; an answer that is shared
+    // with the waiters but not stored (a 302, a 500) keeps every header, so it must
+    // not be shared at all.
+    if headers.contains_key(header::SET_COOKIE)
+        && !(storable_status && d.withheld.contains(&header::SET_COOKIE))
+    {
         return Err(NotStored::Personal("set-cookie"));
     }
     if d.private {
@@ -302,12 +315,7 @@ pub fn storable(status: StatusCode, headers: &HeaderMap) -> Result<(), NotStored
     {
         return Err(NotStored::Personal("vary-star"));
     }
-    let ok = status.is_success()
-        && status != StatusCode::PARTIAL_CONTENT
-        && status != StatusCode::NO_CONTENT
-        || status == StatusCode::MOVED_PERMANENTLY
-        || status == StatusCode::NOT_FOUND;
-    if !ok {
+    if !storable_status {
         return Err(NotStored::Transient);
     }
     Ok(())
@@ -425,6 +433,17 @@ mod tests {
                 ])
             ),
             Ok(())
+        );
+        // A 302 with a withheld cookie is shared with nobody.
+        assert_eq!(
+            storable(
+                StatusCode::FOUND,
+                &h(&[
+                    ("set-cookie", "s=1"),
+                    ("cache-control", "no-cache=\"set-cookie\"")
+                ])
+            ),
+            Err(NotStored::Personal("set-cookie"))
         );
         // Unqualified, they still mean the whole response.
         let d = directives(&h(&[("cache-control", "private, no-cache")]));

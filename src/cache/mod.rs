@@ -163,14 +163,22 @@ struct Inner {
     clock: Clock,
     results: [metrics::Counter; 4],
     bytes: metrics::Gauge,
-    purges: PurgeLog,
+    purges: Arc<PurgeLog>,
     /// Compressions running now (at most [`COMPRESS_AT_ONCE`]).
     compressing: AtomicUsize,
     compressions: [metrics::Counter; 2],
 }
 
-/// The headers a client sends that must not reach the origin on a shared fetch.
-const CLIENT_ONLY: [HeaderName; 9] = [
+/// The headers a client sends that must not reach the origin on a shared fetch: its
+/// conditionals and directives, its cookies, and anything that frames a body (a
+/// shared fetch has none: a `Content-Length` left on it would make the origin wait
+/// for bytes that never come, or read the next request on the pooled connection as
+/// this one's body).
+const CLIENT_ONLY: [HeaderName; 13] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::EXPECT,
+    header::TRANSFER_ENCODING,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
@@ -245,22 +253,25 @@ impl Cache {
     }
 
     /// Drops every entry whose key starts with `prefix` (a path prefix, on every
-    /// host); returns how many.
+    /// host); returns how many. Fills under way for those keys will not store, and
+    /// requests from now on do not join them.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        let store = &self.inner.store;
-        let n = self
-            .inner
-            .purges
-            .purge([Purged::Prefix(prefix.to_string())], || {
-                store.purge_prefix(prefix)
-            });
-        self.inner.bytes.set(self.bytes() as f64);
+        let i = &self.inner;
+        let purged = Purged::Prefix(prefix.to_string());
+        let n = i.purges.purge([purged.clone()], || {
+            i.flights.forget(|k| purged.covers(k));
+            i.store.purge_prefix(prefix)
+        });
+        i.bytes.set(self.bytes() as f64);
         n
     }
 
     /// Answers one public request that passed admission.
     pub async fn handle(&self, mut req: Request<Body>, fwd: Forwarded) -> Response<Body> {
         let i = &self.inner;
+        // What names a header in `Connection` is not forwarded (origin.rs); drop it
+        // here already, so that a `Vary` variant is keyed on what the origin saw.
+        crate::origin::strip_hop_by_hop(req.headers_mut());
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
             cookies::strip_own(req.headers_mut());
@@ -443,7 +454,7 @@ impl Cache {
     /// The compression itself; also used by warm-ups, which wait for it.
     async fn compress(&self, key: &Key, slot: Option<&str>, e: Arc<Entry>) {
         let i = &self.inner;
-        let since = i.purges.epoch();
+        let ticket = i.purges.begin();
         let old = e.clone();
         let Ok(Some(compressed)) = tokio::task::spawn_blocking(move || old.compressed()).await
         else {
@@ -452,7 +463,7 @@ impl Cache {
         i.compressions[0].increment(1);
         let slot = slot.unwrap_or(key.as_str());
         let store = &i.store;
-        i.purges.unless_purged(since, key.as_str(), || {
+        i.purges.unless_purged(ticket, key.as_str(), || {
             store.replace(slot, &e, Arc::new(compressed))
         });
         i.bytes.set(self.bytes() as f64);
@@ -585,7 +596,7 @@ impl Cache {
         stale: Option<Arc<Entry>>,
     ) -> (Fetched, Option<Own>) {
         let i = &self.inner;
-        let since = i.purges.epoch();
+        let ticket = i.purges.begin();
         let origin_req = match origin_req {
             Ok(r) => r,
             Err(e) => return (Fetched::Failed(e), None),
@@ -602,7 +613,7 @@ impl Cache {
         if res.status() == StatusCode::NOT_MODIFIED {
             if let Some(stale) = stale {
                 let entry = Arc::new(stale.revalidated(res.headers(), now));
-                self.store_unless_purged(since, key, client_headers, &entry);
+                self.store_unless_purged(ticket, key, client_headers, &entry);
                 let vary_values = vary_values(&entry, client_headers);
                 return (
                     Fetched::Stored {
@@ -664,7 +675,7 @@ impl Cache {
             }
         }
         let entry = Arc::new(Entry::new(parts.status, parts.headers, body, life));
-        self.store_unless_purged(since, key, client_headers, &entry);
+        self.store_unless_purged(ticket, key, client_headers, &entry);
         let vary_values = vary_values(&entry, client_headers);
         (
             Fetched::Stored {
@@ -678,10 +689,16 @@ impl Cache {
 
     /// Stores a fetched entry unless a purge of its key happened since the fetch
     /// began; the waiters get the entry either way.
-    fn store_unless_purged(&self, since: u64, key: &Key, req: &HeaderMap, entry: &Arc<Entry>) {
+    fn store_unless_purged(
+        &self,
+        ticket: purges::Ticket,
+        key: &Key,
+        req: &HeaderMap,
+        entry: &Arc<Entry>,
+    ) {
         let i = &self.inner;
         let store = &i.store;
-        let stored = i.purges.unless_purged(since, key.as_str(), || {
+        let stored = i.purges.unless_purged(ticket, key.as_str(), || {
             store.insert(key.as_str(), req, entry.clone())
         });
         if stored.is_none() {
@@ -752,15 +769,17 @@ impl Cache {
                 .iter()
                 .filter_map(|(path, query)| self.key_of(host, path, query.as_deref()))
                 .collect();
-            let store = &self.inner.store;
-            self.inner.purges.purge(
-                keys.iter().map(|k| Purged::Exact(k.as_str().to_string())),
-                || {
-                    for k in &keys {
-                        store.remove(k.as_str());
-                    }
-                },
-            );
+            let i = &self.inner;
+            let purged: Vec<Purged> = keys
+                .iter()
+                .map(|k| Purged::Exact(k.as_str().to_string()))
+                .collect();
+            i.purges.purge(purged.iter().cloned(), || {
+                i.flights.forget(|k| purged.iter().any(|p| p.covers(k)));
+                for k in &keys {
+                    i.store.remove(k.as_str());
+                }
+            });
             self.inner.bytes.set(self.bytes() as f64);
         }
         res

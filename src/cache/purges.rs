@@ -7,23 +7,27 @@
 //! the very page the purge meant to drop. Every other fill stores, however many
 //! POSTs to other URLs happen meanwhile (launch day is full of them).
 //!
-//! Each purge bumps an epoch and is logged with it. A fill remembers the epoch it
-//! started at and, when it is ready to store, looks only at the purges logged since:
-//! it is dropped when one of them covers its key (a prefix of it, or the key itself).
-//! The check and the store happen under the log's lock, and so does a purge's sweep
-//! of the store, so a purge never slips between a fill's check and its insert.
+//! Each purge bumps an epoch and is logged with it. A fill takes a [`Ticket`] when it
+//! starts (the epoch of that moment) and, when it is ready to store, looks only at the
+//! purges logged since: it is dropped when one covers its key. The check and the
+//! store happen under the log's lock, and so does a purge's sweep of the store, so a
+//! purge never slips between a fill's check and its insert.
 //!
-//! The log keeps the last [`KEEP`] purges; a fill older than all of them is dropped,
-//! the safe side. Fills end within `origin.timeout_ms`, a few seconds: at 50
-//! invalidations a second that is a few hundred entries.
+//! - Exact invalidations (unsafe requests) are kept in a map by key, for as long as a
+//!   fill that started before them is running: memory follows the invalidations made
+//!   during the longest running fill (bounded by `origin.timeout_ms` and by what the
+//!   origin accepted), and no count of POSTs can spoil an unrelated fill.
+//! - Prefix purges (the operator, event rules) are rare; the last [`KEEP_PREFIXES`]
+//!   are kept, and a fill older than all of them is dropped, the safe side.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Purges remembered for fills still running.
-pub const KEEP: usize = 4096;
+/// Prefix purges remembered for fills still running.
+pub const KEEP_PREFIXES: usize = 1024;
 
 /// What one purge covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +39,7 @@ pub enum Purged {
 }
 
 impl Purged {
-    /// Whether this purge covers the fill of `key`.
+    /// Whether this purge covers `key` (a key, or a variant's or flight's full key).
     pub fn covers(&self, key: &str) -> bool {
         match self {
             Purged::Prefix(p) => key.starts_with(p.as_str()),
@@ -49,9 +53,31 @@ impl Purged {
 
 #[derive(Default)]
 struct Log {
-    recent: VecDeque<(u64, Purged)>,
-    /// Purges up to this epoch were dropped from `recent`.
+    prefixes: VecDeque<(u64, String)>,
+    /// Prefix purges up to this epoch were dropped from `prefixes`.
     forgotten: u64,
+    /// Key → epoch of its latest invalidation, while a fill older than it runs.
+    exact: HashMap<String, u64>,
+    /// The same, in epoch order, to forget them.
+    exact_order: VecDeque<(u64, String)>,
+    /// Start epochs of the running fills, with their counts.
+    running: BTreeMap<u64, usize>,
+}
+
+impl Log {
+    /// Forgets invalidations no running fill started before.
+    fn prune(&mut self) {
+        let oldest = self.running.keys().next().copied().unwrap_or(u64::MAX);
+        while let Some((e, _)) = self.exact_order.front() {
+            if *e > oldest {
+                break;
+            }
+            let (e, k) = self.exact_order.pop_front().expect("front exists");
+            if self.exact.get(&k) == Some(&e) {
+                self.exact.remove(&k);
+            }
+        }
+    }
 }
 
 /// The purge log; shared by the cache's handles.
@@ -61,14 +87,39 @@ pub struct PurgeLog {
     log: Mutex<Log>,
 }
 
+/// A running fill's place in the log; its drop ends the fill.
+pub struct Ticket {
+    log: Arc<PurgeLog>,
+    since: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut log = self.log.log.lock();
+        if let Some(n) = log.running.get_mut(&self.since) {
+            *n -= 1;
+            if *n == 0 {
+                log.running.remove(&self.since);
+            }
+        }
+        log.prune();
+    }
+}
+
 impl PurgeLog {
-    pub fn new() -> PurgeLog {
-        PurgeLog::default()
+    pub fn new() -> Arc<PurgeLog> {
+        Arc::new(PurgeLog::default())
     }
 
-    /// The epoch a fill starts at.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    /// A fill starts now.
+    pub fn begin(self: &Arc<Self>) -> Ticket {
+        let mut log = self.log.lock();
+        let since = self.epoch.load(Ordering::Acquire);
+        *log.running.entry(since).or_insert(0) += 1;
+        Ticket {
+            log: self.clone(),
+            since,
+        }
     }
 
     /// Logs a purge of each of `what` and runs `sweep` (which drops the entries from
@@ -77,35 +128,55 @@ impl PurgeLog {
         let mut log = self.log.lock();
         for p in what {
             let e = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-            log.recent.push_back((e, p));
-        }
-        while log.recent.len() > KEEP {
-            if let Some((e, _)) = log.recent.pop_front() {
-                log.forgotten = e;
+            match p {
+                Purged::Prefix(prefix) => {
+                    log.prefixes.push_back((e, prefix));
+                    while log.prefixes.len() > KEEP_PREFIXES {
+                        if let Some((old, _)) = log.prefixes.pop_front() {
+                            log.forgotten = old;
+                        }
+                    }
+                }
+                Purged::Exact(key) if !log.running.is_empty() => {
+                    log.exact.insert(key.clone(), e);
+                    log.exact_order.push_back((e, key));
+                }
+                // No fill is running: nothing to remember.
+                Purged::Exact(_) => {}
             }
         }
         sweep()
     }
 
-    /// Runs `store` for the fill of `key` that started at `since`, unless a purge
-    /// logged since covers it; `None` when it was spoiled.
-    pub fn unless_purged<R>(&self, since: u64, key: &str, store: impl FnOnce() -> R) -> Option<R> {
-        let log = self.log.lock();
-        if self.epoch.load(Ordering::Acquire) != since {
-            if since < log.forgotten {
-                return None;
-            }
-            let spoiled = log
-                .recent
-                .iter()
-                .rev()
-                .take_while(|(e, _)| *e > since)
-                .any(|(_, p)| p.covers(key));
-            if spoiled {
-                return None;
-            }
-        }
-        Some(store())
+    /// Runs `store` for the fill of `key` holding `ticket`, unless a purge logged since
+    /// it began covers the key; `None` when it was spoiled. Ends the fill.
+    pub fn unless_purged<R>(
+        &self,
+        ticket: Ticket,
+        key: &str,
+        store: impl FnOnce() -> R,
+    ) -> Option<R> {
+        let since = ticket.since;
+        let result = {
+            let log = self.log.lock();
+            let spoiled = self.epoch.load(Ordering::Acquire) != since
+                && (since < log.forgotten
+                    || log.exact.get(key).is_some_and(|e| *e > since)
+                    || log
+                        .prefixes
+                        .iter()
+                        .rev()
+                        .take_while(|(e, _)| *e > since)
+                        .any(|(_, p)| key.starts_with(p.as_str())));
+            (!spoiled).then(store)
+        };
+        drop(ticket);
+        result
+    }
+
+    /// Invalidations remembered for running fills (for tests and metrics).
+    pub fn remembered(&self) -> usize {
+        self.log.lock().exact.len()
     }
 }
 
@@ -117,18 +188,19 @@ mod tests {
     fn a_fill_is_spoiled_only_by_a_purge_of_its_own_key() {
         let log = PurgeLog::new();
         let key = "/b1\0launch.example";
-        let since = log.epoch();
+        let t = log.begin();
         log.purge([Purged::Exact("/api/signup\0launch.example".into())], || ());
         log.purge([Purged::Exact("/b1\0other.example".into())], || ());
         log.purge([Purged::Exact("/b\0launch.example".into())], || ());
         log.purge([Purged::Prefix("/launch/".into())], || ());
-        assert_eq!(log.unless_purged(since, key, || 7), Some(7));
+        assert_eq!(log.unless_purged(t, key, || 7), Some(7));
+        let t = log.begin();
         log.purge([Purged::Prefix("/b".into())], || ());
-        assert_eq!(log.unless_purged(since, key, || 7), None);
-        let later = log.epoch();
-        assert_eq!(log.unless_purged(later, key, || 7), Some(7));
+        assert_eq!(log.unless_purged(t, key, || 7), None);
+        let t = log.begin();
+        assert_eq!(log.unless_purged(log.begin(), key, || 7), Some(7));
         log.purge([Purged::Exact(key.into())], || ());
-        assert_eq!(log.unless_purged(later, key, || 7), None);
+        assert_eq!(log.unless_purged(t, key, || 7), None);
         // A variant's key is covered by its URL's invalidation.
         let variant = "/b1\0launch.example\x003\0fr,";
         assert!(Purged::Exact(key.into()).covers(variant));
@@ -136,15 +208,31 @@ mod tests {
     }
 
     #[test]
-    fn a_fill_older_than_the_log_is_dropped() {
+    fn no_number_of_invalidations_elsewhere_spoils_a_fill_and_none_are_kept_for_long() {
         let log = PurgeLog::new();
-        let since = log.epoch();
-        for i in 0..KEEP + 1 {
-            log.purge([Purged::Exact(format!("/other/{i}"))], || ());
+        let key = "/b1\0h";
+        let t = log.begin();
+        for i in 0..100_000 {
+            log.purge([Purged::Exact(format!("/api/signup?{i}\0h"))], || ());
         }
-        assert_eq!(log.unless_purged(since, "/b1\0h", || ()), None);
-        let since = log.epoch();
-        log.purge([Purged::Exact("/other".into())], || ());
-        assert_eq!(log.unless_purged(since, "/b1\0h", || ()), Some(()));
+        assert_eq!(log.remembered(), 100_000);
+        assert_eq!(log.unless_purged(t, key, || ()), Some(()));
+        assert_eq!(log.remembered(), 0, "forgotten once no older fill runs");
+        // With no fill running, invalidations are not even remembered.
+        log.purge([Purged::Exact("/x\0h".into())], || ());
+        assert_eq!(log.remembered(), 0);
+    }
+
+    #[test]
+    fn a_fill_older_than_the_prefix_log_is_dropped() {
+        let log = PurgeLog::new();
+        let t = log.begin();
+        for i in 0..KEEP_PREFIXES + 1 {
+            log.purge([Purged::Prefix(format!("/other/{i}"))], || ());
+        }
+        assert_eq!(log.unless_purged(t, "/b1\0h", || ()), None);
+        let t = log.begin();
+        log.purge([Purged::Prefix("/other".into())], || ());
+        assert_eq!(log.unless_purged(t, "/b1\0h", || ()), Some(()));
     }
 }

@@ -90,6 +90,7 @@ impl Entry {
         headers.remove(header::SET_COOKIE);
         let encoded = headers.contains_key(header::CONTENT_ENCODING);
         let compressible = !encoded
+            && !freshness::directives(&headers).no_transform
             && body.len() >= COMPRESS_MIN_BYTES
             && headers
                 .get(header::CONTENT_TYPE)
@@ -166,17 +167,25 @@ impl Entry {
     /// The entry after a 304: same bodies, the 304's headers merged in, stored anew.
     pub fn revalidated(&self, not_modified: &HeaderMap, now_ms: u64) -> Entry {
         let mut p = self.parts();
-        for (name, value) in not_modified {
-            if matches!(
+        let skip = |name: &HeaderName| {
+            matches!(
                 *name,
                 header::CONTENT_LENGTH
                     | header::CONTENT_ENCODING
                     | header::TRANSFER_ENCODING
                     | header::SET_COOKIE
-            ) {
-                continue;
+            )
+        };
+        // Each field the 304 names replaces the stored one, every line of it.
+        for name in not_modified.keys() {
+            if !skip(name) {
+                p.headers.remove(name);
             }
-            p.headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in not_modified {
+            if !skip(name) {
+                p.headers.append(name.clone(), value.clone());
+            }
         }
         // The lifetime comes from the updated headers (RFC 9111 §4.3.4).
         p.life = Life::from_response(self.status, &p.headers, now_ms);
@@ -460,29 +469,19 @@ impl Store {
     }
 
     /// Puts `new` in the slot `slot` (a key, or a variant's full key) if that slot
-    /// still holds `old`, weighing it anew; false if the slot changed or `new` is too
-    /// heavy. The check and the swap happen under the shard's lock.
+    /// still holds `old`; false if the slot changed or `new` is too heavy. Call it
+    /// under the purge log's lock (`PurgeLog::unless_purged`), which every writer of
+    /// the store holds, so nothing changes the slot between the look and the insert;
+    /// the insert weighs `new` anew and evicts as any insert does.
     pub fn replace(&self, slot: &str, old: &Arc<Entry>, new: Arc<Entry>) -> bool {
         if new.weight + slot.len() as u64 * 2 + 64 > self.per_shard {
             return false;
         }
-        let mut new = Some(new);
-        let slot: Arc<str> = Arc::from(slot);
-        match self
-            .map
-            .entry(&slot, Some(std::time::Duration::ZERO), |_, v| {
-                let same = matches!(v, Slot::Object(e) if Arc::ptr_eq(e, old));
-                if same {
-                    if let Some(n) = new.take() {
-                        *v = Slot::Object(n);
-                    }
-                }
-                quick_cache::sync::EntryAction::Retain(same)
-            }) {
-            quick_cache::sync::EntryResult::Retained(same) => same,
-            // Vacant: the slot was emptied meanwhile; dropping the guard inserts nothing.
-            _ => false,
+        let same = matches!(self.map.peek(slot), Some(Slot::Object(e)) if Arc::ptr_eq(&e, old));
+        if same {
+            self.map.insert(Arc::from(slot), Slot::Object(new));
         }
+        same
     }
 
     /// Drops what is stored for `key` (and, through the marker, its variants).
@@ -627,6 +626,22 @@ mod tests {
             header::CACHE_CONTROL,
             HeaderValue::from_static("max-age=30"),
         );
+        let mut two_lines = HeaderMap::new();
+        two_lines.append(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        );
+        two_lines.append(header::CACHE_CONTROL, HeaderValue::from_static("public"));
+        let both = e.revalidated(&two_lines, 6_000);
+        assert_eq!(
+            both.life.origin_ttl_ms,
+            Some(300_000),
+            "every line of the 304 kept"
+        );
+        assert_eq!(
+            both.headers.get_all(header::CACHE_CONTROL).iter().count(),
+            2
+        );
         let renewed = e.revalidated(&not_modified, 6_000);
         assert!(!renewed.life.revalidate_always);
         assert_eq!(renewed.life.origin_ttl_ms, Some(30_000));
@@ -649,6 +664,17 @@ mod tests {
         );
         assert_eq!(mk(None, "image/png", &big).vary_out, None);
         assert_eq!(mk(None, "text/html", "tiny").vary_out, None);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60, no-transform"),
+        );
+        let kept = Entry::new(StatusCode::OK, h, Bytes::from(big.clone()), life());
+        assert!(
+            !kept.compressible && kept.vary_out.is_none(),
+            "no-transform: served as sent"
+        );
         assert_eq!(
             mk(Some("Accept-Language"), "text/html", &big)
                 .vary_out
