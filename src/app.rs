@@ -193,11 +193,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let front = Front::new(&config.server.hosts, &own_host(public_addr), "http")
         .map_err(|p| ConfigError::invalid("server.hosts", p))?
         .with_factor(factor.clone());
+    let front_primary = front.primary_host().clone();
     let edge = Edge::new(
         &config,
         factor.clone(),
         clock.clone(),
-        front.primary_host().clone(),
+        front_primary.clone(),
     )?;
     if let Some(pin) = store.load_pin()? {
         if pin.until_ms > now {
@@ -334,6 +335,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             "producthunt.post_slug is set but no token was found (producthunt.token, producthunt.token_file, the producthunt_token credential or LAUNCHGUARD_PRODUCTHUNT_TOKEN); not polling"
         ),
         None => {}
+    }
+    if !edge.warm_urls().is_empty() && state.config.server.hosts.is_empty() {
+        tracing::warn!(
+            host = ?front_primary,
+            "cache.warm_urls are warmed under the listener's own address because server.hosts is empty; visitors who use your site's name will not hit them: list it in server.hosts"
+        );
     }
     if !edge.warm_urls().is_empty() {
         let results = edge.warm(edge.warm_urls()).await;

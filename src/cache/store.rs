@@ -77,9 +77,13 @@ impl Entry {
         let vary = vary_headers(&headers);
         // Cache-Control and Expires stay: clients get them, and a 304 that does not
         // repeat them must not lose them (RFC 9111 §4.3.4).
+        // Accept-Ranges goes too: answers from the store are whole bodies, and a
+        // Range request gets the whole 200 (which RFC 9110 allows), so it must not
+        // be promised.
         for h in [
             header::AGE,
             header::CONTENT_LENGTH,
+            header::ACCEPT_RANGES,
             HeaderName::from_static("x-cache"),
         ] {
             headers.remove(h);
@@ -223,7 +227,9 @@ impl Entry {
     /// Counts one answer served from this entry; true exactly once, on the second,
     /// when the entry should now be compressed.
     pub fn note_use(&self) -> bool {
-        if !self.compressible || self.gzip.is_some() || self.br.is_some() {
+        // A plain load first: once a compression was claimed (or the entry is not
+        // compressible), a HIT writes nothing to the entry's shared cache line.
+        if !self.compressible || self.compressing.load(Ordering::Relaxed) {
             return false;
         }
         let n = self.uses.fetch_add(1, Ordering::Relaxed);
