@@ -192,7 +192,9 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         .expect("bound socket has an address");
     let front = Front::new(&config.server.hosts, &own_host(public_addr), "http")
         .map_err(|p| ConfigError::invalid("server.hosts", p))?
-        .with_factor(factor.clone());
+        .with_factor(factor.clone())
+        .with_trusted_proxies(&config.server.trusted_proxies)
+        .map_err(|p| ConfigError::invalid("server.trusted_proxies", p))?;
     let front_primary = front.primary_host().clone();
     let edge = Edge::new(
         &config,

@@ -73,6 +73,10 @@ pub struct ServerConfig {
     /// `Host` gets 421. The first is the primary name, used for warm-ups. Default none:
     /// any host is served (and keyed apart in the cache).
     pub hosts: Vec<String>,
+    /// Addresses or networks of the proxies in front (a load balancer): from these
+    /// peers only, `X-Forwarded-For` names the client and `X-Forwarded-Proto` the
+    /// scheme. Default none: every peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 10_000,
             keepalive_timeout_secs: 75,
             hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -386,6 +391,11 @@ impl Config {
         positive("server.body_timeout_ms", s.body_timeout_ms)?;
         positive("server.header_timeout_ms", s.header_timeout_ms)?;
         positive("server.keepalive_timeout_secs", s.keepalive_timeout_secs)?;
+        for (i, net) in s.trusted_proxies.iter().enumerate() {
+            crate::front::Net::parse(net).map_err(|problem| {
+                ConfigError::invalid(format!("server.trusted_proxies[{i}]"), problem)
+            })?;
+        }
         for (i, host) in s.hosts.iter().enumerate() {
             crate::front::check_host_entry(host)
                 .map_err(|problem| ConfigError::invalid(format!("server.hosts[{i}]"), problem))?;
@@ -1075,6 +1085,8 @@ mod tests {
         );
         let e = err("[server]\nhosts = [\"https://example.com\"]\n");
         assert!(e.starts_with("server.hosts[0]:"), "{e}");
+        let e = err("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb\"]\n");
+        assert!(e.starts_with("server.trusted_proxies[1]:"), "{e}");
         let e = err("[origin]\nbypass_share = 1.0\n");
         assert!(e.starts_with("origin.bypass_share:"), "{e}");
         let e = err("[cache]\nquery = \"random\"\n");

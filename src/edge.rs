@@ -165,17 +165,20 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
     if admission::shed(class, factor, edge.inner.shed_factor) {
         return edge.shed_response(class, factor);
     }
-    let (host, proto) = match req.extensions().get::<Verified>() {
-        Some(v) => (v.host.clone(), v.proto),
-        None => (edge.inner.primary_host.clone(), "http"),
-    };
-    let fwd = Forwarded {
-        client: req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0),
-        host,
-        proto,
+    let fwd = match req.extensions().get::<Verified>() {
+        Some(v) => Forwarded {
+            client: v.client,
+            host: v.host.clone(),
+            proto: v.proto,
+        },
+        None => Forwarded {
+            client: req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+            host: edge.inner.primary_host.clone(),
+            proto: "http",
+        },
     };
     edge.inner.cache.handle(req, fwd).await
 }

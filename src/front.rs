@@ -15,6 +15,12 @@
 //!   origins read as `..`) gets 400. The request goes on with the canonical path, so
 //!   `/launch/%2e%2e/pricing` is classified, keyed and fetched as `/pricing`.
 //!
+//! - **Client.** The client is the TCP peer, unless the peer is one of
+//!   `server.trusted_proxies` (a balancer in front): then it is the right-most
+//!   `X-Forwarded-For` entry that is not itself a trusted proxy, and the scheme is
+//!   the proxy's `X-Forwarded-Proto` (`http` or `https`). Nobody else's forwarding
+//!   headers are believed.
+//!
 //! What was verified travels in the request's extensions as [`Verified`]; the cache
 //! keys on its host and the origin's `X-Forwarded-*` headers are built from it.
 //!
@@ -26,7 +32,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::uri::PathAndQuery;
-use axum::http::{header, HeaderValue, Method, Response, StatusCode, Uri, Version};
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use axum::response::IntoResponse;
 
 use crate::error::ApiError;
@@ -296,8 +304,58 @@ fn pattern(entry: &str) -> Result<HostPattern, String> {
 pub struct Verified {
     /// The normalized host (`example.com`, `127.0.0.1:8080`), the cache key's first part.
     pub host: HeaderValue,
-    /// `http` or `https`: how the client reached us.
+    /// `http` or `https`: how the client reached us (or our trusted proxy).
     pub proto: &'static str,
+    /// The client's address: the peer, or what a trusted proxy said of it.
+    pub client: Option<IpAddr>,
+}
+
+/// An address or a network (`10.0.0.0/8`, `::1`), for `server.trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    /// Parses `192.0.2.7`, `10.0.0.0/8`, `fd00::/8`; the error is meant for a config error.
+    pub fn parse(text: &str) -> Result<Net, String> {
+        let bad =
+            || format!("expected an IP address or a network such as \"10.0.0.0/8\", got {text:?}");
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Net { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The front door's settings, built once. A clone is cheap.
@@ -308,6 +366,8 @@ pub struct Front {
 
 struct FrontInner {
     hosts: Vec<HostPattern>,
+    /// `server.trusted_proxies`.
+    proxies: Vec<Net>,
     /// The listener's port: with `server.hosts` set, a `Host` may name it, the
     /// scheme's default port, or none (any other port would only multiply keys).
     port: u16,
@@ -343,6 +403,7 @@ impl Front {
         Ok(Front {
             inner: Arc::new(FrontInner {
                 hosts,
+                proxies: Vec::new(),
                 port,
                 factor: None,
                 primary: HeaderValue::from_str(&primary).map_err(|e| e.to_string())?,
@@ -356,6 +417,7 @@ impl Front {
     pub fn with_factor(self, factor: crate::factor::Factor) -> Front {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|a| FrontInner {
             hosts: a.hosts.clone(),
+            proxies: a.proxies.clone(),
             port: a.port,
             factor: None,
             primary: a.primary.clone(),
@@ -366,6 +428,68 @@ impl Front {
         Front {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
+    pub fn with_trusted_proxies(self, proxies: &[String]) -> Result<Front, String> {
+        let proxies = proxies
+            .iter()
+            .map(|p| Net::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let a = self.inner;
+        Ok(Front {
+            inner: Arc::new(FrontInner {
+                hosts: a.hosts.clone(),
+                proxies,
+                port: a.port,
+                factor: a.factor.clone(),
+                primary: a.primary.clone(),
+                proto: a.proto,
+                default_port: a.default_port,
+            }),
+        })
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.inner.proxies.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client and scheme of a request from `peer` (see the module docs).
+    pub fn client_of(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+    ) -> (Option<IpAddr>, &'static str) {
+        let own = self.inner.proto;
+        let Some(peer) = peer.filter(|p| self.trusted(*p)) else {
+            return (peer, own);
+        };
+        let mut client = peer;
+        'walk: for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(text) = value.to_str() else { break };
+            for hop in text.rsplit(',') {
+                match hop.trim().parse::<IpAddr>() {
+                    Ok(ip) => {
+                        client = ip;
+                        if !self.trusted(ip) {
+                            break 'walk;
+                        }
+                    }
+                    Err(_) => break 'walk,
+                }
+            }
+        }
+        let proto = match headers
+            .get_all("x-forwarded-proto")
+            .iter()
+            .next_back()
+            .map(|v| v.as_bytes())
+        {
+            Some(b"https") => "https",
+            Some(b"http") => "http",
+            _ => own,
+        };
+        (Some(client), proto)
     }
 
     /// The host warm-ups and host-less HTTP/1.0 requests are served under.
@@ -509,9 +633,15 @@ impl Front {
                 .map_err(|_| Box::new(path_refusal(PathError::BadEscape)))?;
             *req.uri_mut() = Uri::from(pq);
         }
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let (client, proto) = self.client_of(peer, req.headers());
         req.extensions_mut().insert(Verified {
             host,
-            proto: self.inner.proto,
+            proto,
+            client,
         });
         Ok(())
     }
@@ -707,6 +837,60 @@ mod tests {
         assert_eq!(any.host_of(&r).unwrap(), "shop.example:9000");
         let r = request(v11, "/", &["shop.example:09000"]);
         assert_eq!(any.host_of(&r).unwrap(), "shop.example:9000");
+    }
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let n = Net::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        let one = Net::parse("192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        assert!(Net::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
+        assert!(Net::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "example.com", "10.0.0/8", "::1/129", ""] {
+            assert!(Net::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_is_believed() {
+        let f = Front::new(&[], "127.0.0.1:8080", "http")
+            .unwrap()
+            .with_trusted_proxies(&["10.0.0.0/8".into()])
+            .unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, 203.0.113.9, 10.0.0.5"),
+        );
+        h.append("x-forwarded-proto", HeaderValue::from_static("https"));
+        let lb = Some("10.0.0.2".parse().unwrap());
+        assert_eq!(
+            f.client_of(lb, &h),
+            (Some("203.0.113.9".parse().unwrap()), "https")
+        );
+        // Anyone else: the peer, our own scheme.
+        let stranger = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(f.client_of(stranger, &h), (stranger, "http"));
+        // A trusted proxy that says nothing, or nonsense.
+        assert_eq!(f.client_of(lb, &HeaderMap::new()), (lb, "http"));
+        let mut junk = HeaderMap::new();
+        junk.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("not-an-ip, 10.0.0.9"),
+        );
+        junk.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        assert_eq!(
+            f.client_of(lb, &junk),
+            (Some("10.0.0.9".parse().unwrap()), "http")
+        );
     }
 
     proptest! {

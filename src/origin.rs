@@ -23,7 +23,6 @@
 //! **Invariant:** every fetch ends within `origin.timeout_ms` (response headers), as
 //! a response or an [`OriginError`]; nothing waits on the origin forever.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,7 +138,8 @@ pub struct Origin {
 /// host come from here, never from the client's own headers.
 #[derive(Debug, Clone)]
 pub struct Forwarded {
-    pub client: Option<SocketAddr>,
+    /// The client's address (`front::Verified::client`).
+    pub client: Option<std::net::IpAddr>,
     /// The verified, normalized host (`front::Verified`).
     pub host: HeaderValue,
     /// `http` or `https`.
@@ -333,7 +333,7 @@ fn prepare_request_headers(headers: &mut HeaderMap, fwd: &Forwarded, authority: 
     strip_hop_by_hop(headers);
     strip_routing(headers);
     if let Some(client) = fwd.client {
-        if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
             headers.insert("x-forwarded-for", v);
         }
     }
@@ -382,7 +382,7 @@ mod tests {
         h.insert("x-rewrite-url", HeaderValue::from_static("/admin"));
         h.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
         let fwd = Forwarded {
-            client: Some("198.51.100.7:5555".parse().unwrap()),
+            client: Some("198.51.100.7".parse().unwrap()),
             host: HeaderValue::from_static("launch.example"),
             proto: "http",
         };

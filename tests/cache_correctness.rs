@@ -167,6 +167,36 @@ async fn client_forwarding_headers_never_reach_the_origin() {
 }
 
 #[tokio::test]
+async fn a_trusted_balancer_names_the_client_and_the_scheme() {
+    let origin = TestOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| {
+        c.server.trusted_proxies = vec!["127.0.0.0/8".into()]
+    })
+    .await;
+    let r = visit(
+        &s,
+        "/reflect",
+        &[
+            ("x-forwarded-for", "198.51.100.23, 127.0.0.5"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ],
+    )
+    .await;
+    let page = r.text();
+    assert!(page.contains("x-forwarded-for=198.51.100.23<"), "{page}");
+    assert!(
+        page.contains("<a href=\"https://launch.example/launch/\">"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("evil"),
+        "the host is still the verified one: {page}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn override_headers_cannot_cache_a_404_for_everyone() {
     let origin = TestOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
