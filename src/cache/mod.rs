@@ -271,7 +271,10 @@ impl Cache {
         let i = &self.inner;
         // What names a header in `Connection` is not forwarded (origin.rs); drop it
         // here already, so that a `Vary` variant is keyed on what the origin saw.
-        crate::origin::strip_hop_by_hop(req.headers_mut());
+        // (Without `Connection`, origin.rs strips the fixed hop-by-hop list itself.)
+        if req.headers().contains_key(header::CONNECTION) {
+            crate::origin::strip_hop_by_hop(req.headers_mut());
+        }
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
             cookies::strip_own(req.headers_mut());
