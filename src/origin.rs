@@ -2,7 +2,11 @@
 //! (`origin.upstream`, such as a Next.js app on `127.0.0.1:3000`).
 //!
 //! The static directory is tower-http's `ServeDir`: ETag, Last-Modified, ranges,
-//! conditional requests, and `404.html` with status 404 for what is not there.
+//! conditional requests, and `404.html` with status 404 for what is not there. Two
+//! things it would serve are answered with that same 404 first: a path with a
+//! dot-segment (`/.env`, `/.git/config`; `/.well-known/` excepted), and a path whose
+//! file, followed through every symlink, lies outside the directory. A site pointed
+//! at a checkout does not leak its secrets.
 //!
 //! The upstream is reached through one pooled keep-alive client, hyper-util's
 //! `client::legacy::Client` over plain HTTP/1.1. It is used rather than reqwest
@@ -23,6 +27,7 @@
 //! **Invariant:** every fetch ends within `origin.timeout_ms` (response headers), as
 //! a response or an [`OriginError`]; nothing waits on the origin forever.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,7 +124,12 @@ impl IntoResponse for OriginError {
 type StaticSite = ServeDir<SetStatus<ServeFile>>;
 
 enum Kind {
-    Static(StaticSite),
+    Static {
+        site: StaticSite,
+        /// The directory, every symlink resolved, to check where a file really lies.
+        root: PathBuf,
+        not_found: SetStatus<ServeFile>,
+    },
     Upstream {
         client: Client<HttpConnector, Body>,
         scheme: Scheme,
@@ -167,9 +177,15 @@ impl Origin {
             }
             None => {
                 let dir = &config.static_dir;
-                Kind::Static(
-                    ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("404.html"))),
-                )
+                Kind::Static {
+                    site: ServeDir::new(dir)
+                        .not_found_service(ServeFile::new(dir.join("404.html"))),
+                    root: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()),
+                    not_found: SetStatus::new(
+                        ServeFile::new(dir.join("404.html")),
+                        StatusCode::NOT_FOUND,
+                    ),
+                }
             }
         };
         Ok(Origin {
@@ -196,8 +212,21 @@ impl Origin {
         let started = Instant::now();
         let timeout_ms = self.timeout.as_millis() as u64;
         let result = match &*self.kind {
-            Kind::Static(site) => {
-                let fut = site.clone().oneshot(req);
+            Kind::Static {
+                site,
+                root,
+                not_found,
+            } => {
+                let hidden = hidden_static(req.uri().path(), root).await;
+                let fut = async {
+                    if hidden {
+                        let mut res = not_found.clone().oneshot(req).await?;
+                        *res.status_mut() = StatusCode::NOT_FOUND;
+                        Ok(res)
+                    } else {
+                        site.clone().oneshot(req).await
+                    }
+                };
                 match tokio::time::timeout(self.timeout, fut).await {
                     Ok(Ok(res)) => Ok(res.map(static_body)),
                     Ok(Err(never)) => match never {},
@@ -242,6 +271,36 @@ impl Origin {
             .record(started.elapsed().as_secs_f64());
         result
     }
+}
+
+/// Whether the static site must answer `path` as not found: a dot-segment other than
+/// a leading `.well-known`, or a file (or a directory's `index.html`) that resolves
+/// outside `root`.
+async fn hidden_static(path: &str, root: &Path) -> bool {
+    let mut rel = PathBuf::new();
+    for (i, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        let seg = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+        if seg.starts_with('.') && !(i == 0 && seg == ".well-known") {
+            return true;
+        }
+        if seg.contains(['/', '\\', '\0']) {
+            return true;
+        }
+        rel.push(seg.as_ref());
+    }
+    let candidate = root.join(rel);
+    let root = root.to_path_buf();
+    // Off the async workers: canonicalize walks the path with a syscall per part.
+    tokio::task::spawn_blocking(move || {
+        let outside = |p: &Path| match std::fs::canonicalize(p) {
+            Ok(real) => !real.starts_with(&root),
+            // Not there: ServeDir answers 404 itself.
+            Err(_) => false,
+        };
+        outside(&candidate) || (candidate.is_dir() && outside(&candidate.join("index.html")))
+    })
+    .await
+    .unwrap_or(true)
 }
 
 fn static_body(b: ServeFileSystemResponseBody) -> Body {
