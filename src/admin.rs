@@ -23,6 +23,15 @@
 //! its bytes nor its length leak through timing. The dashboard page itself holds no
 //! data: it asks for the token when its feed answers 401. Every admin action
 //! that changes state is logged at info.
+//!
+//! Before the token, the same routes refuse what a web page could make a browser
+//! send (with or without a token, since the loopback default has none):
+//! - a `Host` that is not a loopback address, `localhost`, the admin listener's own
+//!   address or one of `server.admin_hosts` gets 403 (a DNS-rebound name);
+//! - an `Origin` other than the listener's own (`http://<Host>`) gets 403 (a page
+//!   on another site, CSRF);
+//! - a POST, PUT or PATCH without `Content-Type: application/json` gets 415 (a
+//!   `text/plain` form post needs no CORS preflight; JSON does).
 
 use std::sync::atomic::Ordering;
 
@@ -74,7 +83,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/live", get(crate::live::stream))
         .merge(crate::edge::admin_routes())
         .merge(crate::outbound::admin_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(
+            AdminHosts::new(&state.config.server),
+            refuse_cross_site,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -82,6 +95,87 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(crate::live::dashboard))
         .merge(admin_api)
         .with_state(state)
+}
+
+/// The names the admin listener answers to besides loopback addresses and `localhost`.
+#[derive(Clone)]
+pub struct AdminHosts {
+    own: Option<std::net::IpAddr>,
+    names: std::sync::Arc<[String]>,
+}
+
+impl AdminHosts {
+    pub fn new(server: &crate::config::ServerConfig) -> AdminHosts {
+        let ip = server.admin_listen.ip();
+        AdminHosts {
+            own: (!ip.is_unspecified()).then_some(ip),
+            names: server
+                .admin_hosts
+                .iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Whether a `Host` value names this admin listener.
+    pub fn allows(&self, host: &[u8]) -> bool {
+        let Ok(h) = crate::front::parse_host(host, 0) else {
+            return false;
+        };
+        let bare = h.name.trim_start_matches('[').trim_end_matches(']');
+        if h.name == "localhost" || self.names.contains(&h.name) {
+            return true;
+        }
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback() || Some(ip) == self.own,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Refuses what a browser on another site could send: see the module docs.
+async fn refuse_cross_site(State(hosts): State<AdminHosts>, req: Request, next: Next) -> Response {
+    let forbidden = |why: String| {
+        tracing::warn!(path = %req.uri().path(), "admin request refused: {why}");
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response()
+    };
+    let host = req.headers().get(header::HOST);
+    let Some(host) = host.filter(|h| hosts.allows(h.as_bytes())) else {
+        return forbidden(format!(
+            "the admin listener answers to loopback addresses, localhost, its own address and server.admin_hosts, not Host {:?}",
+            host.map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default()
+        ));
+    };
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let own = [b"http://", host.as_bytes()].concat();
+        if !origin.as_bytes().eq_ignore_ascii_case(&own) {
+            return forbidden(format!(
+                "a request from a page of {:?} is not the admin listener's own origin",
+                String::from_utf8_lossy(origin.as_bytes())
+            ));
+        }
+    }
+    if matches!(
+        *req.method(),
+        axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
+    ) {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the request with Content-Type: application/json (curl -H 'content-type: application/json')",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -296,4 +390,38 @@ fn rfc3339(ms: u64) -> String {
     jiff::Timestamp::from_millisecond(ms as i64)
         .map(|t| t.to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_listener_answers_to_its_own_names_only() {
+        let server = crate::config::ServerConfig {
+            admin_listen: "10.0.0.5:9090".parse().unwrap(),
+            admin_hosts: vec!["ops.internal".into()],
+            ..crate::config::ServerConfig::default()
+        };
+        let h = AdminHosts::new(&server);
+        for ok in [
+            "127.0.0.1:9090",
+            "localhost:9090",
+            "[::1]:9090",
+            "10.0.0.5:9090",
+            "ops.internal",
+            "OPS.internal.:9090",
+        ] {
+            assert!(h.allows(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "10.0.0.6:9090",
+            "localhost.evil.example",
+            "",
+            "a b",
+        ] {
+            assert!(!h.allows(bad.as_bytes()), "{bad}");
+        }
+    }
 }

@@ -77,6 +77,10 @@ pub struct ServerConfig {
     /// peers only, `X-Forwarded-For` names the client and `X-Forwarded-Proto` the
     /// scheme. Default none: every peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// Host names (or addresses) the admin listener answers to besides loopback
+    /// addresses, `localhost` and its own address; any other `Host` gets 403 there
+    /// (DNS rebinding). Default none.
+    pub admin_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +96,7 @@ impl Default for ServerConfig {
             keepalive_timeout_secs: 75,
             hosts: Vec::new(),
             trusted_proxies: Vec::new(),
+            admin_hosts: Vec::new(),
         }
     }
 }
@@ -391,6 +396,17 @@ impl Config {
         positive("server.body_timeout_ms", s.body_timeout_ms)?;
         positive("server.header_timeout_ms", s.header_timeout_ms)?;
         positive("server.keepalive_timeout_secs", s.keepalive_timeout_secs)?;
+        for (i, host) in s.admin_hosts.iter().enumerate() {
+            crate::front::parse_host(host.as_bytes(), 0)
+                .ok()
+                .filter(|h| h.key == h.name)
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("server.admin_hosts[{i}]"),
+                        format!("expected a host name or address without a port, such as \"ops.internal\", got {host:?}"),
+                    )
+                })?;
+        }
         for (i, net) in s.trusted_proxies.iter().enumerate() {
             crate::front::Net::parse(net).map_err(|problem| {
                 ConfigError::invalid(format!("server.trusted_proxies[{i}]"), problem)

@@ -461,7 +461,7 @@ async fn purge_warm_and_event_driven_purge() {
         .send(
             Method::POST,
             &s.admin_url("/admin/purge"),
-            &[],
+            &[("content-type", "application/json")],
             br#"{"prefix": "/launch/"}"#.to_vec(),
         )
         .await;
@@ -474,19 +474,79 @@ async fn purge_warm_and_event_driven_purge() {
         .send(
             Method::POST,
             &s.admin_url("/admin/purge"),
-            &[],
+            &[("content-type", "application/json")],
             br#"{"prefix": "launch"}"#.to_vec(),
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["field"], "prefix");
 
+    // What a web page could make the operator's browser send is refused, token or not.
+    for (headers, status) in [
+        (
+            vec![("content-type", "text/plain")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (vec![], StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            vec![
+                ("content-type", "application/json"),
+                ("origin", "https://evil.example"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            vec![("content-type", "application/json"), ("origin", "null")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            vec![
+                ("content-type", "application/json"),
+                ("host", "rebound.evil.example:9090"),
+            ],
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let r = s
+            .client
+            .send(
+                Method::POST,
+                &s.admin_url("/admin/purge"),
+                &headers,
+                br#"{"prefix": "/"}"#.to_vec(),
+            )
+            .await;
+        assert_eq!(r.status, status, "{headers:?}: {}", r.text());
+    }
+    let rebound = s
+        .client
+        .send(
+            Method::GET,
+            &s.admin_url("/api/analytics"),
+            &[("host", "rebound.evil.example")],
+            vec![],
+        )
+        .await;
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN, "reads too");
+    // The listener's own origin is fine.
+    let own = format!("http://{}", s.admin);
+    let r = s
+        .client
+        .send(
+            Method::POST,
+            &s.admin_url("/admin/purge"),
+            &[("content-type", "application/json"), ("origin", &own)],
+            br#"{"prefix": "/nothing-cached-here"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
     let r = s
         .client
         .send(
             Method::POST,
             &s.admin_url("/admin/warm"),
-            &[],
+            &[("content-type", "application/json")],
             br#"{"urls": ["/pricing"]}"#.to_vec(),
         )
         .await;
@@ -540,7 +600,7 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_page_out() {
         .send(
             Method::POST,
             &s.admin_url("/admin/purge"),
-            &[],
+            &[("content-type", "application/json")],
             br#"{"prefix": "/launch/"}"#.to_vec(),
         )
         .await;

@@ -126,7 +126,7 @@ async fn failures_end_in_dead_letters_after_max_retries_and_429s_do_not_count() 
         .send(
             Method::POST,
             &server.admin_url(&format!("/admin/outbound/deadletters/{}/retry", job.id)),
-            &[],
+            &[("content-type", "application/json")],
             Vec::new(),
         )
         .await;
@@ -172,7 +172,7 @@ async fn dead_letters_can_be_dropped_and_bad_ids_are_named() {
         .send(
             Method::POST,
             &server.admin_url("/admin/outbound/deadletters/abc/retry"),
-            &[],
+            &[("content-type", "application/json")],
             vec![],
         )
         .await;
