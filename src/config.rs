@@ -69,6 +69,12 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// How long an idle keep-alive connection is kept open, in s. Default 75.
     pub keepalive_timeout_secs: u64,
+    /// The largest request head (request line and headers), bytes; a larger one gets
+    /// 431. Between 8192 and 1048576. Default 65536.
+    pub max_header_bytes: usize,
+    /// Open connections a listener holds at most; at the limit it stops accepting
+    /// until one closes. Default 50000.
+    pub max_connections: usize,
     /// The host names this site answers to (`example.com`, `*.example.com`); any other
     /// `Host` gets 421. The first is the primary name, used for warm-ups. Default none:
     /// any host is served (and keyed apart in the cache).
@@ -94,6 +100,8 @@ impl Default for ServerConfig {
             body_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             keepalive_timeout_secs: 75,
+            max_header_bytes: 64 * 1024,
+            max_connections: 50_000,
             hosts: Vec::new(),
             trusted_proxies: Vec::new(),
             admin_hosts: Vec::new(),
@@ -396,6 +404,16 @@ impl Config {
         positive("server.body_timeout_ms", s.body_timeout_ms)?;
         positive("server.header_timeout_ms", s.header_timeout_ms)?;
         positive("server.keepalive_timeout_secs", s.keepalive_timeout_secs)?;
+        if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "server.max_header_bytes",
+                format!(
+                    "expected between 8192 and 1048576 bytes, got {}",
+                    s.max_header_bytes
+                ),
+            ));
+        }
+        positive("server.max_connections", s.max_connections as u64)?;
         for (i, host) in s.admin_hosts.iter().enumerate() {
             crate::front::parse_host(host.as_bytes(), 0)
                 .ok()

@@ -52,6 +52,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 
 use crate::front::Front;
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -82,6 +83,30 @@ struct Counts {
     open: AtomicUsize,
     parked: AtomicUsize,
     sessions: AtomicUsize,
+    /// Accepting is paused at `server.max_connections`.
+    paused: AtomicBool,
+    /// Times accepting paused since the listener opened.
+    pauses: AtomicUsize,
+    /// Woken when a connection closes, for a paused accept loop.
+    closed: tokio::sync::Notify,
+}
+
+/// One accepted connection's place in `open`, taken in the accept loop (so the count
+/// never runs ahead of the limit) and given back, with a wake-up, when it closes.
+struct OpenSlot(Arc<Counts>);
+
+impl OpenSlot {
+    fn new(counts: &Arc<Counts>) -> OpenSlot {
+        counts.open.fetch_add(1, Relaxed);
+        OpenSlot(counts.clone())
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.closed.notify_one();
+    }
 }
 
 impl Connections {
@@ -103,6 +128,16 @@ impl Connections {
     /// each time a parked connection wakes up).
     pub fn sessions(&self) -> usize {
         self.inner.sessions.load(Relaxed)
+    }
+
+    /// Whether accepting is paused at `server.max_connections` now.
+    pub fn paused(&self) -> bool {
+        self.inner.paused.load(Relaxed)
+    }
+
+    /// Times accepting has paused at `server.max_connections`.
+    pub fn pauses(&self) -> usize {
+        self.inner.pauses.load(Relaxed)
     }
 }
 
@@ -131,6 +166,12 @@ pub struct Limits {
     /// How long a parked connection waits for its next request
     /// (`server.keepalive_timeout_secs`).
     pub keepalive: Duration,
+    /// The largest request head, in bytes (`server.max_header_bytes`); past it hyper
+    /// answers 431 and closes.
+    pub max_header_bytes: usize,
+    /// Open connections at most (`server.max_connections`); at the limit the
+    /// listener stops accepting until one closes (the kernel's backlog holds the rest).
+    pub max_connections: usize,
 }
 
 impl Limits {
@@ -138,6 +179,8 @@ impl Limits {
         Limits {
             header: Duration::from_millis(server.header_timeout_ms),
             keepalive: Duration::from_secs(server.keepalive_timeout_secs),
+            max_header_bytes: server.max_header_bytes,
+            max_connections: server.max_connections,
         }
     }
 }
@@ -158,7 +201,29 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let tracker = TaskTracker::new();
+        let counts = connections.inner.clone();
         loop {
+            // At the limit, wait for a connection to close before accepting another.
+            loop {
+                let closed = counts.closed.notified();
+                tokio::pin!(closed);
+                closed.as_mut().enable();
+                if counts.open.load(Relaxed) < limits.max_connections {
+                    counts.paused.store(false, Relaxed);
+                    break;
+                }
+                if !counts.paused.swap(true, Relaxed) {
+                    counts.pauses.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        limit = limits.max_connections,
+                        "server.max_connections reached: accepting paused until a connection closes"
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = closed => {}
+                }
+            }
             let accepted = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -181,14 +246,15 @@ pub fn spawn(
             };
             let _ = stream.set_nodelay(true);
             tracker.spawn(connection(
+                OpenSlot::new(&counts),
                 stream,
                 peer,
                 Routes {
                     router: router.clone(),
                     front: front.clone(),
+                    max_head: limits.max_header_bytes,
                 },
                 limits,
-                connections.clone(),
                 shutdown.clone(),
                 cut.clone(),
             ));
@@ -215,16 +281,15 @@ fn is_per_connection(e: &io::Error) -> bool {
 /// watched by the boxed session only: a select around the whole connection made every
 /// parked connection's task about 700 bytes bigger.)
 async fn connection(
+    open: OpenSlot,
     mut stream: TcpStream,
     peer: SocketAddr,
     router: Routes,
     limits: Limits,
-    connections: Connections,
     shutdown: CancellationToken,
     cut: CancellationToken,
 ) {
-    let counts = &connections.inner;
-    let _open = Held::new(&counts.open);
+    let counts = &open.0;
     let mut idle_limit = limits.header;
     loop {
         {
@@ -279,6 +344,7 @@ async fn session(
     };
     let mut conn = Box::new(
         http1::Builder::new()
+            .max_buf_size(limits.max_header_bytes)
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header)
             .serve_connection(io, service),
@@ -444,6 +510,8 @@ impl Write for ParkingIo {
 struct Routes {
     router: Router,
     front: Option<Front>,
+    /// `server.max_header_bytes`.
+    max_head: usize,
 }
 
 /// The router as a hyper service: adds the peer address (`ConnectInfo`), runs the
@@ -479,6 +547,22 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             })
         };
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        // hyper's buffer bound stops a head that arrives in pieces, but one that comes
+        // in a single read can pass it: weigh the parsed head as well.
+        if head_size(&req) > self.router.max_head {
+            let refusal = crate::error::ApiError::new(
+                axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "head_too_large",
+                format!(
+                    "the request line and headers are over server.max_header_bytes ({} bytes)",
+                    self.router.max_head
+                ),
+            )
+            .into_response();
+            return Box::pin(
+                async move { Ok(refusal.map(|body| TrackedBody { body, _done: done })) },
+            );
+        }
         if let Some(front) = &self.router.front {
             if let Err(refusal) = front.check(&mut req) {
                 return Box::pin(async move {
@@ -495,6 +579,19 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             Ok(res.map(|body| TrackedBody { body, _done: done }))
         })
     }
+}
+
+/// The bytes of a request's head as sent: request line and header lines.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len() + 8)
+        + 12;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 /// Marks a response complete when dropped: hyper drops the body once it has put the

@@ -35,6 +35,8 @@ pub const OUTBOUND_DEADLETTER: &str = "launchguard_outbound_deadletter";
 pub const OUTBOUND_BUDGET_REMAINING: &str = "launchguard_outbound_budget_remaining";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "launchguard_http_request_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "launchguard_http_connections";
+pub const HTTP_ACCEPT_PAUSED: &str = "launchguard_http_accept_paused";
+pub const HTTP_ACCEPT_PAUSES_TOTAL: &str = "launchguard_http_accept_pauses_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -222,6 +224,14 @@ fn describe() {
         HTTP_CONNECTIONS,
         "Open public connections by state: active (in a request) or parked (idle keep-alive, no buffers)"
     );
+    describe_gauge!(
+        HTTP_ACCEPT_PAUSED,
+        "1 while the public listener is at server.max_connections and not accepting"
+    );
+    describe_counter!(
+        HTTP_ACCEPT_PAUSES_TOTAL,
+        "Times the public listener paused accepting at server.max_connections"
+    );
 }
 
 /// Sets `launchguard_http_connections{state}` from the public listener's live counts;
@@ -231,6 +241,8 @@ pub fn record_connections(connections: &crate::server::Connections) {
     let parked = connections.parked().min(open);
     metrics::gauge!(HTTP_CONNECTIONS, "state" => "active").set((open - parked) as f64);
     metrics::gauge!(HTTP_CONNECTIONS, "state" => "parked").set(parked as f64);
+    metrics::gauge!(HTTP_ACCEPT_PAUSED).set(if connections.paused() { 1.0 } else { 0.0 });
+    metrics::counter!(HTTP_ACCEPT_PAUSES_TOTAL).absolute(connections.pauses() as u64);
 }
 
 /// Log output format.

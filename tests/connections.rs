@@ -390,3 +390,64 @@ async fn shutdown_delivers_a_download_that_closes_the_connection() {
     assert_eq!(got, len, "every byte of the answer, though shutdown began");
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_request_head_over_max_header_bytes_gets_431() {
+    let (_dir, srv) = server().await;
+    let mut c = Conn::open(&srv).await;
+    let big = "a".repeat(70_000);
+    c.send(format!("GET /launch/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await;
+    let a = c.answer().await.expect("an answer before the close");
+    assert_eq!(a.status, 431, "{}", a.head);
+    // Just under server.max_header_bytes (64 KiB) is served.
+    let mut c = Conn::open(&srv).await;
+    let fits = "a".repeat(60_000);
+    c.send(format!("GET /launch/ HTTP/1.1\r\nHost: x\r\nX-Big: {fits}\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(c.answer().await.expect("an answer").status, 200);
+    // A smaller configured limit holds too.
+    let (_dir2, small) = server_with(|c| c.server.max_header_bytes = 8192).await;
+    let mut c = Conn::open(&small).await;
+    let over = "a".repeat(9_000);
+    c.send(format!("GET /launch/ HTTP/1.1\r\nHost: x\r\nX-Big: {over}\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(c.answer().await.expect("an answer").status, 431);
+    small.stop().await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn accepting_pauses_at_max_connections_and_resumes_when_one_closes() {
+    let (_dir, srv) = server_with(|c| c.server.max_connections = 3).await;
+    let conns = srv.state().connections.clone();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Conn::open(&srv).await;
+        assert_eq!(c.get("/launch/").await.status, 200);
+        held.push(c);
+    }
+    // The fourth waits in the kernel's backlog: accepted only when one closes.
+    let mut fourth = Conn::open(&srv).await;
+    fourth
+        .send(b"GET /launch/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    for _ in 0..1_000_000 {
+        if conns.paused() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(conns.paused(), "the listener paused at the limit");
+    assert_eq!(conns.open(), 3);
+    assert!(conns.pauses() >= 1);
+    let metrics = srv.client.get(&srv.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("launchguard_http_accept_paused 1"),
+        "{metrics}"
+    );
+    drop(held.pop());
+    let a = fourth.answer().await.expect("served once a slot is free");
+    assert_eq!(a.status, 200);
+    srv.stop().await;
+}
