@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::HeaderName;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
@@ -45,7 +45,7 @@ use crate::telemetry;
 use crate::velocity::Window;
 use crate::webhook::{self, Ingestor};
 
-pub use crate::factor::SCALE_FACTOR_HEADER;
+pub use crate::factor::{format_factor, SCALE_FACTOR_HEADER};
 
 /// Everything a handler may need, built once. A clone is one reference count: axum's
 /// `State` extractor clones it for every request that asks for it.
@@ -190,11 +190,14 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let admin_addr = admin_listener
         .local_addr()
         .expect("bound socket has an address");
-    let front = Front::new(&config.server.hosts, &own_host(public_addr), "http")
-        .map_err(|p| ConfigError::invalid("server.hosts", p))?
-        .with_factor(factor.clone())
-        .with_trusted_proxies(&config.server.trusted_proxies)
-        .map_err(|p| ConfigError::invalid("server.trusted_proxies", p))?;
+    let front = Front::new(
+        &config.server.hosts,
+        &config.server.trusted_proxies,
+        &own_host(public_addr),
+        "http",
+        Some(factor.clone()),
+    )
+    .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
     let front_primary = front.primary_host().clone();
     let edge = Edge::new(
         &config,
@@ -484,42 +487,8 @@ pub fn public_router(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static(SCALE_FACTOR_HEADER),
-            move |_: &Response| factor_header(factor.current()),
+            move |_: &Response| crate::factor::header_value(factor.current()),
         ))
-}
-
-/// The `X-Edge-Scale-Factor` value for `factor`. The factor changes a few times a
-/// second at most while every response needs the header, so each worker thread keeps
-/// the last value it formatted and hands out clones (a reference count) until the
-/// factor moves.
-fn factor_header(factor: f64) -> Option<HeaderValue> {
-    use std::cell::RefCell;
-    thread_local! {
-        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((bits, value)) = last.as_ref() {
-            if *bits == factor.to_bits() {
-                return Some(value.clone());
-            }
-        }
-        let mut buf = [0u8; 24];
-        let text = format_factor(factor, &mut buf);
-        let value =
-            HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(text.as_bytes())).ok()?;
-        *last = Some((factor.to_bits(), value.clone()));
-        Some(value)
-    })
-}
-
-/// Formats a factor with two decimals into `buf`, without allocating.
-pub fn format_factor(factor: f64, buf: &mut [u8; 24]) -> &str {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{factor:.2}");
-    let len = cursor.position() as usize;
-    std::str::from_utf8(&buf[..len]).expect("a formatted float is ASCII")
 }
 
 async fn sweep_loop(
@@ -568,20 +537,5 @@ async fn upkeep_loop(handle: PrometheusHandle, shutdown: CancellationToken) {
             _ = ticker.tick() => handle.run_upkeep(),
             _ = shutdown.cancelled() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_factor_header_follows_the_factor_and_keeps_two_decimals() {
-        let header = |f: f64| factor_header(f).unwrap().to_str().unwrap().to_string();
-        assert_eq!(header(1.0), "1.00");
-        assert_eq!(header(1.0), "1.00", "served from the thread's last value");
-        assert_eq!(header(1.236), "1.24");
-        assert_eq!(header(5.0), "5.00");
-        assert_eq!(header(1.0), "1.00", "back again after a change");
     }
 }

@@ -122,9 +122,55 @@ impl Factor {
     }
 }
 
+/// The `X-Edge-Scale-Factor` value for `factor`. The factor changes a few times a
+/// second at most while every response needs the header, so each worker thread keeps
+/// the last value it formatted and hands out clones (a reference count) until the
+/// factor moves.
+pub fn header_value(factor: f64) -> Option<axum::http::HeaderValue> {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(u64, axum::http::HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((bits, value)) = last.as_ref() {
+            if *bits == factor.to_bits() {
+                return Some(value.clone());
+            }
+        }
+        let mut buf = [0u8; 24];
+        let text = format_factor(factor, &mut buf);
+        let value = axum::http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
+            text.as_bytes(),
+        ))
+        .ok()?;
+        *last = Some((factor.to_bits(), value.clone()));
+        Some(value)
+    })
+}
+
+/// Formats a factor with two decimals into `buf`, without allocating.
+pub fn format_factor(factor: f64, buf: &mut [u8; 24]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{factor:.2}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).expect("a formatted float is ASCII")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_factor_header_follows_the_factor_and_keeps_two_decimals() {
+        let header = |f: f64| header_value(f).unwrap().to_str().unwrap().to_string();
+        assert_eq!(header(1.0), "1.00");
+        assert_eq!(header(1.0), "1.00", "served from the thread's last value");
+        assert_eq!(header(1.236), "1.24");
+        assert_eq!(header(5.0), "5.00");
+        assert_eq!(header(1.0), "1.00", "back again after a change");
+    }
 
     #[test]
     fn pin_overrides_until_it_lapses() {

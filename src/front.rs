@@ -380,15 +380,29 @@ struct FrontInner {
 }
 
 impl Front {
-    /// `hosts` from `server.hosts` (checked by config validation); `fallback` names the
-    /// primary host when the list is empty (the listener's own address, whose port is
-    /// also the one a `Host` may name besides the default).
-    pub fn new(hosts: &[String], fallback: &str, proto: &'static str) -> Result<Front, String> {
+    /// `hosts` from `server.hosts` and `proxies` from `server.trusted_proxies` (both
+    /// checked by config validation; an error names its key). `fallback` names the
+    /// primary host when `hosts` is empty (the listener's own address, whose port is
+    /// also the one a `Host` may name besides the default). Refusals carry
+    /// `X-Edge-Scale-Factor` read from `factor`, when there is one.
+    pub fn new(
+        hosts: &[String],
+        proxies: &[String],
+        fallback: &str,
+        proto: &'static str,
+        factor: Option<crate::factor::Factor>,
+    ) -> Result<Front, (&'static str, String)> {
         let default_port = if proto == "https" { 443 } else { 80 };
         let hosts = hosts
             .iter()
             .map(|h| pattern(h))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ("server.hosts", e))?;
+        let proxies = proxies
+            .iter()
+            .map(|p| Net::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ("server.trusted_proxies", e))?;
         let primary = match hosts.first() {
             Some(HostPattern::Exact(n)) => n.clone(),
             Some(HostPattern::Subdomains(n)) => format!("www{n}"),
@@ -403,49 +417,13 @@ impl Front {
         Ok(Front {
             inner: Arc::new(FrontInner {
                 hosts,
-                proxies: Vec::new(),
+                proxies,
                 port,
-                factor: None,
-                primary: HeaderValue::from_str(&primary).map_err(|e| e.to_string())?,
+                factor,
+                primary: HeaderValue::from_str(&primary)
+                    .map_err(|e| ("server.hosts", e.to_string()))?,
                 proto,
                 default_port,
-            }),
-        })
-    }
-
-    /// Refusals will carry `X-Edge-Scale-Factor` read from `factor`.
-    pub fn with_factor(self, factor: crate::factor::Factor) -> Front {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|a| FrontInner {
-            hosts: a.hosts.clone(),
-            proxies: a.proxies.clone(),
-            port: a.port,
-            factor: None,
-            primary: a.primary.clone(),
-            proto: a.proto,
-            default_port: a.default_port,
-        });
-        inner.factor = Some(factor);
-        Front {
-            inner: Arc::new(inner),
-        }
-    }
-
-    /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
-    pub fn with_trusted_proxies(self, proxies: &[String]) -> Result<Front, String> {
-        let proxies = proxies
-            .iter()
-            .map(|p| Net::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let a = self.inner;
-        Ok(Front {
-            inner: Arc::new(FrontInner {
-                hosts: a.hosts.clone(),
-                proxies,
-                port: a.port,
-                factor: a.factor.clone(),
-                primary: a.primary.clone(),
-                proto: a.proto,
-                default_port: a.default_port,
             }),
         })
     }
@@ -602,12 +580,15 @@ impl Front {
     /// to send instead when it is refused (with the scale factor, like every answer).
     pub fn check<B>(&self, req: &mut axum::http::Request<B>) -> Result<(), Box<Response<Body>>> {
         self.check_inner(req).map_err(|mut refusal| {
-            if let Some(f) = &self.inner.factor {
-                if let Ok(v) = HeaderValue::from_str(&format!("{:.2}", f.current())) {
-                    refusal
-                        .headers_mut()
-                        .insert(crate::factor::SCALE_FACTOR_HEADER, v);
-                }
+            if let Some(v) = self
+                .inner
+                .factor
+                .as_ref()
+                .and_then(|f| crate::factor::header_value(f.current()))
+            {
+                refusal
+                    .headers_mut()
+                    .insert(crate::factor::SCALE_FACTOR_HEADER, v);
             }
             refusal
         })
@@ -760,8 +741,10 @@ mod tests {
     fn server_hosts_admit_their_names_only() {
         let f = Front::new(
             &["launch.example".into(), "*.tidepool.dev".into()],
+            &[],
             "127.0.0.1:8080",
             "http",
+            None,
         )
         .unwrap();
         assert!(f.serves("launch.example"));
@@ -771,7 +754,7 @@ mod tests {
         assert!(!f.serves("evil.example"));
         assert!(!f.serves("evil-launch.example"));
         assert_eq!(f.primary_host(), "launch.example");
-        let any = Front::new(&[], "127.0.0.1:80", "http").unwrap();
+        let any = Front::new(&[], &[], "127.0.0.1:80", "http", None).unwrap();
         assert!(any.serves("anything.example"));
         assert_eq!(any.primary_host(), "127.0.0.1");
         assert!(check_host_entry("example.com:443").is_err());
@@ -789,7 +772,14 @@ mod tests {
 
     #[test]
     fn the_effective_host_is_checked_whatever_the_form() {
-        let f = Front::new(&["launch.example".into()], "127.0.0.1:8080", "http").unwrap();
+        let f = Front::new(
+            &["launch.example".into()],
+            &[],
+            "127.0.0.1:8080",
+            "http",
+            None,
+        )
+        .unwrap();
         let host = |v, t, h: &[&'static str]| f.host_of(&request(v, t, h));
         let v11 = Version::HTTP_11;
         assert_eq!(
@@ -832,7 +822,7 @@ mod tests {
         );
         assert_eq!(host(Version::HTTP_10, "/", &[]).unwrap(), "launch.example");
         // The fast path takes a normalized value as it came.
-        let any = Front::new(&[], "127.0.0.1:8080", "http").unwrap();
+        let any = Front::new(&[], &[], "127.0.0.1:8080", "http", None).unwrap();
         let r = request(v11, "/", &["shop.example:9000"]);
         assert_eq!(any.host_of(&r).unwrap(), "shop.example:9000");
         let r = request(v11, "/", &["shop.example:09000"]);
@@ -861,10 +851,7 @@ mod tests {
 
     #[test]
     fn only_a_trusted_proxy_is_believed() {
-        let f = Front::new(&[], "127.0.0.1:8080", "http")
-            .unwrap()
-            .with_trusted_proxies(&["10.0.0.0/8".into()])
-            .unwrap();
+        let f = Front::new(&[], &["10.0.0.0/8".into()], "127.0.0.1:8080", "http", None).unwrap();
         let mut h = HeaderMap::new();
         h.append(
             "x-forwarded-for",
@@ -894,6 +881,19 @@ mod tests {
     }
 
     proptest! {
+        /// The hot path's shortcut takes a `Host` as it came only when the full parser
+        /// would give back the same bytes: the two checks cannot drift apart.
+        #[test]
+        fn the_host_shortcut_agrees_with_the_parser(raw in "[a-zA-Z0-9._:\\[\\]@-]{0,24}") {
+            let f = Front::new(&[], &[], "127.0.0.1:8080", "http", None).unwrap();
+            let Ok(v) = HeaderValue::from_str(&raw) else { return Ok(()) };
+            if let Some(name_len) = f.normalized(&v) {
+                let parsed = parse_host(raw.as_bytes(), 80).unwrap();
+                prop_assert_eq!(&parsed.key, &raw);
+                prop_assert_eq!(parsed.name.len(), name_len);
+            }
+        }
+
         #[test]
         fn canonical_paths_are_fixed_points(segs in prop::collection::vec(
             prop_oneof![

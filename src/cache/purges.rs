@@ -174,8 +174,9 @@ impl PurgeLog {
         result
     }
 
-    /// Invalidations remembered for running fills (for tests and metrics).
-    pub fn remembered(&self) -> usize {
+    /// Invalidations remembered for running fills.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
         self.log.lock().exact.len()
     }
 }
