@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// How long an idle keep-alive connection is kept open, in s. Default 75.
     pub keepalive_timeout_secs: u64,
+    /// How long a write to a client may make no progress, in ms; then the connection
+    /// is reset and its buffers given back (nginx's `send_timeout`). Default 30000.
+    pub send_timeout_ms: u64,
     /// The largest request head (request line and headers), bytes; a larger one gets
     /// 431. Between 8192 and 1048576. Default 65536.
     pub max_header_bytes: usize,
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 10_000,
             header_timeout_ms: 10_000,
             keepalive_timeout_secs: 75,
+            send_timeout_ms: 30_000,
             max_header_bytes: 64 * 1024,
             max_connections: 50_000,
             hosts: Vec::new(),
@@ -404,6 +408,7 @@ impl Config {
         positive("server.body_timeout_ms", s.body_timeout_ms)?;
         positive("server.header_timeout_ms", s.header_timeout_ms)?;
         positive("server.keepalive_timeout_secs", s.keepalive_timeout_secs)?;
+        positive("server.send_timeout_ms", s.send_timeout_ms)?;
         if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
             return Err(ConfigError::invalid(
                 "server.max_header_bytes",

@@ -35,6 +35,22 @@
 //! so neither a slowloris nor a client that vanished without a FIN holds a socket for
 //! ever.
 //!
+//! Slow readers: `server.send_timeout_ms` (nginx's `send_timeout`) bounds how long an
+//! answer may wait on a client that does not read, at two levels.
+//! - In the kernel: every accepted socket gets it as `TCP_USER_TIMEOUT`, so answers
+//!   already handed to the kernel that stay unacknowledged (or wait on a closed
+//!   window) that long make the kernel abort the connection and free them, parked or
+//!   not. The kernel checks at its zero-window probes, which back off, so the abort
+//!   comes between one and about two timeouts after the last progress.
+//! - In the session: a write that hyper cannot hand to the kernel makes no progress
+//!   for the timeout ends the session with an error, and the socket is closed with
+//!   a zero linger (a reset), so the kernel drops what it still holds at once.
+//!
+//! A client that pipelines requests without reading is bounded on the way: hyper
+//! reads the next request only once the answer before it is in its write buffer,
+//! which holds at most `server.max_header_bytes`; past that and the kernel's socket
+//! buffers, the session waits on the write, and the timeout ends it.
+
 //! Shutdown: the listener stops accepting, parked connections close at once, active
 //! sessions finish their in-flight request (hyper's graceful shutdown) and close.
 
@@ -87,6 +103,8 @@ struct Counts {
     paused: AtomicBool,
     /// Times accepting paused since the listener opened.
     pauses: AtomicUsize,
+    /// Connections reset because a write made no progress for the send timeout.
+    send_timeouts: AtomicUsize,
     /// Woken when a connection closes, for a paused accept loop.
     closed: tokio::sync::Notify,
 }
@@ -139,6 +157,11 @@ impl Connections {
     pub fn pauses(&self) -> usize {
         self.inner.pauses.load(Relaxed)
     }
+
+    /// Connections reset because a write made no progress for `server.send_timeout_ms`.
+    pub fn send_timeouts(&self) -> usize {
+        self.inner.send_timeouts.load(Relaxed)
+    }
 }
 
 /// Decrements a counter when dropped.
@@ -166,6 +189,9 @@ pub struct Limits {
     /// How long a parked connection waits for its next request
     /// (`server.keepalive_timeout_secs`).
     pub keepalive: Duration,
+    /// How long a write may make no progress before the connection is reset
+    /// (`server.send_timeout_ms`).
+    pub send: Duration,
     /// The largest request head, in bytes (`server.max_header_bytes`); past it hyper
     /// answers 431 and closes.
     pub max_header_bytes: usize,
@@ -179,6 +205,7 @@ impl Limits {
         Limits {
             header: Duration::from_millis(server.header_timeout_ms),
             keepalive: Duration::from_secs(server.keepalive_timeout_secs),
+            send: Duration::from_millis(server.send_timeout_ms),
             max_header_bytes: server.max_header_bytes,
             max_connections: server.max_connections,
         }
@@ -245,6 +272,10 @@ pub fn spawn(
                 }
             };
             let _ = stream.set_nodelay(true);
+            // Answers already handed to the kernel count too: unacknowledged (or
+            // waiting on a closed window) for the send timeout, the kernel aborts the
+            // connection and frees them, even while the connection is parked.
+            let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(limits.send));
             tracker.spawn(connection(
                 OpenSlot::new(&counts),
                 stream,
@@ -300,7 +331,13 @@ async fn connection(
             tokio::select! {
                 r = tokio::time::timeout(idle_limit, stream.peek(&mut first)) => match r {
                     Ok(Ok(_)) => {}
-                    Ok(Err(_)) => return,
+                    Ok(Err(e)) => {
+                        if e.kind() == io::ErrorKind::TimedOut {
+                            // The kernel gave up on answers the client never read.
+                            counts.send_timeouts.fetch_add(1, Relaxed);
+                        }
+                        return;
+                    }
                     Err(_) => {
                         tracing::debug!(%peer, "closing an idle connection");
                         return;
@@ -312,7 +349,11 @@ async fn connection(
         counts.sessions.fetch_add(1, Relaxed);
         // Boxed, so that a parked connection's task does not carry the size of an
         // active session.
-        match Box::pin(session(stream, peer, &router, limits, &shutdown, &cut)).await {
+        match Box::pin(session(
+            stream, peer, &router, limits, counts, &shutdown, &cut,
+        ))
+        .await
+        {
             Some(s) if !shutdown.is_cancelled() => stream = s,
             _ => return,
         }
@@ -327,6 +368,7 @@ async fn session(
     peer: SocketAddr,
     router: &Routes,
     limits: Limits,
+    counts: &Counts,
     shutdown: &CancellationToken,
     cut: &CancellationToken,
 ) -> Option<TcpStream> {
@@ -336,11 +378,14 @@ async fn session(
         state: state.clone(),
         parked: false,
         idle: None,
+        send_timeout: limits.send,
+        stall: None,
+        stall_armed: false,
     };
     let service = Service {
         router: router.clone(),
         peer,
-        state,
+        state: state.clone(),
     };
     let mut conn = Box::new(
         http1::Builder::new()
@@ -369,10 +414,27 @@ async fn session(
             (parts.io.parked && parts.read_buf.is_empty()).then(|| parts.io.io.into_inner())
         }
         Err(e) => {
-            tracing::debug!(%peer, "connection ended: {e}");
+            if state.stalled.load(Relaxed) || timed_out(&e) {
+                counts.send_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "resetting a connection that read nothing for server.send_timeout_ms");
+            } else {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
             None
         }
     }
+}
+
+/// Whether a session ended on a send timeout the kernel enforced (`TCP_USER_TIMEOUT`).
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// What one session has seen, shared by its IO and its service. Everything runs on
@@ -392,6 +454,8 @@ struct SessionState {
     unflushed: AtomicBool,
     /// Bytes (or end of stream) read since the last response completed.
     read_since_served: AtomicBool,
+    /// A write made no progress for the send timeout: the session ended on it.
+    stalled: AtomicBool,
 }
 
 impl SessionState {
@@ -412,6 +476,13 @@ struct ParkingIo {
     parked: bool,
     /// Fires `PARK_AFTER` after the last response was flushed; made on first use.
     idle: Option<Pin<Box<Sleep>>>,
+    /// `server.send_timeout_ms`.
+    send_timeout: Duration,
+    /// While a write waits on the client: fires `send_timeout` after the write
+    /// first found the socket full. Made on the first stall, kept for the next.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// `stall` is running: the last write attempt waits on the client.
+    stall_armed: bool,
 }
 
 impl ParkingIo {
@@ -428,6 +499,39 @@ impl ParkingIo {
         };
         // Registers the waker; the deadline is ahead, so this is Pending.
         let _ = idle.as_mut().poll(cx);
+    }
+
+    /// Watches a write: progress (or an error) disarms the stall timer; a write
+    /// waiting on the client arms it, and once it fires the write fails with
+    /// `TimedOut` and the socket is set to reset on close.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stall_armed = false;
+            return polled;
+        }
+        if !self.stall_armed {
+            self.stall_armed = true;
+            let deadline = Instant::now() + self.send_timeout;
+            match &mut self.stall {
+                Some(stall) => stall.as_mut().reset(deadline),
+                none => *none = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let stall = self.stall.as_mut().expect("armed above");
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.state.stalled.store(true, Relaxed);
+        // A reset on close: the kernel drops the unsent answers at once.
+        let _ = self.io.inner().set_zero_linger();
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing for server.send_timeout_ms",
+        )))
     }
 
     fn idle_over(&mut self, cx: &mut Context<'_>) -> bool {
@@ -466,7 +570,8 @@ impl Write for ParkingIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.state.unflushed.store(true, Relaxed);
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -475,7 +580,8 @@ impl Write for ParkingIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.state.unflushed.store(true, Relaxed);
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -484,6 +590,7 @@ impl Write for ParkingIo {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        let flushed = self.watch_write(cx, flushed);
         if flushed.is_ready() && self.state.unflushed.swap(false, Relaxed) && self.state.may_park()
         {
             // hyper went idle with this flush. It reads again only when woken, and

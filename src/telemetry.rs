@@ -37,6 +37,7 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "launchguard_http_request_durati
 pub const HTTP_CONNECTIONS: &str = "launchguard_http_connections";
 pub const HTTP_ACCEPT_PAUSED: &str = "launchguard_http_accept_paused";
 pub const HTTP_ACCEPT_PAUSES_TOTAL: &str = "launchguard_http_accept_pauses_total";
+pub const HTTP_SEND_TIMEOUTS_TOTAL: &str = "launchguard_http_send_timeouts_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -232,6 +233,10 @@ fn describe() {
         HTTP_ACCEPT_PAUSES_TOTAL,
         "Times the public listener paused accepting at server.max_connections"
     );
+    describe_counter!(
+        HTTP_SEND_TIMEOUTS_TOTAL,
+        "Public connections reset because a write made no progress for server.send_timeout_ms"
+    );
 }
 
 /// Sets `launchguard_http_connections{state}` from the public listener's live counts;
@@ -243,6 +248,7 @@ pub fn record_connections(connections: &crate::server::Connections) {
     metrics::gauge!(HTTP_CONNECTIONS, "state" => "parked").set(parked as f64);
     metrics::gauge!(HTTP_ACCEPT_PAUSED).set(if connections.paused() { 1.0 } else { 0.0 });
     metrics::counter!(HTTP_ACCEPT_PAUSES_TOTAL).absolute(connections.pauses() as u64);
+    metrics::counter!(HTTP_SEND_TIMEOUTS_TOTAL).absolute(connections.send_timeouts() as u64);
 }
 
 /// Log output format.

@@ -451,3 +451,36 @@ async fn accepting_pauses_at_max_connections_and_resumes_when_one_closes() {
     assert_eq!(a.status, 200);
     srv.stop().await;
 }
+
+/// The send timeout is about progress, not the whole answer: a client on a slow
+/// link that keeps reading is never cut (the stubborn ones are in `slow_readers.rs`).
+#[tokio::test]
+async fn a_slow_reader_that_keeps_reading_is_served_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(dir.path(), Clock::system(), |c| {
+        c.server.send_timeout_ms = 600;
+    })
+    .await;
+    let conns = srv.state().connections.clone();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(srv.public).await.unwrap();
+    c.write_all(get("/style.css").repeat(5).as_bytes())
+        .await
+        .unwrap();
+    // 8 KB every 250 ms: the whole takes about two seconds, three send timeouts,
+    // but every write makes progress well within one.
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 8192];
+    let want = 5 * 11_000;
+    while got.len() < want {
+        let n = c.read(&mut chunk).await.expect("not reset");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", &text[..64]);
+    assert_eq!(conns.send_timeouts(), 0);
+    srv.stop().await;
+}
