@@ -1,8 +1,11 @@
 //! Launch-day reports: the math (pure), the day in the launch time zone, the queries
 //! behind `GET /api/analytics` and `GET /api/launches`, and the `report` renderings.
 //!
-//! - `conv_rate = conversions / visits`, `spend = visits * cost_per_visit_usd`,
-//!   `CAC = cost_per_visit_usd / conv_rate` (= spend / conversions),
+//! - Visitors are unique visitors (one `lg_v` cookie, once a launch day), not page
+//!   views, and a conversion counts once per visitor, goal and day (`visitor.rs`):
+//!   `conv_rate = converting visitors / unique visitors` (at most 1),
+//!   `spend = unique visitors * cost_per_visit_usd`,
+//!   `CAC = cost_per_visit_usd / conv_rate` (= spend / converting visitors),
 //!   `revenue = conversions * ltv_usd`, `ROI = (revenue - spend) / spend`.
 //!   A ratio whose denominator is zero is `None` (JSON `null`), never NaN or a panic.
 //! - A launch day runs from midnight to midnight in `conversions.timezone` (jiff, with
@@ -54,23 +57,25 @@ impl Pricing {
 /// The money side of a set of counts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Economics {
-    /// `conversions / visits`; `None` without visits.
+    /// `converting visitors / unique visitors`; `None` without visitors.
     pub conv_rate: Option<f64>,
     pub spend_usd: f64,
-    /// `cost_per_visit_usd / conv_rate`; `None` without conversions.
+    /// `cost_per_visit_usd / conv_rate`; `None` without converting visitors.
     pub cac_usd: Option<f64>,
     pub revenue_usd: f64,
     /// `(revenue - spend) / spend`; `None` without spend.
     pub roi: Option<f64>,
 }
 
-pub fn economics(visits: u64, conversions: u64, pricing: &Pricing) -> Economics {
-    let spend = visits as f64 * pricing.cost_per_visit_usd;
+/// `visitors` are unique visitors, `converting` the visitors who converted (any
+/// goal), `conversions` every goal's conversions.
+pub fn economics(visitors: u64, converting: u64, conversions: u64, pricing: &Pricing) -> Economics {
+    let spend = visitors as f64 * pricing.cost_per_visit_usd;
     let revenue = conversions as f64 * pricing.ltv_usd;
-    let conv_rate = (visits > 0).then(|| conversions as f64 / visits as f64);
-    // cost / (conversions / visits) = spend / conversions, without the rounding of
+    let conv_rate = (visitors > 0).then(|| converting as f64 / visitors as f64);
+    // cost / (converting / visitors) = spend / converting, without the rounding of
     // the intermediate rate.
-    let cac = (conversions > 0).then(|| spend / conversions as f64);
+    let cac = (converting > 0).then(|| spend / converting as f64);
     let roi = (spend > 0.0).then(|| (revenue - spend) / spend);
     Economics {
         conv_rate,
@@ -135,7 +140,12 @@ pub fn parse_day(key: &'static str, text: &str) -> Result<Date, ApiError> {
 /// Counts and their economics.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    /// HTML page views under the funnel paths.
     pub visits: u64,
+    /// Visitors by their cookie, once a launch day.
+    pub unique_visitors: u64,
+    /// Visitors who converted (any goal), once a launch day.
+    pub converting_visitors: u64,
     pub conversions: BTreeMap<String, u64>,
     pub conversions_total: u64,
     #[serde(flatten)]
@@ -164,9 +174,16 @@ impl Summary {
         let total = tally.conversions_total();
         Summary {
             visits: tally.visits,
+            unique_visitors: tally.unique_visitors,
+            converting_visitors: tally.converting_visitors,
             conversions,
             conversions_total: total,
-            economics: economics(tally.visits, total, pricing),
+            economics: economics(
+                tally.unique_visitors,
+                tally.converting_visitors,
+                total,
+                pricing,
+            ),
             peak_rps,
             peak_factor,
             requests: tally.requests,
@@ -195,6 +212,7 @@ pub struct SeriesPoint {
     pub start_ms: u64,
     pub window_ms: u64,
     pub visits: u64,
+    pub unique_visitors: u64,
     pub conversions: BTreeMap<String, u64>,
     pub requests: u64,
     pub rps: f64,
@@ -280,6 +298,7 @@ fn point(b: &MetricsBatch, live: bool, tz: &TimeZone) -> SeriesPoint {
         start_ms: b.window_start_ms,
         window_ms: b.window_ms,
         visits: b.tally.visits,
+        unique_visitors: b.tally.unique_visitors,
         conversions: b.tally.conversions.iter().cloned().collect(),
         requests: b.tally.requests,
         rps: b.rps(),
@@ -699,7 +718,9 @@ pub fn render_table(r: &DayReport) -> String {
         .map(|(g, n)| format!("{g} {n}"))
         .collect();
     let rows = [
-        ("visits", s.visits.to_string()),
+        ("unique visitors", s.unique_visitors.to_string()),
+        ("page views", s.visits.to_string()),
+        ("converting visitors", s.converting_visitors.to_string()),
         (
             "conversions",
             format!("{} ({})", s.conversions_total, goals.join(", ")),
@@ -724,15 +745,16 @@ pub fn render_table(r: &DayReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n  {:<10} {:>8} {:>11} {:>10} {:>9} {:>9} {:>7}",
-        "hour", "visits", "conversions", "conv rate", "requests", "peak rps", "factor"
+        "\n  {:<10} {:>8} {:>8} {:>11} {:>10} {:>9} {:>9} {:>7}",
+        "hour", "visitors", "views", "conversions", "conv rate", "requests", "peak rps", "factor"
     );
     for h in &r.hourly {
         let s = &h.summary;
         let _ = writeln!(
             out,
-            "  {:<10} {:>8} {:>11} {:>10} {:>9} {:>9.1} {:>7.2}",
+            "  {:<10} {:>8} {:>8} {:>11} {:>10} {:>9} {:>9.1} {:>7.2}",
             h.hour,
+            s.unique_visitors,
             s.visits,
             s.conversions_total,
             opt(s.economics.conv_rate, pct),
@@ -757,13 +779,17 @@ pub fn render_table(r: &DayReport) -> String {
 /// CSV: one line per hour, then a `total` line.
 pub fn render_csv(r: &DayReport) -> String {
     let goals: Vec<&String> = r.summary.conversions.keys().collect();
-    let mut out = String::from("hour_start,hour,visits");
+    let mut out = String::from("hour_start,hour,visits,unique_visitors,converting_visitors");
     for g in &goals {
         let _ = write!(out, ",conversions_{g}");
     }
     out.push_str(",conversions_total,conv_rate,spend_usd,cac_usd,revenue_usd,roi,requests,peak_rps,peak_factor\n");
     let row = |out: &mut String, start: &str, label: &str, s: &Summary| {
-        let _ = write!(out, "{start},{label},{}", s.visits);
+        let _ = write!(
+            out,
+            "{start},{label},{},{},{}",
+            s.visits, s.unique_visitors, s.converting_visitors
+        );
         for g in &goals {
             let _ = write!(out, ",{}", s.conversions.get(*g).copied().unwrap_or(0));
         }
@@ -810,8 +836,9 @@ mod tests {
 
     #[test]
     fn the_design_example() {
-        // 1000 visits, 40 signups: 4 %, spend 12,500, CAC 312.50, revenue 1,920.
-        let e = economics(1000, 40, &P);
+        // 1000 visitors, 40 of them signed up: 4 %, spend 12,500, CAC 312.50,
+        // revenue 1,920.
+        let e = economics(1000, 40, 40, &P);
         assert_eq!(e.conv_rate, Some(0.04));
         assert_eq!(e.spend_usd, 12_500.0);
         assert_eq!(e.cac_usd, Some(312.5));
@@ -823,39 +850,48 @@ mod tests {
 
     #[test]
     fn zero_visits_and_zero_conversions_give_null_not_nan() {
-        let e = economics(0, 0, &P);
+        let e = economics(0, 0, 0, &P);
         assert_eq!(e.conv_rate, None);
         assert_eq!(e.cac_usd, None);
         assert_eq!(e.roi, None);
         assert_eq!(e.spend_usd, 0.0);
-        let e = economics(10, 0, &P);
+        let e = economics(10, 0, 0, &P);
         assert_eq!(e.conv_rate, Some(0.0));
         assert_eq!(e.cac_usd, None);
         assert_eq!(e.roi, Some(-1.0));
-        // Conversions without a visit (a beacon from a page outside the funnel).
-        let e = economics(0, 3, &P);
+        // Conversions counted on rows written before visitors were (schema-1 rows
+        // read back, or a day's visitors swept): no rate, no spend.
+        let e = economics(0, 3, 3, &P);
         assert_eq!(e.conv_rate, None);
         assert_eq!(e.cac_usd, Some(0.0));
         assert_eq!(e.roi, None);
+        // Two goals by one visitor: two conversions, one converting visitor.
+        let e = economics(10, 1, 2, &P);
+        assert_eq!(e.conv_rate, Some(0.1));
+        assert_eq!(e.cac_usd, Some(125.0));
+        assert_eq!(e.revenue_usd, 96.0);
         // Free traffic: no spend, no ROI.
         let free = Pricing {
             cost_per_visit_usd: 0.0,
             ltv_usd: 48.0,
         };
-        assert_eq!(economics(10, 1, &free).roi, None);
-        let json = serde_json::to_value(economics(0, 0, &P)).unwrap();
+        assert_eq!(economics(10, 1, 1, &free).roi, None);
+        let json = serde_json::to_value(economics(0, 0, 0, &P)).unwrap();
         assert!(json["conv_rate"].is_null() && json["cac_usd"].is_null() && json["roi"].is_null());
     }
 
     proptest! {
         #[test]
-        fn economics_are_finite_and_consistent(visits in 0u64..1_000_000_000, conv in 0u64..1_000_000_000,
-                                               cost in 0.0f64..1000.0, ltv in 0.0f64..10_000.0) {
-            let e = economics(visits, conv, &Pricing { cost_per_visit_usd: cost, ltv_usd: ltv });
+        fn economics_are_finite_and_consistent(visits in 0u64..1_000_000_000, share in 0.0f64..=1.0,
+                                               per in 1u64..8, cost in 0.0f64..1000.0, ltv in 0.0f64..10_000.0) {
+            // Converting visitors are some of the visitors, each with a few conversions.
+            let conv = (visits as f64 * share) as u64;
+            let e = economics(visits, conv, conv * per, &Pricing { cost_per_visit_usd: cost, ltv_usd: ltv });
             for v in [Some(e.spend_usd), Some(e.revenue_usd), e.conv_rate, e.cac_usd, e.roi].into_iter().flatten() {
                 prop_assert!(v.is_finite());
             }
             prop_assert_eq!(e.conv_rate.is_some(), visits > 0);
+            prop_assert!(e.conv_rate.is_none_or(|r| (0.0..=1.0).contains(&r)));
             prop_assert_eq!(e.cac_usd.is_some(), conv > 0);
             if let (Some(rate), Some(cac)) = (e.conv_rate, e.cac_usd) {
                 if rate > 0.0 {
@@ -1020,7 +1056,7 @@ mod tests {
             csv.lines()
                 .last()
                 .unwrap()
-                .contains(",total,0,0,0,,0.00,,0.00,,0,"),
+                .contains(",total,0,0,0,0,0,,0.00,,0.00,,0,"),
             "{csv}"
         );
     }

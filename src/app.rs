@@ -43,6 +43,7 @@ use crate::server::{self, Connections};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::velocity::Window;
+use crate::visitor::Visitors;
 use crate::webhook::{self, Ingestor};
 
 pub use crate::factor::{format_factor, SCALE_FACTOR_HEADER};
@@ -74,6 +75,8 @@ pub struct Handles {
     pub shutting_down: Arc<AtomicBool>,
     /// Sharded counters (visits, conversions, requests, ...) and their history.
     pub conversions: Conversions,
+    /// The visitor cookie, the once-a-day marks and the beacon budget (`visitor.rs`).
+    pub visitors: Visitors,
     /// Admission, edge cache and origin for every public request but the webhook.
     pub edge: Edge,
     /// The dashboard's live feed (`/api/live`).
@@ -220,6 +223,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         now,
     )?;
 
+    let visitors = Visitors::open(&store, config.conversions.beacons_per_minute)?;
     let outbound = Outbound::open(&store, &config.outbound, clock.clone())?;
     // The day of the newest stored event was announced already (or is past).
     let engaged_day = store
@@ -262,6 +266,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         metrics: metrics.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
         conversions: counters.clone(),
+        visitors: visitors.clone(),
         edge: edge.clone(),
         live: LiveFeed::new(),
         outbound: outbound.clone(),
@@ -320,6 +325,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )),
         tokio::spawn(conversions::flush_loop(
             counters,
+            state.visitors.clone(),
             state.clock.clone(),
             Duration::from_millis(state.config.conversions.flush_interval_ms),
             u64::from(state.config.conversions.retention_days) * 86_400_000,
@@ -467,7 +473,11 @@ fn own_host(addr: SocketAddr) -> String {
 /// clone the whole `AppState`.
 pub fn public_router(state: AppState) -> Router {
     let factor = state.factor.clone();
-    let counting = state.conversions.clone();
+    let counting = conversions::Counting {
+        conversions: state.conversions.clone(),
+        visitors: state.visitors.clone(),
+        clock: state.clock.clone(),
+    };
     let edge_handles = (state.edge.clone(), state.factor.clone());
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))

@@ -800,7 +800,7 @@ impl ProducthuntConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConversionsConfig {
-    /// Goals `POST /api/convert` accepts; any other is a 400. At most 10. Default `["signup"]`.
+    /// Goals `POST /api/convert` accepts; any other is a 400. At most 8. Default `["signup"]`.
     pub goals: Vec<String>,
     /// Paths whose HTML page views count as visits: exact (`/`) or a prefix (`/launch/*`).
     /// Default `["/launch/*"]`.
@@ -813,8 +813,13 @@ pub struct ConversionsConfig {
     pub ltv_usd: f64,
     /// IANA time zone whose midnights delimit a launch day. Default `America/Los_Angeles`.
     pub timezone: String,
-    /// Days the per-batch metrics rows are kept; daily totals are kept forever. Default 400.
+    /// Days the per-batch metrics rows (and the per-visitor marks that make unique
+    /// visitors and conversions count once) are kept; daily totals are kept forever.
+    /// Default 400.
     pub retention_days: u32,
+    /// Conversion beacons one client (an address; IPv6 by its /64) may send a minute,
+    /// as many at once; past it, 429. Default 30.
+    pub beacons_per_minute: u32,
 }
 
 impl Default for ConversionsConfig {
@@ -827,6 +832,7 @@ impl Default for ConversionsConfig {
             ltv_usd: 48.0,
             timezone: "America/Los_Angeles".into(),
             retention_days: 400,
+            beacons_per_minute: 30,
         }
     }
 }
@@ -902,6 +908,10 @@ impl ConversionsConfig {
             ));
         }
         positive("conversions.retention_days", u64::from(self.retention_days))?;
+        positive(
+            "conversions.beacons_per_minute",
+            u64::from(self.beacons_per_minute),
+        )?;
         Ok(())
     }
 }

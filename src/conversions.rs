@@ -9,10 +9,16 @@
 //!   `text/html` (or 304 to a request that accepts `text/html`: a browser reload);
 //!   assets, `HEAD`, errors and shed requests (503) are not visits.
 //! - [`beacon`]: `POST /api/convert {"goal":"signup"}` (JSON, or a `navigator.sendBeacon`
-//!   text/plain body) → 204; an unknown goal or a malformed body → 400 naming it.
+//!   text/plain body) → 204, counted once per visitor (`lg_v` cookie), goal and launch
+//!   day. A client past `conversions.beacons_per_minute` gets 429; a foreign `Origin`
+//!   or `Referer`, or no valid visitor cookie, 403; an unknown goal or a malformed
+//!   body, 400 naming it; a repeat, 200 `duplicate`. None of those count anywhere but
+//!   `launchguard_conversions_rejected_total{reason}`.
+//! - [`count_requests`] also counts unique visitors and sets the visitor cookie.
 //! - [`Conversions::flush`]: swaps every cell to zero and writes the sum as one
 //!   `MetricsBatch` (`history.rs`); [`flush_loop`] runs it every
-//!   `conversions.flush_interval_ms` and once more at shutdown, and sweeps retention.
+//!   `conversions.flush_interval_ms` and once more at shutdown, and sweeps retention
+//!   (metrics rows, event payloads, and the visitor marks of `visitor.rs`).
 //!
 //! **Invariant:** no increment is lost or counted twice across a flush: each cell is
 //! taken with an atomic `swap(0)`, so an increment lands either in the batch being
@@ -41,10 +47,11 @@ use crate::factor::Factor;
 use crate::history::{History, MetricsBatch, Tally};
 use crate::store::StoreError;
 use crate::telemetry;
+use crate::visitor::{Mark, NoVisitor, Visitor, Visitors};
 
 /// The most goals `conversions.goals` may list: one shard is 16 cells of 8 bytes,
 /// exactly one 128-byte padded line.
-pub const MAX_GOALS: usize = 10;
+pub const MAX_GOALS: usize = 8;
 /// Largest beacon body accepted; `{"goal":"..."}` needs well under this.
 pub const BEACON_MAX_BYTES: usize = 1024;
 /// The beacon's path on the public listener.
@@ -56,7 +63,11 @@ const CACHE_HITS: usize = 2;
 const CACHE_MISSES: usize = 3;
 const REJECTIONS: usize = 4;
 const WEBHOOKS: usize = 5;
-const FIRST_GOAL: usize = 6;
+/// Visitors seen for the first time in their launch day.
+const UNIQUE_VISITORS: usize = 6;
+/// Visitors converting (any goal) for the first time in their launch day.
+const CONVERTING_VISITORS: usize = 7;
+const FIRST_GOAL: usize = 8;
 const CELLS: usize = FIRST_GOAL + MAX_GOALS;
 
 /// One thread's cells. Padded to its own cache line(s), so two threads never write
@@ -92,6 +103,12 @@ impl Counts {
     }
     pub fn webhooks_accepted(&self) -> u64 {
         self.0[WEBHOOKS]
+    }
+    pub fn unique_visitors(&self) -> u64 {
+        self.0[UNIQUE_VISITORS]
+    }
+    pub fn converting_visitors(&self) -> u64 {
+        self.0[CONVERTING_VISITORS]
     }
     pub fn is_zero(&self) -> bool {
         self.0.iter().all(|&n| n == 0)
@@ -163,6 +180,16 @@ impl Counters {
     #[inline]
     pub fn record_webhook_accepted(&self) {
         self.add(WEBHOOKS, 1);
+    }
+    /// A visitor seen for the first time in the launch day.
+    #[inline]
+    pub fn record_unique_visitor(&self) {
+        self.add(UNIQUE_VISITORS, 1);
+    }
+    /// A visitor's first conversion (any goal) in the launch day.
+    #[inline]
+    pub fn record_converting_visitor(&self) {
+        self.add(CONVERTING_VISITORS, 1);
     }
     /// `goal_index` is the goal's position in `conversions.goals`.
     /// An index past [`MAX_GOALS`] is ignored (config validation prevents it).
@@ -333,6 +360,8 @@ impl Conversions {
             cache_misses: counts.0[CACHE_MISSES],
             rejections: counts.0[REJECTIONS],
             webhooks_accepted: counts.0[WEBHOOKS],
+            unique_visitors: counts.0[UNIQUE_VISITORS],
+            converting_visitors: counts.0[CONVERTING_VISITORS],
         };
         for (i, goal) in self.inner.goals.iter().enumerate() {
             tally.add_conversions(goal, counts.0[FIRST_GOAL + i]);
@@ -369,6 +398,7 @@ impl Conversions {
         *start = now_ms.max(*start);
         drop(start);
         metrics::counter!(telemetry::VISITS_TOTAL).increment(batch.tally.visits);
+        metrics::counter!(telemetry::UNIQUE_VISITORS_TOTAL).increment(batch.tally.unique_visitors);
         for (goal, n) in &batch.tally.conversions {
             metrics::counter!(telemetry::CONVERSIONS_TOTAL, "goal" => goal.clone()).increment(*n);
         }
@@ -393,13 +423,26 @@ impl Conversions {
     }
 }
 
+/// What [`count_requests`] needs: the counters, the visitor cookie and the clock.
+#[derive(Clone)]
+pub struct Counting {
+    pub conversions: Conversions,
+    pub visitors: Visitors,
+    pub clock: Clock,
+}
+
 /// The one place the public router counts: every request, visits (HTML page views
 /// under the funnel paths), cache hits and misses (the answer's `X-Cache`: HIT and
 /// STALE are hits, MISS a miss, BYPASS neither) and admission's rejections (the
 /// answer carries `admission::Rejected`). It wraps the whole public router and only
 /// looks at the method, the path and the final answer, so a shed request (503) or an
 /// asset is never a visit.
-pub async fn count_requests(State(conv): State<Conversions>, req: Request, next: Next) -> Response {
+///
+/// A visit is also where visitors are counted: a valid `lg_v` cookie counts its
+/// visitor once a launch day, and a visit without one gets a new cookie (added here,
+/// after the cache, so the cached page stays the same for everyone).
+pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next) -> Response {
+    let conv = &c.conversions;
     let counters = conv.counters();
     counters.record_request();
     counters.observe_factor(conv.inner.factor.current());
@@ -407,7 +450,15 @@ pub async fn count_requests(State(conv): State<Conversions>, req: Request, next:
     // A reload answered 304 Not Modified carries no content type; a browser asking
     // for a page says so in Accept, an asset request does not.
     let wants_html = maybe_visit && accepts_html(req.headers());
-    let res = next.run(req).await;
+    let visitor = maybe_visit.then(|| {
+        let now = c.clock.now_ms();
+        let secure = req
+            .extensions()
+            .get::<crate::front::Verified>()
+            .is_some_and(|v| v.proto == "https");
+        (c.visitors.of_request(req.headers(), now).ok(), secure, now)
+    });
+    let mut res = next.run(req).await;
     let status = res.status();
     match res
         .headers()
@@ -430,8 +481,32 @@ pub async fn count_requests(State(conv): State<Conversions>, req: Request, next:
             || (status == StatusCode::NOT_MODIFIED && wants_html))
     {
         counters.record_visit();
+        if let Some((known, secure, now)) = visitor {
+            c.visited(known, secure, now, &mut res);
+        }
     }
     res
+}
+
+impl Counting {
+    /// Counts a visit's visitor once in its launch day, issuing a cookie to a new one.
+    fn visited(&self, known: Option<Visitor>, secure: bool, now_ms: u64, res: &mut Response) {
+        let visitor = match known {
+            Some(v) => v,
+            None => {
+                let (v, value) = self.visitors.issue(now_ms);
+                res.headers_mut()
+                    .append(header::SET_COOKIE, Visitors::set_cookie(&value, secure));
+                v
+            }
+        };
+        let day = crate::analytics::day_of(now_ms, self.conversions.timezone()).to_string();
+        match self.visitors.first(&day, Mark::Visited, &visitor) {
+            Ok(true) => self.conversions.counters().record_unique_visitor(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot record a visitor: {e}"),
+        }
+    }
 }
 
 fn accepts_html(headers: &axum::http::HeaderMap) -> bool {
@@ -453,21 +528,92 @@ fn is_html(res: &Response) -> bool {
         })
 }
 
-/// `POST /api/convert`: one conversion of a configured goal.
-pub async fn beacon(State(state): State<AppState>, req: Request) -> Response {
-    match beacon_inner(&state, req).await {
-        Ok(()) => {
-            let mut res = StatusCode::NO_CONTENT.into_response();
-            res.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            res
+/// Why a beacon did not count: the `reason` label of
+/// `launchguard_conversions_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Past `conversions.beacons_per_minute` for its client: 429.
+    RateLimited,
+    /// A bad content type, body or goal: 4xx naming what is wrong.
+    Invalid,
+    /// `Origin` (or `Referer`) names another site: 403.
+    CrossSite,
+    /// No `lg_v` visitor cookie: 403.
+    NoVisitor,
+    /// A `lg_v` cookie this site did not issue (or expired): 403.
+    ForgedVisitor,
+    /// The visitor already converted this goal this launch day: 200 `duplicate`.
+    Repeat,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::RateLimited => "rate_limited",
+            Refusal::Invalid => "invalid",
+            Refusal::CrossSite => "cross_site",
+            Refusal::NoVisitor => "no_visitor",
+            Refusal::ForgedVisitor => "forged_visitor",
+            Refusal::Repeat => "repeat",
         }
-        Err(e) => e.into_response(),
     }
 }
 
-async fn beacon_inner(state: &AppState, req: Request) -> Result<(), ApiError> {
+/// `POST /api/convert`: one conversion of a configured goal, counted once per visitor,
+/// goal and launch day. Every beacon that does not count is counted by its reason in
+/// `launchguard_conversions_rejected_total{reason}`, and nowhere else.
+pub async fn beacon(State(state): State<AppState>, req: Request) -> Response {
+    let no_store = |mut res: Response| {
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    };
+    match beacon_inner(&state, req).await {
+        Ok(()) => no_store(StatusCode::NO_CONTENT.into_response()),
+        Err((reason, answer)) => {
+            metrics::counter!(telemetry::CONVERSIONS_REJECTED_TOTAL, "reason" => reason.as_str())
+                .increment(1);
+            match answer {
+                Some(e) => e.into_response(),
+                None => {
+                    no_store(axum::Json(serde_json::json!({"status": "duplicate"})).into_response())
+                }
+            }
+        }
+    }
+}
+
+type Refused = (Refusal, Option<ApiError>);
+
+fn refuse(reason: Refusal, e: ApiError) -> Refused {
+    (reason, Some(e))
+}
+
+async fn beacon_inner(state: &AppState, req: Request) -> Result<(), Refused> {
     let (parts, body) = req.into_parts();
+    let now = state.clock.now_ms();
+    let verified = parts.extensions.get::<crate::front::Verified>();
+    let client = verified.and_then(|v| v.client).or_else(|| {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+    });
+    if let Err(wait) = state.visitors.take_beacon_token(client, now) {
+        return Err(refuse(
+            Refusal::RateLimited,
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than conversions.beacons_per_minute ({}) beacons from this client; retry in {wait} s",
+                    state.config.conversions.beacons_per_minute
+                ),
+            )
+            .retry_after(wait),
+        ));
+    }
+    let invalid = |e: ApiError| refuse(Refusal::Invalid, e);
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         let mime = ct
             .to_str()
@@ -478,51 +624,162 @@ async fn beacon_inner(state: &AppState, req: Request) -> Result<(), ApiError> {
             .trim()
             .to_ascii_lowercase();
         if mime != "application/json" && mime != "text/plain" {
-            return Err(ApiError::new(
+            return Err(invalid(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!(
                     "content-type {mime:?} is not accepted; send application/json or text/plain (navigator.sendBeacon with a string)"
                 ),
-            ));
+            )));
         }
+    }
+    let host = verified
+        .map(|v| v.host.as_bytes())
+        .or_else(|| parts.headers.get(header::HOST).map(|h| h.as_bytes()))
+        .unwrap_or_default();
+    if let Some(foreign) = cross_site(&parts.headers, host) {
+        return Err(refuse(
+            Refusal::CrossSite,
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_site",
+                format!("{foreign} names another site; a conversion is counted only from this site's own pages"),
+            )
+            .field(foreign),
+        ));
     }
     let timeout = Duration::from_millis(state.config.server.body_timeout_ms);
     let bytes =
         match tokio::time::timeout(timeout, axum::body::to_bytes(body, BEACON_MAX_BYTES)).await {
             Err(_) => {
-                return Err(ApiError::new(
+                return Err(invalid(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "body_timeout",
                     "the body did not arrive in time; send it in one go",
-                ))
+                )))
             }
             Ok(Err(_)) => {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!(
-                "a beacon body is at most {BEACON_MAX_BYTES} bytes; send {{\"goal\":\"<goal>\"}}"
-            ),
-                )
-                .field("body"))
+                return Err(invalid(
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!(
+                            "a beacon body is at most {BEACON_MAX_BYTES} bytes; send {{\"goal\":\"<goal>\"}}"
+                        ),
+                    )
+                    .field("body"),
+                ))
             }
             Ok(Ok(b)) => b,
         };
-    let goal = parse_goal(&bytes)?;
+    let goal = parse_goal(&bytes).map_err(invalid)?;
     let conv = &state.conversions;
     let Some(index) = conv.goal_index(&goal) else {
-        return Err(ApiError::bad_request(
-            "unknown_goal",
-            format!(
-                "goal: {goal:?} is not a configured goal (conversions.goals: {}); send one of those",
-                conv.goals().join(", ")
-            ),
-        )
-        .field("goal"));
+        return Err(invalid(
+            ApiError::bad_request(
+                "unknown_goal",
+                format!(
+                    "goal: {goal:?} is not a configured goal (conversions.goals: {}); send one of those",
+                    conv.goals().join(", ")
+                ),
+            )
+            .field("goal"),
+        ));
     };
-    conv.counters().record_conversion(index);
+    let visitor = match state.visitors.of_request(&parts.headers, now) {
+        Ok(v) => v,
+        Err(NoVisitor::Missing) => {
+            return Err(refuse(
+                Refusal::NoVisitor,
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "no_visitor",
+                    "no lg_v visitor cookie: a conversion counts only from a browser that loaded a page under conversions.funnel_paths first",
+                )
+                .field("lg_v"),
+            ))
+        }
+        Err(NoVisitor::Forged) => {
+            return Err(refuse(
+                Refusal::ForgedVisitor,
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forged_visitor",
+                    "the lg_v visitor cookie was not issued by this site, or has expired; load a page under conversions.funnel_paths for a new one",
+                )
+                .field("lg_v"),
+            ))
+        }
+    };
+    let day = crate::analytics::day_of(now, conv.timezone()).to_string();
+    let store_error = |e: StoreError| {
+        tracing::warn!("cannot record a conversion: {e}");
+        (
+            Refusal::Invalid,
+            Some(ApiError::unavailable(
+                "storage",
+                "the conversion could not be recorded; retry",
+            )),
+        )
+    };
+    if !state
+        .visitors
+        .first(&day, Mark::Goal(&goal), &visitor)
+        .map_err(store_error)?
+    {
+        return Err((Refusal::Repeat, None));
+    }
+    let counters = conv.counters();
+    counters.record_conversion(index);
+    // Visited before converted: a day's converting visitors never exceed its visitors
+    // (a cookie from an earlier day converts without a page view today).
+    if state
+        .visitors
+        .first(&day, Mark::Visited, &visitor)
+        .map_err(store_error)?
+    {
+        counters.record_unique_visitor();
+    }
+    if state
+        .visitors
+        .first(&day, Mark::Converted, &visitor)
+        .map_err(store_error)?
+    {
+        counters.record_converting_visitor();
+    }
     Ok(())
+}
+
+/// The header (`origin` or `referer`) that names a site other than `host`, if any.
+/// `Origin` decides when present (`null`, an opaque origin, is another site); else
+/// `Referer`; a request with neither (an old browser, a privacy setting) passes.
+fn cross_site(headers: &axum::http::HeaderMap, host: &[u8]) -> Option<&'static str> {
+    let same = |value: &HeaderValue| {
+        let Ok(uri) = axum::http::Uri::try_from(value.as_bytes()) else {
+            return false;
+        };
+        let default_port = match uri.scheme_str() {
+            Some("http") => 80,
+            Some("https") => 443,
+            _ => return false,
+        };
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        let Ok(theirs) = crate::front::parse_host(authority.as_str().as_bytes(), default_port)
+        else {
+            return false;
+        };
+        crate::front::parse_host(host, default_port).is_ok_and(|ours| ours.key == theirs.key)
+            || theirs.key.as_bytes() == host
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        return (!same(origin)).then_some("origin");
+    }
+    if let Some(referer) = headers.get(header::REFERER) {
+        return (!same(referer)).then_some("referer");
+    }
+    None
 }
 
 /// The goal of a beacon body `{"goal": "<name>"}`; other fields are ignored.
@@ -558,6 +815,7 @@ pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// start), and flushes once more when `shutdown` fires.
 pub async fn flush_loop(
     conv: Conversions,
+    visitors: Visitors,
     clock: Clock,
     every: Duration,
     metrics_retention_ms: u64,
@@ -573,17 +831,21 @@ pub async fn flush_loop(
             _ = flush.tick() => false,
             _ = retention.tick() => {
                 let h = conv.history().clone();
+                let v = visitors.clone();
                 let now = clock.now_ms();
+                let cutoff = now.saturating_sub(metrics_retention_ms);
+                let cutoff_day = crate::analytics::day_of(cutoff, conv.timezone()).to_string();
                 let swept = tokio::task::spawn_blocking(move || {
                     Ok::<_, StoreError>((
-                        h.sweep_metrics(now.saturating_sub(metrics_retention_ms))?,
+                        h.sweep_metrics(cutoff)?,
                         h.sweep_payloads(now.saturating_sub(payload_retention_ms))?,
+                        v.sweep_before(&cutoff_day)?,
                     ))
                 })
                 .await;
                 match swept {
-                    Ok(Ok((rows, payloads))) if rows + payloads > 0 => {
-                        tracing::info!(rows, payloads, "retention swept old metrics rows and event payloads");
+                    Ok(Ok((rows, payloads, marks))) if rows + payloads + marks > 0 => {
+                        tracing::info!(rows, payloads, marks, "retention swept old metrics rows, event payloads and visitor marks");
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!("retention sweep failed: {e}"),

@@ -21,8 +21,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use crate::store::{Store, StoreError};
 
-const BATCH_RECORD_VERSION: u8 = 1;
-const DAY_RECORD_VERSION: u8 = 1;
+/// Version 2 added unique and converting visitors to the tally. Version 1 records are
+/// still read, with page views as unique visitors and conversions as converting
+/// visitors: the figures their reports were made from.
+const BATCH_RECORD_VERSION: u8 = 2;
+const DAY_RECORD_VERSION: u8 = 2;
 const CURSOR_RECORD_VERSION: u8 = 1;
 /// `meta` key: the highest event seq whose payload retention has already looked at.
 const PAYLOAD_CURSOR_KEY: &str = "payload_sweep_seq";
@@ -31,14 +34,50 @@ const PAYLOAD_CURSOR_KEY: &str = "payload_sweep_seq";
 /// under a different `conversions.goals` list is still read correctly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
+    /// HTML page views under the funnel paths.
     pub visits: u64,
-    /// `(goal, count)`, in the order goals were first seen.
+    /// `(goal, count)`, in the order goals were first seen. At most one per visitor,
+    /// goal and launch day.
     pub conversions: Vec<(String, u64)>,
     pub requests: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub rejections: u64,
     pub webhooks_accepted: u64,
+    /// Visitors (by their `lg_v` cookie) counted the first time each was seen in the
+    /// launch day: over a whole day, the day's unique visitors.
+    pub unique_visitors: u64,
+    /// Visitors counted at their first conversion (any goal) in the launch day.
+    pub converting_visitors: u64,
+}
+
+/// The tally as version 1 records hold it.
+#[derive(Deserialize)]
+struct TallyV1 {
+    visits: u64,
+    conversions: Vec<(String, u64)>,
+    requests: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+    rejections: u64,
+    webhooks_accepted: u64,
+}
+
+impl From<TallyV1> for Tally {
+    fn from(t: TallyV1) -> Tally {
+        let converted = t.conversions.iter().map(|(_, n)| n).sum();
+        Tally {
+            visits: t.visits,
+            conversions: t.conversions,
+            requests: t.requests,
+            cache_hits: t.cache_hits,
+            cache_misses: t.cache_misses,
+            rejections: t.rejections,
+            webhooks_accepted: t.webhooks_accepted,
+            unique_visitors: t.visits,
+            converting_visitors: converted,
+        }
+    }
 }
 
 impl Tally {
@@ -50,6 +89,8 @@ impl Tally {
         self.cache_misses += other.cache_misses;
         self.rejections += other.rejections;
         self.webhooks_accepted += other.webhooks_accepted;
+        self.unique_visitors += other.unique_visitors;
+        self.converting_visitors += other.converting_visitors;
         for (goal, n) in &other.conversions {
             self.add_conversions(goal, *n);
         }
@@ -81,6 +122,8 @@ impl Tally {
             && self.cache_misses == 0
             && self.rejections == 0
             && self.webhooks_accepted == 0
+            && self.unique_visitors == 0
+            && self.converting_visitors == 0
             && self.conversions_total() == 0
     }
 }
@@ -305,7 +348,37 @@ pub fn encode_batch(b: &MetricsBatch) -> Result<Vec<u8>, StoreError> {
 }
 
 pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
+    if v.first() == Some(&1) {
+        let old: BatchV1 = decode("metrics batch", 1, v)?;
+        return Ok(MetricsBatch {
+            window_start_ms: old.window_start_ms,
+            window_ms: old.window_ms,
+            tally: old.tally.into(),
+            peak_factor: old.peak_factor,
+            velocity: old.velocity,
+        });
+    }
     decode("metrics batch", BATCH_RECORD_VERSION, v)
+}
+
+/// A metrics batch as version 1 records hold it.
+#[derive(Deserialize)]
+struct BatchV1 {
+    window_start_ms: u64,
+    window_ms: u64,
+    tally: TallyV1,
+    peak_factor: f64,
+    velocity: f64,
+}
+
+/// A day's totals as version 1 records hold them.
+#[derive(Deserialize)]
+struct DayV1 {
+    day: String,
+    tally: TallyV1,
+    peak_factor: f64,
+    peak_rps: f64,
+    batches: u64,
 }
 
 fn encode_day(d: &DayTotals) -> Result<Vec<u8>, StoreError> {
@@ -313,6 +386,16 @@ fn encode_day(d: &DayTotals) -> Result<Vec<u8>, StoreError> {
 }
 
 fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
+    if v.first() == Some(&1) {
+        let old: DayV1 = decode("launch day", 1, v)?;
+        return Ok(DayTotals {
+            day: old.day,
+            tally: old.tally.into(),
+            peak_factor: old.peak_factor,
+            peak_rps: old.peak_rps,
+            batches: old.batches,
+        });
+    }
     decode("launch day", DAY_RECORD_VERSION, v)
 }
 
@@ -366,6 +449,71 @@ mod tests {
         assert_eq!(day.tally.conversions_total(), 2);
         assert_eq!(day.batches, 3);
         assert_eq!(h.days().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn version_1_rows_read_with_views_and_conversions_as_visitors() {
+        // A version 1 batch and day, encoded as builds before visitors wrote them.
+        #[derive(Serialize)]
+        struct T1 {
+            visits: u64,
+            conversions: Vec<(String, u64)>,
+            requests: u64,
+            cache_hits: u64,
+            cache_misses: u64,
+            rejections: u64,
+            webhooks_accepted: u64,
+        }
+        let tally = || T1 {
+            visits: 40,
+            conversions: vec![("signup".into(), 3), ("waitlist".into(), 1)],
+            requests: 90,
+            cache_hits: 50,
+            cache_misses: 5,
+            rejections: 2,
+            webhooks_accepted: 7,
+        };
+        let row = encode(
+            "metrics batch",
+            1,
+            &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
+        )
+        .unwrap();
+        let b = decode_batch(&row).unwrap();
+        assert_eq!(
+            (b.window_start_ms, b.window_ms, b.peak_factor),
+            (1000, 5000, 2.5)
+        );
+        assert_eq!(
+            (b.tally.visits, b.tally.requests, b.tally.webhooks_accepted),
+            (40, 90, 7)
+        );
+        assert_eq!(
+            (b.tally.unique_visitors, b.tally.converting_visitors),
+            (40, 4)
+        );
+        let day = encode(
+            "launch day",
+            1,
+            &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),
+        )
+        .unwrap();
+        let d = decode_day(&day).unwrap();
+        assert_eq!(
+            (d.day.as_str(), d.batches, d.peak_rps),
+            ("2026-11-26", 4, 3.0)
+        );
+        assert_eq!(d.tally.conversions_total(), 4);
+        assert_eq!(
+            (d.tally.unique_visitors, d.tally.converting_visitors),
+            (40, 4)
+        );
+        // What this build writes is version 2, and reads back whole.
+        let mut b2 = b.clone();
+        b2.tally.unique_visitors = 30;
+        let again = decode_batch(&encode_batch(&b2).unwrap()).unwrap();
+        assert_eq!(again, b2);
+        assert_eq!(encode_batch(&b2).unwrap()[0], 2);
     }
 
     proptest::proptest! {

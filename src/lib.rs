@@ -47,4 +47,5 @@ pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod velocity;
+pub mod visitor;
 pub mod webhook;

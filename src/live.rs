@@ -120,7 +120,11 @@ pub struct FeedEvent {
 pub struct Today {
     pub day: String,
     pub timezone: String,
+    /// Page views under the funnel paths.
     pub visits: u64,
+    /// Visitors by their cookie, once each.
+    pub unique_visitors: u64,
+    pub converting_visitors: u64,
     pub conversions: Vec<(String, u64)>,
     pub conversions_total: u64,
     #[serde(flatten)]
@@ -228,7 +232,8 @@ fn sample(state: &AppState, prev: Previous, elapsed: Duration) -> SampleResult {
     );
     let factor = state.factor.current();
     let economics = analytics::economics(
-        tally.visits,
+        tally.unique_visitors,
+        tally.converting_visitors,
         tally.conversions_total(),
         &Pricing::of(&state.config.conversions),
     );
@@ -262,6 +267,8 @@ fn sample(state: &AppState, prev: Previous, elapsed: Duration) -> SampleResult {
             day: day.clone(),
             timezone: state.config.conversions.timezone.clone(),
             visits: tally.visits,
+            unique_visitors: tally.unique_visitors,
+            converting_visitors: tally.converting_visitors,
             conversions: tally.conversions.clone(),
             conversions_total: tally.conversions_total(),
             economics,

@@ -23,6 +23,8 @@ pub const DISK_FREE_BYTES: &str = "launchguard_disk_free_bytes";
 pub const DISK_TOTAL_BYTES: &str = "launchguard_disk_total_bytes";
 pub const VISITS_TOTAL: &str = "launchguard_visits_total";
 pub const CONVERSIONS_TOTAL: &str = "launchguard_conversions_total";
+pub const CONVERSIONS_REJECTED_TOTAL: &str = "launchguard_conversions_rejected_total";
+pub const UNIQUE_VISITORS_TOTAL: &str = "launchguard_unique_visitors_total";
 pub const CACHE_REQUESTS_TOTAL: &str = "launchguard_cache_requests_total";
 pub const CACHE_BYTES: &str = "launchguard_cache_bytes";
 pub const CACHE_PURGED_TOTAL: &str = "launchguard_cache_purged_total";
@@ -181,7 +183,15 @@ fn describe() {
     );
     describe_counter!(
         CONVERSIONS_TOTAL,
-        "Conversions by goal (added at each counter flush)"
+        "Conversions by goal, once per visitor, goal and launch day (added at each counter flush)"
+    );
+    describe_counter!(
+        CONVERSIONS_REJECTED_TOTAL,
+        "Conversion beacons that did not count, by reason (rate_limited, invalid, cross_site, no_visitor, forged_visitor, repeat)"
+    );
+    describe_counter!(
+        UNIQUE_VISITORS_TOTAL,
+        "Visitors (lg_v cookie) seen for the first time in their launch day (added at each counter flush)"
     );
     describe_counter!(
         CACHE_REQUESTS_TOTAL,

@@ -42,10 +42,24 @@ async fn analytics(s: &TestServer, query: &str) -> serde_json::Value {
     r.json()
 }
 
+/// A beacon with no visitor cookie.
 async fn convert(s: &TestServer, content_type: Option<&str>, body: &str) -> Resp {
-    let headers: Vec<(&str, &str)> = content_type
+    convert_as(s, None, content_type, body).await
+}
+
+/// A beacon carrying `cookie` (a `Cookie` header value) when given.
+async fn convert_as(
+    s: &TestServer,
+    cookie: Option<&str>,
+    content_type: Option<&str>,
+    body: &str,
+) -> Resp {
+    let mut headers: Vec<(&str, &str)> = content_type
         .map(|ct| vec![("content-type", ct)])
         .unwrap_or_default();
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
     s.client
         .send(
             Method::POST,
@@ -54,6 +68,14 @@ async fn convert(s: &TestServer, content_type: Option<&str>, body: &str) -> Resp
             body.as_bytes().to_vec(),
         )
         .await
+}
+
+/// A new visitor's page view of `/launch/`: its `lg_v=...` cookie pair.
+async fn visit(s: &TestServer) -> String {
+    let r = s.client.get(&s.url("/launch/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let set = r.header("set-cookie").expect("a new visitor gets a cookie");
+    set.split(';').next().unwrap().to_string()
 }
 
 fn flush(s: &TestServer) {
@@ -169,7 +191,11 @@ async fn a_shed_request_is_not_a_visit() {
             axum::routing::get(|| async { axum::response::Html("<h1>hi</h1>") }),
         )
         .layer(axum::middleware::from_fn_with_state(
-            conv.clone(),
+            conversions::Counting {
+                conversions: conv.clone(),
+                visitors: launchguard::visitor::Visitors::open(&store, 30).unwrap(),
+                clock: Clock::manual(T0),
+            },
             conversions::count_requests,
         ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -183,6 +209,7 @@ async fn a_shed_request_is_not_a_visit() {
     let (live, _) = conv.counters().peek();
     assert_eq!(live.requests(), 2);
     assert_eq!(live.visits(), 1, "only the 200 counts");
+    assert_eq!(live.unique_visitors(), 1, "and only it counts its visitor");
     server.abort();
 }
 
@@ -224,22 +251,34 @@ async fn the_beacon_counts_known_goals_and_names_what_is_wrong() {
         c.conversions.goals = vec!["signup".into(), "waitlist".into()];
     })
     .await;
-    let ok = convert(&s, Some("application/json"), r#"{"goal":"signup"}"#).await;
+    let (one, two) = (visit(&s).await, visit(&s).await);
+    let ok = convert_as(
+        &s,
+        Some(&one),
+        Some("application/json"),
+        r#"{"goal":"signup"}"#,
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::NO_CONTENT, "{}", ok.text());
     assert!(ok.body.is_empty());
     assert_eq!(ok.header("cache-control"), Some("no-store"));
     assert!(ok.header("x-edge-scale-factor").is_some());
     // What navigator.sendBeacon sends for a string body.
-    let beacon = convert(
+    let beacon = convert_as(
         &s,
+        Some(&one),
         Some("text/plain;charset=UTF-8"),
         r#"{"goal":"waitlist"}"#,
     )
     .await;
     assert_eq!(beacon.status, StatusCode::NO_CONTENT);
     // No content type at all.
-    let bare = convert(&s, None, r#"{"goal":"signup"}"#).await;
+    let bare = convert_as(&s, Some(&two), None, r#"{"goal":"signup"}"#).await;
     assert_eq!(bare.status, StatusCode::NO_CONTENT);
+    // The same visitor's second signup of the day is a duplicate.
+    let again = convert_as(&s, Some(&two), None, r#"{"goal":"signup"}"#).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["status"], "duplicate");
 
     let unknown = convert(&s, Some("application/json"), r#"{"goal":"purchase"}"#).await;
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
@@ -282,6 +321,9 @@ async fn the_beacon_counts_known_goals_and_names_what_is_wrong() {
         serde_json::json!({"signup": 2, "waitlist": 1})
     );
     assert_eq!(a["conversions_total"], 3);
+    assert_eq!(a["unique_visitors"], 2);
+    assert_eq!(a["converting_visitors"], 2);
+    assert_eq!(a["conv_rate"], 1.0);
     s.stop().await;
 }
 
@@ -289,15 +331,30 @@ async fn the_beacon_counts_known_goals_and_names_what_is_wrong() {
 async fn the_demo_signup_button_sends_the_beacon() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(dir.path(), Clock::manual(T0), |_| {}).await;
-    let page = s.client.get(&s.url("/launch/")).await.text();
+    let page = s.client.get(&s.url("/launch/")).await;
+    let cookie = page.header("set-cookie").unwrap().to_string();
+    assert!(
+        cookie.starts_with("lg_v=") && cookie.contains("; HttpOnly; SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let page = page.text();
     assert!(page.contains(r#"<script src="/app.js""#));
     assert!(page.contains(r#"id="signup-form""#));
     let js = s.client.get(&s.url("/app.js")).await.text();
     assert!(js.contains(r#"navigator.sendBeacon("/api/convert", body)"#));
     assert!(js.contains(r#"sendConversion("signup")"#));
     assert!(js.contains("JSON.stringify({ goal: goal })"));
-    // Exactly what the page sends: JSON.stringify({goal: "signup"}) as text/plain.
-    let r = convert(&s, Some("text/plain;charset=UTF-8"), r#"{"goal":"signup"}"#).await;
+    // Exactly what the page sends: JSON.stringify({goal: "signup"}) as text/plain,
+    // with the cookie the page view set.
+    let r = convert_as(
+        &s,
+        Some(&cookie),
+        Some("text/plain;charset=UTF-8"),
+        r#"{"goal":"signup"}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     s.stop().await;
 }
@@ -307,10 +364,12 @@ async fn analytics_is_exact_between_flushes_and_history_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0 + 9 * 3_600_000); // 09:00 PST
     let s = start(dir.path(), clock.clone(), |_| {}).await;
+    let mut visitors = Vec::new();
     for _ in 0..4 {
-        s.client.get(&s.url("/launch/")).await;
+        visitors.push(visit(&s).await);
     }
-    convert(&s, Some("application/json"), r#"{"goal":"signup"}"#).await;
+    let signup = r#"{"goal":"signup"}"#;
+    convert_as(&s, Some(&visitors[0]), None, signup).await;
     let a = analytics(&s, &format!("?day={DAY}")).await;
     assert_eq!(a["visits"], 4, "live counts are included before any flush");
     assert_eq!(a["conversions"]["signup"], 1);
@@ -320,12 +379,14 @@ async fn analytics_is_exact_between_flushes_and_history_survives_a_restart() {
     clock.advance_ms(5000);
     flush(&s);
     for _ in 0..6 {
-        s.client.get(&s.url("/launch/")).await;
+        visitors.push(visit(&s).await);
     }
-    convert(&s, Some("application/json"), r#"{"goal":"signup"}"#).await;
-    convert(&s, Some("application/json"), r#"{"goal":"signup"}"#).await;
+    convert_as(&s, Some(&visitors[4]), None, signup).await;
+    convert_as(&s, Some(&visitors[9]), None, signup).await;
     let a = analytics(&s, &format!("?day={DAY}")).await;
     assert_eq!(a["visits"], 10);
+    assert_eq!(a["unique_visitors"], 10);
+    assert_eq!(a["converting_visitors"], 3);
     assert_eq!(a["conversions_total"], 3);
     assert_eq!(a["conv_rate"], 0.3);
     assert_eq!(a["spend_usd"], 125.0);
@@ -352,6 +413,7 @@ async fn analytics_is_exact_between_flushes_and_history_survives_a_restart() {
     let s = start(dir.path(), clock.clone(), |_| {}).await;
     let a = analytics(&s, &format!("?day={DAY}")).await;
     assert_eq!(a["visits"], 10);
+    assert_eq!(a["unique_visitors"], 10);
     assert_eq!(a["conversions_total"], 3);
     let series = a["series"].as_array().unwrap();
     assert_eq!(series.len(), 2);
@@ -374,10 +436,17 @@ async fn ranges_and_launches_compare_days() {
     s.client.get(&s.url("/launch/")).await;
     clock.advance_ms(3_600_000);
     flush(&s);
+    let mut today = Vec::new();
     for _ in 0..3 {
-        s.client.get(&s.url("/launch/")).await;
+        today.push(visit(&s).await);
     }
-    convert(&s, Some("application/json"), r#"{"goal":"signup"}"#).await;
+    convert_as(
+        &s,
+        Some(&today[1]),
+        Some("application/json"),
+        r#"{"goal":"signup"}"#,
+    )
+    .await;
 
     let r = analytics(&s, "?from=2026-11-25&to=2026-11-26").await;
     assert_eq!(r["visits"], 4);
@@ -446,7 +515,14 @@ async fn analytics_needs_the_admin_token_when_one_is_configured() {
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
     }
     // The beacon on the public listener needs no token.
-    let r = convert(&s, Some("application/json"), r#"{"goal":"signup"}"#).await;
+    let cookie = visit(&s).await;
+    let r = convert_as(
+        &s,
+        Some(&cookie),
+        Some("application/json"),
+        r#"{"goal":"signup"}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     s.stop().await;
 }
@@ -481,8 +557,12 @@ async fn a_flush_writes_one_batch_with_every_counter_and_feeds_prometheus() {
         StatusCode::OK,
         "a duplicate is not counted as accepted"
     );
+    // Three visitors whose cookies came from an earlier day convert without a page
+    // view today: each is counted a visitor of today as well.
     for _ in 0..3 {
-        convert(&s, None, r#"{"goal":"metrics_probe"}"#).await;
+        let cookie = format!("lg_v={}", s.state().visitors.issue(T0 - 86_400_000).1);
+        let r = convert_as(&s, Some(&cookie), None, r#"{"goal":"metrics_probe"}"#).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     }
     // A request served while the factor was pinned at 2.5 leaves that as the window's
     // peak, though the factor is back to the computed one by the flush.
@@ -519,6 +599,7 @@ async fn a_flush_writes_one_batch_with_every_counter_and_feeds_prometheus() {
     assert_eq!(batch.window_ms, 5000);
     let t = &batch.tally;
     assert_eq!(t.visits, 1);
+    assert_eq!((t.unique_visitors, t.converting_visitors), (3 + 1, 3));
     assert_eq!(t.conversions_of("metrics_probe"), 3);
     assert_eq!(t.conversions_of("signup"), 0);
     assert_eq!(t.requests, 2 + 3 + 1);
@@ -677,5 +758,66 @@ async fn retention_sweeps_payloads_then_rows_and_keeps_daily_totals() {
     let l = s.client.get(&s.admin_url("/api/launches")).await.json();
     assert_eq!(l["launches"][0]["day"], DAY);
     assert_eq!(l["launches"][0]["visits"], 1);
+    s.stop().await;
+}
+
+/// The visitor cookie is added after the cache: two visitors share one cached page
+/// and get cookies of their own; a returning visitor gets none and counts once.
+#[tokio::test]
+async fn the_visitor_cookie_is_added_after_the_cache_and_counts_a_visitor_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), Clock::manual(T0), |c| {
+        c.server.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let first = s.client.get(&s.url("/launch/")).await;
+    let second = s.client.get(&s.url("/launch/")).await;
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(first.body, second.body, "one shared page");
+    let (a, b) = (
+        first.header("set-cookie").unwrap(),
+        second.header("set-cookie").unwrap(),
+    );
+    assert_ne!(a, b, "each visitor its own id");
+    let a = a.split(';').next().unwrap();
+    for _ in 0..3 {
+        let back = s
+            .client
+            .send(
+                Method::GET,
+                &s.url("/launch/"),
+                &[("cookie", a)],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(back.header("x-cache"), Some("HIT"));
+        assert_eq!(
+            back.header("set-cookie"),
+            None,
+            "a known visitor keeps its cookie"
+        );
+    }
+    // Assets are not visits and get no cookie.
+    let css = s.client.get(&s.url("/style.css")).await;
+    assert_eq!(css.header("set-cookie"), None);
+    // Behind a trusted TLS balancer the cookie is Secure.
+    let tls = s
+        .client
+        .send(
+            Method::GET,
+            &s.url("/launch/"),
+            &[("x-forwarded-proto", "https")],
+            Vec::new(),
+        )
+        .await;
+    assert!(
+        tls.header("set-cookie").unwrap().ends_with("; Secure"),
+        "{:?}",
+        tls.header("set-cookie")
+    );
+    let a = analytics(&s, "").await;
+    assert_eq!(a["visits"], 6);
+    assert_eq!(a["unique_visitors"], 3);
     s.stop().await;
 }

@@ -18,10 +18,15 @@ async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
     })
     .await;
     // A 2xx, a 4xx, a rejected webhook, and (with the factor pinned high) a shed 5xx.
-    assert_eq!(
-        s.client.get(&s.url("/launch/")).await.status,
-        StatusCode::OK
-    );
+    let page = s.client.get(&s.url("/launch/")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let cookie = page
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(
         s.client.get(&s.url("/no-such-page")).await.status,
         StatusCode::NOT_FOUND
@@ -30,16 +35,22 @@ async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
     let good = s.webhook(&event("evt-m", "upvote"), SECRET).await;
     assert_eq!(good.status, StatusCode::ACCEPTED);
-    let beacon = s
-        .client
-        .send(
-            Method::POST,
-            &s.url("/api/convert"),
-            &[("content-type", "application/json")],
-            br#"{"goal":"signup"}"#.to_vec(),
-        )
-        .await;
-    assert_eq!(beacon.status, StatusCode::NO_CONTENT);
+    // A conversion, and a beacon that does not count (no visitor cookie).
+    for (cookie, status) in [
+        (cookie.as_str(), StatusCode::NO_CONTENT),
+        ("", StatusCode::FORBIDDEN),
+    ] {
+        let beacon = s
+            .client
+            .send(
+                Method::POST,
+                &s.url("/api/convert"),
+                &[("content-type", "application/json"), ("cookie", cookie)],
+                br#"{"goal":"signup"}"#.to_vec(),
+            )
+            .await;
+        assert_eq!(beacon.status, status, "{}", beacon.text());
+    }
     s.pin(3.0, 60).await;
     assert_eq!(
         s.client.get(&s.url("/launch/")).await.status,

@@ -30,6 +30,9 @@ fn batch(
         cache_misses: requests / 4,
         rejections: 1,
         webhooks_accepted: 2,
+        // Two page views a visitor; every waitlister also signed up.
+        unique_visitors: visits / 2,
+        converting_visitors: signups.min(visits / 2),
         ..Tally::default()
     };
     tally.add_conversions("signup", signups);
@@ -97,16 +100,19 @@ fn the_table_shows_totals_money_and_25_hours() {
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path());
     let out = stdout(&report(dir.path(), &["--day", "2026-11-01"]));
-    // 400 visits, 11 conversions: 2.75 %, spend 5000, CAC 454.55, revenue 528.
+    // 200 visitors (400 page views), 10 of them converting 11 times: 5 %, spend
+    // 2500, CAC 250, revenue 528.
     for want in [
         "launch day 2026-11-01 (America/Los_Angeles, 25 h: 2026-11-01T00:00:00-07:00 to 2026-11-02T00:00:00-08:00)",
-        "  visits               400\n",
+        "  unique visitors      200\n",
+        "  page views           400\n",
+        "  converting visitors  10\n",
         "  conversions          11 (signup 10, waitlist 1)\n",
-        "  conversion rate      2.75 %\n",
-        "  spend                $5000.00\n",
-        "  CAC                  $454.55\n",
+        "  conversion rate      5.00 %\n",
+        "  spend                $2500.00\n",
+        "  CAC                  $250.00\n",
         "  revenue              $528.00\n",
-        "  ROI                  -89.44 %\n",
+        "  ROI                  -78.88 %\n",
         "  peak requests/s      200.0\n",
         "  peak scale factor    3.25\n",
         "  requests             1750\n",
@@ -146,7 +152,9 @@ fn json_and_csv_carry_the_same_day() {
         json["conversions"],
         serde_json::json!({"signup": 10, "waitlist": 1})
     );
-    assert_eq!(json["conv_rate"], 11.0 / 400.0);
+    assert_eq!(json["unique_visitors"], 200);
+    assert_eq!(json["converting_visitors"], 10);
+    assert_eq!(json["conv_rate"], 10.0 / 200.0);
     assert_eq!(json["hourly"].as_array().unwrap().len(), 25);
     assert_eq!(json["series"].as_array().unwrap().len(), 3);
 
@@ -154,20 +162,21 @@ fn json_and_csv_carry_the_same_day() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 1 + 25 + 1);
     assert!(lines[0].starts_with(
-        "hour_start,hour,visits,conversions_signup,conversions_waitlist,conversions_total"
+        "hour_start,hour,visits,unique_visitors,converting_visitors,conversions_signup,conversions_waitlist,conversions_total"
     ));
     assert!(
-        lines[2].starts_with("2026-11-01T01:00:00-07:00,01:00 PDT,200,6,0,6,"),
+        lines[2].starts_with("2026-11-01T01:00:00-07:00,01:00 PDT,200,100,6,6,0,6,"),
         "{}",
         lines[2]
     );
     assert!(
-        lines[3].starts_with("2026-11-01T01:00:00-08:00,01:00 PST,100,0,0,0,"),
+        lines[3].starts_with("2026-11-01T01:00:00-08:00,01:00 PST,100,50,0,0,0,0,"),
         "{}",
         lines[3]
     );
     assert!(
-        lines[26].starts_with("2026-11-01T00:00:00-07:00,total,400,10,1,11,0.027500,5000.00,"),
+        lines[26]
+            .starts_with("2026-11-01T00:00:00-07:00,total,400,200,10,10,1,11,0.050000,2500.00,"),
         "{}",
         lines[26]
     );
@@ -231,7 +240,7 @@ async fn a_running_server_holds_the_store_and_report_says_so() {
     let o = tokio::task::spawn_blocking(move || report(&path, &["--day", "2026-11-01"]))
         .await
         .unwrap();
-    assert!(stdout(&o).contains("visits               400"));
+    assert!(stdout(&o).contains("page views           400"));
 }
 
 #[test]

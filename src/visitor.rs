@@ -1,0 +1,483 @@
+//! The visitor cookie, and what it lets the edge count once: unique visitors per
+//! launch day, and conversions per visitor, goal and day.
+//!
+//! - **The cookie** `lg_v=1.<id>.<first seen>.<mac>`: a random 128-bit visitor id
+//!   (base64url), the Unix second it was issued, and the first 128 bits of
+//!   HMAC-SHA256 over `1.<id>.<first seen>` under a 256-bit key made at first start
+//!   and kept in the store (`meta.visitor_key`), so a restart keeps every cookie
+//!   valid and no one without the store can forge one. It is set on a funnel page
+//!   view that came without a valid one, `HttpOnly`, `SameSite=Lax`, `Secure` when
+//!   the visitor reached us over TLS, `Path=/`, for 400 days (the most browsers
+//!   keep). It is added after the cache (in `conversions::count_requests`), so cached
+//!   pages stay shared; the cache ignores `lg_*` cookies and never sends them on.
+//! - **Seen marks**, in the sled tree `visitors`: `day NUL tag NUL id` → empty, where
+//!   tag is `v` (visited that day), `c` (converted that day, any goal) or `g:<goal>`.
+//!   `first` sets a mark and says whether it was new, in one compare-and-swap, so two
+//!   racing requests never both count. Marks of days past `conversions.retention_days`
+//!   are swept with the metrics rows.
+//! - **The beacon budget**: a token bucket per client (an IPv6 client by its /64,
+//!   which one subscriber usually holds whole), `conversions.beacons_per_minute`
+//!   tokens a minute, as many in a burst.
+//!
+//! **Invariant:** a cookie verifies only if this store's key made it, and its first-seen
+//! time is neither in the future nor older than the cookie's lifetime.
+//! **Invariant:** a visitor counted as converted on a day is counted as a visitor
+//! that day too (`conversions::beacon` sets the `v` mark before the `c` mark), so a
+//! day's converting visitors never exceed its unique visitors.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, HeaderValue};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use parking_lot::Mutex;
+use sha2::Sha256;
+
+use crate::store::{Store, StoreError};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The cookie's name.
+pub const COOKIE: &str = "lg_v";
+/// The cookie's lifetime: 400 days, the most Chromium and Firefox keep a cookie.
+pub const MAX_AGE_SECS: u64 = 400 * 86_400;
+/// `meta` key of the cookie-signing key: `[version][32 bytes]`.
+const KEY_META: &str = "visitor_key";
+const KEY_RECORD_VERSION: u8 = 1;
+const COOKIE_VERSION: &str = "1";
+/// Bytes of the MAC kept in the cookie.
+const MAC_BYTES: usize = 16;
+/// Budget table entries per shard before idle buckets are dropped.
+const BUDGET_ENTRIES: usize = 4096;
+const BUDGET_SHARDS: usize = 16;
+
+/// A visitor, as its cookie says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visitor {
+    pub id: [u8; 16],
+    pub first_seen_secs: u64,
+}
+
+/// What a day's mark records of a visitor.
+#[derive(Debug, Clone, Copy)]
+pub enum Mark<'a> {
+    /// Counted among the day's unique visitors.
+    Visited,
+    /// Converted at least once that day.
+    Converted,
+    /// Converted this goal that day.
+    Goal(&'a str),
+}
+
+/// Why a request carries no usable visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoVisitor {
+    /// No `lg_v` cookie at all.
+    Missing,
+    /// A `lg_v` cookie this store did not make, or one past its lifetime.
+    Forged,
+}
+
+/// The cookie key, the seen marks and the beacon budget. A clone shares them.
+#[derive(Clone)]
+pub struct Visitors {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    key: [u8; 32],
+    marks: sled::Tree,
+    budget: Budget,
+}
+
+impl Visitors {
+    /// Loads the cookie key from the store, making one at first start.
+    pub fn open(store: &Store, beacons_per_minute: u32) -> Result<Visitors, StoreError> {
+        let meta = store.open_tree("meta")?;
+        let mut fresh = [0u8; 33];
+        fresh[0] = KEY_RECORD_VERSION;
+        getrandom::fill(&mut fresh[1..]).map_err(|e| StoreError::Corrupt {
+            what: "meta.visitor_key",
+            detail: format!("no randomness for a new key: {e}"),
+        })?;
+        // Set only if absent, so two processes can never end up with two keys.
+        let stored =
+            match meta.compare_and_swap(KEY_META, None as Option<&[u8]>, Some(&fresh[..]))? {
+                Ok(()) => fresh.to_vec(),
+                Err(e) => e.current.expect("present when the swap failed").to_vec(),
+            };
+        let key = match stored.split_first() {
+            Some((&KEY_RECORD_VERSION, rest)) if rest.len() == 32 => {
+                rest.try_into().expect("32 bytes")
+            }
+            Some((&v, _)) if v > KEY_RECORD_VERSION => {
+                return Err(StoreError::NewerRecord {
+                    what: "meta.visitor_key",
+                    found: v,
+                    max: KEY_RECORD_VERSION,
+                })
+            }
+            _ => {
+                return Err(StoreError::Corrupt {
+                    what: "meta.visitor_key",
+                    detail: format!("{} bytes, expected 33", stored.len()),
+                })
+            }
+        };
+        Ok(Visitors {
+            inner: Arc::new(Inner {
+                key,
+                marks: store.open_tree("visitors")?,
+                budget: Budget::new(beacons_per_minute),
+            }),
+        })
+    }
+
+    fn mac(&self, signed: &str) -> HmacSha256 {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.inner.key).expect("HMAC accepts keys of any length");
+        mac.update(signed.as_bytes());
+        mac
+    }
+
+    /// A new visitor first seen at `now_ms`, and its cookie value.
+    pub fn issue(&self, now_ms: u64) -> (Visitor, String) {
+        let mut id = [0u8; 16];
+        // getrandom fails only where the OS has no randomness at all; an id from the
+        // clock and the hasher's random keys is then still unique enough to count.
+        if getrandom::fill(&mut id).is_err() {
+            let h = RandomState::new().hash_one(now_ms);
+            id[..8].copy_from_slice(&h.to_le_bytes());
+            id[8..].copy_from_slice(&now_ms.to_le_bytes());
+        }
+        let visitor = Visitor {
+            id,
+            first_seen_secs: now_ms / 1000,
+        };
+        let signed = format!(
+            "{COOKIE_VERSION}.{}.{}",
+            B64.encode(visitor.id),
+            visitor.first_seen_secs
+        );
+        let tag = self.mac(&signed).finalize().into_bytes();
+        let value = format!("{signed}.{}", B64.encode(&tag[..MAC_BYTES]));
+        (visitor, value)
+    }
+
+    /// The visitor a cookie value names, if this store's key signed it and it is
+    /// within its lifetime at `now_ms`.
+    pub fn verify(&self, value: &[u8], now_ms: u64) -> Option<Visitor> {
+        let value = std::str::from_utf8(value).ok()?;
+        if value.len() > 128 {
+            return None;
+        }
+        let (signed, tag) = value.rsplit_once('.')?;
+        let mut parts = signed.split('.');
+        let (version, id, first_seen) = (parts.next()?, parts.next()?, parts.next()?);
+        if version != COOKIE_VERSION || parts.next().is_some() {
+            return None;
+        }
+        let tag = B64.decode(tag).ok()?;
+        if tag.len() != MAC_BYTES {
+            return None;
+        }
+        self.mac(signed).verify_truncated_left(&tag).ok()?;
+        let id: [u8; 16] = B64.decode(id).ok()?.try_into().ok()?;
+        let first_seen_secs: u64 = first_seen.parse().ok()?;
+        let now = now_ms / 1000;
+        // A minute's leeway for a clock stepped back; never a cookie from the future
+        // or past its lifetime (one stolen long ago).
+        if first_seen_secs > now + 60 || now.saturating_sub(first_seen_secs) > MAX_AGE_SECS {
+            return None;
+        }
+        Some(Visitor {
+            id,
+            first_seen_secs,
+        })
+    }
+
+    /// The visitor of a request's `lg_v` cookie. Several `lg_v` cookies (one set by a
+    /// sibling subdomain, say): the first that verifies.
+    pub fn of_request(&self, headers: &HeaderMap, now_ms: u64) -> Result<Visitor, NoVisitor> {
+        let mut found = false;
+        for value in headers.get_all(header::COOKIE) {
+            for pair in value.as_bytes().split(|&b| b == b';') {
+                let pair = pair.trim_ascii();
+                let Some(v) = pair.strip_prefix(COOKIE.as_bytes()) else {
+                    continue;
+                };
+                let Some(v) = v.trim_ascii_start().strip_prefix(b"=") else {
+                    continue;
+                };
+                found = true;
+                if let Some(visitor) = self.verify(v.trim_ascii(), now_ms) {
+                    return Ok(visitor);
+                }
+            }
+        }
+        Err(if found {
+            NoVisitor::Forged
+        } else {
+            NoVisitor::Missing
+        })
+    }
+
+    /// The `Set-Cookie` value for a new visitor's cookie.
+    pub fn set_cookie(value: &str, secure: bool) -> HeaderValue {
+        let secure = if secure { "; Secure" } else { "" };
+        HeaderValue::try_from(format!(
+            "{COOKIE}={value}; Path=/; Max-Age={MAX_AGE_SECS}; HttpOnly; SameSite=Lax{secure}"
+        ))
+        .expect("the cookie is base64url, digits and dots")
+    }
+
+    /// Sets `mark` for `visitor` on `day` (`YYYY-MM-DD`); true if it was not set yet.
+    pub fn first(&self, day: &str, mark: Mark<'_>, visitor: &Visitor) -> Result<bool, StoreError> {
+        let key = mark_key(day, mark, visitor);
+        Ok(self
+            .inner
+            .marks
+            .compare_and_swap(key, None as Option<&[u8]>, Some(&[][..]))?
+            .is_ok())
+    }
+
+    /// Removes the marks of days before `day` (`YYYY-MM-DD`). Returns how many.
+    pub fn sweep_before(&self, day: &str) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for kv in self.inner.marks.range(..day.as_bytes()) {
+            batch.remove(kv?.0);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.inner.marks.apply_batch(batch)?;
+        }
+        Ok(removed)
+    }
+
+    /// Takes one beacon token for `client` at `now_ms`; past the budget, the seconds
+    /// until the next token.
+    pub fn take_beacon_token(&self, client: Option<IpAddr>, now_ms: u64) -> Result<(), u64> {
+        self.inner.budget.take(client, now_ms)
+    }
+}
+
+fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
+    let mut key = Vec::with_capacity(day.len() + 24);
+    key.extend_from_slice(day.as_bytes());
+    key.push(0);
+    match mark {
+        Mark::Visited => key.push(b'v'),
+        Mark::Converted => key.push(b'c'),
+        Mark::Goal(goal) => {
+            key.extend_from_slice(b"g:");
+            key.extend_from_slice(goal.as_bytes());
+        }
+    }
+    key.push(0);
+    key.extend_from_slice(&visitor.id);
+    key
+}
+
+/// The beacon budget per client, as GCRA (a token bucket kept as one time per
+/// client: when its bucket will be full again).
+struct Budget {
+    /// Between two tokens, in µs.
+    interval_us: u64,
+    /// How far ahead of now that time may run and still give a token: a burst of
+    /// `per_minute` at once.
+    tolerance_us: u64,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<IpAddr, u64>>]>,
+}
+
+impl Budget {
+    fn new(per_minute: u32) -> Budget {
+        let interval_us = 60_000_000 / u64::from(per_minute.max(1));
+        Budget {
+            interval_us,
+            tolerance_us: interval_us * u64::from(per_minute.max(1) - 1),
+            hasher: RandomState::new(),
+            shards: (0..BUDGET_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn take(&self, client: Option<IpAddr>, now_ms: u64) -> Result<(), u64> {
+        let client = client.map_or(IpAddr::from([0u8; 4]), by_subscriber);
+        let now = now_ms.saturating_mul(1000);
+        let shard = &self.shards[self.hasher.hash_one(client) as usize % BUDGET_SHARDS];
+        let mut map = shard.lock();
+        if map.len() >= BUDGET_ENTRIES && !map.contains_key(&client) {
+            // A full bucket holds nothing worth keeping: a new one starts full.
+            map.retain(|_, full_at| *full_at > now);
+            if map.len() >= BUDGET_ENTRIES {
+                // Under a spray of addresses, forget them all rather than grow.
+                map.clear();
+            }
+        }
+        let full_at = map.entry(client).or_insert(now);
+        let start = (*full_at).max(now);
+        if start - now > self.tolerance_us {
+            let wait_us = start - now - self.tolerance_us;
+            return Err(wait_us.div_ceil(1_000_000).max(1));
+        }
+        *full_at = start + self.interval_us;
+        Ok(())
+    }
+}
+
+/// An IPv4 address as is; an IPv6 address by its /64 (one subscriber's network).
+fn by_subscriber(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_795_680_000_000;
+
+    fn visitors(dir: &std::path::Path) -> Visitors {
+        Visitors::open(&Store::open(dir).unwrap(), 6).unwrap()
+    }
+
+    #[test]
+    fn an_issued_cookie_verifies_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (visitor, value) = {
+            let v = visitors(dir.path());
+            let (visitor, value) = v.issue(NOW);
+            assert_eq!(v.verify(value.as_bytes(), NOW + 5_000), Some(visitor));
+            (visitor, value)
+        };
+        let again = visitors(dir.path());
+        assert_eq!(
+            again.verify(value.as_bytes(), NOW + 86_400_000),
+            Some(visitor)
+        );
+        assert_eq!(visitor.first_seen_secs, NOW / 1000);
+    }
+
+    #[test]
+    fn forged_altered_foreign_expired_and_future_cookies_do_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path());
+        let (_, value) = v.issue(NOW);
+        // Another store's key.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = visitors(other_dir.path());
+        assert_eq!(other.verify(value.as_bytes(), NOW), None);
+        // Any one character changed.
+        for i in 0..value.len() {
+            let mut bytes = value.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            assert_eq!(
+                v.verify(&bytes, NOW),
+                None,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        // Past its lifetime, or from the future.
+        assert_eq!(
+            v.verify(value.as_bytes(), NOW + (MAX_AGE_SECS + 1) * 1000),
+            None
+        );
+        let (_, early) = v.issue(NOW + 3_600_000);
+        assert_eq!(v.verify(early.as_bytes(), NOW), None);
+        for junk in ["", "1", "1...", "2.a.1.b", &"x".repeat(500)] {
+            assert_eq!(v.verify(junk.as_bytes(), NOW), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn the_request_cookie_is_found_among_others_and_forgeries_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path());
+        let (visitor, value) = v.issue(NOW);
+        let mut h = HeaderMap::new();
+        assert_eq!(v.of_request(&h, NOW), Err(NoVisitor::Missing));
+        h.insert(header::COOKIE, HeaderValue::from_static("_ga=1; lg_vx=2"));
+        assert_eq!(v.of_request(&h, NOW), Err(NoVisitor::Missing));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("lg_v=1.AAAA.1.BBBB"),
+        );
+        assert_eq!(v.of_request(&h, NOW), Err(NoVisitor::Forged));
+        h.append(
+            header::COOKIE,
+            HeaderValue::try_from(format!("theme=dark; lg_v = {value} ")).unwrap(),
+        );
+        assert_eq!(v.of_request(&h, NOW), Ok(visitor));
+    }
+
+    #[test]
+    fn a_mark_is_new_once_per_day_tag_and_visitor() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path());
+        let (a, _) = v.issue(NOW);
+        let (b, _) = v.issue(NOW);
+        assert!(v.first("2026-11-26", Mark::Visited, &a).unwrap());
+        assert!(!v.first("2026-11-26", Mark::Visited, &a).unwrap());
+        assert!(v.first("2026-11-26", Mark::Visited, &b).unwrap());
+        assert!(v.first("2026-11-27", Mark::Visited, &a).unwrap());
+        assert!(v.first("2026-11-26", Mark::Converted, &a).unwrap());
+        assert!(v.first("2026-11-26", Mark::Goal("signup"), &a).unwrap());
+        assert!(v.first("2026-11-26", Mark::Goal("demo"), &a).unwrap());
+        assert!(!v.first("2026-11-26", Mark::Goal("signup"), &a).unwrap());
+        assert_eq!(v.sweep_before("2026-11-27").unwrap(), 5);
+        assert!(!v.first("2026-11-27", Mark::Visited, &a).unwrap());
+    }
+
+    #[test]
+    fn the_beacon_budget_refills_per_client_and_per_ipv6_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path()); // 6 a minute: one every 10 s
+        let a: IpAddr = "198.51.100.7".parse().unwrap();
+        let b: IpAddr = "198.51.100.8".parse().unwrap();
+        for _ in 0..6 {
+            assert_eq!(v.take_beacon_token(Some(a), NOW), Ok(()));
+        }
+        assert_eq!(v.take_beacon_token(Some(a), NOW), Err(10));
+        assert_eq!(v.take_beacon_token(Some(b), NOW), Ok(()));
+        assert_eq!(v.take_beacon_token(Some(a), NOW + 4_000), Err(6));
+        assert_eq!(v.take_beacon_token(Some(a), NOW + 10_000), Ok(()));
+        assert_eq!(v.take_beacon_token(Some(a), NOW + 10_000), Err(10));
+        // One /64 is one client, whatever its last 64 bits.
+        for i in 0..6u16 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+            assert_eq!(v.take_beacon_token(Some(ip), NOW), Ok(()));
+        }
+        let ip: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(v.take_beacon_token(Some(ip), NOW).is_err());
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(v.take_beacon_token(Some(other), NOW), Ok(()));
+    }
+
+    #[test]
+    fn a_spray_of_addresses_keeps_the_budget_table_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path());
+        for i in 0..200_000u32 {
+            let _ = v.take_beacon_token(Some(IpAddr::from(i.to_be_bytes())), NOW);
+        }
+        let held: usize = v.inner.budget.shards.iter().map(|s| s.lock().len()).sum();
+        assert!(held <= BUDGET_ENTRIES * BUDGET_SHARDS, "{held}");
+    }
+}
