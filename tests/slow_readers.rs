@@ -20,7 +20,7 @@ use support::TestServer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-const SEND_TIMEOUT_MS: u64 = 600;
+const SEND_TIMEOUT_MS: u64 = 3000;
 
 /// A client with a small receive buffer, so the answers it does not read wait on the
 /// server's side (the memory under test), not in the client's own socket.

@@ -48,8 +48,8 @@ fn checkout(dir: &Path) -> std::path::PathBuf {
     site
 }
 
-#[tokio::test]
-async fn dotfiles_and_links_out_of_the_site_are_never_served() {
+/// The appliance serving a fresh [`checkout`]; the temp dirs live as long as the first.
+async fn serve_checkout() -> ((tempfile::TempDir, tempfile::TempDir), TestServer) {
     let dir = tempfile::tempdir().unwrap();
     let site = checkout(dir.path());
     let state = tempfile::tempdir().unwrap();
@@ -57,6 +57,12 @@ async fn dotfiles_and_links_out_of_the_site_are_never_served() {
         c.origin.static_dir = site;
     })
     .await;
+    ((dir, state), s)
+}
+
+#[tokio::test]
+async fn dotfiles_and_links_out_of_the_site_are_never_served() {
+    let (_dirs, s) = serve_checkout().await;
     for path in [
         "/.env",
         "/.git/config",
@@ -85,6 +91,68 @@ async fn dotfiles_and_links_out_of_the_site_are_never_served() {
         let r = get(&s, path, &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{path}");
         assert!(r.text().contains(body), "{path}: {}", r.text());
+    }
+    s.stop().await;
+}
+
+/// Random paths built from the pieces a traversal uses (dot segments, encoded dots
+/// and slashes, backslashes, NULs, the links, the dot-directories), sent raw so no
+/// client normalizes them first: nothing outside the site and no dot-path's content
+/// is ever answered, and every answer is a 2xx, 3xx or 4xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_traversal_paths_never_reach_a_secret() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (_dirs, s) = serve_checkout().await;
+    let piece = prop_oneof![
+        Just(".."),
+        Just("."),
+        Just("%2e%2e"),
+        Just("%2E."),
+        Just(".%2e"),
+        Just("%2f"),
+        Just("%5c"),
+        Just("\\"),
+        Just("%00"),
+        Just("//"),
+        Just(".env"),
+        Just(".git"),
+        Just("config"),
+        Just("etc-link"),
+        Just("passwd"),
+        Just("passwd.txt"),
+        Just("outside"),
+        Just("assets"),
+        Just(".cache"),
+        Just("token"),
+        Just(".well-known"),
+        Just("launch"),
+        Just("now"),
+        Just("index.html"),
+    ];
+    let paths = prop::collection::vec(piece, 1..8).prop_map(|p| format!("/{}", p.join("/")));
+    let mut runner = TestRunner::new(Config {
+        cases: 1500,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let mut cases = Vec::new();
+    for _ in 0..1500 {
+        cases.push(paths.new_tree(&mut runner).unwrap().current());
+    }
+    for path in cases {
+        let mut c = tokio::net::TcpStream::connect(s.public).await.unwrap();
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: launch.test\r\nConnection: close\r\n\r\n");
+        c.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8_lossy(&out);
+        let status: u16 = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!((200..500).contains(&status), "{path}: {out}");
+        assert!(!out.contains("secret"), "{path}: {out}");
     }
     s.stop().await;
 }
