@@ -1,31 +1,35 @@
 //! What ships beside the binary: the systemd unit stays hardened, and the Prometheus
-//! alert rules stay valid. Each check runs where its tool exists (`systemd-analyze`
-//! from systemd, `promtool` from Debian's `prometheus` package) and says so when not.
+//! alert rules stay valid. Each check needs its tool (`systemd-analyze` from systemd,
+//! `promtool` from Debian's `prometheus` package): without it the check says so and
+//! skips, except under CI (`CI=true`), where it fails (`support::tools::require_tool`).
+
+mod support;
 
 use std::path::Path;
 use std::process::Command;
+
+use support::tools::require_tool;
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Runs `tool args`, or returns `None` (with a note on stderr) when it is not installed.
-fn run(tool: &str, args: &[&str]) -> Option<(bool, String)> {
-    match Command::new(tool).args(args).output() {
-        Ok(out) => Some((
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("{tool} is not installed; check skipped");
-            None
-        }
-        Err(e) => panic!("cannot run {tool}: {e}"),
-    }
+/// Runs `tool args` (the tool from Debian's `package`): its success and its output,
+/// or `None` when the tool is missing and the check is skipped.
+fn run(tool: &str, package: &str, args: &[&str]) -> Option<(bool, String)> {
+    let path = require_tool(&[tool], package)?;
+    let out = Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    Some((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
 #[test]
@@ -33,6 +37,7 @@ fn systemd_unit_exposure_is_at_most_1_5() {
     let unit = repo("systemd/launchguard.service");
     let Some((_, out)) = run(
         "systemd-analyze",
+        "systemd",
         &["security", "--offline=true", unit.to_str().unwrap()],
     ) else {
         return;
@@ -81,13 +86,21 @@ fn value<'a>(unit: &'a str, key: &str) -> &'a str {
 #[test]
 fn prometheus_alert_rules_are_valid_and_fire_as_tested() {
     let rules = repo("data/prometheus/alerts.yml");
-    let Some((ok, out)) = run("promtool", &["check", "rules", rules.to_str().unwrap()]) else {
+    let Some((ok, out)) = run(
+        "promtool",
+        "prometheus",
+        &["check", "rules", rules.to_str().unwrap()],
+    ) else {
         return;
     };
     assert!(ok, "promtool check rules:\n{out}");
     let tests = repo("data/prometheus/alerts_test.yml");
-    let (ok, out) = run("promtool", &["test", "rules", tests.to_str().unwrap()])
-        .expect("promtool ran a moment ago");
+    let (ok, out) = run(
+        "promtool",
+        "prometheus",
+        &["test", "rules", tests.to_str().unwrap()],
+    )
+    .expect("promtool ran a moment ago");
     assert!(ok, "promtool test rules:\n{out}");
 }
 

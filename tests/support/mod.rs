@@ -13,9 +13,11 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 
 pub mod binary;
+pub mod browser;
 pub mod edge;
 pub mod origin;
 pub mod receiver;
+pub mod tools;
 
 use launchguard::app::{self, Options, Running};
 use launchguard::clock::Clock;
