@@ -172,6 +172,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )
         .into());
     }
+    let outbound_tls = crate::outbound::tls_config(&config.outbound)?;
 
     let store = Store::open(&config.server.data_dir)?;
     let clock = opts.clock.clone();
@@ -224,7 +225,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     )?;
 
     let visitors = Visitors::open(&store, config.conversions.beacons_per_minute)?;
-    let outbound = Outbound::open(&store, &config.outbound, clock.clone())?;
+    let outbound = Outbound::open(&store, &config.outbound, clock.clone(), outbound_tls)?;
     // The day of the newest stored event was announced already (or is past).
     let engaged_day = store
         .recent_events(1)?

@@ -630,6 +630,10 @@ pub struct OutboundConfig {
     pub host_budget_per_minute: u32,
     /// Longest wait for one attempt's answer, ms. Default 10000.
     pub timeout_ms: u64,
+    /// PEM file of extra trust anchors for https targets, added to the webpki roots
+    /// (a private CA). Read at startup; an unreadable or bad file stops the start.
+    /// Default none.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for OutboundConfig {
@@ -640,6 +644,7 @@ impl Default for OutboundConfig {
             max_delay_ms: 300_000,
             host_budget_per_minute: 60,
             timeout_ms: 10_000,
+            ca_file: None,
         }
     }
 }

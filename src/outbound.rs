@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::clock::Clock;
-use crate::config::OutboundConfig;
+use crate::config::{ConfigError, OutboundConfig};
 use crate::error::ApiError;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -231,14 +231,51 @@ struct Inner {
     progress: watch::Sender<u64>,
 }
 
-/// The HTTP client for outbound calls: http and https (webpki roots), HTTP/1.1.
-pub fn https_client(timeout: Duration) -> HttpsClient {
+/// The trust anchors for outbound https: the webpki (Mozilla) roots, plus every
+/// certificate in `outbound.ca_file` when set (a private CA, a TLS-inspecting proxy's,
+/// a test CA). A file that cannot be read, holds no PEM certificate or holds one
+/// rustls refuses is an error naming `outbound.ca_file`.
+pub fn tls_config(config: &OutboundConfig) -> Result<rustls::ClientConfig, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &config.ca_file {
+        let bad = |problem: String| {
+            ConfigError::invalid("outbound.ca_file", format!("{}: {problem}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not a PEM file of certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("certificate {}: {e}", i + 1)))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls's default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The HTTP client for outbound calls: http and https (trust from `tls`), HTTP/1.1.
+pub fn https_client(timeout: Duration, tls: rustls::ClientConfig) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeout));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
@@ -248,11 +285,13 @@ pub fn https_client(timeout: Duration) -> HttpsClient {
 }
 
 impl Outbound {
-    /// Opens the `outbound` and `deadletter` trees; pending jobs are due again.
+    /// Opens the `outbound` and `deadletter` trees; pending jobs are due again. `tls`
+    /// is what `tls_config` built from the same config.
     pub fn open(
         store: &Store,
         config: &OutboundConfig,
         clock: Clock,
+        tls: rustls::ClientConfig,
     ) -> Result<Outbound, StoreError> {
         let jobs = store.open_tree("outbound")?;
         let dead = store.open_tree("deadletter")?;
@@ -267,7 +306,7 @@ impl Outbound {
                 next_id: AtomicU64::new(next_id),
                 config: config.clone(),
                 clock,
-                client: https_client(Duration::from_millis(config.timeout_ms)),
+                client: https_client(Duration::from_millis(config.timeout_ms), tls),
                 buckets: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 progress: watch::channel(0).0,
@@ -868,6 +907,31 @@ mod tests {
             host_of("https://hooks.slack.com/services/T/B/X"),
             "hooks.slack.com"
         );
+    }
+
+    #[test]
+    fn ca_files_add_their_certificates_or_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |text: &str| {
+            let path = dir.path().join("ca.pem");
+            std::fs::write(&path, text).unwrap();
+            tls_config(&OutboundConfig {
+                ca_file: Some(path),
+                ..OutboundConfig::default()
+            })
+        };
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
+        let two = format!("{}{}", ca.cert.pem(), ca.cert.pem());
+        assert!(with(&two).is_ok());
+        assert!(tls_config(&OutboundConfig::default()).is_ok());
+        for bad in [
+            "",
+            "not a certificate",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.starts_with("outbound.ca_file: "), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! dir is writable and its disk has room for the expected events; `RLIMIT_NOFILE` covers
 //! the connection budget; the origin (static dir or upstream) answers `/`, and how fast;
 //! every `cache.warm_urls` page answers 200 and may be cached; the Product Hunt poller
-//! is off or fully configured; alerts have somewhere to go; both listeners can bind;
+//! is off or fully configured; alerts have somewhere to go (and `outbound.ca_file`, when
+//! set, is a readable PEM file of certificates); both listeners can bind;
 //! the launch-day time zone is known, with today's boundaries in UTC.
 
 use std::fmt::Write as _;
@@ -421,6 +422,13 @@ fn producthunt(config: &Config, env: &Env) -> Check {
 fn alerts(config: &Config) -> Check {
     const NAME: &str = "alerts";
     let urls = &config.alerts.slack_webhook_urls;
+    if let Err(e) = crate::outbound::tls_config(&config.outbound) {
+        return Check::fail(
+            NAME,
+            e.to_string(),
+            "point outbound.ca_file at a readable PEM file of CA certificates, or remove the key",
+        );
+    }
     if urls.is_empty() {
         Check::warn(
             NAME,

@@ -1,8 +1,10 @@
 //! The outbound queue against a real local receiver: 500s spend attempts and end in
 //! dead letters after exactly `outbound.max_retries`, 429s spend none and their
 //! `Retry-After` is honoured, `X-Request-Id` is stable across retries, the admin API
-//! lists, retries and drops dead letters, and a job in flight at SIGKILL is sent
-//! again after a restart.
+//! lists, retries and drops dead letters, a job in flight at SIGKILL is sent
+//! again after a restart, and https goes through a real TLS handshake with a receiver
+//! whose certificate a test CA issued: trusted through `outbound.ca_file`, refused
+//! without it or with another CA.
 
 mod support;
 
@@ -17,6 +19,7 @@ use launchguard::outbound::Outbound;
 use launchguard::store::Store;
 use support::binary::{self, write_config};
 use support::receiver::{Answer, Receiver};
+use support::tls::TestCa;
 use support::TestServer;
 
 const START_MS: u64 = 1_790_000_000_000;
@@ -230,7 +233,8 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
     let job = {
         let store = Store::open(&dir.path().join("state")).unwrap();
         let config = launchguard::config::OutboundConfig::default();
-        let outbound = Outbound::open(&store, &config, Clock::system()).unwrap();
+        let tls = launchguard::outbound::tls_config(&config).unwrap();
+        let outbound = Outbound::open(&store, &config, Clock::system(), tls).unwrap();
         let job = outbound
             .enqueue(
                 "test",
@@ -285,12 +289,9 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
         vec![job.idempotency_id.clone(), job.idempotency_id.clone()]
     );
     let store = Store::open(&dir.path().join("state")).unwrap();
-    let outbound = Outbound::open(
-        &store,
-        &launchguard::config::OutboundConfig::default(),
-        Clock::system(),
-    )
-    .unwrap();
+    let config = launchguard::config::OutboundConfig::default();
+    let tls = launchguard::outbound::tls_config(&config).unwrap();
+    let outbound = Outbound::open(&store, &config, Clock::system(), tls).unwrap();
     assert!(outbound.pending().unwrap().is_empty());
     assert_eq!(outbound.deadletter_count(), 0);
 }
@@ -341,29 +342,116 @@ async fn one_host_gets_no_more_than_its_budget_per_minute() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn https_targets_go_through_tls() {
+/// What one https delivery attempt came to: the receiver saw its body, or the job
+/// is a dead letter whose error names the host.
+async fn deliver_over_tls(
+    ca_file: Option<std::path::PathBuf>,
+    receiver: &Receiver,
+    host: &str,
+) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), Clock::manual(START_MS), |c| {
         c.outbound.max_retries = 1;
+        c.outbound.ca_file = ca_file;
     })
     .await;
-    // A plain-HTTP listener behind an https:// URL: the TLS handshake fails, so the
-    // attempt is a failure that names the host, and no request reaches the handler.
-    let receiver = Receiver::start().await;
     let outbound = server.state().outbound.clone();
-    let target = format!("https://{}/hook", receiver.addr);
+    let before = receiver.count();
+    let target = format!("https://{host}:{}/hook", receiver.addr.port());
     outbound
-        .enqueue("test", &target, "application/json", b"{}".to_vec())
+        .enqueue(
+            "test",
+            &target,
+            "application/json",
+            br#"{"text":"over TLS"}"#.to_vec(),
+        )
         .await
         .unwrap();
     attempts_recorded(&outbound, 1).await;
-    let dead = outbound.deadletters().unwrap();
-    let error = dead[0].last_error.clone().unwrap();
-    assert!(
-        error.starts_with(&format!("cannot reach {}", receiver.addr)),
-        "{error}"
-    );
-    assert_eq!(receiver.count(), 0);
+    let result = if outbound.pending().unwrap().is_empty() && outbound.deadletter_count() == 0 {
+        receiver.wait_for(before + 1).await;
+        Ok(receiver.requests()[before].body.to_vec())
+    } else {
+        let dead = outbound.deadletters().unwrap();
+        Err(dead[0].last_error.clone().unwrap())
+    };
     server.stop().await;
+    result
+}
+
+#[tokio::test]
+async fn https_delivery_trusts_outbound_ca_file_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let ca_file = ca.write_pem(dir.path(), "ca.pem");
+    let stranger = TestCa::new("some other CA");
+    let wrong_ca_file = stranger.write_pem(dir.path(), "wrong-ca.pem");
+    let receiver = Receiver::start_tls(ca.server_config()).await;
+    assert!(receiver.url("/").starts_with("https://"));
+
+    // Trusting the test CA: a real handshake, by name and by address, and the body
+    // arrives.
+    for (n, host) in ["localhost", "127.0.0.1"].into_iter().enumerate() {
+        let body = deliver_over_tls(Some(ca_file.clone()), &receiver, host)
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(body, br#"{"text":"over TLS"}"#);
+        assert_eq!(
+            receiver.handshakes().ok,
+            n + 1,
+            "{:?}",
+            receiver.handshakes()
+        );
+    }
+    assert!(receiver.handshakes().failed.is_empty());
+
+    // The webpki roots alone, or another CA: the handshake fails, the error names
+    // the host and the certificate, and no request reaches the receiver.
+    for (n, ca_file) in [None, Some(wrong_ca_file)].into_iter().enumerate() {
+        let error = deliver_over_tls(ca_file.clone(), &receiver, "localhost")
+            .await
+            .expect_err("an untrusted certificate must not be accepted");
+        let host = format!("localhost:{}", receiver.addr.port());
+        assert!(
+            error.starts_with(&format!("cannot reach {host}")),
+            "{ca_file:?}: {error}"
+        );
+        assert!(
+            error.to_lowercase().contains("certificate"),
+            "{ca_file:?}: {error}"
+        );
+        let seen = receiver.wait_for_failed_handshakes(n + 1).await;
+        assert_eq!(seen.ok, 2, "{seen:?}");
+        assert_eq!(receiver.count(), 2, "nothing more reached the receiver");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_outbound_ca_file_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not-a-cert.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    for (file, says) in [
+        (dir.path().join("missing.pem"), "cannot read it"),
+        (not_pem, "no PEM certificate"),
+    ] {
+        let mut config = support::config(&dir.path().join("state"));
+        config.outbound.ca_file = Some(file.clone());
+        let opts = launchguard::app::Options {
+            clock: Clock::manual(START_MS),
+            env: launchguard::secrets::Env::default(),
+            ..launchguard::app::Options::default()
+        };
+        let e = match launchguard::app::start(config, opts).await {
+            Ok(_) => panic!("{} was accepted", file.display()),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(e, launchguard::app::StartError::Config(_)),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(e.starts_with("outbound.ca_file: "), "{e}");
+        assert!(e.contains(says), "{e}");
+    }
 }

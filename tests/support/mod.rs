@@ -17,6 +17,7 @@ pub mod browser;
 pub mod edge;
 pub mod origin;
 pub mod receiver;
+pub mod tls;
 pub mod tools;
 
 use launchguard::app::{self, Options, Running};

@@ -2,7 +2,8 @@
 //! axum server on `127.0.0.1:0` that records every request (path, `X-Request-Id`,
 //! body) and answers from a script: the next scripted answer, else `fallback`.
 //! `Answer::Hold` never answers. `seen` is a watch of the request count, so tests wait
-//! for requests, not for time.
+//! for requests, not for time. `Receiver::start_tls` serves the same over TLS
+//! (tokio-rustls + hyper) and counts the handshakes that succeeded and failed.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -42,12 +43,31 @@ pub struct ReceiverState {
     pub fallback: Mutex<Answer>,
     pub requests: Mutex<Vec<Seen>>,
     pub seen: watch::Sender<usize>,
+    /// TLS only: handshakes completed and failed (with the server's error for each).
+    pub handshakes: watch::Sender<Handshakes>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Handshakes {
+    pub ok: usize,
+    pub failed: Vec<String>,
 }
 
 pub struct Receiver {
     pub addr: SocketAddr,
     pub state: Arc<ReceiverState>,
     stop: CancellationToken,
+    scheme: &'static str,
+}
+
+fn new_state() -> Arc<ReceiverState> {
+    Arc::new(ReceiverState {
+        script: Mutex::new(VecDeque::new()),
+        fallback: Mutex::new(Answer::status(200)),
+        requests: Mutex::new(Vec::new()),
+        seen: watch::channel(0).0,
+        handshakes: watch::channel(Handshakes::default()).0,
+    })
 }
 
 impl Receiver {
@@ -59,12 +79,7 @@ impl Receiver {
     /// Serves on a given listener (to come back on the same port).
     pub fn serve(listener: tokio::net::TcpListener) -> Receiver {
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(ReceiverState {
-            script: Mutex::new(VecDeque::new()),
-            fallback: Mutex::new(Answer::status(200)),
-            requests: Mutex::new(Vec::new()),
-            seen: watch::channel(0).0,
-        });
+        let state = new_state();
         let app = Router::new().fallback(answer).with_state(state.clone());
         let stop = CancellationToken::new();
         let s = stop.clone();
@@ -73,11 +88,88 @@ impl Receiver {
                 .with_graceful_shutdown(s.cancelled_owned())
                 .await;
         });
-        Receiver { addr, state, stop }
+        Receiver {
+            addr,
+            state,
+            stop,
+            scheme: "http",
+        }
     }
 
+    /// The same receiver behind TLS with `tls` (a certificate from a test CA): every
+    /// connection is a rustls handshake, then HTTP/1.1 on hyper.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = new_state();
+        let app = Router::new().fallback(answer).with_state(state.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    _ = s.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                };
+                let (acceptor, app, st, s) = (acceptor.clone(), app.clone(), st.clone(), s.clone());
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            st.handshakes.send_modify(|h| h.ok += 1);
+                            tls
+                        }
+                        Err(e) => {
+                            st.handshakes.send_modify(|h| h.failed.push(e.to_string()));
+                            return;
+                        }
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        tower::ServiceExt::oneshot(app.clone(), req)
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = s.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Receiver {
+            addr,
+            state,
+            stop,
+            scheme: "https",
+        }
+    }
+
+    /// `http://127.0.0.1:port/path`, or `https://` for a TLS receiver.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// TLS handshakes so far.
+    pub fn handshakes(&self) -> Handshakes {
+        self.state.handshakes.borrow().clone()
+    }
+
+    /// Waits until at least `n` TLS handshakes have failed (bounded).
+    pub async fn wait_for_failed_handshakes(&self, n: usize) -> Handshakes {
+        let mut rx = self.state.handshakes.subscribe();
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            rx.wait_for(|h| h.failed.len() >= n),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("only {:?} handshakes", self.handshakes()))
+        .unwrap()
+        .clone();
+        seen
     }
 
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
