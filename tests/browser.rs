@@ -5,7 +5,8 @@
 //! scroll sideways, and saves screenshots (desktop and phone) under the target dir.
 //! Without a browser on the machine the test says so and skips; under CI (`CI=true`)
 //! it fails instead (`support::tools::require_tool`). The driver is
-//! `support::browser::Driver`.
+//! `support::browser::Driver`. A second test signs up on the demo page in the
+//! browser: the visitor cookie, the beacon counted once, a foreign page refused.
 
 mod support;
 
@@ -63,6 +64,94 @@ async fn dashboard_charts_update_live_in_a_real_browser() {
         )
         .await;
     driver.screenshot("dashboard-phone.png").await;
+    driver.quit().await;
+    s.stop().await;
+}
+
+/// Reads `launchguard_conversions_rejected_total{reason}` from the metrics page.
+async fn rejected(s: &TestServer, reason: &str) -> u64 {
+    let text = s.client.get(&s.admin_url("/metrics")).await.text();
+    let prefix = format!("launchguard_conversions_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Polls the admin API until `what` of today's analytics is `want` (10 s at most).
+async fn analytics_until(s: &TestServer, what: &str, want: u64) {
+    for _ in 0..200 {
+        let a = s.client.get(&s.admin_url("/api/analytics")).await.json();
+        if a[what] == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} never reached {want}");
+}
+
+/// The demo's signup in Chromium: the page view sets the visitor cookie (HttpOnly,
+/// SameSite=Lax), the form's `sendBeacon` carries it, and the conversion counts once;
+/// a second signup by the same browser is a repeat, and a beacon from another origin
+/// (the admin listener's page, same host, another port) is refused as cross-site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(driver) = Driver::start(&dir.path().join("profile")).await else {
+        return; // no browser here, and not under CI: the note is on stderr
+    };
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |_| {}).await;
+    let (repeats, foreign) = (
+        rejected(&s, "repeat").await,
+        rejected(&s, "cross_site").await,
+    );
+    let signup = r#"
+        document.getElementById('signup-email').value = 'ada@example.com';
+        document.getElementById('signup-button').click();
+        return document.querySelector('.confirmation') !== null;"#;
+
+    driver.goto(&s.url("/launch/")).await;
+    let cookie = driver.cookie("lg_v").await.expect("the page view set lg_v");
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Lax", "{cookie}");
+    assert_eq!(
+        driver.eval("return document.cookie.includes('lg_v')").await,
+        false,
+        "page scripts cannot read it"
+    );
+    assert_eq!(driver.eval(signup).await, true, "the form confirmed");
+    analytics_until(&s, "conversions_total", 1).await;
+    analytics_until(&s, "unique_visitors", 1).await;
+
+    // The same browser signs up again: one visitor, one conversion.
+    driver.goto(&s.url("/launch/")).await;
+    assert_eq!(driver.eval(signup).await, true);
+    for _ in 0..200 {
+        if rejected(&s, "repeat").await > repeats {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(rejected(&s, "repeat").await, repeats + 1);
+
+    // Another origin's page sends the same beacon, cookie and all.
+    driver.goto(&s.admin_url("/healthz")).await;
+    let sent = driver
+        .eval(&format!(
+            "return navigator.sendBeacon('{}', JSON.stringify({{goal: 'signup'}}))",
+            s.url("/api/convert")
+        ))
+        .await;
+    assert_eq!(sent, true, "the browser queued the beacon");
+    for _ in 0..200 {
+        if rejected(&s, "cross_site").await > foreign {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(rejected(&s, "cross_site").await, foreign + 1);
+    let a = s.client.get(&s.admin_url("/api/analytics")).await.json();
+    assert_eq!(a["conversions_total"], 1, "{a}");
+    assert_eq!(a["conv_rate"], 1.0, "{a}");
     driver.quit().await;
     s.stop().await;
 }
