@@ -224,7 +224,11 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         now,
     )?;
 
-    let visitors = Visitors::open(&store, config.conversions.beacons_per_minute)?;
+    let visitors = Visitors::open(
+        &store,
+        config.conversions.beacons_per_minute,
+        counters.timezone().clone(),
+    )?;
     let outbound = Outbound::open(&store, &config.outbound, clock.clone(), outbound_tls)?;
     // The day of the newest stored event was announced already (or is past).
     let engaged_day = store

@@ -491,19 +491,16 @@ pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next)
 impl Counting {
     /// Counts a visit's visitor once in its launch day, issuing a cookie to a new one.
     fn visited(&self, known: Option<Visitor>, secure: bool, now_ms: u64, res: &mut Response) {
-        let visitor = match known {
-            Some(v) => v,
-            None => {
-                let (v, value) = self.visitors.issue(now_ms);
-                res.headers_mut()
-                    .append(header::SET_COOKIE, Visitors::set_cookie(&value, secure));
-                v
+        match self.visitors.page_view(known, now_ms) {
+            Ok((first, cookie)) => {
+                if first {
+                    self.conversions.counters().record_unique_visitor();
+                }
+                if let Some(value) = cookie {
+                    res.headers_mut()
+                        .append(header::SET_COOKIE, Visitors::set_cookie(&value, secure));
+                }
             }
-        };
-        let day = crate::analytics::day_of(now_ms, self.conversions.timezone()).to_string();
-        match self.visitors.first(&day, Mark::Visited, &visitor) {
-            Ok(true) => self.conversions.counters().record_unique_visitor(),
-            Ok(false) => {}
             Err(e) => tracing::warn!("cannot record a visitor: {e}"),
         }
     }
@@ -711,7 +708,7 @@ async fn beacon_inner(state: &AppState, req: Request) -> Result<(), Refused> {
             ))
         }
     };
-    let day = crate::analytics::day_of(now, conv.timezone()).to_string();
+    let day = state.visitors.today(now).day;
     let store_error = |e: StoreError| {
         tracing::warn!("cannot record a conversion: {e}");
         (
@@ -735,7 +732,7 @@ async fn beacon_inner(state: &AppState, req: Request) -> Result<(), Refused> {
     // (a cookie from an earlier day converts without a page view today).
     if state
         .visitors
-        .first(&day, Mark::Visited, &visitor)
+        .first_today(&visitor, now)
         .map_err(store_error)?
     {
         counters.record_unique_visitor();

@@ -10,11 +10,16 @@
 //!   the visitor reached us over TLS, `Path=/`, for 400 days (the most browsers
 //!   keep). It is added after the cache (in `conversions::count_requests`), so cached
 //!   pages stay shared; the cache ignores `lg_*` cookies and never sends them on.
+//! - **Unique visitors**: a new visitor is counted when its cookie is issued, with no
+//!   write at all; a visitor whose cookie was issued that same launch day is not
+//!   counted again, also without a write. Only a visitor from an earlier day leaves a
+//!   mark, so a flood of cookie-less page views costs no storage, and marks grow only
+//!   with cookies this store signed (one each a day at most).
 //! - **Seen marks**, in the sled tree `visitors`: `day NUL tag NUL id` → empty, where
-//!   tag is `v` (visited that day), `c` (converted that day, any goal) or `g:<goal>`.
-//!   `first` sets a mark and says whether it was new, in one compare-and-swap, so two
-//!   racing requests never both count. Marks of days past `conversions.retention_days`
-//!   are swept with the metrics rows.
+//!   tag is `v` (a returning visitor counted that day), `c` (converted that day, any
+//!   goal) or `g:<goal>`. `first` sets a mark and says whether it was new, in one
+//!   compare-and-swap, so two racing requests never both count. Marks of days past
+//!   `conversions.retention_days` are swept with the metrics rows.
 //! - **The beacon budget**: a token bucket per client (an IPv6 client by its /64,
 //!   which one subscriber usually holds whole), `conversions.beacons_per_minute`
 //!   tokens a minute, as many in a burst.
@@ -34,6 +39,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
+use jiff::tz::TimeZone;
 use parking_lot::Mutex;
 use sha2::Sha256;
 
@@ -92,11 +98,27 @@ struct Inner {
     key: [u8; 32],
     marks: sled::Tree,
     budget: Budget,
+    tz: TimeZone,
+    /// The launch day last asked about, so most calls compare two numbers.
+    today: Mutex<Today>,
+}
+
+/// A launch day: its name and its two midnights in Unix ms.
+#[derive(Debug, Clone, Default)]
+pub struct Today {
+    pub day: Arc<str>,
+    pub start_ms: u64,
+    pub end_ms: u64,
 }
 
 impl Visitors {
-    /// Loads the cookie key from the store, making one at first start.
-    pub fn open(store: &Store, beacons_per_minute: u32) -> Result<Visitors, StoreError> {
+    /// Loads the cookie key from the store, making one at first start. Launch days are
+    /// midnight to midnight in `tz` (`conversions.timezone`).
+    pub fn open(
+        store: &Store,
+        beacons_per_minute: u32,
+        tz: TimeZone,
+    ) -> Result<Visitors, StoreError> {
         let meta = store.open_tree("meta")?;
         let mut fresh = [0u8; 33];
         fresh[0] = KEY_RECORD_VERSION;
@@ -133,6 +155,8 @@ impl Visitors {
                 key,
                 marks: store.open_tree("visitors")?,
                 budget: Budget::new(beacons_per_minute),
+                tz,
+                today: Mutex::new(Today::default()),
             }),
         })
     }
@@ -233,6 +257,48 @@ impl Visitors {
             "{COOKIE}={value}; Path=/; Max-Age={MAX_AGE_SECS}; HttpOnly; SameSite=Lax{secure}"
         ))
         .expect("the cookie is base64url, digits and dots")
+    }
+
+    /// The launch day `now_ms` falls in.
+    pub fn today(&self, now_ms: u64) -> Today {
+        let mut t = self.inner.today.lock();
+        if !(t.start_ms..t.end_ms).contains(&now_ms) {
+            let date = crate::analytics::day_of(now_ms, &self.inner.tz);
+            // A zone that cannot place midnight is already refused by config
+            // validation; a one-millisecond day is the harmless fallback.
+            let (start_ms, end_ms) =
+                crate::analytics::day_bounds(date, &self.inner.tz).unwrap_or((now_ms, now_ms + 1));
+            *t = Today {
+                day: date.to_string().into(),
+                start_ms,
+                end_ms,
+            };
+        }
+        t.clone()
+    }
+
+    /// A funnel page view by `known` (or, without one, by a new visitor): whether it
+    /// is the visitor's first of its launch day, and the cookie value to set for a new
+    /// visitor.
+    pub fn page_view(
+        &self,
+        known: Option<Visitor>,
+        now_ms: u64,
+    ) -> Result<(bool, Option<String>), StoreError> {
+        match known {
+            None => Ok((true, Some(self.issue(now_ms).1))),
+            Some(v) => Ok((self.first_today(&v, now_ms)?, None)),
+        }
+    }
+
+    /// Counts `visitor` among the visitors of `now_ms`'s launch day: true the first time.
+    /// A visitor whose cookie was issued that day was counted at its issue.
+    pub fn first_today(&self, visitor: &Visitor, now_ms: u64) -> Result<bool, StoreError> {
+        let today = self.today(now_ms);
+        if visitor.first_seen_secs.saturating_mul(1000) >= today.start_ms {
+            return Ok(false);
+        }
+        self.first(&today.day, Mark::Visited, visitor)
     }
 
     /// Sets `mark` for `visitor` on `day` (`YYYY-MM-DD`); true if it was not set yet.
@@ -354,7 +420,8 @@ mod tests {
     const NOW: u64 = 1_795_680_000_000;
 
     fn visitors(dir: &std::path::Path) -> Visitors {
-        Visitors::open(&Store::open(dir).unwrap(), 6).unwrap()
+        let tz = TimeZone::get("America/Los_Angeles").unwrap();
+        Visitors::open(&Store::open(dir).unwrap(), 6, tz).unwrap()
     }
 
     #[test]
@@ -443,6 +510,38 @@ mod tests {
         assert!(!v.first("2026-11-26", Mark::Goal("signup"), &a).unwrap());
         assert_eq!(v.sweep_before("2026-11-27").unwrap(), 5);
         assert!(!v.first("2026-11-27", Mark::Visited, &a).unwrap());
+    }
+
+    #[test]
+    fn a_visitor_counts_once_a_day_and_only_a_returning_one_leaves_a_mark() {
+        const HOUR: u64 = 3_600_000;
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path());
+        // NOW is midnight in Los Angeles: a new visitor at 01:00 counts, no mark.
+        let (new, cookie) = v.page_view(None, NOW + HOUR).unwrap();
+        assert!(new);
+        let visitor = v.verify(cookie.unwrap().as_bytes(), NOW + HOUR).unwrap();
+        assert_eq!(v.inner.marks.len(), 0, "a new visitor costs no write");
+        // Back the same day: not again, still no mark.
+        for h in [2, 12, 23] {
+            assert_eq!(
+                v.page_view(Some(visitor), NOW + h * HOUR).unwrap(),
+                (false, None)
+            );
+        }
+        assert_eq!(v.inner.marks.len(), 0);
+        // The next day: once, with a mark.
+        assert_eq!(
+            v.page_view(Some(visitor), NOW + 25 * HOUR).unwrap(),
+            (true, None)
+        );
+        assert_eq!(
+            v.page_view(Some(visitor), NOW + 30 * HOUR).unwrap(),
+            (false, None)
+        );
+        assert_eq!(v.inner.marks.len(), 1);
+        assert_eq!(&*v.today(NOW + 25 * HOUR).day, "2026-11-27");
+        assert_eq!(v.today(NOW + 25 * HOUR).start_ms, NOW + 24 * HOUR);
     }
 
     #[test]

@@ -80,6 +80,7 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
     let foreign = launchguard::visitor::Visitors::open(
         &launchguard::store::Store::open(elsewhere.path()).unwrap(),
         30,
+        jiff::tz::TimeZone::UTC,
     )
     .unwrap();
     let foreign_cookie = format!("lg_v={}", foreign.issue(T0).1);

@@ -193,7 +193,8 @@ async fn a_shed_request_is_not_a_visit() {
         .layer(axum::middleware::from_fn_with_state(
             conversions::Counting {
                 conversions: conv.clone(),
-                visitors: launchguard::visitor::Visitors::open(&store, 30).unwrap(),
+                visitors: launchguard::visitor::Visitors::open(&store, 30, conv.timezone().clone())
+                    .unwrap(),
                 clock: Clock::manual(T0),
             },
             conversions::count_requests,
