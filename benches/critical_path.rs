@@ -60,17 +60,19 @@ const PACE: Duration = Duration::from_micros(250);
 /// samples" warning for them is expected.
 const PACED_MEASUREMENT: Duration = Duration::from_millis(300);
 
-/// A Product Hunt style upvote of about 300 bytes, with a unique id.
+/// A Product Hunt style upvote of about 300 bytes, with a unique id, stamped now (the
+/// ingestor refuses a `created_at` outside `webhook.tolerance_secs` of its clock).
 fn body(id: &str) -> Vec<u8> {
     format!(
         concat!(
-            r#"{{"id":"{}","event_type":"upvote","created_at":"2026-11-25T08:01:00Z","#,
+            r#"{{"id":"{}","event_type":"upvote","created_at":"{}","#,
             r#""data":{{"post":{{"id":"tidepool","name":"Tidepool","#,
             r#""tagline":"Tide tables for people who surf before work"}},"#,
             r#""user":{{"id":"u-81723","username":"early-riser","#,
             r#""headline":"Maker of small tools"}},"vote":{{"weight":1,"source":"web"}}}}}}"#
         ),
-        id
+        id,
+        payload::created_at(Clock::system().now_ms())
     )
     .into_bytes()
 }

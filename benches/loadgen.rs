@@ -156,15 +156,23 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
 
 /// A Product Hunt style event of about 300 bytes.
 fn body(id: &str, event_type: &str) -> Bytes {
+    // Stamped as it is sent: launchguard refuses a Product Hunt-signed body whose
+    // created_at is not within webhook.tolerance_secs of its clock.
+    let created_at = launchguard::webhook::payload::created_at(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    );
     Bytes::from(format!(
         concat!(
-            r#"{{"id":"{}","event_type":"{}","created_at":"2026-11-25T08:01:00Z","#,
+            r#"{{"id":"{}","event_type":"{}","created_at":"{}","#,
             r#""data":{{"post":{{"id":"tidepool","name":"Tidepool","#,
             r#""tagline":"Tide tables for people who surf before work"}},"#,
             r#""user":{{"id":"u-81723","username":"early-riser","#,
             r#""headline":"Maker of small tools"}},"vote":{{"weight":1,"source":"web"}}}}}}"#
         ),
-        id, event_type
+        id, event_type, created_at
     ))
 }
 

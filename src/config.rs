@@ -290,9 +290,12 @@ pub struct WebhookConfig {
     pub durability: Durability,
     /// Largest accepted body in bytes; more gets 413. Default 65536.
     pub max_body_bytes: usize,
-    /// Standard Webhooks timestamp tolerance, seconds either way. Default 300.
+    /// How far a signed time (Standard Webhooks `webhook-timestamp`, the body's
+    /// `created_at` under `X-ProductHunt-Signature`) may be from the clock, seconds
+    /// either way. Default 300.
     pub tolerance_secs: u64,
-    /// How long an event id is remembered for replay detection, seconds. Default 86400.
+    /// How long an event id is remembered for replay detection, seconds; more than
+    /// twice `tolerance_secs`. Default 86400.
     pub dedup_ttl_secs: u64,
     /// Slots in the lock-free ring between ingestion and the pump. Default 65536.
     pub ring_capacity: usize,
@@ -470,6 +473,20 @@ impl Config {
         positive("webhook.tolerance_secs", w.tolerance_secs)?;
         positive("webhook.retention_days", u64::from(w.retention_days))?;
         positive("webhook.dedup_ttl_secs", w.dedup_ttl_secs)?;
+        // A signed time is accepted up to tolerance_secs either side of the clock, so
+        // one signed request can arrive twice up to 2 × tolerance apart: its id must be
+        // remembered longer than that for the replay to be a duplicate, not a new event.
+        if w.dedup_ttl_secs <= w.tolerance_secs.saturating_mul(2) {
+            return Err(ConfigError::invalid(
+                "webhook.dedup_ttl_secs",
+                format!(
+                    "must be more than twice webhook.tolerance_secs ({} s), got {}: a signed \
+                     timestamp is accepted up to that far either side of the clock, and a \
+                     replay inside that span is refused only while its id is remembered",
+                    w.tolerance_secs, w.dedup_ttl_secs
+                ),
+            ));
+        }
         if !(16..=1 << 24).contains(&w.ring_capacity) {
             return Err(ConfigError::invalid(
                 "webhook.ring_capacity",
@@ -1031,6 +1048,19 @@ mod tests {
         let e = err("[webhook]\ntolerance_secs = \"5m\"\n");
         assert!(e.starts_with("webhook.tolerance_secs:"), "{e}");
         assert!(e.contains("5m"), "{e}");
+    }
+
+    #[test]
+    fn the_dedup_ttl_must_be_more_than_twice_the_tolerance() {
+        let e = err("[webhook]\ndedup_ttl_secs = 600\n");
+        assert!(e.starts_with("webhook.dedup_ttl_secs:"), "{e}");
+        assert!(
+            e.contains("twice webhook.tolerance_secs (300 s), got 600"),
+            "{e}"
+        );
+        let e = err("[webhook]\ntolerance_secs = 50000\n");
+        assert!(e.starts_with("webhook.dedup_ttl_secs:"), "{e}");
+        assert!(Config::parse("[webhook]\ndedup_ttl_secs = 601\n").is_ok());
     }
 
     #[test]

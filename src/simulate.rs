@@ -17,6 +17,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::clock::Clock;
 use crate::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
 /// One minute of a curve.
@@ -158,8 +159,11 @@ pub async fn play(
         for (j, kind) in kinds.iter().enumerate() {
             tokio::time::sleep_until(begins + step.mul_f64(j as f64)).await;
             n += 1;
+            // Stamped as it is sent: launchguard refuses a Product Hunt-signed body
+            // whose created_at is not within webhook.tolerance_secs of its clock.
+            let created_at = crate::webhook::payload::created_at(Clock::system().now_ms());
             let body = format!(
-                r#"{{"id":"sim-{run_id}-{n}","event_type":"{kind}","data":{{"simulated":true,"minute":{}}}}}"#,
+                r#"{{"id":"sim-{run_id}-{n}","event_type":"{kind}","created_at":"{created_at}","data":{{"simulated":true,"minute":{}}}}}"#,
                 m.minute
             );
             let sig = sign_producthunt(key, body.as_bytes());

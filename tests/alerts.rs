@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 use support::receiver::Receiver;
-use support::{event, TestServer, SECRET};
+use support::{TestServer, SECRET};
 
 const START_MS: u64 = 1_790_000_000_000;
 
@@ -103,19 +103,25 @@ async fn the_first_event_of_the_launch_day_is_announced_once_even_across_a_resta
         c.alerts.slack_webhook_urls = vec![url.clone()];
     };
     let server = TestServer::start(dir.path(), clock.clone(), tweak).await;
-    let r = server.webhook(&event("first-1", "upvote"), SECRET).await;
+    let r = server
+        .webhook(&server.event("first-1", "upvote"), SECRET)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     evaluate(&server).await;
     receiver.wait_for(1).await;
     assert!(texts(&receiver)[0].contains("First engagement of launch day"));
-    let r = server.webhook(&event("first-2", "comment"), SECRET).await;
+    let r = server
+        .webhook(&server.event("first-2", "comment"), SECRET)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     evaluate(&server).await;
     assert!(server.state().outbound.pending().unwrap().is_empty());
     server.stop().await;
 
     let server = TestServer::start(dir.path(), clock.clone(), tweak).await;
-    let r = server.webhook(&event("first-3", "upvote"), SECRET).await;
+    let r = server
+        .webhook(&server.event("first-3", "upvote"), SECRET)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     evaluate(&server).await;
     assert!(server.state().outbound.pending().unwrap().is_empty());

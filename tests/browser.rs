@@ -35,7 +35,7 @@ async fn dashboard_charts_update_live_in_a_real_browser() {
     for _ in 0..20 {
         s.client.get(&s.url("/launch/")).await;
     }
-    let r = s.webhook(&event("evt-browser-1", "upvote"), SECRET).await;
+    let r = s.webhook(&s.event("evt-browser-1", "upvote"), SECRET).await;
     assert_eq!(r.status.as_u16(), 202, "{}", r.text());
     driver
         .until(

@@ -199,7 +199,7 @@ async fn a_request_split_across_writes_is_served_whether_parked_or_not() {
 
     // A webhook whose body comes in a second write after a pause.
     until("parked again", &conns, |c| c.parked() == 1).await;
-    let body = support::event("split-1", "upvote");
+    let body = srv.event("split-1", "upvote");
     let sig = launchguard::webhook::signature::sign_producthunt(
         &launchguard::webhook::signature::Key::parse(support::SECRET).unwrap(),
         &body,

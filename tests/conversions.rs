@@ -550,9 +550,9 @@ async fn a_flush_writes_one_batch_with_every_counter_and_feeds_prometheus() {
     };
     let before = probe(&scrape(&s).await);
 
-    let r = s.webhook(&event("evt-c1", "upvote"), SECRET).await;
+    let r = s.webhook(&s.event("evt-c1", "upvote"), SECRET).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let r = s.webhook(&event("evt-c1", "upvote"), SECRET).await;
+    let r = s.webhook(&s.event("evt-c1", "upvote"), SECRET).await;
     assert_eq!(
         r.status,
         StatusCode::OK,
@@ -710,7 +710,7 @@ async fn retention_sweeps_payloads_then_rows_and_keeps_daily_totals() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);
     let s = start(dir.path(), clock.clone(), |_| {}).await;
-    let r = s.webhook(&event("evt-old", "upvote"), SECRET).await;
+    let r = s.webhook(&s.event("evt-old", "upvote"), SECRET).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.client.get(&s.url("/launch/")).await;
     clock.advance_ms(5000);

@@ -108,7 +108,7 @@ async fn the_live_feed_streams_samples_with_new_events() {
     // The first sample may predate the requests above (it is the newest one when the
     // stream opens); later ones count them.
     let got = samples(&s.admin_url("/api/live"), None, 4, async || {
-        let r = s.webhook(&event("evt-live-1", "upvote"), SECRET).await;
+        let r = s.webhook(&s.event("evt-live-1", "upvote"), SECRET).await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     })
     .await;

@@ -10,7 +10,7 @@ use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 use support::edge::{edge, get, metric, x_cache, T0};
 use support::origin::TestOrigin;
-use support::{event, TestServer};
+use support::TestServer;
 
 async fn pin(s: &TestServer, factor: f64) {
     s.pin(factor, 86400).await;
@@ -269,7 +269,9 @@ async fn shedding_spares_critical_paths() {
         let r = get(&s, path, &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{path} is critical");
     }
-    let r = s.webhook(&event("shed-1", "upvote"), support::SECRET).await;
+    let r = s
+        .webhook(&s.event("shed-1", "upvote"), support::SECRET)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let after = metric(
         &s,
@@ -555,12 +557,12 @@ async fn purge_warm_and_event_driven_purge() {
     assert_eq!(x_cache(&get(&s, "/pricing", &[]).await), "HIT");
 
     // A maker comment purges /launch/ (cache.purge_on default); an upvote does not.
-    let r = s.webhook(&event("up-1", "upvote"), support::SECRET).await;
+    let r = s.webhook(&s.event("up-1", "upvote"), support::SECRET).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.pumped().await;
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
     let r = s
-        .webhook(&event("mc-1", "maker_comment"), support::SECRET)
+        .webhook(&s.event("mc-1", "maker_comment"), support::SECRET)
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.pumped().await;

@@ -23,7 +23,9 @@ enum Sig {
     },
 }
 
-fn body() -> impl Strategy<Value = Vec<u8>> {
+/// Random bodies; the well-formed ones carry no `created_at`, an impossible one, or
+/// one up to 400 s either side of `now_ms` (the tolerance is 300 s).
+fn body(now_ms: u64) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..512),
         // JSON-shaped text with the envelope's field names in random places.
@@ -49,14 +51,23 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         )
         .prop_map(|parts| parts.concat().into_bytes()),
         // Well-formed envelopes with odd values.
-        ("[^\"\\\\]{0,300}", "[a-z_]{0,70}", any::<bool>()).prop_map(|(id, kind, with_date)| {
-            let date = if with_date {
-                r#","created_at":"2026-02-30T25:00:00Z""#
-            } else {
-                ""
-            };
-            format!(r#"{{"id":"{id}","event_type":"{kind}"{date},"data":{{}}}}"#).into_bytes()
-        }),
+        (
+            "[^\"\\\\]{0,300}",
+            "[a-z_]{0,70}",
+            prop_oneof![
+                Just(String::new()),
+                Just(r#","created_at":"2026-02-30T25:00:00Z""#.to_string()),
+                (-400i64..400).prop_map(move |offset_secs| format!(
+                    r#","created_at":"{}""#,
+                    launchguard::webhook::payload::created_at(
+                        now_ms.saturating_add_signed(offset_secs * 1000)
+                    )
+                )),
+            ]
+        )
+            .prop_map(|(id, kind, date)| {
+                format!(r#"{{"id":"{id}","event_type":"{kind}"{date},"data":{{}}}}"#).into_bytes()
+            }),
     ]
 }
 
@@ -93,7 +104,7 @@ fn random_bodies_and_headers_get_2xx_or_4xx_and_leave_no_partial_state() {
     });
     runner
         .run(
-            &(body(), sig(), any::<bool>()),
+            &(body(now_ms), sig(), any::<bool>()),
             |(body, sig, chunked_ct)| {
                 let key = Key::parse(SECRET).unwrap();
                 let mut headers: Vec<(String, String)> = Vec::new();
@@ -152,6 +163,14 @@ fn random_bodies_and_headers_get_2xx_or_4xx_and_leave_no_partial_state() {
                         .event(seq)
                         .unwrap()
                         .expect("an accepted event is stored");
+                    if matches!(sig, Sig::Valid) {
+                        // Product Hunt-signed: accepted only with a created_at in tolerance.
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let at: jiff::Timestamp =
+                            v["created_at"].as_str().unwrap().parse().unwrap();
+                        let skew_ms = at.as_millisecond() - now_ms as i64;
+                        prop_assert!(skew_ms.abs() <= 300_000, "accepted {skew_ms} ms off");
+                    }
                     prop_assert_eq!(stored.payload, body);
                 } else if code >= 400 {
                     prop_assert!(

@@ -31,9 +31,9 @@ async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
         s.client.get(&s.url("/no-such-page")).await.status,
         StatusCode::NOT_FOUND
     );
-    let bad = s.webhook(&event("evt-m", "upvote"), "wrong-secret").await;
+    let bad = s.webhook(&s.event("evt-m", "upvote"), "wrong-secret").await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
-    let good = s.webhook(&event("evt-m", "upvote"), SECRET).await;
+    let good = s.webhook(&s.event("evt-m", "upvote"), SECRET).await;
     assert_eq!(good.status, StatusCode::ACCEPTED);
     // A conversion, and a beacon that does not count (no visitor cookie).
     for (cookie, status) in [

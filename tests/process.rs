@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
+use launchguard::clock::Clock;
 use launchguard::webhook::signature::{sign_producthunt, Key};
 use support::binary::{self, write_config, Proc, BIN};
-use support::{event, Client};
+use support::{event_at, Client};
 
 const SECRET: &str = "process-test-secret";
 
@@ -26,7 +27,7 @@ fn spawn(dir: &Path, durability: &str) -> Proc {
 }
 
 fn signed(id: &str) -> (Vec<u8>, String) {
-    let body = event(id, "upvote");
+    let body = event_at(id, "upvote", Clock::system().now_ms());
     let sig = sign_producthunt(&Key::parse(SECRET).unwrap(), &body);
     (body, sig)
 }

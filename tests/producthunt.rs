@@ -21,7 +21,7 @@ use launchguard::clock::Clock;
 use launchguard::config::Config;
 use launchguard::store::Store;
 use parking_lot::Mutex;
-use support::{event, TestServer, SECRET};
+use support::{TestServer, SECRET};
 
 const START_MS: u64 = 1_790_000_000_000;
 const WINDOW_MS: u64 = 900_000;
@@ -264,7 +264,10 @@ async fn replays_after_a_restart_and_overlapping_webhooks_are_not_counted_twice(
 
     // A relay sends the 6th vote as a webhook with the same deterministic id first.
     let r = server
-        .webhook(&event("producthunt:tidepool:upvote:6", "upvote"), SECRET)
+        .webhook(
+            &server.event("producthunt:tidepool:upvote:6", "upvote"),
+            SECRET,
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     api.state.votes.store(6, Ordering::SeqCst);

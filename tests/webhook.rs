@@ -37,7 +37,7 @@ async fn wait_for_factor(s: &TestServer, want: &str) {
 async fn accepted_then_duplicate_and_not_counted_again() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
-    let body = event("evt-1", "upvote");
+    let body = s.event("evt-1", "upvote");
     let r = s.webhook(&body, SECRET).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     assert_eq!(
@@ -65,7 +65,7 @@ async fn accepted_then_duplicate_and_not_counted_again() {
 async fn bad_signatures_get_401_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
-    let body = event("evt-x", "upvote");
+    let body = s.event("evt-x", "upvote");
     let url = s.url("/webhooks/producthunt");
 
     let missing = s.client.send(Method::POST, &url, &[], body.clone()).await;
@@ -119,7 +119,8 @@ async fn bad_signatures_get_401_and_store_nothing() {
 async fn signature_is_over_raw_bytes_whatever_their_layout() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
-    let odd = b"\n  {\"data\" :{ \"b\":2,\"a\" : 1},\t\"event_type\"   : \"comment\" ,\r\n \"id\":\"evt-odd\" }  \n";
+    // created_at is T0, the server's clock.
+    let odd = b"\n  {\"data\" :{ \"b\":2,\"a\" : 1},\t\"event_type\"   : \"comment\" ,\r\n \"id\":\"evt-odd\",\"created_at\":\"2026-11-26T08:00:00Z\" }  \n";
     let r = s.webhook(odd, SECRET).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     let stored = s.state().store.event(1).unwrap().unwrap();
@@ -145,6 +146,12 @@ async fn invalid_payloads_get_400_naming_the_field() {
         (br#"{"id":"a"}"#, "event_type"),
         (
             br#"{"id":"a","event_type":"upvote","created_at":"tuesday"}"#,
+            "created_at",
+        ),
+        // X-ProductHunt-Signature signs no time but the body's: it must be there.
+        (br#"{"id":"a","event_type":"upvote"}"#, "created_at"),
+        (
+            br#"{"id":"a","event_type":"upvote","created_at":null}"#,
             "created_at",
         ),
     ];
@@ -225,11 +232,13 @@ async fn rotation_accepts_every_configured_secret() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
     assert_eq!(
-        s.webhook(&event("r-1", "upvote"), SECRET).await.status,
+        s.webhook(&s.event("r-1", "upvote"), SECRET).await.status,
         StatusCode::ACCEPTED
     );
     assert_eq!(
-        s.webhook(&event("r-2", "upvote"), OLD_SECRET).await.status,
+        s.webhook(&s.event("r-2", "upvote"), OLD_SECRET)
+            .await
+            .status,
         StatusCode::ACCEPTED
     );
     s.stop().await;
@@ -240,11 +249,13 @@ async fn rotation_accepts_every_configured_secret() {
     })
     .await;
     assert_eq!(
-        s.webhook(&event("r-3", "upvote"), OLD_SECRET).await.status,
+        s.webhook(&s.event("r-3", "upvote"), OLD_SECRET)
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        s.webhook(&event("r-4", "upvote"), SECRET).await.status,
+        s.webhook(&s.event("r-4", "upvote"), SECRET).await.status,
         StatusCode::ACCEPTED
     );
     s.stop().await;
@@ -275,7 +286,8 @@ async fn standard_webhooks_scheme_with_timestamp_tolerance() {
     // Expired timestamp: refused, with the skew in the message.
     let r = s.std_webhook("msg_2", now - 301, body, whsec).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(r.text().contains("301 s away"), "{}", r.text());
+    assert!(r.text().contains("301 s behind"), "{}", r.text());
+    assert_eq!(r.json()["field"], "webhook-timestamp");
     let r = s.std_webhook("msg_3", now + 301, body, whsec).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
@@ -325,27 +337,101 @@ async fn standard_webhooks_scheme_with_timestamp_tolerance() {
 }
 
 #[tokio::test]
-async fn dedup_survives_a_restart_and_expires_after_its_ttl() {
+async fn dedup_survives_a_restart_and_a_replay_past_its_ttl_is_refused_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);
     let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
+    // One captured request: these bytes and their signature, sent again and again.
+    let captured = s.event("d-1", "upvote");
     assert_eq!(
-        s.webhook(&event("d-1", "upvote"), SECRET).await.status,
+        s.webhook(&captured, SECRET).await.status,
         StatusCode::ACCEPTED
     );
     s.stop().await;
 
     let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
-    let r = s.webhook(&event("d-1", "upvote"), SECRET).await;
+    let r = s.webhook(&captured, SECRET).await;
     assert_eq!(r.json()["status"], "duplicate");
-    let r = s.webhook(&event("d-2", "upvote"), SECRET).await;
+    let r = s.webhook(&s.event("d-2", "upvote"), SECRET).await;
     assert_eq!(r.json()["seq"], 2, "seqs continue after a restart");
 
-    // Past the 24 h TTL the id is new again.
-    clock.advance_ms(86_400_000);
-    let r = s.webhook(&event("d-1", "upvote"), SECRET).await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert_eq!(r.json()["seq"], 3);
+    // Past the 24 h TTL the id is forgotten, but the signed created_at is a day old:
+    // the replay is refused, and nothing is stored or counted.
+    clock.advance_ms(86_400_000 + 1000);
+    let r = s.webhook(&captured, SECRET).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert_eq!(r.json()["field"], "created_at");
+    assert!(r.text().contains("86401 s behind"), "{}", r.text());
+    assert_eq!(s.state().store.next_seq(), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn signed_times_are_accepted_up_to_the_tolerance_and_refused_one_second_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let whsec = "whsec_c3RhbmRhcmQtd2ViaG9va3Mta2V5LWJ5dGVz";
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |c| {
+        c.webhook.secrets.push(whsec.into());
+    })
+    .await;
+    let now = T0 / 1000;
+    let mut seq = 0;
+    for (n, offset_secs) in [-300i64, 300, -301, 301].into_iter().enumerate() {
+        let in_tolerance = offset_secs.abs() <= 300;
+        // X-ProductHunt-Signature: the body's created_at.
+        let at_ms = T0.saturating_add_signed(offset_secs * 1000);
+        let r = s
+            .webhook(&event_at(&format!("edge-{n}"), "upvote", at_ms), SECRET)
+            .await;
+        // Standard Webhooks: webhook-timestamp.
+        let ts = now.saturating_add_signed(offset_secs);
+        let body = br#"{"type":"upvote","data":{}}"#;
+        let std = s
+            .std_webhook(&format!("msg-edge-{n}"), ts, body, whsec)
+            .await;
+        for (r, field) in [(&r, "created_at"), (&std, "webhook-timestamp")] {
+            if in_tolerance {
+                seq += 1;
+                assert_eq!(
+                    r.status,
+                    StatusCode::ACCEPTED,
+                    "{offset_secs}: {}",
+                    r.text()
+                );
+                assert_eq!(r.json()["seq"], seq);
+            } else {
+                assert_eq!(
+                    r.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{offset_secs}: {}",
+                    r.text()
+                );
+                assert_eq!(r.json()["error"], "bad_signature");
+                assert_eq!(r.json()["field"], field);
+                let side = if offset_secs < 0 {
+                    "behind"
+                } else {
+                    "ahead of"
+                };
+                assert!(
+                    r.text().contains(&format!("{field} is 301 s {side}")),
+                    "{}",
+                    r.text()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        s.state().store.next_seq(),
+        5,
+        "four accepted, nothing else stored"
+    );
+
+    // A replay inside the tolerance is a duplicate: the id is remembered.
+    let r = s
+        .webhook(&event_at("edge-0", "upvote", T0 - 300_000), SECRET)
+        .await;
+    assert_eq!(r.json()["status"], "duplicate");
     s.stop().await;
 }
 
@@ -355,7 +441,9 @@ async fn factor_rises_with_events_and_decays_to_one_when_they_stop() {
     let clock = Clock::manual(T0);
     let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
     for i in 0..30 {
-        let r = s.webhook(&event(&format!("f-{i}"), "upvote"), SECRET).await;
+        let r = s
+            .webhook(&s.event(&format!("f-{i}"), "upvote"), SECRET)
+            .await;
         assert_eq!(r.status, StatusCode::ACCEPTED);
     }
     // 30 × 1.2 = 36 in 60 s → 1 + 0.4 × 0.6 = 1.24.
@@ -380,7 +468,8 @@ async fn operator_pin_overrides_and_survives_restart() {
     let clock = Clock::manual(T0);
     let s = TestServer::start(dir.path(), clock.clone(), |_| {}).await;
     for i in 0..30 {
-        s.webhook(&event(&format!("p-{i}"), "upvote"), SECRET).await;
+        s.webhook(&s.event(&format!("p-{i}"), "upvote"), SECRET)
+            .await;
     }
     wait_for_factor(&s, "1.24").await;
     let url = s.admin_url("/admin/factor");
@@ -466,7 +555,7 @@ async fn every_public_answer_carries_the_factor_and_the_site_is_served() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     let wrong_method = s.client.get(&s.url("/webhooks/producthunt")).await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
-    let unauthorized = s.webhook(&event("h", "upvote"), "nope").await;
+    let unauthorized = s.webhook(&s.event("h", "upvote"), "nope").await;
     for r in [&home, &launch, &missing, &wrong_method, &unauthorized] {
         assert_eq!(
             r.header("x-edge-scale-factor"),
@@ -490,8 +579,8 @@ async fn admin_health_readiness_metrics_and_events() {
     assert_eq!(ready.json()["status"], "ready");
 
     let accepted_before = metric(&s, "launchguard_webhooks_total{result=\"accepted\"}").await;
-    s.webhook(&event("m-1", "upvote"), SECRET).await;
-    s.webhook(&event("m-2", "comment"), SECRET).await;
+    s.webhook(&s.event("m-1", "upvote"), SECRET).await;
+    s.webhook(&s.event("m-2", "comment"), SECRET).await;
     let text = s.client.get(&s.admin_url("/metrics")).await.text();
     for name in [
         "launchguard_webhooks_total",

@@ -114,7 +114,8 @@ export function webhook() {
     const kinds = ['upvote', 'upvote', 'upvote', 'comment', 'maker_comment'];
     const kind = kinds[Math.floor(Math.random() * kinds.length)];
     const id = `k6-${__VU}-${__ITER}-${Date.now()}`;
-    const body = JSON.stringify({ id, event_type: kind, data: { post: 'launch' } });
+    // created_at is the signed time launchguard checks against webhook.tolerance_secs.
+    const body = JSON.stringify({ id, event_type: kind, created_at: new Date().toISOString(), data: { post: 'launch' } });
     const sig = 'sha256=' + crypto.hmac('sha256', SECRET, body, 'hex');
     const res = http.post(BASE + WEBHOOK_PATH, body, {
         headers: { 'Content-Type': 'application/json', 'X-ProductHunt-Signature': sig },

@@ -38,13 +38,16 @@ data_dir = "$SCRATCH/state"
 secrets = ["$SECRET"]
 TOML
 
-# Signed webhooks, one unique id each: "sig<TAB>body" lines.
+# Signed webhooks, one unique id each: "sig<TAB>body" lines. Each carries the
+# created_at of now, which launchguard accepts for webhook.tolerance_secs (300 s):
+# runs longer than about four minutes would see their last webhooks refused (401).
 python3 - "$SECRET" > "$SCRATCH/webhooks.tsv" <<'PY'
-import hashlib, hmac, json, sys
+import hashlib, hmac, json, sys, time
 key = sys.argv[1].encode()
 kinds = ["upvote", "upvote", "upvote", "comment", "maker_comment"]
+created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 for i in range(20000):
-    body = json.dumps({"id": f"wrk-{i}", "event_type": kinds[i % 5], "data": {"post": "launch"}}, separators=(",", ":"))
+    body = json.dumps({"id": f"wrk-{i}", "event_type": kinds[i % 5], "created_at": created_at, "data": {"post": "launch"}}, separators=(",", ":"))
     sig = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
     print(f"sha256={sig}\t{body}")
 PY

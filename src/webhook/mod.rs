@@ -3,8 +3,13 @@
 //! Life of a webhook:
 //! 1. the body is read as raw bytes, at most `webhook.max_body_bytes` (413 past it) and
 //!    within `server.body_timeout_ms` (408 for a slow sender);
-//! 2. the signature is checked over those exact bytes (401 when missing or wrong);
-//! 3. the envelope is validated (400 naming the field);
+//! 2. the signature is checked over those exact bytes (401 when missing or wrong, or
+//!    when a Standard Webhooks `webhook-timestamp` is outside `webhook.tolerance_secs`);
+//! 3. the envelope is validated (400 naming the field); an `X-ProductHunt-Signature`
+//!    event must carry `created_at` (400 naming it when missing), within
+//!    `webhook.tolerance_secs` of the clock (else 401, like a stale `webhook-timestamp`):
+//!    that signed time is what stops a captured body from being replayed once its id
+//!    has left the dedup index;
 //! 4. the id is checked against the dedup index and the event appended in memory
 //!    (`Store::append`); a known id within the dedup TTL is a duplicate and nothing
 //!    is written;
@@ -92,6 +97,9 @@ impl Ingestor {
         let (scheme, header_id) = self.verify(headers, body, now_ms)?;
         let envelope = payload::parse(body, header_id)
             .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()).field(e.field))?;
+        if scheme == Scheme::ProductHunt {
+            self.check_created_at(envelope.created_at, now_ms)?;
+        }
         let weight_milli = self
             .weights
             .get(envelope.event_type.as_str())
@@ -152,6 +160,33 @@ impl Ingestor {
         }
     }
 
+    /// The Product Hunt scheme signs only the body, so the body's `created_at` is its
+    /// signed time: required, and within `tolerance_secs` of `now_ms` either way.
+    fn check_created_at(
+        &self,
+        created_at: Option<jiff::Timestamp>,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        let created_at = created_at.ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_payload",
+                format!(
+                    "created_at: missing; an event signed with X-ProductHunt-Signature must carry \
+                     the RFC 3339 time it was sent (e.g. \"2026-11-25T08:01:00Z\"), within \
+                     webhook.tolerance_secs ({} s) of this server's clock, so that a captured \
+                     body cannot be replayed",
+                    self.tolerance_secs
+                ),
+            )
+            .field("created_at")
+        })?;
+        signature::check_created_at(created_at.as_millisecond(), now_ms, self.tolerance_secs)
+            .map_err(|e| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
+                    .field("created_at")
+            })
+    }
+
     /// Picks the scheme from the headers present and verifies it. Returns the scheme
     /// and, for Standard Webhooks, the `webhook-id` to dedup on.
     fn verify<'h>(
@@ -161,7 +196,15 @@ impl Ingestor {
         now_ms: u64,
     ) -> Result<(Scheme, Option<&'h str>), ApiError> {
         let unauthorized = |e: SignatureError| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
+            let stale = match &e {
+                SignatureError::Stale { what, .. } => Some(*what),
+                _ => None,
+            };
+            let error = ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
+            match stale {
+                Some(what) => error.field(what),
+                None => error,
+            }
         };
         if let Some(sigs) = headers.get(signature::STD_SIGNATURE_HEADER) {
             let id = headers

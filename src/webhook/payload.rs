@@ -1,6 +1,8 @@
 //! Webhook payload validation: `{"id": str, "event_type": str, "data": any,
 //! "created_at"?: RFC 3339}`. Standard Webhooks senders may name the kind `type`
-//! and carry the id in the `webhook-id` header instead.
+//! and carry the id in the `webhook-id` header instead. `created_at` is optional here;
+//! the ingestor requires it of `X-ProductHunt-Signature` events, whose only signed time
+//! it is (`signature::check_created_at`).
 //!
 //! Only the envelope is decoded; `data` is checked for syntax and kept as raw bytes
 //! by the caller, so a large `data` costs one pass and no allocation per node.
@@ -33,6 +35,8 @@ fn bad(field: &'static str, problem: impl Into<String>) -> PayloadError {
 pub struct Envelope {
     pub id: String,
     pub event_type: String,
+    /// `created_at`, when present and not null.
+    pub created_at: Option<jiff::Timestamp>,
 }
 
 #[derive(Deserialize)]
@@ -102,28 +106,35 @@ pub fn parse(body: &[u8], header_id: Option<&str>) -> Result<Envelope, PayloadEr
         }
     };
 
-    if let Some(v) = &raw.created_at {
-        match v {
-            serde_json::Value::Null => {}
-            serde_json::Value::String(s) => {
-                s.parse::<jiff::Timestamp>().map_err(|_| {
-                    bad(
-                        "created_at",
-                        format!(
-                            "expected an RFC 3339 time such as \"2026-11-25T08:01:00Z\", got {s:?}"
-                        ),
-                    )
-                })?;
-            }
-            other => {
-                return Err(bad(
-                    "created_at",
-                    format!("expected an RFC 3339 string, got {}", kind_of(other)),
-                ))
-            }
+    let created_at = match &raw.created_at {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.parse::<jiff::Timestamp>().map_err(|_| {
+            bad(
+                "created_at",
+                format!("expected an RFC 3339 time such as \"2026-11-25T08:01:00Z\", got {s:?}"),
+            )
+        })?),
+        Some(other) => {
+            return Err(bad(
+                "created_at",
+                format!("expected an RFC 3339 string, got {}", kind_of(other)),
+            ))
         }
-    }
-    Ok(Envelope { id, event_type })
+    };
+    Ok(Envelope {
+        id,
+        event_type,
+        created_at,
+    })
+}
+
+/// The `created_at` a sender stamps on an event sent at `now_ms`: RFC 3339 in UTC, in
+/// whole seconds (`2026-11-25T08:01:00Z`).
+pub fn created_at(now_ms: u64) -> String {
+    let secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::MAX)
+        .to_string()
 }
 
 fn string_field(
@@ -189,7 +200,8 @@ mod tests {
             e,
             Envelope {
                 id: "evt-1".into(),
-                event_type: "upvote".into()
+                event_type: "upvote".into(),
+                created_at: Some("2026-11-25T08:00:00Z".parse().unwrap()),
             }
         );
     }
@@ -218,13 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn created_at_is_stamped_in_whole_seconds_and_reads_back() {
+        let stamp = created_at(1_795_680_000_999);
+        assert_eq!(stamp, "2026-11-26T08:00:00Z");
+        let body = format!(r#"{{"id":"a","event_type":"x","created_at":"{stamp}"}}"#);
+        let e = parse(body.as_bytes(), None).unwrap();
+        assert_eq!(e.created_at.unwrap().as_millisecond(), 1_795_680_000_000);
+        let e = parse(br#"{"id":"a","event_type":"x","created_at":null}"#, None).unwrap();
+        assert_eq!(e.created_at, None);
+        assert_eq!(
+            field_of(r#"{"id":"a","event_type":"x","created_at":17956800}"#),
+            "created_at"
+        );
+    }
+
+    #[test]
     fn standard_webhooks_id_comes_from_the_header_and_type_is_allowed() {
         let e = parse(br#"{"type":"comment","data":{}}"#, Some("msg_1")).unwrap();
         assert_eq!(
             e,
             Envelope {
                 id: "msg_1".into(),
-                event_type: "comment".into()
+                event_type: "comment".into(),
+                created_at: None,
             }
         );
         // `type` alone is not enough without the Standard Webhooks headers.

@@ -1,9 +1,15 @@
 //! The two signature schemes, verified over the raw body bytes.
 //!
 //! - Product Hunt style: `X-ProductHunt-Signature: sha256=<lowercase hex HMAC-SHA256(key, body)>`.
+//!   The header carries no time, so the signed body must: its `created_at` has to be
+//!   within the tolerance of now (`check_created_at`, called once the body is parsed).
 //! - Standard Webhooks (Svix-style): `webhook-signature: v1,<base64>` (several, space
 //!   separated) over `"{webhook-id}.{webhook-timestamp}.{body}"`, with the timestamp
 //!   within a tolerance of now.
+//!
+//! Either way a captured request stops being accepted `tolerance_secs` after its signed
+//! time, and the dedup TTL (more than twice the tolerance, `config.rs`) outlasts every
+//! moment at which it could still be: a replay is a duplicate or refused, never counted.
 //!
 //! Every configured key is tried (rotation). Comparison is `Mac::verify_slice`, which is
 //! constant time and rejects wrong lengths; hex or base64 strings are never compared.
@@ -33,8 +39,18 @@ pub enum SignatureError {
     },
     #[error("signature does not match the body under any configured secret; sign the exact bytes you send, with the current secret")]
     Mismatch,
-    #[error("webhook-timestamp is {skew_secs} s away from this server's clock, more than the {tolerance_secs} s allowed; send a fresh timestamp (and check the sender's clock)")]
-    Stale { skew_secs: i64, tolerance_secs: u64 },
+    #[error(
+        "{what} is {} s {} this server's clock, more than the {tolerance_secs} s webhook.tolerance_secs allows, so it is refused as a possible replay; sign and send a fresh timestamp (and check the sender's clock)",
+        .skew_secs.unsigned_abs(),
+        if *.skew_secs < 0 { "behind" } else { "ahead of" }
+    )]
+    Stale {
+        /// The signed time that is out of range: `webhook-timestamp` or `created_at`.
+        what: &'static str,
+        /// Signed time minus now, seconds (rounded away from zero).
+        skew_secs: i64,
+        tolerance_secs: u64,
+    },
 }
 
 /// A signing secret turned into HMAC key bytes.
@@ -155,6 +171,7 @@ impl Keys {
         let skew = ts.saturating_sub(now_secs as i64);
         if skew.unsigned_abs() > tolerance_secs {
             return Err(SignatureError::Stale {
+                what: "webhook-timestamp",
                 skew_secs: skew,
                 tolerance_secs,
             });
@@ -195,6 +212,27 @@ impl Keys {
         }
         Err(SignatureError::Mismatch)
     }
+}
+
+/// Checks the signed `created_at` of an `X-ProductHunt-Signature` body (Unix ms) against
+/// `now_ms`: at most `tolerance_secs` either way, the edge included.
+pub fn check_created_at(
+    created_ms: i64,
+    now_ms: u64,
+    tolerance_secs: u64,
+) -> Result<(), SignatureError> {
+    let skew_ms = i128::from(created_ms) - i128::from(now_ms);
+    if skew_ms.unsigned_abs() <= u128::from(tolerance_secs) * 1000 {
+        return Ok(());
+    }
+    // Whole seconds, rounded away from zero, so 300.2 s past a 300 s tolerance reads 301.
+    let secs = skew_ms.unsigned_abs().div_ceil(1000);
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    Err(SignatureError::Stale {
+        what: "created_at",
+        skew_secs: if skew_ms < 0 { -secs } else { secs },
+        tolerance_secs,
+    })
 }
 
 /// `sha256=<hex>` for the Product Hunt header.
@@ -258,6 +296,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn created_at_is_accepted_up_to_the_tolerance_either_way() {
+        let now = 1_795_680_000_000u64;
+        let at = |d: i64| check_created_at(now as i64 + d, now, 300);
+        for ok in [0, -300_000, 300_000, -299_999, 1] {
+            assert_eq!(at(ok), Ok(()), "{ok}");
+        }
+        for (d, secs) in [
+            (-300_001, -301),
+            (300_001, 301),
+            (-301_000, -301),
+            (-86_400_000, -86_400),
+        ] {
+            assert!(
+                matches!(at(d), Err(SignatureError::Stale { what: "created_at", skew_secs, .. }) if skew_secs == secs),
+                "{d}: {:?}",
+                at(d)
+            );
+        }
+        let msg = at(-301_000).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("created_at is 301 s behind this server's clock"),
+            "{msg}"
+        );
+        assert!(msg.contains("webhook.tolerance_secs"), "{msg}");
+        assert!(at(-i64::MAX).is_err());
     }
 
     #[test]

@@ -84,6 +84,11 @@ impl TestServer {
         &self.running.as_ref().expect("running").state
     }
 
+    /// An event body stamped with this server's clock, as a sender would send it now.
+    pub fn event(&self, id: &str, kind: &str) -> Vec<u8> {
+        event_at(id, kind, self.clock.now_ms())
+    }
+
     /// Posts `body` to the webhook path signed with `secret` (Product Hunt scheme).
     pub async fn webhook(&self, body: &[u8], secret: &str) -> Resp {
         let sig = sign_producthunt(&Key::parse(secret).unwrap(), body);
@@ -157,8 +162,14 @@ impl TestServer {
     }
 }
 
-pub fn event(id: &str, kind: &str) -> Vec<u8> {
-    format!(r#"{{"id":"{id}","event_type":"{kind}","data":{{"post":"tidepool"}}}}"#).into_bytes()
+/// A Product Hunt-style event body sent at `now_ms`: its `created_at` (the signed time
+/// launchguard checks against `webhook.tolerance_secs`) is that moment.
+pub fn event_at(id: &str, kind: &str, now_ms: u64) -> Vec<u8> {
+    let created_at = launchguard::webhook::payload::created_at(now_ms);
+    format!(
+        r#"{{"id":"{id}","event_type":"{kind}","created_at":"{created_at}","data":{{"post":"tidepool"}}}}"#
+    )
+    .into_bytes()
 }
 
 #[derive(Debug)]
