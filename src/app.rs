@@ -376,7 +376,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     );
     if let Some(path) = &secrets.demo_file {
         tracing::info!(
-            "demo mode: sign a test webhook with `launchguard sign --secret-file {} --file data/samples/upvote.json`, or see README.md",
+            "demo mode: sign a test webhook with `launchguard sign --secret-file {} --file data/samples/upvote.json --stamp-to upvote.json` and send upvote.json, or see README.md",
             path.display()
         );
     }

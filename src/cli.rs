@@ -104,6 +104,11 @@ pub struct SignArgs {
     /// The body to sign; stdin when absent.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Set the body's `created_at` to now, write the body to this file and sign
+    /// that: send this file. launchguard refuses an X-ProductHunt-Signature webhook
+    /// whose `created_at` is missing or more than `webhook.tolerance_secs` from now.
+    #[arg(long, value_name = "FILE")]
+    pub stamp_to: Option<PathBuf>,
     /// Which headers to print.
     #[arg(long, value_enum, default_value_t = SignScheme::Producthunt)]
     pub scheme: SignScheme,
@@ -433,6 +438,40 @@ pub fn warm(config_path: Option<PathBuf>, args: &WarmArgs) -> anyhow::Result<Str
     Ok(out)
 }
 
+/// `body` (a JSON object) with `created_at` set to `now_ms`, as compact JSON.
+fn stamp_created_at(body: &[u8], now_ms: u64) -> anyhow::Result<Vec<u8>> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).context("--stamp-to: the body is not JSON")?;
+    let object = value
+        .as_object_mut()
+        .context("--stamp-to: the body is not a JSON object")?;
+    object.insert(
+        "created_at".into(),
+        crate::webhook::payload::created_at(now_ms).into(),
+    );
+    Ok(serde_json::to_vec(&value)?)
+}
+
+/// Why a JSON event body would be refused for its `created_at` under the default
+/// tolerance, if it would. Bodies that are not JSON objects are signed without a word.
+fn created_at_problem(body: &[u8], now_ms: u64) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let created_at = value.as_object()?.get("created_at");
+    let Some(text) = created_at.and_then(|v| v.as_str()) else {
+        return Some("the body has no created_at".into());
+    };
+    let at: jiff::Timestamp = text.parse().ok()?;
+    let tolerance = crate::config::WebhookConfig::default().tolerance_secs;
+    let skew_secs = (i128::from(at.as_millisecond()) - i128::from(now_ms)) / 1000;
+    (skew_secs.unsigned_abs() > u128::from(tolerance)).then(|| {
+        format!(
+            "created_at {text} is {} s {} now",
+            skew_secs.unsigned_abs(),
+            if skew_secs < 0 { "before" } else { "after" }
+        )
+    })
+}
+
 /// The header lines `sign` prints, each ending in a newline.
 pub fn sign(args: &SignArgs) -> anyhow::Result<String> {
     let secret = match (&args.secret, &args.secret_file) {
@@ -459,11 +498,30 @@ pub fn sign(args: &SignArgs) -> anyhow::Result<String> {
             buf
         }
     };
+    let now_ms = crate::clock::Clock::system().now_ms();
+    let body = match &args.stamp_to {
+        Some(out) => {
+            let stamped = stamp_created_at(&body, now_ms)?;
+            std::fs::write(out, &stamped)
+                .with_context(|| format!("cannot write --stamp-to {}", out.display()))?;
+            stamped
+        }
+        None => body,
+    };
     Ok(match args.scheme {
-        SignScheme::Producthunt => format!(
-            "X-ProductHunt-Signature: {}\n",
-            signature::sign_producthunt(&key, &body)
-        ),
+        SignScheme::Producthunt => {
+            if let Some(problem) = created_at_problem(&body, now_ms) {
+                eprintln!(
+                    "note: {problem}; launchguard will refuse this body (created_at must be within \
+                     webhook.tolerance_secs, 300 s by default, of its clock): sign with \
+                     --stamp-to FILE and send FILE"
+                );
+            }
+            format!(
+                "X-ProductHunt-Signature: {}\n",
+                signature::sign_producthunt(&key, &body)
+            )
+        }
         SignScheme::Standard => {
             let id = match &args.id {
                 Some(id) => id.clone(),

@@ -292,6 +292,84 @@ fn sign_prints_headers_matching_published_vectors() {
     );
 }
 
+/// What the README's demo does: `sign --stamp-to` stamps a sample payload's
+/// `created_at` with now and signs the stamped file, which the server accepts; the
+/// sample as shipped (a fixed, old created_at) is signed with a note on stderr, and the
+/// server refuses it by age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_stamps_created_at_so_a_sample_payload_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/samples/upvote.json");
+    let stamped = dir.path().join("upvote.json");
+    let (code, header, note) = run(
+        &[
+            "sign",
+            "--secret",
+            SECRET,
+            "--file",
+            sample.to_str().unwrap(),
+            "--stamp-to",
+            stamped.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(code, 0, "{note}");
+    assert!(note.is_empty(), "{note}");
+    let body = std::fs::read(&stamped).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["id"], "evt-demo-upvote-1");
+    assert_eq!(json["data"]["user"], "maya");
+    let at: jiff::Timestamp = json["created_at"].as_str().unwrap().parse().unwrap();
+    let skew_ms = at.as_millisecond() - Clock::system().now_ms() as i64;
+    assert!(skew_ms.abs() < 60_000, "created_at {at} is not now");
+    let sig = sign_producthunt(&Key::parse(SECRET).unwrap(), &body);
+    assert_eq!(header, format!("X-ProductHunt-Signature: {sig}\n"));
+
+    let (code, as_shipped, note) = run(
+        &[
+            "sign",
+            "--secret",
+            SECRET,
+            "--file",
+            sample.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(code, 0);
+    assert!(
+        note.contains("created_at 2026-11-25T08:00:00Z is") && note.contains("--stamp-to"),
+        "{note}"
+    );
+
+    let mut proc = spawn(dir.path(), "fsync");
+    let client = Client::new();
+    let url = format!("http://{}/webhooks/producthunt", proc.public);
+    let send = async |body: Vec<u8>, header: &str| {
+        let sig = header
+            .trim()
+            .strip_prefix("X-ProductHunt-Signature: ")
+            .unwrap();
+        client
+            .send(
+                Method::POST,
+                &url,
+                &[
+                    ("x-producthunt-signature", sig),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+    };
+    let old = send(std::fs::read(&sample).unwrap(), &as_shipped).await;
+    let fresh = send(body, &header).await;
+    proc.child.kill().unwrap();
+    proc.child.wait().unwrap();
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED, "{}", old.text());
+    assert_eq!(old.json()["field"], "created_at");
+    assert_eq!(fresh.status, StatusCode::ACCEPTED, "{}", fresh.text());
+}
+
 #[test]
 fn config_errors_name_the_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
