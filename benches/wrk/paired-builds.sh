@@ -47,7 +47,7 @@ for r in $(seq "$ROUNDS"); do
     order="base new"; [ $((r % 2)) -eq 0 ] && order="new base"
     for n in $order; do
         p=$base_port; c=$base_cookie; [ "$n" = new ] && { p=$new_port; c=$new_cookie; }
-        taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency ${c:+-H "Cookie: $c"} "http://127.0.0.1:$p/launch/" |
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency ${c:+-H "Cookie: $c"} "http://127.0.0.1:$p${URLPATH:-/launch/}" |
             awk -v n="$n" -v r="$r" '/Requests\/sec/ {rps=$2} / 50%/ {p50=$2} / 99%/ {p99=$2}
                 END {printf "%s round=%s: %s req/s, p50 %s, p99 %s\n", n, r, rps, p50, p99}'
     done
