@@ -26,13 +26,13 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use launchguard::admission::OriginLimit;
-use launchguard::cache::freshness::{self, Policy};
-use launchguard::cache::{key, Cache};
 use launchguard::clock::Clock;
 use launchguard::config::Config;
-use launchguard::factor::Factor;
-use launchguard::origin::{Forwarded, Origin};
+use launchguard::edge::admission::OriginLimit;
+use launchguard::edge::cache::freshness::{self, Policy};
+use launchguard::edge::cache::{key, Cache};
+use launchguard::edge::origin::{Forwarded, Origin};
+use launchguard::ingest::factor::Factor;
 
 const URL: &str = "/launch/?utm_source=producthunt&utm_medium=launch&b=2&a=1";
 

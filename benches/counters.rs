@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use launchguard::config::Config;
-use launchguard::conversions::{Conversions, Counters};
-use launchguard::factor::Factor;
-use launchguard::history::History;
-use launchguard::store::Store;
+use launchguard::ingest::factor::Factor;
+use launchguard::ingest::store::Store;
+use launchguard::insight::conversions::{Conversions, Counters};
+use launchguard::insight::history::History;
 
 /// 2026-11-26T08:00:00Z, midnight in Los Angeles.
 const T0: u64 = 1_795_680_000_000;

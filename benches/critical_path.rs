@@ -44,12 +44,12 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingM
 
 use launchguard::clock::Clock;
 use launchguard::config::Config;
-use launchguard::factor::Factor;
-use launchguard::ring::{Pump, Ring, RingEvent};
-use launchguard::store::{encode_event, Commit, EventRecord, Scheme, Store};
-use launchguard::velocity::Window;
-use launchguard::webhook::signature::{sign_producthunt, Key, Keys, PRODUCTHUNT_HEADER};
-use launchguard::webhook::{payload, Ingestor, Outcome};
+use launchguard::ingest::factor::Factor;
+use launchguard::ingest::ring::{Pump, Ring, RingEvent};
+use launchguard::ingest::store::{encode_event, Commit, EventRecord, Scheme, Store};
+use launchguard::ingest::velocity::Window;
+use launchguard::ingest::webhook::signature::{sign_producthunt, Key, Keys, PRODUCTHUNT_HEADER};
+use launchguard::ingest::webhook::{payload, Ingestor, Outcome};
 
 const SECRET: &str = "bench-secret";
 const MEASUREMENT: Duration = Duration::from_millis(2500);

@@ -27,7 +27,7 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use launchguard::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
+use launchguard::ingest::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
 const USAGE: &str =
     "usage: cargo bench --bench loadgen -- --url http://HOST:PORT/PATH --secret SECRET \
@@ -158,7 +158,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
 fn body(id: &str, event_type: &str) -> Bytes {
     // Stamped as it is sent: launchguard refuses a Product Hunt-signed body whose
     // created_at is not within webhook.tolerance_secs of its clock.
-    let created_at = launchguard::webhook::payload::created_at(
+    let created_at = launchguard::ingest::webhook::payload::created_at(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -24,29 +24,29 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::admin::{self, AdminToken};
-use crate::alerts::{Alerter, Alerts};
 use crate::clock::Clock;
-use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Durability};
-use crate::conversions::{self, Conversions};
+use crate::edge::front::Front;
+use crate::edge::server::{self, Connections};
 use crate::edge::{self, Edge, PurgeRules};
-use crate::factor::Factor;
-use crate::front::Front;
-use crate::history::History;
-use crate::live::{self, LiveFeed};
-use crate::outbound::Outbound;
-use crate::producthunt::Poller;
-use crate::ring::{Pump, Ring};
+use crate::ingest::commit::Committer;
+use crate::ingest::factor::Factor;
+use crate::ingest::producthunt::Poller;
+use crate::ingest::ring::{Pump, Ring};
+use crate::ingest::store::{Store, StoreError};
+use crate::ingest::velocity::Window;
+use crate::ingest::webhook::{self, Ingestor};
+use crate::insight::conversions::{self, Conversions};
+use crate::insight::history::History;
+use crate::insight::live::{self, LiveFeed};
+use crate::insight::visitor::Visitors;
+use crate::ops::admin::{self, AdminToken};
+use crate::ops::alerts::{Alerter, Alerts};
+use crate::ops::outbound::Outbound;
 use crate::secrets::{self, Env};
-use crate::server::{self, Connections};
-use crate::store::{Store, StoreError};
 use crate::telemetry;
-use crate::velocity::Window;
-use crate::visitor::Visitors;
-use crate::webhook::{self, Ingestor};
 
-pub use crate::factor::{format_factor, SCALE_FACTOR_HEADER};
+pub use crate::ingest::factor::{format_factor, SCALE_FACTOR_HEADER};
 
 /// Everything a handler may need, built once. A clone is one reference count: axum's
 /// `State` extractor clones it for every request that asks for it.
@@ -172,7 +172,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )
         .into());
     }
-    let outbound_tls = crate::outbound::tls_config(&config.outbound)?;
+    let outbound_tls = crate::ops::outbound::tls_config(&config.outbound)?;
 
     let store = Store::open(&config.server.data_dir)?;
     let clock = opts.clock.clone();
@@ -231,10 +231,9 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     )?;
     let outbound = Outbound::open(&store, &config.outbound, clock.clone(), outbound_tls)?;
     // The day of the newest stored event was announced already (or is past).
-    let engaged_day = store
-        .recent_events(1)?
-        .first()
-        .map(|(_, ev)| crate::analytics::day_of(ev.received_ms, counters.timezone()).to_string());
+    let engaged_day = store.recent_events(1)?.first().map(|(_, ev)| {
+        crate::insight::analytics::day_of(ev.received_ms, counters.timezone()).to_string()
+    });
     let alerts = Alerts::new(
         Alerter::new(
             &config,
@@ -502,7 +501,7 @@ pub fn public_router(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static(SCALE_FACTOR_HEADER),
-            move |_: &Response| crate::factor::header_value(factor.current()),
+            move |_: &Response| crate::ingest::factor::header_value(factor.current()),
         ))
 }
 

@@ -13,11 +13,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::app::{self, Options, StartError};
 use crate::config::Config;
-use crate::preflight;
+use crate::ingest::webhook::signature::{self, Key};
+use crate::ops::preflight;
+use crate::ops::systemd;
 use crate::secrets::Env;
-use crate::systemd;
 use crate::telemetry::{self, LogFormat};
-use crate::webhook::signature::{self, Key};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,7 +43,7 @@ pub enum Command {
     /// Print the signature header(s) for a webhook body read from --file or stdin.
     Sign(SignArgs),
     /// Print a launch day from the store (run it while the server is stopped).
-    Report(crate::analytics::ReportArgs),
+    Report(crate::insight::analytics::ReportArgs),
     /// The night-before checklist: config, secret, disk, file limits, origin,
     /// listeners, launch day. Exits 1 if any check fails.
     Preflight(PreflightArgs),
@@ -143,7 +143,7 @@ pub fn run() -> ExitCode {
             }
         },
         Some(Command::Preflight(args)) => preflight(cli.config.as_deref(), &args),
-        Some(Command::Report(args)) => match crate::analytics::report(cli.config, &args) {
+        Some(Command::Report(args)) => match crate::insight::analytics::report(cli.config, &args) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -330,7 +330,7 @@ pub fn simulate(config_path: Option<PathBuf>, args: &SimulateArgs) -> anyhow::Re
             args.speed
         );
     }
-    let curve = crate::simulate::load_curve(&args.curve).map_err(anyhow::Error::msg)?;
+    let curve = crate::ops::simulate::load_curve(&args.curve).map_err(anyhow::Error::msg)?;
     let key = match &args.secret {
         Some(s) => Key::parse(s).map_err(|p| anyhow::anyhow!("--secret: {p}"))?,
         None => crate::secrets::webhook_secrets(&config, &Env::from_process())
@@ -345,7 +345,7 @@ pub fn simulate(config_path: Option<PathBuf>, args: &SimulateArgs) -> anyhow::Re
         .clone()
         .unwrap_or_else(|| format!("http://{}{}", config.server.listen, config.webhook.path));
     let run_id = crate::clock::Clock::system().now_ms().to_string();
-    let events: u32 = curve.iter().map(crate::simulate::Minute::total).sum();
+    let events: u32 = curve.iter().map(crate::ops::simulate::Minute::total).sum();
     println!(
         "replaying {} ({} minutes, {events} webhooks) at speed {} against {url}",
         args.curve.display(),
@@ -356,7 +356,7 @@ pub fn simulate(config_path: Option<PathBuf>, args: &SimulateArgs) -> anyhow::Re
         anyhow::bail!("cannot start the async runtime");
     };
     let summary = runtime
-        .block_on(crate::simulate::play(
+        .block_on(crate::ops::simulate::play(
             &url,
             &key,
             &curve,
@@ -447,7 +447,7 @@ fn stamp_created_at(body: &[u8], now_ms: u64) -> anyhow::Result<Vec<u8>> {
         .context("--stamp-to: the body is not a JSON object")?;
     object.insert(
         "created_at".into(),
-        crate::webhook::payload::created_at(now_ms).into(),
+        crate::ingest::webhook::payload::created_at(now_ms).into(),
     );
     Ok(serde_json::to_vec(&value)?)
 }

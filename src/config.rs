@@ -215,7 +215,7 @@ impl Default for CacheConfig {
             max_key_bytes: 2048,
             warm_urls: Vec::new(),
             purge_on: BTreeMap::from([("maker_comment".to_string(), vec!["/launch/".to_string()])]),
-            ignore_cookies: crate::cache::cookies::DEFAULT_IGNORED
+            ignore_cookies: crate::edge::cache::cookies::DEFAULT_IGNORED
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -224,7 +224,7 @@ impl Default for CacheConfig {
     }
 }
 
-pub use crate::cache::key::QueryMode;
+pub use crate::edge::cache::key::QueryMode;
 
 impl<'de> Deserialize<'de> for QueryMode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -423,7 +423,7 @@ impl Config {
         }
         positive("server.max_connections", s.max_connections as u64)?;
         for (i, host) in s.admin_hosts.iter().enumerate() {
-            crate::front::parse_host(host.as_bytes(), 0)
+            crate::edge::front::parse_host(host.as_bytes(), 0)
                 .ok()
                 .filter(|h| h.key == h.name)
                 .ok_or_else(|| {
@@ -434,12 +434,12 @@ impl Config {
                 })?;
         }
         for (i, net) in s.trusted_proxies.iter().enumerate() {
-            crate::front::Net::parse(net).map_err(|problem| {
+            crate::edge::front::Net::parse(net).map_err(|problem| {
                 ConfigError::invalid(format!("server.trusted_proxies[{i}]"), problem)
             })?;
         }
         for (i, host) in s.hosts.iter().enumerate() {
-            crate::front::check_host_entry(host)
+            crate::edge::front::check_host_entry(host)
                 .map_err(|problem| ConfigError::invalid(format!("server.hosts[{i}]"), problem))?;
         }
 
@@ -541,7 +541,7 @@ impl Config {
     fn validate_edge(&self) -> Result<(), ConfigError> {
         let o = &self.origin;
         if let Some(up) = &o.upstream {
-            crate::origin::parse_upstream(up)
+            crate::edge::origin::parse_upstream(up)
                 .map_err(|problem| ConfigError::invalid("origin.upstream", problem))?;
         }
         positive("origin.timeout_ms", o.timeout_ms)?;
@@ -572,7 +572,7 @@ impl Config {
             ("backpressure.low_paths", &b.low_paths),
         ] {
             for (i, pattern) in list.iter().enumerate() {
-                crate::admission::compile_glob(pattern)
+                crate::edge::admission::compile_glob(pattern)
                     .map_err(|problem| ConfigError::invalid(format!("{key}[{i}]"), problem))?;
             }
         }
@@ -615,7 +615,7 @@ impl Config {
                 ));
             }
         }
-        crate::cache::cookies::compile(&c.ignore_cookies).map_err(|(i, problem)| {
+        crate::edge::cache::cookies::compile(&c.ignore_cookies).map_err(|(i, problem)| {
             ConfigError::invalid(format!("cache.ignore_cookies[{i}]"), problem)
         })?;
         for (event, prefixes) in &c.purge_on {
@@ -720,7 +720,7 @@ impl Default for AlertsConfig {
 impl AlertsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (i, url) in self.slack_webhook_urls.iter().enumerate() {
-            crate::outbound::parse_target(url).map_err(|problem| {
+            crate::ops::outbound::parse_target(url).map_err(|problem| {
                 ConfigError::invalid(format!("alerts.slack_webhook_urls[{i}]"), problem)
             })?;
         }
@@ -780,7 +780,7 @@ impl Default for ProducthuntConfig {
 
 impl ProducthuntConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::outbound::parse_target(&self.api_url)
+        crate::ops::outbound::parse_target(&self.api_url)
             .map_err(|problem| ConfigError::invalid("producthunt.api_url", problem))?;
         if let Some(slug) = &self.post_slug {
             if slug.is_empty()
@@ -861,7 +861,7 @@ impl Default for ConversionsConfig {
 
 impl ConversionsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let max = crate::conversions::MAX_GOALS;
+        let max = crate::insight::conversions::MAX_GOALS;
         if self.goals.is_empty() || self.goals.len() > max {
             return Err(ConfigError::invalid(
                 "conversions.goals",

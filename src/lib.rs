@@ -1,51 +1,37 @@
 //! launchguard: one binary in front of a website for launch day.
 //!
-//! A tour in reading order:
+//! The folders are the two data paths and what watches them (ARCHITECTURE.md draws
+//! them); a tour in reading order:
 //! - [`config`]: the TOML file, defaults, errors that name the key.
-//! - [`webhook`]: signed webhooks in (`signature`, `payload`), dedup and commit.
-//! - [`store`]: sled trees and versioned records; [`commit`]: group commit.
-//! - [`ring`]: the lock-free ring and the pump; [`velocity`]: the window (pure);
-//!   [`factor`]: the published scale factor and the operator's pin.
-//! - [`edge`]: the visitor path: [`admission`] (classes, shedding, origin permits) →
-//!   [`cache`] (keys, freshness, store, single-flight) → [`origin`] (static dir or upstream).
-//! - [`app`]: `AppState`, both routers, startup and shutdown; [`admin`]: the admin API.
-//! - [`conversions`]: sharded counters, the beacon, the flusher; [`history`]: the
-//!   `metrics` and `launches` trees; [`analytics`]: launch-day reports.
-//! - [`live`]: the dashboard and its live feed; [`preflight`]: the night-before
-//!   checklist; [`systemd`]: READY and the watchdog.
-//! - [`outbound`]: the durable queue of outbound calls, backoff and dead letters;
-//!   [`alerts`]: launch-day messages to Slack-compatible webhooks through it;
-//!   [`producthunt`]: the rate-budgeted poller of Product Hunt's GraphQL API.
-//! - [`secrets`], [`clock`], [`error`], [`telemetry`], [`cli`]: the edges.
+//! - [`ingest`]: where a webhook goes. [`ingest::webhook`] (signed webhooks in:
+//!   `signature`, `payload`, dedup and commit) → [`ingest::store`] (sled trees,
+//!   versioned records) and [`ingest::commit`] (group commit) → [`ingest::ring`] (the
+//!   lock-free ring and the pump) → [`ingest::velocity`] (the window, pure) →
+//!   [`ingest::factor`] (the published scale factor and the operator's pin);
+//!   [`ingest::producthunt`] polls Product Hunt into the same path.
+//! - [`edge`]: where a visitor goes. [`edge::server`] (connections, parking, limits) →
+//!   [`edge::front`] (host and path) → [`edge::admission`] (classes, shedding, origin
+//!   permits) → [`edge::cache`] (keys, freshness, store, single-flight) →
+//!   [`edge::origin`] (static dir or upstream).
+//! - [`insight`]: what the launch did. [`insight::conversions`] (sharded counters, the
+//!   beacon, the flusher), [`insight::visitor`] (the visitor cookie, once-a-day marks),
+//!   [`insight::history`] (the `metrics` and `launches` trees), [`insight::analytics`]
+//!   (launch-day reports), [`insight::live`] (the dashboard and its feed).
+//! - [`ops`]: running it. [`ops::admin`] (the admin API), [`ops::outbound`] (the durable
+//!   queue of outbound calls), [`ops::alerts`] (launch-day messages through it),
+//!   [`ops::preflight`] (the night-before checklist), [`ops::systemd`] (READY and the
+//!   watchdog), [`ops::simulate`] (replaying a launch curve).
+//! - [`app`]: `AppState`, both routers, startup and shutdown; [`cli`]: the commands.
+//! - [`secrets`], [`clock`], [`error`], [`telemetry`]: shared by every wing.
 
-pub mod admin;
-pub mod admission;
-pub mod alerts;
-pub mod analytics;
 pub mod app;
-pub mod cache;
 pub mod cli;
 pub mod clock;
-pub mod commit;
 pub mod config;
-pub mod conversions;
 pub mod edge;
 pub mod error;
-pub mod factor;
-pub mod front;
-pub mod history;
-pub mod live;
-pub mod origin;
-pub mod outbound;
-pub mod preflight;
-pub mod producthunt;
-pub mod ring;
+pub mod ingest;
+pub mod insight;
+pub mod ops;
 pub mod secrets;
-pub mod server;
-pub mod simulate;
-pub mod store;
-pub mod systemd;
 pub mod telemetry;
-pub mod velocity;
-pub mod visitor;
-pub mod webhook;

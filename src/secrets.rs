@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use crate::config::{Config, ConfigError};
-use crate::webhook::signature::{Key, Keys};
+use crate::ingest::webhook::signature::{Key, Keys};
 
 pub const WEBHOOK_SECRET_ENV: &str = "LAUNCHGUARD_WEBHOOK_SECRET";
 pub const ADMIN_TOKEN_ENV: &str = "LAUNCHGUARD_ADMIN_TOKEN";

@@ -249,18 +249,6 @@ fn describe() {
     );
 }
 
-/// Sets `launchguard_http_connections{state}` from the public listener's live counts;
-/// called when /metrics is rendered, so connections cost nothing to count.
-pub fn record_connections(connections: &crate::server::Connections) {
-    let open = connections.open();
-    let parked = connections.parked().min(open);
-    metrics::gauge!(HTTP_CONNECTIONS, "state" => "active").set((open - parked) as f64);
-    metrics::gauge!(HTTP_CONNECTIONS, "state" => "parked").set(parked as f64);
-    metrics::gauge!(HTTP_ACCEPT_PAUSED).set(if connections.paused() { 1.0 } else { 0.0 });
-    metrics::counter!(HTTP_ACCEPT_PAUSES_TOTAL).absolute(connections.pauses() as u64);
-    metrics::counter!(HTTP_SEND_TIMEOUTS_TOTAL).absolute(connections.send_timeouts() as u64);
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -77,8 +77,8 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
 
     // A cookie in the right shape, signed with another store's key.
     let elsewhere = tempfile::tempdir().unwrap();
-    let foreign = launchguard::visitor::Visitors::open(
-        &launchguard::store::Store::open(elsewhere.path()).unwrap(),
+    let foreign = launchguard::insight::visitor::Visitors::open(
+        &launchguard::ingest::store::Store::open(elsewhere.path()).unwrap(),
         30,
         jiff::tz::TimeZone::UTC,
     )

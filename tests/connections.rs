@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use launchguard::clock::Clock;
-use launchguard::server::Connections;
+use launchguard::edge::server::Connections;
 use support::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -200,8 +200,8 @@ async fn a_request_split_across_writes_is_served_whether_parked_or_not() {
     // A webhook whose body comes in a second write after a pause.
     until("parked again", &conns, |c| c.parked() == 1).await;
     let body = srv.event("split-1", "upvote");
-    let sig = launchguard::webhook::signature::sign_producthunt(
-        &launchguard::webhook::signature::Key::parse(support::SECRET).unwrap(),
+    let sig = launchguard::ingest::webhook::signature::sign_producthunt(
+        &launchguard::ingest::webhook::signature::Key::parse(support::SECRET).unwrap(),
         &body,
     );
     let head = format!(

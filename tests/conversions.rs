@@ -9,10 +9,10 @@ use std::sync::Arc;
 use axum::http::StatusCode as AxumStatus;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use launchguard::conversions::{self, Conversions};
-use launchguard::factor::Factor;
-use launchguard::history::History;
-use launchguard::store::Store;
+use launchguard::ingest::factor::Factor;
+use launchguard::ingest::store::Store;
+use launchguard::insight::conversions::{self, Conversions};
+use launchguard::insight::history::History;
 use support::*;
 
 /// 2026-11-26T08:00:00Z: midnight in Los Angeles, the start of launch day 2026-11-26.
@@ -193,8 +193,12 @@ async fn a_shed_request_is_not_a_visit() {
         .layer(axum::middleware::from_fn_with_state(
             conversions::Counting {
                 conversions: conv.clone(),
-                visitors: launchguard::visitor::Visitors::open(&store, 30, conv.timezone().clone())
-                    .unwrap(),
+                visitors: launchguard::insight::visitor::Visitors::open(
+                    &store,
+                    30,
+                    conv.timezone().clone(),
+                )
+                .unwrap(),
                 clock: Clock::manual(T0),
             },
             conversions::count_requests,
@@ -569,7 +573,7 @@ async fn a_flush_writes_one_batch_with_every_counter_and_feeds_prometheus() {
     // peak, though the factor is back to the computed one by the flush.
     let f = &s.state().factor;
     f.pin(
-        launchguard::factor::Pin {
+        launchguard::ingest::factor::Pin {
             factor: 2.5,
             until_ms: T0 + 60_000,
         },

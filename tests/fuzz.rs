@@ -6,7 +6,7 @@ mod support;
 
 use hyper::Method;
 use launchguard::clock::Clock;
-use launchguard::webhook::signature::{sign_producthunt, sign_standard, Key};
+use launchguard::ingest::webhook::signature::{sign_producthunt, sign_standard, Key};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
 use support::*;
@@ -59,7 +59,7 @@ fn body(now_ms: u64) -> impl Strategy<Value = Vec<u8>> {
                 Just(r#","created_at":"2026-02-30T25:00:00Z""#.to_string()),
                 (-400i64..400).prop_map(move |offset_secs| format!(
                     r#","created_at":"{}""#,
-                    launchguard::webhook::payload::created_at(
+                    launchguard::ingest::webhook::payload::created_at(
                         now_ms.saturating_add_signed(offset_secs * 1000)
                     )
                 )),

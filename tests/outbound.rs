@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use launchguard::outbound::Outbound;
-use launchguard::store::Store;
+use launchguard::ingest::store::Store;
+use launchguard::ops::outbound::Outbound;
 use support::binary::{self, write_config};
 use support::receiver::{Answer, Receiver};
 use support::tls::TestCa;
@@ -233,7 +233,7 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
     let job = {
         let store = Store::open(&dir.path().join("state")).unwrap();
         let config = launchguard::config::OutboundConfig::default();
-        let tls = launchguard::outbound::tls_config(&config).unwrap();
+        let tls = launchguard::ops::outbound::tls_config(&config).unwrap();
         let outbound = Outbound::open(&store, &config, Clock::system(), tls).unwrap();
         let job = outbound
             .enqueue(
@@ -290,7 +290,7 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
     );
     let store = Store::open(&dir.path().join("state")).unwrap();
     let config = launchguard::config::OutboundConfig::default();
-    let tls = launchguard::outbound::tls_config(&config).unwrap();
+    let tls = launchguard::ops::outbound::tls_config(&config).unwrap();
     let outbound = Outbound::open(&store, &config, Clock::system(), tls).unwrap();
     assert!(outbound.pending().unwrap().is_empty());
     assert_eq!(outbound.deadletter_count(), 0);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use launchguard::webhook::signature::{sign_producthunt, Key};
+use launchguard::ingest::webhook::signature::{sign_producthunt, Key};
 use support::binary::{self, write_config, Proc, BIN};
 use support::{event_at, Client};
 

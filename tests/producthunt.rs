@@ -19,7 +19,7 @@ use axum::Router;
 use hyper::StatusCode;
 use launchguard::clock::Clock;
 use launchguard::config::Config;
-use launchguard::store::Store;
+use launchguard::ingest::store::Store;
 use parking_lot::Mutex;
 use support::{TestServer, SECRET};
 
@@ -195,7 +195,7 @@ async fn the_poller_stays_within_the_budget_resumes_at_the_reset_and_moves_the_f
     // Pin the factor high, so the poller wants to poll every 5 s; walk through two
     // whole windows in 5 s steps.
     server.state().factor.pin(
-        launchguard::factor::Pin {
+        launchguard::ingest::factor::Pin {
             factor: 5.0,
             until_ms: START_MS + 10 * WINDOW_MS,
         },

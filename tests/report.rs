@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use launchguard::clock::Clock;
-use launchguard::history::{History, MetricsBatch, Tally};
-use launchguard::store::Store;
+use launchguard::ingest::store::Store;
+use launchguard::insight::history::{History, MetricsBatch, Tally};
 use support::TestServer;
 
 fn ms(rfc3339: &str) -> u64 {

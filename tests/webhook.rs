@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use launchguard::webhook::signature::{sign_producthunt, Key};
+use launchguard::ingest::webhook::signature::{sign_producthunt, Key};
 use support::*;
 
 /// A fixed instant for tests that drive time by hand (2026-11-26T08:00:00Z).
@@ -293,13 +293,13 @@ async fn standard_webhooks_scheme_with_timestamp_tolerance() {
 
     // Several signatures, the first from a stranger: any valid one is enough.
     let ts = now.to_string();
-    let good = launchguard::webhook::signature::sign_standard(
+    let good = launchguard::ingest::webhook::signature::sign_standard(
         &Key::parse(SECRET).unwrap(),
         "msg_4",
         now,
         body,
     );
-    let bad = launchguard::webhook::signature::sign_standard(
+    let bad = launchguard::ingest::webhook::signature::sign_standard(
         &Key::parse("stranger").unwrap(),
         "msg_4",
         now,

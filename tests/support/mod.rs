@@ -23,8 +23,8 @@ pub mod tools;
 use launchguard::app::{self, Options, Running};
 use launchguard::clock::Clock;
 use launchguard::config::Config;
+use launchguard::ingest::webhook::signature::{sign_producthunt, sign_standard, Key};
 use launchguard::secrets::Env;
-use launchguard::webhook::signature::{sign_producthunt, sign_standard, Key};
 
 pub const SECRET: &str = "test-secret-current";
 pub const OLD_SECRET: &str = "test-secret-previous";
@@ -165,7 +165,7 @@ impl TestServer {
 /// A Product Hunt-style event body sent at `now_ms`: its `created_at` (the signed time
 /// launchguard checks against `webhook.tolerance_secs`) is that moment.
 pub fn event_at(id: &str, kind: &str, now_ms: u64) -> Vec<u8> {
-    let created_at = launchguard::webhook::payload::created_at(now_ms);
+    let created_at = launchguard::ingest::webhook::payload::created_at(now_ms);
     format!(
         r#"{{"id":"{id}","event_type":"{kind}","created_at":"{created_at}","data":{{"post":"tidepool"}}}}"#
     )

@@ -249,7 +249,7 @@ impl Alerts {
             .map(|fs| fs.f_bavail as f64 / fs.f_blocks as f64);
         Observation {
             factor: state.factor.current(),
-            day: crate::analytics::day_of(now_ms, &self.inner.tz).to_string(),
+            day: crate::insight::analytics::day_of(now_ms, &self.inner.tz).to_string(),
             next_seq: state.store.next_seq(),
             deadletters: state.outbound.deadletter_count(),
             disk_free,
@@ -271,7 +271,7 @@ impl Alerts {
                     .enqueue("alert", url, "application/json", body.clone())
                     .await
                 {
-                    tracing::error!(target = %crate::outbound::host_of(url), "cannot queue an alert: {e}");
+                    tracing::error!(target = %crate::ops::outbound::host_of(url), "cannot queue an alert: {e}");
                 }
             }
         }

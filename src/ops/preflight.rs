@@ -20,7 +20,7 @@ use std::time::Instant;
 use axum::http::header;
 
 use crate::config::Config;
-use crate::origin::{Forwarded, Origin};
+use crate::edge::origin::{Forwarded, Origin};
 use crate::secrets::{self, Env};
 
 /// What one check found.
@@ -422,7 +422,7 @@ fn producthunt(config: &Config, env: &Env) -> Check {
 fn alerts(config: &Config) -> Check {
     const NAME: &str = "alerts";
     let urls = &config.alerts.slack_webhook_urls;
-    if let Err(e) = crate::outbound::tls_config(&config.outbound) {
+    if let Err(e) = crate::ops::outbound::tls_config(&config.outbound) {
         return Check::fail(
             NAME,
             e.to_string(),
@@ -469,8 +469,9 @@ fn launch_day(tz: &str) -> Check {
     const NAME: &str = "launch day";
     // The same day boundaries the analytics use.
     let day = jiff::tz::TimeZone::get(tz).and_then(|zone| {
-        let today = crate::analytics::day_of(crate::clock::Clock::system().now_ms(), &zone);
-        let (start, end) = crate::analytics::day_bounds(today, &zone)?;
+        let today =
+            crate::insight::analytics::day_of(crate::clock::Clock::system().now_ms(), &zone);
+        let (start, end) = crate::insight::analytics::day_bounds(today, &zone)?;
         let utc = |ms: u64| {
             jiff::Timestamp::from_millisecond(ms as i64)
                 .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())

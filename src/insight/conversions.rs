@@ -43,11 +43,11 @@ use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::ConversionsConfig;
 use crate::error::ApiError;
-use crate::factor::Factor;
-use crate::history::{History, MetricsBatch, Tally};
-use crate::store::StoreError;
+use crate::ingest::factor::Factor;
+use crate::ingest::store::StoreError;
+use crate::insight::history::{History, MetricsBatch, Tally};
+use crate::insight::visitor::{Mark, NoVisitor, Visitor, Visitors};
 use crate::telemetry;
-use crate::visitor::{Mark, NoVisitor, Visitor, Visitors};
 
 /// The most goals `conversions.goals` may list: one shard is 16 cells of 8 bytes,
 /// exactly one 128-byte padded line.
@@ -387,7 +387,8 @@ impl Conversions {
             return Ok(None);
         }
         let batch = self.batch_of(&counts, peak, *start, now_ms);
-        let day = crate::analytics::day_of(batch.window_start_ms, &self.inner.tz).to_string();
+        let day =
+            crate::insight::analytics::day_of(batch.window_start_ms, &self.inner.tz).to_string();
         if let Err(e) = self.inner.history.record(&batch, &day) {
             self.inner.counters.give_back(&counts);
             if peak > 0.0 {
@@ -454,7 +455,7 @@ pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next)
         let now = c.clock.now_ms();
         let secure = req
             .extensions()
-            .get::<crate::front::Verified>()
+            .get::<crate::edge::front::Verified>()
             .is_some_and(|v| v.proto == "https");
         (c.visitors.of_request(req.headers(), now).ok(), secure, now)
     });
@@ -462,7 +463,7 @@ pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next)
     let status = res.status();
     match res
         .headers()
-        .get(crate::cache::X_CACHE)
+        .get(crate::edge::cache::X_CACHE)
         .map(|v| v.as_bytes())
     {
         Some(b"HIT" | b"STALE") => counters.record_cache_hit(),
@@ -471,7 +472,7 @@ pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next)
     }
     if res
         .extensions()
-        .get::<crate::admission::Rejected>()
+        .get::<crate::edge::admission::Rejected>()
         .is_some()
     {
         counters.record_rejection();
@@ -589,7 +590,7 @@ fn refuse(reason: Refusal, e: ApiError) -> Refused {
 async fn beacon_inner(state: &AppState, req: Request) -> Result<(), Refused> {
     let (parts, body) = req.into_parts();
     let now = state.clock.now_ms();
-    let verified = parts.extensions.get::<crate::front::Verified>();
+    let verified = parts.extensions.get::<crate::edge::front::Verified>();
     let client = verified.and_then(|v| v.client).or_else(|| {
         parts
             .extensions
@@ -763,11 +764,12 @@ fn cross_site(headers: &axum::http::HeaderMap, host: &[u8]) -> Option<&'static s
         let Some(authority) = uri.authority() else {
             return false;
         };
-        let Ok(theirs) = crate::front::parse_host(authority.as_str().as_bytes(), default_port)
+        let Ok(theirs) =
+            crate::edge::front::parse_host(authority.as_str().as_bytes(), default_port)
         else {
             return false;
         };
-        crate::front::parse_host(host, default_port).is_ok_and(|ours| ours.key == theirs.key)
+        crate::edge::front::parse_host(host, default_port).is_ok_and(|ours| ours.key == theirs.key)
             || theirs.key.as_bytes() == host
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -831,7 +833,7 @@ pub async fn flush_loop(
                 let v = visitors.clone();
                 let now = clock.now_ms();
                 let cutoff = now.saturating_sub(metrics_retention_ms);
-                let cutoff_day = crate::analytics::day_of(cutoff, conv.timezone()).to_string();
+                let cutoff_day = crate::insight::analytics::day_of(cutoff, conv.timezone()).to_string();
                 let swept = tokio::task::spawn_blocking(move || {
                     Ok::<_, StoreError>((
                         h.sweep_metrics(cutoff)?,

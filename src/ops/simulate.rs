@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::clock::Clock;
-use crate::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
+use crate::ingest::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
 /// One minute of a curve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +161,7 @@ pub async fn play(
             n += 1;
             // Stamped as it is sent: launchguard refuses a Product Hunt-signed body
             // whose created_at is not within webhook.tolerance_secs of its clock.
-            let created_at = crate::webhook::payload::created_at(Clock::system().now_ms());
+            let created_at = crate::ingest::webhook::payload::created_at(Clock::system().now_ms());
             let body = format!(
                 r#"{{"id":"sim-{run_id}-{n}","event_type":"{kind}","created_at":"{created_at}","data":{{"simulated":true,"minute":{}}}}}"#,
                 m.minute

@@ -43,7 +43,7 @@ use jiff::tz::TimeZone;
 use parking_lot::Mutex;
 use sha2::Sha256;
 
-use crate::store::{Store, StoreError};
+use crate::ingest::store::{Store, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -263,11 +263,11 @@ impl Visitors {
     pub fn today(&self, now_ms: u64) -> Today {
         let mut t = self.inner.today.lock();
         if !(t.start_ms..t.end_ms).contains(&now_ms) {
-            let date = crate::analytics::day_of(now_ms, &self.inner.tz);
+            let date = crate::insight::analytics::day_of(now_ms, &self.inner.tz);
             // A zone that cannot place midnight is already refused by config
             // validation; a one-millisecond day is the harmless fallback.
-            let (start_ms, end_ms) =
-                crate::analytics::day_bounds(date, &self.inner.tz).unwrap_or((now_ms, now_ms + 1));
+            let (start_ms, end_ms) = crate::insight::analytics::day_bounds(date, &self.inner.tz)
+                .unwrap_or((now_ms, now_ms + 1));
             *t = Today {
                 day: date.to_string().into(),
                 start_ms,

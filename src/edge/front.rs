@@ -372,7 +372,7 @@ struct FrontInner {
     /// scheme's default port, or none (any other port would only multiply keys).
     port: u16,
     /// Refusals carry the scale factor like every other public answer.
-    factor: Option<crate::factor::Factor>,
+    factor: Option<crate::ingest::factor::Factor>,
     /// Used for HTTP/1.0 requests without `Host` and for warm-ups.
     primary: HeaderValue,
     proto: &'static str,
@@ -390,7 +390,7 @@ impl Front {
         proxies: &[String],
         fallback: &str,
         proto: &'static str,
-        factor: Option<crate::factor::Factor>,
+        factor: Option<crate::ingest::factor::Factor>,
     ) -> Result<Front, (&'static str, String)> {
         let default_port = if proto == "https" { 443 } else { 80 };
         let hosts = hosts
@@ -584,11 +584,11 @@ impl Front {
                 .inner
                 .factor
                 .as_ref()
-                .and_then(|f| crate::factor::header_value(f.current()))
+                .and_then(|f| crate::ingest::factor::header_value(f.current()))
             {
                 refusal
                     .headers_mut()
-                    .insert(crate::factor::SCALE_FACTOR_HEADER, v);
+                    .insert(crate::ingest::factor::SCALE_FACTOR_HEADER, v);
             }
             refusal
         })

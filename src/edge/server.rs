@@ -67,7 +67,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 
-use crate::front::Front;
+use crate::edge::front::Front;
 use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
@@ -161,6 +161,23 @@ impl Connections {
     /// Connections reset because a write made no progress for `server.send_timeout_ms`.
     pub fn send_timeouts(&self) -> usize {
         self.inner.send_timeouts.load(Relaxed)
+    }
+
+    /// Sets `launchguard_http_connections{state}` and the accept and send-timeout
+    /// metrics from the live counts; called when /metrics is rendered, so connections
+    /// cost nothing to count.
+    pub fn record_metrics(&self) {
+        use crate::telemetry::{
+            HTTP_ACCEPT_PAUSED, HTTP_ACCEPT_PAUSES_TOTAL, HTTP_CONNECTIONS,
+            HTTP_SEND_TIMEOUTS_TOTAL,
+        };
+        let open = self.open();
+        let parked = self.parked().min(open);
+        metrics::gauge!(HTTP_CONNECTIONS, "state" => "active").set((open - parked) as f64);
+        metrics::gauge!(HTTP_CONNECTIONS, "state" => "parked").set(parked as f64);
+        metrics::gauge!(HTTP_ACCEPT_PAUSED).set(if self.paused() { 1.0 } else { 0.0 });
+        metrics::counter!(HTTP_ACCEPT_PAUSES_TOTAL).absolute(self.pauses() as u64);
+        metrics::counter!(HTTP_SEND_TIMEOUTS_TOTAL).absolute(self.send_timeouts() as u64);
     }
 }
 

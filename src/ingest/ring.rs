@@ -21,9 +21,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::factor::Factor;
+use crate::ingest::factor::Factor;
+use crate::ingest::velocity::Window;
 use crate::telemetry;
-use crate::velocity::Window;
 
 /// What the window needs of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub struct Pump {
     ring: Ring,
     window: Window,
     factor: Factor,
-    purge: Option<(crate::edge::PurgeRules, crate::cache::Cache)>,
+    purge: Option<(crate::edge::PurgeRules, crate::edge::cache::Cache)>,
 }
 
 impl Pump {
@@ -112,7 +112,7 @@ impl Pump {
     pub fn with_purge(
         mut self,
         rules: crate::edge::PurgeRules,
-        cache: crate::cache::Cache,
+        cache: crate::edge::cache::Cache,
     ) -> Pump {
         self.purge = Some((rules, cache));
         self

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::store::{Store, StoreError};
+use crate::ingest::store::{Store, StoreError};
 
 /// Version 2 added unique and converting visitors to the tally. Version 1 records are
 /// still read, with page views as unique visitors and conversions as converting
@@ -402,7 +402,7 @@ fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EventRecord, Scheme};
+    use crate::ingest::store::{EventRecord, Scheme};
 
     fn batch(start: u64, visits: u64, signups: u64) -> MetricsBatch {
         let mut tally = Tally {

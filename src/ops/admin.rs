@@ -49,9 +49,8 @@ use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::factor::Pin;
-use crate::store::EventRecord;
-use crate::telemetry;
+use crate::ingest::factor::Pin;
+use crate::ingest::store::EventRecord;
 
 /// Longest pin an operator may set: one week.
 pub const MAX_PIN_SECS: u64 = 7 * 24 * 3600;
@@ -78,11 +77,14 @@ pub fn router(state: AppState) -> Router {
             get(get_factor).post(pin_factor).delete(unpin_factor),
         )
         .route("/admin/events", get(list_events))
-        .route("/api/analytics", get(crate::analytics::analytics))
-        .route("/api/launches", get(crate::analytics::list_launches))
-        .route("/api/live", get(crate::live::stream))
+        .route("/api/analytics", get(crate::insight::analytics::analytics))
+        .route(
+            "/api/launches",
+            get(crate::insight::analytics::list_launches),
+        )
+        .route("/api/live", get(crate::insight::live::stream))
         .merge(crate::edge::admin_routes())
-        .merge(crate::outbound::admin_routes())
+        .merge(crate::ops::outbound::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(
             AdminHosts::new(&state.config.server),
@@ -92,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/dashboard", get(crate::live::dashboard))
+        .route("/dashboard", get(crate::insight::live::dashboard))
         .merge(admin_api)
         .with_state(state)
 }
@@ -119,7 +121,7 @@ impl AdminHosts {
 
     /// Whether a `Host` value names this admin listener.
     pub fn allows(&self, host: &[u8]) -> bool {
-        let Ok(h) = crate::front::parse_host(host, 0) else {
+        let Ok(h) = crate::edge::front::parse_host(host, 0) else {
             return false;
         };
         let bare = h.name.trim_start_matches('[').trim_end_matches(']');
@@ -218,7 +220,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    telemetry::record_connections(&state.connections);
+    state.connections.record_metrics();
     (
         [(
             header::CONTENT_TYPE,
@@ -379,7 +381,7 @@ fn event_view(seq: u64, r: &EventRecord) -> serde_json::Value {
         "seq": seq,
         "id": r.id,
         "event_type": r.event_type,
-        "weight": r.weight_milli as f64 / crate::velocity::MILLI,
+        "weight": r.weight_milli as f64 / crate::ingest::velocity::MILLI,
         "received_at": rfc3339(r.received_ms),
         "scheme": r.scheme.as_str(),
         "payload": payload,

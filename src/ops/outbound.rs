@@ -51,7 +51,7 @@ use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::{ConfigError, OutboundConfig};
 use crate::error::ApiError;
-use crate::store::{Store, StoreError};
+use crate::ingest::store::{Store, StoreError};
 use crate::telemetry;
 
 const JOB_RECORD_VERSION: u8 = 1;

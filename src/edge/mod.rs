@@ -11,6 +11,16 @@
 //! **Invariant:** the admission decision reads the factor once (one atomic load) and
 //! matches immutable glob sets; it takes no lock.
 
+//!
+//! Where a visitor goes, in this folder: `server` (connections, parking, limits) →
+//! `front` (host and path) → here (routing, admission) → `cache` → `origin`.
+
+pub mod admission;
+pub mod cache;
+pub mod front;
+pub mod origin;
+pub mod server;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,15 +34,15 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admission::{self, Class, Classifier, OriginLimit};
 use crate::app::AppState;
-use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
+use crate::edge::admission::{Class, Classifier, OriginLimit};
+use crate::edge::cache::Cache;
+use crate::edge::front::Verified;
+use crate::edge::origin::{Forwarded, Origin};
 use crate::error::ApiError;
-use crate::factor::Factor;
-use crate::front::Verified;
-use crate::origin::{Forwarded, Origin};
+use crate::ingest::factor::Factor;
 use crate::telemetry;
 
 /// Admission and cache, built once. A clone is cheap.

@@ -30,10 +30,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::config::ConversionsConfig;
-use crate::conversions::Conversions;
 use crate::error::ApiError;
-use crate::history::{DayTotals, MetricsBatch, Tally};
-use crate::store::StoreError;
+use crate::ingest::store::StoreError;
+use crate::insight::conversions::Conversions;
+use crate::insight::history::{DayTotals, MetricsBatch, Tally};
 
 /// Longest span `?from=&to=` may cover, days.
 pub const MAX_RANGE_DAYS: i32 = 3660;
@@ -450,7 +450,7 @@ pub fn launches(frame: &Frame, days: Vec<DayTotals>, live: Option<&MetricsBatch>
     out
 }
 
-fn live_batch(live: &crate::conversions::Live) -> Option<&MetricsBatch> {
+fn live_batch(live: &crate::insight::conversions::Live) -> Option<&MetricsBatch> {
     (!live.batch.tally.is_empty()).then_some(&live.batch)
 }
 
@@ -662,7 +662,7 @@ pub fn report(
         return Err(ReportError::NoStore(dir.clone()));
     }
     // `Store::open` waits a moment for a server that has just stopped.
-    let store = crate::store::Store::open(dir).map_err(|e| match &e {
+    let store = crate::ingest::store::Store::open(dir).map_err(|e| match &e {
         StoreError::Open { detail, .. } if detail.contains("lock") => {
             ReportError::Locked(dir.clone())
         }
@@ -670,8 +670,8 @@ pub fn report(
     })?;
     let conv = Conversions::new(
         &config.conversions,
-        crate::history::History::open(&store)?,
-        crate::factor::Factor::new(),
+        crate::insight::history::History::open(&store)?,
+        crate::ingest::factor::Factor::new(),
         now,
     )?;
     let r = query_day(&conv, &config.conversions, day, now)?;

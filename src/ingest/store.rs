@@ -50,7 +50,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::factor::Pin;
+use crate::ingest::factor::Pin;
 
 /// The store layout this build writes. A store with a higher number is refused.
 pub const SCHEMA_VERSION: u32 = 2;

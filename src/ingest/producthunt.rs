@@ -33,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::config::{Durability, ProducthuntConfig};
-use crate::outbound::server_delay_ms;
-use crate::store::{Store, StoreError};
-use crate::webhook::Outcome;
+use crate::ingest::store::{Store, StoreError};
+use crate::ingest::webhook::Outcome;
+use crate::ops::outbound::server_delay_ms;
 
 /// The GraphQL query; its complexity is what the budget is spent on.
 pub const QUERY: &str =
@@ -63,7 +63,7 @@ impl Budget {
         Some(Budget {
             limit: num("x-rate-limit-limit")?,
             remaining: num("x-rate-limit-remaining")?,
-            reset_in_ms: crate::outbound::reset_delay_ms(num("x-rate-limit-reset")?, now_ms),
+            reset_in_ms: crate::ops::outbound::reset_delay_ms(num("x-rate-limit-reset")?, now_ms),
         })
     }
 }

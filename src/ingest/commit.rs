@@ -27,7 +27,7 @@ use std::time::Instant;
 use crossbeam::channel;
 use tokio::sync::oneshot;
 
-use crate::store::Store;
+use crate::ingest::store::Store;
 use crate::telemetry;
 
 enum Msg {

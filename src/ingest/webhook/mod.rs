@@ -41,10 +41,10 @@ use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::{Config, Durability};
 use crate::error::ApiError;
-use crate::ring::{Ring, RingEvent};
-use crate::store::{Commit, EventRecord, Scheme, Store};
+use crate::ingest::ring::{Ring, RingEvent};
+use crate::ingest::store::{Commit, EventRecord, Scheme, Store};
+use crate::ingest::velocity::to_milli;
 use crate::telemetry;
-use crate::velocity::to_milli;
 use signature::{Keys, SignatureError};
 
 /// What became of an accepted request.

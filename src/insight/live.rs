@@ -26,10 +26,10 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::analytics::{self, Economics, Pricing};
 use crate::app::AppState;
-use crate::history::{DayTotals, Tally};
-use crate::store::StoreError;
+use crate::ingest::store::StoreError;
+use crate::insight::analytics::{self, Economics, Pricing};
+use crate::insight::history::{DayTotals, Tally};
 
 /// The dashboard page.
 pub const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");

@@ -61,12 +61,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
-use crate::admission::{OriginLimit, Use};
 use crate::clock::Clock;
 use crate::config::CacheConfig;
+use crate::edge::admission::{OriginLimit, Use};
+use crate::edge::origin::{Forwarded, Origin, OriginError};
 use crate::error::ApiError;
-use crate::factor::Factor;
-use crate::origin::{Forwarded, Origin, OriginError};
+use crate::ingest::factor::Factor;
 use crate::telemetry;
 use cookies::CookiePolicy;
 use flight::{Flights, Role};
@@ -273,7 +273,7 @@ impl Cache {
         // here already, so that a `Vary` variant is keyed on what the origin saw.
         // (Without `Connection`, origin.rs strips the fixed hop-by-hop list itself.)
         if req.headers().contains_key(header::CONNECTION) {
-            crate::origin::strip_hop_by_hop(req.headers_mut());
+            crate::edge::origin::strip_hop_by_hop(req.headers_mut());
         }
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
@@ -476,7 +476,7 @@ impl Cache {
     /// it at once; the answer's status and `X-Cache`.
     pub async fn warm(&self, path: &str, fwd: Forwarded) -> Result<(u16, String), String> {
         let uri: Uri = path.parse().map_err(|e| format!("invalid path: {e}"))?;
-        let canonical = crate::front::canonical_path(uri.path())
+        let canonical = crate::edge::front::canonical_path(uri.path())
             .map_err(|e| format!("invalid path: {}", e.message()))?
             .into_owned();
         let key = self.key_of(host_str(&fwd), &canonical, uri.query());
@@ -536,7 +536,7 @@ impl Cache {
             "every origin slot is taken and none came free within origin.queue_timeout_ms; retry shortly",
         )
         .retry_after(self.inner.retry_after_secs)
-        .into_response_with(crate::admission::Rejected)
+        .into_response_with(crate::edge::admission::Rejected)
     }
 
     /// The stale copy if it may stand in, else `fallback`.
@@ -759,11 +759,13 @@ impl Cache {
                     let same_host = match u.authority() {
                         None => true,
                         Some(a) => {
-                            crate::front::parse_host(a.as_str().as_bytes(), default_port(&u))
+                            crate::edge::front::parse_host(a.as_str().as_bytes(), default_port(&u))
                                 .is_ok_and(|h| h.key == host)
                         }
                     };
-                    if let (true, Ok(path)) = (same_host, crate::front::canonical_path(u.path())) {
+                    if let (true, Ok(path)) =
+                        (same_host, crate::edge::front::canonical_path(u.path()))
+                    {
                         targets.push((path.into_owned(), u.query().map(str::to_string)));
                     }
                 }

@@ -1,0 +1,11 @@
+//! Where a webhook goes: a signed event is checked, made durable in the store, queued
+//! on the ring and pumped into the velocity window, whose factor every visitor request
+//! reads. The Product Hunt poller feeds the same path with synthetic events.
+
+pub mod commit;
+pub mod factor;
+pub mod producthunt;
+pub mod ring;
+pub mod store;
+pub mod velocity;
+pub mod webhook;

@@ -1,0 +1,8 @@
+//! What the launch did: counters on the hot path, visitors and conversions counted
+//! once, their history in the store, the launch-day reports and the live dashboard.
+
+pub mod analytics;
+pub mod conversions;
+pub mod history;
+pub mod live;
+pub mod visitor;
