@@ -36,7 +36,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use launchguard::config::Config;
 use launchguard::ingest::factor::Factor;
 use launchguard::ingest::store::Store;
-use launchguard::insight::conversions::{Conversions, Counters};
+use launchguard::insight::counters::{Conversions, Counters};
 use launchguard::insight::history::History;
 
 /// 2026-11-26T08:00:00Z, midnight in Los Angeles.

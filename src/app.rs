@@ -36,7 +36,7 @@ use crate::ingest::ring::{Pump, Ring};
 use crate::ingest::store::{Store, StoreError};
 use crate::ingest::velocity::Window;
 use crate::ingest::webhook::{self, Ingestor};
-use crate::insight::conversions::{self, Conversions};
+use crate::insight::counters::{self, Conversions};
 use crate::insight::history::History;
 use crate::insight::live::{self, LiveFeed};
 use crate::insight::visitor::Visitors;
@@ -327,7 +327,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             opts.live_every,
             background_shutdown.clone(),
         )),
-        tokio::spawn(conversions::flush_loop(
+        tokio::spawn(counters::flush_loop(
             counters,
             state.visitors.clone(),
             state.clock.clone(),
@@ -469,7 +469,7 @@ fn own_host(addr: SocketAddr) -> String {
 /// (admission → cache → origin, `edge.rs`) for everything else. The front door
 /// (`front.rs`: host and canonical path) runs before it, in the connection's service
 /// (`server.rs`), so routing already sees the canonical path. Requests and visits
-/// are counted by `conversions::count_requests`, which wraps everything that serves the
+/// are counted by `counters::count_requests`, which wraps everything that serves the
 /// site and judges only the final answer. Every answer, including 404s, 405s and 503s,
 /// carries the scale factor, so that layer wraps the whole router. It is tower-http's
 /// `SetResponseHeader`, which wraps the response future without cloning the router per
@@ -477,7 +477,7 @@ fn own_host(addr: SocketAddr) -> String {
 /// clone the whole `AppState`.
 pub fn public_router(state: AppState) -> Router {
     let factor = state.factor.clone();
-    let counting = conversions::Counting {
+    let counting = counters::Counting {
         conversions: state.conversions.clone(),
         visitors: state.visitors.clone(),
         clock: state.clock.clone(),
@@ -485,7 +485,7 @@ pub fn public_router(state: AppState) -> Router {
     let edge_handles = (state.edge.clone(), state.factor.clone());
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
-        .route(conversions::BEACON_PATH, post(conversions::beacon))
+        .route(counters::BEACON_PATH, post(counters::beacon))
         .fallback(move |req: axum::extract::Request| {
             let (edge, factor) = edge_handles.clone();
             async move { edge::handle(edge, factor, req).await }
@@ -493,7 +493,7 @@ pub fn public_router(state: AppState) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             counting,
-            conversions::count_requests,
+            counters::count_requests,
         ))
         .layer(axum::middleware::from_fn_with_state(
             telemetry::HttpTimer::new(),

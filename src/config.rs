@@ -861,7 +861,7 @@ impl Default for ConversionsConfig {
 
 impl ConversionsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let max = crate::insight::conversions::MAX_GOALS;
+        let max = crate::insight::counters::MAX_GOALS;
         if self.goals.is_empty() || self.goals.len() > max {
             return Err(ConfigError::invalid(
                 "conversions.goals",

@@ -13,7 +13,7 @@
 //!   [`edge::front`] (host and path) → [`edge::admission`] (classes, shedding, origin
 //!   permits) → [`edge::cache`] (keys, freshness, store, single-flight) →
 //!   [`edge::origin`] (static dir or upstream).
-//! - [`insight`]: what the launch did. [`insight::conversions`] (sharded counters, the
+//! - [`insight`]: what the launch did. [`insight::counters`] (sharded counters, the
 //!   beacon, the flusher), [`insight::visitor`] (the visitor cookie, once-a-day marks),
 //!   [`insight::history`] (the `metrics` and `launches` trees), [`insight::analytics`]
 //!   (launch-day reports), [`insight::live`] (the dashboard and its feed).

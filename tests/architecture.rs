@@ -37,7 +37,7 @@ const LEFT: &[(&str, &str, &str)] = &[
     ),
     (
         "config.rs",
-        "crate::insight::conversions",
+        "crate::insight::counters",
         "validators live beside their users",
     ),
     (
@@ -68,7 +68,7 @@ const LEFT: &[(&str, &str, &str)] = &[
         "handlers take AppState",
     ),
     (
-        "insight/conversions.rs",
+        "insight/counters.rs",
         "crate::app",
         "handlers take AppState",
     ),

@@ -11,7 +11,7 @@ use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 use launchguard::ingest::factor::Factor;
 use launchguard::ingest::store::Store;
-use launchguard::insight::conversions::{self, Conversions};
+use launchguard::insight::counters::{self, Conversions};
 use launchguard::insight::history::History;
 use support::*;
 
@@ -191,7 +191,7 @@ async fn a_shed_request_is_not_a_visit() {
             axum::routing::get(|| async { axum::response::Html("<h1>hi</h1>") }),
         )
         .layer(axum::middleware::from_fn_with_state(
-            conversions::Counting {
+            counters::Counting {
                 conversions: conv.clone(),
                 visitors: launchguard::insight::visitor::Visitors::open(
                     &store,
@@ -201,7 +201,7 @@ async fn a_shed_request_is_not_a_visit() {
                 .unwrap(),
                 clock: Clock::manual(T0),
             },
-            conversions::count_requests,
+            counters::count_requests,
         ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -309,7 +309,7 @@ async fn the_beacon_counts_known_goals_and_names_what_is_wrong() {
     assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let big = format!(
         r#"{{"goal":"signup","pad":"{}"}}"#,
-        "x".repeat(conversions::BEACON_MAX_BYTES)
+        "x".repeat(counters::BEACON_MAX_BYTES)
     );
     let big = convert(&s, Some("application/json"), &big).await;
     assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);

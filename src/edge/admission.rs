@@ -115,7 +115,7 @@ impl Classifier {
 }
 
 /// Marks a response as refused by admission (shed, or no origin permit in time), for
-/// the counters that judge the final answer (`conversions::count_requests`).
+/// the counters that judge the final answer (`counters::count_requests`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected;
 

@@ -32,7 +32,7 @@ use crate::app::AppState;
 use crate::config::ConversionsConfig;
 use crate::error::ApiError;
 use crate::ingest::store::StoreError;
-use crate::insight::conversions::Conversions;
+use crate::insight::counters::Conversions;
 use crate::insight::history::{DayTotals, MetricsBatch, Tally};
 
 /// Longest span `?from=&to=` may cover, days.
@@ -450,7 +450,7 @@ pub fn launches(frame: &Frame, days: Vec<DayTotals>, live: Option<&MetricsBatch>
     out
 }
 
-fn live_batch(live: &crate::insight::conversions::Live) -> Option<&MetricsBatch> {
+fn live_batch(live: &crate::insight::counters::Live) -> Option<&MetricsBatch> {
     (!live.batch.tally.is_empty()).then_some(&live.batch)
 }
 

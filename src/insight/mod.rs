@@ -2,7 +2,7 @@
 //! once, their history in the store, the launch-day reports and the live dashboard.
 
 pub mod analytics;
-pub mod conversions;
+pub mod counters;
 pub mod history;
 pub mod live;
 pub mod visitor;

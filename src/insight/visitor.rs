@@ -8,7 +8,7 @@
 //!   valid and no one without the store can forge one. It is set on a funnel page
 //!   view that came without a valid one, `HttpOnly`, `SameSite=Lax`, `Secure` when
 //!   the visitor reached us over TLS, `Path=/`, for 400 days (the most browsers
-//!   keep). It is added after the cache (in `conversions::count_requests`), so cached
+//!   keep). It is added after the cache (in `counters::count_requests`), so cached
 //!   pages stay shared; the cache ignores `lg_*` cookies and never sends them on.
 //! - **Unique visitors**: a new visitor is counted when its cookie is issued, with no
 //!   write at all; a visitor whose cookie was issued that same launch day is not
@@ -27,7 +27,7 @@
 //! **Invariant:** a cookie verifies only if this store's key made it, and its first-seen
 //! time is neither in the future nor older than the cookie's lifetime.
 //! **Invariant:** a visitor counted as converted on a day is counted as a visitor
-//! that day too (`conversions::beacon` sets the `v` mark before the `c` mark), so a
+//! that day too (`counters::beacon` sets the `v` mark before the `c` mark), so a
 //! day's converting visitors never exceed its unique visitors.
 
 use std::collections::HashMap;

@@ -73,7 +73,7 @@ use flight::{Flights, Role};
 use freshness::{Life, NotStored, Policy, Verdict};
 use key::{Key, QueryMode};
 use purges::{PurgeLog, Purged};
-use store::{Entry, Store};
+use store::{Entry, Objects};
 
 /// The `X-Cache` header.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -149,7 +149,7 @@ pub struct Cache {
 }
 
 struct Inner {
-    store: Store,
+    store: Objects,
     flights: Flights<Fetched>,
     policy: Policy,
     cookies: CookiePolicy,
@@ -206,7 +206,7 @@ impl Cache {
             cookies::compile(&config.ignore_cookies).unwrap_or_else(|_| globset::GlobSet::empty());
         Cache {
             inner: Arc::new(Inner {
-                store: Store::new(config.max_bytes, config.max_object_bytes),
+                store: Objects::new(config.max_bytes, config.max_object_bytes),
                 flights: Flights::new(),
                 policy: Policy::from_config(config),
                 cookies: CookiePolicy::new(ignored),
@@ -228,7 +228,7 @@ impl Cache {
         }
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Objects {
         &self.inner.store
     }
 

@@ -6,13 +6,13 @@
 //! eviction (S3-FIFO-like: a small probationary queue, a main queue, a ghost list)
 //! keeps pages that are asked for again while one-hit wonders, such as a crawler's
 //! sweep of 100,000 URLs, leave first. Its weight cap is per shard, so an object
-//! heavier than a shard's share is never stored ([`Store::max_object_bytes`]).
+//! heavier than a shard's share is never stored ([`Objects::max_object_bytes`]).
 //!
 //! An object is stored as the origin sent it. Its compressed variants (gzip, br) are
 //! made later, off the async workers, once it has been asked for twice
 //! ([`Entry::note_use`], `Cache::compress`): a cache-busting miss costs no
 //! compression. The compressed copy replaces the stored one only if that one is still
-//! in place ([`Store::replace`]), and is weighed anew. A response with `Vary` (other
+//! in place ([`Objects::replace`]), and is weighed anew. A response with `Vary` (other
 //! than `Accept-Encoding`) stores a marker under the URL that names the headers, and
 //! the object under the URL plus their values; the marker carries a generation, so
 //! invalidating the URL orphans every variant.
@@ -377,17 +377,18 @@ impl Weighter<Arc<str>, Slot> for ByBytes {
     }
 }
 
-/// The store; a clone is cheap and shares it.
+/// The cached objects, bounded in bytes (named apart from the sled store,
+/// `ingest::store::Store`); a clone is cheap and shares it.
 #[derive(Clone)]
-pub struct Store {
+pub struct Objects {
     map: Arc<Qc<Arc<str>, Slot, ByBytes>>,
     generation: Arc<AtomicU64>,
     max_object_bytes: u64,
     per_shard: u64,
 }
 
-impl Store {
-    pub fn new(max_bytes: u64, max_object_bytes: u64) -> Store {
+impl Objects {
+    pub fn new(max_bytes: u64, max_object_bytes: u64) -> Objects {
         let shards = SHARDS;
         let options = OptionsBuilder::new()
             .shards(shards)
@@ -404,7 +405,7 @@ impl Store {
         // A body over a quarter of a shard (variants and headers come on top) is not
         // worth evicting a shard's worth of pages for; it streams through instead.
         let per_shard = map.shard_capacity();
-        Store {
+        Objects {
             map: Arc::new(map),
             generation: Arc::new(AtomicU64::new(1)),
             max_object_bytes: max_object_bytes.min(per_shard / 4),
@@ -585,7 +586,7 @@ mod tests {
 
     #[test]
     fn vary_selects_the_variant_and_removal_orphans_them() {
-        let s = Store::new(1 << 20, 1 << 16);
+        let s = Objects::new(1 << 20, 1 << 16);
         let varied = |body: &str| {
             let mut h = HeaderMap::new();
             h.insert(
@@ -703,7 +704,7 @@ mod tests {
 
     #[test]
     fn replace_swaps_only_the_entry_it_saw() {
-        let s = Store::new(1 << 20, 1 << 16);
+        let s = Objects::new(1 << 20, 1 << 16);
         let page = "<p>launch day</p>".repeat(100);
         let a = entry(&page, "text/html");
         s.insert("/p", &HeaderMap::new(), a.clone());
@@ -722,7 +723,7 @@ mod tests {
 
     #[test]
     fn purge_by_prefix() {
-        let s = Store::new(1 << 20, 1 << 16);
+        let s = Objects::new(1 << 20, 1 << 16);
         for k in ["/launch/", "/launch/?a=1", "/pricing", "/"] {
             s.insert(k, &HeaderMap::new(), entry(k, "text/plain"));
         }
@@ -735,7 +736,7 @@ mod tests {
         #[test]
         fn the_store_never_exceeds_its_bound(sizes in prop::collection::vec(0usize..20_000, 1..300)) {
             let max = 256 * 1024;
-            let s = Store::new(max, 1 << 20);
+            let s = Objects::new(max, 1 << 20);
             for (i, n) in sizes.iter().enumerate() {
                 let body = "x".repeat(*n);
                 s.insert(&format!("/k{i}"), &HeaderMap::new(), entry(&body, "application/octet-stream"));

@@ -54,8 +54,9 @@ use crate::telemetry;
 pub const MAX_GOALS: usize = 8;
 /// Largest beacon body accepted; `{"goal":"..."}` needs well under this.
 pub const BEACON_MAX_BYTES: usize = 1024;
-/// The beacon's path on the public listener.
-pub const BEACON_PATH: &str = "/api/convert";
+/// The beacon's path on the public listener: admission's, which always treats it as
+/// critical.
+pub use crate::edge::admission::BEACON_PATH;
 
 const VISITS: usize = 0;
 const REQUESTS: usize = 1;
