@@ -61,6 +61,47 @@ impl std::ops::Deref for AppState {
     }
 }
 
+// What the handlers below `app` read, each built from the whole state here, so no
+// wing imports `app` (axum's `FromRef`).
+impl axum::extract::FromRef<AppState> for webhook::WebhookState {
+    fn from_ref(state: &AppState) -> Self {
+        state.webhook.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Edge {
+    fn from_ref(state: &AppState) -> Edge {
+        state.edge.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Outbound {
+    fn from_ref(state: &AppState) -> Outbound {
+        state.outbound.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for crate::insight::analytics::Reports {
+    fn from_ref(state: &AppState) -> Self {
+        crate::insight::analytics::Reports {
+            conversions: state.conversions.clone(),
+            config: state.config.clone(),
+            clock: state.clock.clone(),
+        }
+    }
+}
+
+impl axum::extract::FromRef<AppState> for counters::BeaconState {
+    fn from_ref(state: &AppState) -> Self {
+        counters::BeaconState {
+            conversions: state.conversions.clone(),
+            visitors: state.visitors.clone(),
+            config: state.config.clone(),
+            clock: state.clock.clone(),
+        }
+    }
+}
+
 /// The handles behind [`AppState`]; each is itself a handle over shared state.
 pub struct Handles {
     pub config: Arc<Config>,
@@ -68,6 +109,8 @@ pub struct Handles {
     pub ring: Ring,
     pub factor: Factor,
     pub ingestor: Arc<Ingestor>,
+    /// The webhook handler's state, built once (it is cloned per request).
+    pub webhook: webhook::WebhookState,
     pub committer: Committer,
     pub clock: Clock,
     pub admin_token: Option<AdminToken>,
@@ -258,8 +301,17 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         clock.clone(),
     ));
 
+    let config = Arc::new(config);
+    let accepted = counters.counters().clone();
+    let webhook_state = webhook::WebhookState::new(webhook::WebhookHandles {
+        ingestor: ingestor.clone(),
+        committer: committer.clone(),
+        config: config.clone(),
+        on_accepted: Box::new(move || accepted.record_webhook_accepted()),
+    });
     let state = AppState(Arc::new(Handles {
-        config: Arc::new(config),
+        config,
+        webhook: webhook_state,
         store: store.clone(),
         ring: ring.clone(),
         factor: factor.clone(),

@@ -51,32 +51,14 @@ const LEFT: &[(&str, &str, &str)] = &[
         "secrets become signature keys there",
     ),
     // Handlers take AppState (point 2: FromRef sub-states, app composes).
-    ("edge/mod.rs", "crate::app", "handlers take AppState"),
     (
         "ingest/producthunt.rs",
-        "crate::app",
-        "handlers take AppState",
-    ),
-    (
-        "ingest/webhook/mod.rs",
-        "crate::app",
-        "handlers take AppState",
-    ),
-    (
-        "insight/analytics.rs",
-        "crate::app",
-        "handlers take AppState",
-    ),
-    (
-        "insight/counters.rs",
         "crate::app",
         "handlers take AppState",
     ),
     ("insight/live.rs", "crate::app", "handlers take AppState"),
     ("ops/admin.rs", "crate::app", "handlers take AppState"),
     ("ops/alerts.rs", "crate::app", "handlers take AppState"),
-    ("ops/outbound.rs", "crate::app", "handlers take AppState"),
-    ("ops/simulate.rs", "crate::app", "handlers take AppState"),
     // Purge rules are the cache's but are matched at ingest and applied by the pump
     // (point 3: build them once in edge/cache and hand them down).
     (

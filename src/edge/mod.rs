@@ -34,7 +34,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::edge::admission::{Class, Classifier, OriginLimit};
@@ -240,7 +239,11 @@ impl PurgeRules {
 }
 
 /// The cache's admin routes: `POST /admin/purge`, `POST /admin/warm`.
-pub fn admin_routes() -> Router<AppState> {
+pub fn admin_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Edge: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/admin/purge", post(purge))
         .route("/admin/warm", post(warm))
@@ -254,7 +257,7 @@ struct PurgeRequest {
 
 /// JSON bodies are read whatever the `Content-Type`, so `curl -d` works as typed.
 async fn purge(
-    State(state): State<AppState>,
+    State(edge): State<Edge>,
     body: axum::body::Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let req: PurgeRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -273,10 +276,10 @@ async fn purge(
         )
         .field("prefix"));
     }
-    let purged = state.edge.cache().purge_prefix(&req.prefix);
+    let purged = edge.cache().purge_prefix(&req.prefix);
     tracing::info!(prefix = %req.prefix, purged, "cache purged by operator");
     Ok(
-        Json(json!({"prefix": req.prefix, "purged": purged, "bytes": state.edge.cache().bytes()}))
+        Json(json!({"prefix": req.prefix, "purged": purged, "bytes": edge.cache().bytes()}))
             .into_response(),
     )
 }
@@ -288,7 +291,7 @@ struct WarmRequest {
 }
 
 async fn warm(
-    State(state): State<AppState>,
+    State(edge): State<Edge>,
     body: axum::body::Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let req: WarmRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -301,7 +304,7 @@ async fn warm(
             )
         })?
     };
-    let urls = req.urls.unwrap_or_else(|| state.edge.warm_urls().to_vec());
+    let urls = req.urls.unwrap_or_else(|| edge.warm_urls().to_vec());
     if let Some(bad) = urls.iter().find(|u| !u.starts_with('/')) {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -309,7 +312,7 @@ async fn warm(
         )
         .field("urls"));
     }
-    let results = state.edge.warm(&urls).await;
+    let results = edge.warm(&urls).await;
     tracing::info!(urls = urls.len(), "cache warmed by operator");
     Ok(Json(json!({"warmed": results})).into_response())
 }

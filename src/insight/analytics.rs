@@ -28,7 +28,6 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::config::ConversionsConfig;
 use crate::error::ApiError;
 use crate::ingest::store::StoreError;
@@ -520,10 +519,19 @@ fn storage_error(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// What the report handlers read: the counters and their history, the config, the
+/// clock. `app` builds it from its state.
+#[derive(Clone)]
+pub struct Reports {
+    pub conversions: Conversions,
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub clock: crate::clock::Clock,
+}
+
 /// `GET /api/analytics?day=YYYY-MM-DD` (default today in the launch time zone), or
 /// `?from=YYYY-MM-DD&to=YYYY-MM-DD` for a range of days, both ends included.
 pub async fn analytics(
-    State(state): State<AppState>,
+    State(state): State<Reports>,
     query: Result<Query<AnalyticsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| {
@@ -591,7 +599,7 @@ pub async fn analytics(
 }
 
 /// `GET /api/launches`: every recorded day with its totals, newest first.
-pub async fn list_launches(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn list_launches(State(state): State<Reports>) -> Result<Response, ApiError> {
     let now = state.clock.now_ms();
     let conv = state.conversions.clone();
     let (days, live) = all_days_blocking(&conv, now).await?;

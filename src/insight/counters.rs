@@ -39,7 +39,6 @@ use jiff::tz::TimeZone;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::ConversionsConfig;
 use crate::error::ApiError;
@@ -527,6 +526,16 @@ fn is_html(res: &Response) -> bool {
         })
 }
 
+/// What the beacon reads: the counters, the visitor cookie and budget, the config and
+/// the clock. `app` builds it from its state.
+#[derive(Clone)]
+pub struct BeaconState {
+    pub conversions: Conversions,
+    pub visitors: Visitors,
+    pub config: Arc<crate::config::Config>,
+    pub clock: Clock,
+}
+
 /// Why a beacon did not count: the `reason` label of
 /// `launchguard_conversions_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -561,7 +570,7 @@ impl Refusal {
 /// `POST /api/convert`: one conversion of a configured goal, counted once per visitor,
 /// goal and launch day. Every beacon that does not count is counted by its reason in
 /// `launchguard_conversions_rejected_total{reason}`, and nowhere else.
-pub async fn beacon(State(state): State<AppState>, req: Request) -> Response {
+pub async fn beacon(State(state): State<BeaconState>, req: Request) -> Response {
     let no_store = |mut res: Response| {
         res.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -588,7 +597,7 @@ fn refuse(reason: Refusal, e: ApiError) -> Refused {
     (reason, Some(e))
 }
 
-async fn beacon_inner(state: &AppState, req: Request) -> Result<(), Refused> {
+async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> {
     let (parts, body) = req.into_parts();
     let now = state.clock.now_ms();
     let verified = parts.extensions.get::<crate::edge::front::Verified>();

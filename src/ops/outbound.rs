@@ -47,7 +47,6 @@ use sled::Transactional;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::clock::Clock;
 use crate::config::{ConfigError, OutboundConfig};
 use crate::error::ApiError;
@@ -724,7 +723,11 @@ pub fn decode_job(v: &[u8]) -> Result<Job, StoreError> {
 
 /// `GET /admin/outbound/deadletters`, `POST /admin/outbound/deadletters/{id}/retry`,
 /// `DELETE /admin/outbound/deadletters/{id}`; mounted behind the admin token.
-pub fn admin_routes() -> Router<AppState> {
+pub fn admin_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Outbound: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/admin/outbound/deadletters", get(list_deadletters))
         .route(
@@ -774,8 +777,8 @@ fn not_found(id: u64) -> ApiError {
     )
 }
 
-async fn list_deadletters(State(state): State<AppState>) -> Response {
-    match state.outbound.deadletters() {
+async fn list_deadletters(State(outbound): State<Outbound>) -> Response {
+    match outbound.deadletters() {
         Ok(jobs) => Json(json!({
             "deadletters": jobs.iter().map(view).collect::<Vec<_>>(),
         }))
@@ -784,12 +787,12 @@ async fn list_deadletters(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn retry_deadletter(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn retry_deadletter(State(outbound): State<Outbound>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    match state.outbound.retry_deadletter(id).await {
+    match outbound.retry_deadletter(id).await {
         Ok(Some(job)) => {
             tracing::info!(id, kind = %job.kind, target = %host_of(&job.target), "admin: dead letter queued again");
             (
@@ -803,12 +806,12 @@ async fn retry_deadletter(State(state): State<AppState>, Path(id): Path<String>)
     }
 }
 
-async fn drop_deadletter(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn drop_deadletter(State(outbound): State<Outbound>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    match state.outbound.drop_deadletter(id).await {
+    match outbound.drop_deadletter(id).await {
         Ok(Some(job)) => {
             tracing::info!(id, kind = %job.kind, target = %host_of(&job.target), "admin: dead letter dropped");
             Json(json!({"status": "dropped", "job": view(&job)})).into_response()

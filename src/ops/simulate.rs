@@ -184,7 +184,7 @@ pub async fn play(
             }
             if let Some(f) = res
                 .headers()
-                .get(crate::app::SCALE_FACTOR_HEADER)
+                .get(crate::ingest::factor::SCALE_FACTOR_HEADER)
                 .and_then(|v| v.to_str().ok())
             {
                 if let Ok(v) = f.parse::<f64>() {
