@@ -69,6 +69,12 @@ impl axum::extract::FromRef<AppState> for webhook::WebhookState {
     }
 }
 
+impl axum::extract::FromRef<AppState> for LiveFeed {
+    fn from_ref(state: &AppState) -> LiveFeed {
+        state.live.clone()
+    }
+}
+
 impl axum::extract::FromRef<AppState> for Edge {
     fn from_ref(state: &AppState) -> Edge {
         state.edge.clone()
@@ -369,12 +375,25 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
         tokio::spawn(outbound.run(opts.outbound_tick, background_shutdown.clone())),
         tokio::spawn(alerts.run(
-            state.clone(),
+            crate::ops::alerts::Watched {
+                store: state.store.clone(),
+                factor: state.factor.clone(),
+                outbound: state.outbound.clone(),
+                config: state.config.clone(),
+                clock: state.clock.clone(),
+            },
             opts.alerts_every,
             background_shutdown.clone(),
         )),
         tokio::spawn(live::sample_loop(
-            state.clone(),
+            live::Sources {
+                conversions: state.conversions.clone(),
+                store: state.store.clone(),
+                factor: state.factor.clone(),
+                ring: state.ring.clone(),
+                config: state.config.clone(),
+                clock: state.clock.clone(),
+            },
             state.live.clone(),
             opts.live_every,
             background_shutdown.clone(),

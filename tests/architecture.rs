@@ -56,9 +56,7 @@ const LEFT: &[(&str, &str, &str)] = &[
         "crate::app",
         "handlers take AppState",
     ),
-    ("insight/live.rs", "crate::app", "handlers take AppState"),
     ("ops/admin.rs", "crate::app", "handlers take AppState"),
-    ("ops/alerts.rs", "crate::app", "handlers take AppState"),
     // Purge rules are the cache's but are matched at ingest and applied by the pump
     // (point 3: build them once in edge/cache and hand them down).
     (

@@ -26,7 +26,6 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::ingest::store::StoreError;
 use crate::insight::analytics::{self, Economics, Pricing};
 use crate::insight::history::{DayTotals, Tally};
@@ -142,9 +141,21 @@ struct Previous {
     last_seq: u64,
 }
 
+/// What a sample reads: the counters and history, the store's events, the factor, the
+/// ring, the config and the clock. `app` builds it.
+#[derive(Clone)]
+pub struct Sources {
+    pub conversions: crate::insight::counters::Conversions,
+    pub store: crate::ingest::store::Store,
+    pub factor: crate::ingest::factor::Factor,
+    pub ring: crate::ingest::ring::Ring,
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub clock: crate::clock::Clock,
+}
+
 /// Builds a sample every `every` until `shutdown`, and publishes it.
 pub async fn sample_loop(
-    state: AppState,
+    state: Sources,
     feed: LiveFeed,
     every: Duration,
     shutdown: CancellationToken,
@@ -184,7 +195,7 @@ pub async fn sample_loop(
 /// The sample, or why none could be taken, and what to remember for the next one.
 type SampleResult = (Result<Sample, StoreError>, Previous);
 
-fn sample(state: &AppState, prev: Previous, elapsed: Duration) -> SampleResult {
+fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
     let now = state.clock.now_ms();
     let conv = &state.conversions;
     let day = analytics::day_of(now, conv.timezone()).to_string();
@@ -286,9 +297,8 @@ fn sample(state: &AppState, prev: Previous, elapsed: Duration) -> SampleResult {
 }
 
 /// `GET /api/live`: the samples as Server-Sent Events, the newest first.
-pub async fn stream(State(state): State<AppState>) -> Response {
-    let events = state
-        .live
+pub async fn stream(State(feed): State<LiveFeed>) -> Response {
+    let events = feed
         .subscribe()
         .map(|json| Ok::<_, Infallible>(Event::default().data(&*json)));
     let mut res = Sse::new(events)

@@ -29,7 +29,6 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::config::Config;
 
 /// A level turns off below this fraction of its threshold.
@@ -220,6 +219,18 @@ struct AlertsInner {
     evaluations: watch::Sender<u64>,
 }
 
+/// What the alerts watch (the factor, the store's disk and event count, the dead
+/// letters) and where they send (the outbound queue, `alerts.slack_webhook_urls`).
+/// `app` builds it.
+#[derive(Clone)]
+pub struct Watched {
+    pub store: crate::ingest::store::Store,
+    pub factor: crate::ingest::factor::Factor,
+    pub outbound: crate::ops::outbound::Outbound,
+    pub config: std::sync::Arc<Config>,
+    pub clock: crate::clock::Clock,
+}
+
 impl Alerts {
     pub fn new(alerter: Alerter, tz: TimeZone) -> Alerts {
         Alerts {
@@ -242,7 +253,7 @@ impl Alerts {
         self.inner.evaluations.subscribe()
     }
 
-    fn observe(&self, state: &AppState, now_ms: u64) -> Observation {
+    fn observe(&self, state: &Watched, now_ms: u64) -> Observation {
         let disk_free = rustix::fs::statvfs(state.store.dir())
             .ok()
             .filter(|fs| fs.f_blocks > 0)
@@ -257,7 +268,7 @@ impl Alerts {
     }
 
     /// One evaluation: observe, decide, log and queue the messages.
-    pub async fn evaluate(&self, state: &AppState) {
+    pub async fn evaluate(&self, state: &Watched) {
         let now = state.clock.now_ms();
         let obs = self.observe(state, now);
         let messages = self.inner.alerter.lock().evaluate(&obs, now);
@@ -279,7 +290,7 @@ impl Alerts {
     }
 
     /// Evaluates every `every` (or when kicked) until shutdown.
-    pub async fn run(self, state: AppState, every: Duration, shutdown: CancellationToken) {
+    pub async fn run(self, state: Watched, every: Duration, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
