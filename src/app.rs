@@ -69,6 +69,21 @@ impl axum::extract::FromRef<AppState> for webhook::WebhookState {
     }
 }
 
+impl axum::extract::FromRef<AppState> for admin::AdminState {
+    fn from_ref(state: &AppState) -> Self {
+        admin::AdminState {
+            config: state.config.clone(),
+            store: state.store.clone(),
+            factor: state.factor.clone(),
+            clock: state.clock.clone(),
+            admin_token: state.admin_token.clone(),
+            metrics: state.metrics.clone(),
+            shutting_down: state.shutting_down.clone(),
+            connections: state.connections.clone(),
+        }
+    }
+}
+
 impl axum::extract::FromRef<AppState> for LiveFeed {
     fn from_ref(state: &AppState) -> LiveFeed {
         state.live.clone()
@@ -412,7 +427,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         Some(poller) => {
             tracing::info!(slug = poller.slug(), api = %state.config.producthunt.api_url, "polling Product Hunt");
             background.push(tokio::spawn(poller.run(
-                state.clone(),
+                crate::ingest::producthunt::Sources {
+                    webhook: state.webhook.clone(),
+                    client: state.outbound.client().clone(),
+                    factor: state.factor.clone(),
+                    clock: state.clock.clone(),
+                },
                 opts.producthunt_tick,
                 background_shutdown.clone(),
             )));

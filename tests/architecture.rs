@@ -50,13 +50,6 @@ const LEFT: &[(&str, &str, &str)] = &[
         "crate::ingest::webhook",
         "secrets become signature keys there",
     ),
-    // Handlers take AppState (point 2: FromRef sub-states, app composes).
-    (
-        "ingest/producthunt.rs",
-        "crate::app",
-        "handlers take AppState",
-    ),
-    ("ops/admin.rs", "crate::app", "handlers take AppState"),
     // Purge rules are the cache's but are matched at ingest and applied by the pump
     // (point 3: build them once in edge/cache and hand them down).
     (

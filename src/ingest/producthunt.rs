@@ -31,7 +31,6 @@ use serde_json::json;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::config::{Durability, ProducthuntConfig};
 use crate::ingest::store::{Store, StoreError};
 use crate::ingest::webhook::Outcome;
@@ -104,6 +103,17 @@ pub struct Counts {
 /// The deterministic id of the `n`-th event of `kind` on `slug`.
 pub fn event_id(slug: &str, kind: &str, n: u64) -> String {
     format!("producthunt:{slug}:{kind}:{n}")
+}
+
+/// What the poller uses: the webhook path's ingest (ingestor, committer, config and
+/// the accepted-event counter), the outbound HTTP client, the factor and the clock.
+/// `app` builds it.
+#[derive(Clone)]
+pub struct Sources {
+    pub webhook: crate::ingest::webhook::WebhookState,
+    pub client: crate::ops::outbound::HttpsClient,
+    pub factor: crate::ingest::factor::Factor,
+    pub clock: crate::clock::Clock,
 }
 
 /// What one poll found.
@@ -210,7 +220,7 @@ impl Poller {
     }
 
     /// One poll: the counts and the budget the answer reports.
-    async fn poll(&self, state: &AppState) -> (Result<Counts, PollError>, Option<Budget>) {
+    async fn poll(&self, state: &Sources) -> (Result<Counts, PollError>, Option<Budget>) {
         let c = &self.inner.config;
         let body = json!({"query": QUERY, "variables": {"slug": self.inner.slug}}).to_string();
         let req = Request::builder()
@@ -231,8 +241,8 @@ impl Poller {
             Ok(r) => r,
             Err(e) => return (Err(PollError::Failed(format!("bad request: {e}"))), None),
         };
-        let timeout = Duration::from_millis(state.config.outbound.timeout_ms);
-        let client = state.outbound.client().clone();
+        let timeout = Duration::from_millis(state.webhook.config.outbound.timeout_ms);
+        let client = state.client.clone();
         let answer = tokio::time::timeout(timeout, async move {
             let res = client.request(req).await.map_err(|e| format!("{e:?}"))?;
             let (parts, body) = res.into_parts();
@@ -282,7 +292,7 @@ impl Poller {
     }
 
     /// Turns new counts into events through the ingest path; returns how many were new.
-    pub async fn record(&self, state: &AppState, counts: Counts) -> Result<usize, String> {
+    pub async fn record(&self, state: &Sources, counts: Counts) -> Result<usize, String> {
         let Some(prev) = self.baseline().map_err(|e| e.to_string())? else {
             self.save_baseline(counts).map_err(|e| e.to_string())?;
             tracing::info!(slug = %self.inner.slug, votes = counts.votes, comments = counts.comments, "Product Hunt baseline recorded");
@@ -304,10 +314,10 @@ impl Poller {
                 })
                 .to_string()
                 .into_bytes();
-                match state.ingestor.ingest_synthetic(&id, kind, payload) {
+                match state.webhook.ingestor.ingest_synthetic(&id, kind, payload) {
                     Ok(Outcome::Accepted { .. }) => {
                         accepted += 1;
-                        state.conversions.counters().record_webhook_accepted();
+                        (state.webhook.on_accepted)();
                     }
                     Ok(Outcome::Duplicate { .. }) => {}
                     Err(e) => return Err(e.message),
@@ -315,10 +325,10 @@ impl Poller {
             }
         }
         if accepted > 0 {
-            if state.config.webhook.durability == Durability::Fsync {
-                state.committer.wait_durable().await?;
+            if state.webhook.config.webhook.durability == Durability::Fsync {
+                state.webhook.committer.wait_durable().await?;
             } else {
-                state.committer.kick();
+                state.webhook.committer.kick();
             }
         }
         self.save_baseline(counts).map_err(|e| e.to_string())?;
@@ -326,7 +336,7 @@ impl Poller {
     }
 
     /// The loop: poll when due, record, pace by the budget and the factor.
-    pub async fn run(self, state: AppState, tick: Duration, shutdown: CancellationToken) {
+    pub async fn run(self, state: Sources, tick: Duration, shutdown: CancellationToken) {
         let mut next_at = state.clock.now_ms();
         let mut budget: Option<Budget> = None;
         let mut cost: u64 = 1;

@@ -36,7 +36,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRef, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -47,7 +47,6 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::ingest::factor::Pin;
 use crate::ingest::store::EventRecord;
@@ -70,7 +69,33 @@ impl AdminToken {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// What the admin handlers read and change: the config, the store, the factor, the
+/// clock, the token, the metrics, the shutdown flag and the public connections.
+/// `app` builds it.
+#[derive(Clone)]
+pub struct AdminState {
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub store: crate::ingest::store::Store,
+    pub factor: crate::ingest::factor::Factor,
+    pub clock: crate::clock::Clock,
+    pub admin_token: Option<AdminToken>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub shutting_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub connections: crate::edge::server::Connections,
+}
+
+/// The admin listener's router: its own handlers, and the admin routes of the cache,
+/// the dead letters, the reports and the live feed, each taking its state from `S`.
+pub fn router<S>(state: S) -> Router
+where
+    S: Clone + Send + Sync + 'static,
+    AdminState: FromRef<S>,
+    crate::insight::analytics::Reports: FromRef<S>,
+    crate::insight::live::LiveFeed: FromRef<S>,
+    crate::edge::Edge: FromRef<S>,
+    crate::ops::outbound::Outbound: FromRef<S>,
+{
+    let admin = AdminState::from_ref(&state);
     let admin_api = Router::new()
         .route(
             "/admin/factor",
@@ -85,9 +110,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/live", get(crate::insight::live::stream))
         .merge(crate::edge::admin_routes())
         .merge(crate::ops::outbound::admin_routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(
-            AdminHosts::new(&state.config.server),
+            AdminHosts::new(&admin.config.server),
             refuse_cross_site,
         ));
     Router::new()
@@ -180,7 +205,7 @@ async fn refuse_cross_site(State(hosts): State<AdminHosts>, req: Request, next: 
     next.run(req).await
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
     if let Some(token) = &state.admin_token {
         let presented = req
             .headers()
@@ -203,7 +228,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<AdminState>) -> Response {
     if state.shutting_down.load(Ordering::Acquire) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -219,7 +244,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AdminState>) -> Response {
     state.connections.record_metrics();
     (
         [(
@@ -231,7 +256,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-fn factor_view(state: &AppState) -> serde_json::Value {
+fn factor_view(state: &AdminState) -> serde_json::Value {
     let now = state.clock.now_ms();
     let pin = state.factor.pinned(now).map(|p| {
         json!({
@@ -249,7 +274,7 @@ fn factor_view(state: &AppState) -> serde_json::Value {
     })
 }
 
-async fn get_factor(State(state): State<AppState>) -> Response {
+async fn get_factor(State(state): State<AdminState>) -> Response {
     Json(factor_view(&state)).into_response()
 }
 
@@ -266,7 +291,7 @@ fn default_pin_secs() -> u64 {
 }
 
 async fn pin_factor(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     body: Result<Json<PinRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| {
@@ -311,7 +336,7 @@ async fn pin_factor(
     Ok(Json(factor_view(&state)).into_response())
 }
 
-async fn unpin_factor(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn unpin_factor(State(state): State<AdminState>) -> Result<Response, ApiError> {
     persist_pin(&state, None).await?;
     let old = state.factor.unpin(state.clock.now_ms());
     if let Some(p) = old {
@@ -323,7 +348,7 @@ async fn unpin_factor(State(state): State<AppState>) -> Result<Response, ApiErro
     Ok(Json(factor_view(&state)).into_response())
 }
 
-async fn persist_pin(state: &AppState, pin: Option<Pin>) -> Result<(), ApiError> {
+async fn persist_pin(state: &AdminState, pin: Option<Pin>) -> Result<(), ApiError> {
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.save_pin(pin))
         .await
@@ -345,7 +370,7 @@ struct EventsQuery {
 }
 
 async fn list_events(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| {

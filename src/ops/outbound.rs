@@ -209,7 +209,8 @@ enum Attempt {
     Failed { error: String, wait_ms: u64 },
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The outbound HTTP client: http and https (webpki roots, plus `outbound.ca_file`).
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Handle to the queue; a clone is cheap.
 #[derive(Clone)]
