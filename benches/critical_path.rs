@@ -45,7 +45,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingM
 use launchguard::clock::Clock;
 use launchguard::config::Config;
 use launchguard::ingest::factor::Factor;
-use launchguard::ingest::ring::{Pump, Ring, RingEvent};
+use launchguard::ingest::pump::Pump;
+use launchguard::ingest::ring::{Ring, RingEvent};
 use launchguard::ingest::store::{encode_event, Commit, EventRecord, Scheme, Store};
 use launchguard::ingest::velocity::Window;
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key, Keys, PRODUCTHUNT_HEADER};

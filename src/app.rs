@@ -32,7 +32,8 @@ use crate::edge::{self, Edge, PurgeRules};
 use crate::ingest::commit::Committer;
 use crate::ingest::factor::Factor;
 use crate::ingest::producthunt::Poller;
-use crate::ingest::ring::{Pump, Ring};
+use crate::ingest::pump::Pump;
+use crate::ingest::ring::Ring;
 use crate::ingest::store::{Store, StoreError};
 use crate::ingest::velocity::Window;
 use crate::ingest::webhook::{self, Ingestor};
@@ -376,8 +377,9 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         ),
     ];
 
+    let (purge_rules, cache) = (PurgeRules::new(&state.config), edge.cache().clone());
     let pump = Pump::new(ring, window, factor)
-        .with_purge(PurgeRules::new(&state.config), edge.cache().clone());
+        .with_purge(move |numbers| purge_rules.apply(&cache, numbers));
     let mut background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
         tokio::spawn(sweep_loop(

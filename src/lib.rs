@@ -6,8 +6,9 @@
 //! - [`ingest`]: where a webhook goes. [`ingest::webhook`] (signed webhooks in:
 //!   `signature`, `payload`, dedup and commit) → [`ingest::store`] (sled trees,
 //!   versioned records) and [`ingest::commit`] (group commit) → [`ingest::ring`] (the
-//!   lock-free ring and the pump) → [`ingest::velocity`] (the window, pure) →
-//!   [`ingest::factor`] (the published scale factor and the operator's pin);
+//!   lock-free ring) → [`ingest::pump`] (its one consumer) → [`ingest::velocity`] (the
+//!   window, pure) → [`ingest::factor`] (the published scale factor and the
+//!   operator's pin);
 //!   [`ingest::producthunt`] polls Product Hunt into the same path.
 //! - [`edge`]: where a visitor goes. [`edge::server`] (connections, parking, limits) →
 //!   [`edge::front`] (host and path) → [`edge::admission`] (classes, shedding, origin

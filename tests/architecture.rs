@@ -50,18 +50,8 @@ const LEFT: &[(&str, &str, &str)] = &[
         "crate::ingest::webhook",
         "secrets become signature keys there",
     ),
-    // Purge rules are the cache's but are matched at ingest and applied by the pump
-    // (point 3: build them once in edge/cache and hand them down).
-    (
-        "ingest/ring.rs",
-        "crate::edge",
-        "the pump applies purge rules",
-    ),
-    (
-        "ingest/ring.rs",
-        "crate::edge::cache",
-        "the pump applies purge rules",
-    ),
+    // Purge rules are the cache's but are matched at ingest (point 3: build them once
+    // in edge/cache and hand the matcher down, as the pump's `with_purge` already is).
     (
         "ingest/webhook/mod.rs",
         "crate::edge",

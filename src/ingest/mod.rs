@@ -5,6 +5,7 @@
 pub mod commit;
 pub mod factor;
 pub mod producthunt;
+pub mod pump;
 pub mod ring;
 pub mod store;
 pub mod velocity;

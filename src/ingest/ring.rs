@@ -1,28 +1,20 @@
-//! The event ring between ingestion and the pump, and the pump that drains it into
-//! the velocity window and publishes the factor.
+//! The event ring between ingestion and the pump (`pump.rs`), which drains it into the
+//! velocity window and publishes the factor.
 //!
 //! Producers (webhook handlers, any number) push small `Copy` events into a bounded
 //! lock-free `ArrayQueue`. When it is full, the event goes to an unbounded lock-free
 //! spill queue instead: the webhook never blocks and the event still reaches the
 //! window; the overflow is counted in `launchguard_ring_overflow_total`.
-//! One pump task is the only consumer. It wakes on a push or on a tick (so the
-//! window slides and the factor decays when events stop), drains both queues,
-//! records each event at its received time, and publishes the factor.
+//! One pump task (`pump.rs`) is the only consumer; a push wakes it.
 //!
 //! **Invariant:** every pushed event is drained exactly once (ring or spill).
-//! **Invariant:** the pump is the only writer of the computed factor.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crossbeam::queue::{ArrayQueue, SegQueue};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::ingest::factor::Factor;
-use crate::ingest::velocity::Window;
 use crate::telemetry;
 
 /// What the window needs of an event.
@@ -85,102 +77,15 @@ impl Ring {
         self.inner.queue.capacity()
     }
 
-    fn pop(&self) -> Option<RingEvent> {
+    /// Resolves at the next push (or at once if one came since the last wait): for
+    /// the pump.
+    pub(crate) async fn woken(&self) {
+        self.inner.wake.notified().await
+    }
+
+    /// The next event, ring first; for the pump, the only consumer.
+    pub(crate) fn pop(&self) -> Option<RingEvent> {
         self.inner.queue.pop().or_else(|| self.inner.spill.pop())
-    }
-}
-
-/// The single consumer: owns the window, writes the computed factor.
-pub struct Pump {
-    ring: Ring,
-    window: Window,
-    factor: Factor,
-    purge: Option<(crate::edge::PurgeRules, crate::edge::cache::Cache)>,
-}
-
-impl Pump {
-    pub fn new(ring: Ring, window: Window, factor: Factor) -> Pump {
-        Pump {
-            ring,
-            window,
-            factor,
-            purge: None,
-        }
-    }
-
-    /// Applies the cache's event-driven purge rules to the events drained.
-    pub fn with_purge(
-        mut self,
-        rules: crate::edge::PurgeRules,
-        cache: crate::edge::cache::Cache,
-    ) -> Pump {
-        self.purge = Some((rules, cache));
-        self
-    }
-
-    /// Drains every waiting event into the window, slides it to `now_ms`, and
-    /// publishes the factor. Returns how many events were applied.
-    pub fn drain(&mut self, now_ms: u64) -> usize {
-        metrics::gauge!(telemetry::RING_DEPTH).set(self.ring.depth() as f64);
-        let mut n = 0;
-        let mut purge_rules: Vec<u16> = Vec::new();
-        while let Some(ev) = self.ring.pop() {
-            self.window.record(ev.received_ms, ev.weight_milli, now_ms);
-            if ev.purge_rule != 0 && !purge_rules.contains(&ev.purge_rule) {
-                purge_rules.push(ev.purge_rule);
-            }
-            n += 1;
-        }
-        if let (Some((rules, cache)), false) = (&self.purge, purge_rules.is_empty()) {
-            let dropped = rules.apply(cache, &purge_rules);
-            metrics::counter!(telemetry::CACHE_PURGED_TOTAL).increment(dropped as u64);
-        }
-        self.window.advance(now_ms);
-        let lapsed = self
-            .factor
-            .set_computed(self.window.factor(), self.window.velocity(), now_ms);
-        if let Some(pin) = lapsed {
-            tracing::info!(
-                pinned = pin.factor,
-                "factor pin lapsed; the computed factor is in force again"
-            );
-        }
-        if n > 0 {
-            metrics::counter!(telemetry::EVENTS_PUMPED_TOTAL).increment(n as u64);
-        }
-        metrics::gauge!(telemetry::ENGAGEMENT_VELOCITY).set(self.window.velocity());
-        metrics::gauge!(telemetry::SCALE_FACTOR).set(self.factor.current());
-        metrics::gauge!(telemetry::SCALE_FACTOR_PINNED).set(
-            if self.factor.pinned(now_ms).is_some() {
-                1.0
-            } else {
-                0.0
-            },
-        );
-        n
-    }
-
-    pub fn window(&self) -> &Window {
-        &self.window
-    }
-
-    /// Runs until `shutdown`, waking on every push and at least every `tick`.
-    /// Drains once more on the way out.
-    pub async fn run(mut self, clock: Clock, tick: Duration, shutdown: CancellationToken) {
-        let ring = self.ring.clone();
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ring.inner.wake.notified() => {}
-                _ = ticker.tick() => {}
-                _ = shutdown.cancelled() => {
-                    self.drain(clock.now_ms());
-                    return;
-                }
-            }
-            self.drain(clock.now_ms());
-        }
     }
 }
 
@@ -188,6 +93,9 @@ impl Pump {
 mod tests {
     use super::*;
     use crate::config::VelocityConfig;
+    use crate::ingest::factor::Factor;
+    use crate::ingest::pump::Pump;
+    use crate::ingest::velocity::Window;
 
     fn ev(seq: u64, at: u64) -> RingEvent {
         RingEvent {
