@@ -570,11 +570,11 @@ fn own_host(addr: SocketAddr) -> String {
 /// clone the whole `AppState`.
 pub fn public_router(state: AppState) -> Router {
     let factor = state.factor.clone();
-    let counting = counters::Counting {
-        conversions: state.conversions.clone(),
-        visitors: state.visitors.clone(),
-        clock: state.clock.clone(),
-    };
+    let counting = counters::Counting::new(
+        state.conversions.clone(),
+        state.visitors.clone(),
+        state.clock.clone(),
+    );
     let edge_handles = (state.edge.clone(), state.factor.clone());
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))

@@ -187,7 +187,7 @@ fn describe() {
     );
     describe_counter!(
         CONVERSIONS_REJECTED_TOTAL,
-        "Conversion beacons that did not count, by reason (rate_limited, invalid, cross_site, no_visitor, forged_visitor, repeat)"
+        "Conversion beacons that did not count, by reason (rate_limited, invalid, cross_site, no_visitor, forged_visitor, repeat, unavailable)"
     );
     describe_counter!(
         UNIQUE_VISITORS_TOTAL,

@@ -39,14 +39,6 @@ async fn beacon(s: &TestServer, headers: &[(&str, &str)]) -> Resp {
 /// A forged beacon: the reason it is refused for, its headers, the answer it gets.
 type Forgery<'a> = (&'static str, Vec<(&'a str, &'a str)>, StatusCode);
 
-async fn rejected(s: &TestServer, reason: &str) -> u64 {
-    let text = s.client.get(&s.admin_url("/metrics")).await.text();
-    let prefix = format!("launchguard_conversions_rejected_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 async fn today(s: &TestServer) -> serde_json::Value {
     s.state()
         .conversions
@@ -137,7 +129,7 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
     let reasons = ["no_visitor", "forged_visitor", "repeat", "cross_site"];
     let mut counts_before = Vec::new();
     for r in reasons {
-        counts_before.push(rejected(&s, r).await);
+        counts_before.push(support::edge::beacons_rejected(&s, r).await);
     }
     let mut sent = [0u64; 4];
     for i in 0..5000 {
@@ -154,7 +146,7 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
     assert_eq!(after["conv_rate"], 0.5);
     for (i, reason) in reasons.iter().enumerate() {
         assert_eq!(
-            rejected(&s, reason).await - counts_before[i],
+            support::edge::beacons_rejected(&s, reason).await - counts_before[i],
             sent[i],
             "launchguard_conversions_rejected_total{{reason=\"{reason}\"}}"
         );
@@ -183,7 +175,7 @@ async fn one_client_past_its_beacon_budget_gets_429_and_counts_once() {
     })
     .await;
     let real = visit(&s).await;
-    let limited_before = rejected(&s, "rate_limited").await;
+    let limited_before = support::edge::beacons_rejected(&s, "rate_limited").await;
     // The flood: 5,000 beacons from one client (spoofing X-Forwarded-For
     // changes nothing: the peer is not a trusted proxy).
     let mut answers = std::collections::BTreeMap::new();
@@ -202,7 +194,10 @@ async fn one_client_past_its_beacon_budget_gets_429_and_counts_once() {
         [(200, 29), (204, 1), (429, 4970)].into_iter().collect(),
         "{answers:?}"
     );
-    assert_eq!(rejected(&s, "rate_limited").await - limited_before, 4970);
+    assert_eq!(
+        support::edge::beacons_rejected(&s, "rate_limited").await - limited_before,
+        4970
+    );
     let a = today(&s).await;
     assert_eq!(a["conversions_total"], 1);
     assert!(a["conv_rate"].as_f64().unwrap() <= 1.0, "{a}");

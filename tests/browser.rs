@@ -68,15 +68,6 @@ async fn dashboard_charts_update_live_in_a_real_browser() {
     s.stop().await;
 }
 
-/// Reads `launchguard_conversions_rejected_total{reason}` from the metrics page.
-async fn rejected(s: &TestServer, reason: &str) -> u64 {
-    let text = s.client.get(&s.admin_url("/metrics")).await.text();
-    let prefix = format!("launchguard_conversions_rejected_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 /// Polls the admin API until `what` of today's analytics is `want` (10 s at most).
 async fn analytics_until(s: &TestServer, what: &str, want: u64) {
     for _ in 0..200 {
@@ -101,8 +92,8 @@ async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
     };
     let s = TestServer::start(&dir.path().join("state"), Clock::system(), |_| {}).await;
     let (repeats, foreign) = (
-        rejected(&s, "repeat").await,
-        rejected(&s, "cross_site").await,
+        support::edge::beacons_rejected(&s, "repeat").await,
+        support::edge::beacons_rejected(&s, "cross_site").await,
     );
     let signup = r#"
         document.getElementById('signup-email').value = 'ada@example.com';
@@ -126,12 +117,15 @@ async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
     driver.goto(&s.url("/launch/")).await;
     assert_eq!(driver.eval(signup).await, true);
     for _ in 0..200 {
-        if rejected(&s, "repeat").await > repeats {
+        if support::edge::beacons_rejected(&s, "repeat").await > repeats {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(rejected(&s, "repeat").await, repeats + 1);
+    assert_eq!(
+        support::edge::beacons_rejected(&s, "repeat").await,
+        repeats + 1
+    );
 
     // Another origin's page sends the same beacon, cookie and all.
     driver.goto(&s.admin_url("/healthz")).await;
@@ -143,12 +137,15 @@ async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
         .await;
     assert_eq!(sent, true, "the browser queued the beacon");
     for _ in 0..200 {
-        if rejected(&s, "cross_site").await > foreign {
+        if support::edge::beacons_rejected(&s, "cross_site").await > foreign {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(rejected(&s, "cross_site").await, foreign + 1);
+    assert_eq!(
+        support::edge::beacons_rejected(&s, "cross_site").await,
+        foreign + 1
+    );
     let a = s.client.get(&s.admin_url("/api/analytics")).await.json();
     assert_eq!(a["conversions_total"], 1, "{a}");
     assert_eq!(a["conv_rate"], 1.0, "{a}");

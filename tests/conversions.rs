@@ -191,16 +191,12 @@ async fn a_shed_request_is_not_a_visit() {
             axum::routing::get(|| async { axum::response::Html("<h1>hi</h1>") }),
         )
         .layer(axum::middleware::from_fn_with_state(
-            counters::Counting {
-                conversions: conv.clone(),
-                visitors: launchguard::insight::visitor::Visitors::open(
-                    &store,
-                    30,
-                    conv.timezone().clone(),
-                )
-                .unwrap(),
-                clock: Clock::manual(T0),
-            },
+            counters::Counting::new(
+                conv.clone(),
+                launchguard::insight::visitor::Visitors::open(&store, 30, conv.timezone().clone())
+                    .unwrap(),
+                Clock::manual(T0),
+            ),
             counters::count_requests,
         ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

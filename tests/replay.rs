@@ -16,13 +16,6 @@ use support::*;
 const T0: u64 = 1_795_680_000_000;
 const STD_SECRET: &str = "whsec_c3RhbmRhcmQtd2ViaG9va3Mta2V5LWJ5dGVz";
 
-async fn metric(s: &TestServer, series: &str) -> u64 {
-    let text = s.client.get(&s.admin_url("/metrics")).await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or(0)
-}
-
 /// Accepted, duplicate and refused webhooks so far (process-wide metric), the events
 /// the store holds, and what the launch day's report counts as accepted.
 async fn tally(s: &TestServer) -> (u64, u64, u64, u64, u64) {
@@ -32,9 +25,10 @@ async fn tally(s: &TestServer) -> (u64, u64, u64, u64, u64) {
         .await
         .json();
     (
-        metric(s, "launchguard_webhooks_total{result=\"accepted\"}").await,
-        metric(s, "launchguard_webhooks_total{result=\"duplicate\"}").await,
-        metric(s, "launchguard_webhooks_total{result=\"unauthorized\"}").await,
+        support::edge::metric(s, "launchguard_webhooks_total{result=\"accepted\"}").await as u64,
+        support::edge::metric(s, "launchguard_webhooks_total{result=\"duplicate\"}").await as u64,
+        support::edge::metric(s, "launchguard_webhooks_total{result=\"unauthorized\"}").await
+            as u64,
         s.state().store.next_seq() - 1,
         day["webhooks_accepted"]
             .as_u64()

@@ -607,7 +607,6 @@ impl Write for ParkingIo {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.io).poll_flush(cx);
-        let flushed = self.watch_write(cx, flushed);
         if flushed.is_ready() && self.state.unflushed.swap(false, Relaxed) && self.state.may_park()
         {
             // hyper went idle with this flush. It reads again only when woken, and

@@ -424,12 +424,34 @@ impl Conversions {
     }
 }
 
-/// What [`count_requests`] needs: the counters, the visitor cookie and the clock.
+/// What [`count_requests`] needs: the counters, the visitor cookie and the clock. One
+/// `Arc`: the layer clones its state for every public request, and one shared count
+/// to bump costs less than three.
 #[derive(Clone)]
-pub struct Counting {
+pub struct Counting(Arc<CountingParts>);
+
+pub struct CountingParts {
     pub conversions: Conversions,
     pub visitors: Visitors,
     pub clock: Clock,
+}
+
+impl Counting {
+    pub fn new(conversions: Conversions, visitors: Visitors, clock: Clock) -> Counting {
+        Counting(Arc::new(CountingParts {
+            conversions,
+            visitors,
+            clock,
+        }))
+    }
+}
+
+impl std::ops::Deref for Counting {
+    type Target = CountingParts;
+
+    fn deref(&self) -> &CountingParts {
+        &self.0
+    }
 }
 
 /// The one place the public router counts: every request, visits (HTML page views
@@ -552,6 +574,8 @@ pub enum Refusal {
     ForgedVisitor,
     /// The visitor already converted this goal this launch day: 200 `duplicate`.
     Repeat,
+    /// The store could not record it: 503, retry.
+    Unavailable,
 }
 
 impl Refusal {
@@ -563,6 +587,7 @@ impl Refusal {
             Refusal::NoVisitor => "no_visitor",
             Refusal::ForgedVisitor => "forged_visitor",
             Refusal::Repeat => "repeat",
+            Refusal::Unavailable => "unavailable",
         }
     }
 }
@@ -720,40 +745,37 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
         }
     };
     let day = state.visitors.today(now).day;
-    let store_error = |e: StoreError| {
-        tracing::warn!("cannot record a conversion: {e}");
-        (
-            Refusal::Invalid,
-            Some(ApiError::unavailable(
-                "storage",
-                "the conversion could not be recorded; retry",
-            )),
-        )
-    };
-    if !state
+    // Nothing is counted until the goal's mark is set: a store that cannot set it
+    // refuses the beacon (503, retry) and counts it as `unavailable`.
+    let first = state
         .visitors
         .first(&day, Mark::Goal(&goal), &visitor)
-        .map_err(store_error)?
-    {
+        .map_err(|e| {
+            tracing::warn!("cannot record a conversion: {e}");
+            refuse(
+                Refusal::Unavailable,
+                ApiError::unavailable("storage", "the conversion could not be recorded; retry"),
+            )
+        })?;
+    if !first {
         return Err((Refusal::Repeat, None));
     }
     let counters = conv.counters();
     counters.record_conversion(index);
-    // Visited before converted: a day's converting visitors never exceed its visitors
-    // (a cookie from an earlier day converts without a page view today).
-    if state
-        .visitors
-        .first_today(&visitor, now)
-        .map_err(store_error)?
-    {
-        counters.record_unique_visitor();
-    }
-    if state
-        .visitors
-        .first(&day, Mark::Converted, &visitor)
-        .map_err(store_error)?
-    {
-        counters.record_converting_visitor();
+    // The conversion is counted (a retry would be a repeat), so the answer is 204 even
+    // if a visitor mark below cannot be set; the visitor counts are then left short,
+    // never over. Visited before converted: a day's converting visitors never exceed
+    // its visitors (a cookie from an earlier day converts without a page view today).
+    let marks = state.visitors.first_today(&visitor, now).and_then(|new| {
+        if new {
+            counters.record_unique_visitor();
+        }
+        state.visitors.first(&day, Mark::Converted, &visitor)
+    });
+    match marks {
+        Ok(true) => counters.record_converting_visitor(),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("conversion counted, but not its visitor: {e}"),
     }
     Ok(())
 }

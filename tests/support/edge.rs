@@ -44,3 +44,10 @@ pub async fn metric(s: &TestServer, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Conversion beacons refused for `reason` so far
+/// (`launchguard_conversions_rejected_total{reason}`).
+pub async fn beacons_rejected(s: &TestServer, reason: &str) -> u64 {
+    let series = format!("launchguard_conversions_rejected_total{{reason=\"{reason}\"}} ");
+    metric(s, &series).await as u64
+}
