@@ -60,14 +60,14 @@ fn bench(c: &mut Criterion) {
         host: HeaderValue::from_static("launch.example"),
         proto: "http",
     };
-    let warm = rt.block_on(cache.handle(req(), fwd()));
+    let warm = rt.block_on(cache.handle(req(), fwd(), 1.0));
     assert!(warm.status().is_success());
-    let hit = rt.block_on(cache.handle(req(), fwd()));
+    let hit = rt.block_on(cache.handle(req(), fwd(), 1.0));
     assert_eq!(hit.headers()["x-cache"], "HIT");
 
     let mut g = c.benchmark_group("cache_hit");
     g.bench_function("handle", |b| {
-        b.iter(|| rt.block_on(cache.handle(black_box(req()), fwd())))
+        b.iter(|| rt.block_on(cache.handle(black_box(req()), fwd(), 1.0)))
     });
     g.bench_function("key_normalize", |b| {
         b.iter(|| {
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
                 black_box("launch.example"),
                 black_box("/launch/"),
                 black_box(URL.split_once('?').map(|x| x.1)),
-                &key::QueryMode::Sorted,
+                &launchguard::config::QueryMode::Sorted,
                 2048,
             )
         })
@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
                 .uri(format!("/launch/?bust={n}"))
                 .body(Body::empty())
                 .unwrap();
-            let res = rt.block_on(cache.handle(black_box(req), fwd()));
+            let res = rt.block_on(cache.handle(black_box(req), fwd(), 1.0));
             debug_assert_eq!(res.headers()["x-cache"], "MISS");
             res
         })
@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
         "launch.example",
         "/launch/",
         Some("a=1&b=2"),
-        &key::QueryMode::Sorted,
+        &launchguard::config::QueryMode::Sorted,
         2048,
     )
     .unwrap()

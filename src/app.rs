@@ -14,15 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderName;
-use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Durability};
@@ -237,7 +234,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )
         .into());
     }
-    let outbound_tls = crate::ops::outbound::tls_config(&config.outbound)?;
+    let outbound_tls = crate::client::tls_config(&config.outbound)?;
 
     let store = Store::open(&config.server.data_dir)?;
     let clock = opts.clock.clone();
@@ -564,24 +561,22 @@ fn own_host(addr: SocketAddr) -> String {
 /// (`server.rs`), so routing already sees the canonical path. Requests and visits
 /// are counted by `counters::count_requests`, which wraps everything that serves the
 /// site and judges only the final answer. Every answer, including 404s, 405s and 503s,
-/// carries the scale factor, so that layer wraps the whole router. It is tower-http's
-/// `SetResponseHeader`, which wraps the response future without cloning the router per
-/// request; the fallback captures only the edge and the factor, so a cache hit does not
-/// clone the whole `AppState`.
+/// carries the scale factor its request was served under: the front door reads it once
+/// (`edge::Scale`) and the connection's service sets the header from that value. The
+/// fallback captures only the edge, so a cache hit does not clone the whole `AppState`.
 pub fn public_router(state: AppState) -> Router {
-    let factor = state.factor.clone();
     let counting = counters::Counting::new(
         state.conversions.clone(),
         state.visitors.clone(),
         state.clock.clone(),
     );
-    let edge_handles = (state.edge.clone(), state.factor.clone());
+    let edge = state.edge.clone();
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))
         .route(counters::BEACON_PATH, post(counters::beacon))
         .fallback(move |req: axum::extract::Request| {
-            let (edge, factor) = edge_handles.clone();
-            async move { edge::handle(edge, factor, req).await }
+            let edge = edge.clone();
+            async move { edge::handle(edge, req).await }
         })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
@@ -591,10 +586,6 @@ pub fn public_router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             telemetry::HttpTimer::new(),
             telemetry::HttpTimer::layer,
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static(SCALE_FACTOR_HEADER),
-            move |_: &Response| crate::ingest::factor::header_value(factor.current()),
         ))
 }
 

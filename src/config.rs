@@ -203,6 +203,20 @@ pub struct CacheConfig {
     pub query: QueryMode,
 }
 
+/// The default `cache.ignore_cookies`: analytics cookies of Google Analytics and Ads,
+/// Meta, Hotjar, Segment, PostHog, Matomo and Plausible.
+pub const DEFAULT_IGNORED_COOKIES: &[&str] = &[
+    "_ga*",
+    "_gid",
+    "_gcl_*",
+    "_fbp",
+    "_hj*",
+    "ajs_*",
+    "ph_*",
+    "_pk_*",
+    "plausible_*",
+];
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -215,7 +229,7 @@ impl Default for CacheConfig {
             max_key_bytes: 2048,
             warm_urls: Vec::new(),
             purge_on: BTreeMap::from([("maker_comment".to_string(), vec!["/launch/".to_string()])]),
-            ignore_cookies: crate::edge::cache::cookies::DEFAULT_IGNORED
+            ignore_cookies: DEFAULT_IGNORED_COOKIES
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -224,7 +238,17 @@ impl Default for CacheConfig {
     }
 }
 
-pub use crate::edge::cache::key::QueryMode;
+/// What the query string does to the key (`cache.query`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueryMode {
+    /// Tracking parameters dropped, the rest sorted. The default.
+    #[default]
+    Sorted,
+    /// One entry per path: the query is dropped.
+    Ignore,
+    /// Only these parameters (by name, as sent) are kept, sorted.
+    Keep(Vec<String>),
+}
 
 impl<'de> Deserialize<'de> for QueryMode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -423,7 +447,7 @@ impl Config {
         }
         positive("server.max_connections", s.max_connections as u64)?;
         for (i, host) in s.admin_hosts.iter().enumerate() {
-            crate::edge::front::parse_host(host.as_bytes(), 0)
+            crate::syntax::host::parse_host(host.as_bytes(), 0)
                 .ok()
                 .filter(|h| h.key == h.name)
                 .ok_or_else(|| {
@@ -434,12 +458,12 @@ impl Config {
                 })?;
         }
         for (i, net) in s.trusted_proxies.iter().enumerate() {
-            crate::edge::front::Net::parse(net).map_err(|problem| {
+            crate::syntax::host::Net::parse(net).map_err(|problem| {
                 ConfigError::invalid(format!("server.trusted_proxies[{i}]"), problem)
             })?;
         }
         for (i, host) in s.hosts.iter().enumerate() {
-            crate::edge::front::check_host_entry(host)
+            crate::syntax::host::HostPattern::parse(host)
                 .map_err(|problem| ConfigError::invalid(format!("server.hosts[{i}]"), problem))?;
         }
 
@@ -541,7 +565,7 @@ impl Config {
     fn validate_edge(&self) -> Result<(), ConfigError> {
         let o = &self.origin;
         if let Some(up) = &o.upstream {
-            crate::edge::origin::parse_upstream(up)
+            crate::syntax::url::upstream(up)
                 .map_err(|problem| ConfigError::invalid("origin.upstream", problem))?;
         }
         positive("origin.timeout_ms", o.timeout_ms)?;
@@ -572,7 +596,7 @@ impl Config {
             ("backpressure.low_paths", &b.low_paths),
         ] {
             for (i, pattern) in list.iter().enumerate() {
-                crate::edge::admission::compile_glob(pattern)
+                crate::syntax::globs::path_glob(pattern)
                     .map_err(|problem| ConfigError::invalid(format!("{key}[{i}]"), problem))?;
             }
         }
@@ -615,7 +639,7 @@ impl Config {
                 ));
             }
         }
-        crate::edge::cache::cookies::compile(&c.ignore_cookies).map_err(|(i, problem)| {
+        crate::syntax::globs::cookie_names(&c.ignore_cookies).map_err(|(i, problem)| {
             ConfigError::invalid(format!("cache.ignore_cookies[{i}]"), problem)
         })?;
         for (event, prefixes) in &c.purge_on {
@@ -720,7 +744,7 @@ impl Default for AlertsConfig {
 impl AlertsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (i, url) in self.slack_webhook_urls.iter().enumerate() {
-            crate::ops::outbound::parse_target(url).map_err(|problem| {
+            crate::syntax::url::target(url).map_err(|problem| {
                 ConfigError::invalid(format!("alerts.slack_webhook_urls[{i}]"), problem)
             })?;
         }
@@ -780,7 +804,7 @@ impl Default for ProducthuntConfig {
 
 impl ProducthuntConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::ops::outbound::parse_target(&self.api_url)
+        crate::syntax::url::target(&self.api_url)
             .map_err(|problem| ConfigError::invalid("producthunt.api_url", problem))?;
         if let Some(slug) = &self.post_slug {
             if slug.is_empty()
@@ -824,7 +848,8 @@ impl ProducthuntConfig {
 pub struct ConversionsConfig {
     /// Goals `POST /api/convert` accepts; any other is a 400. At most 8. Default `["signup"]`.
     pub goals: Vec<String>,
-    /// Paths whose HTML page views count as visits: exact (`/`) or a prefix (`/launch/*`).
+    /// Paths whose HTML page views count as visits: path globs, the language of
+    /// `backpressure.critical_paths` (`/` exact, `/launch/*` also covers `/launch`).
     /// Default `["/launch/*"]`.
     pub funnel_paths: Vec<String>,
     /// How often the counters are written to the store as one batch, ms. Default 5000.
@@ -859,9 +884,13 @@ impl Default for ConversionsConfig {
     }
 }
 
+/// The most goals `conversions.goals` may list: the counters' shard is 16 cells of 8 bytes,
+/// exactly one 128-byte padded line.
+pub const MAX_GOALS: usize = 8;
+
 impl ConversionsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let max = crate::insight::counters::MAX_GOALS;
+        let max = MAX_GOALS;
         if self.goals.is_empty() || self.goals.len() > max {
             return Err(ConfigError::invalid(
                 "conversions.goals",
@@ -890,15 +919,9 @@ impl ConversionsConfig {
             }
         }
         for (i, path) in self.funnel_paths.iter().enumerate() {
-            let body = path.strip_suffix("/*").unwrap_or(path);
-            if !path.starts_with('/') || body.contains('*') {
-                return Err(ConfigError::invalid(
-                    format!("conversions.funnel_paths[{i}]"),
-                    format!(
-                        "expected an exact path (\"/\") or a prefix (\"/launch/*\"), got {path:?}"
-                    ),
-                ));
-            }
+            crate::syntax::globs::path_glob(path).map_err(|problem| {
+                ConfigError::invalid(format!("conversions.funnel_paths[{i}]"), problem)
+            })?;
         }
         if !(100..=3_600_000).contains(&self.flush_interval_ms) {
             return Err(ConfigError::invalid(

@@ -23,10 +23,13 @@
 //!   [`ops::preflight`] (the night-before checklist), [`ops::systemd`] (READY and the
 //!   watchdog), [`ops::simulate`] (replaying a launch curve).
 //! - [`app`]: `AppState`, both routers, startup and shutdown; [`cli`]: the commands.
-//! - [`secrets`], [`clock`], [`error`], [`telemetry`]: shared by every wing.
+//! - [`secrets`], [`clock`], [`error`], [`telemetry`]: shared by every wing;
+//!   [`syntax`] parses what an operator writes (hosts, path and cookie globs, URLs) for
+//!   config validation and the wings alike; [`client`] is the one outbound HTTP client.
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod edge;
@@ -35,4 +38,5 @@ pub mod ingest;
 pub mod insight;
 pub mod ops;
 pub mod secrets;
+pub mod syntax;
 pub mod telemetry;

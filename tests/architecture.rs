@@ -13,38 +13,6 @@ use std::path::Path;
 
 /// `(file under src/, path it imports)` pointing up, and why it is still there.
 const LEFT: &[(&str, &str, &str)] = &[
-    // Config validation calls the parsers of the modules it configures (globs, hosts,
-    // networks, the goal limit, the CA file): to move into config or a shared parser.
-    (
-        "config.rs",
-        "crate::edge::admission",
-        "validators live beside their users",
-    ),
-    (
-        "config.rs",
-        "crate::edge::cache",
-        "validators live beside their users",
-    ),
-    (
-        "config.rs",
-        "crate::edge::front",
-        "validators live beside their users",
-    ),
-    (
-        "config.rs",
-        "crate::edge::origin",
-        "validators live beside their users",
-    ),
-    (
-        "config.rs",
-        "crate::insight::counters",
-        "validators live beside their users",
-    ),
-    (
-        "config.rs",
-        "crate::ops::outbound",
-        "validators live beside their users",
-    ),
     (
         "secrets.rs",
         "crate::ingest::webhook",
@@ -56,13 +24,6 @@ const LEFT: &[(&str, &str, &str)] = &[
         "ingest/webhook/mod.rs",
         "crate::edge",
         "ingest matches purge rules",
-    ),
-    // The poller sends through the outbound client (point 3: a shared HTTP client
-    // below both).
-    (
-        "ingest/producthunt.rs",
-        "crate::ops::outbound",
-        "the poller uses the outbound client",
     ),
 ];
 
@@ -81,7 +42,7 @@ fn wing_of_file(rel: &str) -> &'static str {
 fn wing_of_module(top: &str) -> Option<&'static str> {
     Some(match top {
         "app" | "cli" => "app",
-        "config" | "secrets" | "clock" | "error" | "telemetry" => "shared",
+        "config" | "secrets" | "clock" | "error" | "telemetry" | "syntax" | "client" => "shared",
         "ingest" => "ingest",
         "edge" => "edge",
         "insight" => "insight",

@@ -233,7 +233,7 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
     let job = {
         let store = Store::open(&dir.path().join("state")).unwrap();
         let config = launchguard::config::OutboundConfig::default();
-        let tls = launchguard::ops::outbound::tls_config(&config).unwrap();
+        let tls = launchguard::client::tls_config(&config).unwrap();
         let outbound = Outbound::open(&store, &config, Clock::system(), tls).unwrap();
         let job = outbound
             .enqueue(
@@ -290,7 +290,7 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
     );
     let store = Store::open(&dir.path().join("state")).unwrap();
     let config = launchguard::config::OutboundConfig::default();
-    let tls = launchguard::ops::outbound::tls_config(&config).unwrap();
+    let tls = launchguard::client::tls_config(&config).unwrap();
     let outbound = Outbound::open(&store, &config, Clock::system(), tls).unwrap();
     assert!(outbound.pending().unwrap().is_empty());
     assert_eq!(outbound.deadletter_count(), 0);

@@ -2,13 +2,14 @@
 //! factor, and the origin concurrency limit.
 //!
 //! - Classes come from `backpressure.critical_paths` and `low_paths`, glob patterns
-//!   compiled once into two `GlobSet`s at startup; the rest is normal. The webhook
+//!   compiled once into two [`PathSet`]s at startup (the
+//!   pattern language of `syntax::globs`, shared with the funnel paths); the rest is normal. The webhook
 //!   path and the conversion beacon (`/api/convert`) are always critical.
 //! - `factor > backpressure.shed_factor` → every non-critical request is answered
 //!   503 + `Retry-After` + `Cache-Control: no-store` before it costs anything.
 //! - Origin fetches (misses, revalidations, refreshes) hold an [`OriginPermit`] from a
-//!   limit of `clamp(base_concurrency × factor, base, max)`, read from the factor at the
-//!   moment of asking. A request that waits longer than `origin.queue_timeout_ms` gets
+//!   limit of `clamp(base_concurrency × factor, base, max)`, at the factor the request
+//!   was admitted under. A request that waits longer than `origin.queue_timeout_ms` gets
 //!   503, never a hang.
 //! - The limit is split in two shares: requests that bypass the cache (Authorization,
 //!   personal cookies, unsafe methods) hold at most `max(1, floor(limit ×
@@ -28,10 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use tokio::sync::Notify;
 
 use crate::config::{BackpressureConfig, VelocityConfig};
+use crate::syntax::globs::PathSet;
 use crate::telemetry;
 
 /// The conversion beacon's path; always critical.
@@ -55,51 +56,22 @@ impl Class {
     }
 }
 
-/// Compiles one configured pattern; the error text is meant for a config error.
-pub fn compile_glob(pattern: &str) -> Result<globset::Glob, String> {
-    if !pattern.starts_with('/') {
-        return Err(format!(
-            "expected a path pattern starting with \"/\" such as \"/launch/*\", got {pattern:?}"
-        ));
-    }
-    GlobBuilder::new(pattern)
-        .literal_separator(false)
-        .build()
-        .map_err(|e| format!("invalid glob {pattern:?}: {e}"))
-}
-
-fn glob_set(patterns: &[String], always: &[&str]) -> Result<GlobSet, String> {
-    let mut b = GlobSetBuilder::new();
-    for p in patterns
-        .iter()
-        .map(String::as_str)
-        .chain(always.iter().copied())
-    {
-        b.add(compile_glob(p)?);
-        // `/launch/*` also covers `/launch` itself, as an operator would expect.
-        if let Some(bare) = p.strip_suffix("/*").filter(|s| !s.is_empty()) {
-            b.add(compile_glob(bare)?);
-        }
-    }
-    b.build().map_err(|e| e.to_string())
-}
-
 /// Path classes, compiled once.
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    critical: Arc<GlobSet>,
-    low: Arc<GlobSet>,
+    critical: Arc<PathSet>,
+    low: Arc<PathSet>,
 }
 
 impl Classifier {
     /// `always_critical` holds the webhook path (and anything else that must pass).
     pub fn new(config: &BackpressureConfig, webhook_path: &str) -> Result<Classifier, String> {
         Ok(Classifier {
-            critical: Arc::new(glob_set(
+            critical: Arc::new(PathSet::new(
                 &config.critical_paths,
                 &[webhook_path, BEACON_PATH],
             )?),
-            low: Arc::new(glob_set(&config.low_paths, &[])?),
+            low: Arc::new(PathSet::new(&config.low_paths, &[])?),
         })
     }
 
@@ -238,14 +210,11 @@ impl OriginLimit {
         }
     }
 
-    /// Takes a permit, waiting at most `origin.queue_timeout_ms`. `factor` is read
-    /// again on every wake-up, so a rising factor lets waiters in.
-    pub async fn acquire(
-        &self,
-        factor: impl Fn() -> f64,
-        use_: Use,
-    ) -> Result<OriginPermit, QueueTimeout> {
-        if let Some(p) = self.try_acquire(factor(), use_) {
+    /// Takes a permit, waiting at most `origin.queue_timeout_ms`. The limit is the
+    /// one of `factor`, the factor the request was admitted under (read once, by the
+    /// front door), on every wake-up too.
+    pub async fn acquire(&self, factor: f64, use_: Use) -> Result<OriginPermit, QueueTimeout> {
+        if let Some(p) = self.try_acquire(factor, use_) {
             return Ok(p);
         }
         let deadline = tokio::time::Instant::now() + self.inner.queue_timeout;
@@ -255,11 +224,11 @@ impl OriginLimit {
             // Register before re-checking, so a release between the check and the
             // wait is not missed.
             notified.as_mut().enable();
-            if let Some(p) = self.try_acquire(factor(), use_) {
+            if let Some(p) = self.try_acquire(factor, use_) {
                 return Ok(p);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.try_acquire(factor(), use_).ok_or(QueueTimeout);
+                return self.try_acquire(factor, use_).ok_or(QueueTimeout);
             }
         }
     }
@@ -315,14 +284,6 @@ mod tests {
     }
 
     #[test]
-    fn bad_patterns_are_explained() {
-        assert!(compile_glob("launch/*")
-            .unwrap_err()
-            .contains("starting with"));
-        assert!(compile_glob("/a/[").unwrap_err().contains("invalid glob"));
-    }
-
-    #[test]
     fn shedding_spares_critical_paths_only_above_the_threshold() {
         assert!(!shed(Class::Normal, 2.0, 2.0));
         assert!(shed(Class::Normal, 2.01, 2.0));
@@ -354,7 +315,7 @@ mod tests {
         drop(second);
         // The waiter is released by the drop of the first permit.
         let l2 = limit.clone();
-        let waiter = tokio::spawn(async move { l2.acquire(|| 1.0, Use::Fill).await.is_ok() });
+        let waiter = tokio::spawn(async move { l2.acquire(1.0, Use::Fill).await.is_ok() });
         tokio::task::yield_now().await;
         drop(first);
         assert!(waiter.await.unwrap());
@@ -362,7 +323,7 @@ mod tests {
         // Nobody releases: the waiter gives up after queue_timeout.
         let _held = limit.try_acquire(1.0, Use::Fill).unwrap();
         assert_eq!(
-            limit.acquire(|| 1.0, Use::Fill).await.err(),
+            limit.acquire(1.0, Use::Fill).await.err(),
             Some(QueueTimeout)
         );
     }

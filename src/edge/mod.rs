@@ -8,8 +8,9 @@
 //!   └─► cache (cache/) ─► origin (origin.rs) under a permit
 //! ```
 //!
-//! **Invariant:** the admission decision reads the factor once (one atomic load) and
-//! matches immutable glob sets; it takes no lock.
+//! **Invariant:** a request is served under one factor, read once by the front door
+//! and carried as [`Scale`]; the admission decision uses it and matches immutable glob
+//! sets; it takes no lock.
 
 //!
 //! Where a visitor goes, in this folder: `server` (connections, parking, limits) →
@@ -58,6 +59,8 @@ struct EdgeInner {
     shed_factor: f64,
     retry_after_secs: u64,
     warm_urls: Vec<String>,
+    /// Read only for a request that carries no [`Scale`].
+    factor: Factor,
     rejections: [metrics::Counter; 2],
 }
 
@@ -83,7 +86,7 @@ impl Edge {
             config.backpressure.retry_after_secs,
             origin,
             limit,
-            factor,
+            factor.clone(),
             clock,
         );
         Ok(Edge {
@@ -94,6 +97,7 @@ impl Edge {
                 shed_factor: config.backpressure.shed_factor,
                 retry_after_secs: config.backpressure.retry_after_secs,
                 warm_urls: config.cache.warm_urls.clone(),
+                factor,
                 rejections: [Class::Normal, Class::Low].map(|c| {
                     metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
                 }),
@@ -163,10 +167,29 @@ pub struct WarmResult {
     pub cache: String,
 }
 
+/// The scale factor one public request is served under. The front door (the
+/// outermost public layer, `front.rs`) reads the factor once and puts it in the
+/// request's extensions; admission, the cache (freshness, stale fallback, origin
+/// permits), the counters and the `X-Edge-Scale-Factor` header (`server.rs`) all use
+/// this one value, so the header shows the factor the decision used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale(pub f64);
+
+impl Scale {
+    /// The factor `req` carries; `fallback` (a fresh read) for a request that did not
+    /// come through a front door (warm-ups, tests of the router alone).
+    pub fn of<B>(req: &axum::http::Request<B>, fallback: impl FnOnce() -> f64) -> f64 {
+        req.extensions()
+            .get::<Scale>()
+            .map_or_else(fallback, |s| s.0)
+    }
+}
+
 /// The public fallback handler: admission, then the cache. (Every public request,
 /// this one included, is timed by `telemetry::HttpTimer` around the whole router.)
-pub async fn handle(edge: Edge, factor: Factor, req: Request) -> Response<Body> {
-    admit(&edge, factor.current(), req).await
+pub async fn handle(edge: Edge, req: Request) -> Response<Body> {
+    let factor = Scale::of(&req, || edge.inner.factor.current());
+    admit(&edge, factor, req).await
 }
 
 async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
@@ -189,7 +212,7 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
             proto: "http",
         },
     };
-    edge.inner.cache.handle(req, fwd).await
+    edge.inner.cache.handle(req, fwd, factor).await
 }
 
 /// Purge rules from `cache.purge_on`, indexed for the ring (`RingEvent::purge_rule`).
@@ -315,4 +338,60 @@ async fn warm(
     let results = edge.warm(&urls).await;
     tracing::info!(urls = urls.len(), "cache warmed by operator");
     Ok(Json(json!({"warmed": results})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(factor: &Factor) -> Edge {
+        let config = Config::parse("").unwrap();
+        Edge::new(
+            &config,
+            factor.clone(),
+            Clock::system(),
+            axum::http::HeaderValue::from_static("launch.example"),
+        )
+        .unwrap()
+    }
+
+    fn request(scale: Option<f64>) -> Request {
+        let mut req = axum::http::Request::builder()
+            .uri("/pricing")
+            .body(Body::empty())
+            .unwrap();
+        if let Some(f) = scale {
+            req.extensions_mut().insert(Scale(f));
+        }
+        req
+    }
+
+    async fn code_of(res: Response<Body>) -> Option<String> {
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+    }
+
+    /// Admission judges by the factor the request carries, not by a fresh read: the
+    /// factor moving after the front door read it does not change the decision.
+    #[tokio::test]
+    async fn admission_uses_the_factor_the_request_carries() {
+        let factor = Factor::new();
+        let e = edge(&factor);
+        // The live factor is 1.0; the request was admitted at 7.0: shed.
+        let res = handle(e.clone(), request(Some(7.0))).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(code_of(res).await.as_deref(), Some("shed"));
+        // The live factor is 7.0; the request was admitted at 1.0: not shed.
+        factor.set_computed(7.0, 0.0, 0);
+        assert_eq!(factor.current(), 7.0);
+        let res = handle(e.clone(), request(Some(1.0))).await;
+        assert_ne!(code_of(res).await.as_deref(), Some("shed"));
+        // Without a carried factor (no front door), the live one decides.
+        let res = handle(e, request(None)).await;
+        assert_eq!(code_of(res).await.as_deref(), Some("shed"));
+    }
 }

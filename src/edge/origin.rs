@@ -47,36 +47,6 @@ use crate::config::OriginConfig;
 use crate::error::ApiError;
 use crate::telemetry;
 
-/// Checks an `origin.upstream` value; the error text is meant for a config error.
-pub fn parse_upstream(text: &str) -> Result<(Scheme, Authority), String> {
-    let uri: Uri = text.parse().map_err(|e| {
-        format!("expected a URL such as \"http://127.0.0.1:3000\", got {text:?} ({e})")
-    })?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text:?}: https upstreams are not supported; run the origin on loopback over http"
-            ))
-        }
-        _ => {
-            return Err(format!(
-                "expected a URL such as \"http://127.0.0.1:3000\", got {text:?}"
-            ))
-        }
-    }
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("{text:?} has no host:port"))?;
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "{text:?}: give only scheme, host and port; paths are passed through as requested"
-        ));
-    }
-    Ok((Scheme::HTTP, authority))
-}
-
 /// Why the origin gave no response.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OriginError {
@@ -160,7 +130,7 @@ impl Origin {
     pub fn new(config: &OriginConfig) -> Result<Origin, String> {
         let kind = match &config.upstream {
             Some(up) => {
-                let (scheme, authority) = parse_upstream(up)?;
+                let (scheme, authority) = crate::syntax::url::upstream(up)?;
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
@@ -406,19 +376,6 @@ fn prepare_request_headers(headers: &mut HeaderMap, fwd: &Forwarded, authority: 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstreams_must_be_plain_http_roots() {
-        assert!(parse_upstream("http://127.0.0.1:3000").is_ok());
-        assert!(parse_upstream("http://localhost:3000/").is_ok());
-        assert!(parse_upstream("https://example.com")
-            .unwrap_err()
-            .contains("https"));
-        assert!(parse_upstream("127.0.0.1:3000").is_err());
-        assert!(parse_upstream("http://127.0.0.1:3000/app")
-            .unwrap_err()
-            .contains("paths"));
-    }
 
     #[test]
     fn hop_by_hop_headers_go_and_forwarding_headers_come() {

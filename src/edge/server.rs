@@ -68,6 +68,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 
 use crate::edge::front::Front;
+use crate::edge::Scale;
 use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
@@ -693,12 +694,18 @@ impl hyper::service::Service<Request<Incoming>> for Service {
                 });
             }
         }
+        // Every public answer carries the factor its request was served under.
+        let scale = req.extensions().get::<Scale>().copied();
         let answer = self.router.router.clone().oneshot(req);
         Box::pin(async move {
-            let res = match answer.await {
+            let mut res = match answer.await {
                 Ok(res) => res,
                 Err(never) => match never {},
             };
+            if let Some(v) = scale.and_then(|s| crate::ingest::factor::header_value(s.0)) {
+                res.headers_mut()
+                    .insert(crate::ingest::factor::SCALE_FACTOR_HEADER, v);
+            }
             Ok(res.map(|body| TrackedBody { body, _done: done }))
         })
     }

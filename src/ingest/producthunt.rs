@@ -31,10 +31,10 @@ use serde_json::json;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::server_delay_ms;
 use crate::config::{Durability, ProducthuntConfig};
 use crate::ingest::store::{Store, StoreError};
 use crate::ingest::webhook::Outcome;
-use crate::ops::outbound::server_delay_ms;
 
 /// The GraphQL query; its complexity is what the budget is spent on.
 pub const QUERY: &str =
@@ -62,7 +62,7 @@ impl Budget {
         Some(Budget {
             limit: num("x-rate-limit-limit")?,
             remaining: num("x-rate-limit-remaining")?,
-            reset_in_ms: crate::ops::outbound::reset_delay_ms(num("x-rate-limit-reset")?, now_ms),
+            reset_in_ms: crate::client::reset_delay_ms(num("x-rate-limit-reset")?, now_ms),
         })
     }
 }
@@ -111,7 +111,7 @@ pub fn event_id(slug: &str, kind: &str, n: u64) -> String {
 #[derive(Clone)]
 pub struct Sources {
     pub webhook: crate::ingest::webhook::WebhookState,
-    pub client: crate::ops::outbound::HttpsClient,
+    pub client: crate::client::HttpsClient,
     pub factor: crate::ingest::factor::Factor,
     pub clock: crate::clock::Clock,
 }

@@ -40,17 +40,17 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::ConversionsConfig;
+use crate::config::{ConversionsConfig, MAX_GOALS};
+use crate::edge::cache::XCache;
+use crate::edge::Scale;
 use crate::error::ApiError;
 use crate::ingest::factor::Factor;
 use crate::ingest::store::StoreError;
 use crate::insight::history::{History, MetricsBatch, Tally};
 use crate::insight::visitor::{Mark, NoVisitor, Visitor, Visitors};
+use crate::syntax::globs::PathSet;
 use crate::telemetry;
 
-/// The most goals `conversions.goals` may list: one shard is 16 cells of 8 bytes,
-/// exactly one 128-byte padded line.
-pub const MAX_GOALS: usize = 8;
 /// Largest beacon body accepted; `{"goal":"..."}` needs well under this.
 pub const BEACON_MAX_BYTES: usize = 1024;
 /// The beacon's path on the public listener: admission's, which always treats it as
@@ -251,36 +251,6 @@ impl Default for Counters {
     }
 }
 
-/// Which paths' page views are visits: exact paths and `/prefix/*` patterns.
-#[derive(Debug, Clone)]
-pub struct Funnel {
-    exact: Vec<String>,
-    /// `"/launch"` for `/launch/*`: matches `/launch`, `/launch/` and below.
-    prefixes: Vec<String>,
-}
-
-impl Funnel {
-    pub fn new(patterns: &[String]) -> Funnel {
-        let mut exact = Vec::new();
-        let mut prefixes = Vec::new();
-        for p in patterns {
-            match p.strip_suffix("/*") {
-                Some(prefix) => prefixes.push(prefix.to_string()),
-                None => exact.push(p.clone()),
-            }
-        }
-        Funnel { exact, prefixes }
-    }
-
-    pub fn matches(&self, path: &str) -> bool {
-        self.exact.iter().any(|e| e == path)
-            || self.prefixes.iter().any(|p| {
-                path.strip_prefix(p.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-    }
-}
-
 /// The live window: what the cells hold now and since when.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -298,7 +268,8 @@ pub struct Conversions {
 struct ConvInner {
     counters: Counters,
     history: History,
-    funnel: Funnel,
+    /// `conversions.funnel_paths`: which paths' page views are visits.
+    funnel: PathSet,
     goals: Vec<String>,
     tz: TimeZone,
     factor: Factor,
@@ -322,7 +293,9 @@ impl Conversions {
             inner: Arc::new(ConvInner {
                 counters: Counters::new(),
                 history,
-                funnel: Funnel::new(&config.funnel_paths),
+                funnel: PathSet::new(&config.funnel_paths, &[]).map_err(|e| {
+                    crate::config::ConfigError::invalid("conversions.funnel_paths", e)
+                })?,
                 goals: config.goals.clone(),
                 tz,
                 factor,
@@ -455,8 +428,8 @@ impl std::ops::Deref for Counting {
 }
 
 /// The one place the public router counts: every request, visits (HTML page views
-/// under the funnel paths), cache hits and misses (the answer's `X-Cache`: HIT and
-/// STALE are hits, MISS a miss, BYPASS neither) and admission's rejections (the
+/// under the funnel paths), cache hits and misses (the cache's typed result on the
+/// answer, `XCache`: HIT and STALE are hits, MISS a miss, BYPASS neither) and admission's rejections (the
 /// answer carries `admission::Rejected`). It wraps the whole public router and only
 /// looks at the method, the path and the final answer, so a shed request (503) or an
 /// asset is never a visit.
@@ -468,8 +441,8 @@ pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next)
     let conv = &c.conversions;
     let counters = conv.counters();
     counters.record_request();
-    counters.observe_factor(conv.inner.factor.current());
-    let maybe_visit = req.method() == Method::GET && conv.inner.funnel.matches(req.uri().path());
+    counters.observe_factor(Scale::of(&req, || conv.inner.factor.current()));
+    let maybe_visit = req.method() == Method::GET && conv.inner.funnel.is_match(req.uri().path());
     // A reload answered 304 Not Modified carries no content type; a browser asking
     // for a page says so in Accept, an asset request does not.
     let wants_html = maybe_visit && accepts_html(req.headers());
@@ -483,14 +456,10 @@ pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next)
     });
     let mut res = next.run(req).await;
     let status = res.status();
-    match res
-        .headers()
-        .get(crate::edge::cache::X_CACHE)
-        .map(|v| v.as_bytes())
-    {
-        Some(b"HIT" | b"STALE") => counters.record_cache_hit(),
-        Some(b"MISS") => counters.record_cache_miss(),
-        _ => {}
+    match res.extensions().get::<XCache>() {
+        Some(XCache::Hit | XCache::Stale) => counters.record_cache_hit(),
+        Some(XCache::Miss) => counters.record_cache_miss(),
+        Some(XCache::Bypass) | None => {}
     }
     if res
         .extensions()
@@ -797,11 +766,11 @@ fn cross_site(headers: &axum::http::HeaderMap, host: &[u8]) -> Option<&'static s
             return false;
         };
         let Ok(theirs) =
-            crate::edge::front::parse_host(authority.as_str().as_bytes(), default_port)
+            crate::syntax::host::parse_host(authority.as_str().as_bytes(), default_port)
         else {
             return false;
         };
-        crate::edge::front::parse_host(host, default_port).is_ok_and(|ours| ours.key == theirs.key)
+        crate::syntax::host::parse_host(host, default_port).is_ok_and(|ours| ours.key == theirs.key)
             || theirs.key.as_bytes() == host
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -971,17 +940,6 @@ mod tests {
         assert_eq!(visits, THREADS * EACH);
         assert_eq!(goal, THREADS * EACH);
         assert!(takes > 0);
-    }
-
-    #[test]
-    fn funnel_matches_exact_and_prefix() {
-        let f = Funnel::new(&["/launch/*".into(), "/".into()]);
-        assert!(f.matches("/"));
-        assert!(f.matches("/launch"));
-        assert!(f.matches("/launch/"));
-        assert!(f.matches("/launch/pricing"));
-        assert!(!f.matches("/launcher"));
-        assert!(!f.matches("/about"));
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl AdminHosts {
 
     /// Whether a `Host` value names this admin listener.
     pub fn allows(&self, host: &[u8]) -> bool {
-        let Ok(h) = crate::edge::front::parse_host(host, 0) else {
+        let Ok(h) = crate::syntax::host::parse_host(host, 0) else {
             return false;
         };
         let bare = h.name.trim_start_matches('[').trim_end_matches(']');

@@ -26,19 +26,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, Request, StatusCode, Uri};
+use axum::http::{header, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -47,8 +43,9 @@ use sled::Transactional;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{https_client, HttpsClient};
 use crate::clock::Clock;
-use crate::config::{ConfigError, OutboundConfig};
+use crate::config::OutboundConfig;
 use crate::error::ApiError;
 use crate::ingest::store::{Store, StoreError};
 use crate::telemetry;
@@ -95,28 +92,6 @@ impl From<sled::Error> for OutboundError {
     }
 }
 
-/// Checks that `url` is an absolute `http://` or `https://` URL with a host; the
-/// message says what to write instead.
-pub fn parse_target(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL ({e}); write it as https://host/path"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => {
-            return Err(format!(
-                "{url:?} must start with https:// (or http:// for a local receiver)"
-            ))
-        }
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!(
-            "{url:?} has no host; write it as https://host/path"
-        ));
-    }
-    Ok(uri)
-}
-
 /// The wait before the next attempt, ms. `exponent` is the number of earlier waits
 /// (0 for the first retry), `floor_ms` what the server asked for (`Retry-After`,
 /// `X-Rate-Limit-Reset`), `unit` a uniform draw from [0, 1). Pure.
@@ -125,45 +100,6 @@ pub fn backoff_ms(base_ms: u64, max_ms: u64, exponent: u32, floor_ms: u64, unit:
     let jitter = JITTER_MIN + (JITTER_MAX - JITTER_MIN) * unit.clamp(0.0, 1.0);
     let jittered = (raw as f64 * jitter).round() as u64;
     jittered.max(floor_ms)
-}
-
-/// What the server asked for, ms from `now_ms`: the longer of `Retry-After` (seconds
-/// or an HTTP date) and `X-Rate-Limit-Reset` (seconds until the reset; a value that
-/// looks like a Unix time in seconds is taken as one). 0 when neither is there.
-pub fn server_delay_ms(headers: &HeaderMap, now_ms: u64) -> u64 {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let retry_after = text("retry-after")
-        .and_then(|s| parse_retry_after(s, now_ms))
-        .unwrap_or(0);
-    let reset = text("x-rate-limit-reset")
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(|secs| reset_delay_ms(secs, now_ms))
-        .unwrap_or(0);
-    retry_after.max(reset)
-}
-
-/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`, as ms from `now_ms`.
-pub fn parse_retry_after(s: &str, now_ms: u64) -> Option<u64> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(secs.saturating_mul(1000));
-    }
-    let at = httpdate::parse_http_date(s).ok()?;
-    let at_ms = at.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64;
-    Some(at_ms.saturating_sub(now_ms))
-}
-
-/// `X-Rate-Limit-Reset`: seconds until the reset, or (above 10^9) a Unix time in seconds.
-pub fn reset_delay_ms(secs: u64, now_ms: u64) -> u64 {
-    if secs > 1_000_000_000 {
-        secs.saturating_mul(1000).saturating_sub(now_ms)
-    } else {
-        secs.saturating_mul(1000)
-    }
 }
 
 /// A uniform draw from [0, 1) from the OS generator.
@@ -209,9 +145,6 @@ enum Attempt {
     Failed { error: String, wait_ms: u64 },
 }
 
-/// The outbound HTTP client: http and https (webpki roots, plus `outbound.ca_file`).
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// Handle to the queue; a clone is cheap.
 #[derive(Clone)]
 pub struct Outbound {
@@ -229,59 +162,6 @@ struct Inner {
     wake: Notify,
     /// Bumped after every recorded attempt; tests and callers wait on it.
     progress: watch::Sender<u64>,
-}
-
-/// The trust anchors for outbound https: the webpki (Mozilla) roots, plus every
-/// certificate in `outbound.ca_file` when set (a private CA, a TLS-inspecting proxy's,
-/// a test CA). A file that cannot be read, holds no PEM certificate or holds one
-/// rustls refuses is an error naming `outbound.ca_file`.
-pub fn tls_config(config: &OutboundConfig) -> Result<rustls::ClientConfig, ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = &config.ca_file {
-        let bad = |problem: String| {
-            ConfigError::invalid("outbound.ca_file", format!("{}: {problem}", path.display()))
-        };
-        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("not a PEM file of certificates: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad(
-                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-            ));
-        }
-        for (i, cert) in certs.into_iter().enumerate() {
-            roots
-                .add(cert)
-                .map_err(|e| bad(format!("certificate {}: {e}", i + 1)))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports rustls's default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// The HTTP client for outbound calls: http and https (trust from `tls`), HTTP/1.1.
-pub fn https_client(timeout: Duration, tls: rustls::ClientConfig) -> HttpsClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(https)
 }
 
 impl Outbound {
@@ -331,7 +211,7 @@ impl Outbound {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<Job, OutboundError> {
-        parse_target(target).map_err(|problem| OutboundError::Target {
+        crate::syntax::url::target(target).map_err(|problem| OutboundError::Target {
             target: target.to_string(),
             problem,
         })?;
@@ -533,7 +413,7 @@ impl Outbound {
                 wait_ms: 0,
             },
             Ok(Ok((parts, body))) => {
-                let wait_ms = server_delay_ms(&parts.headers, now);
+                let wait_ms = crate::client::server_delay_ms(&parts.headers, now);
                 let status = parts.status;
                 if status.is_success() {
                     return Attempt::Delivered;
@@ -861,24 +741,6 @@ mod tests {
     }
 
     #[test]
-    fn server_delays_are_read_from_seconds_dates_and_resets() {
-        let now = 1_700_000_000_000;
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", "120".parse().unwrap());
-        assert_eq!(server_delay_ms(&h, now), 120_000);
-        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(now + 30_000));
-        h.insert("retry-after", date.parse().unwrap());
-        assert_eq!(server_delay_ms(&h, now), 30_000);
-        h.insert("x-rate-limit-reset", "900".parse().unwrap());
-        assert_eq!(server_delay_ms(&h, now), 900_000);
-        h.insert("x-rate-limit-reset", "1700000060".parse().unwrap());
-        assert_eq!(server_delay_ms(&h, now), 60_000);
-        assert_eq!(server_delay_ms(&HeaderMap::new(), now), 0);
-        h.insert("retry-after", "soon".parse().unwrap());
-        assert_eq!(server_delay_ms(&h, now), 60_000);
-    }
-
-    #[test]
     fn doubling_stops_at_the_cap_but_a_server_may_ask_for_more() {
         assert_eq!(backoff_ms(1000, 8000, 10, 0, 0.5), 8000);
         assert_eq!(backoff_ms(1000, 8000, 10, 60_000, 0.5), 60_000);
@@ -900,42 +762,11 @@ mod tests {
     }
 
     #[test]
-    fn targets_must_be_http_urls_with_a_host() {
-        assert!(parse_target("https://hooks.slack.com/services/T/B/X").is_ok());
-        assert!(parse_target("http://127.0.0.1:9/hook").is_ok());
-        assert!(parse_target("ftp://example.com/")
-            .unwrap_err()
-            .contains("https://"));
-        assert!(parse_target("hooks.slack.com/x").is_err());
+    fn hosts_of_targets_key_their_budgets() {
         assert_eq!(
             host_of("https://hooks.slack.com/services/T/B/X"),
             "hooks.slack.com"
         );
-    }
-
-    #[test]
-    fn ca_files_add_their_certificates_or_name_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let with = |text: &str| {
-            let path = dir.path().join("ca.pem");
-            std::fs::write(&path, text).unwrap();
-            tls_config(&OutboundConfig {
-                ca_file: Some(path),
-                ..OutboundConfig::default()
-            })
-        };
-        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
-        let two = format!("{}{}", ca.cert.pem(), ca.cert.pem());
-        assert!(with(&two).is_ok());
-        assert!(tls_config(&OutboundConfig::default()).is_ok());
-        for bad in [
-            "",
-            "not a certificate",
-            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-        ] {
-            let e = with(bad).unwrap_err().to_string();
-            assert!(e.starts_with("outbound.ca_file: "), "{bad:?}: {e}");
-        }
     }
 
     #[test]

@@ -422,7 +422,7 @@ fn producthunt(config: &Config, env: &Env) -> Check {
 fn alerts(config: &Config) -> Check {
     const NAME: &str = "alerts";
     let urls = &config.alerts.slack_webhook_urls;
-    if let Err(e) = crate::ops::outbound::tls_config(&config.outbound) {
+    if let Err(e) = crate::client::tls_config(&config.outbound) {
         return Check::fail(
             NAME,
             e.to_string(),

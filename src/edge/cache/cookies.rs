@@ -18,21 +18,7 @@
 //! bypasses too, and a cached answer is never built from either.
 
 use axum::http::{header, HeaderMap, HeaderValue};
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-
-/// The default `cache.ignore_cookies`: analytics cookies of Google Analytics and Ads,
-/// Meta, Hotjar, Segment, PostHog, Matomo and Plausible.
-pub const DEFAULT_IGNORED: &[&str] = &[
-    "_ga*",
-    "_gid",
-    "_gcl_*",
-    "_fbp",
-    "_hj*",
-    "ajs_*",
-    "ph_*",
-    "_pk_*",
-    "plausible_*",
-];
+use globset::GlobSet;
 
 /// launchguard's own cookie names start with this (after an optional `__Host-` or
 /// `__Secure-` prefix).
@@ -45,25 +31,6 @@ pub fn is_own(name: &str) -> bool {
         .or_else(|| name.strip_prefix("__Secure-"))
         .unwrap_or(name);
     bare.starts_with(OWN_PREFIX)
-}
-
-/// Compiles `cache.ignore_cookies`; the error names the entry.
-pub fn compile(patterns: &[String]) -> Result<GlobSet, (usize, String)> {
-    let mut b = GlobSetBuilder::new();
-    for (i, p) in patterns.iter().enumerate() {
-        if p.is_empty() || p.contains(['=', ';', ',', ' ']) {
-            return Err((
-                i,
-                format!("expected a cookie name or a glob such as \"_ga*\", got {p:?}"),
-            ));
-        }
-        let glob = GlobBuilder::new(p)
-            .literal_separator(false)
-            .build()
-            .map_err(|e| (i, format!("invalid glob {p:?}: {e}")))?;
-        b.add(glob);
-    }
-    b.build().map_err(|e| (0, e.to_string()))
 }
 
 /// What a request's cookies say about it.
@@ -152,8 +119,11 @@ mod tests {
     use super::*;
 
     fn policy() -> CookiePolicy {
-        let defaults: Vec<String> = DEFAULT_IGNORED.iter().map(|s| s.to_string()).collect();
-        CookiePolicy::new(compile(&defaults).unwrap())
+        let defaults: Vec<String> = crate::config::DEFAULT_IGNORED_COOKIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        CookiePolicy::new(crate::syntax::globs::cookie_names(&defaults).unwrap())
     }
 
     fn verdict(cookies: &[&'static str]) -> Verdict {
@@ -223,7 +193,12 @@ mod tests {
 
     #[test]
     fn bad_patterns_name_their_entry() {
-        assert_eq!(compile(&["ok".into(), "a=b".into()]).unwrap_err().0, 1);
-        assert!(compile(&["[".into()]).is_err());
+        assert_eq!(
+            crate::syntax::globs::cookie_names(&["ok".into(), "a=b".into()])
+                .unwrap_err()
+                .0,
+            1
+        );
+        assert!(crate::syntax::globs::cookie_names(&["[".into()]).is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! it back unchanged. A key longer than the limit is refused, and the request bypasses
 //! the cache.
 
+use crate::config::QueryMode;
 /// Query parameters that only say where a visitor came from.
 const TRACKING_EXACT: &[&str] = &[
     "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid", "igshid",
@@ -17,25 +18,12 @@ pub fn is_tracking(name: &str) -> bool {
     name.starts_with("utm_") || TRACKING_EXACT.contains(&name)
 }
 
-/// What the query string does to the key (`cache.query`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum QueryMode {
-    /// Tracking parameters dropped, the rest sorted. The default.
-    #[default]
-    Sorted,
-    /// One entry per path: the query is dropped.
-    Ignore,
-    /// Only these parameters (by name, as sent) are kept, sorted.
-    Keep(Vec<String>),
-}
-
-impl QueryMode {
-    fn keeps(&self, name: &str) -> bool {
-        match self {
-            QueryMode::Sorted => !is_tracking(name),
-            QueryMode::Ignore => false,
-            QueryMode::Keep(names) => names.iter().any(|n| n == name),
-        }
+/// Whether the key keeps the query parameter `name` under `mode`.
+fn keeps(mode: &QueryMode, name: &str) -> bool {
+    match mode {
+        QueryMode::Sorted => !is_tracking(name),
+        QueryMode::Ignore => false,
+        QueryMode::Keep(names) => names.iter().any(|n| n == name),
     }
 }
 
@@ -86,7 +74,7 @@ pub fn normalize(
         Some(q) if *mode != QueryMode::Ignore => q
             .split('&')
             .filter(|p| !p.is_empty())
-            .filter(|p| mode.keeps(p.split('=').next().unwrap_or(p)))
+            .filter(|p| keeps(mode, p.split('=').next().unwrap_or(p)))
             .collect(),
         _ => Vec::new(),
     };

@@ -63,6 +63,7 @@ use http_body_util::BodyExt;
 
 use crate::clock::Clock;
 use crate::config::CacheConfig;
+use crate::config::QueryMode;
 use crate::edge::admission::{OriginLimit, Use};
 use crate::edge::origin::{Forwarded, Origin, OriginError};
 use crate::error::ApiError;
@@ -71,7 +72,7 @@ use crate::telemetry;
 use cookies::CookiePolicy;
 use flight::{Flights, Role};
 use freshness::{Life, NotStored, Policy, Verdict};
-use key::{Key, QueryMode};
+use key::Key;
 use purges::{PurgeLog, Purged};
 use store::{Entry, Objects};
 
@@ -92,6 +93,14 @@ pub enum XCache {
 }
 
 impl XCache {
+    /// Sets `X-Cache` on an answer and carries the same result, typed, in its
+    /// extensions, for the layers outside (the counters read that, not the header).
+    pub fn mark(self, res: &mut Response<Body>) {
+        res.headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(self.as_str()));
+        res.extensions_mut().insert(self);
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             XCache::Hit => "HIT",
@@ -202,8 +211,8 @@ impl Cache {
     ) -> Cache {
         let results = [XCache::Hit, XCache::Stale, XCache::Miss, XCache::Bypass]
             .map(|x| metrics::counter!(telemetry::CACHE_REQUESTS_TOTAL, "result" => x.label()));
-        let ignored =
-            cookies::compile(&config.ignore_cookies).unwrap_or_else(|_| globset::GlobSet::empty());
+        let ignored = crate::syntax::globs::cookie_names(&config.ignore_cookies)
+            .unwrap_or_else(|_| globset::GlobSet::empty());
         Cache {
             inner: Arc::new(Inner {
                 store: Objects::new(config.max_bytes, config.max_object_bytes),
@@ -266,8 +275,15 @@ impl Cache {
         n
     }
 
-    /// Answers one public request that passed admission.
-    pub async fn handle(&self, mut req: Request<Body>, fwd: Forwarded) -> Response<Body> {
+    /// Answers one public request that passed admission, under the scale factor the
+    /// request carries (`edge::Scale`, read once by the front door): freshness, the
+    /// stale fallback and the origin permits all judge by that one value.
+    pub async fn handle(
+        &self,
+        mut req: Request<Body>,
+        fwd: Forwarded,
+        factor: f64,
+    ) -> Response<Body> {
         let i = &self.inner;
         // What names a header in `Connection` is not forwarded (origin.rs); drop it
         // here already, so that a `Vary` variant is keyed on what the origin saw.
@@ -278,13 +294,15 @@ impl Cache {
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
             cookies::strip_own(req.headers_mut());
-            return self.pass_unsafe(req, fwd).await;
+            return self.pass_unsafe(req, fwd, factor).await;
         }
         if req.headers().contains_key(header::AUTHORIZATION)
             || i.cookies.verdict(req.headers()) == cookies::Verdict::Personal
         {
             cookies::strip_own(req.headers_mut());
-            return self.pass(req, fwd, XCache::Bypass, Use::Bypass).await;
+            return self
+                .pass(req, fwd, XCache::Bypass, Use::Bypass, factor)
+                .await;
         }
         // Only ignored and launchguard's own cookies are left: none reaches the origin.
         req.headers_mut().remove(header::COOKIE);
@@ -295,10 +313,11 @@ impl Cache {
             &i.query,
             i.max_key_bytes,
         ) else {
-            return self.pass(req, fwd, XCache::Bypass, Use::Bypass).await;
+            return self
+                .pass(req, fwd, XCache::Bypass, Use::Bypass, factor)
+                .await;
         };
         let now = i.clock.now_ms();
-        let factor = i.factor.current();
         let (stale, full_key) = i.store.get(key.as_str(), req.headers());
         if let Some(e) = &stale {
             match freshness::verdict(&e.life, &i.policy, factor, now) {
@@ -308,7 +327,7 @@ impl Cache {
                 }
                 Verdict::Stale => {
                     if e.start_refresh() {
-                        self.spawn_refresh(key, full_key, e.clone(), &req, fwd);
+                        self.spawn_refresh(key, full_key, e.clone(), &req, fwd, factor);
                     }
                     return self.respond(e, &req, XCache::Stale, 0, now);
                 }
@@ -334,6 +353,7 @@ impl Cache {
                             &client_headers,
                             task_fwd,
                             stale_for_task,
+                            factor,
                         )
                         .await;
                     leader.finish(Arc::new(outcome));
@@ -352,6 +372,7 @@ impl Cache {
                 OriginError::Unreachable("the shared fetch ended without an answer".into())
                     .into_response(),
                 now,
+                factor,
             );
         };
         match &*outcome {
@@ -366,13 +387,12 @@ impl Cache {
                     .zip(vary_values)
                     .all(|(name, v)| req.headers().get(name) == v.as_ref());
                 if !same_variant {
-                    return self.pass(req, fwd, XCache::Miss, Use::Fill).await;
+                    return self.pass(req, fwd, XCache::Miss, Use::Fill, factor).await;
                 }
-                let remaining =
-                    match freshness::verdict(&entry.life, &i.policy, i.factor.current(), now) {
-                        Verdict::Fresh { remaining_ms } => remaining_ms,
-                        _ => 0,
-                    };
+                let remaining = match freshness::verdict(&entry.life, &i.policy, factor, now) {
+                    Verdict::Fresh { remaining_ms } => remaining_ms,
+                    _ => 0,
+                };
                 let x = if *revalidated {
                     XCache::Hit
                 } else {
@@ -394,7 +414,7 @@ impl Cache {
                 // A 5xx counts as an origin failure when a stale copy may stand in
                 // (as nginx's proxy_cache_use_stale http_500..http_504).
                 let res = self.transient(&outcome, &req);
-                self.on_failure(stale.as_deref(), &req, res, now)
+                self.on_failure(stale.as_deref(), &req, res, now, factor)
             }
             Fetched::Transient { .. } => {
                 self.count(XCache::Miss);
@@ -403,21 +423,24 @@ impl Cache {
             Fetched::Pass => match own {
                 Some(Own::Response(mut res)) => {
                     self.count(XCache::Miss);
-                    res.headers_mut()
-                        .insert(X_CACHE, HeaderValue::from_static(XCache::Miss.as_str()));
+                    XCache::Miss.mark(&mut res);
                     if req.method() == Method::HEAD {
                         *res.body_mut() = Body::empty();
                     }
                     res
                 }
-                _ => self.pass(req, fwd, XCache::Miss, Use::Fill).await,
+                _ => self.pass(req, fwd, XCache::Miss, Use::Fill, factor).await,
             },
-            Fetched::Failed(e) => {
-                self.on_failure(stale.as_deref(), &req, e.clone().into_response(), now)
-            }
+            Fetched::Failed(e) => self.on_failure(
+                stale.as_deref(),
+                &req,
+                e.clone().into_response(),
+                now,
+                factor,
+            ),
             Fetched::Queued => {
                 let res = self.queue_timeout();
-                self.on_failure(stale.as_deref(), &req, res, now)
+                self.on_failure(stale.as_deref(), &req, res, now, factor)
             }
         }
     }
@@ -489,7 +512,7 @@ impl Cache {
             .uri(pq)
             .body(Body::empty())
             .map_err(|e| format!("invalid path: {e}"))?;
-        let res = self.handle(req, fwd).await;
+        let res = self.handle(req, fwd, self.inner.factor.current()).await;
         let x = res
             .headers()
             .get(X_CACHE)
@@ -523,8 +546,7 @@ impl Cache {
         });
         *res.status_mut() = *status;
         *res.headers_mut() = headers.clone();
-        res.headers_mut()
-            .insert(X_CACHE, HeaderValue::from_static(XCache::Miss.as_str()));
+        XCache::Miss.mark(&mut res);
         res
     }
 
@@ -546,10 +568,11 @@ impl Cache {
         req: &Request<Body>,
         fallback: Response<Body>,
         now: u64,
+        factor: f64,
     ) -> Response<Body> {
         let i = &self.inner;
         if let Some(e) = stale {
-            if freshness::usable_on_error(&e.life, &i.policy, i.factor.current(), now) {
+            if freshness::usable_on_error(&e.life, &i.policy, factor, now) {
                 return self.respond(e, req, XCache::Stale, 0, now);
             }
         }
@@ -565,6 +588,7 @@ impl Cache {
         stale: Arc<Entry>,
         req: &Request<Body>,
         fwd: Forwarded,
+        factor: f64,
     ) {
         let flight_key = full_key.unwrap_or_else(|| key.as_str().to_string());
         let Some(leader) = self.inner.flights.lead(&flight_key) else {
@@ -577,7 +601,14 @@ impl Cache {
         let this = self.clone();
         tokio::spawn(async move {
             let (outcome, _) = this
-                .fetch(&key, origin_req, &client_headers, fwd, Some(stale.clone()))
+                .fetch(
+                    &key,
+                    origin_req,
+                    &client_headers,
+                    fwd,
+                    Some(stale.clone()),
+                    factor,
+                )
                 .await;
             // If the store still holds the stale entry (the fetch failed, or a purge
             // kept its result out), let a later request try again.
@@ -597,6 +628,7 @@ impl Cache {
         client_headers: &HeaderMap,
         fwd: Forwarded,
         stale: Option<Arc<Entry>>,
+        factor: f64,
     ) -> (Fetched, Option<Own>) {
         let i = &self.inner;
         let ticket = i.purges.begin();
@@ -604,8 +636,7 @@ impl Cache {
             Ok(r) => r,
             Err(e) => return (Fetched::Failed(e), None),
         };
-        let factor = i.factor.clone();
-        let Ok(_permit) = i.limit.acquire(|| factor.current(), Use::Fill).await else {
+        let Ok(_permit) = i.limit.acquire(factor, Use::Fill).await else {
             return (Fetched::Queued, None);
         };
         let res = match i.origin.fetch(origin_req, &fwd).await {
@@ -717,33 +748,34 @@ impl Cache {
         fwd: Forwarded,
         x: XCache,
         use_: Use,
+        factor: f64,
     ) -> Response<Body> {
         self.count(x);
         let i = &self.inner;
-        let factor = i.factor.clone();
-        let Ok(_permit) = i.limit.acquire(|| factor.current(), use_).await else {
+        let Ok(_permit) = i.limit.acquire(factor, use_).await else {
             return self.queue_timeout();
         };
         let mut res = match i.origin.fetch(req, &fwd).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
-        res.headers_mut()
-            .insert(X_CACHE, HeaderValue::from_static(x.as_str()));
+        x.mark(&mut res);
         res
     }
 
     /// POST, PUT, PATCH, DELETE and the rest: to the origin on a bypass permit; a
     /// success invalidates the stored entries for the URL and its `Location` /
     /// `Content-Location` on the same host.
-    async fn pass_unsafe(&self, req: Request<Body>, fwd: Forwarded) -> Response<Body> {
+    async fn pass_unsafe(&self, req: Request<Body>, fwd: Forwarded, factor: f64) -> Response<Body> {
         let unsafe_method = !matches!(
             *req.method(),
             Method::OPTIONS | Method::TRACE | Method::CONNECT
         );
         let uri = req.uri().clone();
         let host = fwd.host.clone();
-        let res = self.pass(req, fwd, XCache::Bypass, Use::Bypass).await;
+        let res = self
+            .pass(req, fwd, XCache::Bypass, Use::Bypass, factor)
+            .await;
         let ok = res.status().is_success() || res.status().is_redirection();
         if unsafe_method && ok {
             let host = host.to_str().unwrap_or("");
@@ -759,7 +791,7 @@ impl Cache {
                     let same_host = match u.authority() {
                         None => true,
                         Some(a) => {
-                            crate::edge::front::parse_host(a.as_str().as_bytes(), default_port(&u))
+                            crate::syntax::host::parse_host(a.as_str().as_bytes(), default_port(&u))
                                 .is_ok_and(|h| h.key == host)
                         }
                     };
@@ -908,7 +940,7 @@ impl Cache {
                 h.remove(header::VARY);
             }
         }
-        h.insert(X_CACHE, HeaderValue::from_static(x.as_str()));
+        x.mark(&mut res);
         res
     }
 }
