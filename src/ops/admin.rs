@@ -10,9 +10,9 @@
 //!   so it survives a restart until it lapses.
 //! - `GET /admin/events?after=SEQ&limit=N`: stored events (newest first without `after`).
 //! - `GET /api/analytics?day=D` or `?from=D&to=D`, `GET /api/launches`: launch-day
-//!   reports (`analytics.rs`).
+//!   reports (`insight/analytics/`).
 //! - `POST /admin/purge {"prefix": "/launch/"}`, `POST /admin/warm {"urls"?: [...]}`: the
-//!   edge cache (handlers in `edge.rs`).
+//!   edge cache (handlers in `edge/mod.rs`).
 //! - `GET /admin/outbound/deadletters`, `POST /admin/outbound/deadletters/{id}/retry`,
 //!   `DELETE /admin/outbound/deadletters/{id}`: outbound calls that failed every retry
 //!   (`outbound.rs`).
