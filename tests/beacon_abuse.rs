@@ -2,8 +2,8 @@
 //! to the day's figures through `POST /api/convert`. Nothing, but be counted by reason
 //! in `launchguard_conversions_rejected_total`.
 //!
-//! A test binary of its own, its tests one at a time (`SERIAL`): they read the
-//! rejection counters by reason exactly, and the metrics recorder is one per process.
+//! Each test runs alone (`support::recorder`): they read the rejection counters by
+//! reason exactly, and the metrics recorder is one per process.
 
 mod support;
 
@@ -13,8 +13,6 @@ use support::*;
 
 /// 2026-11-26T08:00:00Z: midnight in Los Angeles, the start of launch day 2026-11-26.
 const T0: u64 = 1_795_680_000_000;
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn visit(s: &TestServer) -> String {
     let r = s.client.get(&s.url("/launch/")).await;
@@ -51,7 +49,7 @@ async fn today(s: &TestServer) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
-    let _serial = SERIAL.lock().await;
+    let _alone = support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0 + 3_600_000), |c| {
         // The budget is its own test: here every forgery reaches the checks behind it.
@@ -167,7 +165,7 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_past_its_beacon_budget_gets_429_and_counts_once() {
-    let _serial = SERIAL.lock().await;
+    let _alone = support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0 + 3_600_000);
     let s = TestServer::start(dir.path(), clock.clone(), |c| {

@@ -90,6 +90,8 @@ async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
     let Some(driver) = Driver::start(&dir.path().join("profile")).await else {
         return; // no browser here, and not under CI: the note is on stderr
     };
+    // The rejection counters are the process's: alone, their moves are this test's.
+    let _alone = support::recorder::alone().await;
     let s = TestServer::start(&dir.path().join("state"), Clock::system(), |_| {}).await;
     let (repeats, foreign) = (
         support::edge::beacons_rejected(&s, "repeat").await,

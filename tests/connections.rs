@@ -110,6 +110,8 @@ async fn server() -> (tempfile::TempDir, TestServer) {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_park_and_serve_again() {
+    // The connection gauges are the process's: alone, they are this server's.
+    let _alone = support::recorder::alone().await;
     let (_dir, srv) = server().await;
     let conns = srv.state().connections.clone();
     let mut clients = Vec::new();
@@ -124,7 +126,6 @@ async fn idle_keep_alive_connections_park_and_serve_again() {
     })
     .await;
     assert_eq!(conns.sessions(), 50, "one session per connection so far");
-    // The only test here that renders /metrics, so the gauges are this server's.
     let m = srv.client.get(&srv.admin_url("/metrics")).await.text();
     assert!(
         m.contains("launchguard_http_connections{state=\"parked\"} 50"),
@@ -419,6 +420,7 @@ async fn a_request_head_over_max_header_bytes_gets_431() {
 
 #[tokio::test]
 async fn accepting_pauses_at_max_connections_and_resumes_when_one_closes() {
+    let _alone = support::recorder::alone().await;
     let (_dir, srv) = server_with(|c| c.server.max_connections = 3).await;
     let conns = srv.state().connections.clone();
     let mut held = Vec::new();

@@ -1,6 +1,10 @@
 //! The metrics the shipped alert rules (data/prometheus/alerts.yml) and the Grafana
 //! dashboard (data/grafana/launchguard.json) read exist on `/metrics`, with the labels
 //! they select on, once the server has seen some traffic.
+//!
+//! The recorder is the process's, so a name may also be there from another test's
+//! traffic; the series this test's traffic must move are read before and after it,
+//! alone (`support::recorder`), and must have grown.
 
 mod support;
 
@@ -12,11 +16,24 @@ const T0: u64 = 1_795_680_000_000;
 
 #[tokio::test]
 async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
+    let _alone = support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0), |c| {
         c.backpressure.critical_paths = vec!["/".into()];
     })
     .await;
+    // Counted by this test's traffic below.
+    let moved = [
+        r#"launchguard_http_request_duration_seconds_count{status="2xx"}"#,
+        r#"launchguard_http_request_duration_seconds_count{status="4xx"}"#,
+        r#"launchguard_http_request_duration_seconds_count{status="5xx"}"#,
+        r#"launchguard_webhooks_total{result="unauthorized"}"#,
+        r#"launchguard_backpressure_rejections_total{class="normal"}"#,
+    ];
+    let mut before = Vec::new();
+    for series in moved {
+        before.push(support::edge::metric(&s, series).await);
+    }
     // A 2xx, a 4xx, a rejected webhook, and (with the factor pinned high) a shed 5xx.
     let page = s.client.get(&s.url("/launch/")).await;
     assert_eq!(page.status, StatusCode::OK);
@@ -96,18 +113,16 @@ async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
             "{name} is not exported:\n{metrics}"
         );
     }
-    for series in [
-        r#"launchguard_http_request_duration_seconds_count{status="2xx"}"#,
-        r#"launchguard_http_request_duration_seconds_count{status="4xx"}"#,
-        r#"launchguard_http_request_duration_seconds_count{status="5xx"}"#,
-        r#"launchguard_http_request_duration_seconds_bucket{status="2xx",le="0.1"}"#,
-        r#"launchguard_webhooks_total{result="unauthorized"}"#,
-        r#"launchguard_backpressure_rejections_total{class="normal"}"#,
-    ] {
+    let bucket = r#"launchguard_http_request_duration_seconds_bucket{status="2xx",le="0.1"}"#;
+    for series in moved.iter().chain([&bucket]) {
         assert!(
             metrics.lines().any(|l| l.starts_with(series)),
             "{series} is missing:\n{metrics}"
         );
+    }
+    for (series, before) in moved.into_iter().zip(before) {
+        let after = support::edge::metric(&s, series).await;
+        assert!(after > before, "{series}: {before} -> {after}");
     }
     s.stop().await;
 }

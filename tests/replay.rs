@@ -1,6 +1,7 @@
 //! Captured webhooks replayed after the dedup window are refused by their signed time,
-//! under both signature schemes, and never counted twice. One test in this binary, so
-//! the process-wide metrics are this test's alone and can be compared exactly.
+//! under both signature schemes, and never counted twice. The webhook metrics are the
+//! process's: the test runs alone (`support::recorder`) and counts from where they
+//! stood when it began, so their moves are this test's and compare exactly.
 //!
 //! The worst case is taken: the smallest TTL the config allows (more than twice the
 //! tolerance: 601 s against 300 s) and a signed time as far ahead of the clock as the
@@ -16,19 +17,30 @@ use support::*;
 const T0: u64 = 1_795_680_000_000;
 const STD_SECRET: &str = "whsec_c3RhbmRhcmQtd2ViaG9va3Mta2V5LWJ5dGVz";
 
-/// Accepted, duplicate and refused webhooks so far (process-wide metric), the events
+/// Accepted, duplicate and refused webhooks so far (process-wide metric).
+async fn webhooks(s: &TestServer) -> [u64; 3] {
+    let mut counts = [0; 3];
+    let results = ["accepted", "duplicate", "unauthorized"];
+    for (count, result) in counts.iter_mut().zip(results) {
+        let series = format!("launchguard_webhooks_total{{result=\"{result}\"}}");
+        *count = support::edge::metric(s, &series).await as u64;
+    }
+    counts
+}
+
+/// Accepted, duplicate and refused webhooks since `start` (the metric), the events
 /// the store holds, and what the launch day's report counts as accepted.
-async fn tally(s: &TestServer) -> (u64, u64, u64, u64, u64) {
+async fn tally(s: &TestServer, start: [u64; 3]) -> (u64, u64, u64, u64, u64) {
     let day = s
         .client
         .get(&s.admin_url("/api/analytics?day=2026-11-26"))
         .await
         .json();
+    let now = webhooks(s).await;
     (
-        support::edge::metric(s, "launchguard_webhooks_total{result=\"accepted\"}").await as u64,
-        support::edge::metric(s, "launchguard_webhooks_total{result=\"duplicate\"}").await as u64,
-        support::edge::metric(s, "launchguard_webhooks_total{result=\"unauthorized\"}").await
-            as u64,
+        now[0] - start[0],
+        now[1] - start[1],
+        now[2] - start[2],
         s.state().store.next_seq() - 1,
         day["webhooks_accepted"]
             .as_u64()
@@ -38,6 +50,7 @@ async fn tally(s: &TestServer) -> (u64, u64, u64, u64, u64) {
 
 #[tokio::test]
 async fn replays_after_the_dedup_ttl_are_refused_by_their_signed_time_and_never_counted() {
+    let _alone = support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);
     let s = TestServer::start(dir.path(), clock.clone(), |c| {
@@ -46,6 +59,7 @@ async fn replays_after_the_dedup_ttl_are_refused_by_their_signed_time_and_never_
         c.webhook.secrets.push(STD_SECRET.into());
     })
     .await;
+    let start = webhooks(&s).await;
 
     // The captured requests, signed for T0 + 300 s (the sender's clock runs ahead).
     let ph_body = event_at("evt-captured", "upvote", T0 + 300_000);
@@ -62,7 +76,7 @@ async fn replays_after_the_dedup_ttl_are_refused_by_their_signed_time_and_never_
     for r in send().await {
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     }
-    assert_eq!(tally(&s).await, (2, 0, 0, 2, 2));
+    assert_eq!(tally(&s, start).await, (2, 0, 0, 2, 2));
 
     // 600 s later the signed times are 300 s behind, still acceptable: the ids are
     // remembered, so the replays are duplicates.
@@ -71,7 +85,7 @@ async fn replays_after_the_dedup_ttl_are_refused_by_their_signed_time_and_never_
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.json()["status"], "duplicate");
     }
-    assert_eq!(tally(&s).await, (2, 2, 0, 2, 2));
+    assert_eq!(tally(&s, start).await, (2, 2, 0, 2, 2));
 
     // 601 s later the ids have left the dedup index, and the signed times are 301 s
     // behind: refused by age, nothing stored or counted.
@@ -81,7 +95,7 @@ async fn replays_after_the_dedup_ttl_are_refused_by_their_signed_time_and_never_
         assert_eq!(r.json()["field"], field, "{}", r.text());
         assert!(r.text().contains("301 s behind"), "{}", r.text());
     }
-    assert_eq!(tally(&s).await, (2, 2, 2, 2, 2));
+    assert_eq!(tally(&s, start).await, (2, 2, 2, 2, 2));
 
     // And a day later, after a restart that rebuilds the dedup index from the log.
     s.stop().await;
@@ -99,7 +113,7 @@ async fn replays_after_the_dedup_ttl_are_refused_by_their_signed_time_and_never_
     for r in [ph, std] {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     }
-    assert_eq!(tally(&s).await, (2, 2, 4, 2, 2));
+    assert_eq!(tally(&s, start).await, (2, 2, 4, 2, 2));
     let events = s.client.get(&s.admin_url("/admin/events")).await.json();
     assert_eq!(events["events"].as_array().unwrap().len(), 2, "{events}");
     s.stop().await;

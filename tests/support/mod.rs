@@ -17,6 +17,7 @@ pub mod browser;
 pub mod edge;
 pub mod origin;
 pub mod receiver;
+pub mod recorder;
 pub mod tls;
 pub mod tools;
 
@@ -46,6 +47,8 @@ pub struct TestServer {
     pub admin: SocketAddr,
     pub clock: Clock,
     pub client: Client,
+    /// Its share of the process's metrics recorder (`recorder`), given back last.
+    _recorder: recorder::Share,
 }
 
 impl TestServer {
@@ -55,6 +58,7 @@ impl TestServer {
         clock: Clock,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
+        let share = recorder::share().await;
         let mut c = config(data_dir);
         tweak(&mut c);
         let opts = Options {
@@ -69,6 +73,7 @@ impl TestServer {
             running: Some(running),
             clock,
             client: Client::new(),
+            _recorder: share,
         }
     }
 
