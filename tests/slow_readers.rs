@@ -2,14 +2,21 @@
 //! writes have made no progress for `server.send_timeout_ms`, and the kernel memory
 //! its unread answers held is given back.
 //!
-//! In a test binary of its own: it reads the machine-wide TCP memory
-//! (`/proc/net/sockstat`), which other tests' transfers would blur.
+//! The one test outside the `it` binary (`tests/it`), in a binary of its own: it
+//! reads the machine-wide TCP memory (`/proc/net/sockstat`). In `it`, the other
+//! tests run in parallel threads of the same process, opening sockets and moving
+//! bytes (their servers, clients, receivers and the processes they spawn) while it
+//! measures; cargo runs test binaries one after another, so here the only other
+//! traffic is what else the machine runs, which the margins below allow for.
 //!
 //! The server's side of each connection is watched in `/proc/net/tcp` (its send
 //! queue, found by the client's port), so the test sees exactly when the server
 //! resets it, without reading from the client (which would be the progress the
 //! server waits for).
 
+// The harness of `tests/it`, of which this test needs only `TestServer`.
+#[allow(dead_code)]
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;

@@ -1,6 +1,5 @@
 //! The real binary as a child process: a config on loopback port 0 with a temp data
 //! dir, and the bound addresses read from its startup log.
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};

@@ -4,13 +4,12 @@
 //! resumes at the reset, its events move the factor, and replays after a restart (or
 //! an overlapping webhook) are not counted twice.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{TestServer, SECRET};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode as AxStatus};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +20,6 @@ use launchguard::clock::Clock;
 use launchguard::config::Config;
 use launchguard::ingest::store::Store;
 use parking_lot::Mutex;
-use support::{TestServer, SECRET};
 
 const START_MS: u64 = 1_790_000_000_000;
 const WINDOW_MS: u64 = 900_000;

@@ -1,11 +1,10 @@
 //! Visits, the conversion beacon, the flusher and the analytics API, over real HTTP
 //! against a real bound server with a manual clock.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::support::*;
 use axum::http::StatusCode as AxumStatus;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
@@ -13,7 +12,6 @@ use launchguard::ingest::factor::Factor;
 use launchguard::ingest::store::Store;
 use launchguard::insight::counters::{self, Conversions};
 use launchguard::insight::history::History;
-use support::*;
 
 /// 2026-11-26T08:00:00Z: midnight in Los Angeles, the start of launch day 2026-11-26.
 const T0: u64 = 1_795_680_000_000;

@@ -1,15 +1,13 @@
 //! `launchguard report`: the binary against a fixture store built here, read while no
 //! server runs, and refused clearly while one does.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::TestServer;
 use launchguard::clock::Clock;
 use launchguard::ingest::store::Store;
 use launchguard::insight::history::{History, MetricsBatch, Tally};
-use support::TestServer;
 
 fn ms(rfc3339: &str) -> u64 {
     rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64

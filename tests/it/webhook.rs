@@ -1,13 +1,11 @@
 //! The webhook path and the admin API, over real HTTP against a real bound server.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key};
-use support::*;
 
 /// A fixed instant for tests that drive time by hand (2026-11-26T08:00:00Z).
 const T0: u64 = 1_795_680_000_000;

@@ -2,14 +2,12 @@
 //! with a `.env`, a `.git/` and symlinks, some pointing outside. The appliance runs
 //! on port 0 with `origin.static_dir` set to a temp copy of such a tree.
 
-mod support;
-
 use std::path::Path;
 
+use crate::support::edge::{get, T0};
+use crate::support::TestServer;
 use hyper::StatusCode;
 use launchguard::clock::Clock;
-use support::edge::{get, T0};
-use support::TestServer;
 
 /// A site in `dir/site` with secrets beside its pages, and `dir/outside` next to it.
 fn checkout(dir: &Path) -> std::path::PathBuf {

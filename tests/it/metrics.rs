@@ -6,17 +6,15 @@
 //! traffic; the series this test's traffic must move are read before and after it,
 //! alone (`support::recorder`), and must have grown.
 
-mod support;
-
+use crate::support::*;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use support::*;
 
 const T0: u64 = 1_795_680_000_000;
 
 #[tokio::test]
 async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
-    let _alone = support::recorder::alone().await;
+    let _alone = crate::support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0), |c| {
         c.backpressure.critical_paths = vec!["/".into()];
@@ -32,7 +30,7 @@ async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
     ];
     let mut before = Vec::new();
     for series in moved {
-        before.push(support::edge::metric(&s, series).await);
+        before.push(crate::support::edge::metric(&s, series).await);
     }
     // A 2xx, a 4xx, a rejected webhook, and (with the factor pinned high) a shed 5xx.
     let page = s.client.get(&s.url("/launch/")).await;
@@ -121,7 +119,7 @@ async fn every_metric_the_alerts_and_the_grafana_dashboard_read_is_exported() {
         );
     }
     for (series, before) in moved.into_iter().zip(before) {
-        let after = support::edge::metric(&s, series).await;
+        let after = crate::support::edge::metric(&s, series).await;
         assert!(after > before, "{series}: {before} -> {after}");
     }
     s.stop().await;

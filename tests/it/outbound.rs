@@ -6,21 +6,19 @@
 //! whose certificate a test CA issued: trusted through `outbound.ca_file`, refused
 //! without it or with another CA.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use crate::support::binary::{self, write_config};
+use crate::support::receiver::{Answer, Receiver};
+use crate::support::tls::TestCa;
+use crate::support::TestServer;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 use launchguard::ingest::store::Store;
 use launchguard::ops::outbound::Outbound;
-use support::binary::{self, write_config};
-use support::receiver::{Answer, Receiver};
-use support::tls::TestCa;
-use support::TestServer;
 
 const START_MS: u64 = 1_790_000_000_000;
 
@@ -256,7 +254,7 @@ async fn a_job_in_flight_at_sigkill_is_sent_again_after_restart() {
     receiver.set_fallback(Answer::status(200));
     let (mut child, admin) = spawn(dir.path());
     receiver.wait_for(2).await;
-    let client = support::Client::new();
+    let client = crate::support::Client::new();
     let delivered = "launchguard_outbound_jobs_total{result=\"delivered\"} 1";
     let mut seen = false;
     for _ in 0..1500 {
@@ -435,7 +433,7 @@ async fn a_bad_outbound_ca_file_stops_the_start_naming_the_key() {
         (dir.path().join("missing.pem"), "cannot read it"),
         (not_pem, "no PEM certificate"),
     ] {
-        let mut config = support::config(&dir.path().join("state"));
+        let mut config = crate::support::config(&dir.path().join("state"));
         config.outbound.ca_file = Some(file.clone());
         let opts = launchguard::app::Options {
             clock: Clock::manual(START_MS),

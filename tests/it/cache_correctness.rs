@@ -4,18 +4,16 @@
 //! dodge shedding; compression on the miss path; the query modes; and origin permits
 //! kept for fills. The appliance runs on port 0 in front of a real local origin whose
 //! `/reflect` page renders what it was told, the way real apps do
-//! (tests/support/origin.rs). The victim must never see the attacker's value.
-
-mod support;
+//! (tests/it/support/origin.rs). The victim must never see the attacker's value.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::edge::{edge, get, metric, x_cache};
+use crate::support::origin::TestOrigin;
+use crate::support::{Resp, TestServer};
 use hyper::{Method, StatusCode};
 use launchguard::config::QueryMode;
-use support::edge::{edge, get, metric, x_cache};
-use support::origin::TestOrigin;
-use support::{Resp, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SITE: &str = "launch.example";

@@ -1,10 +1,8 @@
 //! `launchguard simulate` against a real server: every webhook of the curve is signed,
 //! accepted and counted, and the factor rises.
 
-mod support;
-
+use crate::support::*;
 use launchguard::clock::Clock;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_curve_is_accepted_and_moves_the_factor() {

@@ -3,7 +3,6 @@
 //! test without its tool says so and skips; under CI (`CI=true`, as `.ci/run` runs) it
 //! fails, since CI installs every tool and a skip there would be a check that claims
 //! to run and does not.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 

@@ -2,14 +2,12 @@
 //! and headers, signed and unsigned, always get a 2xx or 4xx, and the server keeps
 //! answering. Whatever was accepted is stored whole; nothing else is.
 
-mod support;
-
+use crate::support::*;
 use hyper::Method;
 use launchguard::clock::Clock;
 use launchguard::ingest::webhook::signature::{sign_producthunt, sign_standard, Key};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
-use support::*;
 
 #[derive(Debug, Clone)]
 enum Sig {

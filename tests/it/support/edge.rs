@@ -1,5 +1,4 @@
 //! The appliance in front of a `TestOrigin`, and the small readers edge tests share.
-#![allow(dead_code)]
 
 use hyper::Method;
 use launchguard::clock::Clock;

@@ -3,14 +3,12 @@
 //! sends no more, the state after the interval is announced, and the first event of
 //! the launch day is announced once. Messages go through the outbound queue.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::receiver::Receiver;
+use crate::support::{TestServer, SECRET};
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use support::receiver::Receiver;
-use support::{TestServer, SECRET};
 
 const START_MS: u64 = 1_790_000_000_000;
 
@@ -133,7 +131,7 @@ async fn the_first_event_of_the_launch_day_is_announced_once_even_across_a_resta
 async fn a_message_that_fails_every_retry_becomes_a_dead_letter_and_is_announced() {
     let dir = tempfile::tempdir().unwrap();
     let broken = Receiver::start().await;
-    broken.set_fallback(support::receiver::Answer::status(500));
+    broken.set_fallback(crate::support::receiver::Answer::status(500));
     let working = Receiver::start().await;
     let clock = Clock::manual(START_MS);
     let urls = vec![broken.url("/hook"), working.url("/hook")];

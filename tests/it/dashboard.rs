@@ -3,10 +3,9 @@
 //! Events, new webhook events show up in it, and the feed needs the admin token when
 //! one is configured.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode};
@@ -14,7 +13,6 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use launchguard::clock::Clock;
 use serde_json::Value;
-use support::*;
 
 /// T0 of the manual clock: 2026-11-26T08:00:00Z, which is 00:00 in Los Angeles.
 const T0: u64 = 1_795_680_000_000;

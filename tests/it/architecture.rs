@@ -141,7 +141,7 @@ fn imports_point_down_from_app_through_the_wings() {
     let fixed: Vec<_> = left.difference(&up).collect();
     assert!(
         fixed.is_empty(),
-        "these arrows are gone: take them out of LEFT in tests/architecture.rs: {fixed:?}"
+        "these arrows are gone: take them out of LEFT in tests/it/architecture.rs: {fixed:?}"
     );
 }
 

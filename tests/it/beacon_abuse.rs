@@ -5,11 +5,9 @@
 //! Each test runs alone (`support::recorder`): they read the rejection counters by
 //! reason exactly, and the metrics recorder is one per process.
 
-mod support;
-
+use crate::support::*;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use support::*;
 
 /// 2026-11-26T08:00:00Z: midnight in Los Angeles, the start of launch day 2026-11-26.
 const T0: u64 = 1_795_680_000_000;
@@ -49,7 +47,7 @@ async fn today(s: &TestServer) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
-    let _alone = support::recorder::alone().await;
+    let _alone = crate::support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), Clock::manual(T0 + 3_600_000), |c| {
         // The budget is its own test: here every forgery reaches the checks behind it.
@@ -127,7 +125,7 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
     let reasons = ["no_visitor", "forged_visitor", "repeat", "cross_site"];
     let mut counts_before = Vec::new();
     for r in reasons {
-        counts_before.push(support::edge::beacons_rejected(&s, r).await);
+        counts_before.push(crate::support::edge::beacons_rejected(&s, r).await);
     }
     let mut sent = [0u64; 4];
     for i in 0..5000 {
@@ -144,7 +142,7 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
     assert_eq!(after["conv_rate"], 0.5);
     for (i, reason) in reasons.iter().enumerate() {
         assert_eq!(
-            support::edge::beacons_rejected(&s, reason).await - counts_before[i],
+            crate::support::edge::beacons_rejected(&s, reason).await - counts_before[i],
             sent[i],
             "launchguard_conversions_rejected_total{{reason=\"{reason}\"}}"
         );
@@ -165,7 +163,7 @@ async fn five_thousand_forged_beacons_leave_the_days_conversions_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_past_its_beacon_budget_gets_429_and_counts_once() {
-    let _alone = support::recorder::alone().await;
+    let _alone = crate::support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0 + 3_600_000);
     let s = TestServer::start(dir.path(), clock.clone(), |c| {
@@ -173,7 +171,7 @@ async fn one_client_past_its_beacon_budget_gets_429_and_counts_once() {
     })
     .await;
     let real = visit(&s).await;
-    let limited_before = support::edge::beacons_rejected(&s, "rate_limited").await;
+    let limited_before = crate::support::edge::beacons_rejected(&s, "rate_limited").await;
     // The flood: 5,000 beacons from one client (spoofing X-Forwarded-For
     // changes nothing: the peer is not a trusted proxy).
     let mut answers = std::collections::BTreeMap::new();
@@ -193,7 +191,7 @@ async fn one_client_past_its_beacon_budget_gets_429_and_counts_once() {
         "{answers:?}"
     );
     assert_eq!(
-        support::edge::beacons_rejected(&s, "rate_limited").await - limited_before,
+        crate::support::edge::beacons_rejected(&s, "rate_limited").await - limited_before,
         4970
     );
     let a = today(&s).await;

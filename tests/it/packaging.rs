@@ -3,12 +3,10 @@
 //! `promtool` from Debian's `prometheus` package): without it the check says so and
 //! skips, except under CI (`CI=true`), where it fails (`support::tools::require_tool`).
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::tools::require_tool;
+use crate::support::tools::require_tool;
 
 fn repo(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

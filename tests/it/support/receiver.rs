@@ -4,7 +4,6 @@
 //! `Answer::Hold` never answers. `seen` is a watch of the request count, so tests wait
 //! for requests, not for time. `Receiver::start_tls` serves the same over TLS
 //! (tokio-rustls + hyper) and counts the handshakes that succeeded and failed.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -8,11 +8,9 @@
 //! `support::browser::Driver`. A second test signs up on the demo page in the
 //! browser: the visitor cookie, the beacon counted once, a foreign page refused.
 
-mod support;
-
+use crate::support::browser::Driver;
+use crate::support::*;
 use launchguard::clock::Clock;
-use support::browser::Driver;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_charts_update_live_in_a_real_browser() {
@@ -91,11 +89,11 @@ async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
         return; // no browser here, and not under CI: the note is on stderr
     };
     // The rejection counters are the process's: alone, their moves are this test's.
-    let _alone = support::recorder::alone().await;
+    let _alone = crate::support::recorder::alone().await;
     let s = TestServer::start(&dir.path().join("state"), Clock::system(), |_| {}).await;
     let (repeats, foreign) = (
-        support::edge::beacons_rejected(&s, "repeat").await,
-        support::edge::beacons_rejected(&s, "cross_site").await,
+        crate::support::edge::beacons_rejected(&s, "repeat").await,
+        crate::support::edge::beacons_rejected(&s, "cross_site").await,
     );
     let signup = r#"
         document.getElementById('signup-email').value = 'ada@example.com';
@@ -119,13 +117,13 @@ async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
     driver.goto(&s.url("/launch/")).await;
     assert_eq!(driver.eval(signup).await, true);
     for _ in 0..200 {
-        if support::edge::beacons_rejected(&s, "repeat").await > repeats {
+        if crate::support::edge::beacons_rejected(&s, "repeat").await > repeats {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(
-        support::edge::beacons_rejected(&s, "repeat").await,
+        crate::support::edge::beacons_rejected(&s, "repeat").await,
         repeats + 1
     );
 
@@ -139,13 +137,13 @@ async fn a_real_browser_signup_counts_once_and_a_foreign_page_cannot_add_one() {
         .await;
     assert_eq!(sent, true, "the browser queued the beacon");
     for _ in 0..200 {
-        if support::edge::beacons_rejected(&s, "cross_site").await > foreign {
+        if crate::support::edge::beacons_rejected(&s, "cross_site").await > foreign {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(
-        support::edge::beacons_rejected(&s, "cross_site").await,
+        crate::support::edge::beacons_rejected(&s, "cross_site").await,
         foreign + 1
     );
     let a = s.client.get(&s.admin_url("/api/analytics")).await.json();

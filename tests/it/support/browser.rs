@@ -2,7 +2,6 @@
 //! chromium chromium-driver`). `Driver::start` finds both on `PATH` through
 //! `tools::require_tool`: without them it returns `None` (the test skips) outside CI
 //! and fails under CI.
-#![allow(dead_code)]
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -105,19 +104,6 @@ impl Driver {
         post(
             &self.client,
             &self.url("/execute/sync"),
-            &json!({"script": script, "args": []}),
-        )
-        .await["value"]
-            .clone()
-    }
-
-    /// Runs `script` asynchronously: it gets a callback as its last argument
-    /// (`arguments[arguments.length - 1]`) and its value is what that is called with,
-    /// for a `fetch` or anything else that answers later.
-    pub async fn eval_async(&self, script: &str) -> Value {
-        post(
-            &self.client,
-            &self.url("/execute/async"),
             &json!({"script": script, "args": []}),
         )
         .await["value"]

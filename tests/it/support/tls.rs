@@ -1,7 +1,6 @@
 //! A private test CA made with rcgen, and the server configuration of a TLS listener
 //! whose certificate it issued for `localhost` and `127.0.0.1`. Fresh keys every run;
 //! nothing is read from or written to the machine beyond the PEM file a test asks for.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,11 +36,6 @@ impl TestCa {
             cert: cert.der().clone(),
             issuer: Issuer::new(params, key),
         }
-    }
-
-    /// The CA certificate as PEM.
-    pub fn pem(&self) -> &str {
-        &self.pem
     }
 
     /// Writes the CA certificate as PEM to `dir/name` and returns the path.

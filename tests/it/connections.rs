@@ -3,13 +3,11 @@
 //! is on the wire (pipelining, a request split across writes, an unread body) is
 //! exactly what the test says.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::TestServer;
 use launchguard::clock::Clock;
 use launchguard::edge::server::Connections;
-use support::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -111,7 +109,7 @@ async fn server() -> (tempfile::TempDir, TestServer) {
 #[tokio::test]
 async fn idle_keep_alive_connections_park_and_serve_again() {
     // The connection gauges are the process's: alone, they are this server's.
-    let _alone = support::recorder::alone().await;
+    let _alone = crate::support::recorder::alone().await;
     let (_dir, srv) = server().await;
     let conns = srv.state().connections.clone();
     let mut clients = Vec::new();
@@ -202,7 +200,7 @@ async fn a_request_split_across_writes_is_served_whether_parked_or_not() {
     until("parked again", &conns, |c| c.parked() == 1).await;
     let body = srv.event("split-1", "upvote");
     let sig = launchguard::ingest::webhook::signature::sign_producthunt(
-        &launchguard::ingest::webhook::signature::Key::parse(support::SECRET).unwrap(),
+        &launchguard::ingest::webhook::signature::Key::parse(crate::support::SECRET).unwrap(),
         &body,
     );
     let head = format!(
@@ -420,7 +418,7 @@ async fn a_request_head_over_max_header_bytes_gets_431() {
 
 #[tokio::test]
 async fn accepting_pauses_at_max_connections_and_resumes_when_one_closes() {
-    let _alone = support::recorder::alone().await;
+    let _alone = crate::support::recorder::alone().await;
     let (_dir, srv) = server_with(|c| c.server.max_connections = 3).await;
     let conns = srv.state().connections.clone();
     let mut held = Vec::new();

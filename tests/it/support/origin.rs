@@ -20,7 +20,6 @@
 //! `hold()` makes every GET and HEAD wait until `release()` (`hold_only(prefix)`: those
 //! under a prefix); other methods pass. `arrived` is notified when a request comes
 //! in, so tests wait for events, not for time.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,8 +2,6 @@
 //! SIGTERM drains and exits 0, `sign` matches published test vectors, and config
 //! errors name the key.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,11 +10,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::support::binary::{self, write_config, Proc, BIN};
+use crate::support::{event_at, Client};
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key};
-use support::binary::{self, write_config, Proc, BIN};
-use support::{event_at, Client};
 
 const SECRET: &str = "process-test-secret";
 
@@ -32,7 +30,7 @@ fn signed(id: &str) -> (Vec<u8>, String) {
     (body, sig)
 }
 
-async fn post(client: &Client, addr: SocketAddr, id: &str) -> Result<support::Resp, String> {
+async fn post(client: &Client, addr: SocketAddr, id: &str) -> Result<crate::support::Resp, String> {
     let (body, sig) = signed(id);
     client
         .try_send(

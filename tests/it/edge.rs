@@ -1,16 +1,14 @@
 //! The edge over real HTTP: the appliance on port 0 in front of a real local origin
-//! (tests/support/origin.rs) that counts its requests. Time is a manual clock.
-
-mod support;
+//! (tests/it/support/origin.rs) that counts its requests. Time is a manual clock.
 
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::support::edge::{edge, get, metric, x_cache, T0};
+use crate::support::origin::TestOrigin;
+use crate::support::TestServer;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
-use support::edge::{edge, get, metric, x_cache, T0};
-use support::origin::TestOrigin;
-use support::TestServer;
 
 async fn pin(s: &TestServer, factor: f64) {
     s.pin(factor, 86400).await;
@@ -270,7 +268,7 @@ async fn shedding_spares_critical_paths() {
         assert_eq!(r.status, StatusCode::OK, "{path} is critical");
     }
     let r = s
-        .webhook(&s.event("shed-1", "upvote"), support::SECRET)
+        .webhook(&s.event("shed-1", "upvote"), crate::support::SECRET)
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let after = metric(
@@ -334,7 +332,7 @@ async fn the_cache_stays_under_max_bytes_after_100k_urls() {
     assert!(bytes <= max, "{bytes} > {max}");
     // The gauge is the process's, set by every cache as it changes: alone, one more
     // page stored makes it this cache's.
-    let alone = support::recorder::alone().await;
+    let alone = crate::support::recorder::alone().await;
     assert_eq!(x_cache(&get(&s, "/p/one-more", &[]).await), "MISS");
     let gauge = metric(&s, "launchguard_cache_bytes").await;
     drop(alone);
@@ -562,12 +560,14 @@ async fn purge_warm_and_event_driven_purge() {
     assert_eq!(x_cache(&get(&s, "/pricing", &[]).await), "HIT");
 
     // A maker comment purges /launch/ (cache.purge_on default); an upvote does not.
-    let r = s.webhook(&s.event("up-1", "upvote"), support::SECRET).await;
+    let r = s
+        .webhook(&s.event("up-1", "upvote"), crate::support::SECRET)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.pumped().await;
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
     let r = s
-        .webhook(&s.event("mc-1", "maker_comment"), support::SECRET)
+        .webhook(&s.event("mc-1", "maker_comment"), crate::support::SECRET)
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     s.pumped().await;

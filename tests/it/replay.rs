@@ -7,11 +7,9 @@
 //! tolerance: 601 s against 300 s) and a signed time as far ahead of the clock as the
 //! tolerance lets it be, so the request stays acceptable by age for the longest time.
 
-mod support;
-
+use crate::support::*;
 use hyper::StatusCode;
 use launchguard::clock::Clock;
-use support::*;
 
 /// 2026-11-26T08:00:00Z, midnight in Los Angeles: the launch day 2026-11-26 begins.
 const T0: u64 = 1_795_680_000_000;
@@ -23,7 +21,7 @@ async fn webhooks(s: &TestServer) -> [u64; 3] {
     let results = ["accepted", "duplicate", "unauthorized"];
     for (count, result) in counts.iter_mut().zip(results) {
         let series = format!("launchguard_webhooks_total{{result=\"{result}\"}}");
-        *count = support::edge::metric(s, &series).await as u64;
+        *count = crate::support::edge::metric(s, &series).await as u64;
     }
     counts
 }
@@ -50,7 +48,7 @@ async fn tally(s: &TestServer, start: [u64; 3]) -> (u64, u64, u64, u64, u64) {
 
 #[tokio::test]
 async fn replays_after_the_dedup_ttl_are_refused_by_their_signed_time_and_never_counted() {
-    let _alone = support::recorder::alone().await;
+    let _alone = crate::support::recorder::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(T0);
     let s = TestServer::start(dir.path(), clock.clone(), |c| {

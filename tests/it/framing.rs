@@ -3,12 +3,10 @@
 //! and header lines. Each gets one answer (a 4xx: hyper's 400 for a malformed head)
 //! and the connection closes, so no bytes after it are ever read as a second request.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::TestServer;
 use launchguard::clock::Clock;
-use support::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

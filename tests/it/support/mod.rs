@@ -1,6 +1,5 @@
 //! Test support: the real appliance on `127.0.0.1:0` with a temp data dir, and a
 //! small HTTP client on hyper. No fixed ports, no sleeps for timing.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
