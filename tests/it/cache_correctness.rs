@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::edge::{edge, get, metric, x_cache};
-use crate::support::origin::TestOrigin;
+use crate::support::origin::{FakeOrigin, Respond};
 use crate::support::{Resp, TestServer};
+use hyper::header::CACHE_CONTROL;
 use hyper::{Method, StatusCode};
 use launchguard::config::QueryMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,7 +46,10 @@ async fn raw(s: &TestServer, request: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn a_host_not_served_gets_421_and_never_reaches_the_origin() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| c.server.hosts = vec![SITE.into()]).await;
     let r = get(&s, "/reflect", &[("host", "evil.example")]).await;
     assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{}", r.text());
@@ -81,7 +85,10 @@ async fn a_host_not_served_gets_421_and_never_reaches_the_origin() {
 
 #[tokio::test]
 async fn missing_duplicate_and_malformed_hosts_get_400() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| c.server.hosts = vec![SITE.into()]).await;
     for request in [
         "GET /reflect HTTP/1.1\r\nConnection: close\r\n\r\n",
@@ -107,7 +114,10 @@ async fn missing_duplicate_and_malformed_hosts_get_400() {
 
 #[tokio::test]
 async fn with_any_host_allowed_each_host_is_its_own_page() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let attack = get(&s, "/reflect", &[("host", "evil.example")]).await;
     assert_eq!(x_cache(&attack), "MISS");
@@ -125,7 +135,10 @@ async fn with_any_host_allowed_each_host_is_its_own_page() {
 
 #[tokio::test]
 async fn client_forwarding_headers_never_reach_the_origin() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let forged = [
         ("x-forwarded-host", "evil.example"),
@@ -166,7 +179,10 @@ async fn client_forwarding_headers_never_reach_the_origin() {
 
 #[tokio::test]
 async fn a_trusted_balancer_names_the_client_and_the_scheme() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| {
         c.server.trusted_proxies = vec!["127.0.0.0/8".into()]
     })
@@ -196,7 +212,10 @@ async fn a_trusted_balancer_names_the_client_and_the_scheme() {
 
 #[tokio::test]
 async fn override_headers_cannot_cache_a_404_for_everyone() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     for (i, header) in [
         ("x-http-method-override", "DELETE"),
@@ -224,7 +243,10 @@ async fn override_headers_cannot_cache_a_404_for_everyone() {
 
 #[tokio::test]
 async fn a_session_cookie_bypasses_and_its_page_is_never_shared() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let alice = visit(&s, "/reflect", &[("cookie", "session=alice; lg_vid=v1")]).await;
     assert_eq!(x_cache(&alice), "BYPASS");
@@ -245,7 +267,10 @@ async fn a_session_cookie_bypasses_and_its_page_is_never_shared() {
 
 #[tokio::test]
 async fn analytics_and_own_cookies_share_the_cache_and_stay_home() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let first = visit(
         &s,
@@ -284,7 +309,10 @@ async fn analytics_and_own_cookies_share_the_cache_and_stay_home() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_never_builds_or_joins_a_shared_fetch() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     origin.hold();
     let client = s.client.clone();
@@ -334,7 +362,10 @@ async fn authorization_never_builds_or_joins_a_shared_fetch() {
 
 #[tokio::test]
 async fn a_get_with_a_body_cannot_desync_the_origin_connection() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let smuggled = "GET /reflect HTTP/1.1\r\nHost: launch.example\r\nContent-Length: 44\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nGET /admin HTTP/1.1\r\nHost: launch.example\r\n\r\n";
     let (status, text) = raw(&s, smuggled).await;
@@ -357,7 +388,10 @@ async fn a_get_with_a_body_cannot_desync_the_origin_connection() {
 
 #[tokio::test]
 async fn a_header_named_in_connection_cannot_poison_a_vary_variant() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/vary", Respond::vary_language())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     // The origin never sees Accept-Language (hop-by-hop by the client's word) and
     // renders its default; that page must not be stored as the French one.
@@ -376,7 +410,7 @@ async fn a_header_named_in_connection_cannot_poison_a_vary_variant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_elsewhere_does_not_throw_away_the_pages_being_filled() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     origin.hold();
     let fills: Vec<_> = (1..=5)
@@ -426,7 +460,7 @@ async fn a_post_elsewhere_does_not_throw_away_the_pages_being_filled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_fills_survive_a_hundred_signups() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |c| {
         // 1000 permits for fills, 1000 for bypass traffic (bypass_share 0.5).
         c.velocity.base_concurrency = 2000;
@@ -469,7 +503,15 @@ async fn a_thousand_fills_survive_a_hundred_signups() {
 
 #[tokio::test]
 async fn the_origins_cache_control_and_vary_are_passed_on() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route(
+            "/maxage",
+            Respond::page().header(CACHE_CONTROL, "public, max-age=10"),
+        )
+        .route("/vary", Respond::vary_language())
+        .route("/big", Respond::page().padded(300))
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let r = get(&s, "/maxage", &[]).await;
     assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
@@ -501,7 +543,10 @@ async fn the_origins_cache_control_and_vary_are_passed_on() {
 
 #[tokio::test]
 async fn withheld_and_connection_named_fields_reach_no_other_client() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/withheld", Respond::withheld())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let first = get(&s, "/withheld", &[]).await;
     assert_eq!(x_cache(&first), "MISS");
@@ -528,7 +573,13 @@ async fn withheld_and_connection_named_fields_reach_no_other_client() {
 
 #[tokio::test]
 async fn a_304_refreshes_the_stored_headers() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route(
+            "/nocache",
+            Respond::page().header(CACHE_CONTROL, "no-cache").etag(),
+        )
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let r = get(&s, "/nocache", &[]).await;
     assert_eq!(r.header("x-origin-n"), Some("1"));
@@ -549,7 +600,7 @@ async fn a_304_refreshes_the_stored_headers() {
 
 #[tokio::test]
 async fn dot_segments_cannot_dodge_shedding() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     s.pin(5.0, 86400).await;
     for path in [
@@ -605,7 +656,10 @@ async fn compressed(s: &TestServer, path: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_are_compressed_once_asked_for_twice_and_busting_costs_none() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/big", Respond::page().padded(300))
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let br = [("accept-encoding", "gzip, br")];
     let first = get(&s, "/big", &br).await;
@@ -654,7 +708,10 @@ async fn pages_are_compressed_once_asked_for_twice_and_busting_costs_none() {
 
 #[tokio::test]
 async fn warm_ups_compress_at_once() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/big", Respond::page().padded(300))
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| c.cache.warm_urls = vec!["/big".into()]).await;
     let r = get(&s, "/big", &[("accept-encoding", "br")]).await;
     assert_eq!(x_cache(&r), "HIT");
@@ -664,7 +721,10 @@ async fn warm_ups_compress_at_once() {
 
 #[tokio::test]
 async fn the_query_modes_key_and_fetch_the_same_url() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| c.cache.query = QueryMode::Ignore).await;
     let a = visit(&s, "/reflect?bust=1", &[]).await;
     assert_eq!(x_cache(&a), "MISS");
@@ -673,7 +733,10 @@ async fn the_query_modes_key_and_fetch_the_same_url() {
     assert_eq!(origin.total(), 1);
     s.stop().await;
 
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| {
         c.cache.query = QueryMode::Keep(vec!["page".into()]);
     })
@@ -688,7 +751,10 @@ async fn the_query_modes_key_and_fetch_the_same_url() {
     s.stop().await;
 
     // The default drops tracking parameters from the key and from the origin's URL.
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/reflect", Respond::reflect())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let a = visit(&s, "/reflect?utm_source=evil&b=2&a=1", &[]).await;
     assert!(
@@ -703,7 +769,7 @@ async fn the_query_modes_key_and_fetch_the_same_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_with_credentials_cannot_take_every_origin_permit() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |c| {
         c.origin.timeout_ms = 60_000;
         c.origin.queue_timeout_ms = 60_000;

@@ -5,8 +5,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::support::edge::{edge, get, metric, x_cache, T0};
-use crate::support::origin::TestOrigin;
+use crate::support::origin::{FakeOrigin, Respond};
 use crate::support::TestServer;
+use hyper::header::CACHE_CONTROL;
 use hyper::{Method, StatusCode};
 use launchguard::clock::Clock;
 
@@ -16,7 +17,7 @@ async fn pin(s: &TestServer, factor: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_cold_requests_reach_the_origin_once() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     origin.hold();
     let tasks: Vec<_> = (0..1000)
@@ -48,7 +49,7 @@ async fn a_thousand_cold_requests_reach_the_origin_once() {
 
 #[tokio::test]
 async fn tracking_params_hit_the_same_entry() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let a = get(&s, "/launch/?utm_source=producthunt&b=2&a=1", &[]).await;
     assert_eq!(x_cache(&a), "MISS");
@@ -63,7 +64,7 @@ async fn tracking_params_hit_the_same_entry() {
 
 #[tokio::test]
 async fn the_ttl_shrinks_when_the_factor_rises() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let r = get(&s, "/launch/", &[]).await;
     assert_eq!(x_cache(&r), "MISS");
@@ -102,14 +103,11 @@ async fn the_ttl_shrinks_when_the_factor_rises() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let first = get(&s, "/launch/", &[]).await;
     assert!(first.text().contains("version=1"));
-    origin
-        .state
-        .version
-        .store(2, std::sync::atomic::Ordering::SeqCst);
+    origin.set_version(2);
     s.clock.advance_ms(61_000);
     origin.hold();
     let tasks: Vec<_> = (0..50)
@@ -153,7 +151,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
 
 #[tokio::test]
 async fn the_stale_copy_stands_in_when_the_origin_is_down() {
-    let mut origin = TestOrigin::start().await;
+    let mut origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |c| c.origin.timeout_ms = 500).await;
     let first = get(&s, "/launch/", &[]).await;
     assert_eq!(x_cache(&first), "MISS");
@@ -181,13 +179,10 @@ async fn the_stale_copy_stands_in_when_the_origin_is_down() {
 
 #[tokio::test]
 async fn the_stale_copy_stands_in_for_a_failing_origin() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let first = get(&s, "/launch/", &[]).await;
-    origin
-        .state
-        .failing
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    origin.set_failing(true);
     s.clock.advance_ms(200_000);
     let r = get(&s, "/launch/", &[]).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -204,7 +199,10 @@ async fn the_stale_copy_stands_in_for_a_failing_origin() {
 
 #[tokio::test]
 async fn a_slow_origin_gives_504_not_a_hang() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/hang", Respond::hang())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| c.origin.timeout_ms = 200).await;
     let r = get(&s, "/hang", &[]).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
@@ -215,7 +213,10 @@ async fn a_slow_origin_gives_504_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_origin_queue_gives_503_after_queue_timeout() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/hang", Respond::hang())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| {
         c.velocity.base_concurrency = 1;
         c.velocity.max_concurrency = 1;
@@ -239,7 +240,7 @@ async fn a_full_origin_queue_gives_503_after_queue_timeout() {
 
 #[tokio::test]
 async fn shedding_spares_critical_paths() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     assert_eq!(get(&s, "/pricing", &[]).await.status, StatusCode::OK);
     let before = metric(
@@ -282,7 +283,18 @@ async fn shedding_spares_critical_paths() {
 
 #[tokio::test]
 async fn cookies_private_and_authorization_are_never_cached() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/cookie", Respond::page().set_cookie())
+        .route(
+            "/private",
+            Respond::page().header(CACHE_CONTROL, "private, max-age=60"),
+        )
+        .route(
+            "/error",
+            Respond::page().status(StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     for _ in 0..2 {
         let r = get(&s, "/cookie", &[]).await;
@@ -306,7 +318,7 @@ async fn cookies_private_and_authorization_are_never_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_stays_under_max_bytes_after_100k_urls() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let max = 1024 * 1024;
     let (_d, s) = edge(&origin, |c| c.cache.max_bytes = max).await;
     let s = Arc::new(s);
@@ -350,7 +362,17 @@ async fn the_cache_stays_under_max_bytes_after_100k_urls() {
 
 #[tokio::test]
 async fn no_cache_revalidates_with_the_etag() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route(
+            "/nocache",
+            Respond::page().header(CACHE_CONTROL, "no-cache").etag(),
+        )
+        .route(
+            "/maxage",
+            Respond::page().header(CACHE_CONTROL, "public, max-age=10"),
+        )
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let r = get(&s, "/nocache", &[]).await;
     assert_eq!(x_cache(&r), "MISS");
@@ -367,7 +389,10 @@ async fn no_cache_revalidates_with_the_etag() {
 
 #[tokio::test]
 async fn vary_keeps_variants_apart() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/vary", Respond::vary_language())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let en = get(&s, "/vary", &[("accept-language", "en")]).await;
     let fr = get(&s, "/vary", &[("accept-language", "fr")]).await;
@@ -382,7 +407,10 @@ async fn vary_keeps_variants_apart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_variants_head_and_conditional_requests() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/big", Respond::page().padded(300))
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let plain = get(&s, "/big", &[]).await;
     assert!(plain.header("content-encoding").is_none());
@@ -456,7 +484,7 @@ async fn the_static_site_keeps_its_validators() {
 
 #[tokio::test]
 async fn purge_warm_and_event_driven_purge() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |c| c.cache.warm_urls = vec!["/launch/".into()]).await;
     assert_eq!(origin.count("/launch/"), 1, "warmed at start");
     assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "HIT");
@@ -594,7 +622,7 @@ async fn purge_warm_and_event_driven_purge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_during_a_fetch_keeps_the_fetched_page_out() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     origin.hold();
     let client = s.client.clone();
@@ -629,7 +657,7 @@ async fn a_purge_during_a_fetch_keeps_the_fetched_page_out() {
 
 #[tokio::test]
 async fn proxy_hygiene_and_unsafe_methods_invalidate() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     get(
         &s,
@@ -642,7 +670,7 @@ async fn proxy_hygiene_and_unsafe_methods_invalidate() {
     )
     .await;
     {
-        let h = origin.state.last_headers.lock();
+        let h = origin.last_headers();
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "launch.example");
@@ -672,7 +700,7 @@ async fn proxy_hygiene_and_unsafe_methods_invalidate() {
 
 #[tokio::test]
 async fn cache_metrics_move() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let hit = "launchguard_cache_requests_total{result=\"hit\"}";
     let miss = "launchguard_cache_requests_total{result=\"miss\"}";
@@ -695,7 +723,7 @@ async fn cache_metrics_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_warm_command_fills_the_running_cache() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::start().await;
     let (_d, s) = edge(&origin, |_| {}).await;
     let admin = format!("http://{}", s.admin);
     let out = tokio::task::spawn_blocking(move || {
@@ -721,7 +749,10 @@ async fn the_warm_command_fills_the_running_cache() {
 
 #[tokio::test]
 async fn large_bodies_stream_through_and_long_urls_bypass() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/big", Respond::page().padded(300))
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| {
         c.cache.max_object_bytes = 1024;
         c.cache.max_key_bytes = 64;
@@ -747,7 +778,10 @@ async fn large_bodies_stream_through_and_long_urls_bypass() {
 /// shutdown ends, and the client sees its connection close instead of a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_a_request_that_outlasts_the_grace_period() {
-    let origin = TestOrigin::start().await;
+    let origin = FakeOrigin::builder()
+        .route("/hang", Respond::hang())
+        .start()
+        .await;
     let (_d, s) = edge(&origin, |c| {
         c.origin.timeout_ms = 60_000;
         c.server.shutdown_grace_ms = 200;

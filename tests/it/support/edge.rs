@@ -1,10 +1,10 @@
-//! The appliance in front of a `TestOrigin`, and the small readers edge tests share.
+//! The appliance in front of a `FakeOrigin`, and the small readers edge tests share.
 
 use hyper::Method;
 use launchguard::clock::Clock;
 use launchguard::config::Config;
 
-use super::origin::TestOrigin;
+use super::origin::FakeOrigin;
 use super::{Resp, TestServer};
 
 /// The manual clock's start.
@@ -12,7 +12,7 @@ pub const T0: u64 = 1_780_000_000_000;
 
 /// The test server with `origin` as its upstream, after `tweak` has had its say.
 pub async fn edge(
-    origin: &TestOrigin,
+    origin: &FakeOrigin,
     tweak: impl FnOnce(&mut Config),
 ) -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();

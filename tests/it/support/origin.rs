@@ -1,25 +1,24 @@
 //! A real origin for edge tests: an axum server on `127.0.0.1:0` that counts the
-//! requests it gets per path and answers by path prefix:
+//! requests it gets per path. A test says what it answers where:
 //!
-//! - `/cookie*`: sets a cookie; `/private*`: `Cache-Control: private`;
-//! - `/hang*`: never answers; `/maxage*`: `Cache-Control: max-age=10`;
-//! - `/nocache*`: `no-cache` with `ETag: "v<version>"`, 304 when it matches;
-//! - `/vary*`: `Vary: Accept-Language`, body names the language;
-//! - `/error*`: 500; anything else: a small HTML page naming the path, the version
-//!   and the request count.
-//! - `/reflect*`: behaves like a real app that trusts its request: the page shows the
-//!   path and query it got, the host it believes it is (`X-Forwarded-Host`, else
-//!   `Host`), the client (`X-Forwarded-For`), the scheme (`X-Forwarded-Proto`), every
-//!   other forwarding or override header, the `session` cookie's user ("hello
-//!   alice", with no `Set-Cookie`, as apps do once logged in) and `Authorization`.
-//!   An override (`X-HTTP-Method-Override`, `X-Original-URL`, `X-Rewrite-URL`) routes
-//!   it elsewhere: 404, as an app would.
-//! - `/withheld*`: `Cache-Control: max-age=60, private="set-cookie"` with a
-//!   `Set-Cookie`, and a `Connection`-named `X-Hop` header.
+//! ```ignore
+//! let origin = FakeOrigin::builder()
+//!     .route("/cookie", Respond::page().set_cookie())
+//!     .route("/hang", Respond::hang())
+//!     .start()
+//!     .await;
+//! ```
 //!
-//! `hold()` makes every GET and HEAD wait until `release()` (`hold_only(prefix)`: those
-//! under a prefix); other methods pass. `arrived` is notified when a request comes
-//! in, so tests wait for events, not for time.
+//! A route answers for its path and the paths under it (`/reflect` for `/reflect`,
+//! `/reflect?x` and `/reflect/1`, not `/reflected`); the first route that matches
+//! answers. Anything else gets `Respond::page()`: a small HTML page naming the path
+//! and query, the version and the request count, or `posted` to a POST.
+//!
+//! While the test runs: `set_version` changes the version pages (and ETags) name;
+//! `set_failing` turns every page into a 500; `hold()` makes every GET and HEAD wait
+//! until `release()` (`hold_only(prefix)`: those under a prefix), other methods pass.
+//! `arrived` is notified when a request comes in, so tests wait for events, not for
+//! time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +27,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use parking_lot::Mutex;
@@ -36,34 +35,119 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Default)]
-pub struct OriginState {
-    counts: Mutex<HashMap<String, u64>>,
-    not_modified: AtomicU64,
-    pub version: AtomicU64,
-    pub last_headers: Mutex<HeaderMap>,
-    headers_by_path: Mutex<HashMap<String, HeaderMap>>,
-    held: AtomicBool,
-    held_prefix: Mutex<String>,
-    /// Every answer is a 500 while set.
-    pub failing: AtomicBool,
-    gate: Mutex<Option<watch::Sender<bool>>>,
-    pub arrived: Notify,
+/// What the origin answers on a route.
+#[derive(Clone, Debug)]
+pub enum Respond {
+    /// The page, as configured.
+    Page(Page),
+    /// Never answers.
+    Hang,
+    /// `Vary: Accept-Language`, and a body naming the language asked for.
+    VaryLanguage,
+    /// What a real app that trusts its request renders: the path and query it got,
+    /// the host it believes it is (`X-Forwarded-Host`, else `Host`), the client
+    /// (`X-Forwarded-For`), the scheme (`X-Forwarded-Proto`), every other forwarding
+    /// or override header, the `session` cookie's user ("hello alice", with no
+    /// `Set-Cookie`, as apps do once logged in) and `Authorization`. An override
+    /// (`X-HTTP-Method-Override`, `X-Original-URL`, `X-Rewrite-URL`) routes it
+    /// elsewhere: 404, as an app would.
+    Reflect,
+    /// `Cache-Control: max-age=60, private="set-cookie"` with a `Set-Cookie`
+    /// (`visitor=<n>`), and a `Connection`-named `X-Hop` header.
+    Withheld,
 }
 
-pub struct TestOrigin {
-    pub addr: SocketAddr,
-    pub state: Arc<OriginState>,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
+/// The origin's page: `<p>path=… version=… n=…</p>` in HTML (`posted` to a POST),
+/// 200 unless the origin is failing.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    status: Option<StatusCode>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    set_cookie: bool,
+    etag: bool,
+    padding: usize,
 }
 
-impl TestOrigin {
-    pub async fn start() -> TestOrigin {
+impl Respond {
+    /// The page, 200, with no caching headers: see the `Page` methods for more.
+    pub fn page() -> Page {
+        Page::default()
+    }
+
+    pub fn hang() -> Respond {
+        Respond::Hang
+    }
+
+    pub fn vary_language() -> Respond {
+        Respond::VaryLanguage
+    }
+
+    pub fn reflect() -> Respond {
+        Respond::Reflect
+    }
+
+    pub fn withheld() -> Respond {
+        Respond::Withheld
+    }
+}
+
+impl Page {
+    pub fn status(mut self, status: StatusCode) -> Page {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: &'static str) -> Page {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    /// `Set-Cookie: session=<n>`, `n` the request count for the path.
+    pub fn set_cookie(mut self) -> Page {
+        self.set_cookie = true;
+        self
+    }
+
+    /// `ETag: "v<version>"`, and a bodiless 304 when `If-None-Match` names it; both
+    /// answers carry `X-Origin-N: <n>`, so a test sees whose headers were kept.
+    pub fn etag(mut self) -> Page {
+        self.etag = true;
+        self
+    }
+
+    /// `"launch day "` `times` times after the paragraph (11 bytes each).
+    pub fn padded(mut self, times: usize) -> Page {
+        self.padding = times;
+        self
+    }
+}
+
+impl From<Page> for Respond {
+    fn from(page: Page) -> Respond {
+        Respond::Page(page)
+    }
+}
+
+pub struct Builder {
+    routes: Vec<(String, Respond)>,
+}
+
+impl Builder {
+    /// Answers `path`, and the paths under it, with `respond`.
+    pub fn route(mut self, path: &str, respond: impl Into<Respond>) -> Builder {
+        assert!(path.starts_with('/'), "{path}: a route is a path");
+        self.routes.push((path.to_string(), respond.into()));
+        self
+    }
+
+    pub async fn start(self) -> FakeOrigin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(OriginState::default());
-        state.version.store(1, Ordering::SeqCst);
+        let state = Arc::new(OriginState {
+            routes: self.routes,
+            version: AtomicU64::new(1),
+            ..OriginState::default()
+        });
         let app = Router::new().fallback(answer).with_state(state.clone());
         let stop = CancellationToken::new();
         let s = stop.clone();
@@ -73,12 +157,58 @@ impl TestOrigin {
                 .await
                 .unwrap();
         });
-        TestOrigin {
+        FakeOrigin {
             addr,
             state,
             stop,
             task: Some(task),
         }
+    }
+}
+
+#[derive(Default)]
+struct OriginState {
+    routes: Vec<(String, Respond)>,
+    counts: Mutex<HashMap<String, u64>>,
+    not_modified: AtomicU64,
+    version: AtomicU64,
+    last_headers: Mutex<HeaderMap>,
+    headers_by_path: Mutex<HashMap<String, HeaderMap>>,
+    held: AtomicBool,
+    held_prefix: Mutex<String>,
+    failing: AtomicBool,
+    gate: Mutex<Option<watch::Sender<bool>>>,
+    arrived: Notify,
+}
+
+impl OriginState {
+    fn respond(&self, path: &str) -> Respond {
+        self.routes
+            .iter()
+            .find(|(route, _)| {
+                path.strip_prefix(route.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+            .map(|(_, respond)| respond.clone())
+            .unwrap_or_else(|| Respond::page().into())
+    }
+}
+
+pub struct FakeOrigin {
+    pub addr: SocketAddr,
+    state: Arc<OriginState>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl FakeOrigin {
+    pub fn builder() -> Builder {
+        Builder { routes: Vec::new() }
+    }
+
+    /// An origin that answers every path with the page.
+    pub async fn start() -> FakeOrigin {
+        FakeOrigin::builder().start().await
     }
 
     pub fn url(&self) -> String {
@@ -94,8 +224,19 @@ impl TestOrigin {
         self.state.counts.lock().values().sum()
     }
 
+    /// 304s answered (`Page::etag`).
     pub fn not_modified(&self) -> u64 {
         self.state.not_modified.load(Ordering::SeqCst)
+    }
+
+    /// The version pages and ETags name from now on (1 at the start).
+    pub fn set_version(&self, version: u64) {
+        self.state.version.store(version, Ordering::SeqCst);
+    }
+
+    /// While set, every page is a 500.
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
     }
 
     /// GET and HEAD answers wait until `release`.
@@ -144,6 +285,11 @@ impl TestOrigin {
         }
     }
 
+    /// The headers of the last request, whatever its path.
+    pub fn last_headers(&self) -> HeaderMap {
+        self.state.last_headers.lock().clone()
+    }
+
     /// The headers of the last request for exactly `path` (path and query).
     pub fn headers_of(&self, path: &str) -> Option<HeaderMap> {
         self.state.headers_by_path.lock().get(path).cloned()
@@ -185,36 +331,43 @@ async fn answer(State(s): State<Arc<OriginState>>, req: Request) -> Response {
         }
     }
     let version = s.version.load(Ordering::SeqCst);
-    let p = req.uri().path();
-    let mut b = Response::builder().header(header::CONTENT_TYPE, "text/html; charset=utf-8");
-    if p.starts_with("/hang") {
-        std::future::pending::<()>().await;
-    }
-    if p.starts_with("/cookie") {
+    let b = Response::builder().header(header::CONTENT_TYPE, "text/html; charset=utf-8");
+    let page = match s.respond(req.uri().path()) {
+        Respond::Page(page) => page,
+        Respond::Hang => std::future::pending().await,
+        Respond::Reflect => return reflect(&req, &path),
+        Respond::Withheld => {
+            return b
+                .header(header::CACHE_CONTROL, "max-age=60, private=\"set-cookie\"")
+                .header(header::SET_COOKIE, format!("visitor={n}"))
+                .header(header::CONNECTION, "x-hop")
+                .header("x-hop", "secret")
+                .body(Body::from(format!("<p>withheld n={n}</p>")))
+                .unwrap();
+        }
+        Respond::VaryLanguage => {
+            let lang = req
+                .headers()
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string();
+            return b
+                .header(header::VARY, "Accept-Language")
+                .body(Body::from(format!("<p>lang={lang} n={n}</p>")))
+                .unwrap();
+        }
+    };
+    let mut b = b;
+    if page.set_cookie {
         b = b.header(header::SET_COOKIE, format!("session={n}"));
     }
-    if p.starts_with("/private") {
-        b = b.header(header::CACHE_CONTROL, "private, max-age=60");
+    for (name, value) in &page.headers {
+        b = b.header(name, value);
     }
-    if p.starts_with("/maxage") {
-        b = b.header(header::CACHE_CONTROL, "public, max-age=10");
-    }
-    if p.starts_with("/reflect") {
-        return reflect(&req, &path);
-    }
-    if p.starts_with("/withheld") {
-        return b
-            .header(header::CACHE_CONTROL, "max-age=60, private=\"set-cookie\"")
-            .header(header::SET_COOKIE, format!("visitor={n}"))
-            .header(header::CONNECTION, "x-hop")
-            .header("x-hop", "secret")
-            .body(Body::from(format!("<p>withheld n={n}</p>")))
-            .unwrap();
-    }
-    if p.starts_with("/nocache") {
+    if page.etag {
         let tag = format!("\"v{version}\"");
         b = b
-            .header(header::CACHE_CONTROL, "no-cache")
             .header(header::ETAG, tag.as_str())
             .header("x-origin-n", n.to_string());
         if req.headers().get(header::IF_NONE_MATCH) == Some(&HeaderValue::from_str(&tag).unwrap()) {
@@ -225,36 +378,22 @@ async fn answer(State(s): State<Arc<OriginState>>, req: Request) -> Response {
                 .unwrap();
         }
     }
-    if p.starts_with("/vary") {
-        let lang = req
-            .headers()
-            .get(header::ACCEPT_LANGUAGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("none")
-            .to_string();
-        return b
-            .header(header::VARY, "Accept-Language")
-            .body(Body::from(format!("<p>lang={lang} n={n}</p>")))
-            .unwrap();
-    }
-    if p.starts_with("/error") || s.failing.load(Ordering::SeqCst) {
+    if s.failing.load(Ordering::SeqCst) {
         b = b.status(StatusCode::INTERNAL_SERVER_ERROR);
+    } else if let Some(status) = page.status {
+        b = b.status(status);
     }
     if req.method() == Method::POST {
         return b.body(Body::from("posted")).unwrap();
     }
-    let filler = if p.starts_with("/big") {
-        "launch day ".repeat(300)
-    } else {
-        String::new()
-    };
+    let padding = "launch day ".repeat(page.padding);
     b.body(Body::from(format!(
-        "<html><body><p>path={path} version={version} n={n}</p>{filler}</body></html>"
+        "<html><body><p>path={path} version={version} n={n}</p>{padding}</body></html>"
     )))
     .unwrap()
 }
 
-/// The `/reflect` page: what a trusting app renders from its request.
+/// The `Respond::reflect` page: what a trusting app renders from its request.
 fn reflect(req: &Request, path_and_query: &str) -> Response {
     let h = req.headers();
     let get = |name: &str| {
