@@ -137,11 +137,12 @@ fn a_taken_listener_fails() {
 #[test]
 fn fails_clearly_when_the_upstream_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    // A port that was free a moment ago: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
+    // A port bound and never listened on: connections to it are refused, and while
+    // `held` lives no other test (they share this process) can bind it.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
+    let closed = held.local_addr().unwrap().as_socket().unwrap();
     let upstream = format!("http://{closed}");
     let (code, out) = preflight(
         dir.path(),

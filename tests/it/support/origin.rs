@@ -141,7 +141,14 @@ impl Builder {
     }
 
     pub async fn start(self) -> FakeOrigin {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // SO_REUSEPORT, so that `stop` can keep the port (see there).
+        let socket = port_socket();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(1024).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState {
             routes: self.routes,
@@ -162,8 +169,16 @@ impl Builder {
             state,
             stop,
             task: Some(task),
+            tombstone: None,
         }
     }
+}
+
+/// A TCP socket with SO_REUSEPORT, not yet bound.
+fn port_socket() -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket
 }
 
 #[derive(Default)]
@@ -199,6 +214,8 @@ pub struct FakeOrigin {
     state: Arc<OriginState>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    /// After `stop`: the port, bound and not listening.
+    tombstone: Option<socket2::Socket>,
 }
 
 impl FakeOrigin {
@@ -295,8 +312,13 @@ impl FakeOrigin {
         self.state.headers_by_path.lock().get(path).cloned()
     }
 
-    /// Stops accepting and closes its connections.
+    /// Stops accepting and closes its connections. The port stays bound (not
+    /// listening) while this lives, so connections to it are refused: the tests run
+    /// in one process, and a freed port could be the next one a test's server binds.
     pub async fn stop(&mut self) {
+        let tombstone = port_socket();
+        tombstone.bind(&self.addr.into()).unwrap();
+        self.tombstone = Some(tombstone);
         self.release();
         self.stop.cancel();
         if let Some(t) = self.task.take() {
