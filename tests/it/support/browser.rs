@@ -3,9 +3,10 @@
 //! `tools::require_tool`: without them it returns `None` (the test skips) outside CI
 //! and fails under CI.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper::Method;
@@ -32,28 +33,32 @@ impl Driver {
     }
 
     async fn start_with(chromium: &Path, driver: &Path, profile: &Path) -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         // Its own process group, so `Drop` can end ChromeDriver and the browser it
-        // started when a test fails before `quit`.
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        // started when a test fails before `quit`. Port 0: it binds a free port and
+        // names it (a port picked here and handed over could be taken meanwhile by
+        // another test of this process).
+        let mut child = Command::new(driver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
             .expect("chromedriver starts");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = Client::new();
+        let stdout = child.stdout.take().unwrap();
         let mut driver = Driver {
             child,
-            base,
+            base: String::new(),
             session: String::new(),
-            client,
+            client: Client::new(),
         };
+        let port = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::task::spawn_blocking(move || listening_port(stdout)),
+        )
+        .await
+        .expect("chromedriver named its port in time")
+        .unwrap();
+        driver.base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = driver
@@ -174,6 +179,22 @@ impl Drop for Driver {
         kill_group(self.child.id());
         let _ = self.child.wait();
     }
+}
+
+/// Reads ChromeDriver's stdout up to "ChromeDriver was started successfully on port
+/// N." and returns N; the rest is drained on a thread, so it never blocks on the pipe.
+fn listening_port(stdout: ChildStdout) -> u16 {
+    let mut lines = BufReader::new(stdout).lines();
+    let port = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split_once("started successfully on port ")
+                .and_then(|(_, rest)| rest.trim_end_matches('.').parse().ok())
+        })
+        .expect("chromedriver names the port it listens on");
+    std::thread::spawn(move || for _ in lines {});
+    port
 }
 
 #[allow(unsafe_code)]
