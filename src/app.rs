@@ -78,6 +78,7 @@ impl axum::extract::FromRef<AppState> for admin::AdminState {
             metrics: state.metrics.clone(),
             shutting_down: state.shutting_down.clone(),
             connections: state.connections.clone(),
+            certs: state.certs.clone(),
         }
     }
 }
@@ -151,6 +152,8 @@ pub struct Handles {
     pub producthunt: Option<Poller>,
     /// Live counts of the public listener's connections (open, parked).
     pub connections: Connections,
+    /// The certificate of `tls.listen`, when HTTPS is on.
+    pub certs: Option<crate::edge::tls::Certs>,
 }
 
 /// Why the appliance could not start.
@@ -206,6 +209,10 @@ impl Default for Options {
 pub struct Running {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// `tls.listen`'s bound address, when HTTPS is on.
+    pub tls_addr: Option<SocketAddr>,
+    /// `tls.http_listen`'s bound address (the redirect to https), when set.
+    pub http_addr: Option<SocketAddr>,
     pub state: AppState,
     http_shutdown: CancellationToken,
     /// Drops every connection, in-flight requests included, after the grace period.
@@ -256,6 +263,22 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let admin_addr = admin_listener
         .local_addr()
         .expect("bound socket has an address");
+    let tls = crate::edge::tls::from_config(&config.tls)
+        .map_err(|e| ConfigError::invalid(e.key(), e.to_string()))?;
+    let tls_listener = match config.tls.listen {
+        Some(addr) if tls.is_some() => Some(bind("tls.listen", addr).await?),
+        _ => None,
+    };
+    let http_listener = match config.tls.http_listen {
+        Some(addr) if tls.is_some() => Some(bind("tls.http_listen", addr).await?),
+        _ => None,
+    };
+    let tls_addr = tls_listener
+        .as_ref()
+        .map(|l| l.local_addr().expect("bound socket has an address"));
+    let http_addr = http_listener
+        .as_ref()
+        .map(|l| l.local_addr().expect("bound socket has an address"));
     let front = Front::new(
         &config.server.hosts,
         &config.server.trusted_proxies,
@@ -348,31 +371,90 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         alerts: alerts.clone(),
         producthunt: producthunt.clone(),
         connections: Connections::new(),
+        certs: tls.as_ref().map(|(certs, _)| certs.clone()),
     }));
 
     let http_shutdown = CancellationToken::new();
     let http_cut = CancellationToken::new();
     let background_shutdown = CancellationToken::new();
-    let servers = vec![
+    let limits = server::Limits::from_config(&state.config.server);
+    let mut servers = Vec::new();
+    // HTTPS: the same public router behind its own front door (scheme https, its
+    // port), sharing the public connection counts and their limit.
+    if let (Some(listener), Some((_, rustls))) = (tls_listener, &tls) {
+        let addr = tls_addr.expect("bound above");
+        let tls_front = Front::new(
+            &state.config.server.hosts,
+            &state.config.server.trusted_proxies,
+            &own_host(addr),
+            "https",
+            Some(factor.clone()),
+        )
+        .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        servers.push(server::spawn(
+            listener,
+            server::Site {
+                router: public_router(state.clone()),
+                front: Some(tls_front),
+                tls: Some(server::Tls::new(
+                    rustls.clone(),
+                    state.config.tls.hsts_max_age_secs,
+                )),
+            },
+            limits,
+            state.connections.clone(),
+            http_shutdown.clone(),
+            http_cut.clone(),
+        ));
+        if let Some(listener) = http_listener {
+            let http_front = Front::new(
+                &state.config.server.hosts,
+                &state.config.server.trusted_proxies,
+                &own_host(http_addr.expect("bound above")),
+                "http",
+                Some(factor.clone()),
+            )
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+            servers.push(server::spawn(
+                listener,
+                server::Site {
+                    router: crate::edge::tls::redirect_router(addr.port()),
+                    front: Some(http_front),
+                    tls: None,
+                },
+                limits,
+                state.connections.clone(),
+                http_shutdown.clone(),
+                http_cut.clone(),
+            ));
+        }
+    }
+    servers.extend([
         server::spawn(
             public_listener,
-            public_router(state.clone()),
-            Some(front),
-            server::Limits::from_config(&state.config.server),
+            server::Site {
+                router: public_router(state.clone()),
+                front: Some(front),
+                tls: None,
+            },
+            limits,
             state.connections.clone(),
             http_shutdown.clone(),
             http_cut.clone(),
         ),
         server::spawn(
             admin_listener,
-            admin::router(state.clone()),
-            None,
-            server::Limits::from_config(&state.config.server),
+            server::Site {
+                router: admin::router(state.clone()),
+                front: None,
+                tls: None,
+            },
+            limits,
             Connections::new(),
             http_shutdown.clone(),
             http_cut.clone(),
         ),
-    ];
+    ]);
 
     let (purge_rules, cache) = (PurgeRules::new(&state.config), edge.cache().clone());
     let pump = Pump::new(ring, window, factor)
@@ -422,6 +504,13 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
     ];
+    if let Some(certs) = &state.certs {
+        background.push(tokio::spawn(crate::edge::tls::watch(
+            certs.clone(),
+            crate::edge::tls::WATCH_EVERY,
+            background_shutdown.clone(),
+        )));
+    }
     match producthunt {
         Some(poller) => {
             tracing::info!(slug = poller.slug(), api = %state.config.producthunt.api_url, "polling Product Hunt");
@@ -457,6 +546,8 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     tracing::info!(
         public = %public_addr,
         admin = %admin_addr,
+        https = %tls_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        http_redirect = %http_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         durability = ?state.config.webhook.durability,
         events_in_window = recent.len(),
         scale_factor = state.factor.current(),
@@ -472,6 +563,8 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     Ok(Running {
         public_addr,
         admin_addr,
+        tls_addr,
+        http_addr,
         state,
         http_shutdown,
         http_cut,

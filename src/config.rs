@@ -47,6 +47,7 @@ pub struct Config {
     pub outbound: OutboundConfig,
     pub alerts: AlertsConfig,
     pub producthunt: ProducthuntConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -558,6 +559,7 @@ impl Config {
         self.outbound.validate()?;
         self.alerts.validate()?;
         self.producthunt.validate()?;
+        self.tls.validate(&self.server)?;
         self.validate_edge()
     }
 
@@ -713,6 +715,96 @@ impl OutboundConfig {
             u64::from(self.host_budget_per_minute),
         )?;
         positive("outbound.timeout_ms", self.timeout_ms)
+    }
+}
+
+/// `[tls]`: HTTPS on the public side (`edge/tls.rs`). Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// HTTPS listener (`0.0.0.0:443`): HTTP/2 and HTTP/1.1 by ALPN, the same admission,
+    /// cache and counting as `server.listen`, which stays plain HTTP. Default none.
+    pub listen: Option<SocketAddr>,
+    /// Plain HTTP listener (`0.0.0.0:80`) that answers every request with a 308 to the
+    /// same host and path over https. Needs `listen`. Default none.
+    pub http_listen: Option<SocketAddr>,
+    /// PEM certificate chain, leaf first. Reloaded on SIGHUP and when the file changes;
+    /// a pair that does not load keeps the old one. Required with `listen`. Default none.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, SEC1 or PKCS#1). Default none.
+    pub key_file: Option<PathBuf>,
+    /// `Strict-Transport-Security: max-age=N` on every https answer; 0 = no header.
+    /// Default 0.
+    pub hsts_max_age_secs: u64,
+}
+
+impl TlsConfig {
+    fn validate(&self, server: &ServerConfig) -> Result<(), ConfigError> {
+        let Some(listen) = self.listen else {
+            for (key, set) in [
+                ("tls.http_listen", self.http_listen.is_some()),
+                ("tls.cert_file", self.cert_file.is_some()),
+                ("tls.key_file", self.key_file.is_some()),
+                ("tls.hsts_max_age_secs", self.hsts_max_age_secs > 0),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "has no effect without tls.listen; set tls.listen (e.g. \"0.0.0.0:443\")",
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), Some(_)) => {}
+            (None, _) => {
+                return Err(ConfigError::invalid(
+                    "tls.cert_file",
+                    "tls.listen needs a certificate: set tls.cert_file and tls.key_file (PEM)",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.key_file",
+                    "tls.cert_file needs its private key in tls.key_file (PEM)",
+                ))
+            }
+        }
+        let taken = [
+            ("server.listen", server.listen),
+            ("server.admin_listen", server.admin_listen),
+        ];
+        for (key, addr) in taken {
+            if addr == listen && listen.port() != 0 {
+                return Err(ConfigError::invalid(
+                    "tls.listen",
+                    format!("must differ from {key}, both are {listen}"),
+                ));
+            }
+        }
+        if let Some(http) = self.http_listen {
+            if http.port() != 0 {
+                for (key, addr) in taken.iter().chain([("tls.listen", listen)].iter()) {
+                    if *addr == http {
+                        return Err(ConfigError::invalid(
+                            "tls.http_listen",
+                            format!("must differ from {key}, both are {http}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.hsts_max_age_secs > 2 * 365 * 86_400 {
+            return Err(ConfigError::invalid(
+                "tls.hsts_max_age_secs",
+                format!(
+                    "expected at most two years (63072000), got {}",
+                    self.hsts_max_age_secs
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1137,6 +1229,7 @@ mod tests {
                 .or(t.strip_suffix(": OutboundConfig {"))
                 .or(t.strip_suffix(": AlertsConfig {"))
                 .or(t.strip_suffix(": ProducthuntConfig {"))
+                .or(t.strip_suffix(": TlsConfig {"))
             {
                 section = name.to_string();
                 assert!(

@@ -10,7 +10,8 @@
 //!   window, pure) → [`ingest::factor`] (the published scale factor and the
 //!   operator's pin);
 //!   [`ingest::producthunt`] polls Product Hunt into the same path.
-//! - [`edge`]: where a visitor goes. [`edge::server`] (connections, parking, limits) →
+//! - [`edge`]: where a visitor goes. [`edge::server`] (connections, parking, limits;
+//!   HTTPS and HTTP/2 with [`edge::tls`], its certificate and its reload) →
 //!   [`edge::front`] (host and path) → [`edge::admission`] (classes, shedding, origin
 //!   permits) → [`edge::cache`] (keys, freshness, store, single-flight) →
 //!   [`edge::origin`] (static dir or upstream).

@@ -40,6 +40,8 @@ pub const HTTP_CONNECTIONS: &str = "launchguard_http_connections";
 pub const HTTP_ACCEPT_PAUSED: &str = "launchguard_http_accept_paused";
 pub const HTTP_ACCEPT_PAUSES_TOTAL: &str = "launchguard_http_accept_pauses_total";
 pub const HTTP_SEND_TIMEOUTS_TOTAL: &str = "launchguard_http_send_timeouts_total";
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "launchguard_tls_handshake_failures_total";
+pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "launchguard_tls_certificate_expiry_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -246,6 +248,15 @@ fn describe() {
     describe_counter!(
         HTTP_SEND_TIMEOUTS_TOTAL,
         "Public connections reset because a write made no progress for server.send_timeout_ms"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes on tls.listen that failed or did not finish within server.header_timeout_ms"
+    );
+    describe_gauge!(
+        TLS_CERTIFICATE_EXPIRY_SECONDS,
+        Unit::Seconds,
+        "Seconds until the certificate in force expires, per name it is for"
     );
 }
 

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod front;
 pub mod origin;
 pub mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -53,6 +53,19 @@
 
 //! Shutdown: the listener stops accepting, parked connections close at once, active
 //! sessions finish their in-flight request (hyper's graceful shutdown) and close.
+//!
+//! HTTPS (`tls.listen`, `tls.rs`): the handshake must finish within
+//! `server.header_timeout_ms`. HTTP/1.1 over TLS is served and parked exactly as
+//! above: a parked TLS connection keeps the socket and the rustls session (its
+//! buffers empty) but no hyper state; it parks only once rustls has handed over
+//! every byte it decrypted, so the socket is the one place a next request can come
+//! from. HTTP/2 (by ALPN) is one hyper session for the connection's life, bounded
+//! by [`H2_MAX_STREAMS`] concurrent streams, `server.max_header_bytes` of header
+//! list (CONTINUATION floods end at that bound), and hyper's limits on streams the
+//! client resets before they are served (CVE-2023-44487) and on streams reset for
+//! protocol errors: a client past them gets GOAWAY. An HTTP/2 connection with no
+//! request for `server.keepalive_timeout_secs` (`server.header_timeout_ms` before
+//! its first) is sent GOAWAY and closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -77,9 +90,12 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -88,6 +104,35 @@ use tower::ServiceExt;
 /// use (a page and its assets, a load generator) keeps its session; one that has gone
 /// quiet gives its buffers back a moment later.
 pub const PARK_AFTER: Duration = Duration::from_millis(20);
+
+/// Concurrent streams one HTTP/2 connection may have open (a page and its assets).
+pub const H2_MAX_STREAMS: u32 = 128;
+
+/// Streams an HTTP/2 client may reset before they are served, pending at once
+/// (hyper's bound against rapid reset, CVE-2023-44487); past it, GOAWAY.
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+
+/// Streams one HTTP/2 connection may have reset for its protocol errors; past it,
+/// GOAWAY.
+pub const H2_MAX_ERROR_RESETS: usize = 256;
+
+/// A connection's byte stream: a plain socket, or TLS over one.
+pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket underneath: peeked while parked, set to reset on a send timeout.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Conn for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
 
 /// Live counts of one listener's connections. A clone is a handle on the same counts.
 #[derive(Clone, Default)]
@@ -106,6 +151,8 @@ struct Counts {
     pauses: AtomicUsize,
     /// Connections reset because a write made no progress for the send timeout.
     send_timeouts: AtomicUsize,
+    /// TLS handshakes that failed or did not finish within the header timeout.
+    handshake_failures: AtomicUsize,
     /// Woken when a connection closes, for a paused accept loop.
     closed: tokio::sync::Notify,
 }
@@ -164,6 +211,11 @@ impl Connections {
         self.inner.send_timeouts.load(Relaxed)
     }
 
+    /// TLS handshakes that failed or timed out.
+    pub fn handshake_failures(&self) -> usize {
+        self.inner.handshake_failures.load(Relaxed)
+    }
+
     /// Sets `launchguard_http_connections{state}` and the accept and send-timeout
     /// metrics from the live counts; called when /metrics is rendered, so connections
     /// cost nothing to count.
@@ -179,6 +231,8 @@ impl Connections {
         metrics::gauge!(HTTP_ACCEPT_PAUSED).set(if self.paused() { 1.0 } else { 0.0 });
         metrics::counter!(HTTP_ACCEPT_PAUSES_TOTAL).absolute(self.pauses() as u64);
         metrics::counter!(HTTP_SEND_TIMEOUTS_TOTAL).absolute(self.send_timeouts() as u64);
+        metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES_TOTAL)
+            .absolute(self.handshake_failures() as u64);
     }
 }
 
@@ -237,13 +291,13 @@ impl Limits {
 /// does when they outlast `server.shutdown_grace_ms`.
 pub fn spawn(
     listener: TcpListener,
-    router: Router,
-    front: Option<Front>,
+    site: Site,
     limits: Limits,
     connections: Connections,
     shutdown: CancellationToken,
     cut: CancellationToken,
 ) -> JoinHandle<()> {
+    let Site { router, front, tls } = site;
     tokio::spawn(async move {
         let tracker = TaskTracker::new();
         let counts = connections.inner.clone();
@@ -294,24 +348,164 @@ pub fn spawn(
             // waiting on a closed window) for the send timeout, the kernel aborts the
             // connection and frees them, even while the connection is parked.
             let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(limits.send));
-            tracker.spawn(connection(
-                OpenSlot::new(&counts),
-                stream,
-                peer,
-                Routes {
-                    router: router.clone(),
-                    front: front.clone(),
-                    max_head: limits.max_header_bytes,
-                },
-                limits,
-                shutdown.clone(),
-                cut.clone(),
-            ));
+            let routes = Routes {
+                router: router.clone(),
+                front: front.clone(),
+                max_head: limits.max_header_bytes,
+                hsts: tls.as_ref().and_then(|t| t.hsts.clone()),
+            };
+            let open = OpenSlot::new(&counts);
+            match &tls {
+                None => tracker.spawn(connection(
+                    open,
+                    stream,
+                    peer,
+                    routes,
+                    limits,
+                    shutdown.clone(),
+                    cut.clone(),
+                    false,
+                )),
+                Some(tls) => tracker.spawn(tls_connection(
+                    open,
+                    stream,
+                    peer,
+                    tls.acceptor.clone(),
+                    routes,
+                    limits,
+                    shutdown.clone(),
+                    cut.clone(),
+                )),
+            };
         }
         drop(listener);
         tracker.close();
         tracker.wait().await;
     })
+}
+
+/// What a listener serves: its router, behind its front door when it has one (the
+/// public listeners), over TLS when it is `tls.listen`.
+pub struct Site {
+    pub router: Router,
+    pub front: Option<Front>,
+    pub tls: Option<Tls>,
+}
+
+/// What a TLS listener adds to a plain one.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    /// `Strict-Transport-Security` for every answer (`tls.hsts_max_age_secs`), if any.
+    pub hsts: Option<axum::http::HeaderValue>,
+}
+
+impl Tls {
+    pub fn new(config: Arc<rustls::ServerConfig>, hsts_max_age_secs: u64) -> Tls {
+        Tls {
+            acceptor: TlsAcceptor::from(config),
+            hsts: (hsts_max_age_secs > 0).then(|| {
+                axum::http::HeaderValue::from_str(&format!("max-age={hsts_max_age_secs}"))
+                    .expect("digits are a header value")
+            }),
+        }
+    }
+}
+
+/// One TLS connection: the handshake within `limits.header`, then HTTP/2 or HTTP/1.1
+/// by ALPN.
+#[allow(clippy::too_many_arguments)]
+async fn tls_connection(
+    open: OpenSlot,
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    routes: Routes,
+    limits: Limits,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+) {
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(limits.header, acceptor.accept(stream)) => r,
+        _ = shutdown.cancelled() => return,
+    };
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            open.0.handshake_failures.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            open.0.handshake_failures.fetch_add(1, Relaxed);
+            tracing::debug!(%peer, "TLS handshake not finished within server.header_timeout_ms");
+            return;
+        }
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::edge::tls::ALPN_H2) {
+        open.0.sessions.fetch_add(1, Relaxed);
+        Box::pin(h2_session(tls, peer, &routes, limits, &shutdown, &cut)).await;
+    } else {
+        // The client may have sent its first request with its last handshake flight:
+        // rustls may hold it already, so serve before peeking at the socket.
+        connection(open, tls, peer, routes, limits, shutdown, cut, true).await;
+    }
+}
+
+/// One HTTP/2 connection, for its whole life (module docs).
+async fn h2_session(
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    routes: &Routes,
+    limits: Limits,
+    shutdown: &CancellationToken,
+    cut: &CancellationToken,
+) {
+    let state = Arc::new(SessionState::default());
+    let service = Service {
+        router: routes.clone(),
+        peer,
+        state: state.clone(),
+    };
+    let mut conn = Box::new(
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_ERROR_RESETS)
+            .serve_connection(TokioIo::new(tls), service),
+    );
+    let mut draining = false;
+    let mut idle_for = limits.header;
+    let mut seen = state.calls.load(Relaxed);
+    let idle = tokio::time::sleep(idle_for);
+    tokio::pin!(idle);
+    let result = loop {
+        tokio::select! {
+            r = &mut *conn => break r,
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+            _ = cut.cancelled() => return,
+            _ = &mut idle, if !draining => {
+                let calls = state.calls.load(Relaxed);
+                if calls == seen && state.in_flight.load(Relaxed) == 0 {
+                    tracing::debug!(%peer, "closing an idle HTTP/2 connection");
+                    draining = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                } else {
+                    seen = calls;
+                    idle_for = limits.keepalive;
+                    idle.as_mut().reset(Instant::now() + idle_for);
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "HTTP/2 connection ended: {e}");
+    }
 }
 
 fn is_per_connection(e: &io::Error) -> bool {
@@ -329,25 +523,30 @@ fn is_per_connection(e: &io::Error) -> bool {
 /// active session finishes its request, unless `cut` drops it first. (`cut` is
 /// watched by the boxed session only: a select around the whole connection made every
 /// parked connection's task about 700 bytes bigger.)
-async fn connection(
+///
+/// `ready`: serve at once, before peeking (a TLS connection whose first request may
+/// already sit decrypted in rustls).
+#[allow(clippy::too_many_arguments)]
+async fn connection<S: Conn>(
     open: OpenSlot,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
     router: Routes,
     limits: Limits,
     shutdown: CancellationToken,
     cut: CancellationToken,
+    mut ready: bool,
 ) {
     let counts = &open.0;
     let mut idle_limit = limits.header;
     loop {
-        {
+        if !std::mem::take(&mut ready) {
             let _parked = Held::new(&counts.parked);
             // `peek`, not `readable`: a fresh socket reports readable before any
             // byte has come. One byte seen (or the end of the stream) starts a session.
             let mut first = [0u8; 1];
             tokio::select! {
-                r = tokio::time::timeout(idle_limit, stream.peek(&mut first)) => match r {
+                r = tokio::time::timeout(idle_limit, stream.tcp().peek(&mut first)) => match r {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         if e.kind() == io::ErrorKind::TimedOut {
@@ -381,15 +580,15 @@ async fn connection(
 
 /// Serves requests on `stream` until hyper is idle with nothing to read (the stream
 /// comes back, to park) or the connection ends (`None`).
-async fn session(
-    stream: TcpStream,
+async fn session<S: Conn>(
+    stream: S,
     peer: SocketAddr,
     router: &Routes,
     limits: Limits,
     counts: &Counts,
     shutdown: &CancellationToken,
     cut: &CancellationToken,
-) -> Option<TcpStream> {
+) -> Option<S> {
     let state = Arc::new(SessionState::default());
     let io = ParkingIo {
         io: TokioIo::new(stream),
@@ -462,6 +661,8 @@ fn timed_out(e: &hyper::Error) -> bool {
 struct SessionState {
     /// Requests handed to the router whose response body has not been dropped.
     in_flight: AtomicU32,
+    /// Requests handed to the router, ever (an HTTP/2 connection's idle check).
+    calls: AtomicU32,
     /// Request bodies that were not read to their end (yet, or ever).
     bodies_open: AtomicU32,
     /// A response has completed in this session.
@@ -488,8 +689,8 @@ impl SessionState {
 
 /// The socket as hyper sees it. It reports end of stream, instead of "nothing yet",
 /// when the session may park (see the module docs).
-struct ParkingIo {
-    io: TokioIo<TcpStream>,
+struct ParkingIo<S> {
+    io: TokioIo<S>,
     state: Arc<SessionState>,
     parked: bool,
     /// Fires `PARK_AFTER` after the last response was flushed; made on first use.
@@ -503,7 +704,7 @@ struct ParkingIo {
     stall_armed: bool,
 }
 
-impl ParkingIo {
+impl<S: Conn> ParkingIo<S> {
     /// Starts (or restarts) the idle period: the task is woken at its end, and a read
     /// that finds the socket still empty then parks the connection.
     fn start_idle(&mut self, cx: &mut Context<'_>) {
@@ -545,7 +746,7 @@ impl ParkingIo {
         }
         self.state.stalled.store(true, Relaxed);
         // A reset on close: the kernel drops the unsent answers at once.
-        let _ = self.io.inner().set_zero_linger();
+        let _ = self.io.inner().tcp().set_zero_linger();
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "the client read nothing for server.send_timeout_ms",
@@ -559,7 +760,7 @@ impl ParkingIo {
     }
 }
 
-impl Read for ParkingIo {
+impl<S: Conn> Read for ParkingIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -581,7 +782,7 @@ impl Read for ParkingIo {
     }
 }
 
-impl Write for ParkingIo {
+impl<S: Conn> Write for ParkingIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -636,6 +837,18 @@ struct Routes {
     front: Option<Front>,
     /// `server.max_header_bytes`.
     max_head: usize,
+    /// `Strict-Transport-Security` on a TLS listener with `tls.hsts_max_age_secs`.
+    hsts: Option<axum::http::HeaderValue>,
+}
+
+impl Routes {
+    fn with_hsts<B>(&self, mut res: Response<B>) -> Response<B> {
+        if let Some(v) = &self.hsts {
+            res.headers_mut()
+                .insert(axum::http::header::STRICT_TRANSPORT_SECURITY, v.clone());
+        }
+        res
+    }
 }
 
 /// The router as a hyper service: adds the peer address (`ConnectInfo`), runs the
@@ -658,6 +871,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     fn call(&self, req: Request<Incoming>) -> ServiceFuture {
         let state = self.state.clone();
         state.in_flight.fetch_add(1, Relaxed);
+        state.calls.fetch_add(1, Relaxed);
         let done = Completion(state.clone());
         let mut req = if req.body().is_end_stream() {
             req.map(Body::new)
@@ -683,12 +897,14 @@ impl hyper::service::Service<Request<Incoming>> for Service {
                 ),
             )
             .into_response();
+            let refusal = self.router.with_hsts(refusal);
             return Box::pin(
                 async move { Ok(refusal.map(|body| TrackedBody { body, _done: done })) },
             );
         }
         if let Some(front) = &self.router.front {
             if let Err(refusal) = front.check(&mut req) {
+                let refusal = self.router.with_hsts(*refusal);
                 return Box::pin(async move {
                     Ok(refusal.map(|body| TrackedBody { body, _done: done }))
                 });
@@ -696,6 +912,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         }
         // Every public answer carries the factor its request was served under.
         let scale = req.extensions().get::<Scale>().copied();
+        let hsts = self.router.hsts.clone();
         let answer = self.router.router.clone().oneshot(req);
         Box::pin(async move {
             let mut res = match answer.await {
@@ -705,6 +922,10 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             if let Some(v) = scale.and_then(|s| crate::ingest::factor::header_value(s.0)) {
                 res.headers_mut()
                     .insert(crate::ingest::factor::SCALE_FACTOR_HEADER, v);
+            }
+            if let Some(v) = hsts {
+                res.headers_mut()
+                    .insert(axum::http::header::STRICT_TRANSPORT_SECURITY, v);
             }
             Ok(res.map(|body| TrackedBody { body, _done: done }))
         })

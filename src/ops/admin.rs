@@ -82,6 +82,7 @@ pub struct AdminState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub shutting_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub connections: crate::edge::server::Connections,
+    pub certs: Option<crate::edge::tls::Certs>,
 }
 
 /// The admin listener's router: its own handlers, and the admin routes of the cache,
@@ -246,6 +247,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     state.connections.record_metrics();
+    if let Some(certs) = &state.certs {
+        certs.record_metrics(state.clock.now_ms());
+    }
     (
         [(
             header::CONTENT_TYPE,

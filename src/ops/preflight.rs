@@ -8,7 +8,9 @@
 //! the connection budget; the origin (static dir or upstream) answers `/`, and how fast;
 //! every `cache.warm_urls` page answers 200 and may be cached; the Product Hunt poller
 //! is off or fully configured; alerts have somewhere to go (and `outbound.ca_file`, when
-//! set, is a readable PEM file of certificates); both listeners can bind;
+//! set, is a readable PEM file of certificates); both listeners can bind; with
+//! `tls.listen`, the TLS listeners can bind and the certificate loads, names every
+//! host of `server.hosts` and is valid for 14 more days;
 //! the launch-day time zone is known, with today's boundaries in UTC.
 
 use std::fmt::Write as _;
@@ -140,6 +142,13 @@ pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> 
     checks.push(alerts(&config));
     checks.push(bindable("server.listen", config.server.listen));
     checks.push(bindable("server.admin_listen", config.server.admin_listen));
+    if let Some(addr) = config.tls.listen {
+        checks.push(bindable("tls.listen", addr));
+        checks.push(certificate(&config, crate::clock::Clock::system().now_ms()));
+    }
+    if let Some(addr) = config.tls.http_listen {
+        checks.push(bindable("tls.http_listen", addr));
+    }
     checks.push(launch_day(&config.conversions.timezone));
     checks
 }
@@ -463,6 +472,78 @@ fn bindable(key: &'static str, addr: SocketAddr) -> Check {
     }
 }
 
+/// A certificate that expires sooner than this fails the check.
+pub const CERT_MIN_DAYS: i64 = 14;
+
+/// `tls.cert_file` and `tls.key_file` load and belong together, the certificate is
+/// valid for more than [`CERT_MIN_DAYS`] at `now_ms`, and it names every exact host
+/// of `server.hosts`.
+fn certificate(config: &Config, now_ms: u64) -> Check {
+    const NAME: &str = "tls certificate";
+    let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
+        return Check::fail(
+            NAME,
+            "tls.listen is set without tls.cert_file and tls.key_file",
+            "set both (PEM)",
+        );
+    };
+    let loaded = match crate::edge::tls::load_pair(cert, key) {
+        Ok(l) => l,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                e.to_string(),
+                "point tls.cert_file at the PEM chain (leaf first) and tls.key_file at its key, both readable by the service",
+            )
+        }
+    };
+    let left_days = (loaded.not_after - (now_ms / 1000) as i64) / 86_400;
+    if left_days < CERT_MIN_DAYS {
+        return Check::fail(
+            NAME,
+            format!("{} expires in {left_days} days", cert.display()),
+            format!("renew it: browsers refuse it once expired, and a launch should not need a renewal ({CERT_MIN_DAYS} days at least)"),
+        );
+    }
+    let missing: Vec<&String> = config
+        .server
+        .hosts
+        .iter()
+        .filter(|h| !h.starts_with("*.") && !covers(&loaded.names, h))
+        .collect();
+    if !missing.is_empty() {
+        return Check::fail(
+            NAME,
+            format!(
+                "{} is for {:?}, not for {:?} of server.hosts",
+                cert.display(),
+                loaded.names,
+                missing
+            ),
+            "get a certificate that names every host in server.hosts",
+        );
+    }
+    Check::pass(
+        NAME,
+        format!("{:?}, valid {left_days} more days", loaded.names),
+    )
+}
+
+/// Whether a certificate for `names` is valid for `host` (one `*.` label matches one
+/// label).
+fn covers(names: &[String], host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    names.iter().any(|n| {
+        let n = n.to_ascii_lowercase();
+        match n.strip_prefix("*.") {
+            Some(parent) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => n == host,
+        }
+    })
+}
+
 /// The launch day is the calendar day in `conversions.timezone` (Product Hunt's day is
 /// Los Angeles's, the default).
 fn launch_day(tz: &str) -> Check {
@@ -544,6 +625,65 @@ mod tests {
         let c = launch_day("Mars/Olympus_Mons");
         assert_eq!(c.verdict, Verdict::Fail);
         assert!(c.found.contains("conversions.timezone"), "{}", c.found);
+    }
+
+    /// A self-signed certificate for `names`, valid until 2030-01-31, written with its
+    /// key into `dir`; returns the config pointing at them.
+    fn tls_config(dir: &Path, names: &[&str], hosts: &[&str]) -> Config {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_after = rcgen::date_time_ymd(2030, 1, 31);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        let mut c = Config::parse("").unwrap();
+        c.tls.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.tls.cert_file = Some(dir.join("c.pem"));
+        c.tls.key_file = Some(dir.join("k.pem"));
+        c.server.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        c
+    }
+
+    #[test]
+    fn the_certificate_check_wants_14_days_and_every_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = |d: &str| d.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64;
+        let c = tls_config(
+            dir.path(),
+            &["example.com", "*.example.com"],
+            &["example.com", "www.example.com"],
+        );
+        let ok = certificate(&c, ms("2029-12-01T00:00:00Z"));
+        assert_eq!(ok.verdict, Verdict::Pass, "{ok:?}");
+        assert!(ok.found.contains("valid 61 more days"), "{ok:?}");
+        let soon = certificate(&c, ms("2030-01-20T00:00:00Z"));
+        assert_eq!(soon.verdict, Verdict::Fail);
+        assert!(soon.found.contains("expires in 11 days"), "{soon:?}");
+
+        let c = tls_config(
+            dir.path(),
+            &["example.com"],
+            &["example.com", "shop.example.com"],
+        );
+        let other = certificate(&c, ms("2029-12-01T00:00:00Z"));
+        assert_eq!(other.verdict, Verdict::Fail);
+        assert!(other.found.contains("shop.example.com"), "{other:?}");
+
+        std::fs::write(dir.path().join("k.pem"), "not a key").unwrap();
+        let bad = certificate(&c, ms("2029-12-01T00:00:00Z"));
+        assert_eq!(bad.verdict, Verdict::Fail);
+        assert!(bad.found.starts_with("tls.key_file:"), "{bad:?}");
+    }
+
+    #[test]
+    fn a_wildcard_certificate_covers_one_label() {
+        let names = vec!["*.example.com".to_string(), "example.com".to_string()];
+        assert!(covers(&names, "www.example.com"));
+        assert!(covers(&names, "Example.com"));
+        assert!(!covers(&names, "a.b.example.com"));
+        assert!(!covers(&names, "example.org"));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Proc {
     pub child: Child,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// `tls.listen`'s address, when HTTPS is on.
+    pub https: Option<SocketAddr>,
 }
 
 /// Starts `launchguard serve --config config` with `envs` set (and the process's own
@@ -62,16 +64,31 @@ pub fn spawn(config: &Path, envs: &[(&str, &OsStr)]) -> Proc {
                     .parse()
                     .unwrap()
             };
-            addrs = Some((field("public"), field("admin")));
+            let https = line
+                .find("https=")
+                .map(|i| line[i + 6..].split_whitespace().next().unwrap())
+                .and_then(|v| v.parse().ok());
+            addrs = Some((field("public"), field("admin"), https));
             break;
         }
     }
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let (public, admin) = addrs.expect("the binary logged its listeners");
+    let (public, admin, https) = addrs.expect("the binary logged its listeners");
     Proc {
         child,
         public,
         admin,
+        https,
+    }
+}
+
+impl Proc {
+    /// Sends `signal` (libc's `SIGHUP`, `SIGTERM`, ...) to the child; false if kill(2)
+    /// failed.
+    #[allow(unsafe_code)]
+    pub fn signal(&self, signal: i32) -> bool {
+        // SAFETY: kill(2) takes plain integers; the pid is our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) == 0 }
     }
 }

@@ -69,3 +69,150 @@ impl TestCa {
         Arc::new(config)
     }
 }
+
+/// A certificate and key this CA issued, as the PEM files `tls.cert_file` and
+/// `tls.key_file` read, each padded with newlines to [`PEM_FILE_LEN`] bytes so that
+/// two issues of the same names make files of one size.
+pub struct IssuedFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The leaf certificate, as a client sees it in the handshake.
+    pub leaf: CertificateDer<'static>,
+}
+
+/// The size every issued PEM file is padded to.
+pub const PEM_FILE_LEN: usize = 4096;
+
+fn padded(mut pem: String) -> String {
+    assert!(pem.len() <= PEM_FILE_LEN, "PEM over {PEM_FILE_LEN} bytes");
+    while pem.len() < PEM_FILE_LEN {
+        pem.push('\n');
+    }
+    pem
+}
+
+impl TestCa {
+    /// Issues an ECDSA P-256 certificate for `names` and writes the chain (leaf, then
+    /// this CA) and the key to `dir/<stem>.crt` and `dir/<stem>.key`, in place (the
+    /// files keep their inode when they exist).
+    pub fn issue_files(&self, names: &[&str], dir: &Path, stem: &str) -> IssuedFiles {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names[0].clone());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_file = dir.join(format!("{stem}.crt"));
+        let key_file = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_file, padded(format!("{}{}", cert.pem(), self.pem))).unwrap();
+        std::fs::write(&key_file, padded(key.serialize_pem())).unwrap();
+        IssuedFiles {
+            cert_file,
+            key_file,
+            leaf: cert.der().clone(),
+        }
+    }
+
+    /// A client configuration that trusts this CA only, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        self.client_config_with(alpn, &[&rustls::version::TLS13, &rustls::version::TLS12])
+    }
+
+    /// As [`TestCa::client_config`], with only the TLS `versions` given.
+    pub fn client_config_with(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// One TLS connection to `addr` for `server_name`, handshake done.
+pub async fn connect(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// The leaf certificate `addr` presents for `server_name`.
+pub async fn presented(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+) -> CertificateDer<'static> {
+    let tls = connect(config, addr, server_name).await.expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone()
+}
+
+/// `GET path` over one new TLS connection, by HTTP/2 when the server agreed to it by
+/// ALPN, else HTTP/1.1. Returns the protocol used and the answer.
+pub async fn get(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> (hyper::Version, super::Resp) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tls = connect(config, addr, host).await.expect("handshake");
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let uri = format!("https://{host}:{}{path}", addr.port());
+    let req = hyper::Request::get(&uri)
+        .header("accept", "text/html")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let (version, res) = if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        (
+            hyper::Version::HTTP_2,
+            send.send_request(req).await.expect("h2 answer"),
+        )
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut()
+            .insert("host", format!("{host}:{}", addr.port()).parse().unwrap());
+        *req.uri_mut() = path.parse().unwrap();
+        (
+            hyper::Version::HTTP_11,
+            send.send_request(req).await.expect("h1 answer"),
+        )
+    };
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        version,
+        super::Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        },
+    )
+}

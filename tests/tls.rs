@@ -1,0 +1,446 @@
+//! HTTPS on `tls.listen` with certificates from files: the same edge over HTTP/2 and
+//! HTTP/1.1, TLS 1.3 and 1.2, HSTS, the redirect listener, and a certificate replaced
+//! under a running listener (by a change of the files, and by SIGHUP to the binary).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use launchguard::clock::Clock;
+use support::tls::{self, TestCa};
+use support::TestServer;
+
+fn tls_config(
+    c: &mut launchguard::config::Config,
+    files: &tls::IssuedFiles,
+    http_listen: bool,
+    hsts: u64,
+) {
+    c.tls.listen = Some("127.0.0.1:0".parse().unwrap());
+    if http_listen {
+        c.tls.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    }
+    c.tls.cert_file = Some(files.cert_file.clone());
+    c.tls.key_file = Some(files.key_file.clone());
+    c.tls.hsts_max_age_secs = hsts;
+}
+
+#[tokio::test]
+async fn https_serves_the_same_edge_over_http2_and_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let files = ca.issue_files(&["localhost", "127.0.0.1"], dir.path(), "site");
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        tls_config(c, &files, true, 86_400)
+    })
+    .await;
+    let running = s.running.as_ref().unwrap();
+    let addr = running.tls_addr.expect("tls.listen is bound");
+
+    // HTTP/1.1 first: the page is fetched from the origin and stored.
+    let (v, first) = tls::get(
+        ca.client_config(&[b"http/1.1"]),
+        addr,
+        "localhost",
+        "/launch/",
+    )
+    .await;
+    assert_eq!(v, hyper::Version::HTTP_11);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert!(first.header("x-edge-scale-factor").is_some());
+    assert_eq!(
+        first.header("strict-transport-security"),
+        Some("max-age=86400")
+    );
+
+    // HTTP/2, chosen by ALPN: the same cache answers.
+    let (v, second) = tls::get(
+        ca.client_config(&[b"h2", b"http/1.1"]),
+        addr,
+        "localhost",
+        "/launch/",
+    )
+    .await;
+    assert_eq!(v, hyper::Version::HTTP_2);
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(
+        second.header("strict-transport-security"),
+        Some("max-age=86400")
+    );
+
+    // Plain HTTP on server.listen still serves, and carries no HSTS.
+    let plain = s.client.get(&s.url("/launch/")).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("strict-transport-security"), None);
+
+    // TLS 1.2 only clients are served too; the default is 1.3.
+    let tls12 = ca.client_config_with(&[b"http/1.1"], &[&rustls::version::TLS12]);
+    let conn = tls::connect(tls12, addr, "localhost")
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        conn.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let conn = tls::connect(ca.client_config(&[b"h2"]), addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+
+    // A client that does not trust the certificate fails its handshake.
+    let other = TestCa::new("someone else");
+    assert!(
+        tls::connect(other.client_config(&[b"h2"]), addr, "localhost")
+            .await
+            .is_err()
+    );
+
+    // tls.http_listen: 308 to the same host, path and query over https.
+    let http = running.http_addr.expect("tls.http_listen is bound");
+    let r = s
+        .client
+        .get(&format!("http://127.0.0.1:{}/launch/?ref=ph", http.port()))
+        .await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://127.0.0.1:{}/launch/?ref=ph", addr.port()).as_str())
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hosts_outside_server_hosts_get_no_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let files = ca.issue_files(&["localhost"], dir.path(), "site");
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        tls_config(c, &files, true, 0);
+        c.server.hosts = vec!["localhost".into()];
+    })
+    .await;
+    let running = s.running.as_ref().unwrap();
+    let http = running.http_addr.unwrap();
+    let url = format!("http://127.0.0.1:{}/launch/", http.port());
+    let r = s
+        .client
+        .send(
+            hyper::Method::GET,
+            &url,
+            &[("host", "evil.example")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 421, "an unknown host is not redirected anywhere");
+    let r = s
+        .client
+        .send(
+            hyper::Method::GET,
+            &url,
+            &[("host", "localhost")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 308);
+    let tls_port = running.tls_addr.unwrap().port();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://localhost:{tls_port}/launch/").as_str())
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_certificate_is_served_without_a_restart_and_a_bad_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let first = ca.issue_files(&["localhost"], dir.path(), "site");
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        tls_config(c, &first, false, 0)
+    })
+    .await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let client = ca.client_config(&[b"h2"]);
+    assert_eq!(
+        tls::presented(client.clone(), addr, "localhost").await,
+        first.leaf
+    );
+
+    let certs = s.state().certs.clone().expect("HTTPS is on");
+    // Nothing changed: nothing is read again.
+    assert!(!certs.reload_if_changed().unwrap());
+
+    // A renewed certificate written over the files is in force for the next handshake.
+    // A connection opened before keeps its session.
+    let before = tls::connect(client.clone(), addr, "localhost")
+        .await
+        .unwrap();
+    let second = ca.issue_files(&["localhost"], dir.path(), "site");
+    assert_ne!(second.leaf, first.leaf);
+    // Ok(true) if this call read it, Ok(false) if the file watcher did first.
+    certs.reload_if_changed().unwrap();
+    assert_eq!(
+        tls::presented(client.clone(), addr, "localhost").await,
+        second.leaf
+    );
+    assert_eq!(
+        before.get_ref().1.peer_certificates().unwrap()[0],
+        first.leaf
+    );
+
+    // A broken certificate file: the old pair stays, and the error names the key.
+    std::fs::write(
+        &second.cert_file,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    let e = certs.reload().unwrap_err().to_string();
+    assert!(e.starts_with("tls.cert_file:"), "{e}");
+    assert_eq!(
+        tls::presented(client.clone(), addr, "localhost").await,
+        second.leaf
+    );
+
+    // A key that belongs to another certificate: refused, the old pair stays.
+    let third = ca.issue_files(&["localhost"], dir.path(), "other");
+    std::fs::copy(&third.cert_file, &second.cert_file).unwrap();
+    let e = certs.reload().unwrap_err().to_string();
+    assert!(
+        e.starts_with("tls.key_file:") && e.contains("does not belong"),
+        "{e}"
+    );
+    assert_eq!(tls::presented(client, addr, "localhost").await, second.leaf);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_errors_stop_the_start_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let files = ca.issue_files(&["localhost"], dir.path(), "site");
+    let start = |tweak: Box<dyn FnOnce(&mut launchguard::config::Config)>| {
+        let mut c = support::config(&dir.path().join("state"));
+        tls_config(&mut c, &files, false, 0);
+        tweak(&mut c);
+        async move {
+            match launchguard::app::start(c, Default::default()).await {
+                Ok(_) => panic!("started"),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let missing = dir.path().join("missing.pem");
+    let m = missing.clone();
+    let e = start(Box::new(move |c| c.tls.cert_file = Some(m))).await;
+    assert!(
+        e.contains("tls.cert_file") && e.contains("missing.pem"),
+        "{e}"
+    );
+    let key = files.key_file.clone();
+    let e = start(Box::new(move |c| c.tls.cert_file = Some(key))).await;
+    assert!(
+        e.contains("tls.cert_file") && e.contains("CERTIFICATE"),
+        "{e}"
+    );
+    let cert = files.cert_file.clone();
+    let e = start(Box::new(move |c| c.tls.key_file = Some(cert))).await;
+    assert!(e.contains("tls.key_file"), "{e}");
+}
+
+/// The binary reloads its certificate on SIGHUP. The new files keep the old ones'
+/// size, inode and mtime, so the change watcher cannot see them: only the signal can.
+#[cfg(unix)]
+#[test]
+fn sighup_reloads_the_certificate_in_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let first = ca.issue_files(&["localhost"], dir.path(), "site");
+    let config = support::binary::write_config(
+        dir.path(),
+        "sighup-secret",
+        &format!(
+            "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\n",
+            first.cert_file, first.key_file
+        ),
+    );
+    let mut proc = support::binary::spawn(&config, &[]);
+    let addr = proc.https.expect("the binary logged its https listener");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = ca.client_config(&[b"http/1.1"]);
+    let presented = |c| rt.block_on(tls::presented(c, addr, "localhost"));
+    assert_eq!(presented(client.clone()), first.leaf);
+
+    let mtimes: Vec<_> = [&first.cert_file, &first.key_file]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    let second = ca.issue_files(&["localhost"], dir.path(), "site");
+    for (path, mtime) in [&second.cert_file, &second.key_file].iter().zip(&mtimes) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(*mtime)
+            .unwrap();
+    }
+    // The file watcher looks every 2 s: give it more than one look, and it has seen
+    // nothing (this wait shows that nothing happens, it waits for nothing to happen).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(presented(client.clone()), first.leaf);
+
+    assert!(proc.signal(libc::SIGHUP));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if presented(client.clone()) == second.leaf {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still serving, and still the same process.
+    assert!(proc.child.try_wait().unwrap().is_none());
+    assert!(proc.signal(libc::SIGTERM));
+    proc.child.wait().unwrap();
+}
+
+async fn until(
+    what: &str,
+    conns: &launchguard::edge::server::Connections,
+    cond: impl Fn(&launchguard::edge::server::Connections) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond(conns) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: open {}, parked {}, sessions {}",
+            conns.open(),
+            conns.parked(),
+            conns.sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends one `GET /launch/` on `tls` and reads its whole answer; returns the status
+/// line's first 12 bytes.
+async fn answer(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /launch/ HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = tls.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-answer");
+        got.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if got.len() >= end + 4 + len {
+                return text[..12].to_string();
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 over TLS parks between requests like a plain connection: no hyper session
+/// while idle, and the same TLS session serves the next request.
+#[tokio::test]
+async fn idle_http1_over_tls_parks_and_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let files = ca.issue_files(&["localhost"], dir.path(), "site");
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        tls_config(c, &files, false, 0)
+    })
+    .await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let conns = s.state().connections.clone();
+    let mut tls = tls::connect(ca.client_config(&[b"http/1.1"]), addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut tls).await, "HTTP/1.1 200");
+    until("parks after the answer", &conns, |c| c.parked() == 1).await;
+    let sessions = conns.sessions();
+    assert_eq!(answer(&mut tls).await, "HTTP/1.1 200");
+    assert_eq!(
+        conns.sessions(),
+        sessions + 1,
+        "a new hyper session, the same TLS session"
+    );
+    until("parks again", &conns, |c| c.parked() == 1).await;
+    s.stop().await;
+}
+
+/// CVE-2023-44487: a client that opens streams and resets them at once is sent GOAWAY,
+/// while another client on its own connection keeps being answered.
+#[tokio::test]
+async fn an_http2_rapid_reset_client_is_cut_off_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let files = ca.issue_files(&["localhost"], dir.path(), "site");
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        tls_config(c, &files, false, 0)
+    })
+    .await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let client = ca.client_config(&[b"h2"]);
+
+    let attacker = tls::connect(client.clone(), addr, "localhost")
+        .await
+        .unwrap();
+    let (mut send, conn) = h2::client::handshake(attacker).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut sent = 0u32;
+    let cut_off = loop {
+        let ready = match send.clone().ready().await {
+            Ok(r) => r,
+            Err(e) => break e,
+        };
+        send = ready;
+        let req = hyper::Request::get(format!("https://localhost:{}/launch/", addr.port()))
+            .body(())
+            .unwrap();
+        match send.send_request(req, true) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(e) => break e,
+        }
+        sent += 1;
+        if sent % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            sent < 100_000,
+            "the server never cut the resetting client off"
+        );
+    };
+    let ended = driver.await.unwrap();
+    // GOAWAY ENHANCE_YOUR_CALM ("too many resets"), seen by the sender or the driver.
+    let calm = |e: &h2::Error| e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+    assert!(
+        calm(&cut_off) || ended.as_ref().err().is_some_and(calm),
+        "after {sent} resets: {cut_off:?} / {ended:?}"
+    );
+
+    // Another client is served all along.
+    let (v, r) = tls::get(client, addr, "localhost", "/launch/").await;
+    assert_eq!((v, r.status.as_u16()), (hyper::Version::HTTP_2, 200));
+    s.stop().await;
+}
