@@ -30,4 +30,5 @@ mod replay;
 mod report;
 mod simulate;
 mod static_site;
+mod tls;
 mod webhook;

@@ -2,13 +2,12 @@
 //! HTTP/1.1, TLS 1.3 and 1.2, HSTS, the redirect listener, and a certificate replaced
 //! under a running listener (by a change of the files, and by SIGHUP to the binary).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::tls::{self, TestCa};
+use crate::support::TestServer;
 use launchguard::clock::Clock;
-use support::tls::{self, TestCa};
-use support::TestServer;
 
 fn tls_config(
     c: &mut launchguard::config::Config,
