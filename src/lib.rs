@@ -27,6 +27,11 @@
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`]: shared by every wing;
 //!   [`syntax`] parses what an operator writes (hosts, path and cookie globs, URLs) for
 //!   config validation and the wings alike; [`client`] is the one outbound HTTP client.
+//!
+//! `pub` means used from outside the library: by the binary (`main.rs` calls
+//! [`cli::run`]), the integration tests or the benches. Everything else is
+//! `pub(crate)`, so a module's `pub` items are its interface to the other wings, and a
+//! function that only a unit test calls is `#[cfg(test)]`.
 
 pub mod app;
 pub mod cli;
@@ -34,10 +39,10 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod edge;
-pub mod error;
+pub(crate) mod error;
 pub mod ingest;
 pub mod insight;
 pub mod ops;
 pub mod secrets;
-pub mod syntax;
+pub(crate) mod syntax;
 pub mod telemetry;

@@ -18,10 +18,10 @@
 
 pub mod admission;
 pub mod cache;
-pub mod front;
+pub(crate) mod front;
 pub mod origin;
 pub mod server;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,9 +2,9 @@
 //! on the ring and pumped into the velocity window, whose factor every visitor request
 //! reads. The Product Hunt poller feeds the same path with synthetic events.
 
-pub mod commit;
+pub(crate) mod commit;
 pub mod factor;
-pub mod producthunt;
+pub(crate) mod producthunt;
 pub mod pump;
 pub mod ring;
 pub mod store;

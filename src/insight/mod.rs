@@ -1,8 +1,8 @@
 //! What the launch did: counters on the hot path, visitors and conversions counted
 //! once, their history in the store, the launch-day reports and the live dashboard.
 
-pub mod analytics;
+pub(crate) mod analytics;
 pub mod counters;
 pub mod history;
-pub mod live;
+pub(crate) mod live;
 pub mod visitor;

@@ -2,9 +2,9 @@
 //! through it, the night-before checklist, systemd's notifications, and the launch
 //! replay.
 
-pub mod admin;
-pub mod alerts;
+pub(crate) mod admin;
+pub(crate) mod alerts;
 pub mod outbound;
-pub mod preflight;
-pub mod simulate;
-pub mod systemd;
+pub(crate) mod preflight;
+pub(crate) mod simulate;
+pub(crate) mod systemd;

@@ -94,6 +94,8 @@ impl<T> Flights<T> {
         self.map.lock().retain(|k, _| !covered(k));
     }
 
+    /// Flights registered now (the tests' view).
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.map.lock().len()
     }

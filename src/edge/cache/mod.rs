@@ -41,12 +41,12 @@
 //! (`Cache-Control: no-cache` on reload) are ignored: a reload storm must not reach
 //! the origin.
 
-pub mod cookies;
-pub mod flight;
+pub(crate) mod cookies;
+pub(crate) mod flight;
 pub mod freshness;
 pub mod key;
-pub mod purges;
-pub mod store;
+pub(crate) mod purges;
+pub(crate) mod store;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -25,10 +25,6 @@ mod math;
 mod query;
 mod report;
 
-pub use http::{analytics, list_launches, parse_day, AnalyticsQuery, Reports, MAX_RANGE_DAYS};
-pub use math::{
-    day_bounds, day_of, day_report, economics, launches, local_time, range_report, DayLine,
-    DayReport, Economics, Frame, HourRow, Pricing, RangeReport, SeriesPoint, Summary,
-};
-pub use query::{query_day, QueryError};
-pub use report::{render_csv, render_table, report, ReportArgs, ReportError};
+pub use http::{analytics, list_launches, Reports};
+pub use math::{day_bounds, day_of, economics, Economics, Pricing};
+pub use report::{report, ReportArgs};

@@ -226,8 +226,8 @@ pub fn render_csv(r: &DayReport) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::math::{day_report, Frame, Pricing};
     use super::*;
-    use crate::insight::analytics::{day_report, Frame, Pricing};
     use jiff::tz::TimeZone;
 
     const P: Pricing = Pricing {
