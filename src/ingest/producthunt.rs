@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::server_delay_ms;
 use crate::config::{Durability, ProducthuntConfig};
-use crate::ingest::store::{Store, StoreError};
+use crate::ingest::store::{trees, Store, StoreError};
 use crate::ingest::webhook::Outcome;
 
 /// The GraphQL query; its complexity is what the budget is spent on.
@@ -158,7 +158,7 @@ impl Poller {
                 config: config.clone(),
                 slug,
                 token,
-                tree: store.open_tree("producthunt")?,
+                tree: store.open_tree(trees::PRODUCTHUNT)?,
                 wake: Notify::new(),
                 turns: watch::channel(0).0,
                 polls: watch::channel(0).0,

@@ -1,6 +1,7 @@
 //! Launch history in the store: the `metrics` and `launches` trees, and retention.
 //!
-//! Trees (DESIGN.md, Storage), beside the ones `store.rs` owns:
+//! Trees (DESIGN.md, Storage), beside the ones `ingest::store` owns (every name is in
+//! `ingest/store/trees.rs`):
 //! - `metrics`: window start ms as `u64` BE → `[version][bincode MetricsBatch]`, one row
 //!   per flush of the counters; swept after `conversions.retention_days`.
 //! - `launches`: launch day `"YYYY-MM-DD"` (in `conversions.timezone`) →
@@ -19,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::ingest::store::{Store, StoreError};
+use crate::ingest::store::{trees, Store, StoreError};
 
 /// Version 2 added unique and converting visitors to the tally. Version 1 records are
 /// still read, with page views as unique visitors and conversions as converting
@@ -27,8 +28,6 @@ use crate::ingest::store::{Store, StoreError};
 const BATCH_RECORD_VERSION: u8 = 2;
 const DAY_RECORD_VERSION: u8 = 2;
 const CURSOR_RECORD_VERSION: u8 = 1;
-/// `meta` key: the highest event seq whose payload retention has already looked at.
-const PAYLOAD_CURSOR_KEY: &str = "payload_sweep_seq";
 
 /// Counts over some span of time. Conversions are kept by goal name, so a store read
 /// under a different `conversions.goals` list is still read correctly.
@@ -204,10 +203,10 @@ pub struct History {
 impl History {
     pub fn open(store: &Store) -> Result<History, StoreError> {
         Ok(History {
-            metrics: store.open_tree("metrics")?,
-            launches: store.open_tree("launches")?,
+            metrics: store.open_tree(trees::METRICS)?,
+            launches: store.open_tree(trees::LAUNCHES)?,
             store: store.clone(),
-            meta: store.open_tree("meta")?,
+            meta: store.open_tree(trees::META)?,
         })
     }
 
@@ -289,13 +288,13 @@ impl History {
             let mut v = Vec::with_capacity(9);
             v.push(CURSOR_RECORD_VERSION);
             v.extend_from_slice(&last.to_be_bytes());
-            self.meta.insert(PAYLOAD_CURSOR_KEY, v)?;
+            self.meta.insert(trees::META_PAYLOAD_SWEEP_SEQ, v)?;
         }
         Ok(swept)
     }
 
     fn payload_cursor(&self) -> Result<u64, StoreError> {
-        let Some(v) = self.meta.get(PAYLOAD_CURSOR_KEY)? else {
+        let Some(v) = self.meta.get(trees::META_PAYLOAD_SWEEP_SEQ)? else {
             return Ok(0);
         };
         check_version("meta.payload_sweep_seq", &v, CURSOR_RECORD_VERSION)?;

@@ -47,7 +47,7 @@ use crate::client::{https_client, HttpsClient};
 use crate::clock::Clock;
 use crate::config::OutboundConfig;
 use crate::error::ApiError;
-use crate::ingest::store::{Store, StoreError};
+use crate::ingest::store::{trees, Store, StoreError};
 use crate::telemetry;
 
 const JOB_RECORD_VERSION: u8 = 1;
@@ -173,8 +173,8 @@ impl Outbound {
         clock: Clock,
         tls: rustls::ClientConfig,
     ) -> Result<Outbound, StoreError> {
-        let jobs = store.open_tree("outbound")?;
-        let dead = store.open_tree("deadletter")?;
+        let jobs = store.open_tree(trees::OUTBOUND)?;
+        let dead = store.open_tree(trees::DEADLETTER)?;
         let last = |t: &sled::Tree| -> Result<u64, StoreError> {
             Ok(t.last()?.map(|(k, _)| key_id(&k)).unwrap_or(0))
         };
