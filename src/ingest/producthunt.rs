@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::server_delay_ms;
 use crate::config::{Durability, ProducthuntConfig};
-use crate::ingest::store::{trees, Store, StoreError};
+use crate::ingest::store::{codec, trees, Store, StoreError};
 use crate::ingest::webhook::Outcome;
 
 /// The GraphQL query; its complexity is what the budget is spent on.
@@ -190,31 +190,13 @@ impl Poller {
         let Some(v) = self.inner.tree.get(self.inner.slug.as_bytes())? else {
             return Ok(None);
         };
-        if v.len() != 17 || v[0] == 0 {
-            return Err(StoreError::Corrupt {
-                what: "producthunt counts",
-                detail: format!("{} bytes", v.len()),
-            });
-        }
-        if v[0] > COUNTS_RECORD_VERSION {
-            return Err(StoreError::NewerRecord {
-                what: "producthunt counts",
-                found: v[0],
-                max: COUNTS_RECORD_VERSION,
-            });
-        }
-        let num = |r: std::ops::Range<usize>| u64::from_be_bytes(v[r].try_into().unwrap_or([0; 8]));
-        Ok(Some(Counts {
-            votes: num(1..9),
-            comments: num(9..17),
-        }))
+        let [votes, comments] =
+            codec::decode_words("producthunt counts", COUNTS_RECORD_VERSION, &v)?;
+        Ok(Some(Counts { votes, comments }))
     }
 
     fn save_baseline(&self, c: Counts) -> Result<(), StoreError> {
-        let mut v = Vec::with_capacity(17);
-        v.push(COUNTS_RECORD_VERSION);
-        v.extend_from_slice(&c.votes.to_be_bytes());
-        v.extend_from_slice(&c.comments.to_be_bytes());
+        let v = codec::encode_words(COUNTS_RECORD_VERSION, [c.votes, c.comments]);
         self.inner.tree.insert(self.inner.slug.as_bytes(), v)?;
         Ok(())
     }

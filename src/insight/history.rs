@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::ingest::store::{trees, Store, StoreError};
+use crate::ingest::store::{codec, trees, Store, StoreError};
 
 /// Version 2 added unique and converting visitors to the tally. Version 1 records are
 /// still read, with page views as unique visitors and conversions as converting
@@ -285,9 +285,7 @@ impl History {
         let cursor = self.payload_cursor()?;
         let (swept, last) = self.store.strip_payloads(cursor, before_ms)?;
         if last != cursor {
-            let mut v = Vec::with_capacity(9);
-            v.push(CURSOR_RECORD_VERSION);
-            v.extend_from_slice(&last.to_be_bytes());
+            let v = codec::encode_words(CURSOR_RECORD_VERSION, [last]);
             self.meta.insert(trees::META_PAYLOAD_SWEEP_SEQ, v)?;
         }
         Ok(swept)
@@ -297,58 +295,18 @@ impl History {
         let Some(v) = self.meta.get(trees::META_PAYLOAD_SWEEP_SEQ)? else {
             return Ok(0);
         };
-        check_version("meta.payload_sweep_seq", &v, CURSOR_RECORD_VERSION)?;
-        let bytes: [u8; 8] = v[1..].try_into().map_err(|_| StoreError::Corrupt {
-            what: "meta.payload_sweep_seq",
-            detail: format!("{} bytes, expected 9", v.len()),
-        })?;
-        Ok(u64::from_be_bytes(bytes))
+        let [seq] = codec::decode_words("meta.payload_sweep_seq", CURSOR_RECORD_VERSION, &v)?;
+        Ok(seq)
     }
-}
-
-fn check_version(what: &'static str, v: &[u8], max: u8) -> Result<(), StoreError> {
-    match v.first().copied() {
-        None | Some(0) => Err(StoreError::Corrupt {
-            what,
-            detail: "empty record or version 0".into(),
-        }),
-        Some(found) if found > max => Err(StoreError::NewerRecord { what, found, max }),
-        Some(_) => Ok(()),
-    }
-}
-
-fn encode<T: Serialize>(what: &'static str, version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![version];
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()).map_err(
-        |e| StoreError::Corrupt {
-            what,
-            detail: e.to_string(),
-        },
-    )?;
-    Ok(out)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    max: u8,
-    v: &[u8],
-) -> Result<T, StoreError> {
-    check_version(what, v, max)?;
-    let (value, _) = bincode::serde::decode_from_slice(&v[1..], bincode::config::standard())
-        .map_err(|e| StoreError::Corrupt {
-            what,
-            detail: e.to_string(),
-        })?;
-    Ok(value)
 }
 
 pub fn encode_batch(b: &MetricsBatch) -> Result<Vec<u8>, StoreError> {
-    encode("metrics batch", BATCH_RECORD_VERSION, b)
+    codec::encode("metrics batch", BATCH_RECORD_VERSION, b)
 }
 
 pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
     if v.first() == Some(&1) {
-        let old: BatchV1 = decode("metrics batch", 1, v)?;
+        let old: BatchV1 = codec::decode("metrics batch", 1, v)?;
         return Ok(MetricsBatch {
             window_start_ms: old.window_start_ms,
             window_ms: old.window_ms,
@@ -357,7 +315,7 @@ pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
             velocity: old.velocity,
         });
     }
-    decode("metrics batch", BATCH_RECORD_VERSION, v)
+    codec::decode("metrics batch", BATCH_RECORD_VERSION, v)
 }
 
 /// A metrics batch as version 1 records hold it.
@@ -381,12 +339,12 @@ struct DayV1 {
 }
 
 fn encode_day(d: &DayTotals) -> Result<Vec<u8>, StoreError> {
-    encode("launch day", DAY_RECORD_VERSION, d)
+    codec::encode("launch day", DAY_RECORD_VERSION, d)
 }
 
 fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
     if v.first() == Some(&1) {
-        let old: DayV1 = decode("launch day", 1, v)?;
+        let old: DayV1 = codec::decode("launch day", 1, v)?;
         return Ok(DayTotals {
             day: old.day,
             tally: old.tally.into(),
@@ -395,7 +353,7 @@ fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
             batches: old.batches,
         });
     }
-    decode("launch day", DAY_RECORD_VERSION, v)
+    codec::decode("launch day", DAY_RECORD_VERSION, v)
 }
 
 #[cfg(test)]
@@ -472,7 +430,7 @@ mod tests {
             rejections: 2,
             webhooks_accepted: 7,
         };
-        let row = encode(
+        let row = codec::encode(
             "metrics batch",
             1,
             &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
@@ -491,7 +449,7 @@ mod tests {
             (b.tally.unique_visitors, b.tally.converting_visitors),
             (40, 4)
         );
-        let day = encode(
+        let day = codec::encode(
             "launch day",
             1,
             &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),

@@ -43,7 +43,7 @@ use jiff::tz::TimeZone;
 use parking_lot::Mutex;
 use sha2::Sha256;
 
-use crate::ingest::store::{trees, Store, StoreError};
+use crate::ingest::store::{codec, trees, Store, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -134,24 +134,7 @@ impl Visitors {
             Ok(()) => fresh.to_vec(),
             Err(e) => e.current.expect("present when the swap failed").to_vec(),
         };
-        let key = match stored.split_first() {
-            Some((&KEY_RECORD_VERSION, rest)) if rest.len() == 32 => {
-                rest.try_into().expect("32 bytes")
-            }
-            Some((&v, _)) if v > KEY_RECORD_VERSION => {
-                return Err(StoreError::NewerRecord {
-                    what: "meta.visitor_key",
-                    found: v,
-                    max: KEY_RECORD_VERSION,
-                })
-            }
-            _ => {
-                return Err(StoreError::Corrupt {
-                    what: "meta.visitor_key",
-                    detail: format!("{} bytes, expected 33", stored.len()),
-                })
-            }
-        };
+        let key = codec::decode_bytes("meta.visitor_key", KEY_RECORD_VERSION, &stored)?;
         Ok(Visitors {
             inner: Arc::new(Inner {
                 key,

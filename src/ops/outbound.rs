@@ -47,7 +47,7 @@ use crate::client::{https_client, HttpsClient};
 use crate::clock::Clock;
 use crate::config::OutboundConfig;
 use crate::error::ApiError;
-use crate::ingest::store::{trees, Store, StoreError};
+use crate::ingest::store::{codec, trees, Store, StoreError};
 use crate::telemetry;
 
 const JOB_RECORD_VERSION: u8 = 1;
@@ -567,39 +567,11 @@ fn key_id(k: &[u8]) -> u64 {
 }
 
 pub fn encode_job(job: &Job) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![JOB_RECORD_VERSION];
-    bincode::serde::encode_into_std_write(job, &mut out, bincode::config::standard()).map_err(
-        |e| StoreError::Corrupt {
-            what: "outbound job",
-            detail: e.to_string(),
-        },
-    )?;
-    Ok(out)
+    codec::encode("outbound job", JOB_RECORD_VERSION, job)
 }
 
 pub fn decode_job(v: &[u8]) -> Result<Job, StoreError> {
-    match v.first() {
-        None | Some(0) => {
-            return Err(StoreError::Corrupt {
-                what: "outbound job",
-                detail: "empty record or version 0".into(),
-            })
-        }
-        Some(&found) if found > JOB_RECORD_VERSION => {
-            return Err(StoreError::NewerRecord {
-                what: "outbound job",
-                found,
-                max: JOB_RECORD_VERSION,
-            })
-        }
-        Some(_) => {}
-    }
-    let (job, _) = bincode::serde::decode_from_slice(&v[1..], bincode::config::standard())
-        .map_err(|e| StoreError::Corrupt {
-            what: "outbound job",
-            detail: e.to_string(),
-        })?;
-    Ok(job)
+    codec::decode("outbound job", JOB_RECORD_VERSION, v)
 }
 
 /// `GET /admin/outbound/deadletters`, `POST /admin/outbound/deadletters/{id}/retry`,

@@ -2,6 +2,8 @@
 //! in-memory append on the request path, written to sled in batches.
 //!
 //! The files of the folder:
+//! - `codec.rs`: the one framing of versioned records (`[version][body]`), for every
+//!   record of the crate;
 //! - `trees.rs`: every tree name and `meta` key of the crate, as constants;
 //! - `records.rs`: the event record, the batch entry, the dedup record and the pin;
 //! - `legacy.rs`: schema 1 (one record per `events` key, ids in `dedup`), kept for the
@@ -55,6 +57,7 @@ use parking_lot::Mutex;
 
 use crate::ingest::factor::Pin;
 
+pub mod codec;
 mod legacy;
 mod records;
 pub mod trees;

@@ -1,5 +1,5 @@
 //! The store's record encodings: the event record, the `events` batch entry, the
-//! legacy dedup record and the pin, each behind a version byte (`codec.rs`).
+//! legacy dedup record and the pin, each behind a version byte (`codec.rs` frames all but the batch).
 //!
 //! - Event record: `[version][bincode EventRecord]`; version 1 for webhooks (what
 //!   builds before the poller read), 2 for the poller's events.
@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{StoreError, MAX_BATCH};
+use super::{codec, StoreError, MAX_BATCH};
 use crate::ingest::factor::Pin;
 
 const EVENT_RECORD_VERSION: u8 = 2;
@@ -56,25 +56,6 @@ pub struct EventRecord {
     pub received_ms: u64,
     pub scheme: Scheme,
     pub payload: Vec<u8>,
-}
-
-fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-}
-
-fn check_version(what: &'static str, found: Option<u8>, max: u8) -> Result<(), StoreError> {
-    match found {
-        None => Err(StoreError::Corrupt {
-            what,
-            detail: "empty record".into(),
-        }),
-        Some(found) if found > max => Err(StoreError::NewerRecord { what, found, max }),
-        Some(0) => Err(StoreError::Corrupt {
-            what,
-            detail: "version 0".into(),
-        }),
-        Some(_) => Ok(()),
-    }
 }
 
 pub(super) fn decode_seq(k: &[u8]) -> Result<u64, StoreError> {
@@ -149,54 +130,26 @@ pub(super) fn batch_records(v: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
 }
 
 pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(64 + record.payload.len());
     // Version 1 for webhook records (what older builds read), 2 for the poller's.
-    out.push(if record.scheme == Scheme::Poller {
+    let version = if record.scheme == Scheme::Poller {
         EVENT_RECORD_VERSION
     } else {
         1
-    });
-    bincode::serde::encode_into_std_write(record, &mut out, bincode_config()).map_err(|e| {
-        StoreError::Corrupt {
-            what: "event",
-            detail: e.to_string(),
-        }
-    })?;
-    Ok(out)
+    };
+    codec::encode_with_capacity("event", version, record, 64 + record.payload.len())
 }
 
 pub fn decode_event(v: &[u8]) -> Result<EventRecord, StoreError> {
-    check_version("event", v.first().copied(), EVENT_RECORD_VERSION)?;
-    let (record, _) =
-        bincode::serde::decode_from_slice(&v[1..], bincode_config()).map_err(|e| {
-            StoreError::Corrupt {
-                what: "event",
-                detail: e.to_string(),
-            }
-        })?;
-    Ok(record)
+    codec::decode("event", EVENT_RECORD_VERSION, v)
 }
 
-pub(super) fn encode_dedup(received_ms: u64, seq: u64) -> [u8; 17] {
-    let mut v = [0u8; 17];
-    v[0] = DEDUP_RECORD_VERSION;
-    v[1..9].copy_from_slice(&received_ms.to_be_bytes());
-    v[9..17].copy_from_slice(&seq.to_be_bytes());
-    v
+pub(super) fn encode_dedup(received_ms: u64, seq: u64) -> Vec<u8> {
+    codec::encode_words(DEDUP_RECORD_VERSION, [received_ms, seq])
 }
 
 pub(super) fn decode_dedup(v: &[u8]) -> Result<(u64, u64), StoreError> {
-    check_version("dedup", v.first().copied(), DEDUP_RECORD_VERSION)?;
-    if v.len() != 17 {
-        return Err(StoreError::Corrupt {
-            what: "dedup",
-            detail: format!("{} bytes, expected 17", v.len()),
-        });
-    }
-    Ok((
-        u64::from_be_bytes(v[1..9].try_into().expect("8 bytes")),
-        u64::from_be_bytes(v[9..17].try_into().expect("8 bytes")),
-    ))
+    let [received_ms, seq] = codec::decode_words("dedup", DEDUP_RECORD_VERSION, v)?;
+    Ok((received_ms, seq))
 }
 
 /// Whether an `events` value is a batch entry (else one record of the old layout).
@@ -205,24 +158,14 @@ pub(super) fn is_batch(v: &[u8]) -> bool {
 }
 
 pub(super) fn encode_pin(pin: Pin) -> Vec<u8> {
-    let mut v = Vec::with_capacity(17);
-    v.push(PIN_RECORD_VERSION);
-    v.extend_from_slice(&pin.factor.to_bits().to_be_bytes());
-    v.extend_from_slice(&pin.until_ms.to_be_bytes());
-    v
+    codec::encode_words(PIN_RECORD_VERSION, [pin.factor.to_bits(), pin.until_ms])
 }
 
 pub(super) fn decode_pin(v: &[u8]) -> Result<Pin, StoreError> {
-    check_version("meta.pin", v.first().copied(), PIN_RECORD_VERSION)?;
-    if v.len() != 17 {
-        return Err(StoreError::Corrupt {
-            what: "meta.pin",
-            detail: format!("{} bytes, expected 17", v.len()),
-        });
-    }
+    let [factor, until_ms] = codec::decode_words("meta.pin", PIN_RECORD_VERSION, v)?;
     Ok(Pin {
-        factor: f64::from_bits(u64::from_be_bytes(v[1..9].try_into().expect("8 bytes"))),
-        until_ms: u64::from_be_bytes(v[9..17].try_into().expect("8 bytes")),
+        factor: f64::from_bits(factor),
+        until_ms,
     })
 }
 
