@@ -33,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::server_delay_ms;
 use crate::config::{Durability, ProducthuntConfig};
-use crate::ingest::store::{codec, trees, Store, StoreError};
-use crate::ingest::webhook::Outcome;
+use crate::ingest::store::{codec, trees, Commit, Store, StoreError};
 
 /// The GraphQL query; its complexity is what the budget is spent on.
 pub const QUERY: &str =
@@ -297,11 +296,11 @@ impl Poller {
                 .to_string()
                 .into_bytes();
                 match state.webhook.ingestor.ingest_synthetic(&id, kind, payload) {
-                    Ok(Outcome::Accepted { .. }) => {
+                    Ok(Commit::Accepted { .. }) => {
                         accepted += 1;
                         (state.webhook.on_accepted)();
                     }
-                    Ok(Outcome::Duplicate { .. }) => {}
+                    Ok(Commit::Duplicate { .. }) => {}
                     Err(e) => return Err(e.message),
                 }
             }

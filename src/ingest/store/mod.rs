@@ -92,7 +92,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-/// The result of committing an event.
+/// What became of an event offered to the store (`append`), and so the answer of
+/// `Ingestor::ingest`: accepted with a new seq, or a duplicate of an earlier one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
     Accepted {

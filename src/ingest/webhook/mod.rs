@@ -48,13 +48,6 @@ use crate::ingest::velocity::to_milli;
 use crate::telemetry;
 use signature::{Keys, SignatureError};
 
-/// What became of an accepted request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted { seq: u64 },
-    Duplicate { seq: u64 },
-}
-
 /// Steps 2–5 of the life of a webhook: verify, parse, commit, push.
 pub struct Ingestor {
     keys: Keys,
@@ -93,7 +86,7 @@ impl Ingestor {
     }
 
     /// Verifies, validates, appends (in memory) and pushes one webhook.
-    pub fn ingest(&self, headers: &HeaderMap, body: &[u8]) -> Result<Outcome, ApiError> {
+    pub fn ingest(&self, headers: &HeaderMap, body: &[u8]) -> Result<Commit, ApiError> {
         let now_ms = self.clock.now_ms();
         let (scheme, header_id) = self.verify(headers, body, now_ms)?;
         let envelope = payload::parse(body, header_id)
@@ -124,7 +117,7 @@ impl Ingestor {
         id: &str,
         event_type: &str,
         payload: Vec<u8>,
-    ) -> Result<Outcome, ApiError> {
+    ) -> Result<Commit, ApiError> {
         let record = EventRecord {
             id: id.to_string(),
             event_type: event_type.to_string(),
@@ -140,20 +133,20 @@ impl Ingestor {
         self.append_and_push(&record)
     }
 
-    fn append_and_push(&self, record: &EventRecord) -> Result<Outcome, ApiError> {
+    fn append_and_push(&self, record: &EventRecord) -> Result<Commit, ApiError> {
         let now_ms = record.received_ms;
         let weight_milli = record.weight_milli;
         match self.store.append(record, self.dedup_ttl_ms) {
-            Ok(Commit::Accepted { seq }) => {
+            Ok(commit @ Commit::Accepted { seq }) => {
                 self.ring.push(RingEvent {
                     seq,
                     received_ms: now_ms,
                     weight_milli,
                     purge_rule: self.purge_rules.rule_of(&record.event_type),
                 });
-                Ok(Outcome::Accepted { seq })
+                Ok(commit)
             }
-            Ok(Commit::Duplicate { seq }) => Ok(Outcome::Duplicate { seq }),
+            Ok(duplicate @ Commit::Duplicate { .. }) => Ok(duplicate),
             Err(e) => Err(ApiError::unavailable(
                 "storage_unavailable",
                 format!("the event could not be stored ({e}); nothing was kept, retry later"),
@@ -284,8 +277,8 @@ pub async fn handle(State(state): State<WebhookState>, req: Request) -> Response
     metrics::histogram!(telemetry::WEBHOOK_DURATION_SECONDS)
         .record(started.elapsed().as_secs_f64());
     let label = match &result {
-        Ok(Outcome::Accepted { .. }) => "accepted",
-        Ok(Outcome::Duplicate { .. }) => "duplicate",
+        Ok(Commit::Accepted { .. }) => "accepted",
+        Ok(Commit::Duplicate { .. }) => "duplicate",
         Err(e) => match e.status {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
@@ -295,23 +288,23 @@ pub async fn handle(State(state): State<WebhookState>, req: Request) -> Response
         },
     };
     metrics::counter!(telemetry::WEBHOOKS_TOTAL, "result" => label).increment(1);
-    if let Ok(Outcome::Accepted { .. }) = result {
+    if let Ok(Commit::Accepted { .. }) = result {
         (state.on_accepted)();
     }
     match result {
-        Ok(Outcome::Accepted { seq }) => (
+        Ok(Commit::Accepted { seq }) => (
             StatusCode::ACCEPTED,
             Json(json!({"status": "accepted", "seq": seq})),
         )
             .into_response(),
-        Ok(Outcome::Duplicate { .. }) => {
+        Ok(Commit::Duplicate { .. }) => {
             (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle_inner(state: &WebhookState, req: Request) -> Result<Outcome, ApiError> {
+async fn handle_inner(state: &WebhookState, req: Request) -> Result<Commit, ApiError> {
     let max = state.config.webhook.max_body_bytes;
     let (parts, body) = req.into_parts();
     let declared = parts
