@@ -23,13 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Durability};
+use crate::edge::cache::purges::EventPurges;
 use crate::edge::front::Front;
 use crate::edge::server::{self, Connections};
-use crate::edge::{self, Edge, PurgeRules};
+use crate::edge::{self, Edge};
 use crate::ingest::commit::Committer;
 use crate::ingest::factor::Factor;
 use crate::ingest::producthunt::Poller;
-use crate::ingest::pump::Pump;
+use crate::ingest::pump::{Pump, Purges};
 use crate::ingest::ring::Ring;
 use crate::ingest::store::{Store, StoreError};
 use crate::ingest::velocity::Window;
@@ -312,13 +313,18 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         config.webhook.durability == Durability::Fsync,
     )
     .map_err(StoreError::Io)?;
-    let ingestor = Arc::new(Ingestor::new(
-        &config,
-        secrets.keys.clone(),
-        store.clone(),
-        ring.clone(),
-        clock.clone(),
-    ));
+    // One numbering of the purge rules for the ingestor and the pump.
+    let purges: Arc<dyn Purges> = Arc::new(EventPurges::new(&config, edge.cache().clone()));
+    let ingestor = Arc::new(
+        Ingestor::new(
+            &config,
+            secrets.keys.clone(),
+            store.clone(),
+            ring.clone(),
+            clock.clone(),
+        )
+        .with_purges(purges.clone()),
+    );
 
     let config = Arc::new(config);
     let accepted = counters.counters().clone();
@@ -374,9 +380,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         ),
     ];
 
-    let (purge_rules, cache) = (PurgeRules::new(&state.config), edge.cache().clone());
-    let pump = Pump::new(ring, window, factor)
-        .with_purge(move |numbers| purge_rules.apply(&cache, numbers));
+    let pump = Pump::new(ring, window, factor).with_purges(purges);
     let mut background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
         tokio::spawn(sweep_loop(

@@ -1,6 +1,6 @@
 //! The public request path for everything that is not a webhook: admission →
-//! edge cache → origin, plus the operations around the cache (purge, warm-up,
-//! event-driven purge rules) and the page-view hook.
+//! edge cache → origin, plus the operations around the cache (purge, warm-up) and the
+//! page-view hook. The event-driven purge rules are the cache's (`cache::purges`).
 //!
 //! ```text
 //! front door (front.rs: host, canonical path) ─► routing ─► classify the canonical path
@@ -213,52 +213,6 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
         },
     };
     edge.inner.cache.handle(req, fwd, factor).await
-}
-
-/// Purge rules from `cache.purge_on`, indexed for the ring (`RingEvent::purge_rule`).
-#[derive(Clone, Default)]
-pub struct PurgeRules {
-    rules: Arc<Vec<(String, Vec<String>)>>,
-}
-
-impl PurgeRules {
-    pub fn new(config: &Config) -> PurgeRules {
-        PurgeRules {
-            rules: Arc::new(
-                config
-                    .cache
-                    .purge_on
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-        }
-    }
-
-    /// The rule for an event type: 0 for none, else its index + 1.
-    pub fn rule_of(&self, event_type: &str) -> u16 {
-        self.rules
-            .iter()
-            .position(|(k, _)| k == event_type)
-            .map_or(0, |i| (i + 1) as u16)
-    }
-
-    /// Applies the rules seen (by number) to the cache; returns entries dropped.
-    pub fn apply(&self, cache: &Cache, rules: &[u16]) -> usize {
-        let mut n = 0;
-        for r in rules {
-            if let Some((event, prefixes)) =
-                (*r as usize).checked_sub(1).and_then(|i| self.rules.get(i))
-            {
-                for p in prefixes {
-                    let dropped = cache.purge_prefix(p);
-                    tracing::info!(event = %event, prefix = %p, dropped, "purged the cache on an event");
-                    n += dropped;
-                }
-            }
-        }
-        n
-    }
 }
 
 /// The cache's admin routes: `POST /admin/purge`, `POST /admin/warm`.

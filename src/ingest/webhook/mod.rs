@@ -42,6 +42,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Durability};
 use crate::error::ApiError;
 use crate::ingest::commit::Committer;
+use crate::ingest::pump::Purges;
 use crate::ingest::ring::{Ring, RingEvent};
 use crate::ingest::store::{Commit, EventRecord, Scheme, Store};
 use crate::ingest::velocity::to_milli;
@@ -58,7 +59,8 @@ pub struct Ingestor {
     default_weight: u64,
     tolerance_secs: u64,
     dedup_ttl_ms: u64,
-    purge_rules: crate::edge::PurgeRules,
+    /// The cache's purge rules, numbered into each ring event (`with_purges`).
+    purges: Option<Arc<dyn Purges>>,
 }
 
 impl Ingestor {
@@ -77,8 +79,15 @@ impl Ingestor {
             default_weight: to_milli(config.velocity.default_weight),
             tolerance_secs: config.webhook.tolerance_secs,
             dedup_ttl_ms: config.webhook.dedup_ttl_secs.saturating_mul(1000),
-            purge_rules: crate::edge::PurgeRules::new(config),
+            purges: None,
         }
+    }
+
+    /// Numbers each accepted event's purge rule (`RingEvent::purge_rule`) with
+    /// `purges`, the value the pump applies them with.
+    pub fn with_purges(mut self, purges: Arc<dyn Purges>) -> Ingestor {
+        self.purges = Some(purges);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -142,7 +151,10 @@ impl Ingestor {
                     seq,
                     received_ms: now_ms,
                     weight_milli,
-                    purge_rule: self.purge_rules.rule_of(&record.event_type),
+                    purge_rule: self
+                        .purges
+                        .as_ref()
+                        .map_or(0, |p| p.rule_of(&record.event_type)),
                 });
                 Ok(commit)
             }
