@@ -34,6 +34,7 @@ use crate::ingest::pump::{Pump, Purges};
 use crate::ingest::ring::Ring;
 use crate::ingest::store::{Store, StoreError};
 use crate::ingest::velocity::Window;
+use crate::ingest::webhook::signature::Keys;
 use crate::ingest::webhook::{self, Ingestor};
 use crate::insight::counters::{self, Conversions};
 use crate::insight::history::History;
@@ -318,7 +319,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let ingestor = Arc::new(
         Ingestor::new(
             &config,
-            secrets.keys.clone(),
+            Keys::new(secrets.keys.clone()),
             store.clone(),
             ring.clone(),
             clock.clone(),
