@@ -49,8 +49,14 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(5)
+    /// 503, to be retried after `retry_after_secs`: the configured
+    /// `backpressure.retry_after_secs`, which every caller threads in.
+    pub fn unavailable(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(retry_after_secs)
     }
 }
 

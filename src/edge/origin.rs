@@ -73,10 +73,10 @@ impl OriginError {
             OriginError::Body(_) => "body",
         }
     }
-}
 
-impl IntoResponse for OriginError {
-    fn into_response(self) -> Response<Body> {
+    /// The answer when no cached copy can stand in: 502/504, to be retried after
+    /// `retry_after_secs` (`backpressure.retry_after_secs`).
+    pub fn answer(self, retry_after_secs: u64) -> Response<Body> {
         let code = match self {
             OriginError::Timeout(_) => "origin_timeout",
             _ => "origin_unreachable",
@@ -86,7 +86,7 @@ impl IntoResponse for OriginError {
             code,
             format!("{self}; no cached copy could stand in, retry shortly"),
         )
-        .retry_after(5)
+        .retry_after(retry_after_secs)
         .into_response()
     }
 }

@@ -301,13 +301,18 @@ impl Poller {
                         (state.webhook.on_accepted)();
                     }
                     Ok(Commit::Duplicate { .. }) => {}
-                    Err(e) => return Err(e.message),
+                    Err(e) => return Err(e.to_string()),
                 }
             }
         }
         if accepted > 0 {
             if state.webhook.config.webhook.durability == Durability::Fsync {
-                state.webhook.committer.wait_durable().await?;
+                state
+                    .webhook
+                    .committer
+                    .wait_durable()
+                    .await
+                    .map_err(|e| e.to_string())?;
             } else {
                 state.webhook.committer.kick();
             }

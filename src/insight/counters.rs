@@ -723,7 +723,11 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
             tracing::warn!("cannot record a conversion: {e}");
             refuse(
                 Refusal::Unavailable,
-                ApiError::unavailable("storage", "the conversion could not be recorded; retry"),
+                ApiError::unavailable(
+                    "storage",
+                    "the conversion could not be recorded; retry",
+                    state.config.backpressure.retry_after_secs,
+                ),
             )
         })?;
     if !first {

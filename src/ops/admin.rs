@@ -109,7 +109,9 @@ where
         )
         .route("/api/live", get(crate::insight::live::stream))
         .merge(crate::edge::admin_routes())
-        .merge(crate::ops::outbound::admin_routes())
+        .merge(crate::ops::outbound::admin_routes(
+            admin.config.backpressure.retry_after_secs,
+        ))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(
             AdminHosts::new(&admin.config.server),
@@ -358,8 +360,18 @@ async fn persist_pin(state: &AdminState, pin: Option<Pin>) -> Result<(), ApiErro
             ApiError::unavailable(
                 "storage_unavailable",
                 format!("the pin could not be saved ({e}); nothing changed, retry"),
+                state.config.backpressure.retry_after_secs,
             )
         })
+}
+
+/// 503 for a store that failed a read, `e` as the message.
+fn storage_unavailable(e: impl std::fmt::Display, state: &AdminState) -> ApiError {
+    ApiError::unavailable(
+        "storage_unavailable",
+        e.to_string(),
+        state.config.backpressure.retry_after_secs,
+    )
 }
 
 #[derive(Deserialize)]
@@ -393,8 +405,8 @@ async fn list_events(
         None => store.recent_events(limit),
     })
     .await
-    .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
-    .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?;
+    .map_err(|e| storage_unavailable(e, &state))?
+    .map_err(|e| storage_unavailable(e, &state))?;
     let events: Vec<_> = events.iter().map(|(seq, r)| event_view(*seq, r)).collect();
     Ok(Json(json!({"events": events, "next_seq": state.store.next_seq()})).into_response())
 }

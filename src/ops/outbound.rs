@@ -575,19 +575,28 @@ pub fn decode_job(v: &[u8]) -> Result<Job, StoreError> {
 }
 
 /// `GET /admin/outbound/deadletters`, `POST /admin/outbound/deadletters/{id}/retry`,
-/// `DELETE /admin/outbound/deadletters/{id}`; mounted behind the admin token.
-pub fn admin_routes<S>() -> Router<S>
+/// `DELETE /admin/outbound/deadletters/{id}`; mounted behind the admin token. A store
+/// that fails answers 503 with `Retry-After: retry_after_secs`
+/// (`backpressure.retry_after_secs`).
+pub fn admin_routes<S>(retry_after_secs: u64) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
     Outbound: axum::extract::FromRef<S>,
 {
+    let retry = retry_after_secs;
     Router::new()
-        .route("/admin/outbound/deadletters", get(list_deadletters))
+        .route(
+            "/admin/outbound/deadletters",
+            get(move |o: State<Outbound>| list_deadletters(o, retry)),
+        )
         .route(
             "/admin/outbound/deadletters/{id}/retry",
-            post(retry_deadletter),
+            post(move |o: State<Outbound>, id: Path<String>| retry_deadletter(o, id, retry)),
         )
-        .route("/admin/outbound/deadletters/{id}", delete(drop_deadletter))
+        .route(
+            "/admin/outbound/deadletters/{id}",
+            delete(move |o: State<Outbound>, id: Path<String>| drop_deadletter(o, id, retry)),
+        )
 }
 
 fn view(job: &Job) -> serde_json::Value {
@@ -603,10 +612,11 @@ fn view(job: &Job) -> serde_json::Value {
     })
 }
 
-fn storage_error(e: impl std::fmt::Display) -> ApiError {
+fn storage_error(e: impl std::fmt::Display, retry_after_secs: u64) -> ApiError {
     ApiError::unavailable(
         "storage_unavailable",
         format!("the outbound store could not be read or written ({e}); retry later"),
+        retry_after_secs,
     )
 }
 
@@ -630,17 +640,21 @@ fn not_found(id: u64) -> ApiError {
     )
 }
 
-async fn list_deadletters(State(outbound): State<Outbound>) -> Response {
+async fn list_deadletters(State(outbound): State<Outbound>, retry_after_secs: u64) -> Response {
     match outbound.deadletters() {
         Ok(jobs) => Json(json!({
             "deadletters": jobs.iter().map(view).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Err(e) => storage_error(e).into_response(),
+        Err(e) => storage_error(e, retry_after_secs).into_response(),
     }
 }
 
-async fn retry_deadletter(State(outbound): State<Outbound>, Path(id): Path<String>) -> Response {
+async fn retry_deadletter(
+    State(outbound): State<Outbound>,
+    Path(id): Path<String>,
+    retry_after_secs: u64,
+) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
@@ -655,11 +669,15 @@ async fn retry_deadletter(State(outbound): State<Outbound>, Path(id): Path<Strin
                 .into_response()
         }
         Ok(None) => not_found(id).into_response(),
-        Err(e) => storage_error(e).into_response(),
+        Err(e) => storage_error(e, retry_after_secs).into_response(),
     }
 }
 
-async fn drop_deadletter(State(outbound): State<Outbound>, Path(id): Path<String>) -> Response {
+async fn drop_deadletter(
+    State(outbound): State<Outbound>,
+    Path(id): Path<String>,
+    retry_after_secs: u64,
+) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
@@ -670,7 +688,7 @@ async fn drop_deadletter(State(outbound): State<Outbound>, Path(id): Path<String
             Json(json!({"status": "dropped", "job": view(&job)})).into_response()
         }
         Ok(None) => not_found(id).into_response(),
-        Err(e) => storage_error(e).into_response(),
+        Err(e) => storage_error(e, retry_after_secs).into_response(),
     }
 }
 

@@ -370,7 +370,7 @@ impl Cache {
                 stale.as_deref(),
                 &req,
                 OriginError::Unreachable("the shared fetch ended without an answer".into())
-                    .into_response(),
+                    .answer(i.retry_after_secs),
                 now,
                 factor,
             );
@@ -434,7 +434,7 @@ impl Cache {
             Fetched::Failed(e) => self.on_failure(
                 stale.as_deref(),
                 &req,
-                e.clone().into_response(),
+                e.clone().answer(i.retry_after_secs),
                 now,
                 factor,
             ),
@@ -556,8 +556,8 @@ impl Cache {
         ApiError::unavailable(
             "origin_busy",
             "every origin slot is taken and none came free within origin.queue_timeout_ms; retry shortly",
+            self.inner.retry_after_secs,
         )
-        .retry_after(self.inner.retry_after_secs)
         .into_response_with(crate::edge::admission::Rejected)
     }
 
@@ -757,7 +757,7 @@ impl Cache {
         };
         let mut res = match i.origin.fetch(req, &fwd).await {
             Ok(r) => r,
-            Err(e) => e.into_response(),
+            Err(e) => e.answer(i.retry_after_secs),
         };
         x.mark(&mut res);
         res

@@ -36,12 +36,13 @@ pub fn parse_day(key: &'static str, text: &str) -> Result<Date, ApiError> {
 async fn all_days_blocking(
     conv: &Conversions,
     now: u64,
+    retry_after_secs: u64,
 ) -> Result<(Vec<DayTotals>, Option<MetricsBatch>), ApiError> {
     let conv = conv.clone();
     tokio::task::spawn_blocking(move || all_days(&conv, now))
         .await
-        .map_err(storage_error)?
-        .map_err(storage_error)
+        .map_err(storage_error(retry_after_secs))?
+        .map_err(storage_error(retry_after_secs))
 }
 
 /// The query string of `GET /api/analytics`.
@@ -53,11 +54,16 @@ pub struct AnalyticsQuery {
     pub to: Option<String>,
 }
 
-fn storage_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable(
-        "storage_unavailable",
-        format!("the history could not be read ({e}); retry"),
-    )
+/// 503 for a history that could not be read, retried after `retry_after_secs`
+/// (`backpressure.retry_after_secs`).
+fn storage_error<E: std::fmt::Display>(retry_after_secs: u64) -> impl Fn(E) -> ApiError {
+    move |e| {
+        ApiError::unavailable(
+            "storage_unavailable",
+            format!("the history could not be read ({e}); retry"),
+            retry_after_secs,
+        )
+    }
 }
 
 /// What the report handlers read: the counters and their history, the config, the
@@ -87,6 +93,7 @@ pub async fn analytics(
     let now = state.clock.now_ms();
     let conv = state.conversions.clone();
     let config = state.config.clone();
+    let retry_after_secs = config.backpressure.retry_after_secs;
     match (q.day, q.from, q.to) {
         (day, None, None) => {
             let day = match day {
@@ -97,8 +104,8 @@ pub async fn analytics(
                 query_day(&conv, &config.conversions, day, now)
             })
             .await
-            .map_err(storage_error)?
-            .map_err(storage_error)?;
+            .map_err(storage_error(retry_after_secs))?
+            .map_err(storage_error(retry_after_secs))?;
             Ok(Json(report).into_response())
         }
         (None, Some(from), Some(to)) => {
@@ -119,7 +126,7 @@ pub async fn analytics(
                 )
                 .field("to"));
             }
-            let (days, live) = all_days_blocking(&conv, now).await?;
+            let (days, live) = all_days_blocking(&conv, now, retry_after_secs).await?;
             let frame = Frame::of(&conv, &config.conversions);
             Ok(Json(range_report(from, to, &frame, days, live.as_ref())).into_response())
         }
@@ -143,7 +150,8 @@ pub async fn analytics(
 pub async fn list_launches(State(state): State<Reports>) -> Result<Response, ApiError> {
     let now = state.clock.now_ms();
     let conv = state.conversions.clone();
-    let (days, live) = all_days_blocking(&conv, now).await?;
+    let (days, live) =
+        all_days_blocking(&conv, now, state.config.backpressure.retry_after_secs).await?;
     let frame = Frame::of(&conv, &state.config.conversions);
     Ok(Json(serde_json::json!({
         "timezone": state.config.conversions.timezone,
