@@ -41,7 +41,7 @@ use crate::edge::admission::{Class, Classifier, OriginLimit};
 use crate::edge::cache::Cache;
 use crate::edge::front::Verified;
 use crate::edge::origin::{Forwarded, Origin};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::factor::Factor;
 use crate::telemetry;
 
@@ -146,7 +146,7 @@ impl Edge {
         self.inner.rejections[idx].increment(1);
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shed",
+            Code::Shed,
             format!(
                 "launch traffic is high (scale factor {factor:.2} > backpressure.shed_factor {}); this {} page is paused, retry in {} s",
                 self.inner.shed_factor,
@@ -239,13 +239,13 @@ async fn purge(
 ) -> Result<Response<Body>, ApiError> {
     let req: PurgeRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("{e}; expected {{\"prefix\": \"/launch/\"}}"),
         )
     })?;
     if !req.prefix.starts_with('/') {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "prefix must be a path starting with \"/\" (\"/\" purges everything), got {:?}",
                 req.prefix
@@ -276,7 +276,7 @@ async fn warm(
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
-                "invalid_request",
+                Code::InvalidRequest,
                 format!("{e}; expected {{\"urls\": [\"/launch/\"]}} or an empty body for cache.warm_urls"),
             )
         })?
@@ -284,7 +284,7 @@ async fn warm(
     let urls = req.urls.unwrap_or_else(|| edge.warm_urls().to_vec());
     if let Some(bad) = urls.iter().find(|u| !u.starts_with('/')) {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("every url must be a path starting with \"/\", got {bad:?}"),
         )
         .field("urls"));

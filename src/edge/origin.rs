@@ -44,7 +44,7 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_status::SetStatus;
 
 use crate::config::OriginConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::telemetry;
 
 /// Why the origin gave no response.
@@ -78,8 +78,8 @@ impl OriginError {
     /// `retry_after_secs` (`backpressure.retry_after_secs`).
     pub fn answer(self, retry_after_secs: u64) -> Response<Body> {
         let code = match self {
-            OriginError::Timeout(_) => "origin_timeout",
-            _ => "origin_unreachable",
+            OriginError::Timeout(_) => Code::OriginTimeout,
+            _ => Code::OriginUnreachable,
         };
         ApiError::new(
             self.status(),

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{https_client, HttpsClient};
 use crate::clock::Clock;
 use crate::config::OutboundConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::store::{codec, trees, Store, StoreError};
 use crate::telemetry;
 
@@ -614,7 +614,7 @@ fn view(job: &Job) -> serde_json::Value {
 
 fn storage_error(e: impl std::fmt::Display, retry_after_secs: u64) -> ApiError {
     ApiError::unavailable(
-        "storage_unavailable",
+        Code::StorageUnavailable,
         format!("the outbound store could not be read or written ({e}); retry later"),
         retry_after_secs,
     )
@@ -623,7 +623,7 @@ fn storage_error(e: impl std::fmt::Display, retry_after_secs: u64) -> ApiError {
 fn parse_id(id: &str) -> Result<u64, ApiError> {
     id.parse::<u64>().map_err(|_| {
         ApiError::bad_request(
-            "invalid_id",
+            Code::InvalidId,
             format!(
                 "{id:?} is not a dead-letter id; take one from GET /admin/outbound/deadletters"
             ),
@@ -635,7 +635,7 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
 fn not_found(id: u64) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        Code::NotFound,
         format!("no dead letter {id}; list them with GET /admin/outbound/deadletters"),
     )
 }

@@ -66,7 +66,7 @@ use crate::config::CacheConfig;
 use crate::config::QueryMode;
 use crate::edge::admission::{OriginLimit, Use};
 use crate::edge::origin::{Forwarded, Origin, OriginError};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::factor::Factor;
 use crate::telemetry;
 use cookies::CookiePolicy;
@@ -536,8 +536,12 @@ impl Cache {
             body,
         } = outcome
         else {
-            return ApiError::new(StatusCode::BAD_GATEWAY, "origin_unreachable", "no answer")
-                .into_response();
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                Code::OriginUnreachable,
+                "no answer",
+            )
+            .into_response();
         };
         let mut res = Response::new(if req.method() == Method::HEAD {
             Body::empty()
@@ -554,7 +558,7 @@ impl Cache {
         metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => "queue")
             .increment(1);
         ApiError::unavailable(
-            "origin_busy",
+            Code::OriginBusy,
             "every origin slot is taken and none came free within origin.queue_timeout_ms; retry shortly",
             self.inner.retry_after_secs,
         )

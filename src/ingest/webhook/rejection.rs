@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 
 use super::payload::PayloadError;
 use super::signature::SignatureError;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::commit::CommitError;
 use crate::ingest::store::StoreError;
 
@@ -63,22 +63,28 @@ pub enum Rejection {
 
 impl Rejection {
     /// The answer's status and error code, and the `result` label it is counted under.
-    fn kind(&self) -> (StatusCode, &'static str, &'static str) {
+    fn kind(&self) -> (StatusCode, Code, &'static str) {
         match self {
-            Rejection::TooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "too_large")
-            }
+            Rejection::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::BodyTooLarge,
+                "too_large",
+            ),
             Rejection::BodyTimeout { .. } => {
-                (StatusCode::REQUEST_TIMEOUT, "body_timeout", "timeout")
+                (StatusCode::REQUEST_TIMEOUT, Code::BodyTimeout, "timeout")
             }
-            Rejection::BodyUnreadable(_) => (StatusCode::BAD_REQUEST, "body_unreadable", "invalid"),
-            Rejection::Signature(_) => (StatusCode::UNAUTHORIZED, "bad_signature", "unauthorized"),
+            Rejection::BodyUnreadable(_) => {
+                (StatusCode::BAD_REQUEST, Code::BodyUnreadable, "invalid")
+            }
+            Rejection::Signature(_) => {
+                (StatusCode::UNAUTHORIZED, Code::BadSignature, "unauthorized")
+            }
             Rejection::Payload(_) | Rejection::MissingCreatedAt { .. } | Rejection::IdNotAscii => {
-                (StatusCode::BAD_REQUEST, "invalid_payload", "invalid")
+                (StatusCode::BAD_REQUEST, Code::InvalidPayload, "invalid")
             }
             Rejection::Storage { .. } | Rejection::NotDurable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                Code::StorageUnavailable,
                 "error",
             ),
         }
@@ -156,7 +162,7 @@ mod tests {
         ] {
             let label = r.label();
             let e = ApiError::from(r);
-            assert_eq!(label, before(e.status), "{}", e.code);
+            assert_eq!(label, before(e.status), "{}", e.code.as_str());
         }
     }
 
@@ -167,7 +173,7 @@ mod tests {
             retry_after_secs: 7,
         });
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.code, "storage_unavailable");
+        assert_eq!(e.code, Code::StorageUnavailable);
         assert_eq!(e.retry_after_secs, Some(7));
         assert_eq!(e.message, "the committer stopped before the flush finished");
         let stale = ApiError::from(Rejection::Signature(SignatureError::Stale {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::math::{day_of, launches, range_report, Frame};
 use super::query::{all_days, query_day};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::insight::counters::Conversions;
 use crate::insight::history::{DayTotals, MetricsBatch};
 
@@ -21,7 +21,7 @@ pub const MAX_RANGE_DAYS: i32 = 3660;
 pub fn parse_day(key: &'static str, text: &str) -> Result<Date, ApiError> {
     let bad = || {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("{key}: expected a date YYYY-MM-DD, got {text:?}"),
         )
         .field(key)
@@ -59,7 +59,7 @@ pub struct AnalyticsQuery {
 fn storage_error<E: std::fmt::Display>(retry_after_secs: u64) -> impl Fn(E) -> ApiError {
     move |e| {
         ApiError::unavailable(
-            "storage_unavailable",
+            Code::StorageUnavailable,
             format!("the history could not be read ({e}); retry"),
             retry_after_secs,
         )
@@ -83,7 +83,7 @@ pub async fn analytics(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "{}; expected ?day=YYYY-MM-DD or ?from=YYYY-MM-DD&to=YYYY-MM-DD",
                 e.body_text()
@@ -113,7 +113,7 @@ pub async fn analytics(
             let to = parse_day("to", &to)?;
             if from > to {
                 return Err(ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!("from: {from} is after to ({to}); swap them"),
                 )
                 .field("from"));
@@ -121,7 +121,7 @@ pub async fn analytics(
             let span = from.until(to).map(|s| s.get_days()).unwrap_or(i32::MAX);
             if span >= MAX_RANGE_DAYS {
                 return Err(ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!("to: a range covers at most {MAX_RANGE_DAYS} days"),
                 )
                 .field("to"));
@@ -131,12 +131,12 @@ pub async fn analytics(
             Ok(Json(range_report(from, to, &frame, days, live.as_ref())).into_response())
         }
         (Some(_), _, _) => Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             "day: give either day, or from and to, not both",
         )
         .field("day")),
         (None, from, _) => Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "{}: a range needs both from and to (YYYY-MM-DD)",
                 if from.is_none() { "from" } else { "to" }
