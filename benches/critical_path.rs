@@ -50,7 +50,7 @@ use launchguard::ingest::ring::{Ring, RingEvent};
 use launchguard::ingest::store::{encode_event, Commit, EventRecord, Scheme, Store};
 use launchguard::ingest::velocity::Window;
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key, Keys, PRODUCTHUNT_HEADER};
-use launchguard::ingest::webhook::{payload, Ingestor, Outcome};
+use launchguard::ingest::webhook::{payload, Ingestor};
 
 const SECRET: &str = "bench-secret";
 const MEASUREMENT: Duration = Duration::from_millis(2500);
@@ -171,11 +171,11 @@ fn webhook_path(c: &mut Criterion) {
             .ingestor
             .ingest(&h, &b)
             .expect("a valid webhook is accepted");
-        assert!(matches!(out, Outcome::Accepted { .. }), "{out:?}");
+        assert!(matches!(out, Commit::Accepted { .. }), "{out:?}");
         assert_eq!(fx.pump.drain(fx.clock.now_ms()), 1);
         assert!(fx.factor.current() > before, "the factor rose");
         let again = fx.ingestor.ingest(&h, &b).expect("a replay is answered");
-        assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
+        assert!(matches!(again, Commit::Duplicate { .. }), "{again:?}");
     }
 
     let committer = Committer::spawn(fx.store.clone());

@@ -23,16 +23,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Durability};
+use crate::edge::cache::purges::EventPurges;
 use crate::edge::front::Front;
 use crate::edge::server::{self, Connections};
-use crate::edge::{self, Edge, PurgeRules};
+use crate::edge::{self, Edge};
 use crate::ingest::commit::Committer;
 use crate::ingest::factor::Factor;
 use crate::ingest::producthunt::Poller;
-use crate::ingest::pump::Pump;
+use crate::ingest::pump::{Pump, Purges};
 use crate::ingest::ring::Ring;
 use crate::ingest::store::{Store, StoreError};
 use crate::ingest::velocity::Window;
+use crate::ingest::webhook::signature::Keys;
 use crate::ingest::webhook::{self, Ingestor};
 use crate::insight::counters::{self, Conversions};
 use crate::insight::history::History;
@@ -335,13 +337,18 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         config.webhook.durability == Durability::Fsync,
     )
     .map_err(StoreError::Io)?;
-    let ingestor = Arc::new(Ingestor::new(
-        &config,
-        secrets.keys.clone(),
-        store.clone(),
-        ring.clone(),
-        clock.clone(),
-    ));
+    // One numbering of the purge rules for the ingestor and the pump.
+    let purges: Arc<dyn Purges> = Arc::new(EventPurges::new(&config, edge.cache().clone()));
+    let ingestor = Arc::new(
+        Ingestor::new(
+            &config,
+            Keys::new(secrets.keys.clone()),
+            store.clone(),
+            ring.clone(),
+            clock.clone(),
+        )
+        .with_purges(purges.clone()),
+    );
 
     let config = Arc::new(config);
     let accepted = counters.counters().clone();
@@ -456,9 +463,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         ),
     ]);
 
-    let (purge_rules, cache) = (PurgeRules::new(&state.config), edge.cache().clone());
-    let pump = Pump::new(ring, window, factor)
-        .with_purge(move |numbers| purge_rules.apply(&cache, numbers));
+    let pump = Pump::new(ring, window, factor).with_purges(purges);
     let mut background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
         tokio::spawn(sweep_loop(

@@ -149,7 +149,8 @@ impl Default for OriginConfig {
 pub struct BackpressureConfig {
     /// Above this factor, requests that are not critical get 503. Default 2.0.
     pub shed_factor: f64,
-    /// `Retry-After` on a shed or queued-out request, seconds. Default 5.
+    /// `Retry-After` on every 503 (shed, queued out, storage) and on an origin's
+    /// 502/504 that no cached copy stands in for, seconds. Default 5.
     pub retry_after_secs: u64,
     /// Glob patterns of critical paths, never shed. The webhook path and `/api/convert`
     /// are always critical. `*` matches across `/`; `/launch/*` also matches `/launch`.

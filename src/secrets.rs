@@ -5,13 +5,16 @@
 //! `LoadCredential=`), then relative to the working directory. Without any file
 //! configured, the credentials `webhook_secret` and `admin_token` are picked up by
 //! name. Secret values never reach a log line: only counts and sources do.
+//!
+//! Webhook secrets come out as [`Key`]s, the secret material as HMAC key bytes; the
+//! webhook builds its verifier (`ingest::webhook::signature::Keys`) from them.
 
 use std::path::{Path, PathBuf};
 
+use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use crate::config::{Config, ConfigError};
-use crate::ingest::webhook::signature::{Key, Keys};
 
 pub const WEBHOOK_SECRET_ENV: &str = "LAUNCHGUARD_WEBHOOK_SECRET";
 pub const ADMIN_TOKEN_ENV: &str = "LAUNCHGUARD_ADMIN_TOKEN";
@@ -41,10 +44,49 @@ impl Env {
     }
 }
 
+/// A signing secret turned into HMAC key bytes. Never shown: its `Debug` is redacted.
+#[derive(Clone)]
+pub struct Key(Vec<u8>);
+
+impl Key {
+    /// `whsec_<base64>` is base64-decoded (the Standard Webhooks convention); any other
+    /// string is used as its UTF-8 bytes.
+    pub fn parse(secret: &str) -> Result<Key, &'static str> {
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return Err("empty secret");
+        }
+        match secret.strip_prefix("whsec_") {
+            Some(b64) => {
+                let bytes = B64
+                    .decode(b64)
+                    .map_err(|_| "starts with whsec_ but the rest is not valid base64")?;
+                if bytes.is_empty() {
+                    return Err("whsec_ secret decodes to zero bytes");
+                }
+                Ok(Key(bytes))
+            }
+            None => Ok(Key(secret.as_bytes().to_vec())),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
 /// The webhook keys and where they came from.
 #[derive(Debug)]
 pub struct WebhookSecrets {
-    pub keys: Keys,
+    /// Every configured secret, all accepted (rotation); the first is the one a local
+    /// sender signs with.
+    pub keys: Vec<Key>,
     /// Human-readable sources, e.g. `"2 from webhook.secrets"`.
     pub sources: Vec<String>,
     /// Set when the demo secret was used (or generated): its path.
@@ -122,7 +164,7 @@ pub fn webhook_secrets(config: &Config, env: &Env) -> Result<WebhookSecrets, Con
     }
 
     Ok(WebhookSecrets {
-        keys: Keys::new(keys),
+        keys,
         sources,
         demo_file,
     })
@@ -238,10 +280,7 @@ fn demo_secret(path: &Path) -> std::io::Result<String> {
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    );
+    let secret = format!("whsec_{}", B64.encode(bytes));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -262,6 +301,12 @@ mod tests {
 
     fn config(text: &str) -> Config {
         Config::parse(text).unwrap()
+    }
+
+    #[test]
+    fn key_debug_is_redacted() {
+        let k = Key::parse("hunter2").unwrap();
+        assert!(!format!("{k:?}").contains("hunter2"));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, U
 use axum::response::IntoResponse;
 
 use crate::edge::Scale;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::syntax::host::{parse_host, Host, HostError, HostPattern, Net};
 
 /// Why a path was refused.
@@ -474,24 +474,26 @@ impl Front {
 }
 
 fn path_refusal(e: PathError) -> Response<Body> {
-    ApiError::bad_request("bad_path", format!("{}; fix the link", e.message())).into_response()
+    ApiError::bad_request(Code::BadPath, format!("{}; fix the link", e.message())).into_response()
 }
 
 fn host_refusal(e: HostError) -> Response<Body> {
     match e {
-        HostError::Missing => {
-            ApiError::bad_request("bad_host", "an HTTP/1.1 request must carry a Host header")
-        }
-        HostError::Duplicate => {
-            ApiError::bad_request("bad_host", "the request carries more than one Host header")
-        }
+        HostError::Missing => ApiError::bad_request(
+            Code::BadHost,
+            "an HTTP/1.1 request must carry a Host header",
+        ),
+        HostError::Duplicate => ApiError::bad_request(
+            Code::BadHost,
+            "the request carries more than one Host header",
+        ),
         HostError::Malformed => ApiError::bad_request(
-            "bad_host",
+            Code::BadHost,
             "the Host header is not a host name, an IP address or one of them with a port",
         ),
         HostError::NotServed(host) => ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
-            "misdirected",
+            Code::Misdirected,
             format!("this server does not answer for {host:?} (server.hosts)"),
         ),
     }

@@ -1,6 +1,6 @@
 //! The public request path for everything that is not a webhook: admission →
-//! edge cache → origin, plus the operations around the cache (purge, warm-up,
-//! event-driven purge rules) and the page-view hook.
+//! edge cache → origin, plus the operations around the cache (purge, warm-up) and the
+//! page-view hook. The event-driven purge rules are the cache's (`cache::purges`).
 //!
 //! ```text
 //! front door (front.rs: host, canonical path) ─► routing ─► classify the canonical path
@@ -42,7 +42,7 @@ use crate::edge::admission::{Class, Classifier, OriginLimit};
 use crate::edge::cache::Cache;
 use crate::edge::front::Verified;
 use crate::edge::origin::{Forwarded, Origin};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::factor::Factor;
 use crate::telemetry;
 
@@ -147,7 +147,7 @@ impl Edge {
         self.inner.rejections[idx].increment(1);
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shed",
+            Code::Shed,
             format!(
                 "launch traffic is high (scale factor {factor:.2} > backpressure.shed_factor {}); this {} page is paused, retry in {} s",
                 self.inner.shed_factor,
@@ -216,52 +216,6 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
     edge.inner.cache.handle(req, fwd, factor).await
 }
 
-/// Purge rules from `cache.purge_on`, indexed for the ring (`RingEvent::purge_rule`).
-#[derive(Clone, Default)]
-pub struct PurgeRules {
-    rules: Arc<Vec<(String, Vec<String>)>>,
-}
-
-impl PurgeRules {
-    pub fn new(config: &Config) -> PurgeRules {
-        PurgeRules {
-            rules: Arc::new(
-                config
-                    .cache
-                    .purge_on
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-        }
-    }
-
-    /// The rule for an event type: 0 for none, else its index + 1.
-    pub fn rule_of(&self, event_type: &str) -> u16 {
-        self.rules
-            .iter()
-            .position(|(k, _)| k == event_type)
-            .map_or(0, |i| (i + 1) as u16)
-    }
-
-    /// Applies the rules seen (by number) to the cache; returns entries dropped.
-    pub fn apply(&self, cache: &Cache, rules: &[u16]) -> usize {
-        let mut n = 0;
-        for r in rules {
-            if let Some((event, prefixes)) =
-                (*r as usize).checked_sub(1).and_then(|i| self.rules.get(i))
-            {
-                for p in prefixes {
-                    let dropped = cache.purge_prefix(p);
-                    tracing::info!(event = %event, prefix = %p, dropped, "purged the cache on an event");
-                    n += dropped;
-                }
-            }
-        }
-        n
-    }
-}
-
 /// The cache's admin routes: `POST /admin/purge`, `POST /admin/warm`.
 pub fn admin_routes<S>() -> Router<S>
 where
@@ -286,13 +240,13 @@ async fn purge(
 ) -> Result<Response<Body>, ApiError> {
     let req: PurgeRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("{e}; expected {{\"prefix\": \"/launch/\"}}"),
         )
     })?;
     if !req.prefix.starts_with('/') {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "prefix must be a path starting with \"/\" (\"/\" purges everything), got {:?}",
                 req.prefix
@@ -323,7 +277,7 @@ async fn warm(
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
-                "invalid_request",
+                Code::InvalidRequest,
                 format!("{e}; expected {{\"urls\": [\"/launch/\"]}} or an empty body for cache.warm_urls"),
             )
         })?
@@ -331,7 +285,7 @@ async fn warm(
     let urls = req.urls.unwrap_or_else(|| edge.warm_urls().to_vec());
     if let Some(bad) = urls.iter().find(|u| !u.starts_with('/')) {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("every url must be a path starting with \"/\", got {bad:?}"),
         )
         .field("urls"));

@@ -44,7 +44,7 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_status::SetStatus;
 
 use crate::config::OriginConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::telemetry;
 
 /// Why the origin gave no response.
@@ -73,20 +73,20 @@ impl OriginError {
             OriginError::Body(_) => "body",
         }
     }
-}
 
-impl IntoResponse for OriginError {
-    fn into_response(self) -> Response<Body> {
+    /// The answer when no cached copy can stand in: 502/504, to be retried after
+    /// `retry_after_secs` (`backpressure.retry_after_secs`).
+    pub fn answer(self, retry_after_secs: u64) -> Response<Body> {
         let code = match self {
-            OriginError::Timeout(_) => "origin_timeout",
-            _ => "origin_unreachable",
+            OriginError::Timeout(_) => Code::OriginTimeout,
+            _ => Code::OriginUnreachable,
         };
         ApiError::new(
             self.status(),
             code,
             format!("{self}; no cached copy could stand in, retry shortly"),
         )
-        .retry_after(5)
+        .retry_after(retry_after_secs)
         .into_response()
     }
 }

@@ -890,7 +890,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         if head_size(&req) > self.router.max_head {
             let refusal = crate::error::ApiError::new(
                 axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "head_too_large",
+                crate::error::Code::HeadTooLarge,
                 format!(
                     "the request line and headers are over server.max_header_bytes ({} bytes)",
                     self.router.max_head

@@ -22,17 +22,32 @@
 //! **Invariant:** a waiter is answered `Ok` only by a write and flush that started after
 //! it was queued, so its record (queued before it) is in that flush.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam::channel;
 use tokio::sync::oneshot;
 
-use crate::ingest::store::Store;
+use crate::ingest::store::{Store, StoreError};
 use crate::telemetry;
+
+/// Why an event is not known to be durable (`Committer::wait_durable`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// The committer was gone before the wait was queued.
+    #[error("the committer has stopped (shutting down)")]
+    Stopped,
+    /// The committer went away with the wait queued.
+    #[error("the committer stopped before the flush finished")]
+    StoppedBeforeFlush,
+    /// The batch's write or flush failed; every waiter of the batch gets the one error.
+    #[error("the event could not be written to disk ({0}); retry later")]
+    Write(Arc<StoreError>),
+}
 
 enum Msg {
     /// Answer once everything queued before is durable.
-    Wait(oneshot::Sender<Result<(), String>>),
+    Wait(oneshot::Sender<Result<(), CommitError>>),
     /// Records were queued; write them soon, nobody waits.
     Kick,
 }
@@ -67,13 +82,12 @@ impl Committer {
     }
 
     /// Resolves once everything appended before the call is durable.
-    pub async fn wait_durable(&self) -> Result<(), String> {
+    pub async fn wait_durable(&self) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Msg::Wait(tx))
-            .map_err(|_| "the committer has stopped (shutting down)".to_string())?;
-        rx.await
-            .map_err(|_| "the committer stopped before the flush finished".to_string())?
+            .map_err(|_| CommitError::Stopped)?;
+        rx.await.map_err(|_| CommitError::StoppedBeforeFlush)?
     }
 
     /// Asks for what is queued to be written to sled soon, without waiting.
@@ -105,9 +119,7 @@ fn run(store: Store, fsync: bool, rx: channel::Receiver<Msg>) {
                 metrics::histogram!(telemetry::COMMIT_BATCH_SIZE).record(n as f64);
                 Ok(())
             }
-            Err(e) => Err(format!(
-                "the event could not be written to disk ({e}); retry later"
-            )),
+            Err(e) => Err(CommitError::Write(Arc::new(e))),
         };
         if flush {
             metrics::histogram!(telemetry::COMMIT_DURATION_SECONDS)

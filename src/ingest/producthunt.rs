@@ -33,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::server_delay_ms;
 use crate::config::{Durability, ProducthuntConfig};
-use crate::ingest::store::{Store, StoreError};
-use crate::ingest::webhook::Outcome;
+use crate::ingest::store::{codec, trees, Commit, Store, StoreError};
 
 /// The GraphQL query; its complexity is what the budget is spent on.
 pub const QUERY: &str =
@@ -158,7 +157,7 @@ impl Poller {
                 config: config.clone(),
                 slug,
                 token,
-                tree: store.open_tree("producthunt")?,
+                tree: store.open_tree(trees::PRODUCTHUNT)?,
                 wake: Notify::new(),
                 turns: watch::channel(0).0,
                 polls: watch::channel(0).0,
@@ -190,31 +189,13 @@ impl Poller {
         let Some(v) = self.inner.tree.get(self.inner.slug.as_bytes())? else {
             return Ok(None);
         };
-        if v.len() != 17 || v[0] == 0 {
-            return Err(StoreError::Corrupt {
-                what: "producthunt counts",
-                detail: format!("{} bytes", v.len()),
-            });
-        }
-        if v[0] > COUNTS_RECORD_VERSION {
-            return Err(StoreError::NewerRecord {
-                what: "producthunt counts",
-                found: v[0],
-                max: COUNTS_RECORD_VERSION,
-            });
-        }
-        let num = |r: std::ops::Range<usize>| u64::from_be_bytes(v[r].try_into().unwrap_or([0; 8]));
-        Ok(Some(Counts {
-            votes: num(1..9),
-            comments: num(9..17),
-        }))
+        let [votes, comments] =
+            codec::decode_words("producthunt counts", COUNTS_RECORD_VERSION, &v)?;
+        Ok(Some(Counts { votes, comments }))
     }
 
     fn save_baseline(&self, c: Counts) -> Result<(), StoreError> {
-        let mut v = Vec::with_capacity(17);
-        v.push(COUNTS_RECORD_VERSION);
-        v.extend_from_slice(&c.votes.to_be_bytes());
-        v.extend_from_slice(&c.comments.to_be_bytes());
+        let v = codec::encode_words(COUNTS_RECORD_VERSION, [c.votes, c.comments]);
         self.inner.tree.insert(self.inner.slug.as_bytes(), v)?;
         Ok(())
     }
@@ -315,18 +296,23 @@ impl Poller {
                 .to_string()
                 .into_bytes();
                 match state.webhook.ingestor.ingest_synthetic(&id, kind, payload) {
-                    Ok(Outcome::Accepted { .. }) => {
+                    Ok(Commit::Accepted { .. }) => {
                         accepted += 1;
                         (state.webhook.on_accepted)();
                     }
-                    Ok(Outcome::Duplicate { .. }) => {}
-                    Err(e) => return Err(e.message),
+                    Ok(Commit::Duplicate { .. }) => {}
+                    Err(e) => return Err(e.to_string()),
                 }
             }
         }
         if accepted > 0 {
             if state.webhook.config.webhook.durability == Durability::Fsync {
-                state.webhook.committer.wait_durable().await?;
+                state
+                    .webhook
+                    .committer
+                    .wait_durable()
+                    .await
+                    .map_err(|e| e.to_string())?;
             } else {
                 state.webhook.committer.kick();
             }

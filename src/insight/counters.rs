@@ -43,7 +43,7 @@ use crate::clock::Clock;
 use crate::config::{ConversionsConfig, MAX_GOALS};
 use crate::edge::cache::XCache;
 use crate::edge::Scale;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::factor::Factor;
 use crate::ingest::store::StoreError;
 use crate::insight::history::{History, MetricsBatch, Tally};
@@ -606,7 +606,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
             Refusal::RateLimited,
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                Code::RateLimited,
                 format!(
                     "more than conversions.beacons_per_minute ({}) beacons from this client; retry in {wait} s",
                     state.config.conversions.beacons_per_minute
@@ -628,7 +628,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
         if mime != "application/json" && mime != "text/plain" {
             return Err(invalid(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                Code::UnsupportedMediaType,
                 format!(
                     "content-type {mime:?} is not accepted; send application/json or text/plain (navigator.sendBeacon with a string)"
                 ),
@@ -644,7 +644,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
             Refusal::CrossSite,
             ApiError::new(
                 StatusCode::FORBIDDEN,
-                "cross_site",
+                Code::CrossSite,
                 format!("{foreign} names another site; a conversion is counted only from this site's own pages"),
             )
             .field(foreign),
@@ -656,7 +656,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
             Err(_) => {
                 return Err(invalid(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
+                    Code::BodyTimeout,
                     "the body did not arrive in time; send it in one go",
                 )))
             }
@@ -664,7 +664,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
                 return Err(invalid(
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
+                        Code::BodyTooLarge,
                         format!(
                             "a beacon body is at most {BEACON_MAX_BYTES} bytes; send {{\"goal\":\"<goal>\"}}"
                         ),
@@ -679,7 +679,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
     let Some(index) = conv.goal_index(&goal) else {
         return Err(invalid(
             ApiError::bad_request(
-                "unknown_goal",
+                Code::UnknownGoal,
                 format!(
                     "goal: {goal:?} is not a configured goal (conversions.goals: {}); send one of those",
                     conv.goals().join(", ")
@@ -695,7 +695,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
                 Refusal::NoVisitor,
                 ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "no_visitor",
+                    Code::NoVisitor,
                     "no lg_v visitor cookie: a conversion counts only from a browser that loaded a page under conversions.funnel_paths first",
                 )
                 .field("lg_v"),
@@ -706,7 +706,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
                 Refusal::ForgedVisitor,
                 ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "forged_visitor",
+                    Code::ForgedVisitor,
                     "the lg_v visitor cookie was not issued by this site, or has expired; load a page under conversions.funnel_paths for a new one",
                 )
                 .field("lg_v"),
@@ -723,7 +723,11 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
             tracing::warn!("cannot record a conversion: {e}");
             refuse(
                 Refusal::Unavailable,
-                ApiError::unavailable("storage", "the conversion could not be recorded; retry"),
+                ApiError::unavailable(
+                    Code::Storage,
+                    "the conversion could not be recorded; retry",
+                    state.config.backpressure.retry_after_secs,
+                ),
             )
         })?;
     if !first {
@@ -786,22 +790,24 @@ fn cross_site(headers: &axum::http::HeaderMap, host: &[u8]) -> Option<&'static s
 pub fn parse_goal(body: &[u8]) -> Result<String, ApiError> {
     let hint = "send {\"goal\":\"signup\"}";
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("invalid_body", format!("body: not JSON ({e}); {hint}")).field("body")
+        ApiError::bad_request(Code::InvalidBody, format!("body: not JSON ({e}); {hint}"))
+            .field("body")
     })?;
     let Some(obj) = value.as_object() else {
         return Err(ApiError::bad_request(
-            "invalid_body",
+            Code::InvalidBody,
             format!("body: expected a JSON object; {hint}"),
         )
         .field("body"));
     };
     match obj.get("goal") {
         None => Err(
-            ApiError::bad_request("invalid_body", format!("goal: missing; {hint}")).field("goal"),
+            ApiError::bad_request(Code::InvalidBody, format!("goal: missing; {hint}"))
+                .field("goal"),
         ),
         Some(serde_json::Value::String(g)) => Ok(g.clone()),
         Some(_) => Err(ApiError::bad_request(
-            "invalid_body",
+            Code::InvalidBody,
             format!("goal: expected a string; {hint}"),
         )
         .field("goal")),

@@ -1,6 +1,7 @@
 //! Launch history in the store: the `metrics` and `launches` trees, and retention.
 //!
-//! Trees (DESIGN.md, Storage), beside the ones `store.rs` owns:
+//! Trees (DESIGN.md, Storage), beside the ones `ingest::store` owns (every name is in
+//! `ingest/store/trees.rs`):
 //! - `metrics`: window start ms as `u64` BE → `[version][bincode MetricsBatch]`, one row
 //!   per flush of the counters; swept after `conversions.retention_days`.
 //! - `launches`: launch day `"YYYY-MM-DD"` (in `conversions.timezone`) →
@@ -19,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use crate::ingest::store::{Store, StoreError};
+use crate::ingest::store::{codec, trees, Store, StoreError};
 
 /// Version 2 added unique and converting visitors to the tally. Version 1 records are
 /// still read, with page views as unique visitors and conversions as converting
@@ -27,8 +28,6 @@ use crate::ingest::store::{Store, StoreError};
 const BATCH_RECORD_VERSION: u8 = 2;
 const DAY_RECORD_VERSION: u8 = 2;
 const CURSOR_RECORD_VERSION: u8 = 1;
-/// `meta` key: the highest event seq whose payload retention has already looked at.
-const PAYLOAD_CURSOR_KEY: &str = "payload_sweep_seq";
 
 /// Counts over some span of time. Conversions are kept by goal name, so a store read
 /// under a different `conversions.goals` list is still read correctly.
@@ -204,10 +203,10 @@ pub struct History {
 impl History {
     pub fn open(store: &Store) -> Result<History, StoreError> {
         Ok(History {
-            metrics: store.open_tree("metrics")?,
-            launches: store.open_tree("launches")?,
+            metrics: store.open_tree(trees::METRICS)?,
+            launches: store.open_tree(trees::LAUNCHES)?,
             store: store.clone(),
-            meta: store.open_tree("meta")?,
+            meta: store.open_tree(trees::META)?,
         })
     }
 
@@ -286,70 +285,28 @@ impl History {
         let cursor = self.payload_cursor()?;
         let (swept, last) = self.store.strip_payloads(cursor, before_ms)?;
         if last != cursor {
-            let mut v = Vec::with_capacity(9);
-            v.push(CURSOR_RECORD_VERSION);
-            v.extend_from_slice(&last.to_be_bytes());
-            self.meta.insert(PAYLOAD_CURSOR_KEY, v)?;
+            let v = codec::encode_words(CURSOR_RECORD_VERSION, [last]);
+            self.meta.insert(trees::META_PAYLOAD_SWEEP_SEQ, v)?;
         }
         Ok(swept)
     }
 
     fn payload_cursor(&self) -> Result<u64, StoreError> {
-        let Some(v) = self.meta.get(PAYLOAD_CURSOR_KEY)? else {
+        let Some(v) = self.meta.get(trees::META_PAYLOAD_SWEEP_SEQ)? else {
             return Ok(0);
         };
-        check_version("meta.payload_sweep_seq", &v, CURSOR_RECORD_VERSION)?;
-        let bytes: [u8; 8] = v[1..].try_into().map_err(|_| StoreError::Corrupt {
-            what: "meta.payload_sweep_seq",
-            detail: format!("{} bytes, expected 9", v.len()),
-        })?;
-        Ok(u64::from_be_bytes(bytes))
+        let [seq] = codec::decode_words("meta.payload_sweep_seq", CURSOR_RECORD_VERSION, &v)?;
+        Ok(seq)
     }
-}
-
-fn check_version(what: &'static str, v: &[u8], max: u8) -> Result<(), StoreError> {
-    match v.first().copied() {
-        None | Some(0) => Err(StoreError::Corrupt {
-            what,
-            detail: "empty record or version 0".into(),
-        }),
-        Some(found) if found > max => Err(StoreError::NewerRecord { what, found, max }),
-        Some(_) => Ok(()),
-    }
-}
-
-fn encode<T: Serialize>(what: &'static str, version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![version];
-    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard()).map_err(
-        |e| StoreError::Corrupt {
-            what,
-            detail: e.to_string(),
-        },
-    )?;
-    Ok(out)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    max: u8,
-    v: &[u8],
-) -> Result<T, StoreError> {
-    check_version(what, v, max)?;
-    let (value, _) = bincode::serde::decode_from_slice(&v[1..], bincode::config::standard())
-        .map_err(|e| StoreError::Corrupt {
-            what,
-            detail: e.to_string(),
-        })?;
-    Ok(value)
 }
 
 pub fn encode_batch(b: &MetricsBatch) -> Result<Vec<u8>, StoreError> {
-    encode("metrics batch", BATCH_RECORD_VERSION, b)
+    codec::encode("metrics batch", BATCH_RECORD_VERSION, b)
 }
 
 pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
     if v.first() == Some(&1) {
-        let old: BatchV1 = decode("metrics batch", 1, v)?;
+        let old: BatchV1 = codec::decode("metrics batch", 1, v)?;
         return Ok(MetricsBatch {
             window_start_ms: old.window_start_ms,
             window_ms: old.window_ms,
@@ -358,7 +315,7 @@ pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
             velocity: old.velocity,
         });
     }
-    decode("metrics batch", BATCH_RECORD_VERSION, v)
+    codec::decode("metrics batch", BATCH_RECORD_VERSION, v)
 }
 
 /// A metrics batch as version 1 records hold it.
@@ -382,12 +339,12 @@ struct DayV1 {
 }
 
 fn encode_day(d: &DayTotals) -> Result<Vec<u8>, StoreError> {
-    encode("launch day", DAY_RECORD_VERSION, d)
+    codec::encode("launch day", DAY_RECORD_VERSION, d)
 }
 
 fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
     if v.first() == Some(&1) {
-        let old: DayV1 = decode("launch day", 1, v)?;
+        let old: DayV1 = codec::decode("launch day", 1, v)?;
         return Ok(DayTotals {
             day: old.day,
             tally: old.tally.into(),
@@ -396,7 +353,7 @@ fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
             batches: old.batches,
         });
     }
-    decode("launch day", DAY_RECORD_VERSION, v)
+    codec::decode("launch day", DAY_RECORD_VERSION, v)
 }
 
 #[cfg(test)]
@@ -473,7 +430,7 @@ mod tests {
             rejections: 2,
             webhooks_accepted: 7,
         };
-        let row = encode(
+        let row = codec::encode(
             "metrics batch",
             1,
             &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
@@ -492,7 +449,7 @@ mod tests {
             (b.tally.unique_visitors, b.tally.converting_visitors),
             (40, 4)
         );
-        let day = encode(
+        let day = codec::encode(
             "launch day",
             1,
             &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),

@@ -43,7 +43,7 @@ use jiff::tz::TimeZone;
 use parking_lot::Mutex;
 use sha2::Sha256;
 
-use crate::ingest::store::{Store, StoreError};
+use crate::ingest::store::{codec, trees, Store, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -51,8 +51,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const COOKIE: &str = "lg_v";
 /// The cookie's lifetime: 400 days, the most Chromium and Firefox keep a cookie.
 pub const MAX_AGE_SECS: u64 = 400 * 86_400;
-/// `meta` key of the cookie-signing key: `[version][32 bytes]`.
-const KEY_META: &str = "visitor_key";
+/// Version of the cookie-signing key record (`meta.visitor_key`): `[version][32 bytes]`.
 const KEY_RECORD_VERSION: u8 = 1;
 const COOKIE_VERSION: &str = "1";
 /// Bytes of the MAC kept in the cookie.
@@ -119,7 +118,7 @@ impl Visitors {
         beacons_per_minute: u32,
         tz: TimeZone,
     ) -> Result<Visitors, StoreError> {
-        let meta = store.open_tree("meta")?;
+        let meta = store.open_tree(trees::META)?;
         let mut fresh = [0u8; 33];
         fresh[0] = KEY_RECORD_VERSION;
         getrandom::fill(&mut fresh[1..]).map_err(|e| StoreError::Corrupt {
@@ -127,33 +126,19 @@ impl Visitors {
             detail: format!("no randomness for a new key: {e}"),
         })?;
         // Set only if absent, so two processes can never end up with two keys.
-        let stored =
-            match meta.compare_and_swap(KEY_META, None as Option<&[u8]>, Some(&fresh[..]))? {
-                Ok(()) => fresh.to_vec(),
-                Err(e) => e.current.expect("present when the swap failed").to_vec(),
-            };
-        let key = match stored.split_first() {
-            Some((&KEY_RECORD_VERSION, rest)) if rest.len() == 32 => {
-                rest.try_into().expect("32 bytes")
-            }
-            Some((&v, _)) if v > KEY_RECORD_VERSION => {
-                return Err(StoreError::NewerRecord {
-                    what: "meta.visitor_key",
-                    found: v,
-                    max: KEY_RECORD_VERSION,
-                })
-            }
-            _ => {
-                return Err(StoreError::Corrupt {
-                    what: "meta.visitor_key",
-                    detail: format!("{} bytes, expected 33", stored.len()),
-                })
-            }
+        let stored = match meta.compare_and_swap(
+            trees::META_VISITOR_KEY,
+            None as Option<&[u8]>,
+            Some(&fresh[..]),
+        )? {
+            Ok(()) => fresh.to_vec(),
+            Err(e) => e.current.expect("present when the swap failed").to_vec(),
         };
+        let key = codec::decode_bytes("meta.visitor_key", KEY_RECORD_VERSION, &stored)?;
         Ok(Visitors {
             inner: Arc::new(Inner {
                 key,
-                marks: store.open_tree("visitors")?,
+                marks: store.open_tree(trees::VISITORS)?,
                 budget: Budget::new(beacons_per_minute),
                 tz,
                 today: Mutex::new(Today::default()),

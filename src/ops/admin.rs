@@ -47,7 +47,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::factor::Pin;
 use crate::ingest::store::EventRecord;
 
@@ -110,7 +110,9 @@ where
         )
         .route("/api/live", get(crate::insight::live::stream))
         .merge(crate::edge::admin_routes())
-        .merge(crate::ops::outbound::admin_routes())
+        .merge(crate::ops::outbound::admin_routes(
+            admin.config.backpressure.retry_after_secs,
+        ))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(
             AdminHosts::new(&admin.config.server),
@@ -165,7 +167,7 @@ impl AdminHosts {
 async fn refuse_cross_site(State(hosts): State<AdminHosts>, req: Request, next: Next) -> Response {
     let forbidden = |why: String| {
         tracing::warn!(path = %req.uri().path(), "admin request refused: {why}");
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response()
+        ApiError::new(StatusCode::FORBIDDEN, Code::Forbidden, why).into_response()
     };
     let host = req.headers().get(header::HOST);
     let Some(host) = host.filter(|h| hosts.allows(h.as_bytes())) else {
@@ -197,7 +199,7 @@ async fn refuse_cross_site(State(hosts): State<AdminHosts>, req: Request, next: 
         if !json {
             return ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                Code::UnsupportedMediaType,
                 "send the request with Content-Type: application/json (curl -H 'content-type: application/json')",
             )
             .into_response();
@@ -217,7 +219,7 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong bearer token");
             let mut res = ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                Code::Unauthorized,
                 "send Authorization: Bearer <admin token> (the token in server.admin_token_file)",
             )
             .into_response();
@@ -300,7 +302,7 @@ async fn pin_factor(
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "{}; expected {{\"pin\": 1.0, \"for_secs\": 3600}}",
                 e.body_text()
@@ -310,14 +312,14 @@ async fn pin_factor(
     let cap = state.config.velocity.cap();
     if !(req.pin.is_finite() && (1.0..=cap).contains(&req.pin)) {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("pin must be between 1.0 and the cap {cap}, got {}", req.pin),
         )
         .field("pin"));
     }
     if !(1..=MAX_PIN_SECS).contains(&req.for_secs) {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "for_secs must be between 1 and {MAX_PIN_SECS}, got {}",
                 req.for_secs
@@ -360,10 +362,20 @@ async fn persist_pin(state: &AdminState, pin: Option<Pin>) -> Result<(), ApiErro
         .and_then(|r| r.map_err(|e| e.to_string()))
         .map_err(|e| {
             ApiError::unavailable(
-                "storage_unavailable",
+                Code::StorageUnavailable,
                 format!("the pin could not be saved ({e}); nothing changed, retry"),
+                state.config.backpressure.retry_after_secs,
             )
         })
+}
+
+/// 503 for a store that failed a read, `e` as the message.
+fn storage_unavailable(e: impl std::fmt::Display, state: &AdminState) -> ApiError {
+    ApiError::unavailable(
+        Code::StorageUnavailable,
+        e.to_string(),
+        state.config.backpressure.retry_after_secs,
+    )
 }
 
 #[derive(Deserialize)]
@@ -379,14 +391,14 @@ async fn list_events(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("{}; expected ?after=<seq>&limit=<1..1000>", e.body_text()),
         )
     })?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("limit must be between 1 and 1000, got {limit}"),
         )
         .field("limit"));
@@ -397,8 +409,8 @@ async fn list_events(
         None => store.recent_events(limit),
     })
     .await
-    .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?
-    .map_err(|e| ApiError::unavailable("storage_unavailable", e.to_string()))?;
+    .map_err(|e| storage_unavailable(e, &state))?
+    .map_err(|e| storage_unavailable(e, &state))?;
     let events: Vec<_> = events.iter().map(|(seq, r)| event_view(*seq, r)).collect();
     Ok(Json(json!({"events": events, "next_seq": state.store.next_seq()})).into_response())
 }

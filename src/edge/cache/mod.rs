@@ -66,7 +66,7 @@ use crate::config::CacheConfig;
 use crate::config::QueryMode;
 use crate::edge::admission::{OriginLimit, Use};
 use crate::edge::origin::{Forwarded, Origin, OriginError};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::ingest::factor::Factor;
 use crate::telemetry;
 use cookies::CookiePolicy;
@@ -370,7 +370,7 @@ impl Cache {
                 stale.as_deref(),
                 &req,
                 OriginError::Unreachable("the shared fetch ended without an answer".into())
-                    .into_response(),
+                    .answer(i.retry_after_secs),
                 now,
                 factor,
             );
@@ -434,7 +434,7 @@ impl Cache {
             Fetched::Failed(e) => self.on_failure(
                 stale.as_deref(),
                 &req,
-                e.clone().into_response(),
+                e.clone().answer(i.retry_after_secs),
                 now,
                 factor,
             ),
@@ -536,8 +536,12 @@ impl Cache {
             body,
         } = outcome
         else {
-            return ApiError::new(StatusCode::BAD_GATEWAY, "origin_unreachable", "no answer")
-                .into_response();
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                Code::OriginUnreachable,
+                "no answer",
+            )
+            .into_response();
         };
         let mut res = Response::new(if req.method() == Method::HEAD {
             Body::empty()
@@ -554,10 +558,10 @@ impl Cache {
         metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => "queue")
             .increment(1);
         ApiError::unavailable(
-            "origin_busy",
+            Code::OriginBusy,
             "every origin slot is taken and none came free within origin.queue_timeout_ms; retry shortly",
+            self.inner.retry_after_secs,
         )
-        .retry_after(self.inner.retry_after_secs)
         .into_response_with(crate::edge::admission::Rejected)
     }
 
@@ -757,7 +761,7 @@ impl Cache {
         };
         let mut res = match i.origin.fetch(req, &fwd).await {
             Ok(r) => r,
-            Err(e) => e.into_response(),
+            Err(e) => e.answer(i.retry_after_secs),
         };
         x.mark(&mut res);
         res

@@ -19,12 +19,22 @@
 //!   origin accepted), and no count of POSTs can spoil an unrelated fill.
 //! - Prefix purges (the operator, event rules) are rare; the last [`KEEP_PREFIXES`]
 //!   are kept, and a fill older than all of them is dropped, the safe side.
+//!
+//! [`EventPurges`] holds the event-driven rules (`cache.purge_on`) with the cache they
+//! purge, as one list. `app` builds it once and hands the same value to the ingestor
+//! and the pump as `ingest::pump::Purges`: the ring carries a `u16` index into that
+//! list (`RingEvent::purge_rule`, 0 for none, else position + 1), numbered by the
+//! ingestor and applied by the pump through the one value both use.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use super::Cache;
+use crate::config::Config;
+use crate::ingest::pump::Purges;
 
 /// Prefix purges remembered for fills still running.
 pub const KEEP_PREFIXES: usize = 1024;
@@ -178,6 +188,55 @@ impl PurgeLog {
     #[cfg(test)]
     fn remembered(&self) -> usize {
         self.log.lock().exact.len()
+    }
+}
+
+/// The event-driven purge rules (`cache.purge_on`) with the cache they purge: one
+/// list, numbered for the ring (module doc).
+pub struct EventPurges {
+    /// `cache.purge_on` in its (sorted) order: rule `n` is `rules[n - 1]`.
+    rules: Vec<(String, Vec<String>)>,
+    cache: Cache,
+}
+
+impl EventPurges {
+    pub fn new(config: &Config, cache: Cache) -> EventPurges {
+        EventPurges {
+            rules: config
+                .cache
+                .purge_on
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cache,
+        }
+    }
+}
+
+impl Purges for EventPurges {
+    /// The rule for an event type: 0 for none, else its index + 1.
+    fn rule_of(&self, event_type: &str) -> u16 {
+        self.rules
+            .iter()
+            .position(|(k, _)| k == event_type)
+            .map_or(0, |i| (i + 1) as u16)
+    }
+
+    /// Applies the rules seen (by number) to the cache; returns entries dropped.
+    fn apply(&self, rules: &[u16]) -> usize {
+        let mut n = 0;
+        for r in rules {
+            if let Some((event, prefixes)) =
+                (*r as usize).checked_sub(1).and_then(|i| self.rules.get(i))
+            {
+                for p in prefixes {
+                    let dropped = self.cache.purge_prefix(p);
+                    tracing::info!(event = %event, prefix = %p, dropped, "purged the cache on an event");
+                    n += dropped;
+                }
+            }
+        }
+        n
     }
 }
 

@@ -22,10 +22,15 @@
 //! **Invariant:** a duplicate is answered only once the original is durable too, so
 //! "duplicate" always means "you can stop retrying".
 //! Steps 2–5 are `Ingestor::ingest`, synchronous and allocation-light, which the
-//! critical-path bench measures without HTTP.
+//! critical-path bench measures without HTTP. Every refusal is a [`Rejection`]
+//! (`rejection.rs`), which alone picks its status, error code, metric label and
+//! `Retry-After` (`backpressure.retry_after_secs`).
 
 pub mod payload;
+mod rejection;
 pub mod signature;
+
+pub use rejection::Rejection;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,18 +47,12 @@ use crate::clock::Clock;
 use crate::config::{Config, Durability};
 use crate::error::ApiError;
 use crate::ingest::commit::Committer;
+use crate::ingest::pump::Purges;
 use crate::ingest::ring::{Ring, RingEvent};
 use crate::ingest::store::{Commit, EventRecord, Scheme, Store};
 use crate::ingest::velocity::to_milli;
 use crate::telemetry;
 use signature::{Keys, SignatureError};
-
-/// What became of an accepted request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted { seq: u64 },
-    Duplicate { seq: u64 },
-}
 
 /// Steps 2–5 of the life of a webhook: verify, parse, commit, push.
 pub struct Ingestor {
@@ -65,7 +64,10 @@ pub struct Ingestor {
     default_weight: u64,
     tolerance_secs: u64,
     dedup_ttl_ms: u64,
-    purge_rules: crate::edge::PurgeRules,
+    /// `backpressure.retry_after_secs`, for a store that refuses an event.
+    retry_after_secs: u64,
+    /// The cache's purge rules, numbered into each ring event (`with_purges`).
+    purges: Option<Arc<dyn Purges>>,
 }
 
 impl Ingestor {
@@ -84,8 +86,16 @@ impl Ingestor {
             default_weight: to_milli(config.velocity.default_weight),
             tolerance_secs: config.webhook.tolerance_secs,
             dedup_ttl_ms: config.webhook.dedup_ttl_secs.saturating_mul(1000),
-            purge_rules: crate::edge::PurgeRules::new(config),
+            retry_after_secs: config.backpressure.retry_after_secs,
+            purges: None,
         }
+    }
+
+    /// Numbers each accepted event's purge rule (`RingEvent::purge_rule`) with
+    /// `purges`, the value the pump applies them with.
+    pub fn with_purges(mut self, purges: Arc<dyn Purges>) -> Ingestor {
+        self.purges = Some(purges);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -93,11 +103,10 @@ impl Ingestor {
     }
 
     /// Verifies, validates, appends (in memory) and pushes one webhook.
-    pub fn ingest(&self, headers: &HeaderMap, body: &[u8]) -> Result<Outcome, ApiError> {
+    pub fn ingest(&self, headers: &HeaderMap, body: &[u8]) -> Result<Commit, Rejection> {
         let now_ms = self.clock.now_ms();
         let (scheme, header_id) = self.verify(headers, body, now_ms)?;
-        let envelope = payload::parse(body, header_id)
-            .map_err(|e| ApiError::bad_request("invalid_payload", e.to_string()).field(e.field))?;
+        let envelope = payload::parse(body, header_id).map_err(Rejection::Payload)?;
         if scheme == Scheme::ProductHunt {
             self.check_created_at(envelope.created_at, now_ms)?;
         }
@@ -124,7 +133,7 @@ impl Ingestor {
         id: &str,
         event_type: &str,
         payload: Vec<u8>,
-    ) -> Result<Outcome, ApiError> {
+    ) -> Result<Commit, Rejection> {
         let record = EventRecord {
             id: id.to_string(),
             event_type: event_type.to_string(),
@@ -140,24 +149,27 @@ impl Ingestor {
         self.append_and_push(&record)
     }
 
-    fn append_and_push(&self, record: &EventRecord) -> Result<Outcome, ApiError> {
+    fn append_and_push(&self, record: &EventRecord) -> Result<Commit, Rejection> {
         let now_ms = record.received_ms;
         let weight_milli = record.weight_milli;
         match self.store.append(record, self.dedup_ttl_ms) {
-            Ok(Commit::Accepted { seq }) => {
+            Ok(commit @ Commit::Accepted { seq }) => {
                 self.ring.push(RingEvent {
                     seq,
                     received_ms: now_ms,
                     weight_milli,
-                    purge_rule: self.purge_rules.rule_of(&record.event_type),
+                    purge_rule: self
+                        .purges
+                        .as_ref()
+                        .map_or(0, |p| p.rule_of(&record.event_type)),
                 });
-                Ok(Outcome::Accepted { seq })
+                Ok(commit)
             }
-            Ok(Commit::Duplicate { seq }) => Ok(Outcome::Duplicate { seq }),
-            Err(e) => Err(ApiError::unavailable(
-                "storage_unavailable",
-                format!("the event could not be stored ({e}); nothing was kept, retry later"),
-            )),
+            Ok(duplicate @ Commit::Duplicate { .. }) => Ok(duplicate),
+            Err(error) => Err(Rejection::Storage {
+                error,
+                retry_after_secs: self.retry_after_secs,
+            }),
         }
     }
 
@@ -167,25 +179,12 @@ impl Ingestor {
         &self,
         created_at: Option<jiff::Timestamp>,
         now_ms: u64,
-    ) -> Result<(), ApiError> {
-        let created_at = created_at.ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_payload",
-                format!(
-                    "created_at: missing; an event signed with X-ProductHunt-Signature must carry \
-                     the RFC 3339 time it was sent (e.g. \"2026-11-25T08:01:00Z\"), within \
-                     webhook.tolerance_secs ({} s) of this server's clock, so that a captured \
-                     body cannot be replayed",
-                    self.tolerance_secs
-                ),
-            )
-            .field("created_at")
+    ) -> Result<(), Rejection> {
+        let created_at = created_at.ok_or(Rejection::MissingCreatedAt {
+            tolerance_secs: self.tolerance_secs,
         })?;
         signature::check_created_at(created_at.as_millisecond(), now_ms, self.tolerance_secs)
-            .map_err(|e| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())
-                    .field("created_at")
-            })
+            .map_err(Rejection::Signature)
     }
 
     /// Picks the scheme from the headers present and verifies it. Returns the scheme
@@ -195,18 +194,8 @@ impl Ingestor {
         headers: &'h HeaderMap,
         body: &[u8],
         now_ms: u64,
-    ) -> Result<(Scheme, Option<&'h str>), ApiError> {
-        let unauthorized = |e: SignatureError| {
-            let stale = match &e {
-                SignatureError::Stale { what, .. } => Some(*what),
-                _ => None,
-            };
-            let error = ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
-            match stale {
-                Some(what) => error.field(what),
-                None => error,
-            }
-        };
+    ) -> Result<(Scheme, Option<&'h str>), Rejection> {
+        let unauthorized = Rejection::Signature;
         if let Some(sigs) = headers.get(signature::STD_SIGNATURE_HEADER) {
             let id = headers
                 .get(signature::STD_ID_HEADER)
@@ -232,10 +221,7 @@ impl Ingestor {
                     self.tolerance_secs,
                 )
                 .map_err(unauthorized)?;
-            let id = id.to_str().map_err(|_| {
-                ApiError::bad_request("invalid_payload", "webhook-id: not ASCII")
-                    .field("webhook-id")
-            })?;
+            let id = id.to_str().map_err(|_| Rejection::IdNotAscii)?;
             return Ok((Scheme::StandardWebhooks, Some(id)));
         }
         let sig = headers
@@ -284,34 +270,28 @@ pub async fn handle(State(state): State<WebhookState>, req: Request) -> Response
     metrics::histogram!(telemetry::WEBHOOK_DURATION_SECONDS)
         .record(started.elapsed().as_secs_f64());
     let label = match &result {
-        Ok(Outcome::Accepted { .. }) => "accepted",
-        Ok(Outcome::Duplicate { .. }) => "duplicate",
-        Err(e) => match e.status {
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::REQUEST_TIMEOUT => "timeout",
-            s if s.is_client_error() => "invalid",
-            _ => "error",
-        },
+        Ok(Commit::Accepted { .. }) => "accepted",
+        Ok(Commit::Duplicate { .. }) => "duplicate",
+        Err(r) => r.label(),
     };
     metrics::counter!(telemetry::WEBHOOKS_TOTAL, "result" => label).increment(1);
-    if let Ok(Outcome::Accepted { .. }) = result {
+    if let Ok(Commit::Accepted { .. }) = result {
         (state.on_accepted)();
     }
     match result {
-        Ok(Outcome::Accepted { seq }) => (
+        Ok(Commit::Accepted { seq }) => (
             StatusCode::ACCEPTED,
             Json(json!({"status": "accepted", "seq": seq})),
         )
             .into_response(),
-        Ok(Outcome::Duplicate { .. }) => {
+        Ok(Commit::Duplicate { .. }) => {
             (StatusCode::OK, Json(json!({"status": "duplicate"}))).into_response()
         }
-        Err(e) => e.into_response(),
+        Err(r) => ApiError::from(r).into_response(),
     }
 }
 
-async fn handle_inner(state: &WebhookState, req: Request) -> Result<Outcome, ApiError> {
+async fn handle_inner(state: &WebhookState, req: Request) -> Result<Commit, Rejection> {
     let max = state.config.webhook.max_body_bytes;
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -320,7 +300,7 @@ async fn handle_inner(state: &WebhookState, req: Request) -> Result<Outcome, Api
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large(max));
+        return Err(Rejection::TooLarge { max });
     }
     let body = read_body(
         body,
@@ -334,45 +314,26 @@ async fn handle_inner(state: &WebhookState, req: Request) -> Result<Outcome, Api
             .committer
             .wait_durable()
             .await
-            .map_err(|e| ApiError::unavailable("storage_unavailable", e))?;
+            .map_err(|error| Rejection::NotDurable {
+                error,
+                retry_after_secs: state.config.backpressure.retry_after_secs,
+            })?;
     } else {
         state.committer.kick();
     }
     Ok(outcome)
 }
 
-fn too_large(max: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        format!(
-            "the body is larger than webhook.max_body_bytes ({max} bytes); send smaller events"
-        ),
-    )
-    .field("body")
-}
-
-async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<bytes::Bytes, Rejection> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the body did not arrive within {} ms; send it in one go",
-                timeout.as_millis()
-            ),
-        )),
+        Err(_) => Err(Rejection::BodyTimeout { timeout }),
         Ok(Err(e)) => {
             let is_limit = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if is_limit {
-                Err(too_large(max))
+                Err(Rejection::TooLarge { max })
             } else {
-                Err(ApiError::bad_request(
-                    "body_unreadable",
-                    format!("the body could not be read: {e}"),
-                )
-                .field("body"))
+                Err(Rejection::BodyUnreadable(e))
             }
         }
         Ok(Ok(bytes)) => Ok(bytes),

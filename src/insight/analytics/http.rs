@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::math::{day_of, launches, range_report, Frame};
 use super::query::{all_days, query_day};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::insight::counters::Conversions;
 use crate::insight::history::{DayTotals, MetricsBatch};
 
@@ -21,7 +21,7 @@ pub const MAX_RANGE_DAYS: i32 = 3660;
 pub fn parse_day(key: &'static str, text: &str) -> Result<Date, ApiError> {
     let bad = || {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!("{key}: expected a date YYYY-MM-DD, got {text:?}"),
         )
         .field(key)
@@ -36,12 +36,13 @@ pub fn parse_day(key: &'static str, text: &str) -> Result<Date, ApiError> {
 async fn all_days_blocking(
     conv: &Conversions,
     now: u64,
+    retry_after_secs: u64,
 ) -> Result<(Vec<DayTotals>, Option<MetricsBatch>), ApiError> {
     let conv = conv.clone();
     tokio::task::spawn_blocking(move || all_days(&conv, now))
         .await
-        .map_err(storage_error)?
-        .map_err(storage_error)
+        .map_err(storage_error(retry_after_secs))?
+        .map_err(storage_error(retry_after_secs))
 }
 
 /// The query string of `GET /api/analytics`.
@@ -53,11 +54,16 @@ pub struct AnalyticsQuery {
     pub to: Option<String>,
 }
 
-fn storage_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::unavailable(
-        "storage_unavailable",
-        format!("the history could not be read ({e}); retry"),
-    )
+/// 503 for a history that could not be read, retried after `retry_after_secs`
+/// (`backpressure.retry_after_secs`).
+fn storage_error<E: std::fmt::Display>(retry_after_secs: u64) -> impl Fn(E) -> ApiError {
+    move |e| {
+        ApiError::unavailable(
+            Code::StorageUnavailable,
+            format!("the history could not be read ({e}); retry"),
+            retry_after_secs,
+        )
+    }
 }
 
 /// What the report handlers read: the counters and their history, the config, the
@@ -77,7 +83,7 @@ pub async fn analytics(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| {
         ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "{}; expected ?day=YYYY-MM-DD or ?from=YYYY-MM-DD&to=YYYY-MM-DD",
                 e.body_text()
@@ -87,6 +93,7 @@ pub async fn analytics(
     let now = state.clock.now_ms();
     let conv = state.conversions.clone();
     let config = state.config.clone();
+    let retry_after_secs = config.backpressure.retry_after_secs;
     match (q.day, q.from, q.to) {
         (day, None, None) => {
             let day = match day {
@@ -97,8 +104,8 @@ pub async fn analytics(
                 query_day(&conv, &config.conversions, day, now)
             })
             .await
-            .map_err(storage_error)?
-            .map_err(storage_error)?;
+            .map_err(storage_error(retry_after_secs))?
+            .map_err(storage_error(retry_after_secs))?;
             Ok(Json(report).into_response())
         }
         (None, Some(from), Some(to)) => {
@@ -106,7 +113,7 @@ pub async fn analytics(
             let to = parse_day("to", &to)?;
             if from > to {
                 return Err(ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!("from: {from} is after to ({to}); swap them"),
                 )
                 .field("from"));
@@ -114,22 +121,22 @@ pub async fn analytics(
             let span = from.until(to).map(|s| s.get_days()).unwrap_or(i32::MAX);
             if span >= MAX_RANGE_DAYS {
                 return Err(ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!("to: a range covers at most {MAX_RANGE_DAYS} days"),
                 )
                 .field("to"));
             }
-            let (days, live) = all_days_blocking(&conv, now).await?;
+            let (days, live) = all_days_blocking(&conv, now, retry_after_secs).await?;
             let frame = Frame::of(&conv, &config.conversions);
             Ok(Json(range_report(from, to, &frame, days, live.as_ref())).into_response())
         }
         (Some(_), _, _) => Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             "day: give either day, or from and to, not both",
         )
         .field("day")),
         (None, from, _) => Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             format!(
                 "{}: a range needs both from and to (YYYY-MM-DD)",
                 if from.is_none() { "from" } else { "to" }
@@ -143,7 +150,8 @@ pub async fn analytics(
 pub async fn list_launches(State(state): State<Reports>) -> Result<Response, ApiError> {
     let now = state.clock.now_ms();
     let conv = state.conversions.clone();
-    let (days, live) = all_days_blocking(&conv, now).await?;
+    let (days, live) =
+        all_days_blocking(&conv, now, state.config.backpressure.retry_after_secs).await?;
     let frame = Frame::of(&conv, &state.config.conversions);
     Ok(Json(serde_json::json!({
         "timezone": state.config.conversions.timezone,

@@ -1,13 +1,19 @@
-//! The sled store: trees, key encodings, record versions, and the write path of
-//! events — an in-memory append on the request path, written to sled in batches.
+//! The sled store: the `Store` handle, opening, and the write path of events — an
+//! in-memory append on the request path, written to sled in batches.
 //!
-//! Trees (DESIGN.md, Storage):
-//! - `events`: `u64` BE seq → an entry: a committer batch, `[3][count u32 BE]` then per
-//!   event `[len u32 BE][event record]`, holding seqs `key`, `key + 1`, ...; or (stores
-//!   written before schema 2) one event record per key. An event record is
-//!   `[version][bincode EventRecord]`.
-//! - `dedup`: event id → `[version][received ms u64 BE][seq u64 BE]`, written only by
-//!   builds before schema 2; still loaded at open and swept after the TTL.
+//! The files of the folder:
+//! - `codec.rs`: the one framing of versioned records (`[version][body]`), for every
+//!   record of the crate;
+//! - `trees.rs`: every tree name and `meta` key of the crate, as constants;
+//! - `records.rs`: the event record, the batch entry, the dedup record and the pin;
+//! - `legacy.rs`: schema 1 (one record per `events` key, ids in `dedup`), kept for the
+//!   stores older builds wrote: its repair at open and the sweep of its `dedup` tree.
+//!
+//! Trees this module owns (DESIGN.md, Storage; encodings in `records.rs`):
+//! - `events`: `u64` BE seq → an entry: a committer batch holding seqs `key`,
+//!   `key + 1`, ...; or (stores written before schema 2) one event record per key.
+//! - `dedup`: event id → dedup record, written only by builds before schema 2; still
+//!   loaded at open and swept after the TTL.
 //! - `meta`: `schema_version` → `u32` BE; `pin` → the operator's factor pin;
 //!   `batches_from` → the first seq written as batches (`u64` BE, set once);
 //!   `dedup_from` → the lowest seq whose id the dedup index may still need
@@ -48,19 +54,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
 use crate::ingest::factor::Pin;
 
+pub mod codec;
+mod legacy;
+mod records;
+pub mod trees;
+
+use records::{decode_entry, decode_seq, encode_batch, entry_len, is_batch};
+pub use records::{decode_event, encode_event, EventRecord, Scheme};
+
 /// The store layout this build writes. A store with a higher number is refused.
 pub const SCHEMA_VERSION: u32 = 2;
-const EVENT_RECORD_VERSION: u8 = 2;
-/// The first byte of an `events` entry holding a batch.
-const EVENT_BATCH_VERSION: u8 = 3;
 /// Most events in one `events` entry: a committer that fell behind writes several.
 const MAX_BATCH: usize = 256;
-const DEDUP_RECORD_VERSION: u8 = 1;
-const PIN_RECORD_VERSION: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,43 +92,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-/// How an event arrived, kept with it for audits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Scheme {
-    /// `X-ProductHunt-Signature: sha256=<hex>` over the raw body.
-    ProductHunt,
-    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
-    StandardWebhooks,
-    /// Not a webhook: made by the Product Hunt poller from count deltas. Such records
-    /// are written as event record version 2, so an older build refuses them.
-    Poller,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::ProductHunt => "producthunt",
-            Scheme::StandardWebhooks => "standard-webhooks",
-            Scheme::Poller => "producthunt-api",
-        }
-    }
-}
-
-/// One stored event. The raw payload is kept as bytes (bincode cannot decode
-/// `serde_json::Value`), exactly as it was signed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub id: String,
-    pub event_type: String,
-    /// Velocity weight at receive time, thousandths.
-    pub weight_milli: u64,
-    /// Server clock at receipt, Unix ms.
-    pub received_ms: u64,
-    pub scheme: Scheme,
-    pub payload: Vec<u8>,
-}
-
-/// The result of committing an event.
+/// What became of an event offered to the store (`append`), and so the answer of
+/// `Ingestor::ingest`: accepted with a new seq, or a duplicate of an earlier one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
     Accepted {
@@ -170,17 +143,6 @@ type SeenShard = HashMap<Box<str>, (u64, u64)>;
 
 /// Shards of the in-memory dedup index.
 const SEEN_SHARDS: usize = 16;
-/// `meta` key (schema 1): the highest seq whose dedup entry is written (u64 BE).
-const DEDUP_THROUGH_KEY: &str = "dedup_through";
-/// `meta` key: the first seq written as a batch entry; the ids of events before it are
-/// in the `dedup` tree (u64 BE).
-const BATCHES_FROM_KEY: &str = "batches_from";
-/// `meta` key: the lowest seq whose id the dedup index may still need (u64 BE).
-const DEDUP_FROM_KEY: &str = "dedup_from";
-
-fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-}
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
@@ -213,11 +175,11 @@ impl Store {
                 }
             }
         };
-        let events = db.open_tree("events")?;
-        let dedup = db.open_tree("dedup")?;
-        let meta = db.open_tree("meta")?;
+        let events = db.open_tree(trees::EVENTS)?;
+        let dedup = db.open_tree(trees::DEDUP)?;
+        let meta = db.open_tree(trees::META)?;
 
-        if let Some(v) = meta.get("schema_version")? {
+        if let Some(v) = meta.get(trees::META_SCHEMA_VERSION)? {
             let found =
                 u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                     what: "meta.schema_version",
@@ -235,23 +197,23 @@ impl Store {
             Some((k, v)) => decode_seq(&k)? + entry_len(&v)?,
             None => 1,
         };
-        let batches_from = match meta.get(BATCHES_FROM_KEY)? {
+        let batches_from = match meta.get(trees::META_BATCHES_FROM)? {
             Some(v) => decode_seq(&v)?,
             None => {
                 // First open by a build that writes batches: everything before is the
                 // old layout, with its ids in the `dedup` tree.
-                meta.insert(BATCHES_FROM_KEY, &next_seq.to_be_bytes())?;
+                meta.insert(trees::META_BATCHES_FROM, &next_seq.to_be_bytes())?;
                 next_seq
             }
         };
-        meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        meta.insert(trees::META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes())?;
         db.flush()?;
         let db_file = File::open(dir.join("db")).map_err(|e| StoreError::Open {
             dir: dir.to_path_buf(),
             detail: format!("cannot open the data file for fsync: {e}"),
         })?;
-        let mut seen = repair_and_load_dedup(&events, &dedup, &meta, batches_from)?;
-        let dedup_from = match meta.get(DEDUP_FROM_KEY)? {
+        let mut seen = legacy::repair_and_load_dedup(&events, &dedup, &meta, batches_from)?;
+        let dedup_from = match meta.get(trees::META_DEDUP_FROM)? {
             Some(v) => decode_seq(&v)?.max(batches_from),
             None => batches_from,
         };
@@ -449,7 +411,7 @@ impl Store {
             }
             let changed = entry_stripped > 0;
             if changed {
-                let new = if v.first() == Some(&EVENT_BATCH_VERSION) {
+                let new = if is_batch(&v) {
                     let encoded = records
                         .iter()
                         .map(|(_, r)| encode_event(r))
@@ -507,56 +469,38 @@ impl Store {
                 keep
             });
         }
-        for kv in inner.dedup.iter() {
-            let (k, v) = kv?;
-            let (seen_ms, _) = decode_dedup(&v)?;
-            if now_ms.saturating_sub(seen_ms) >= ttl_ms {
-                let _ = inner
-                    .dedup
-                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>)?;
-            }
-        }
-        let current = match inner.meta.get(DEDUP_FROM_KEY)? {
+        legacy::sweep(&inner.dedup, now_ms, ttl_ms)?;
+        let current = match inner.meta.get(trees::META_DEDUP_FROM)? {
             Some(v) => decode_seq(&v)?,
             None => 0,
         };
         if lowest > current {
-            inner.meta.insert(DEDUP_FROM_KEY, &lowest.to_be_bytes())?;
+            inner
+                .meta
+                .insert(trees::META_DEDUP_FROM, &lowest.to_be_bytes())?;
         }
         Ok(forgotten)
     }
 
     /// The operator's persisted factor pin, if any.
     pub fn load_pin(&self) -> Result<Option<Pin>, StoreError> {
-        let Some(v) = self.inner.meta.get("pin")? else {
-            return Ok(None);
-        };
-        let v = v.as_ref();
-        check_version("meta.pin", v.first().copied(), PIN_RECORD_VERSION)?;
-        if v.len() != 17 {
-            return Err(StoreError::Corrupt {
-                what: "meta.pin",
-                detail: format!("{} bytes, expected 17", v.len()),
-            });
-        }
-        Ok(Some(Pin {
-            factor: f64::from_bits(u64::from_be_bytes(v[1..9].try_into().expect("8 bytes"))),
-            until_ms: u64::from_be_bytes(v[9..17].try_into().expect("8 bytes")),
-        }))
+        self.inner
+            .meta
+            .get(trees::META_PIN)?
+            .map(|v| records::decode_pin(&v))
+            .transpose()
     }
 
     /// Persists (or with `None`, clears) the factor pin, durably.
     pub fn save_pin(&self, pin: Option<Pin>) -> Result<(), StoreError> {
         match pin {
             Some(p) => {
-                let mut v = Vec::with_capacity(17);
-                v.push(PIN_RECORD_VERSION);
-                v.extend_from_slice(&p.factor.to_bits().to_be_bytes());
-                v.extend_from_slice(&p.until_ms.to_be_bytes());
-                self.inner.meta.insert("pin", v)?;
+                self.inner
+                    .meta
+                    .insert(trees::META_PIN, records::encode_pin(p))?;
             }
             None => {
-                self.inner.meta.remove("pin")?;
+                self.inner.meta.remove(trees::META_PIN)?;
             }
         }
         self.flush_durable(true)
@@ -578,70 +522,6 @@ fn shard_of(hasher: &RandomState, id: &str) -> usize {
     (hasher.hash_one(id) as usize) % SEEN_SHARDS
 }
 
-/// Loads the legacy `dedup` tree, after repairing what a crash in the middle of a
-/// schema 1 batch can leave among the events before `batches_from`. Such a batch wrote
-/// its events, then their dedup entries, then `meta.dedup_through` (the highest seq
-/// whose entry is written). So only events above that mark can lack their entry
-/// (re-created here from the event), and only entries above it can lack their event,
-/// should the log keep a later write and lose an earlier one (dropped here: such an
-/// event was never acknowledged).
-fn repair_and_load_dedup(
-    events: &sled::Tree,
-    dedup: &sled::Tree,
-    meta: &sled::Tree,
-    batches_from: u64,
-) -> Result<SeenShard, StoreError> {
-    let through = match meta.get(DEDUP_THROUGH_KEY)? {
-        Some(v) => decode_seq(&v)?,
-        None => 0,
-    };
-    let mut seen = HashMap::new();
-    let mut orphans = 0usize;
-    for kv in dedup.iter() {
-        let (k, v) = kv?;
-        let (ms, seq) = decode_dedup(&v)?;
-        if seq > through && !events.contains_key(seq.to_be_bytes())? {
-            dedup.remove(&k)?;
-            orphans += 1;
-            continue;
-        }
-        let id = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
-            what: "dedup key",
-            detail: "not UTF-8".into(),
-        })?;
-        seen.insert(id.into_boxed_str(), (ms, seq));
-    }
-    let mut restored = 0usize;
-    let mut last = through;
-    let legacy = through.saturating_add(1).to_be_bytes()..batches_from.to_be_bytes();
-    for kv in events.range(legacy) {
-        let (k, v) = kv?;
-        let seq = decode_seq(&k)?;
-        let record = decode_event(&v)?;
-        last = seq;
-        if seen.get(record.id.as_str()).is_some_and(|&(_, s)| s >= seq) {
-            continue;
-        }
-        dedup.insert(
-            record.id.as_bytes(),
-            &encode_dedup(record.received_ms, seq)[..],
-        )?;
-        seen.insert(record.id.into_boxed_str(), (record.received_ms, seq));
-        restored += 1;
-    }
-    if last > through {
-        meta.insert(DEDUP_THROUGH_KEY, &last.to_be_bytes())?;
-    }
-    if orphans + restored > 0 {
-        tracing::warn!(
-            dropped_dedup_entries = orphans,
-            restored_dedup_entries = restored,
-            "repaired the store after an interrupted write"
-        );
-    }
-    Ok(seen)
-}
-
 /// How long `Store::open` waits for a lock a closing owner is about to release.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -661,30 +541,6 @@ fn open_hint(e: &sled::Error) -> String {
             "{text}; if the files are damaged, move the directory aside (keep it for recovery) and start again with an empty one"
         )
     }
-}
-
-fn check_version(what: &'static str, found: Option<u8>, max: u8) -> Result<(), StoreError> {
-    match found {
-        None => Err(StoreError::Corrupt {
-            what,
-            detail: "empty record".into(),
-        }),
-        Some(found) if found > max => Err(StoreError::NewerRecord { what, found, max }),
-        Some(0) => Err(StoreError::Corrupt {
-            what,
-            detail: "version 0".into(),
-        }),
-        Some(_) => Ok(()),
-    }
-}
-
-fn decode_seq(k: &[u8]) -> Result<u64, StoreError> {
-    Ok(u64::from_be_bytes(k.try_into().map_err(|_| {
-        StoreError::Corrupt {
-            what: "events key",
-            detail: format!("{} bytes, expected 8", k.len()),
-        }
-    })?))
 }
 
 /// The `events` entries that can hold `seq` or later ones: the entry at or before
@@ -740,149 +596,10 @@ fn entry_records(
     }
 }
 
-/// The events of one `events` entry with their seqs: a batch, or one record.
-fn decode_entry(k: &[u8], v: &[u8]) -> Result<Vec<(u64, EventRecord)>, StoreError> {
-    let first = decode_seq(k)?;
-    if v.first() != Some(&EVENT_BATCH_VERSION) {
-        return Ok(vec![(first, decode_event(v)?)]);
-    }
-    batch_records(v)?
-        .into_iter()
-        .zip(first..)
-        .map(|(bytes, seq)| Ok((seq, decode_event(bytes)?)))
-        .collect()
-}
-
-/// How many events an `events` entry holds.
-fn entry_len(v: &[u8]) -> Result<u64, StoreError> {
-    if v.first() != Some(&EVENT_BATCH_VERSION) {
-        return Ok(1);
-    }
-    Ok(batch_records(v)?.len() as u64)
-}
-
-/// Encodes a batch entry from encoded event records.
-fn encode_batch<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + records.len() * 320);
-    out.push(EVENT_BATCH_VERSION);
-    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
-    for r in records {
-        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
-        out.extend_from_slice(r);
-    }
-    out
-}
-
-/// The encoded event records of a batch entry.
-fn batch_records(v: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
-        what: "event batch",
-        detail,
-    };
-    let u32_at = |at: usize| {
-        v.get(at..at + 4)
-            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
-    };
-    let count = u32_at(1).ok_or_else(|| corrupt("shorter than its header".into()))?;
-    let mut out = Vec::with_capacity(count.min(MAX_BATCH));
-    let mut at = 5;
-    for i in 0..count {
-        let record = u32_at(at)
-            .and_then(|len| v.get(at + 4..at + 4 + len))
-            .ok_or_else(|| corrupt(format!("event {} of {count} is cut short", i + 1)))?;
-        at += 4 + record.len();
-        out.push(record);
-    }
-    if at != v.len() {
-        return Err(corrupt(format!(
-            "{} bytes after the last event",
-            v.len() - at
-        )));
-    }
-    Ok(out)
-}
-
-pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(64 + record.payload.len());
-    // Version 1 for webhook records (what older builds read), 2 for the poller's.
-    out.push(if record.scheme == Scheme::Poller {
-        EVENT_RECORD_VERSION
-    } else {
-        1
-    });
-    bincode::serde::encode_into_std_write(record, &mut out, bincode_config()).map_err(|e| {
-        StoreError::Corrupt {
-            what: "event",
-            detail: e.to_string(),
-        }
-    })?;
-    Ok(out)
-}
-
-pub fn decode_event(v: &[u8]) -> Result<EventRecord, StoreError> {
-    check_version("event", v.first().copied(), EVENT_RECORD_VERSION)?;
-    let (record, _) =
-        bincode::serde::decode_from_slice(&v[1..], bincode_config()).map_err(|e| {
-            StoreError::Corrupt {
-                what: "event",
-                detail: e.to_string(),
-            }
-        })?;
-    Ok(record)
-}
-
-fn encode_dedup(received_ms: u64, seq: u64) -> [u8; 17] {
-    let mut v = [0u8; 17];
-    v[0] = DEDUP_RECORD_VERSION;
-    v[1..9].copy_from_slice(&received_ms.to_be_bytes());
-    v[9..17].copy_from_slice(&seq.to_be_bytes());
-    v
-}
-
-fn decode_dedup(v: &[u8]) -> Result<(u64, u64), StoreError> {
-    check_version("dedup", v.first().copied(), DEDUP_RECORD_VERSION)?;
-    if v.len() != 17 {
-        return Err(StoreError::Corrupt {
-            what: "dedup",
-            detail: format!("{} bytes, expected 17", v.len()),
-        });
-    }
-    Ok((
-        u64::from_be_bytes(v[1..9].try_into().expect("8 bytes")),
-        u64::from_be_bytes(v[9..17].try_into().expect("8 bytes")),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::records::sample as record;
     use super::*;
-
-    fn record(id: &str, at: u64) -> EventRecord {
-        EventRecord {
-            id: id.into(),
-            event_type: "upvote".into(),
-            weight_milli: 1200,
-            received_ms: at,
-            scheme: Scheme::ProductHunt,
-            payload: br#"{"id":"x"}"#.to_vec(),
-        }
-    }
-
-    #[test]
-    fn event_record_round_trips() {
-        let r = record("evt-1", 42);
-        assert_eq!(decode_event(&encode_event(&r).unwrap()).unwrap(), r);
-    }
-
-    #[test]
-    fn newer_record_version_is_refused() {
-        let mut bytes = encode_event(&record("a", 1)).unwrap();
-        bytes[0] = EVENT_RECORD_VERSION + 1;
-        assert!(matches!(
-            decode_event(&bytes),
-            Err(StoreError::NewerRecord { .. })
-        ));
-    }
 
     #[test]
     fn seqs_are_dense_dedup_holds_and_survives_reopen() {
@@ -938,9 +655,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            db.open_tree("meta")
+            db.open_tree(trees::META)
                 .unwrap()
-                .insert("schema_version", &(SCHEMA_VERSION + 1).to_be_bytes())
+                .insert(
+                    trees::META_SCHEMA_VERSION,
+                    &(SCHEMA_VERSION + 1).to_be_bytes(),
+                )
                 .unwrap();
             db.flush().unwrap();
         }
@@ -986,82 +706,6 @@ mod tests {
         assert_eq!(s.recent_events(10).unwrap()[0].1.id, "a");
         assert_eq!(s.dedup_entry("a").unwrap(), Some((10, 1)));
     }
-
-    /// A store written by a build before schema 2 (one record per key, ids in the
-    /// `dedup` tree), cut by a crash between a batch's event inserts and its dedup
-    /// inserts: events without entries, and an entry whose event was lost. `open`
-    /// repairs both, then writes new events as batches after the old ones.
-    #[test]
-    fn a_schema_1_store_is_repaired_and_continued() {
-        let dir = tempfile::tempdir().unwrap();
-        let ttl = 86_400_000;
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let meta = db.open_tree("meta").unwrap();
-            meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
-            meta.insert(DEDUP_THROUGH_KEY, &1u64.to_be_bytes()).unwrap();
-            let events = db.open_tree("events").unwrap();
-            let dedup = db.open_tree("dedup").unwrap();
-            for (seq, id) in [(1u64, "kept"), (2, "no-entry-1"), (3, "no-entry-2")] {
-                let at = if seq == 1 { 100 } else { 200 };
-                events
-                    .insert(seq.to_be_bytes(), encode_event(&record(id, at)).unwrap())
-                    .unwrap();
-            }
-            dedup.insert("kept", &encode_dedup(100, 1)[..]).unwrap();
-            dedup
-                .insert("lost-event", &encode_dedup(300, 4)[..])
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.next_seq(), 4);
-        assert_eq!(s.dedup_entry("kept").unwrap(), Some((100, 1)));
-        assert_eq!(s.dedup_entry("no-entry-1").unwrap(), Some((200, 2)));
-        assert_eq!(s.dedup_entry("no-entry-2").unwrap(), Some((200, 3)));
-        assert_eq!(s.dedup_entry("lost-event").unwrap(), None);
-        assert_eq!(
-            s.commit_event(&record("no-entry-2", 500), ttl).unwrap(),
-            Commit::Duplicate { seq: 3 }
-        );
-        assert_eq!(
-            s.commit_event(&record("lost-event", 500), ttl).unwrap(),
-            Commit::Accepted { seq: 4 },
-            "an id whose event was lost is new again"
-        );
-        s.commit_event(&record("new", 600), ttl).unwrap();
-        let ids: Vec<_> = s
-            .events_after(0, 10)
-            .unwrap()
-            .into_iter()
-            .map(|(seq, r)| (seq, r.id))
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                (1, "kept".to_string()),
-                (2, "no-entry-1".into()),
-                (3, "no-entry-2".into()),
-                (4, "lost-event".into()),
-                (5, "new".into())
-            ]
-        );
-        drop(s);
-        // The repair was written and the new layout recorded: a second open agrees.
-        let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.next_seq(), 6);
-        assert_eq!(s.dedup_entry("no-entry-1").unwrap(), Some((200, 2)));
-        assert_eq!(s.dedup_entry("lost-event").unwrap(), Some((500, 4)));
-        assert_eq!(s.dedup_entry("new").unwrap(), Some((600, 5)));
-        let meta = s.open_tree("meta").unwrap();
-        let version = meta.get("schema_version").unwrap().unwrap();
-        assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_be_bytes());
-        assert_eq!(
-            meta.get(BATCHES_FROM_KEY).unwrap().unwrap().as_ref(),
-            &4u64.to_be_bytes()
-        );
-    }
-
     #[test]
     fn a_batch_is_one_entry_and_reads_back_by_seq() {
         let dir = tempfile::tempdir().unwrap();
@@ -1071,7 +715,7 @@ mod tests {
             s.append(&record(&format!("e{i}"), i * 100), ttl).unwrap();
         }
         assert_eq!(s.write_pending().unwrap(), 5);
-        let events = s.open_tree("events").unwrap();
+        let events = s.open_tree(trees::EVENTS).unwrap();
         assert_eq!(events.len(), 1, "one entry for the batch");
         for i in 6..=8 {
             s.append(&record(&format!("e{i}"), i * 100), ttl).unwrap();
@@ -1122,7 +766,7 @@ mod tests {
             s.append(&record(&format!("e{i}"), i), 86_400_000).unwrap();
         }
         assert_eq!(s.write_pending().unwrap(), n as usize);
-        assert_eq!(s.open_tree("events").unwrap().len(), 3);
+        assert_eq!(s.open_tree(trees::EVENTS).unwrap().len(), 3);
         assert_eq!(s.events_after(0, usize::MAX).unwrap().len(), n as usize);
         drop(s);
         assert_eq!(Store::open(dir.path()).unwrap().next_seq(), n + 1);
@@ -1138,9 +782,9 @@ mod tests {
             s.commit_event(&record("b", 900), ttl).unwrap();
             s.commit_event(&record("c", 950), ttl).unwrap();
             assert_eq!(s.sweep_dedup(1500, ttl).unwrap(), 1);
-            let meta = s.open_tree("meta").unwrap();
+            let meta = s.open_tree(trees::META).unwrap();
             assert_eq!(
-                meta.get(DEDUP_FROM_KEY).unwrap().unwrap().as_ref(),
+                meta.get(trees::META_DEDUP_FROM).unwrap().unwrap().as_ref(),
                 &2u64.to_be_bytes(),
                 "the lowest seq still remembered"
             );
@@ -1189,21 +833,6 @@ mod tests {
         assert!(s.event(4).unwrap().unwrap().payload.is_empty());
     }
 
-    #[test]
-    fn a_cut_batch_entry_is_named_corrupt() {
-        let mut v = encode_batch([b"\x01abc".as_slice(), b"\x01de"].into_iter());
-        assert_eq!(batch_records(&v).unwrap().len(), 2);
-        v.truncate(v.len() - 1);
-        let e = decode_entry(&1u64.to_be_bytes(), &v)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("event batch") && e.contains("event 2 of 2"),
-            "{e}"
-        );
-    }
-
-    /// A restart right after a stop waits for the closing owner's lock; a store that
     /// stays held is refused with the hint, after the wait.
     #[test]
     fn open_waits_out_a_closing_owner_but_refuses_a_live_one() {

@@ -1,0 +1,218 @@
+//! The store's record encodings: the event record, the `events` batch entry, the
+//! legacy dedup record and the pin, each behind a version byte (`codec.rs` frames all but the batch).
+//!
+//! - Event record: `[version][bincode EventRecord]`; version 1 for webhooks (what
+//!   builds before the poller read), 2 for the poller's events.
+//! - Batch entry (an `events` value): `[3][count u32 BE]` then per event
+//!   `[len u32 BE][event record]`, holding seqs `key`, `key + 1`, ...; any other first
+//!   byte is one event record (stores written before schema 2).
+//! - Dedup record (`dedup` tree, schema 1): `[1][received ms u64 BE][seq u64 BE]`.
+//! - Pin (`meta.pin`): `[1][factor f64 bits BE][until ms u64 BE]`.
+//!
+//! **Invariant:** a record written by a newer version is refused, never misread.
+
+use serde::{Deserialize, Serialize};
+
+use super::{codec, StoreError, MAX_BATCH};
+use crate::ingest::factor::Pin;
+
+const EVENT_RECORD_VERSION: u8 = 2;
+/// The first byte of an `events` entry holding a batch.
+const EVENT_BATCH_VERSION: u8 = 3;
+const DEDUP_RECORD_VERSION: u8 = 1;
+const PIN_RECORD_VERSION: u8 = 1;
+
+/// How an event arrived, kept with it for audits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scheme {
+    /// `X-ProductHunt-Signature: sha256=<hex>` over the raw body.
+    ProductHunt,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    StandardWebhooks,
+    /// Not a webhook: made by the Product Hunt poller from count deltas. Such records
+    /// are written as event record version 2, so an older build refuses them.
+    Poller,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::ProductHunt => "producthunt",
+            Scheme::StandardWebhooks => "standard-webhooks",
+            Scheme::Poller => "producthunt-api",
+        }
+    }
+}
+
+/// One stored event. The raw payload is kept as bytes (bincode cannot decode
+/// `serde_json::Value`), exactly as it was signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: String,
+    pub event_type: String,
+    /// Velocity weight at receive time, thousandths.
+    pub weight_milli: u64,
+    /// Server clock at receipt, Unix ms.
+    pub received_ms: u64,
+    pub scheme: Scheme,
+    pub payload: Vec<u8>,
+}
+
+pub(super) fn decode_seq(k: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(k.try_into().map_err(|_| {
+        StoreError::Corrupt {
+            what: "events key",
+            detail: format!("{} bytes, expected 8", k.len()),
+        }
+    })?))
+}
+
+/// The events of one `events` entry with their seqs: a batch, or one record.
+pub(super) fn decode_entry(k: &[u8], v: &[u8]) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+    let first = decode_seq(k)?;
+    if v.first() != Some(&EVENT_BATCH_VERSION) {
+        return Ok(vec![(first, decode_event(v)?)]);
+    }
+    batch_records(v)?
+        .into_iter()
+        .zip(first..)
+        .map(|(bytes, seq)| Ok((seq, decode_event(bytes)?)))
+        .collect()
+}
+
+/// How many events an `events` entry holds.
+pub(super) fn entry_len(v: &[u8]) -> Result<u64, StoreError> {
+    if v.first() != Some(&EVENT_BATCH_VERSION) {
+        return Ok(1);
+    }
+    Ok(batch_records(v)?.len() as u64)
+}
+
+/// Encodes a batch entry from encoded event records.
+pub(super) fn encode_batch<'a>(records: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + records.len() * 320);
+    out.push(EVENT_BATCH_VERSION);
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// The encoded event records of a batch entry.
+pub(super) fn batch_records(v: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "event batch",
+        detail,
+    };
+    let u32_at = |at: usize| {
+        v.get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+    };
+    let count = u32_at(1).ok_or_else(|| corrupt("shorter than its header".into()))?;
+    let mut out = Vec::with_capacity(count.min(MAX_BATCH));
+    let mut at = 5;
+    for i in 0..count {
+        let record = u32_at(at)
+            .and_then(|len| v.get(at + 4..at + 4 + len))
+            .ok_or_else(|| corrupt(format!("event {} of {count} is cut short", i + 1)))?;
+        at += 4 + record.len();
+        out.push(record);
+    }
+    if at != v.len() {
+        return Err(corrupt(format!(
+            "{} bytes after the last event",
+            v.len() - at
+        )));
+    }
+    Ok(out)
+}
+
+pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
+    // Version 1 for webhook records (what older builds read), 2 for the poller's.
+    let version = if record.scheme == Scheme::Poller {
+        EVENT_RECORD_VERSION
+    } else {
+        1
+    };
+    codec::encode_with_capacity("event", version, record, 64 + record.payload.len())
+}
+
+pub fn decode_event(v: &[u8]) -> Result<EventRecord, StoreError> {
+    codec::decode("event", EVENT_RECORD_VERSION, v)
+}
+
+pub(super) fn encode_dedup(received_ms: u64, seq: u64) -> Vec<u8> {
+    codec::encode_words(DEDUP_RECORD_VERSION, [received_ms, seq])
+}
+
+pub(super) fn decode_dedup(v: &[u8]) -> Result<(u64, u64), StoreError> {
+    let [received_ms, seq] = codec::decode_words("dedup", DEDUP_RECORD_VERSION, v)?;
+    Ok((received_ms, seq))
+}
+
+/// Whether an `events` value is a batch entry (else one record of the old layout).
+pub(super) fn is_batch(v: &[u8]) -> bool {
+    v.first() == Some(&EVENT_BATCH_VERSION)
+}
+
+pub(super) fn encode_pin(pin: Pin) -> Vec<u8> {
+    codec::encode_words(PIN_RECORD_VERSION, [pin.factor.to_bits(), pin.until_ms])
+}
+
+pub(super) fn decode_pin(v: &[u8]) -> Result<Pin, StoreError> {
+    let [factor, until_ms] = codec::decode_words("meta.pin", PIN_RECORD_VERSION, v)?;
+    Ok(Pin {
+        factor: f64::from_bits(factor),
+        until_ms,
+    })
+}
+
+/// An event record for tests.
+#[cfg(test)]
+pub(super) fn sample(id: &str, at: u64) -> EventRecord {
+    EventRecord {
+        id: id.into(),
+        event_type: "upvote".into(),
+        weight_milli: 1200,
+        received_ms: at,
+        scheme: Scheme::ProductHunt,
+        payload: br#"{"id":"x"}"#.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_record_round_trips() {
+        let r = sample("evt-1", 42);
+        assert_eq!(decode_event(&encode_event(&r).unwrap()).unwrap(), r);
+    }
+
+    #[test]
+    fn newer_record_version_is_refused() {
+        let mut bytes = encode_event(&sample("a", 1)).unwrap();
+        bytes[0] = EVENT_RECORD_VERSION + 1;
+        assert!(matches!(
+            decode_event(&bytes),
+            Err(StoreError::NewerRecord { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cut_batch_entry_is_named_corrupt() {
+        let mut v = encode_batch([b"\x01abc".as_slice(), b"\x01de"].into_iter());
+        assert_eq!(batch_records(&v).unwrap().len(), 2);
+        v.truncate(v.len() - 1);
+        let e = decode_entry(&1u64.to_be_bytes(), &v)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("event batch") && e.contains("event 2 of 2"),
+            "{e}"
+        );
+    }
+}

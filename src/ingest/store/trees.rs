@@ -1,0 +1,41 @@
+//! Every sled tree and every `meta` key the crate uses, in one list. A name here is a
+//! name on disk: renaming one makes a store written under the old name look empty.
+//! The module named on each line owns the tree or key and documents its values.
+
+/// `u64` BE seq → a batch entry of event records, or one record (`ingest::store`).
+pub const EVENTS: &str = "events";
+/// Schema 1's event id → dedup record; read, repaired and swept, not written by new
+/// stores (`ingest::store::legacy`).
+pub const DEDUP: &str = "dedup";
+/// Single values of the whole store, under the `META_*` keys below.
+pub const META: &str = "meta";
+/// Window start ms (`u64` BE) → one flush of the counters (`insight::history`).
+pub const METRICS: &str = "metrics";
+/// Launch day `YYYY-MM-DD` → the day's running totals (`insight::history`).
+pub const LAUNCHES: &str = "launches";
+/// `day NUL v|c|g:<goal> NUL id` → a visitor's once-a-day mark (`insight::visitor`).
+pub const VISITORS: &str = "visitors";
+/// Post slug → the counts the poller last recorded (`ingest::producthunt`).
+pub const PRODUCTHUNT: &str = "producthunt";
+/// `u64` BE id → an outbound job waiting to be sent (`ops::outbound`).
+pub const OUTBOUND: &str = "outbound";
+/// `u64` BE id → an outbound job given up on (`ops::outbound`).
+pub const DEADLETTER: &str = "deadletter";
+
+/// `meta`: the store layout (`u32` BE); a newer one is refused (`ingest::store`).
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+/// `meta`: the operator's factor pin (`ingest::store`).
+pub const META_PIN: &str = "pin";
+/// `meta`: the first seq written as a batch entry (`u64` BE, set once); the ids of
+/// events before it are in `dedup` (`ingest::store`).
+pub const META_BATCHES_FROM: &str = "batches_from";
+/// `meta`: the lowest seq whose id the dedup index may still need (`u64` BE, moved
+/// up by the sweep) (`ingest::store`).
+pub const META_DEDUP_FROM: &str = "dedup_from";
+/// `meta`: schema 1's repair mark, the highest seq whose dedup entry is written
+/// (`u64` BE) (`ingest::store::legacy`).
+pub const META_DEDUP_THROUGH: &str = "dedup_through";
+/// `meta`: the highest event seq payload retention has looked at (`insight::history`).
+pub const META_PAYLOAD_SWEEP_SEQ: &str = "payload_sweep_seq";
+/// `meta`: the key that signs visitor cookies (`insight::visitor`).
+pub const META_VISITOR_KEY: &str = "visitor_key";
