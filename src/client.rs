@@ -1,9 +1,12 @@
 //! The one HTTP client for the calls launchguard makes to the outside (the outbound
 //! queue's alerts, the Product Hunt poller): http and https, trusting the webpki
 //! (Mozilla) roots plus `outbound.ca_file`; and how long a server asked us to wait.
-//! Shared by the ingest wing (the poller) and the ops wing (the queue), so it sits
-//! below both.
+//! Its trust store ([`trust`]) and connector ([`https_connector`]) also carry the
+//! edge's pooled client to an `https://` upstream (roots plus `origin.ca_file`).
+//! Shared by the ingest wing (the poller), the edge (the upstream) and the ops wing
+//! (the queue), so it sits below all three.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -25,15 +28,22 @@ pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// a test CA). A file that cannot be read, holds no PEM certificate or holds one
 /// rustls refuses is an error naming `outbound.ca_file`.
 pub fn tls_config(config: &OutboundConfig) -> Result<rustls::ClientConfig, ConfigError> {
+    trust("outbound.ca_file", config.ca_file.as_deref())
+}
+
+/// A client TLS configuration trusting the webpki (Mozilla) roots plus every
+/// certificate in `ca_file` when given; a file that cannot be read, holds no PEM
+/// certificate or holds one rustls refuses is an error naming `key` (the config key
+/// the file came from: `outbound.ca_file`, `origin.ca_file`).
+pub fn trust(key: &str, ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    if let Some(path) = &config.ca_file {
-        let bad = |problem: String| {
-            ConfigError::invalid("outbound.ca_file", format!("{}: {problem}", path.display()))
-        };
+    if let Some(path) = ca_file {
+        let bad =
+            |problem: String| ConfigError::invalid(key, format!("{}: {problem}", path.display()));
         let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
@@ -60,17 +70,24 @@ pub fn tls_config(config: &OutboundConfig) -> Result<rustls::ClientConfig, Confi
 /// The HTTP client for outbound calls: http and https (trust from `tls`), HTTP/1.1.
 pub fn https_client(timeout: Duration, tls: rustls::ClientConfig) -> HttpsClient {
     let mut http = HttpConnector::new();
-    http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(https)
+        .build(https_connector(http, tls))
+}
+
+/// `http` (its timeouts and socket options as the caller set them) for `http://`
+/// URIs, and rustls over it for `https://` with the trust of `tls`: the server name
+/// (SNI) and the certificate checked against it are the URI's host, and ALPN offers
+/// `http/1.1` alone, the only protocol these clients speak.
+pub fn https_connector(
+    mut http: HttpConnector,
+    mut tls: rustls::ClientConfig,
+) -> HttpsConnector<HttpConnector> {
+    http.enforce_http(false);
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    HttpsConnector::from((http, Arc::new(tls)))
 }
 
 /// What the server asked for, ms from `now_ms`: the longer of `Retry-After` (seconds

@@ -120,8 +120,14 @@ pub struct OriginConfig {
     /// Directory served to visitors. Default `data/site` (the demo launch site).
     /// Used when `upstream` is not set.
     pub static_dir: PathBuf,
-    /// An HTTP origin such as `http://127.0.0.1:3000`; when set, `static_dir` is unused.
+    /// An HTTP origin such as `http://127.0.0.1:3000`, or an HTTPS one such as
+    /// `https://app.internal` (verified against the webpki roots plus `ca_file`, by
+    /// the URL's host name); when set, `static_dir` is unused.
     pub upstream: Option<String>,
+    /// PEM file of extra trust anchors for an `https://` upstream, added to the webpki
+    /// roots (a private CA). Read at startup; an unreadable or bad file stops the
+    /// start. Default none.
+    pub ca_file: Option<PathBuf>,
     /// Longest wait for the origin's response headers, then 504 (or the stale copy), ms. Default 2000.
     pub timeout_ms: u64,
     /// Longest wait for an origin permit under load, then 503 + Retry-After, ms. Default 1000.
@@ -137,6 +143,7 @@ impl Default for OriginConfig {
         OriginConfig {
             static_dir: PathBuf::from("data/site"),
             upstream: None,
+            ca_file: None,
             timeout_ms: 2000,
             queue_timeout_ms: 1000,
             bypass_share: 0.5,
@@ -1254,10 +1261,21 @@ mod tests {
 
     #[test]
     fn edge_sections_name_their_keys() {
-        let e = err("[origin]\nupstream = \"https://example.com\"\n");
+        let e = err("[origin]\nupstream = \"ftp://example.com\"\n");
         assert!(
-            e.starts_with("origin.upstream:") && e.contains("https"),
+            e.starts_with("origin.upstream:") && e.contains("https://"),
             "{e}"
+        );
+        let e = err("[origin]\nupstream = \"https://example.com/app\"\n");
+        assert!(e.starts_with("origin.upstream:"), "{e}");
+        let c = Config::parse(
+            "[origin]\nupstream = \"https://example.com\"\nca_file = \"/etc/ssl/private-ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.origin.upstream.as_deref(), Some("https://example.com"));
+        assert_eq!(
+            c.origin.ca_file.as_deref(),
+            Some(Path::new("/etc/ssl/private-ca.pem"))
         );
         let e = err("[origin]\ntimeout_ms = 0\n");
         assert_eq!(e, "origin.timeout_ms: must be greater than 0");

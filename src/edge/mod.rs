@@ -75,8 +75,7 @@ impl Edge {
     ) -> Result<Edge, ConfigError> {
         let classifier = Classifier::new(&config.backpressure, &config.webhook.path)
             .map_err(|p| ConfigError::invalid("backpressure.critical_paths", p))?;
-        let origin =
-            Origin::new(&config.origin).map_err(|p| ConfigError::invalid("origin.upstream", p))?;
+        let origin = Origin::new(&config.origin)?;
         let limit = OriginLimit::new(
             &config.velocity,
             config.origin.bypass_share,

@@ -1,5 +1,6 @@
-//! The origin: the static directory (`origin.static_dir`) or an HTTP upstream
-//! (`origin.upstream`, such as a Next.js app on `127.0.0.1:3000`).
+//! The origin: the static directory (`origin.static_dir`) or an HTTP(S) upstream
+//! (`origin.upstream`, such as a Next.js app on `http://127.0.0.1:3000`, or
+//! `https://app.internal` across a network).
 //!
 //! The static directory is tower-http's `ServeDir`: ETag, Last-Modified, ranges,
 //! conditional requests, and `404.html` with status 404 for what is not there. Two
@@ -9,7 +10,10 @@
 //! at a checkout does not leak its secrets.
 //!
 //! The upstream is reached through one pooled keep-alive client, hyper-util's
-//! `client::legacy::Client` over plain HTTP/1.1. It is used rather than reqwest
+//! `client::legacy::Client`, HTTP/1.1 over TCP or, for an `https://` upstream, over
+//! rustls (`client::https_connector`: ALPN `http/1.1`, the server name and the
+//! certificate check by the upstream's host, trust in the webpki roots plus
+//! `origin.ca_file`, built once by `client::trust`). It is used rather than reqwest
 //! because a reverse proxy wants none of a user agent's habits: no redirect
 //! following, no transparent decompression, no cookie store; and because request and
 //! response bodies stay `http_body` streams end to end (hyper already sits under
@@ -24,8 +28,10 @@
 //! `X-Forwarded-Proto` and `X-Forwarded-Host` (the host the front door verified) are
 //! set from what launchguard itself saw, and `Host` names the upstream.
 //!
-//! **Invariant:** every fetch ends within `origin.timeout_ms` (response headers), as
-//! a response or an [`OriginError`]; nothing waits on the origin forever.
+//! **Invariant:** every fetch ends within `origin.timeout_ms` (response headers; the
+//! connect and any TLS handshake included), as a response or an [`OriginError`]; nothing
+//! waits on the origin forever. An upstream certificate that does not verify is an
+//! [`OriginError::Unreachable`] (502), at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +41,7 @@ use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -43,7 +50,7 @@ use tower_http::services::fs::ServeFileSystemResponseBody;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_status::SetStatus;
 
-use crate::config::OriginConfig;
+use crate::config::{ConfigError, OriginConfig};
 use crate::error::{ApiError, Code};
 use crate::telemetry;
 
@@ -101,7 +108,7 @@ enum Kind {
         not_found: SetStatus<ServeFile>,
     },
     Upstream {
-        client: Client<HttpConnector, Body>,
+        client: Client<HttpsConnector<HttpConnector>, Body>,
         scheme: Scheme,
         authority: Authority,
     },
@@ -127,10 +134,14 @@ pub struct Forwarded {
 }
 
 impl Origin {
-    pub fn new(config: &OriginConfig) -> Result<Origin, String> {
+    /// The error names `origin.upstream` (not a URL launchguard can fetch) or
+    /// `origin.ca_file` (unreadable, or no good PEM certificates in it).
+    pub fn new(config: &OriginConfig) -> Result<Origin, ConfigError> {
         let kind = match &config.upstream {
             Some(up) => {
-                let (scheme, authority) = crate::syntax::url::upstream(up)?;
+                let (scheme, authority) = crate::syntax::url::upstream(up)
+                    .map_err(|p| ConfigError::invalid("origin.upstream", p))?;
+                let tls = crate::client::trust("origin.ca_file", config.ca_file.as_deref())?;
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
@@ -138,7 +149,7 @@ impl Origin {
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(512)
-                    .build(connector);
+                    .build(crate::client::https_connector(connector, tls));
                 Kind::Upstream {
                     client,
                     scheme,

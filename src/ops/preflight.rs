@@ -5,7 +5,8 @@
 //!
 //! The checks: the config parses and validates; a webhook secret is configured; the data
 //! dir is writable and its disk has room for the expected events; `RLIMIT_NOFILE` covers
-//! the connection budget; the origin (static dir or upstream) answers `/`, and how fast;
+//! the connection budget; the origin (static dir, or upstream over http or https with
+//! `origin.ca_file` loaded as `serve` would) answers `/`, and how fast;
 //! every `cache.warm_urls` page answers 200 and may be cached; the Product Hunt poller
 //! is off or fully configured; alerts have somewhere to go (and `outbound.ca_file`, when
 //! set, is a readable PEM file of certificates); both listeners can bind; with
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use axum::http::header;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::edge::origin::{Forwarded, Origin};
 use crate::secrets::{self, Env};
 
@@ -132,11 +133,15 @@ pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> 
             checks.push(origin(&config, &o).await);
             checks.push(warm_urls(&config, &o).await);
         }
-        Err(e) => checks.push(Check::fail(
-            "origin",
-            format!("origin.upstream: {e}"),
-            "use http://host:port",
-        )),
+        Err(e) => {
+            let fix = match &e {
+                ConfigError::Invalid { key, .. } if key == "origin.ca_file" => {
+                    "point origin.ca_file at a readable PEM file of CA certificates, or remove the key"
+                }
+                _ => "use http://host:port or https://host:port",
+            };
+            checks.push(Check::fail("origin", e.to_string(), fix))
+        }
     }
     checks.push(producthunt(&config, env));
     checks.push(alerts(&config));
@@ -329,6 +334,11 @@ async fn origin(config: &Config, origin: &Origin) -> Check {
                 Some(_) => "make the site answer / (or check origin.upstream)",
                 None => "point origin.static_dir at the built site (it must hold index.html)",
             },
+        ),
+        Err(e) if e.contains("certificate") => Check::fail(
+            NAME,
+            format!("{what}: {e}"),
+            "the upstream's certificate does not verify for its host name: put the CA that issued it in origin.ca_file (PEM), or serve a certificate for the name in origin.upstream",
         ),
         Err(e) => Check::fail(
             NAME,

@@ -6,24 +6,21 @@
 use axum::http::uri::{Authority, Scheme};
 use axum::http::Uri;
 
-/// Checks an `origin.upstream` value; the error text is meant for a config error.
+/// Checks an `origin.upstream` value, `http://` or `https://` with a host and no
+/// path; the error text is meant for a config error.
 pub fn upstream(text: &str) -> Result<(Scheme, Authority), String> {
     let uri: Uri = text.parse().map_err(|e| {
-        format!("expected a URL such as \"http://127.0.0.1:3000\", got {text:?} ({e})")
+        format!("expected a URL such as \"http://127.0.0.1:3000\" or \"https://app.internal\", got {text:?} ({e})")
     })?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{text:?}: https upstreams are not supported; run the origin on loopback over http"
-            ))
-        }
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
         _ => {
             return Err(format!(
-                "expected a URL such as \"http://127.0.0.1:3000\", got {text:?}"
+                "expected a URL such as \"http://127.0.0.1:3000\" or \"https://app.internal\", got {text:?}"
             ))
         }
-    }
+    };
     let authority = uri
         .authority()
         .cloned()
@@ -33,7 +30,10 @@ pub fn upstream(text: &str) -> Result<(Scheme, Authority), String> {
             "{text:?}: give only scheme, host and port; paths are passed through as requested"
         ));
     }
-    Ok((Scheme::HTTP, authority))
+    if authority.host().is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    Ok((scheme, authority))
 }
 
 /// Checks that `url` is an absolute `http://` or `https://` URL with a host; the
@@ -63,13 +63,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upstreams_must_be_plain_http_roots() {
-        assert!(upstream("http://127.0.0.1:3000").is_ok());
+    fn upstreams_must_be_http_or_https_roots() {
+        assert_eq!(
+            upstream("http://127.0.0.1:3000").unwrap(),
+            (Scheme::HTTP, "127.0.0.1:3000".parse().unwrap())
+        );
         assert!(upstream("http://localhost:3000/").is_ok());
-        assert!(upstream("https://example.com")
+        assert_eq!(
+            upstream("https://example.com").unwrap(),
+            (Scheme::HTTPS, "example.com".parse().unwrap())
+        );
+        assert!(upstream("ftp://example.com")
             .unwrap_err()
-            .contains("https"));
+            .contains("https://"));
         assert!(upstream("127.0.0.1:3000").is_err());
+        assert!(upstream("https://example.com/app")
+            .unwrap_err()
+            .contains("paths"));
         assert!(upstream("http://127.0.0.1:3000/app")
             .unwrap_err()
             .contains("paths"));

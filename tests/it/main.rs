@@ -20,6 +20,7 @@ mod dashboard;
 mod edge;
 mod framing;
 mod fuzz;
+mod https_upstream;
 mod metrics;
 mod outbound;
 mod packaging;

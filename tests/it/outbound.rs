@@ -426,30 +426,8 @@ async fn https_delivery_trusts_outbound_ca_file_and_nothing_else() {
 
 #[tokio::test]
 async fn a_bad_outbound_ca_file_stops_the_start_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let not_pem = dir.path().join("not-a-cert.pem");
-    std::fs::write(&not_pem, "hello\n").unwrap();
-    for (file, says) in [
-        (dir.path().join("missing.pem"), "cannot read it"),
-        (not_pem, "no PEM certificate"),
-    ] {
-        let mut config = crate::support::config(&dir.path().join("state"));
-        config.outbound.ca_file = Some(file.clone());
-        let opts = launchguard::app::Options {
-            clock: Clock::manual(START_MS),
-            env: launchguard::secrets::Env::default(),
-            ..launchguard::app::Options::default()
-        };
-        let e = match launchguard::app::start(config, opts).await {
-            Ok(_) => panic!("{} was accepted", file.display()),
-            Err(e) => e,
-        };
-        assert!(
-            matches!(e, launchguard::app::StartError::Config(_)),
-            "{e:?}"
-        );
-        let e = e.to_string();
-        assert!(e.starts_with("outbound.ca_file: "), "{e}");
-        assert!(e.contains(says), "{e}");
-    }
+    crate::support::tls::bad_ca_files_stop_the_start("outbound.ca_file", |c, file| {
+        c.outbound.ca_file = Some(file);
+    })
+    .await;
 }

@@ -189,6 +189,56 @@ fn an_upstream_page_that_cannot_be_cached_fails_the_warm_check() {
     rt.shutdown_background();
 }
 
+/// An https upstream (a local TLS origin, its certificate from a test CA): PASS with
+/// the CA in `origin.ca_file`, a FAIL naming the certificate and the key without it,
+/// and a FAIL naming `origin.ca_file` when that file is bad.
+#[test]
+fn an_https_upstream_is_checked_with_origin_ca_file() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::TestCa::new("launchguard upstream CA");
+    let ca_file = ca.write_pem(dir.path(), "ca.pem");
+    let origin =
+        rt.block_on(crate::support::origin::FakeOrigin::builder().start_tls(ca.server_config()));
+    let upstream = format!("https://localhost:{}", origin.addr.port());
+    let state = dir.path().join("state");
+    let with_ca = |file: &Path| {
+        upstream_config(&state, &upstream)
+            .replace("[origin]\n", &format!("[origin]\nca_file = {file:?}\n"))
+    };
+
+    let (code, out) = preflight(dir.path(), &with_ca(&ca_file));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "PASS  origin               upstream {upstream} answered GET / with 200 OK"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("PASS  warm urls"), "{out}");
+
+    let (code, out) = preflight(dir.path(), &upstream_config(&state, &upstream));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  origin"), "{out}");
+    assert!(out.contains("certificate"), "{out}");
+    assert!(out.contains("fix: the upstream's certificate"), "{out}");
+    assert!(out.contains("origin.ca_file"), "{out}");
+
+    let (code, out) = preflight(dir.path(), &with_ca(&dir.path().join("missing.pem")));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  origin               origin.ca_file: "),
+        "{out}"
+    );
+    assert!(out.contains("fix: point origin.ca_file"), "{out}");
+    drop(origin);
+    rt.shutdown_background();
+}
+
 #[test]
 fn a_half_configured_poller_fails_naming_the_missing_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,9 @@
 //! until `release()` (`hold_only(prefix)`: those under a prefix), other methods pass.
 //! `arrived` is notified when a request comes in, so tests wait for events, not for
 //! time.
+//!
+//! `Builder::start_tls` serves the same behind TLS (`support::tls::serve`, a
+//! certificate from a test CA) and keeps each handshake's outcome (`handshakes`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -141,6 +144,15 @@ impl Builder {
     }
 
     pub async fn start(self) -> FakeOrigin {
+        self.serve(None)
+    }
+
+    /// The origin behind TLS with `tls`: its `url` is `https://127.0.0.1:port`.
+    pub async fn start_tls(self, tls: Arc<rustls::ServerConfig>) -> FakeOrigin {
+        self.serve(Some(tls))
+    }
+
+    fn serve(self, tls: Option<Arc<rustls::ServerConfig>>) -> FakeOrigin {
         // SO_REUSEPORT, so that `stop` can keep the port (see there).
         let socket = port_socket();
         socket
@@ -157,15 +169,28 @@ impl Builder {
         });
         let app = Router::new().fallback(answer).with_state(state.clone());
         let stop = CancellationToken::new();
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(s.cancelled_owned())
-                .await
-                .unwrap();
-        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = match tls {
+            Some(tls) => {
+                let st = state.clone();
+                super::tls::serve(listener, tls, app, stop.clone(), move |h| {
+                    st.handshakes.lock().push(h);
+                    st.arrived.notify_waiters();
+                })
+            }
+            None => {
+                let s = stop.clone();
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(s.cancelled_owned())
+                        .await
+                        .unwrap();
+                })
+            }
+        };
         FakeOrigin {
             addr,
+            scheme,
             state,
             stop,
             task: Some(task),
@@ -194,6 +219,8 @@ struct OriginState {
     failing: AtomicBool,
     gate: Mutex<Option<watch::Sender<bool>>>,
     arrived: Notify,
+    /// TLS only: every handshake's outcome, in order.
+    handshakes: Mutex<Vec<super::tls::Handshake>>,
 }
 
 impl OriginState {
@@ -211,6 +238,8 @@ impl OriginState {
 
 pub struct FakeOrigin {
     pub addr: SocketAddr,
+    /// `http`, or `https` behind TLS.
+    scheme: &'static str,
     state: Arc<OriginState>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -229,7 +258,27 @@ impl FakeOrigin {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// TLS only: the handshakes so far, each the server name the client sent or the
+    /// server's error.
+    pub fn handshakes(&self) -> Vec<super::tls::Handshake> {
+        self.state.handshakes.lock().clone()
+    }
+
+    /// TLS only: waits until `n` handshakes in all have been tried.
+    pub async fn wait_handshakes(&self, n: usize) -> Vec<super::tls::Handshake> {
+        loop {
+            let notified = self.state.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let seen = self.handshakes();
+            if seen.len() >= n {
+                return seen;
+            }
+            notified.await;
+        }
     }
 
     /// Requests seen for `path` (path and query as sent).

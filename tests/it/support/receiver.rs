@@ -102,42 +102,13 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let state = new_state();
         let app = Router::new().fallback(answer).with_state(state.clone());
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let stop = CancellationToken::new();
-        let s = stop.clone();
         let st = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    _ = s.cancelled() => return,
-                    r = listener.accept() => match r {
-                        Ok((tcp, _)) => tcp,
-                        Err(_) => continue,
-                    },
-                };
-                let (acceptor, app, st, s) = (acceptor.clone(), app.clone(), st.clone(), s.clone());
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            st.handshakes.send_modify(|h| h.ok += 1);
-                            tls
-                        }
-                        Err(e) => {
-                            st.handshakes.send_modify(|h| h.failed.push(e.to_string()));
-                            return;
-                        }
-                    };
-                    let service = hyper::service::service_fn(move |req| {
-                        tower::ServiceExt::oneshot(app.clone(), req)
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = s.cancelled() => {}
-                    }
-                });
-            }
+        super::tls::serve(listener, tls, app, stop.clone(), move |handshake| {
+            st.handshakes.send_modify(|h| match handshake {
+                Ok(_) => h.ok += 1,
+                Err(e) => h.failed.push(e),
+            })
         });
         Receiver {
             addr,

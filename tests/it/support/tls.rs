@@ -1,6 +1,7 @@
 //! A private test CA made with rcgen, and the server configuration of a TLS listener
 //! whose certificate it issued for `localhost` and `127.0.0.1`. Fresh keys every run;
 //! nothing is read from or written to the machine beyond the PEM file a test asks for.
+//! [`serve`] puts a test server (the receiver, the fake origin) behind such a listener.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -215,4 +216,91 @@ pub async fn get(
             body,
         },
     )
+}
+
+/// What one handshake of [`serve`] came to: the server name (SNI) the client sent,
+/// if any, or the server's error.
+pub type Handshake = Result<Option<String>, String>;
+
+/// Serves `app` on `listener` behind TLS with `tls` until `stop`: every connection
+/// is a rustls handshake, told to `seen`, then HTTP/1.1 on hyper. Cancelling `stop`
+/// ends the accept loop and closes every connection.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    stop: tokio_util::sync::CancellationToken,
+    seen: impl Fn(Handshake) + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let seen = Arc::new(seen);
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => continue,
+                },
+            };
+            let (acceptor, app, seen, stop) =
+                (acceptor.clone(), app.clone(), seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => {
+                        seen(Ok(tls.get_ref().1.server_name().map(str::to_string)));
+                        tls
+                    }
+                    Err(e) => {
+                        seen(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    })
+}
+
+/// Asserts that a CA file launchguard cannot use stops the start with a config
+/// error naming `key`: a missing file, then one with no PEM certificate in it.
+/// `set` puts the file's path under that key (and whatever else the key needs).
+pub async fn bad_ca_files_stop_the_start(
+    key: &str,
+    set: impl Fn(&mut launchguard::config::Config, PathBuf),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not-a-cert.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    for (file, says) in [
+        (dir.path().join("missing.pem"), "cannot read it"),
+        (not_pem, "no PEM certificate"),
+    ] {
+        let mut config = super::config(&dir.path().join("state"));
+        set(&mut config, file.clone());
+        let opts = launchguard::app::Options {
+            clock: launchguard::clock::Clock::manual(super::edge::T0),
+            env: launchguard::secrets::Env::default(),
+            ..launchguard::app::Options::default()
+        };
+        let e = match launchguard::app::start(config, opts).await {
+            Ok(_) => panic!("{key} = {} was accepted", file.display()),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(e, launchguard::app::StartError::Config(_)),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(e.starts_with(&format!("{key}: ")), "{e}");
+        assert!(e.contains(says), "{e}");
+    }
 }
