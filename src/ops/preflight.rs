@@ -480,6 +480,31 @@ pub const CERT_MIN_DAYS: i64 = 14;
 /// of `server.hosts`.
 fn certificate(config: &Config, now_ms: u64) -> Check {
     const NAME: &str = "tls certificate";
+    if config.tls.acme() {
+        // Ordered by ACME at start; what the data dir holds is what will be served first.
+        let (cert, key) = crate::edge::tls::store::Store::cert_paths_in(
+            &config.server.data_dir,
+            &config.tls.domains,
+        );
+        return match crate::edge::tls::load_pair(&cert, &key) {
+            Ok(l) => Check::pass(
+                NAME,
+                format!(
+                    "ACME: {:?} in {}, valid {} more days; renewed when a third of its lifetime is left",
+                    l.names,
+                    cert.display(),
+                    (l.not_after - (now_ms / 1000) as i64) / 86_400
+                ),
+            ),
+            Err(_) => Check::pass(
+                NAME,
+                format!(
+                    "ACME: none yet; ordered from {} at start (HTTPS handshakes fail until then)",
+                    config.tls.acme_directory
+                ),
+            ),
+        };
+    }
     let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
         return Check::fail(
             NAME,
