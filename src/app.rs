@@ -492,6 +492,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 outbound: state.outbound.clone(),
                 config: state.config.clone(),
                 clock: state.clock.clone(),
+                acme: state.acme.as_ref().map(|a| a.status()),
             },
             opts.alerts_every,
             background_shutdown.clone(),

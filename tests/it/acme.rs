@@ -2,7 +2,9 @@
 //! name resolving to 127.0.0.1. HTTP-01 answered on `tls.http_listen`, TLS-ALPN-01 on
 //! `tls.listen`; the certificate kept in the data dir and not ordered again after a
 //! restart; renewed without a restart once a third of its lifetime is left (by the
-//! manual clock); the CA down at startup is a logged failure and a backoff, not a crash.
+//! manual clock); the CA down at startup is a logged failure, an alert and a backoff,
+//! not a crash; a failed HTTP-01 falls back to TLS-ALPN-01; a fallback directory takes
+//! over; external account binding.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -83,6 +85,7 @@ async fn http01_certificate_is_served_kept_across_a_restart_and_renewed_in_place
             http_port,
             tls_port,
             validity_secs: 3_600,
+            eab: None,
         },
     ) else {
         return;
@@ -197,6 +200,7 @@ async fn tls_alpn01_alone_gets_a_certificate() {
             http_port: free_port(),
             tls_port,
             validity_secs: 3_600,
+            eab: None,
         },
     ) else {
         return;
@@ -225,7 +229,10 @@ async fn the_ca_down_at_startup_is_a_backoff_not_a_crash() {
     let ca_file = ca.write_pem(dir.path(), "ca.pem");
     let clock = Clock::manual(now_ms());
     let down = free_port();
+    let receiver = crate::support::receiver::Receiver::start().await;
+    let slack = receiver.url("/services/T000/B000/XXXX");
     let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
+        c.alerts.slack_webhook_urls = vec![slack.clone()];
         c.tls.listen = Some("127.0.0.1:0".parse().unwrap());
         c.tls.domains = vec![DOMAIN.into()];
         c.tls.acme_directory = format!("https://127.0.0.1:{down}/dir");
@@ -239,6 +246,12 @@ async fn the_ca_down_at_startup_is_a_backoff_not_a_crash() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(status.last_error.lock().is_some());
+    // The failure goes out as an alert too.
+    s.state().alerts.kick();
+    receiver.wait_for(1).await;
+    let body: serde_json::Value = serde_json::from_slice(&receiver.requests()[0].body).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(text.contains("ACME: no certificate"), "{text}");
     // No certificate: handshakes fail, the rest of the appliance works.
     let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
     assert!(tls::connect(ca.client_config(&[b"h2"]), addr, DOMAIN)
@@ -262,5 +275,122 @@ async fn the_ca_down_at_startup_is_a_backoff_not_a_crash() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    s.stop().await;
+}
+
+/// Waits until `status` has seen `n` failures.
+async fn failures(status: &launchguard::edge::tls::acme::Status, n: u64, pebble: &Pebble) {
+    until(&format!("{n} failed orders"), pebble, || {
+        status.failures.load(Relaxed) >= n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_http01_falls_back_to_tls_alpn01() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_port = free_port();
+    // Pebble validates HTTP-01 on a port where nothing listens.
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port: free_port(),
+            tls_port,
+            validity_secs: 3_600,
+            eab: None,
+        },
+    ) else {
+        return;
+    };
+    let clock = Clock::manual(now_ms());
+    let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
+        acme_config(c, &pebble, tls_port, None);
+        c.tls.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    failures(&status, 1, &pebble).await;
+    assert!(certs.current().is_none());
+    let error = status.last_error.lock().clone().unwrap();
+    assert_eq!(status.orders.load(Relaxed), 1, "{error}");
+    // After the first backoff (a minute), the next order uses TLS-ALPN-01.
+    clock.advance_ms(61_000);
+    until("a certificate by TLS-ALPN-01", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
+    assert_eq!(status.orders.load(Relaxed), 2);
+    let client = client_trusting(&pebble).await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let (_, page) = tls::get(client, addr, DOMAIN, "/launch/").await;
+    assert_eq!(page.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_fallback_directory_takes_over_after_two_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port,
+            tls_port,
+            validity_secs: 3_600,
+            eab: None,
+        },
+    ) else {
+        return;
+    };
+    let clock = Clock::manual(now_ms());
+    let down = free_port();
+    let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
+        acme_config(c, &pebble, tls_port, Some(http_port));
+        c.tls.acme_directory = format!("https://127.0.0.1:{down}/dir");
+        c.tls.fallback_directories = vec![pebble.directory.clone()];
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    failures(&status, 1, &pebble).await;
+    clock.advance_ms(61_000);
+    failures(&status, 2, &pebble).await;
+    assert!(certs.current().is_none());
+    clock.advance_ms(121_000);
+    until("a certificate from the fallback", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port,
+            tls_port,
+            validity_secs: 3_600,
+            eab: Some(("kid-1".into(), hmac.into())),
+        },
+    ) else {
+        return;
+    };
+    let s = TestServer::start(&dir.path().join("state"), Clock::manual(now_ms()), |c| {
+        acme_config(c, &pebble, tls_port, Some(http_port));
+        c.tls.acme_eab_kid = Some("kid-1".into());
+        c.tls.acme_eab_hmac_key = Some(hmac.into());
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    until("a certificate with EAB", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
     s.stop().await;
 }

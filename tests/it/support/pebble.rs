@@ -38,6 +38,8 @@ pub struct Ports {
     pub http_port: u16,
     pub tls_port: u16,
     pub validity_secs: u64,
+    /// External account binding required, with this key id and base64url HMAC key.
+    pub eab: Option<(String, String)>,
 }
 
 impl Pebble {
@@ -59,7 +61,8 @@ impl Pebble {
                 "httpPort": ports.http_port,
                 "tlsPort": ports.tls_port,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
+                "externalAccountBindingRequired": ports.eab.is_some(),
+                "externalAccountMACKeys": ports.eab.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
                 "certificateValidityPeriod": ports.validity_secs,
             }
         });
