@@ -672,6 +672,18 @@ mod tests {
     }
 
     #[test]
+    fn under_acme_the_check_names_the_stored_certificate_or_the_coming_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.server.data_dir = dir.path().to_path_buf();
+        c.tls.listen = Some("127.0.0.1:8443".parse().unwrap());
+        c.tls.domains = vec!["example.com".into()];
+        let none = certificate(&c, 0);
+        assert_eq!(none.verdict, Verdict::Pass, "{none:?}");
+        assert!(none.found.contains("none yet"), "{none:?}");
+    }
+
+    #[test]
     fn the_certificate_check_wants_14_days_and_every_host() {
         let dir = tempfile::tempdir().unwrap();
         let ms = |d: &str| d.parse::<jiff::Timestamp>().unwrap().as_millisecond() as u64;

@@ -261,7 +261,9 @@ async fn the_ca_down_at_startup_is_a_backoff_not_a_crash() {
     // Within the backoff (a minute after the first failure) nothing is ordered again.
     let checks = status.checks.load(Relaxed);
     clock.advance_ms(30_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while status.checks.load(Relaxed) < checks + 2 {
+        assert!(Instant::now() < deadline, "the renewal loop stopped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status.failures.load(Relaxed), 1);
