@@ -522,7 +522,10 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     ];
     if let Some(acme) = &state.acme {
         background.push(tokio::spawn(acme.clone().run(background_shutdown.clone())));
-    } else if let Some(certs) = &state.certs {
+    }
+    // Under ACME too: the watch owns the SIGHUP handler (`systemctl reload`), whose
+    // default action would end the process; with no files a reload does nothing.
+    if let Some(certs) = &state.certs {
         background.push(tokio::spawn(crate::edge::tls::watch(
             certs.clone(),
             crate::edge::tls::WATCH_EVERY,

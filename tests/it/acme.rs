@@ -396,3 +396,34 @@ async fn external_account_binding_is_sent_when_the_ca_requires_it() {
     .await;
     s.stop().await;
 }
+
+/// `systemctl reload` (SIGHUP) under ACME leaves the binary running: the signal has a
+/// handler (with no files it reloads nothing), not its default action, which ends the
+/// process. SIGHUP sorts before SIGTERM, so when both are pending the first is handled
+/// first, and a clean exit shows it did not end the process.
+#[cfg(unix)]
+#[test]
+fn sighup_under_acme_does_not_end_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::TestCa::new("unused");
+    let ca_file = ca.write_pem(dir.path(), "ca.pem");
+    let down = free_port();
+    let config = crate::support::binary::write_config(
+        dir.path(),
+        "acme-sighup-secret",
+        &format!(
+            "[tls]\nlisten = \"127.0.0.1:0\"\ndomains = [\"{DOMAIN}\"]\nacme_directory = \"https://127.0.0.1:{down}/dir\"\nacme_ca_file = {ca_file:?}\n"
+        ),
+    );
+    let mut proc = crate::support::binary::spawn(&config, &[]);
+    assert!(proc.https.is_some(), "the binary logged its https listener");
+    // One answer first, as the other signal tests do: by then its handlers are set.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("http://{}/launch/", proc.public);
+    let page = rt.block_on(crate::support::Client::new().get(&url));
+    assert_eq!(page.status, 200);
+    assert!(proc.signal(libc::SIGHUP));
+    assert!(proc.signal(libc::SIGTERM));
+    let status = proc.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
