@@ -156,6 +156,8 @@ pub struct Handles {
     pub connections: Connections,
     /// The certificate of `tls.listen`, when HTTPS is on.
     pub certs: Option<crate::edge::tls::Certs>,
+    /// The ACME side of `tls.listen`, when its certificates come by ACME.
+    pub acme: Option<crate::edge::tls::acme::Acme>,
 }
 
 /// Why the appliance could not start.
@@ -267,6 +269,15 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         .expect("bound socket has an address");
     let tls = crate::edge::tls::from_config(&config.tls)
         .map_err(|e| ConfigError::invalid(e.key(), e.to_string()))?;
+    let acme = match &tls {
+        Some((certs, _)) if config.tls.acme() => Some(crate::edge::tls::acme::Acme::new(
+            &config.tls,
+            &config.server.data_dir,
+            certs.clone(),
+            clock.clone(),
+        )?),
+        _ => None,
+    };
     let tls_listener = match config.tls.listen {
         Some(addr) if tls.is_some() => Some(bind("tls.listen", addr).await?),
         _ => None,
@@ -379,6 +390,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         producthunt: producthunt.clone(),
         connections: Connections::new(),
         certs: tls.as_ref().map(|(certs, _)| certs.clone()),
+        acme: acme.clone(),
     }));
 
     let http_shutdown = CancellationToken::new();
@@ -425,7 +437,10 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             servers.push(server::spawn(
                 listener,
                 server::Site {
-                    router: crate::edge::tls::redirect_router(addr.port()),
+                    router: crate::edge::tls::redirect_router(
+                        addr.port(),
+                        state.acme.as_ref().map(|a| a.http01()),
+                    ),
                     front: Some(http_front),
                     tls: None,
                 },
@@ -482,6 +497,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 outbound: state.outbound.clone(),
                 config: state.config.clone(),
                 clock: state.clock.clone(),
+                acme: state.acme.as_ref().map(|a| a.status()),
             },
             opts.alerts_every,
             background_shutdown.clone(),
@@ -509,6 +525,11 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
     ];
+    if let Some(acme) = &state.acme {
+        background.push(tokio::spawn(acme.clone().run(background_shutdown.clone())));
+    }
+    // Under ACME too: the watch owns the SIGHUP handler (`systemctl reload`), whose
+    // default action would end the process; with no files a reload does nothing.
     if let Some(certs) = &state.certs {
         background.push(tokio::spawn(crate::edge::tls::watch(
             certs.clone(),

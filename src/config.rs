@@ -726,8 +726,11 @@ impl OutboundConfig {
     }
 }
 
-/// `[tls]`: HTTPS on the public side (`edge/tls.rs`). Off unless `listen` is set.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Let's Encrypt's production ACME directory, `tls.acme_directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[tls]`: HTTPS on the public side (`edge/tls/`). Off unless `listen` is set.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// HTTPS listener (`0.0.0.0:443`): HTTP/2 and HTTP/1.1 by ALPN, the same admission,
@@ -741,18 +744,146 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file` (PKCS#8, SEC1 or PKCS#1). Default none.
     pub key_file: Option<PathBuf>,
+    /// Host names to get a certificate for by ACME (`edge/tls/acme.rs`), when
+    /// `cert_file` is not set. Default none.
+    pub domains: Vec<String>,
+    /// The ACME directory URL. Default Let's Encrypt's production directory.
+    pub acme_directory: String,
+    /// Contact address given to the CA with the account. Default none.
+    pub acme_email: Option<String>,
+    /// PEM file of CA certificates trusted for the ACME server, besides the webpki
+    /// roots (a private CA; pebble's in tests). Default none.
+    pub acme_ca_file: Option<PathBuf>,
+    /// External account binding: the key id the CA gave. Default none.
+    pub acme_eab_kid: Option<String>,
+    /// External account binding: its HMAC key, base64url. Default none.
+    pub acme_eab_hmac_key: Option<String>,
+    /// Further ACME directories, tried in turn when the one before keeps failing.
+    /// Default none.
+    pub fallback_directories: Vec<String>,
     /// `Strict-Transport-Security: max-age=N` on every https answer; 0 = no header.
     /// Default 0.
     pub hsts_max_age_secs: u64,
 }
 
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: None,
+            http_listen: None,
+            cert_file: None,
+            key_file: None,
+            domains: Vec::new(),
+            acme_directory: LETS_ENCRYPT.into(),
+            acme_email: None,
+            acme_ca_file: None,
+            acme_eab_kid: None,
+            acme_eab_hmac_key: None,
+            fallback_directories: Vec::new(),
+            hsts_max_age_secs: 0,
+        }
+    }
+}
+
 impl TlsConfig {
+    /// True when certificates come by ACME: `listen` and `domains` set, no `cert_file`.
+    pub fn acme(&self) -> bool {
+        self.listen.is_some() && self.cert_file.is_none() && !self.domains.is_empty()
+    }
+
+    fn validate_acme(&self, server: &ServerConfig) -> Result<(), ConfigError> {
+        for d in &self.domains {
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.parse::<std::net::IpAddr>().is_err()
+                && d.split('.').count() >= 2
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "tls.domains",
+                    format!("{d:?} is not a DNS name (no wildcards, no IP addresses, no port)"),
+                ));
+            }
+            if !server.hosts.is_empty() && !server.hosts.iter().any(|h| h.eq_ignore_ascii_case(d)) {
+                return Err(ConfigError::invalid(
+                    "tls.domains",
+                    format!(
+                        "{d} is not in server.hosts, so its requests would get 421; add it there"
+                    ),
+                ));
+            }
+        }
+        for (key, url) in std::iter::once(("tls.acme_directory", &self.acme_directory)).chain(
+            self.fallback_directories
+                .iter()
+                .map(|u| ("tls.fallback_directories", u)),
+        ) {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("expected an https:// ACME directory URL, got {url:?}"),
+                ));
+            }
+        }
+        if let Some(email) = &self.acme_email {
+            if !email.contains('@') || email.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    "tls.acme_email",
+                    format!("expected an email address, got {email:?}"),
+                ));
+            }
+        }
+        match (&self.acme_eab_kid, &self.acme_eab_hmac_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls.acme_eab_hmac_key",
+                    "tls.acme_eab_kid needs its HMAC key (base64url) here",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls.acme_eab_kid",
+                    "tls.acme_eab_hmac_key needs the key id the CA gave with it",
+                ))
+            }
+            (Some(_), Some(key)) => {
+                use base64::Engine;
+                if base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(key.trim_end_matches('='))
+                    .is_err()
+                {
+                    return Err(ConfigError::invalid(
+                        "tls.acme_eab_hmac_key",
+                        "not base64url (the CA's EAB HMAC key, as it gave it)",
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
     fn validate(&self, server: &ServerConfig) -> Result<(), ConfigError> {
         let Some(listen) = self.listen else {
             for (key, set) in [
                 ("tls.http_listen", self.http_listen.is_some()),
                 ("tls.cert_file", self.cert_file.is_some()),
                 ("tls.key_file", self.key_file.is_some()),
+                ("tls.domains", !self.domains.is_empty()),
+                ("tls.acme_email", self.acme_email.is_some()),
+                ("tls.acme_ca_file", self.acme_ca_file.is_some()),
+                ("tls.acme_eab_kid", self.acme_eab_kid.is_some()),
+                ("tls.acme_eab_hmac_key", self.acme_eab_hmac_key.is_some()),
+                (
+                    "tls.fallback_directories",
+                    !self.fallback_directories.is_empty(),
+                ),
                 ("tls.hsts_max_age_secs", self.hsts_max_age_secs > 0),
             ] {
                 if set {
@@ -765,11 +896,18 @@ impl TlsConfig {
             return Ok(());
         };
         match (&self.cert_file, &self.key_file) {
+            (Some(_), Some(_)) if !self.domains.is_empty() => {
+                return Err(ConfigError::invalid(
+                    "tls.domains",
+                    "orders certificates by ACME, but tls.cert_file is set too: keep one of the two",
+                ))
+            }
             (Some(_), Some(_)) => {}
+            (None, None) if !self.domains.is_empty() => self.validate_acme(server)?,
             (None, _) => {
                 return Err(ConfigError::invalid(
                     "tls.cert_file",
-                    "tls.listen needs a certificate: set tls.cert_file and tls.key_file (PEM)",
+                    "tls.listen needs a certificate: set tls.cert_file and tls.key_file (PEM), or tls.domains to get one by ACME",
                 ))
             }
             (Some(_), None) => {
@@ -1129,6 +1267,52 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn acme_keys_are_checked_and_named() {
+        let base = "[tls]\nlisten = \"127.0.0.1:8443\"\n";
+        let ok = Config::parse(&format!("{base}domains = [\"example.com\"]\n")).unwrap();
+        assert!(ok.tls.acme());
+        assert_eq!(ok.tls.acme_directory, LETS_ENCRYPT);
+        for (extra, key) in [
+            ("domains = [\"*.example.com\"]", "tls.domains"),
+            ("domains = [\"127.0.0.1\"]", "tls.domains"),
+            (
+                "domains = [\"example.com\"]\ncert_file = \"a\"\nkey_file = \"b\"",
+                "tls.domains",
+            ),
+            (
+                "domains = [\"example.com\"]\nacme_directory = \"http://ca/dir\"",
+                "tls.acme_directory",
+            ),
+            (
+                "domains = [\"example.com\"]\nfallback_directories = [\"ca\"]",
+                "tls.fallback_directories",
+            ),
+            (
+                "domains = [\"example.com\"]\nacme_email = \"nobody\"",
+                "tls.acme_email",
+            ),
+            (
+                "domains = [\"example.com\"]\nacme_eab_kid = \"kid\"",
+                "tls.acme_eab_hmac_key",
+            ),
+            (
+                "domains = [\"example.com\"]\nacme_eab_kid = \"k\"\nacme_eab_hmac_key = \"*!\"",
+                "tls.acme_eab_hmac_key",
+            ),
+        ] {
+            let e = err(&format!("{base}{extra}\n"));
+            assert!(e.starts_with(&format!("{key}:")), "{extra}: {e}");
+        }
+        let e = err("[tls]\ndomains = [\"example.com\"]\n");
+        assert!(e.starts_with("tls.domains:"), "{e}");
+        let e = err("[server]\nhosts = [\"a.example.com\"]\n[tls]\nlisten = \"127.0.0.1:8443\"\ndomains = [\"b.example.com\"]\n");
+        assert!(
+            e.starts_with("tls.domains:") && e.contains("server.hosts"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -442,6 +442,10 @@ async fn tls_connection(
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::edge::tls::ALPN_ACME_TLS) {
+        // A TLS-ALPN-01 validation: the handshake was the whole exchange (RFC 8737).
+        return;
+    }
     if tls.get_ref().1.alpn_protocol() == Some(crate::edge::tls::ALPN_H2) {
         open.0.sessions.fetch_add(1, Relaxed);
         Box::pin(h2_session(tls, peer, &routes, limits, &shutdown, &cut)).await;

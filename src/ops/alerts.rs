@@ -7,7 +7,9 @@
 //! - the factor crossing each of `alerts.factor_thresholds`, either way;
 //! - the first engagement event of the launch day (`conversions.timezone`);
 //! - dead letters growing;
-//! - disk filling: free space on the data dir's disk below `alerts.disk_free_percent`.
+//! - disk filling: free space on the data dir's disk below `alerts.disk_free_percent`;
+//! - ACME failing: the last order for `tls.domains` failed (and recovered once one
+//!   succeeds).
 //!
 //! How flapping is kept quiet, per signal:
 //! - **hysteresis**: a level signal turns on above its threshold and off only below
@@ -47,6 +49,9 @@ pub struct Observation {
     pub deadletters: usize,
     /// Free fraction (0..1) of the data dir's disk, when it could be read.
     pub disk_free: Option<f64>,
+    /// Failed ACME orders in a row (0 without ACME), and the last failure.
+    pub acme_failures: u64,
+    pub acme_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +104,8 @@ pub struct Alerter {
     /// Disk levels run on the *used* fraction, so "above" means filling.
     disk: Level,
     disk_free_percent: f64,
+    /// On at one failed ACME order in a row, off at none.
+    acme: Level,
     last_seq: u64,
     engaged_day: Option<String>,
     deadletters_reported: usize,
@@ -129,6 +136,7 @@ impl Alerter {
                 .collect(),
             disk: Level::new(used, used_off),
             disk_free_percent: a.disk_free_percent,
+            acme: Level::new(0.5, 0.5),
             last_seq: next_seq,
             engaged_day,
             deadletters_reported: deadletters,
@@ -202,6 +210,15 @@ impl Alerter {
                 None => {}
             }
         }
+        match self.acme.update(obs.acme_failures as f64, now_ms, interval) {
+            Some(true) => out.push(format!(
+                ":lock: ACME: no certificate could be obtained ({} failed orders in a row): {}. Retrying with backoff.",
+                obs.acme_failures,
+                obs.acme_error.as_deref().unwrap_or("unknown error")
+            )),
+            Some(false) => out.push(":lock: ACME: a certificate was obtained again.".to_string()),
+            None => {}
+        }
         out
     }
 }
@@ -229,6 +246,8 @@ pub struct Watched {
     pub outbound: crate::ops::outbound::Outbound,
     pub config: std::sync::Arc<Config>,
     pub clock: crate::clock::Clock,
+    /// The ACME task's status, when certificates come by ACME.
+    pub acme: Option<Arc<crate::edge::tls::acme::Status>>,
 }
 
 impl Alerts {
@@ -264,6 +283,14 @@ impl Alerts {
             next_seq: state.store.next_seq(),
             deadletters: state.outbound.deadletter_count(),
             disk_free,
+            acme_failures: state
+                .acme
+                .as_ref()
+                .map_or(0, |s| s.failures.load(std::sync::atomic::Ordering::Relaxed)),
+            acme_error: state
+                .acme
+                .as_ref()
+                .and_then(|s| s.last_error.lock().clone()),
         }
     }
 
@@ -321,7 +348,26 @@ mod tests {
             next_seq: 1,
             deadletters: 0,
             disk_free: Some(0.5),
+            acme_failures: 0,
+            acme_error: None,
         }
+    }
+
+    #[test]
+    fn acme_failures_are_announced_once_and_the_recovery_too() {
+        let mut a = Alerter::new(&config(&[2.0]), 1, None, 0);
+        assert!(a.evaluate(&obs(1.0), 0).is_empty());
+        let mut o = obs(1.0);
+        o.acme_failures = 1;
+        o.acme_error = Some("new order: connection refused".into());
+        let m = a.evaluate(&o, 1_000);
+        assert_eq!(m.len(), 1);
+        assert!(m[0].contains("connection refused"), "{m:?}");
+        o.acme_failures = 2;
+        assert!(a.evaluate(&o, 400_000).is_empty());
+        let m = a.evaluate(&obs(1.0), 800_000);
+        assert_eq!(m.len(), 1);
+        assert!(m[0].contains("obtained again"), "{m:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod acme;
 mod alerts;
 mod architecture;
 mod beacon_abuse;

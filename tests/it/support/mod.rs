@@ -15,6 +15,7 @@ pub mod binary;
 pub mod browser;
 pub mod edge;
 pub mod origin;
+pub mod pebble;
 pub mod receiver;
 pub mod recorder;
 pub mod tls;

@@ -7,7 +7,11 @@
 //!   returning visitor skips the full handshake. No 0-RTT: early data is replayable.
 //! - **Certificate.** [`Certs`] holds the one certificate chain and key in force and
 //!   answers every handshake with it (a resolver, so it can be swapped under running
-//!   listeners). Today it comes from `tls.cert_file` and `tls.key_file` (PEM).
+//!   listeners). It comes from `tls.cert_file` and `tls.key_file` (PEM), or, with
+//!   `tls.domains` and no files, from an ACME CA ([`acme`]): then it holds none until
+//!   the first certificate is obtained (or loaded from the data dir), and a handshake
+//!   before that fails (no placeholder certificate is served). It also answers
+//!   TLS-ALPN-01 validations (`acme-tls/1`) with the challenge certificate.
 //! - **Reload.** `Certs::reload` reads both files again; [`watch`] calls it on SIGHUP
 //!   and when either file changes (size, mtime or inode, checked every
 //!   [`WATCH_EVERY`]). A new pair takes over for the next handshake; connections
@@ -15,9 +19,14 @@
 //!   not PEM, a key that does not match the certificate) leaves the old one in force
 //!   and says why in the log, once per change of the files.
 //!
-//! **Invariant:** once started, a TLS listener always has a certificate: only a pair
+//! **Invariant:** once it has a certificate, a TLS listener always has one: only a pair
 //! that parsed and whose key signs for its certificate replaces the one in force.
 
+pub mod acme;
+pub mod renewal;
+pub mod store;
+
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +51,8 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// ALPN protocols, in the server's order of preference.
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN of TLS-ALPN-01 validations (RFC 8737): the handshake is the whole exchange.
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
 /// A certificate pair that loaded, with what the metrics and the log say of it.
 #[derive(Debug, Clone)]
@@ -49,6 +60,8 @@ pub struct Loaded {
     pub key: Arc<CertifiedKey>,
     /// The DNS names the certificate is for (its subject alternative names).
     pub names: Vec<String>,
+    /// The start of its validity, Unix seconds.
+    pub not_before: i64,
     /// The end of its validity, Unix seconds.
     pub not_after: i64,
 }
@@ -89,13 +102,24 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Loaded, CertError>
             source,
         })
     };
+    let cert_pem = read("tls.cert_file", cert_file)?;
+    let key_pem = read("tls.key_file", key_file)?;
+    parse_pair(&cert_pem, cert_file, &key_pem, key_file)
+}
+
+/// [`load_pair`] on PEM already read; `cert_file` and `key_file` only name them.
+pub fn parse_pair(
+    cert_pem: &[u8],
+    cert_file: &Path,
+    key_pem: &[u8],
+    key_file: &Path,
+) -> Result<Loaded, CertError> {
     let invalid = |key: &'static str, path: &Path, problem: String| CertError::Invalid {
         key,
         path: path.to_path_buf(),
         problem,
     };
-    let cert_pem = read("tls.cert_file", cert_file)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             invalid(
@@ -111,15 +135,14 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Loaded, CertError>
             "holds no CERTIFICATE block; expected the chain, leaf first".into(),
         ));
     };
-    let (names, not_after) = describe(leaf).map_err(|e| {
+    let (names, not_before, not_after) = describe(leaf).map_err(|e| {
         invalid(
             "tls.cert_file",
             cert_file,
             format!("the first certificate does not parse ({e})"),
         )
     })?;
-    let key_pem = read("tls.key_file", key_file)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
         invalid(
             "tls.key_file",
             key_file,
@@ -144,12 +167,13 @@ pub fn load_pair(cert_file: &Path, key_file: &Path) -> Result<Loaded, CertError>
     Ok(Loaded {
         key: Arc::new(certified),
         names,
+        not_before,
         not_after,
     })
 }
 
 /// The DNS names and the end of validity of a certificate.
-fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| e.to_string())?;
     let mut names = Vec::new();
@@ -171,7 +195,8 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
             }
         }
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    let v = cert.validity();
+    Ok((names, v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// What identifies a file's version: a replaced file (a rename) has a new inode, an
@@ -204,19 +229,22 @@ pub struct Certs {
 }
 
 struct CertsInner {
-    current: RwLock<Loaded>,
-    cert_file: PathBuf,
-    key_file: PathBuf,
+    /// None only under ACME, until the first certificate is obtained.
+    current: RwLock<Option<Loaded>>,
+    /// `tls.cert_file` and `tls.key_file`; none under ACME.
+    files: Option<(PathBuf, PathBuf)>,
     /// The files' stamps when last read, loaded or not.
     seen: Mutex<(Option<Stamp>, Option<Stamp>)>,
+    /// TLS-ALPN-01 challenge certificates by domain, while an order waits for them.
+    alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl std::fmt::Debug for Certs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = self.inner.current.read();
         f.debug_struct("Certs")
-            .field("names", &c.names)
-            .field("not_after", &c.not_after)
+            .field("names", &c.as_ref().map(|c| &c.names))
+            .field("not_after", &c.as_ref().map(|c| c.not_after))
             .finish()
     }
 }
@@ -228,27 +256,56 @@ impl Certs {
         let loaded = load_pair(cert_file, key_file)?;
         Ok(Certs {
             inner: Arc::new(CertsInner {
-                current: RwLock::new(loaded),
-                cert_file: cert_file.to_path_buf(),
-                key_file: key_file.to_path_buf(),
+                current: RwLock::new(Some(loaded)),
+                files: Some((cert_file.to_path_buf(), key_file.to_path_buf())),
                 seen: Mutex::new(seen),
+                alpn_challenges: RwLock::new(HashMap::new()),
             }),
         })
     }
 
-    /// The pair in force.
-    pub fn current(&self) -> Loaded {
+    /// No certificate yet (ACME): handshakes fail until [`Certs::set`].
+    pub fn empty() -> Certs {
+        Certs {
+            inner: Arc::new(CertsInner {
+                current: RwLock::new(None),
+                files: None,
+                seen: Mutex::new((None, None)),
+                alpn_challenges: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The pair in force, if there is one yet.
+    pub fn current(&self) -> Option<Loaded> {
         self.inner.current.read().clone()
     }
 
+    /// Puts `loaded` in force from the next handshake on.
+    pub fn set(&self, loaded: Loaded) {
+        tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "a new TLS certificate is in force");
+        *self.inner.current.write() = Some(loaded);
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `domain` with `key` (None: stop).
+    pub fn set_alpn_challenge(&self, domain: &str, key: Option<Arc<CertifiedKey>>) {
+        let mut map = self.inner.alpn_challenges.write();
+        match key {
+            Some(k) => map.insert(domain.to_ascii_lowercase(), k),
+            None => map.remove(&domain.to_ascii_lowercase()),
+        };
+    }
+
     /// Reads the files again and puts the pair in force if it loads; otherwise the
-    /// old pair stays and the error says why.
+    /// old pair stays and the error says why. Nothing to do under ACME.
     pub fn reload(&self) -> Result<(), CertError> {
         let i = &self.inner;
-        *i.seen.lock() = (stamp(&i.cert_file), stamp(&i.key_file));
-        let loaded = load_pair(&i.cert_file, &i.key_file)?;
-        tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "loaded a new TLS certificate");
-        *i.current.write() = loaded;
+        let Some((cert_file, key_file)) = &i.files else {
+            return Ok(());
+        };
+        *i.seen.lock() = (stamp(cert_file), stamp(key_file));
+        let loaded = load_pair(cert_file, key_file)?;
+        self.set(loaded);
         Ok(())
     }
 
@@ -256,7 +313,10 @@ impl Certs {
     /// changed.
     pub fn reload_if_changed(&self) -> Result<bool, CertError> {
         let i = &self.inner;
-        let now = (stamp(&i.cert_file), stamp(&i.key_file));
+        let Some((cert_file, key_file)) = &i.files else {
+            return Ok(false);
+        };
+        let now = (stamp(cert_file), stamp(key_file));
         if *i.seen.lock() == now {
             return Ok(false);
         }
@@ -267,6 +327,9 @@ impl Certs {
     /// `now_ms`, for each name of the certificate in force.
     pub fn record_metrics(&self, now_ms: u64) {
         let c = self.inner.current.read();
+        let Some(c) = c.as_ref() else {
+            return;
+        };
         let left = c.not_after - (now_ms / 1000) as i64;
         for name in &c.names {
             metrics::gauge!(crate::telemetry::TLS_CERTIFICATE_EXPIRY_SECONDS, "domain" => name.clone())
@@ -276,8 +339,15 @@ impl Certs {
 }
 
 impl ResolvesServerCert for Certs {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.inner.current.read().key.clone())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_ACME_TLS));
+        if acme {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.inner.alpn_challenges.read().get(&name).cloned();
+        }
+        self.inner.current.read().as_ref().map(|c| c.key.clone())
     }
 }
 
@@ -288,7 +358,11 @@ pub fn server_config(certs: Certs) -> Result<Arc<ServerConfig>, rustls::Error> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(certs));
-    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    config.alpn_protocols = vec![
+        ALPN_H2.to_vec(),
+        ALPN_HTTP1.to_vec(),
+        ALPN_ACME_TLS.to_vec(),
+    ];
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     config.max_early_data_size = 0;
@@ -296,15 +370,20 @@ pub fn server_config(certs: Certs) -> Result<Arc<ServerConfig>, rustls::Error> {
 }
 
 /// The TLS settings of a config, or `None` when `tls.listen` is not set. Certificate
-/// errors name their key.
+/// errors name their key. Under ACME (`tls.domains`, no files) the certificates start
+/// empty; [`acme::Acme::start`] fills them.
 pub fn from_config(tls: &TlsConfig) -> Result<Option<(Certs, Arc<ServerConfig>)>, CertError> {
-    let (Some(_), Some(cert), Some(key)) = (&tls.listen, &tls.cert_file, &tls.key_file) else {
+    if tls.listen.is_none() {
         return Ok(None);
+    }
+    let certs = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Certs::from_files(cert, key)?,
+        _ if !tls.domains.is_empty() => Certs::empty(),
+        _ => return Ok(None),
     };
-    let certs = Certs::from_files(cert, key)?;
     let config = server_config(certs.clone()).map_err(|e| CertError::Invalid {
         key: "tls.listen",
-        path: cert.clone(),
+        path: PathBuf::new(),
         problem: e.to_string(),
     })?;
     Ok(Some((certs, config)))
@@ -348,9 +427,23 @@ pub async fn watch(certs: Certs, every: Duration, shutdown: CancellationToken) {
 /// The router of `tls.http_listen`: every request, after the front door checked its
 /// host and path, gets a 308 to the same host, path and query over https on
 /// `https_port`. (308, not 301: a POST stays a POST.)
-pub fn redirect_router(https_port: u16) -> axum::Router {
-    axum::Router::new()
-        .fallback(move |req: axum::extract::Request| async move { redirect(&req, https_port) })
+///
+/// Under ACME, `/.well-known/acme-challenge/<token>` answers the HTTP-01 key
+/// authorization of a pending challenge (404 for any other token) instead.
+pub fn redirect_router(https_port: u16, http01: Option<acme::Http01>) -> axum::Router {
+    let router = axum::Router::new()
+        .fallback(move |req: axum::extract::Request| async move { redirect(&req, https_port) });
+    match http01 {
+        Some(h) => router.route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(
+                move |axum::extract::Path(token): axum::extract::Path<String>| async move {
+                    h.answer(&token)
+                },
+            ),
+        ),
+        None => router,
+    }
 }
 
 fn redirect(req: &axum::extract::Request, https_port: u16) -> axum::response::Response {

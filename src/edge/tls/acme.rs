@@ -1,0 +1,543 @@
+//! Certificates by ACME (RFC 8555) for `tls.domains`, with instant-acme.
+//!
+//! - **Start.** [`Acme::new`] reads what the data dir holds ([`store`](super::store)):
+//!   a certificate covering every domain is put in force at once, before the
+//!   listeners open, expired or not. Without one the TLS listener has no certificate
+//!   and its handshakes fail until the first order succeeds (no placeholder).
+//! - **Loop.** [`Acme::run`] decides once a second (by the injected clock) with the
+//!   pure [`renewal::decide`]: order when there is no certificate, when it lacks a
+//!   domain, or when a third of its lifetime is left. A new certificate is written to
+//!   the data dir and swapped into [`Certs`] for the next handshake.
+//! - **Challenges.** HTTP-01 when `tls.http_listen` is set ([`Http01`], answered by
+//!   its router), TLS-ALPN-01 otherwise (the challenge certificate, made with rcgen,
+//!   answered by the [`Certs`] resolver to `acme-tls/1` handshakes). After a failed
+//!   order the next one uses the other type, if there is one.
+//! - **Failures** (the CA down, a challenge refused, a timeout): an error in the log,
+//!   then [`renewal::backoff`] (1, 2, 5, 10 min ... a day); after two failures in a
+//!   row the next directory of `tls.fallback_directories` is tried. Never more than
+//!   10 orders in 10 s ([`renewal::OrderBudget`]).
+//!
+//! **Invariant:** a certificate is put in force and on disk only when it parsed and
+//! its key matches it; the one in force stays otherwise.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
+    ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use super::renewal::{self, Held, Next, OrderBudget};
+use super::store::Store;
+use super::{Certs, Loaded};
+use crate::clock::Clock;
+use crate::config::{ConfigError, TlsConfig};
+
+/// How often the renewal decision is taken (real time; the decision reads the clock).
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// The longest one order may take, from the account to the certificate.
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One request to the ACME server at most this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pending HTTP-01 challenges: token → key authorization.
+#[derive(Debug, Clone, Default)]
+pub struct Http01 {
+    tokens: Arc<RwLock<HashMap<String, String>>>,
+}
+
+impl Http01 {
+    /// The answer to `GET /.well-known/acme-challenge/<token>`.
+    pub fn answer(&self, token: &str) -> axum::response::Response {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        match self.tokens.read().get(token) {
+            Some(auth) => (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                auth.clone(),
+            )
+                .into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+
+    fn set(&self, token: &str, auth: Option<String>) {
+        let mut t = self.tokens.write();
+        match auth {
+            Some(a) => t.insert(token.to_string(), a),
+            None => t.remove(token),
+        };
+    }
+}
+
+/// What the ACME task has done, for the admin side and the tests.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Renewal decisions taken.
+    pub checks: AtomicU64,
+    /// Orders placed (new orders sent to a CA).
+    pub orders: AtomicU64,
+    /// Certificates obtained.
+    pub obtained: AtomicU64,
+    /// Failed orders in a row (0 after a success).
+    pub failures: AtomicU64,
+    /// The last failure, for the log and alerts.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// The ACME side of the TLS listener (module docs).
+#[derive(Clone)]
+pub struct Acme {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    domains: Vec<String>,
+    directories: Vec<String>,
+    email: Option<String>,
+    eab: Option<(String, Vec<u8>)>,
+    challenges: Vec<ChallengeType>,
+    tls: rustls::ClientConfig,
+    store: Store,
+    certs: Certs,
+    http01: Http01,
+    clock: Clock,
+    status: Arc<Status>,
+}
+
+impl Acme {
+    /// From the `[tls]` config: reads `tls.acme_ca_file`, opens `<data_dir>/tls` and
+    /// puts a stored certificate that covers every domain in force. Errors name the key.
+    pub fn new(
+        tls: &TlsConfig,
+        data_dir: &std::path::Path,
+        certs: Certs,
+        clock: Clock,
+    ) -> Result<Acme, ConfigError> {
+        let store = Store::open(data_dir).map_err(|e| {
+            ConfigError::invalid(
+                "server.data_dir",
+                format!(
+                    "cannot make {}/tls for the ACME files: {e}",
+                    data_dir.display()
+                ),
+            )
+        })?;
+        let eab = match (&tls.acme_eab_kid, &tls.acme_eab_hmac_key) {
+            (Some(kid), Some(key)) => {
+                use base64::Engine;
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(key.trim_end_matches('='))
+                    .map_err(|e| ConfigError::invalid("tls.acme_eab_hmac_key", e.to_string()))?;
+                Some((kid.clone(), key))
+            }
+            _ => None,
+        };
+        let mut challenges = Vec::new();
+        if tls.http_listen.is_some() {
+            challenges.push(ChallengeType::Http01);
+        }
+        challenges.push(ChallengeType::TlsAlpn01);
+        let acme = Acme {
+            inner: Arc::new(Inner {
+                domains: tls.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                directories: std::iter::once(tls.acme_directory.clone())
+                    .chain(tls.fallback_directories.iter().cloned())
+                    .collect(),
+                email: tls.acme_email.clone(),
+                eab,
+                challenges,
+                tls: client_tls(tls.acme_ca_file.as_ref())?,
+                store,
+                certs,
+                http01: Http01::default(),
+                clock,
+                status: Arc::new(Status::default()),
+            }),
+        };
+        acme.load_stored();
+        Ok(acme)
+    }
+
+    /// The HTTP-01 answers, for `tls.http_listen`'s router.
+    pub fn http01(&self) -> Http01 {
+        self.inner.http01.clone()
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.inner.status.clone()
+    }
+
+    fn load_stored(&self) {
+        let i = &self.inner;
+        let (cert, key) = i.store.cert_paths(&i.domains);
+        if !cert.exists() {
+            return;
+        }
+        match super::load_pair(&cert, &key) {
+            Ok(loaded) => {
+                tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "loaded the ACME certificate from {}", cert.display());
+                i.certs.set(loaded);
+            }
+            Err(e) => tracing::error!(
+                "the stored ACME certificate does not load ({e}); ordering a new one"
+            ),
+        }
+    }
+
+    fn held(&self) -> Option<Held> {
+        let c = self.inner.certs.current()?;
+        Some(Held {
+            not_before: c.not_before,
+            not_after: c.not_after,
+            covers_domains: covers(&c, &self.inner.domains),
+        })
+    }
+
+    /// Keeps a certificate in force, until `shutdown` (module docs).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let i = &self.inner;
+        let mut failures: u32 = 0;
+        let mut retry_at: Option<i64> = None;
+        let mut budget = OrderBudget::default();
+        let mut directory = 0usize;
+        loop {
+            let now = (i.clock.now_ms() / 1000) as i64;
+            i.status.checks.fetch_add(1, Relaxed);
+            if renewal::decide(now, self.held(), retry_at) == Next::Order {
+                match budget.take(now) {
+                    Err(free_at) => retry_at = Some(free_at),
+                    Ok(()) => {
+                        let url = &i.directories[directory % i.directories.len()];
+                        let kind = i.challenges[failures as usize % i.challenges.len()].clone();
+                        let result = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            r = tokio::time::timeout(ORDER_TIMEOUT, self.obtain(url, kind.clone())) => r
+                                .unwrap_or_else(|_| Err(format!("not done within {} s", ORDER_TIMEOUT.as_secs()))),
+                        };
+                        let now = (i.clock.now_ms() / 1000) as i64;
+                        match result {
+                            Ok(loaded) => {
+                                i.status.obtained.fetch_add(1, Relaxed);
+                                i.status.failures.store(0, Relaxed);
+                                *i.status.last_error.lock() = None;
+                                i.certs.set(loaded);
+                                i.certs.record_metrics(i.clock.now_ms());
+                                failures = 0;
+                                retry_at = None;
+                            }
+                            Err(e) => {
+                                failures += 1;
+                                let wait = renewal::backoff(failures);
+                                retry_at = Some(now + wait);
+                                if failures % 2 == 0 {
+                                    directory += 1;
+                                }
+                                tracing::error!(
+                                    directory = %url,
+                                    challenge = ?kind,
+                                    failures,
+                                    "ACME: no certificate for {:?}: {e}; next attempt in {wait} s",
+                                    i.domains
+                                );
+                                i.status.failures.store(u64::from(failures), Relaxed);
+                                *i.status.last_error.lock() = Some(e);
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    fn builder(&self) -> instant_acme::AccountBuilder {
+        Account::builder_with_http(Box::new(AcmeHttp::new(self.inner.tls.clone())))
+    }
+
+    async fn account(&self, url: &str) -> Result<Account, String> {
+        let i = &self.inner;
+        let stored = i
+            .store
+            .account(url)
+            .map_err(|e| format!("cannot read the stored account: {e}"))?;
+        if let Some(json) = stored {
+            let creds: AccountCredentials = serde_json::from_slice(&json)
+                .map_err(|e| format!("the stored account does not parse: {e}"))?;
+            return self
+                .builder()
+                .from_credentials(creds)
+                .await
+                .map_err(|e| format!("directory {url}: {e}"));
+        }
+        let contact = i.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let eab = i
+            .eab
+            .as_ref()
+            .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
+        let (account, creds) = self
+            .builder()
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                url.to_string(),
+                eab.as_ref(),
+            )
+            .await
+            .map_err(|e| format!("creating an account at {url}: {e}"))?;
+        let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
+        i.store
+            .save_account(url, &json)
+            .map_err(|e| format!("cannot store the account: {e}"))?;
+        tracing::info!(directory = %url, "ACME account created");
+        Ok(account)
+    }
+
+    /// One order, start to end; the challenge answers are withdrawn however it ends.
+    async fn obtain(&self, url: &str, kind: ChallengeType) -> Result<Loaded, String> {
+        let mut pending = Pending {
+            acme: self,
+            tokens: Vec::new(),
+            alpn: Vec::new(),
+        };
+        self.order(url, kind, &mut pending).await
+    }
+
+    async fn order(
+        &self,
+        url: &str,
+        kind: ChallengeType,
+        pending: &mut Pending<'_>,
+    ) -> Result<Loaded, String> {
+        let i = &self.inner;
+        let account = self.account(url).await?;
+        let ids: Vec<Identifier> = i.domains.iter().cloned().map(Identifier::Dns).collect();
+        i.status.orders.fetch_add(1, Relaxed);
+        tracing::info!(directory = %url, challenge = ?kind, domains = ?i.domains, "ACME: ordering a certificate");
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| format!("new order: {e}"))?;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                s => return Err(format!("authorization is {s:?}")),
+            }
+            let domain = authz.identifier().to_string();
+            let mut challenge = authz
+                .challenge(kind.clone())
+                .ok_or_else(|| format!("the CA offers no {kind:?} challenge for {domain}"))?;
+            let key_auth = challenge.key_authorization();
+            match kind {
+                ChallengeType::Http01 => {
+                    i.http01
+                        .set(&challenge.token, Some(key_auth.as_str().to_string()));
+                    pending.tokens.push(challenge.token.clone());
+                }
+                _ => {
+                    let key = alpn_challenge_cert(&domain, key_auth.digest().as_ref())?;
+                    i.certs.set_alpn_challenge(&domain, Some(key));
+                    pending.alpn.push(domain.clone());
+                }
+            }
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| format!("challenge for {domain}: {e}"))?;
+        }
+        let retry = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .timeout(Duration::from_secs(60));
+        let status = order
+            .poll_ready(&retry)
+            .await
+            .map_err(|e| format!("waiting for validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            return Err(format!("the order is {status:?} after validation"));
+        }
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params =
+            rcgen::CertificateParams::new(i.domains.clone()).map_err(|e| e.to_string())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+        order
+            .finalize_csr(csr.der())
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        let key_pem = key.serialize_pem();
+        let (cert_path, key_path) = i.store.cert_paths(&i.domains);
+        let loaded = super::parse_pair(chain.as_bytes(), &cert_path, key_pem.as_bytes(), &key_path)
+            .map_err(|e| format!("the issued certificate does not load: {e}"))?;
+        i.store
+            .save_cert(&i.domains, chain.as_bytes(), key_pem.as_bytes())
+            .map_err(|e| {
+                format!(
+                    "cannot store the certificate in {}: {e}",
+                    i.store.dir().display()
+                )
+            })?;
+        tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "ACME: certificate obtained");
+        Ok(loaded)
+    }
+}
+
+/// The challenge answers of one order, withdrawn when it ends.
+struct Pending<'a> {
+    acme: &'a Acme,
+    tokens: Vec<String>,
+    alpn: Vec<String>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        for t in &self.tokens {
+            self.acme.inner.http01.set(t, None);
+        }
+        for d in &self.alpn {
+            self.acme.inner.certs.set_alpn_challenge(d, None);
+        }
+    }
+}
+
+/// True when `loaded` names every one of `domains`.
+fn covers(loaded: &Loaded, domains: &[String]) -> bool {
+    domains
+        .iter()
+        .all(|d| loaded.names.iter().any(|n| n.eq_ignore_ascii_case(d)))
+}
+
+/// The TLS-ALPN-01 certificate for `domain` (RFC 8737): self-signed, the domain as
+/// its one name, the key authorization's SHA-256 in the critical acmeIdentifier
+/// extension.
+fn alpn_challenge_cert(
+    domain: &str,
+    digest: &[u8],
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| e.to_string())?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+/// Trust for the ACME server: the webpki roots plus `tls.acme_ca_file`.
+fn client_tls(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let bad = |problem: String| {
+            ConfigError::invalid("tls.acme_ca_file", format!("{}: {problem}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not a PEM file of certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(
+                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls's default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// instant-acme's HTTP client: hyper-util over rustls, https only, each request
+/// bounded by [`REQUEST_TIMEOUT`].
+struct AcmeHttp(Client<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>);
+
+impl AcmeHttp {
+    fn new(tls: rustls::ClientConfig) -> AcmeHttp {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        AcmeHttp(Client::builder(TokioExecutor::new()).build(https))
+    }
+}
+
+impl HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: hyper::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let fut = self.0.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+                Ok(Ok(res)) => Ok(BytesResponse::from(res)),
+                Ok(Err(e)) => Err(instant_acme::Error::Other(Box::new(e))),
+                Err(_) => Err(instant_acme::Error::Other(
+                    format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()).into(),
+                )),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alpn_challenge_certificate_names_the_domain_and_carries_the_digest() {
+        let digest = [7u8; 32];
+        let key = alpn_challenge_cert("lg.test", &digest).unwrap();
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(key.cert[0].as_ref()).unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier");
+        assert!(ext.critical);
+        assert!(ext.value.ends_with(&digest));
+    }
+}

@@ -1,0 +1,429 @@
+//! Certificates by ACME against a real CA: Debian's pebble (`support::pebble`), every
+//! name resolving to 127.0.0.1. HTTP-01 answered on `tls.http_listen`, TLS-ALPN-01 on
+//! `tls.listen`; the certificate kept in the data dir and not ordered again after a
+//! restart; renewed without a restart once a third of its lifetime is left (by the
+//! manual clock); the CA down at startup is a logged failure, an alert and a backoff,
+//! not a crash; a failed HTTP-01 falls back to TLS-ALPN-01; a fallback directory takes
+//! over; external account binding.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::support::pebble::{free_port, Pebble, Ports};
+use crate::support::tls;
+use crate::support::TestServer;
+use launchguard::clock::Clock;
+
+const DOMAIN: &str = "lg.test";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn acme_config(
+    c: &mut launchguard::config::Config,
+    pebble: &Pebble,
+    tls_port: u16,
+    http_port: Option<u16>,
+) {
+    c.tls.listen = Some(format!("127.0.0.1:{tls_port}").parse().unwrap());
+    c.tls.http_listen = http_port.map(|p| format!("127.0.0.1:{p}").parse().unwrap());
+    c.tls.domains = vec![DOMAIN.into()];
+    c.tls.acme_directory = pebble.directory.clone();
+    c.tls.acme_ca_file = Some(pebble.ca_file.clone());
+    c.tls.acme_email = Some("ops@lg.test".into());
+}
+
+/// A client that trusts pebble's root, offering h2 then http/1.1.
+async fn client_trusting(pebble: &Pebble) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = pebble.root_pem().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Waits (deadline, no fixed sleep) until `done` holds.
+async fn until(what: &str, pebble: &Pebble, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s; pebble said:\n{}",
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn serial(der: &[u8]) -> Vec<u8> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+#[tokio::test]
+async fn http01_certificate_is_served_kept_across_a_restart_and_renewed_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port,
+            tls_port,
+            validity_secs: 3_600,
+            eab: None,
+        },
+    ) else {
+        return;
+    };
+    let data = dir.path().join("state");
+    let clock = Clock::manual(now_ms());
+    let s = TestServer::start(&data, clock.clone(), |c| {
+        acme_config(c, &pebble, tls_port, Some(http_port))
+    })
+    .await;
+    let certs = s.state().certs.clone().expect("tls is on");
+    let status = s.state().acme.as_ref().expect("acme is on").status();
+    until("the first certificate", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
+    assert_eq!(status.orders.load(Relaxed), 1);
+
+    // Served over HTTP/2 for lg.test, chaining to pebble's root.
+    let client = client_trusting(&pebble).await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let (v, page) = tls::get(client.clone(), addr, DOMAIN, "/launch/").await;
+    assert_eq!(v, hyper::Version::HTTP_2);
+    assert_eq!(page.status, 200, "{}", page.text());
+    let first = tls::presented(client.clone(), addr, DOMAIN).await;
+
+    // The plain listener still redirects everything but the challenge path.
+    let http = s.running.as_ref().unwrap().http_addr.unwrap();
+    let r = s.client.get(&format!("http://{http}/launch/")).await;
+    assert_eq!(r.status, 308);
+    let r = s
+        .client
+        .get(&format!("http://{http}/.well-known/acme-challenge/unknown"))
+        .await;
+    assert_eq!(r.status, 404);
+
+    // The expiry metric covers the ACME certificate.
+    let metrics = s.client.get(&s.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains(&format!(
+            "launchguard_tls_certificate_expiry_seconds{{domain=\"{DOMAIN}\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // Account and certificate in the data dir, private.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let files: Vec<_> = std::fs::read_dir(data.join("tls"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 3, "{files:?}");
+        for f in &files {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", f.display());
+        }
+    }
+    s.stop().await;
+
+    // A restart on the same data dir serves the stored certificate at once and orders
+    // nothing.
+    let s = TestServer::start(&data, clock.clone(), |c| {
+        acme_config(c, &pebble, tls_port, Some(http_port))
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    assert!(
+        certs.current().is_some(),
+        "loaded before the listeners opened"
+    );
+    until("two renewal decisions", &pebble, || {
+        status.checks.load(Relaxed) >= 2
+    })
+    .await;
+    assert_eq!(
+        status.orders.load(Relaxed),
+        0,
+        "no new order after a restart"
+    );
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let again = tls::presented(client.clone(), addr, DOMAIN).await;
+    assert_eq!(serial(&again), serial(&first));
+
+    // Two thirds of the lifetime later (by the server's clock) it is renewed and the
+    // new one is served, without a restart.
+    clock.advance_ms(2_400_000 + 1_000);
+    until("the renewal", &pebble, || {
+        status.obtained.load(Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(status.orders.load(Relaxed), 1);
+    let renewed = tls::presented(client.clone(), addr, DOMAIN).await;
+    assert_ne!(
+        serial(&renewed),
+        serial(&first),
+        "the renewed certificate is served"
+    );
+    let (v, page) = tls::get(client, addr, DOMAIN, "/launch/").await;
+    assert_eq!((v, page.status.as_u16()), (hyper::Version::HTTP_2, 200));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tls_alpn01_alone_gets_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_port = free_port();
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port: free_port(),
+            tls_port,
+            validity_secs: 3_600,
+            eab: None,
+        },
+    ) else {
+        return;
+    };
+    let s = TestServer::start(&dir.path().join("state"), Clock::manual(now_ms()), |c| {
+        acme_config(c, &pebble, tls_port, None)
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    until("a certificate by TLS-ALPN-01", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
+    let client = client_trusting(&pebble).await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let (v, page) = tls::get(client, addr, DOMAIN, "/launch/").await;
+    assert_eq!(v, hyper::Version::HTTP_2);
+    assert_eq!(page.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_ca_down_at_startup_is_a_backoff_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::TestCa::new("unused");
+    let ca_file = ca.write_pem(dir.path(), "ca.pem");
+    let clock = Clock::manual(now_ms());
+    let down = free_port();
+    let receiver = crate::support::receiver::Receiver::start().await;
+    let slack = receiver.url("/services/T000/B000/XXXX");
+    let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
+        c.alerts.slack_webhook_urls = vec![slack.clone()];
+        c.tls.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.tls.domains = vec![DOMAIN.into()];
+        c.tls.acme_directory = format!("https://127.0.0.1:{down}/dir");
+        c.tls.acme_ca_file = Some(ca_file.clone());
+    })
+    .await;
+    let status = s.state().acme.as_ref().unwrap().status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.failures.load(Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no failure recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(status.last_error.lock().is_some());
+    // The failure goes out as an alert too.
+    s.state().alerts.kick();
+    receiver.wait_for(1).await;
+    let body: serde_json::Value = serde_json::from_slice(&receiver.requests()[0].body).unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(text.contains("ACME: no certificate"), "{text}");
+    // No certificate: handshakes fail, the rest of the appliance works.
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    assert!(tls::connect(ca.client_config(&[b"h2"]), addr, DOMAIN)
+        .await
+        .is_err());
+    assert_eq!(s.client.get(&s.url("/launch/")).await.status, 200);
+    // Within the backoff (a minute after the first failure) nothing is ordered again.
+    let checks = status.checks.load(Relaxed);
+    clock.advance_ms(30_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.checks.load(Relaxed) < checks + 2 {
+        assert!(Instant::now() < deadline, "the renewal loop stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.failures.load(Relaxed), 1);
+    // After it, one more attempt.
+    clock.advance_ms(31_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.failures.load(Relaxed) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second attempt after the backoff"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+}
+
+/// Waits until `status` has seen `n` failures.
+async fn failures(status: &launchguard::edge::tls::acme::Status, n: u64, pebble: &Pebble) {
+    until(&format!("{n} failed orders"), pebble, || {
+        status.failures.load(Relaxed) >= n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_http01_falls_back_to_tls_alpn01() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_port = free_port();
+    // Pebble validates HTTP-01 on a port where nothing listens.
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port: free_port(),
+            tls_port,
+            validity_secs: 3_600,
+            eab: None,
+        },
+    ) else {
+        return;
+    };
+    let clock = Clock::manual(now_ms());
+    let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
+        acme_config(c, &pebble, tls_port, None);
+        c.tls.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    failures(&status, 1, &pebble).await;
+    assert!(certs.current().is_none());
+    let error = status.last_error.lock().clone().unwrap();
+    assert_eq!(status.orders.load(Relaxed), 1, "{error}");
+    // After the first backoff (a minute), the next order uses TLS-ALPN-01.
+    clock.advance_ms(61_000);
+    until("a certificate by TLS-ALPN-01", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
+    assert_eq!(status.orders.load(Relaxed), 2);
+    let client = client_trusting(&pebble).await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let (_, page) = tls::get(client, addr, DOMAIN, "/launch/").await;
+    assert_eq!(page.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_fallback_directory_takes_over_after_two_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port,
+            tls_port,
+            validity_secs: 3_600,
+            eab: None,
+        },
+    ) else {
+        return;
+    };
+    let clock = Clock::manual(now_ms());
+    let down = free_port();
+    let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
+        acme_config(c, &pebble, tls_port, Some(http_port));
+        c.tls.acme_directory = format!("https://127.0.0.1:{down}/dir");
+        c.tls.fallback_directories = vec![pebble.directory.clone()];
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    failures(&status, 1, &pebble).await;
+    clock.advance_ms(61_000);
+    failures(&status, 2, &pebble).await;
+    assert!(certs.current().is_none());
+    clock.advance_ms(121_000);
+    until("a certificate from the fallback", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, tls_port) = (free_port(), free_port());
+    let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let Some(pebble) = Pebble::start(
+        dir.path(),
+        Ports {
+            http_port,
+            tls_port,
+            validity_secs: 3_600,
+            eab: Some(("kid-1".into(), hmac.into())),
+        },
+    ) else {
+        return;
+    };
+    let s = TestServer::start(&dir.path().join("state"), Clock::manual(now_ms()), |c| {
+        acme_config(c, &pebble, tls_port, Some(http_port));
+        c.tls.acme_eab_kid = Some("kid-1".into());
+        c.tls.acme_eab_hmac_key = Some(hmac.into());
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    until("a certificate with EAB", &pebble, || {
+        certs.current().is_some()
+    })
+    .await;
+    s.stop().await;
+}
+
+/// `systemctl reload` (SIGHUP) under ACME leaves the binary running: the signal has a
+/// handler (with no files it reloads nothing), not its default action, which ends the
+/// process. SIGHUP sorts before SIGTERM, so when both are pending the first is handled
+/// first, and a clean exit shows it did not end the process.
+#[cfg(unix)]
+#[test]
+fn sighup_under_acme_does_not_end_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::TestCa::new("unused");
+    let ca_file = ca.write_pem(dir.path(), "ca.pem");
+    let down = free_port();
+    let config = crate::support::binary::write_config(
+        dir.path(),
+        "acme-sighup-secret",
+        &format!(
+            "[tls]\nlisten = \"127.0.0.1:0\"\ndomains = [\"{DOMAIN}\"]\nacme_directory = \"https://127.0.0.1:{down}/dir\"\nacme_ca_file = {ca_file:?}\n"
+        ),
+    );
+    let mut proc = crate::support::binary::spawn(&config, &[]);
+    assert!(proc.https.is_some(), "the binary logged its https listener");
+    // One answer first, as the other signal tests do: by then its handlers are set.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("http://{}/launch/", proc.public);
+    let page = rt.block_on(crate::support::Client::new().get(&url));
+    assert_eq!(page.status, 200);
+    assert!(proc.signal(libc::SIGHUP));
+    assert!(proc.signal(libc::SIGTERM));
+    let status = proc.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
