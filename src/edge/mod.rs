@@ -21,7 +21,7 @@ pub mod cache;
 pub(crate) mod front;
 pub mod origin;
 pub mod server;
-pub(crate) mod tls;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
