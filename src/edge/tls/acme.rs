@@ -457,36 +457,10 @@ fn alpn_challenge_cert(
     )))
 }
 
-/// Trust for the ACME server: the webpki roots plus `tls.acme_ca_file`.
+/// Trust for the ACME server: the webpki roots plus `tls.acme_ca_file` (the outbound
+/// client's trust store, its errors naming this key).
 fn client_tls(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        let bad = |problem: String| {
-            ConfigError::invalid("tls.acme_ca_file", format!("{}: {problem}", path.display()))
-        };
-        let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("not a PEM file of certificates: {e}")))?;
-        if certs.is_empty() {
-            return Err(bad(
-                "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-            ));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports rustls's default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::client::trust("tls.acme_ca_file", ca_file.map(PathBuf::as_path))
 }
 
 /// instant-acme's HTTP client: hyper-util over rustls, https only, each request
