@@ -469,7 +469,14 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             server::Site {
                 router: admin::router(state.clone()),
                 front: None,
-                tls: None,
+                // Off the box, the admin side (its token, pins, purges) goes over
+                // TLS with the public certificates; on loopback it stays plain.
+                tls: match &tls {
+                    Some((_, rustls)) if !admin_addr.ip().is_loopback() => {
+                        Some(server::Tls::new(rustls.clone(), 0))
+                    }
+                    _ => None,
+                },
             },
             limits,
             Connections::new(),
@@ -498,6 +505,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 config: state.config.clone(),
                 clock: state.clock.clone(),
                 acme: state.acme.as_ref().map(|a| a.status()),
+                certs: state.certs.clone(),
             },
             opts.alerts_every,
             background_shutdown.clone(),

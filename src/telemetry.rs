@@ -42,6 +42,7 @@ pub const HTTP_ACCEPT_PAUSES_TOTAL: &str = "launchguard_http_accept_pauses_total
 pub const HTTP_SEND_TIMEOUTS_TOTAL: &str = "launchguard_http_send_timeouts_total";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "launchguard_tls_handshake_failures_total";
 pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "launchguard_tls_certificate_expiry_seconds";
+pub const TLS_ACME_ORDERS_TOTAL: &str = "launchguard_tls_acme_orders_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -257,6 +258,10 @@ fn describe() {
         TLS_CERTIFICATE_EXPIRY_SECONDS,
         Unit::Seconds,
         "Seconds until the certificate in force expires, per name it is for"
+    );
+    describe_counter!(
+        TLS_ACME_ORDERS_TOTAL,
+        "ACME orders by domain and result (obtained, failed)"
     );
 }
 

@@ -37,6 +37,8 @@ use crate::config::Config;
 pub const HYSTERESIS: f64 = 0.9;
 /// The disk signal turns off this many points above `alerts.disk_free_percent`.
 pub const DISK_HYSTERESIS_POINTS: f64 = 2.0;
+/// A TLS certificate with less than this many seconds left is announced (7 days).
+pub const CERT_EXPIRY_ALERT_SECS: i64 = 7 * 86_400;
 
 /// What the evaluator looks at, read from the running appliance.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +54,9 @@ pub struct Observation {
     /// Failed ACME orders in a row (0 without ACME), and the last failure.
     pub acme_failures: u64,
     pub acme_error: Option<String>,
+    /// The TLS certificate in force that expires first: seconds left and its names
+    /// (None without TLS, or before the first certificate).
+    pub cert_expiry: Option<(i64, Vec<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +111,9 @@ pub struct Alerter {
     disk_free_percent: f64,
     /// On at one failed ACME order in a row, off at none.
     acme: Level,
+    /// Whether a certificate with less than [`CERT_EXPIRY_ALERT_SECS`] left has been
+    /// announced (and not yet its renewal).
+    expiring: bool,
     last_seq: u64,
     engaged_day: Option<String>,
     deadletters_reported: usize,
@@ -137,6 +145,7 @@ impl Alerter {
             disk: Level::new(used, used_off),
             disk_free_percent: a.disk_free_percent,
             acme: Level::new(0.5, 0.5),
+            expiring: false,
             last_seq: next_seq,
             engaged_day,
             deadletters_reported: deadletters,
@@ -219,6 +228,30 @@ impl Alerter {
             Some(false) => out.push(":lock: ACME: a certificate was obtained again.".to_string()),
             None => {}
         }
+        if let Some((left, names)) = &obs.cert_expiry {
+            let low = *left < CERT_EXPIRY_ALERT_SECS;
+            if low && !self.expiring {
+                out.push(if *left > 0 {
+                    format!(
+                        ":lock: The TLS certificate for {} expires in {:.1} days. Renew it (ACME keeps trying; with tls.cert_file, replace the files).",
+                        names.join(", "),
+                        *left as f64 / 86_400.0
+                    )
+                } else {
+                    format!(
+                        ":lock: The TLS certificate for {} has EXPIRED: browsers refuse the site over HTTPS.",
+                        names.join(", ")
+                    )
+                });
+                self.expiring = true;
+            } else if !low && self.expiring {
+                out.push(format!(
+                    ":lock: The TLS certificates are valid again: the first expires in {:.0} days.",
+                    *left as f64 / 86_400.0
+                ));
+                self.expiring = false;
+            }
+        }
         out
     }
 }
@@ -248,6 +281,8 @@ pub struct Watched {
     pub clock: crate::clock::Clock,
     /// The ACME task's status, when certificates come by ACME.
     pub acme: Option<Arc<crate::edge::tls::acme::Status>>,
+    /// The TLS certificates in force, when `tls.listen` is set.
+    pub certs: Option<crate::edge::tls::Certs>,
 }
 
 impl Alerts {
@@ -291,6 +326,7 @@ impl Alerts {
                 .acme
                 .as_ref()
                 .and_then(|s| s.last_error.lock().clone()),
+            cert_expiry: state.certs.as_ref().and_then(|c| c.soonest_expiry(now_ms)),
         }
     }
 
@@ -350,7 +386,40 @@ mod tests {
             disk_free: Some(0.5),
             acme_failures: 0,
             acme_error: None,
+            cert_expiry: None,
         }
+    }
+
+    #[test]
+    fn a_certificate_with_less_than_seven_days_left_is_announced_once_and_its_renewal_too() {
+        const DAY: i64 = 86_400;
+        let mut a = Alerter::new(&config(&[2.0]), 1, None, 0);
+        let with = |left: i64| {
+            let mut o = obs(1.0);
+            o.cert_expiry = Some((left, vec!["example.com".into()]));
+            o
+        };
+        assert!(a.evaluate(&with(30 * DAY), 0).is_empty());
+        assert!(
+            a.evaluate(&with(7 * DAY), 1_000).is_empty(),
+            "7 days is not less than 7"
+        );
+        let m = a.evaluate(&with(7 * DAY - 1), 2_000);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].contains("example.com") && m[0].contains("7.0 days"),
+            "{m:?}"
+        );
+        assert!(a.evaluate(&with(3 * DAY), 3_000).is_empty(), "once");
+        let m = a.evaluate(&with(-5), 4_000);
+        assert!(m.is_empty(), "still the same episode: {m:?}");
+        let m = a.evaluate(&with(60 * DAY), 5_000);
+        assert_eq!(m.len(), 1);
+        assert!(m[0].contains("valid again"), "{m:?}");
+        // A fresh episode that starts expired says so.
+        let mut b = Alerter::new(&config(&[2.0]), 1, None, 0);
+        let m = b.evaluate(&with(-5), 0);
+        assert!(m[0].contains("EXPIRED"), "{m:?}");
     }
 
     #[test]

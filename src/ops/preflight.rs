@@ -149,7 +149,25 @@ pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> 
     checks.push(bindable("server.admin_listen", config.server.admin_listen));
     if let Some(addr) = config.tls.listen {
         checks.push(bindable("tls.listen", addr));
-        checks.push(certificate(&config, crate::clock::Clock::system().now_ms()));
+        let now = crate::clock::Clock::system().now_ms();
+        checks.push(if config.tls.acme() {
+            acme(&config, now).await
+        } else {
+            certificate(&config, now)
+        });
+        if !config.tls.domains.is_empty() {
+            checks.push(domains_resolve(&config.tls.domains).await);
+        }
+    }
+    if !config.server.admin_listen.ip().is_loopback() && config.tls.listen.is_none() {
+        checks.push(Check::warn(
+            "admin over the network",
+            format!(
+                "server.admin_listen = {} is reachable off the box over plain HTTP: the admin token travels in clear",
+                config.server.admin_listen
+            ),
+            "set [tls] (the admin listener then speaks TLS with the same certificates), or keep admin_listen on 127.0.0.1 and reach it through ssh",
+        ));
     }
     if let Some(addr) = config.tls.http_listen {
         checks.push(bindable("tls.http_listen", addr));
@@ -485,36 +503,114 @@ fn bindable(key: &'static str, addr: SocketAddr) -> Check {
 /// A certificate that expires sooner than this fails the check.
 pub const CERT_MIN_DAYS: i64 = 14;
 
+/// Under ACME, per domain: the certificate the data dir holds and the days it has
+/// left (None: none that loads). True when every one has more than
+/// [`CERT_MIN_DAYS`] left.
+fn acme_stored(config: &Config, now_ms: u64) -> (Vec<String>, bool) {
+    let mut lines = Vec::new();
+    let mut all_fine = true;
+    for domain in &config.tls.domains {
+        let (cert, key) = crate::edge::tls::store::Store::cert_paths_in(
+            &config.server.data_dir,
+            std::slice::from_ref(domain),
+        );
+        match crate::edge::tls::load_pair(&cert, &key) {
+            Ok(l) => {
+                let days = (l.not_after - (now_ms / 1000) as i64) / 86_400;
+                all_fine &= days >= CERT_MIN_DAYS;
+                lines.push(format!("{domain}: valid {days} more days"));
+            }
+            Err(_) => {
+                all_fine = false;
+                lines.push(format!("{domain}: none yet"));
+            }
+        }
+    }
+    (lines, all_fine)
+}
+
+/// Under ACME: every domain's stored certificate valid for more than
+/// [`CERT_MIN_DAYS`], or else the ACME account registered (loaded or created at
+/// `tls.acme_directory`, which proves the CA reachable and trusted, and external
+/// account binding accepted), so the missing ones can be ordered at start.
+async fn acme(config: &Config, now_ms: u64) -> Check {
+    const NAME: &str = "tls certificate (ACME)";
+    let (lines, all_fine) = acme_stored(config, now_ms);
+    if all_fine {
+        return Check::pass(
+            NAME,
+            format!(
+                "{}; each renewed when a third of its lifetime is left",
+                lines.join("; ")
+            ),
+        );
+    }
+    let acme = match crate::edge::tls::acme::Acme::new(
+        &config.tls,
+        &config.server.data_dir,
+        crate::edge::tls::Certs::empty(&config.tls.domains),
+        crate::clock::Clock::system(),
+    ) {
+        Ok(a) => a,
+        Err(e) => return Check::fail(NAME, e.to_string(), "correct the key named above"),
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(60), acme.ensure_account()).await {
+        Ok(Ok(account)) => Check::pass(
+            NAME,
+            format!("{}; {account}; the rest is ordered at start", lines.join("; ")),
+        ),
+        Ok(Err(e)) => Check::fail(
+            NAME,
+            format!("{}; and no ACME account: {e}", lines.join("; ")),
+            "check that tls.acme_directory is reachable from this box, tls.acme_ca_file (a private CA), and tls.acme_eab_kid / tls.acme_eab_hmac_key if the CA wants them",
+        ),
+        Err(_) => Check::fail(
+            NAME,
+            format!("{}; the ACME directory did not answer within 60 s", lines.join("; ")),
+            "check that tls.acme_directory is reachable from this box",
+        ),
+    }
+}
+
+/// Every domain of `tls.domains` resolves (the CA validates each one at the
+/// addresses its DNS gives, so they must point at this box before the first order).
+async fn domains_resolve(domains: &[String]) -> Check {
+    const NAME: &str = "tls.domains resolve";
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for d in domains {
+        let lookup = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::lookup_host((d.as_str(), 443)),
+        )
+        .await;
+        match lookup {
+            Ok(Ok(addrs)) => {
+                let mut ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                ips.sort();
+                ips.dedup();
+                found.push(format!("{d} → {}", ips.join(", ")));
+            }
+            Ok(Err(e)) => missing.push(format!("{d} ({e})")),
+            Err(_) => missing.push(format!("{d} (no answer within 5 s)")),
+        }
+    }
+    if missing.is_empty() {
+        Check::pass(NAME, found.join("; "))
+    } else {
+        Check::fail(
+            NAME,
+            format!("does not resolve: {}", missing.join("; ")),
+            "create an A (and AAAA) record for each name pointing at this box; the CA checks it before it issues a certificate",
+        )
+    }
+}
+
 /// `tls.cert_file` and `tls.key_file` load and belong together, the certificate is
 /// valid for more than [`CERT_MIN_DAYS`] at `now_ms`, and it names every exact host
 /// of `server.hosts`.
 fn certificate(config: &Config, now_ms: u64) -> Check {
     const NAME: &str = "tls certificate";
-    if config.tls.acme() {
-        // Ordered by ACME at start; what the data dir holds is what will be served first.
-        let (cert, key) = crate::edge::tls::store::Store::cert_paths_in(
-            &config.server.data_dir,
-            &config.tls.domains,
-        );
-        return match crate::edge::tls::load_pair(&cert, &key) {
-            Ok(l) => Check::pass(
-                NAME,
-                format!(
-                    "ACME: {:?} in {}, valid {} more days; renewed when a third of its lifetime is left",
-                    l.names,
-                    cert.display(),
-                    (l.not_after - (now_ms / 1000) as i64) / 86_400
-                ),
-            ),
-            Err(_) => Check::pass(
-                NAME,
-                format!(
-                    "ACME: none yet; ordered from {} at start (HTTPS handshakes fail until then)",
-                    config.tls.acme_directory
-                ),
-            ),
-        };
-    }
     let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
         return Check::fail(
             NAME,
@@ -564,20 +660,7 @@ fn certificate(config: &Config, now_ms: u64) -> Check {
     )
 }
 
-/// Whether a certificate for `names` is valid for `host` (one `*.` label matches one
-/// label).
-fn covers(names: &[String], host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
-    names.iter().any(|n| {
-        let n = n.to_ascii_lowercase();
-        match n.strip_prefix("*.") {
-            Some(parent) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
-            None => n == host,
-        }
-    })
-}
+use crate::edge::tls::names_cover as covers;
 
 /// The launch day is the calendar day in `conversions.timezone` (Product Hunt's day is
 /// Los Angeles's, the default).
@@ -682,15 +765,58 @@ mod tests {
     }
 
     #[test]
-    fn under_acme_the_check_names_the_stored_certificate_or_the_coming_order() {
+    fn under_acme_each_domain_is_named_with_its_stored_certificate_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Config::default();
         c.server.data_dir = dir.path().to_path_buf();
         c.tls.listen = Some("127.0.0.1:8443".parse().unwrap());
-        c.tls.domains = vec!["example.com".into()];
-        let none = certificate(&c, 0);
-        assert_eq!(none.verdict, Verdict::Pass, "{none:?}");
-        assert!(none.found.contains("none yet"), "{none:?}");
+        c.tls.domains = vec!["example.com".into(), "www.example.com".into()];
+        let (lines, fine) = acme_stored(&c, 0);
+        assert!(!fine);
+        assert_eq!(
+            lines,
+            ["example.com: none yet", "www.example.com: none yet"]
+        );
+        // A stored certificate for one of them, valid 30 days.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["example.com".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 1, 31);
+        let cert = params.self_signed(&key).unwrap();
+        let store = crate::edge::tls::store::Store::open(dir.path()).unwrap();
+        store
+            .save_cert(
+                &["example.com".into()],
+                cert.pem().as_bytes(),
+                key.serialize_pem().as_bytes(),
+            )
+            .unwrap();
+        let jan_1 = "2026-01-01T00:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond() as u64;
+        let (lines, fine) = acme_stored(&c, jan_1);
+        assert_eq!(
+            lines,
+            [
+                "example.com: valid 30 more days",
+                "www.example.com: none yet"
+            ]
+        );
+        assert!(!fine);
+        c.tls.domains.pop();
+        assert!(acme_stored(&c, jan_1).1);
+    }
+
+    #[tokio::test]
+    async fn a_domain_that_does_not_resolve_fails_the_check_and_names_it() {
+        let ok = domains_resolve(&["localhost".into()]).await;
+        assert_eq!(ok.verdict, Verdict::Pass, "{ok:?}");
+        assert!(ok.found.contains("127.0.0.1"), "{ok:?}");
+        let bad = domains_resolve(&["localhost".into(), "nowhere.invalid".into()]).await;
+        assert_eq!(bad.verdict, Verdict::Fail, "{bad:?}");
+        assert!(bad.found.contains("nowhere.invalid"), "{bad:?}");
+        assert!(!bad.found.contains("localhost"), "{bad:?}");
     }
 
     #[test]

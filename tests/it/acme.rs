@@ -24,14 +24,16 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn acme_config(
-    c: &mut launchguard::config::Config,
-    pebble: &Pebble,
-    tls_port: u16,
-    http_port: Option<u16>,
-) {
+/// `[tls]` under ACME from `pebble`, on the ports it validates (HTTP-01 on
+/// `tls.http_listen` only when `http01`).
+fn acme_config(c: &mut launchguard::config::Config, pebble: &Pebble, http01: bool) {
+    let Ports {
+        http_port,
+        tls_port,
+        ..
+    } = pebble.ports;
     c.tls.listen = Some(format!("127.0.0.1:{tls_port}").parse().unwrap());
-    c.tls.http_listen = http_port.map(|p| format!("127.0.0.1:{p}").parse().unwrap());
+    c.tls.http_listen = http01.then(|| format!("127.0.0.1:{http_port}").parse().unwrap());
     c.tls.domains = vec![DOMAIN.into()];
     c.tls.acme_directory = pebble.directory.clone();
     c.tls.acme_ca_file = Some(pebble.ca_file.clone());
@@ -78,24 +80,12 @@ fn serial(der: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn http01_certificate_is_served_kept_across_a_restart_and_renewed_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let (http_port, tls_port) = (free_port(), free_port());
-    let Some(pebble) = Pebble::start(
-        dir.path(),
-        Ports {
-            http_port,
-            tls_port,
-            validity_secs: 3_600,
-            eab: None,
-        },
-    ) else {
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
         return;
     };
     let data = dir.path().join("state");
     let clock = Clock::manual(now_ms());
-    let s = TestServer::start(&data, clock.clone(), |c| {
-        acme_config(c, &pebble, tls_port, Some(http_port))
-    })
-    .await;
+    let s = TestServer::start(&data, clock.clone(), |c| acme_config(c, &pebble, true)).await;
     let certs = s.state().certs.clone().expect("tls is on");
     let status = s.state().acme.as_ref().expect("acme is on").status();
     until("the first certificate", &pebble, || {
@@ -148,10 +138,7 @@ async fn http01_certificate_is_served_kept_across_a_restart_and_renewed_in_place
 
     // A restart on the same data dir serves the stored certificate at once and orders
     // nothing.
-    let s = TestServer::start(&data, clock.clone(), |c| {
-        acme_config(c, &pebble, tls_port, Some(http_port))
-    })
-    .await;
+    let s = TestServer::start(&data, clock.clone(), |c| acme_config(c, &pebble, true)).await;
     let certs = s.state().certs.clone().unwrap();
     let status = s.state().acme.as_ref().unwrap().status();
     assert!(
@@ -193,20 +180,11 @@ async fn http01_certificate_is_served_kept_across_a_restart_and_renewed_in_place
 #[tokio::test]
 async fn tls_alpn01_alone_gets_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let tls_port = free_port();
-    let Some(pebble) = Pebble::start(
-        dir.path(),
-        Ports {
-            http_port: free_port(),
-            tls_port,
-            validity_secs: 3_600,
-            eab: None,
-        },
-    ) else {
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
         return;
     };
     let s = TestServer::start(&dir.path().join("state"), Clock::manual(now_ms()), |c| {
-        acme_config(c, &pebble, tls_port, None)
+        acme_config(c, &pebble, false)
     })
     .await;
     let certs = s.state().certs.clone().unwrap();
@@ -291,22 +269,13 @@ async fn failures(status: &launchguard::edge::tls::acme::Status, n: u64, pebble:
 #[tokio::test]
 async fn a_failed_http01_falls_back_to_tls_alpn01() {
     let dir = tempfile::tempdir().unwrap();
-    let tls_port = free_port();
     // Pebble validates HTTP-01 on a port where nothing listens.
-    let Some(pebble) = Pebble::start(
-        dir.path(),
-        Ports {
-            http_port: free_port(),
-            tls_port,
-            validity_secs: 3_600,
-            eab: None,
-        },
-    ) else {
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
         return;
     };
     let clock = Clock::manual(now_ms());
     let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
-        acme_config(c, &pebble, tls_port, None);
+        acme_config(c, &pebble, false);
         c.tls.http_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
@@ -333,22 +302,13 @@ async fn a_failed_http01_falls_back_to_tls_alpn01() {
 #[tokio::test]
 async fn a_fallback_directory_takes_over_after_two_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let (http_port, tls_port) = (free_port(), free_port());
-    let Some(pebble) = Pebble::start(
-        dir.path(),
-        Ports {
-            http_port,
-            tls_port,
-            validity_secs: 3_600,
-            eab: None,
-        },
-    ) else {
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
         return;
     };
     let clock = Clock::manual(now_ms());
     let down = free_port();
     let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
-        acme_config(c, &pebble, tls_port, Some(http_port));
+        acme_config(c, &pebble, true);
         c.tls.acme_directory = format!("https://127.0.0.1:{down}/dir");
         c.tls.fallback_directories = vec![pebble.directory.clone()];
     })
@@ -370,21 +330,18 @@ async fn a_fallback_directory_takes_over_after_two_failures() {
 #[tokio::test]
 async fn external_account_binding_is_sent_when_the_ca_requires_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (http_port, tls_port) = (free_port(), free_port());
     let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
     let Some(pebble) = Pebble::start(
         dir.path(),
         Ports {
-            http_port,
-            tls_port,
-            validity_secs: 3_600,
             eab: Some(("kid-1".into(), hmac.into())),
+            ..Ports::free()
         },
     ) else {
         return;
     };
     let s = TestServer::start(&dir.path().join("state"), Clock::manual(now_ms()), |c| {
-        acme_config(c, &pebble, tls_port, Some(http_port));
+        acme_config(c, &pebble, true);
         c.tls.acme_eab_kid = Some("kid-1".into());
         c.tls.acme_eab_hmac_key = Some(hmac.into());
     })
@@ -426,4 +383,162 @@ fn sighup_under_acme_does_not_end_the_binary() {
     assert!(proc.signal(libc::SIGTERM));
     let status = proc.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Each domain gets its own certificate (one order each, one file pair each), and
+/// the listener presents, by SNI, the one for the name asked for.
+#[tokio::test]
+async fn each_domain_gets_its_own_certificate_chosen_by_sni() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
+        return;
+    };
+    const WWW: &str = "www.lg.test";
+    let data = dir.path().join("state");
+    let s = TestServer::start(&data, Clock::manual(now_ms()), |c| {
+        acme_config(c, &pebble, true);
+        c.tls.domains = vec![DOMAIN.into(), WWW.into()];
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    until("both certificates", &pebble, || certs.all().len() == 2).await;
+    assert_eq!(status.orders.load(Relaxed), 2);
+    for d in [DOMAIN, WWW] {
+        assert!(data.join(format!("tls/{d}.crt.pem")).exists(), "{d}");
+    }
+
+    let client = client_trusting(&pebble).await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let names = |der: &[u8]| {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+    };
+    let apex = tls::presented(client.clone(), addr, DOMAIN).await;
+    let www = tls::presented(client.clone(), addr, WWW).await;
+    assert_eq!(names(&apex), [format!("DNSName({DOMAIN})")]);
+    assert_eq!(names(&www), [format!("DNSName({WWW})")]);
+    for d in [DOMAIN, WWW] {
+        let (v, page) = tls::get(client.clone(), addr, d, "/launch/").await;
+        assert_eq!(
+            (v, page.status.as_u16()),
+            (hyper::Version::HTTP_2, 200),
+            "{d}"
+        );
+    }
+    s.stop().await;
+}
+
+/// A CA that no longer knows the account (pebble restarted: it keeps nothing) gets a
+/// new one, registered within the renewal order; the old credentials are set aside.
+#[tokio::test]
+async fn an_account_the_ca_forgot_is_registered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut pebble) = Pebble::start(dir.path(), Ports::free()) else {
+        return;
+    };
+    let data = dir.path().join("state");
+    let clock = Clock::manual(now_ms());
+    let s = TestServer::start(&data, clock.clone(), |c| acme_config(c, &pebble, true)).await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    until("the first certificate", &pebble, || {
+        status.obtained.load(Relaxed) == 1
+    })
+    .await;
+    let first = certs.current().unwrap();
+
+    pebble.restart();
+    clock.advance_ms(2_400_000 + 1_000);
+    until("the renewal with a new account", &pebble, || {
+        status.obtained.load(Relaxed) == 2
+    })
+    .await;
+    assert_eq!(status.accounts_recreated.load(Relaxed), 1);
+    assert_eq!(status.failures.load(Relaxed), 0);
+    assert_ne!(
+        serial(&certs.current().unwrap().key.cert[0]),
+        serial(&first.key.cert[0]),
+        "a new certificate is in force"
+    );
+    let set_aside: Vec<_> = std::fs::read_dir(data.join("tls"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json.gone"))
+        .collect();
+    assert_eq!(set_aside.len(), 1, "{set_aside:?}");
+    // Served, chaining to the new pebble's root.
+    let client = client_trusting(&pebble).await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let (v, page) = tls::get(client, addr, DOMAIN, "/launch/").await;
+    assert_eq!((v, page.status.as_u16()), (hyper::Version::HTTP_2, 200));
+    s.stop().await;
+}
+
+/// `launchguard preflight` under ACME with nothing stored registers the account
+/// (proving the CA reachable and trusted) and passes that check; with the CA down it
+/// fails and says what to check. `lg.test` resolves only in pebble's own DNS, so the
+/// "domains resolve" check fails, naming it (`.test` never resolves for real).
+#[test]
+fn preflight_registers_the_acme_account_or_fails_naming_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
+        return;
+    };
+    let data = dir.path().join("state");
+    let config = |directory: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\
+             [origin]\nstatic_dir = {:?}\n[webhook]\nsecrets = [\"preflight-secret\"]\n\
+             [tls]\nlisten = \"127.0.0.1:0\"\ndomains = [\"lg.test\"]\nacme_directory = \"{directory}\"\nacme_ca_file = {:?}\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
+            pebble.ca_file
+        )
+    };
+    let run = |body: String| {
+        let (code, out) = crate::preflight::preflight(dir.path(), &body);
+        (Some(code), out)
+    };
+    let line = |out: &str, name: &str| {
+        out.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{out}"))
+            .to_string()
+    };
+    let (code, out) = run(config(&pebble.directory));
+    assert_eq!(code, Some(1), "{out}");
+    let acme = line(&out, "tls certificate (ACME)");
+    assert!(acme.starts_with("  PASS"), "{out}");
+    assert!(
+        acme.contains("lg.test: none yet") && acme.contains("registered now"),
+        "{out}"
+    );
+    let dns = line(&out, "tls.domains resolve");
+    assert!(
+        dns.starts_with("  FAIL") && dns.contains("lg.test"),
+        "{out}"
+    );
+    assert!(out.contains("1 failed"), "only the DNS check fails:\n{out}");
+    // Stored now: a second run loads it.
+    let (_, out) = run(config(&pebble.directory));
+    assert!(
+        line(&out, "tls certificate (ACME)").contains("(stored)"),
+        "{out}"
+    );
+    // A directory nobody answers: fails, naming what to check.
+    let down = format!("https://127.0.0.1:{}/dir", free_port());
+    let (code, out) = run(config(&down));
+    assert_eq!(code, Some(1), "{out}");
+    let acme = line(&out, "tls certificate (ACME)");
+    assert!(
+        acme.starts_with("  FAIL") && acme.contains("no ACME account"),
+        "{out}"
+    );
+    assert!(out.contains("tls.acme_directory is reachable"), "{out}");
 }

@@ -11,7 +11,7 @@ fn site() -> std::path::PathBuf {
 }
 
 /// Runs `preflight` on a config with `body`; returns (exit code, stdout).
-fn preflight(dir: &Path, body: &str) -> (i32, String) {
+pub(crate) fn preflight(dir: &Path, body: &str) -> (i32, String) {
     let config = dir.join("launchguard.toml");
     std::fs::write(&config, body).unwrap();
     let out = Command::new(BIN)

@@ -443,3 +443,148 @@ async fn an_http2_rapid_reset_client_is_cut_off_and_others_are_served() {
     assert_eq!((v, r.status.as_u16()), (hyper::Version::HTTP_2, 200));
     s.stop().await;
 }
+
+/// An HTTP/2 frame: 9-byte header (length, type, flags, stream) and `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The CONTINUATION flood (CVE-2024-27316 and kin): a HEADERS frame that never ends,
+/// followed by CONTINUATION frames without END_HEADERS. The server stops reading it
+/// (GOAWAY, or the connection closed) once the header block passes its limit, long
+/// before the flood ends, and another client is answered meanwhile.
+#[tokio::test]
+async fn an_http2_continuation_flood_is_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let files = ca.issue_files(&["localhost"], dir.path(), "site");
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        tls_config(c, &files, false, 0)
+    })
+    .await;
+    let addr = s.running.as_ref().unwrap().tls_addr.unwrap();
+    let client = ca.client_config(&[b"h2"]);
+    let limit = s.state().config.server.max_header_bytes;
+
+    let tls = tls::connect(client.clone(), addr, "localhost")
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    // What the server sends: done when a GOAWAY arrives or the connection ends.
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let mut at = 0;
+            while buf.len() >= at + 9 {
+                let len = (usize::from(buf[at]) << 16)
+                    | (usize::from(buf[at + 1]) << 8)
+                    | usize::from(buf[at + 2]);
+                if buf[at + 3] == 7 && buf.len() >= at + 9 + 8 {
+                    let p = &buf[at + 9..];
+                    return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                }
+                at += 9 + len;
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
+                                        // HEADERS on stream 1: END_STREAM, no END_HEADERS; :method GET, :scheme https, :path /.
+    out.extend(h2_frame(1, 0x1, 1, &[0x82, 0x87, 0x84]));
+    wr.write_all(&out).await.unwrap();
+    let mut field = vec![0x00, 0x03];
+    field.extend_from_slice(b"x-a");
+    field.push(100);
+    field.extend_from_slice(&[b'a'; 100]);
+    let continuation = h2_frame(9, 0, 1, &field);
+    let mut sent = 0usize;
+    const FLOOD: usize = 64 * 1024 * 1024;
+    while sent < FLOOD && !reader.is_finished() {
+        if wr.write_all(&continuation).await.is_err() {
+            break;
+        }
+        sent += continuation.len();
+        if sent % (64 * continuation.len()) == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let goaway = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the server ends the flood")
+        .unwrap();
+    // Cut off within a few header limits of sending (the kernel's socket buffers
+    // hold the rest), not after reading the whole flood.
+    assert!(
+        sent < 4 * 1024 * 1024,
+        "the server read {sent} bytes of one header block (limit {limit})"
+    );
+    if let Some(code) = goaway {
+        // ENHANCE_YOUR_CALM, PROTOCOL_ERROR or COMPRESSION_ERROR: any error, not NO_ERROR.
+        assert_ne!(code, 0, "GOAWAY with an error code");
+    }
+
+    // Another client is served.
+    let (v, r) = tls::get(client, addr, "localhost", "/launch/").await;
+    assert_eq!((v, r.status.as_u16()), (hyper::Version::HTTP_2, 200));
+    s.stop().await;
+}
+
+/// An admin listener off loopback speaks TLS with the public certificate; plain HTTP
+/// to it gets no answer. (On loopback it stays plain: every other test.)
+#[tokio::test]
+async fn a_non_loopback_admin_listener_is_served_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("launchguard test CA");
+    let files = ca.issue_files(&["localhost", "127.0.0.1"], dir.path(), "site");
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret-admin-token-for-tests").unwrap();
+    let s = TestServer::start(&dir.path().join("state"), Clock::system(), |c| {
+        tls_config(c, &files, false, 0);
+        c.server.admin_listen = "0.0.0.0:0".parse().unwrap();
+        c.server.admin_token_file = Some(token.clone());
+    })
+    .await;
+    let port = s.running.as_ref().unwrap().admin_addr.port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let (v, r) = tls::get(
+        ca.client_config(&[b"h2", b"http/1.1"]),
+        addr,
+        "localhost",
+        "/healthz",
+    )
+    .await;
+    assert_eq!(
+        (v, r.status.as_u16()),
+        (hyper::Version::HTTP_2, 200),
+        "{}",
+        r.text()
+    );
+
+    // Plain HTTP: the server waits for a TLS ClientHello and never answers in HTTP.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    s.stop().await;
+}

@@ -1,21 +1,31 @@
 //! Certificates by ACME (RFC 8555) for `tls.domains`, with instant-acme.
 //!
+//! - **One certificate per domain**, as Caddy orders them: a domain whose DNS does
+//!   not point here yet, or that a CA refuses, holds no other back, and each renews
+//!   on its own schedule. The TLS listener picks among them by SNI ([`Certs`]).
 //! - **Start.** [`Acme::new`] reads what the data dir holds ([`store`](super::store)):
-//!   a certificate covering every domain is put in force at once, before the
-//!   listeners open, expired or not. Without one the TLS listener has no certificate
-//!   and its handshakes fail until the first order succeeds (no placeholder).
-//! - **Loop.** [`Acme::run`] decides once a second (by the injected clock) with the
-//!   pure [`renewal::decide`]: order when there is no certificate, when it lacks a
-//!   domain, or when a third of its lifetime is left. A new certificate is written to
-//!   the data dir and swapped into [`Certs`] for the next handshake.
+//!   each domain's stored certificate is put in force at once, before the listeners
+//!   open, expired or not. A domain without one has no certificate and handshakes
+//!   for it fail until its first order succeeds (no placeholder).
+//! - **Loop.** [`Acme::run`] decides once a second (by the injected clock), for each
+//!   domain in turn, with the pure [`renewal::decide`]: order when there is no
+//!   certificate, or when a third of its lifetime is left, or at the moment picked in
+//!   the CA's ARI window (RFC 9773), asked for when the directory offers
+//!   `renewalInfo` and again when the CA's Retry-After says (an hour to a day). A
+//!   renewal the CA suggested names the certificate it `replaces`. A new certificate
+//!   is written to the data dir and swapped into [`Certs`] for the next handshake.
 //! - **Challenges.** HTTP-01 when `tls.http_listen` is set ([`Http01`], answered by
 //!   its router), TLS-ALPN-01 otherwise (the challenge certificate, made with rcgen,
 //!   answered by the [`Certs`] resolver to `acme-tls/1` handshakes). After a failed
 //!   order the next one uses the other type, if there is one.
 //! - **Failures** (the CA down, a challenge refused, a timeout): an error in the log,
-//!   then [`renewal::backoff`] (1, 2, 5, 10 min ... a day); after two failures in a
-//!   row the next directory of `tls.fallback_directories` is tried. Never more than
-//!   10 orders in 10 s ([`renewal::OrderBudget`]).
+//!   `launchguard_tls_acme_orders_total{result="failed"}`, an alert (ops::alerts reads
+//!   [`Status`]), then [`renewal::backoff`] (1, 2, 5, 10 min ... a day) for that
+//!   domain; after two failures in a row the next directory of
+//!   `tls.fallback_directories` is tried. Never more than 10 orders in 10 s, all
+//!   domains together ([`renewal::OrderBudget`]).
+//! - **An account the CA forgot** (`accountDoesNotExist`: a CA that lost or deleted
+//!   it) is set aside and a new one is registered, within the same order.
 //!
 //! **Invariant:** a certificate is put in force and on disk only when it parsed and
 //! its key matches it; the one in force stays otherwise.
@@ -34,8 +44,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
-    ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse,
+    CertificateIdentifier, ChallengeType, ExternalAccountKey, HttpClient, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -94,10 +105,31 @@ pub struct Status {
     pub orders: AtomicU64,
     /// Certificates obtained.
     pub obtained: AtomicU64,
-    /// Failed orders in a row (0 after a success).
+    /// Failed orders in a row of the domain that has failed most (0 when every
+    /// domain's last order succeeded).
     pub failures: AtomicU64,
-    /// The last failure, for the log and alerts.
+    /// The last failure, naming its domain, for the log and alerts.
     pub last_error: Mutex<Option<String>>,
+    /// Accounts registered again because the CA no longer knew them.
+    pub accounts_recreated: AtomicU64,
+    /// ARI windows received (RFC 9773).
+    pub ari_windows: AtomicU64,
+}
+
+/// One domain's renewal state.
+#[derive(Debug, Default)]
+struct Managed {
+    domain: String,
+    /// Failed orders in a row.
+    failures: u32,
+    /// No order before this (the backoff after a failure, or the budget).
+    retry_at: Option<i64>,
+    /// Index into the directories: moves on after two failures in a row.
+    directory: usize,
+    /// The moment picked in the CA's ARI window, and the certificate it was for.
+    ari: Option<(i64, CertificateIdentifier<'static>)>,
+    /// When to ask the CA for the ARI window again.
+    ari_next: i64,
 }
 
 /// The ACME side of the TLS listener (module docs).
@@ -174,6 +206,24 @@ impl Acme {
         Ok(acme)
     }
 
+    /// Loads the stored account of the first directory, or registers one (and
+    /// stores it): what `launchguard preflight` checks. Says which it was.
+    pub async fn ensure_account(&self) -> Result<String, String> {
+        let url = &self.inner.directories[0];
+        let had = self
+            .inner
+            .store
+            .account(url)
+            .map_err(|e| format!("cannot read the stored account: {e}"))?
+            .is_some();
+        let account = self.account(url).await?;
+        Ok(format!(
+            "account {} at {url} ({})",
+            account.id(),
+            if had { "stored" } else { "registered now" }
+        ))
+    }
+
     /// The HTTP-01 answers, for `tls.http_listen`'s router.
     pub fn http01(&self) -> Http01 {
         self.inner.http01.clone()
@@ -185,87 +235,175 @@ impl Acme {
 
     fn load_stored(&self) {
         let i = &self.inner;
-        let (cert, key) = i.store.cert_paths(&i.domains);
-        if !cert.exists() {
-            return;
-        }
-        match super::load_pair(&cert, &key) {
-            Ok(loaded) => {
-                tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "loaded the ACME certificate from {}", cert.display());
-                i.certs.set(loaded);
+        for domain in &i.domains {
+            let (cert, key) = i.store.cert_paths(std::slice::from_ref(domain));
+            if !cert.exists() {
+                continue;
             }
-            Err(e) => tracing::error!(
-                "the stored ACME certificate does not load ({e}); ordering a new one"
-            ),
+            match super::load_pair(&cert, &key) {
+                Ok(loaded) => {
+                    tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "loaded the ACME certificate from {}", cert.display());
+                    i.certs.set(domain, loaded);
+                }
+                Err(e) => tracing::error!(
+                    "the stored ACME certificate for {domain} does not load ({e}); ordering a new one"
+                ),
+            }
         }
     }
 
-    fn held(&self) -> Option<Held> {
-        let c = self.inner.certs.current()?;
+    fn held(&self, domain: &str) -> Option<Held> {
+        let c = self.inner.certs.slot(domain)?;
         Some(Held {
             not_before: c.not_before,
             not_after: c.not_after,
-            covers_domains: covers(&c, &self.inner.domains),
+            covers_domains: c.covers(domain),
         })
     }
 
-    /// Keeps a certificate in force, until `shutdown` (module docs).
+    /// Keeps a certificate in force for every domain, until `shutdown` (module docs).
     pub async fn run(self, shutdown: CancellationToken) {
         let i = &self.inner;
-        let mut failures: u32 = 0;
-        let mut retry_at: Option<i64> = None;
+        let mut managed: Vec<Managed> = i
+            .domains
+            .iter()
+            .map(|d| Managed {
+                domain: d.clone(),
+                ..Managed::default()
+            })
+            .collect();
         let mut budget = OrderBudget::default();
-        let mut directory = 0usize;
+        // Directories found to offer no ARI, not asked again.
+        let mut no_ari = vec![false; i.directories.len()];
         loop {
-            let now = (i.clock.now_ms() / 1000) as i64;
             i.status.checks.fetch_add(1, Relaxed);
-            if renewal::decide(now, self.held(), retry_at) == Next::Order {
-                match budget.take(now) {
-                    Err(free_at) => retry_at = Some(free_at),
-                    Ok(()) => {
-                        let url = &i.directories[directory % i.directories.len()];
-                        let kind = i.challenges[failures as usize % i.challenges.len()].clone();
-                        let result = tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            r = tokio::time::timeout(ORDER_TIMEOUT, self.obtain(url, kind.clone())) => r
-                                .unwrap_or_else(|_| Err(format!("not done within {} s", ORDER_TIMEOUT.as_secs()))),
-                        };
-                        let now = (i.clock.now_ms() / 1000) as i64;
-                        match result {
-                            Ok(loaded) => {
-                                i.status.obtained.fetch_add(1, Relaxed);
-                                i.status.failures.store(0, Relaxed);
-                                *i.status.last_error.lock() = None;
-                                i.certs.set(loaded);
-                                i.certs.record_metrics(i.clock.now_ms());
-                                failures = 0;
-                                retry_at = None;
-                            }
-                            Err(e) => {
-                                failures += 1;
-                                let wait = renewal::backoff(failures);
-                                retry_at = Some(now + wait);
-                                if failures % 2 == 0 {
-                                    directory += 1;
-                                }
-                                tracing::error!(
-                                    directory = %url,
-                                    challenge = ?kind,
-                                    failures,
-                                    "ACME: no certificate for {:?}: {e}; next attempt in {wait} s",
-                                    i.domains
-                                );
-                                i.status.failures.store(u64::from(failures), Relaxed);
-                                *i.status.last_error.lock() = Some(e);
-                            }
-                        }
-                        continue;
+            for m in managed.iter_mut() {
+                let now = (i.clock.now_ms() / 1000) as i64;
+                let held = self.held(&m.domain);
+                let dir = m.directory % i.directories.len();
+                if held.is_some() && !no_ari[dir] && now >= m.ari_next {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        unsupported = self.ask_ari(m, &i.directories[dir], now) => no_ari[dir] |= unsupported,
                     }
                 }
+                let ari_at = m.ari.as_ref().map(|(at, _)| *at);
+                if renewal::decide(now, held, m.retry_at, ari_at) != Next::Order {
+                    continue;
+                }
+                if let Err(free_at) = budget.take(now) {
+                    m.retry_at = Some(free_at);
+                    continue;
+                }
+                let url = i.directories[dir].clone();
+                let kind = i.challenges[m.failures as usize % i.challenges.len()].clone();
+                // Name the certificate replaced only when the CA suggested this
+                // renewal, and not again after a failure (a CA may refuse it).
+                let replaces = match (&m.ari, m.failures) {
+                    (Some((_, id)), 0) => Some(id.clone()),
+                    _ => None,
+                };
+                let result = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = tokio::time::timeout(ORDER_TIMEOUT, self.obtain(&url, &m.domain, kind.clone(), replaces)) => r
+                        .unwrap_or_else(|_| Err(format!("not done within {} s", ORDER_TIMEOUT.as_secs()))),
+                };
+                let now = (i.clock.now_ms() / 1000) as i64;
+                match result {
+                    Ok(loaded) => {
+                        i.status.obtained.fetch_add(1, Relaxed);
+                        metrics::counter!(crate::telemetry::TLS_ACME_ORDERS_TOTAL, "domain" => m.domain.clone(), "result" => "obtained").increment(1);
+                        i.certs.set(&m.domain, loaded);
+                        i.certs.record_metrics(i.clock.now_ms());
+                        m.failures = 0;
+                        m.retry_at = None;
+                        m.ari = None;
+                        m.ari_next = 0;
+                    }
+                    Err(e) => {
+                        metrics::counter!(crate::telemetry::TLS_ACME_ORDERS_TOTAL, "domain" => m.domain.clone(), "result" => "failed").increment(1);
+                        m.failures += 1;
+                        let wait = renewal::backoff(m.failures);
+                        m.retry_at = Some(now + wait);
+                        if m.failures % 2 == 0 {
+                            m.directory += 1;
+                        }
+                        tracing::error!(
+                            directory = %url,
+                            challenge = ?kind,
+                            failures = m.failures,
+                            "ACME: no certificate for {}: {e}; next attempt in {wait} s",
+                            m.domain
+                        );
+                        *i.status.last_error.lock() = Some(format!("{}: {e}", m.domain));
+                    }
+                }
+            }
+            let worst = managed.iter().map(|m| m.failures).max().unwrap_or(0);
+            i.status.failures.store(u64::from(worst), Relaxed);
+            if worst == 0 {
+                *i.status.last_error.lock() = None;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// Asks the CA for `m`'s ARI window and picks the moment to renew in it. True when
+    /// the directory offers no ARI at all.
+    async fn ask_ari(&self, m: &mut Managed, url: &str, now: i64) -> bool {
+        const HOUR: i64 = 3_600;
+        let Some(loaded) = self.inner.certs.slot(&m.domain) else {
+            return false;
+        };
+        let id = match CertificateIdentifier::try_from(&loaded.key.cert[0]) {
+            Ok(id) => id.into_owned(),
+            Err(e) => {
+                // A certificate without an authority key identifier has no ARI.
+                tracing::debug!(domain = %m.domain, "no ARI identifier: {e}");
+                m.ari_next = now + 24 * HOUR;
+                return false;
+            }
+        };
+        let asked = async {
+            let account = self.account(url).await?;
+            account.renewal_info(&id).await.map_err(|e| match e {
+                instant_acme::Error::Unsupported(_) => String::new(),
+                e => e.to_string(),
+            })
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT * 2, asked).await {
+            Ok(Ok((info, retry_after))) => {
+                let start = info.suggested_window.start.unix_timestamp();
+                let end = info.suggested_window.end.unix_timestamp();
+                let unchanged = m
+                    .ari
+                    .as_ref()
+                    .is_some_and(|(at, old)| *old == id && (start..=end).contains(at));
+                if !unchanged {
+                    let at = renewal::ari_pick(start, end, random_unit());
+                    tracing::info!(domain = %m.domain, start, end, at, "ACME: the CA's renewal window (ARI)");
+                    self.inner.status.ari_windows.fetch_add(1, Relaxed);
+                    m.ari = Some((at, id));
+                }
+                m.ari_next = now + (retry_after.as_secs() as i64).clamp(HOUR, 24 * HOUR);
+                false
+            }
+            Ok(Err(e)) if e.is_empty() => {
+                tracing::debug!(directory = %url, "the CA offers no ARI; renewing at a third of the lifetime left");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(domain = %m.domain, "ACME: asking for the ARI window failed: {e}; asking again in an hour");
+                m.ari_next = now + HOUR;
+                false
+            }
+            Err(_) => {
+                tracing::warn!(domain = %m.domain, "ACME: the ARI window did not come in time; asking again in an hour");
+                m.ari_next = now + HOUR;
+                false
             }
         }
     }
@@ -316,31 +454,53 @@ impl Acme {
         Ok(account)
     }
 
-    /// One order, start to end; the challenge answers are withdrawn however it ends.
-    async fn obtain(&self, url: &str, kind: ChallengeType) -> Result<Loaded, String> {
+    /// One order for `domain`, start to end; the challenge answers are withdrawn
+    /// however it ends.
+    async fn obtain(
+        &self,
+        url: &str,
+        domain: &str,
+        kind: ChallengeType,
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<Loaded, String> {
         let mut pending = Pending {
             acme: self,
             tokens: Vec::new(),
             alpn: Vec::new(),
         };
-        self.order(url, kind, &mut pending).await
+        self.order(url, domain, kind, replaces, &mut pending).await
     }
 
     async fn order(
         &self,
         url: &str,
+        domain: &str,
         kind: ChallengeType,
+        replaces: Option<CertificateIdentifier<'static>>,
         pending: &mut Pending<'_>,
     ) -> Result<Loaded, String> {
         let i = &self.inner;
-        let account = self.account(url).await?;
-        let ids: Vec<Identifier> = i.domains.iter().cloned().map(Identifier::Dns).collect();
+        let ids = [Identifier::Dns(domain.to_string())];
+        let mut new_order = NewOrder::new(&ids);
+        if let Some(id) = replaces {
+            new_order = new_order.replaces(id);
+        }
         i.status.orders.fetch_add(1, Relaxed);
-        tracing::info!(directory = %url, challenge = ?kind, domains = ?i.domains, "ACME: ordering a certificate");
-        let mut order = account
-            .new_order(&NewOrder::new(&ids))
-            .await
-            .map_err(|e| format!("new order: {e}"))?;
+        tracing::info!(directory = %url, challenge = ?kind, domain, "ACME: ordering a certificate");
+        let account = self.account(url).await?;
+        let mut order = match account.new_order(&new_order).await {
+            Err(e) if account_gone(&e) => {
+                // The CA lost or deleted the account: set it aside, register anew.
+                tracing::warn!(directory = %url, "ACME: the CA no longer knows our account ({e}); registering a new one");
+                i.store
+                    .forget_account(url)
+                    .map_err(|e| format!("cannot set the forgotten account aside: {e}"))?;
+                i.status.accounts_recreated.fetch_add(1, Relaxed);
+                self.account(url).await?.new_order(&new_order).await
+            }
+            r => r,
+        }
+        .map_err(|e| format!("new order: {e}"))?;
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
@@ -349,10 +509,10 @@ impl Acme {
                 AuthorizationStatus::Valid => continue,
                 s => return Err(format!("authorization is {s:?}")),
             }
-            let domain = authz.identifier().to_string();
+            let name = authz.identifier().to_string();
             let mut challenge = authz
                 .challenge(kind.clone())
-                .ok_or_else(|| format!("the CA offers no {kind:?} challenge for {domain}"))?;
+                .ok_or_else(|| format!("the CA offers no {kind:?} challenge for {name}"))?;
             let key_auth = challenge.key_authorization();
             match kind {
                 ChallengeType::Http01 => {
@@ -361,15 +521,15 @@ impl Acme {
                     pending.tokens.push(challenge.token.clone());
                 }
                 _ => {
-                    let key = alpn_challenge_cert(&domain, key_auth.digest().as_ref())?;
-                    i.certs.set_alpn_challenge(&domain, Some(key));
-                    pending.alpn.push(domain.clone());
+                    let key = alpn_challenge_cert(&name, key_auth.digest().as_ref())?;
+                    i.certs.set_alpn_challenge(&name, Some(key));
+                    pending.alpn.push(name.clone());
                 }
             }
             challenge
                 .set_ready()
                 .await
-                .map_err(|e| format!("challenge for {domain}: {e}"))?;
+                .map_err(|e| format!("challenge for {name}: {e}"))?;
         }
         let retry = RetryPolicy::new()
             .initial_delay(Duration::from_millis(250))
@@ -383,7 +543,7 @@ impl Acme {
         }
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params =
-            rcgen::CertificateParams::new(i.domains.clone()).map_err(|e| e.to_string())?;
+            rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
         order
@@ -395,11 +555,12 @@ impl Acme {
             .await
             .map_err(|e| format!("certificate: {e}"))?;
         let key_pem = key.serialize_pem();
-        let (cert_path, key_path) = i.store.cert_paths(&i.domains);
+        let names = [domain.to_string()];
+        let (cert_path, key_path) = i.store.cert_paths(&names);
         let loaded = super::parse_pair(chain.as_bytes(), &cert_path, key_pem.as_bytes(), &key_path)
             .map_err(|e| format!("the issued certificate does not load: {e}"))?;
         i.store
-            .save_cert(&i.domains, chain.as_bytes(), key_pem.as_bytes())
+            .save_cert(&names, chain.as_bytes(), key_pem.as_bytes())
             .map_err(|e| {
                 format!(
                     "cannot store the certificate in {}: {e}",
@@ -429,11 +590,16 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// True when `loaded` names every one of `domains`.
-fn covers(loaded: &Loaded, domains: &[String]) -> bool {
-    domains
-        .iter()
-        .all(|d| loaded.names.iter().any(|n| n.eq_ignore_ascii_case(d)))
+/// True when the CA says it does not know the account (RFC 8555 §6.7).
+fn account_gone(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p)
+        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"))
+}
+
+/// A uniform draw in [0, 1) from the OS's random source.
+fn random_unit() -> f64 {
+    let bits = getrandom::u64().unwrap_or(1 << 63);
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The TLS-ALPN-01 certificate for `domain` (RFC 8737): self-signed, the domain as

@@ -5,13 +5,18 @@
 //!   (rustls' ticketer: AEAD keys that rotate every 6 hours, the previous key still
 //!   accepted) and by a server-side cache of [`SESSION_CACHE`] sessions, so a
 //!   returning visitor skips the full handshake. No 0-RTT: early data is replayable.
-//! - **Certificate.** [`Certs`] holds the one certificate chain and key in force and
-//!   answers every handshake with it (a resolver, so it can be swapped under running
-//!   listeners). It comes from `tls.cert_file` and `tls.key_file` (PEM), or, with
-//!   `tls.domains` and no files, from an ACME CA ([`acme`]): then it holds none until
-//!   the first certificate is obtained (or loaded from the data dir), and a handshake
-//!   before that fails (no placeholder certificate is served). It also answers
-//!   TLS-ALPN-01 validations (`acme-tls/1`) with the challenge certificate.
+//! - **Certificates.** [`Certs`] holds the certificate chains and keys in force, one
+//!   per slot, and answers each handshake by SNI: the certificate whose names cover
+//!   the name asked for (exactly, or by a `*.` wildcard one label deep), else the
+//!   first slot's (a client that sends no SNI, or a name no certificate covers). It
+//!   is a resolver, so certificates can be swapped under running listeners. They come
+//!   from `tls.cert_file` and `tls.key_file` (PEM, one slot), or, with `tls.domains`
+//!   and no files, from an ACME CA ([`acme`]): one certificate per domain, as Caddy
+//!   does, so a domain whose DNS is not ready yet holds no other back. A slot holds
+//!   none until its first certificate is obtained (or loaded from the data dir), and a
+//!   handshake that only it could answer fails until then (no placeholder
+//!   certificate is served). It also answers TLS-ALPN-01 validations (`acme-tls/1`)
+//!   with the challenge certificate.
 //! - **Reload.** `Certs::reload` reads both files again; [`watch`] calls it on SIGHUP
 //!   and when either file changes (size, mtime or inode, checked every
 //!   [`WATCH_EVERY`]). A new pair takes over for the next handshake; connections
@@ -64,6 +69,26 @@ pub struct Loaded {
     pub not_before: i64,
     /// The end of its validity, Unix seconds.
     pub not_after: i64,
+}
+
+impl Loaded {
+    /// True when one of its names covers `name` ([`names_cover`]).
+    pub fn covers(&self, name: &str) -> bool {
+        names_cover(&self.names, name)
+    }
+}
+
+/// True when one of a certificate's `names` covers `host` (ASCII case ignored): the
+/// same name, or `*.parent` for a host one label below `parent`.
+pub fn names_cover(names: &[String], host: &str) -> bool {
+    names.iter().any(|n| {
+        n.eq_ignore_ascii_case(host)
+            || n.strip_prefix("*.").is_some_and(|parent| {
+                host.split_once('.').is_some_and(|(label, rest)| {
+                    !label.is_empty() && rest.eq_ignore_ascii_case(parent)
+                })
+            })
+    })
 }
 
 /// Why a certificate pair did not load; names the key of the file at fault.
@@ -221,16 +246,20 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// The certificate in force, swappable under running listeners. A clone is a handle
-/// on the same certificate.
+/// The certificates in force, swappable under running listeners (module docs). A
+/// clone is a handle on the same certificates.
 #[derive(Clone)]
 pub struct Certs {
     inner: Arc<CertsInner>,
 }
 
+/// The slot of the certificate from `tls.cert_file` and `tls.key_file`.
+pub const FILE_SLOT: &str = "tls.cert_file";
+
 struct CertsInner {
-    /// None only under ACME, until the first certificate is obtained.
-    current: RwLock<Option<Loaded>>,
+    /// The slots in order (the first answers handshakes no certificate covers) and
+    /// what each holds: under ACME one slot per domain, None until it is obtained.
+    current: RwLock<Vec<(String, Option<Loaded>)>>,
     /// `tls.cert_file` and `tls.key_file`; none under ACME.
     files: Option<(PathBuf, PathBuf)>,
     /// The files' stamps when last read, loaded or not.
@@ -242,10 +271,11 @@ struct CertsInner {
 impl std::fmt::Debug for Certs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = self.inner.current.read();
-        f.debug_struct("Certs")
-            .field("names", &c.as_ref().map(|c| &c.names))
-            .field("not_after", &c.as_ref().map(|c| c.not_after))
-            .finish()
+        let mut d = f.debug_map();
+        for (slot, loaded) in c.iter() {
+            d.entry(slot, &loaded.as_ref().map(|l| (&l.names, l.not_after)));
+        }
+        d.finish()
     }
 }
 
@@ -254,37 +284,86 @@ impl Certs {
     pub fn from_files(cert_file: &Path, key_file: &Path) -> Result<Certs, CertError> {
         let seen = (stamp(cert_file), stamp(key_file));
         let loaded = load_pair(cert_file, key_file)?;
-        Ok(Certs {
-            inner: Arc::new(CertsInner {
-                current: RwLock::new(Some(loaded)),
-                files: Some((cert_file.to_path_buf(), key_file.to_path_buf())),
-                seen: Mutex::new(seen),
-                alpn_challenges: RwLock::new(HashMap::new()),
-            }),
-        })
+        Ok(Certs::with(
+            vec![(FILE_SLOT.to_string(), Some(loaded))],
+            Some((cert_file.to_path_buf(), key_file.to_path_buf())),
+            seen,
+        ))
     }
 
-    /// No certificate yet (ACME): handshakes fail until [`Certs::set`].
-    pub fn empty() -> Certs {
+    /// One empty slot per name of `slots` (ACME: the domains): handshakes that need
+    /// a slot fail until [`Certs::set`] fills it.
+    pub fn empty(slots: &[String]) -> Certs {
+        Certs::with(
+            slots
+                .iter()
+                .map(|s| (s.to_ascii_lowercase(), None))
+                .collect(),
+            None,
+            (None, None),
+        )
+    }
+
+    fn with(
+        slots: Vec<(String, Option<Loaded>)>,
+        files: Option<(PathBuf, PathBuf)>,
+        seen: (Option<Stamp>, Option<Stamp>),
+    ) -> Certs {
         Certs {
             inner: Arc::new(CertsInner {
-                current: RwLock::new(None),
-                files: None,
-                seen: Mutex::new((None, None)),
+                current: RwLock::new(slots),
+                files,
+                seen: Mutex::new(seen),
                 alpn_challenges: RwLock::new(HashMap::new()),
             }),
         }
     }
 
-    /// The pair in force, if there is one yet.
+    /// The pair a handshake without SNI gets: the first slot's, else any there is.
     pub fn current(&self) -> Option<Loaded> {
-        self.inner.current.read().clone()
+        let c = self.inner.current.read();
+        c.iter().find_map(|(_, l)| l.clone())
     }
 
-    /// Puts `loaded` in force from the next handshake on.
-    pub fn set(&self, loaded: Loaded) {
-        tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "a new TLS certificate is in force");
-        *self.inner.current.write() = Some(loaded);
+    /// What `slot` holds (ACME: the domain's own certificate).
+    pub fn slot(&self, slot: &str) -> Option<Loaded> {
+        let c = self.inner.current.read();
+        c.iter()
+            .find(|(s, _)| s.eq_ignore_ascii_case(slot))
+            .and_then(|(_, l)| l.clone())
+    }
+
+    /// Every certificate in force.
+    pub fn all(&self) -> Vec<Loaded> {
+        let c = self.inner.current.read();
+        c.iter().filter_map(|(_, l)| l.clone()).collect()
+    }
+
+    /// The certificate a handshake for `name` gets (module docs).
+    pub fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let c = self.inner.current.read();
+        if let Some(name) = name {
+            if let Some(l) = c
+                .iter()
+                .filter_map(|(_, l)| l.as_ref())
+                .find(|l| l.covers(name))
+            {
+                return Some(l.key.clone());
+            }
+        }
+        c.iter()
+            .find_map(|(_, l)| l.as_ref().map(|l| l.key.clone()))
+    }
+
+    /// Puts `loaded` in `slot` from the next handshake on (a slot it did not have is
+    /// added last).
+    pub fn set(&self, slot: &str, loaded: Loaded) {
+        tracing::info!(slot, names = ?loaded.names, not_after = loaded.not_after, "a new TLS certificate is in force");
+        let mut c = self.inner.current.write();
+        match c.iter_mut().find(|(s, _)| s.eq_ignore_ascii_case(slot)) {
+            Some((_, l)) => *l = Some(loaded),
+            None => c.push((slot.to_ascii_lowercase(), Some(loaded))),
+        }
     }
 
     /// Answers TLS-ALPN-01 handshakes for `domain` with `key` (None: stop).
@@ -305,7 +384,7 @@ impl Certs {
         };
         *i.seen.lock() = (stamp(cert_file), stamp(key_file));
         let loaded = load_pair(cert_file, key_file)?;
-        self.set(loaded);
+        self.set(FILE_SLOT, loaded);
         Ok(())
     }
 
@@ -326,15 +405,22 @@ impl Certs {
     /// Sets `launchguard_tls_certificate_expiry_seconds{domain}`: seconds left, at
     /// `now_ms`, for each name of the certificate in force.
     pub fn record_metrics(&self, now_ms: u64) {
-        let c = self.inner.current.read();
-        let Some(c) = c.as_ref() else {
-            return;
-        };
-        let left = c.not_after - (now_ms / 1000) as i64;
-        for name in &c.names {
-            metrics::gauge!(crate::telemetry::TLS_CERTIFICATE_EXPIRY_SECONDS, "domain" => name.clone())
-                .set(left as f64);
+        for c in self.all() {
+            let left = c.not_after - (now_ms / 1000) as i64;
+            for name in &c.names {
+                metrics::gauge!(crate::telemetry::TLS_CERTIFICATE_EXPIRY_SECONDS, "domain" => name.clone())
+                    .set(left as f64);
+            }
         }
+    }
+
+    /// The fewest seconds any certificate in force has left at `now_ms`, and its
+    /// names (None: no certificate yet).
+    pub fn soonest_expiry(&self, now_ms: u64) -> Option<(i64, Vec<String>)> {
+        self.all()
+            .into_iter()
+            .map(|c| (c.not_after - (now_ms / 1000) as i64, c.names))
+            .min_by_key(|(left, _)| *left)
     }
 }
 
@@ -347,22 +433,23 @@ impl ResolvesServerCert for Certs {
             let name = hello.server_name()?.to_ascii_lowercase();
             return self.inner.alpn_challenges.read().get(&name).cloned();
         }
-        self.inner.current.read().as_ref().map(|c| c.key.clone())
+        self.for_name(hello.server_name())
     }
 }
 
-/// rustls' settings for the public TLS listener (module docs).
-pub fn server_config(certs: Certs) -> Result<Arc<ServerConfig>, rustls::Error> {
+/// rustls' settings for the public TLS listener (module docs). `acme`: certificates
+/// come by ACME, so `acme-tls/1` is offered for TLS-ALPN-01 validations; with
+/// certificates from files it is not (a handshake asking only for it fails).
+pub fn server_config(certs: Certs, acme: bool) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(certs));
-    config.alpn_protocols = vec![
-        ALPN_H2.to_vec(),
-        ALPN_HTTP1.to_vec(),
-        ALPN_ACME_TLS.to_vec(),
-    ];
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    if acme {
+        config.alpn_protocols.push(ALPN_ACME_TLS.to_vec());
+    }
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     config.max_early_data_size = 0;
@@ -376,12 +463,12 @@ pub fn from_config(tls: &TlsConfig) -> Result<Option<(Certs, Arc<ServerConfig>)>
     if tls.listen.is_none() {
         return Ok(None);
     }
-    let certs = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => Certs::from_files(cert, key)?,
-        _ if !tls.domains.is_empty() => Certs::empty(),
+    let (certs, acme) = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => (Certs::from_files(cert, key)?, false),
+        _ if !tls.domains.is_empty() => (Certs::empty(&tls.domains), true),
         _ => return Ok(None),
     };
-    let config = server_config(certs.clone()).map_err(|e| CertError::Invalid {
+    let config = server_config(certs.clone(), acme).map_err(|e| CertError::Invalid {
         key: "tls.listen",
         path: PathBuf::new(),
         problem: e.to_string(),
@@ -487,6 +574,68 @@ fn host_without_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pair(names: &[&str]) -> Loaded {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names.clone())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        parse_pair(
+            cert.pem().as_bytes(),
+            Path::new("c.pem"),
+            key.serialize_pem().as_bytes(),
+            Path::new("k.pem"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sni_picks_the_certificate_that_covers_the_name_else_the_first_slot() {
+        let certs = Certs::empty(&["a.test".into(), "b.test".into()]);
+        assert!(certs.for_name(Some("a.test")).is_none(), "nothing yet");
+        let b = pair(&["b.test", "*.b.test"]);
+        certs.set("b.test", b.clone());
+        // Only b is in force: every handshake gets it until a arrives.
+        assert!(Arc::ptr_eq(
+            &certs.for_name(Some("a.test")).unwrap(),
+            &b.key
+        ));
+        let a = pair(&["a.test"]);
+        certs.set("a.test", a.clone());
+        assert!(Arc::ptr_eq(
+            &certs.for_name(Some("a.test")).unwrap(),
+            &a.key
+        ));
+        assert!(Arc::ptr_eq(
+            &certs.for_name(Some("B.TEST")).unwrap(),
+            &b.key
+        ));
+        assert!(Arc::ptr_eq(
+            &certs.for_name(Some("www.b.test")).unwrap(),
+            &b.key
+        ));
+        // One label deep only; a name nobody covers and no SNI get the first slot.
+        assert!(Arc::ptr_eq(
+            &certs.for_name(Some("x.www.b.test")).unwrap(),
+            &a.key
+        ));
+        assert!(Arc::ptr_eq(
+            &certs.for_name(Some("c.test")).unwrap(),
+            &a.key
+        ));
+        assert!(Arc::ptr_eq(&certs.for_name(None).unwrap(), &a.key));
+        assert_eq!(certs.all().len(), 2);
+        // A renewal replaces its slot.
+        let a2 = pair(&["a.test"]);
+        certs.set("a.test", a2.clone());
+        assert!(Arc::ptr_eq(
+            &certs.for_name(Some("a.test")).unwrap(),
+            &a2.key
+        ));
+        assert_eq!(certs.all().len(), 2);
+    }
 
     #[test]
     fn the_redirect_keeps_the_host_and_drops_the_plain_port() {

@@ -2,7 +2,10 @@
 //! drive it with any clock.
 //!
 //! - A certificate is renewed once a third of its lifetime is left:
-//!   [`renew_at`] = `not_after - (not_after - not_before) / 3`.
+//!   [`renew_at`] = `not_after - (not_after - not_before) / 3`, or earlier at the
+//!   moment picked in the CA's ARI window (RFC 9773) when it offers one ([`ari_pick`]:
+//!   a uniformly random moment inside the suggested window, so a CA's many clients do
+//!   not all come at its start).
 //! - A failed order waits [`backoff`] (1, 2, 5, 10, 30 min, 1, 2, 4, 8, 16 h, then a
 //!   day) before the next; a success resets it.
 //! - Whatever the schedule says, [`OrderBudget`] allows at most [`BUDGET_ORDERS`]
@@ -39,11 +42,23 @@ pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
     not_after - lifetime / 3
 }
 
+/// The moment to renew inside an ARI window `[start, end]` (Unix seconds), for a
+/// `random` draw in `[0, 1)`: RFC 9773 §4.2 asks for a uniformly random moment in the
+/// window. A window that ends before it starts counts as its start.
+pub fn ari_pick(start: i64, end: i64, random: f64) -> i64 {
+    let width = (end - start).max(0) as f64;
+    start + (width * random.clamp(0.0, 1.0)) as i64
+}
+
 /// The decision: order when there is no certificate, when it does not cover every
-/// domain, or when it is due; but never before `retry_at` (the backoff after a failure).
-pub fn decide(now: i64, held: Option<Held>, retry_at: Option<i64>) -> Next {
+/// domain, or when it is due (a third of its lifetime left, or `ari_at`, the moment
+/// picked in the CA's ARI window, whichever comes first); but never before
+/// `retry_at` (the backoff after a failure).
+pub fn decide(now: i64, held: Option<Held>, retry_at: Option<i64>, ari_at: Option<i64>) -> Next {
     let due = match held {
-        Some(h) if h.covers_domains => renew_at(h.not_before, h.not_after),
+        Some(h) if h.covers_domains => {
+            renew_at(h.not_before, h.not_after).min(ari_at.unwrap_or(i64::MAX))
+        }
         _ => i64::MIN,
     };
     let at = due.max(retry_at.unwrap_or(i64::MIN));
@@ -113,34 +128,63 @@ mod tests {
 
     #[test]
     fn orders_with_nothing_in_hand_or_names_missing() {
-        assert_eq!(decide(0, None, None), Next::Order);
+        assert_eq!(decide(0, None, None, None), Next::Order);
         let partial = Some(Held {
             not_before: 0,
             not_after: 90 * DAY,
             covers_domains: false,
         });
-        assert_eq!(decide(DAY, partial, None), Next::Order);
+        assert_eq!(decide(DAY, partial, None, None), Next::Order);
     }
 
     #[test]
     fn a_certificate_with_more_than_a_third_left_is_kept() {
         let h = held(0, 90 * DAY);
-        assert_eq!(decide(0, h, None), Next::WaitUntil(60 * DAY));
-        assert_eq!(decide(60 * DAY - 1, h, None), Next::WaitUntil(60 * DAY));
-        assert_eq!(decide(60 * DAY, h, None), Next::Order);
+        assert_eq!(decide(0, h, None, None), Next::WaitUntil(60 * DAY));
+        assert_eq!(
+            decide(60 * DAY - 1, h, None, None),
+            Next::WaitUntil(60 * DAY)
+        );
+        assert_eq!(decide(60 * DAY, h, None, None), Next::Order);
         // Expired: order.
-        assert_eq!(decide(100 * DAY, h, None), Next::Order);
+        assert_eq!(decide(100 * DAY, h, None, None), Next::Order);
     }
 
     #[test]
     fn a_failure_holds_the_next_order_back() {
-        assert_eq!(decide(0, None, Some(60)), Next::WaitUntil(60));
-        assert_eq!(decide(60, None, Some(60)), Next::Order);
+        assert_eq!(decide(0, None, Some(60), None), Next::WaitUntil(60));
+        assert_eq!(decide(60, None, Some(60), None), Next::Order);
         let h = held(0, 90 * DAY);
         assert_eq!(
-            decide(61 * DAY, h, Some(61 * DAY + 300)),
+            decide(61 * DAY, h, Some(61 * DAY + 300), None),
             Next::WaitUntil(61 * DAY + 300)
         );
+    }
+
+    #[test]
+    fn an_ari_window_earlier_than_a_third_left_brings_the_renewal_forward() {
+        let h = held(0, 90 * DAY);
+        // The CA asks for renewal from day 30 (a revocation coming, say).
+        let at = ari_pick(30 * DAY, 31 * DAY, 0.5);
+        assert_eq!(at, 30 * DAY + DAY / 2);
+        assert_eq!(decide(30 * DAY, h, None, Some(at)), Next::WaitUntil(at));
+        assert_eq!(decide(at, h, None, Some(at)), Next::Order);
+        // A window later than a third left does not hold the renewal back.
+        let late = ari_pick(70 * DAY, 72 * DAY, 0.0);
+        assert_eq!(decide(60 * DAY, h, None, Some(late)), Next::Order);
+        // A failure's backoff still holds an ARI renewal back.
+        assert_eq!(
+            decide(at, h, Some(at + 60), Some(at)),
+            Next::WaitUntil(at + 60)
+        );
+    }
+
+    #[test]
+    fn the_ari_pick_stays_inside_the_window() {
+        assert_eq!(ari_pick(100, 200, 0.0), 100);
+        assert_eq!(ari_pick(100, 200, 0.999), 199);
+        assert_eq!(ari_pick(100, 200, 7.0), 200);
+        assert_eq!(ari_pick(100, 50, 0.5), 100);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! - `account-<hash>.json`: the account's credentials (its key, PKCS#8) for one
 //!   directory URL (`<hash>`: the first 16 hex digits of its SHA-256).
-//! - `<first domain>.crt.pem` and `<first domain>.key.pem`: the certificate chain in
+//! - `<domain>.crt.pem` and `<domain>.key.pem`: each domain's certificate chain in
 //!   force and its key.
 //!
 //! Every file is mode 0600 and written whole: to a temporary file first, then renamed
@@ -48,6 +48,16 @@ impl Store {
 
     pub fn save_account(&self, directory: &str, json: &[u8]) -> io::Result<()> {
         write_private(&self.account_path(directory), json)
+    }
+
+    /// Forgets the account of `directory` (the CA no longer knows it); kept beside as
+    /// `account-<hash>.json.gone` for the record.
+    pub fn forget_account(&self, directory: &str) -> io::Result<()> {
+        let path = self.account_path(directory);
+        match std::fs::rename(&path, path.with_extension("json.gone")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The certificate and key files for a set of domains (named by the first).

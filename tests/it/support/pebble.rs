@@ -30,16 +30,33 @@ pub struct Pebble {
     /// Pebble's management interface (`/roots/0`: the root of what it issues).
     pub management: std::net::SocketAddr,
     log: PathBuf,
+    /// Where it validates: launchguard's `tls.http_listen` and `tls.listen` ports.
+    pub ports: Ports,
+    /// How pebble itself was started, for [`Pebble::restart`].
+    command: (PathBuf, PathBuf, u16, u16),
 }
 
 /// Where pebble validates: HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`, both on
 /// 127.0.0.1; certificates valid `validity_secs`.
+#[derive(Clone)]
 pub struct Ports {
     pub http_port: u16,
     pub tls_port: u16,
     pub validity_secs: u64,
     /// External account binding required, with this key id and base64url HMAC key.
     pub eab: Option<(String, String)>,
+}
+
+impl Ports {
+    /// Free ports, certificates valid an hour, no account binding.
+    pub fn free() -> Ports {
+        Ports {
+            http_port: free_port(),
+            tls_port: free_port(),
+            validity_secs: 3_600,
+            eab: None,
+        }
+    }
 }
 
 impl Pebble {
@@ -82,6 +99,7 @@ impl Pebble {
                 .spawn()
                 .expect("pebble-challtestsrv starts"),
         );
+        drop(out);
         let mut p = Pebble {
             children,
             directory: format!("https://127.0.0.1:{acme}/dir"),
@@ -89,12 +107,25 @@ impl Pebble {
             ca,
             management: format!("127.0.0.1:{mgmt}").parse().unwrap(),
             log,
+            ports,
+            command: (pebble, config_file, dns, acme),
         };
         wait_listening(dns_mgmt, "pebble-challtestsrv");
-        p.children.push(
+        p.spawn_pebble();
+        Some(p)
+    }
+
+    fn spawn_pebble(&mut self) {
+        let (pebble, config_file, dns, acme) = &self.command;
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .unwrap();
+        self.children.push(
             Command::new(pebble)
                 .arg("-config")
-                .arg(&config_file)
+                .arg(config_file)
                 .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .env("PEBBLE_WFE_NONCEREJECT", "0")
@@ -103,9 +134,17 @@ impl Pebble {
                 .spawn()
                 .expect("pebble starts"),
         );
-        wait_listening(acme, "pebble");
-        wait_listening(mgmt, "pebble's management interface");
-        Some(p)
+        wait_listening(*acme, "pebble");
+        wait_listening(self.management.port(), "pebble's management interface");
+    }
+
+    /// Kills pebble and starts it again on the same ports: it comes back with a new
+    /// root and no memory of accounts, orders or certificates (pebble keeps nothing).
+    pub fn restart(&mut self) {
+        let mut old = self.children.pop().expect("pebble runs");
+        let _ = old.kill();
+        let _ = old.wait();
+        self.spawn_pebble();
     }
 
     /// Pebble's log so far (for failure messages).
