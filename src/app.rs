@@ -192,6 +192,8 @@ pub struct Options {
     pub alerts_every: Duration,
     /// Longest sleep of the Product Hunt poller between looks at the clock.
     pub producthunt_tick: Duration,
+    /// How often refresh-ahead looks at the factor and the cached funnel pages.
+    pub refresh_ahead_every: Duration,
 }
 
 impl Default for Options {
@@ -205,6 +207,7 @@ impl Default for Options {
             outbound_tick: Duration::from_secs(1),
             alerts_every: Duration::from_secs(1),
             producthunt_tick: Duration::from_secs(1),
+            refresh_ahead_every: Duration::from_secs(1),
         }
     }
 }
@@ -497,6 +500,13 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )),
         tokio::spawn(upkeep_loop(metrics, background_shutdown.clone())),
         tokio::spawn(outbound.run(opts.outbound_tick, background_shutdown.clone())),
+        tokio::spawn(crate::edge::warming::run(
+            state.edge.clone(),
+            state.factor.clone(),
+            state.clock.clone(),
+            opts.refresh_ahead_every,
+            background_shutdown.clone(),
+        )),
         tokio::spawn(alerts.run(
             crate::ops::alerts::Watched {
                 store: state.store.clone(),

@@ -197,6 +197,10 @@ pub struct CacheConfig {
     pub max_key_bytes: usize,
     /// Paths fetched into the cache at startup and by `launchguard warm`. Default none.
     pub warm_urls: Vec<String>,
+    /// From this factor on, the funnel pages and `warm_urls` are fetched again before
+    /// their lifetime runs out (refresh-ahead), all of them at the crossing, so the
+    /// wave meets full-lifetime entries. 0 = off. Default 1.5.
+    pub refresh_ahead_factor: f64,
     /// Event type → path prefixes purged when such an event arrives.
     /// Default `{ maker_comment = ["/launch/"] }`.
     pub purge_on: BTreeMap<String, Vec<String>>,
@@ -237,6 +241,7 @@ impl Default for CacheConfig {
             max_object_bytes: 8 * 1024 * 1024,
             max_key_bytes: 2048,
             warm_urls: Vec::new(),
+            refresh_ahead_factor: 1.5,
             purge_on: BTreeMap::from([("maker_comment".to_string(), vec!["/launch/".to_string()])]),
             ignore_cookies: DEFAULT_IGNORED_COOKIES
                 .iter()
@@ -636,6 +641,17 @@ impl Config {
                 format!(
                     "expected between 64 and 65536 bytes, got {}",
                     c.max_key_bytes
+                ),
+            ));
+        }
+        if !(c.refresh_ahead_factor == 0.0
+            || (c.refresh_ahead_factor.is_finite() && c.refresh_ahead_factor >= 1.0))
+        {
+            return Err(ConfigError::invalid(
+                "cache.refresh_ahead_factor",
+                format!(
+                    "expected 0 (off) or a factor of at least 1, got {}",
+                    c.refresh_ahead_factor
                 ),
             ));
         }
@@ -1473,6 +1489,8 @@ mod tests {
         assert!(e.starts_with("cache.max_bytes:"), "{e}");
         let e = err("[cache]\nwarm_urls = [\"launch\"]\n");
         assert!(e.starts_with("cache.warm_urls[0]:"), "{e}");
+        let e = err("[cache]\nrefresh_ahead_factor = 0.5\n");
+        assert!(e.starts_with("cache.refresh_ahead_factor:"), "{e}");
         let e = err("[cache.purge_on]\nupvote = [\"launch\"]\n");
         assert!(e.starts_with("cache.purge_on.upvote[0]:"), "{e}");
         let e = err("[cache]\nttl = 5\n");

@@ -29,6 +29,7 @@ pub const CACHE_REQUESTS_TOTAL: &str = "launchguard_cache_requests_total";
 pub const CACHE_BYTES: &str = "launchguard_cache_bytes";
 pub const CACHE_PURGED_TOTAL: &str = "launchguard_cache_purged_total";
 pub const CACHE_COMPRESSIONS_TOTAL: &str = "launchguard_cache_compressions_total";
+pub const CACHE_REFRESH_AHEAD_TOTAL: &str = "launchguard_cache_refresh_ahead_total";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "launchguard_backpressure_rejections_total";
 pub const ORIGIN_INFLIGHT: &str = "launchguard_origin_inflight";
 pub const ORIGIN_REQUEST_DURATION_SECONDS: &str = "launchguard_origin_request_duration_seconds";
@@ -258,6 +259,10 @@ fn describe() {
         TLS_CERTIFICATE_EXPIRY_SECONDS,
         Unit::Seconds,
         "Seconds until the certificate in force expires, per name it is for"
+    );
+    describe_counter!(
+        CACHE_REFRESH_AHEAD_TOTAL,
+        "Funnel pages and warm_urls fetched again before their lifetime ran out, by result (refreshed, skipped)"
     );
     describe_counter!(
         TLS_ACME_ORDERS_TOTAL,

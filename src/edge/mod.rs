@@ -14,7 +14,8 @@
 
 //!
 //! Where a visitor goes, in this folder: `server` (connections, parking, limits) →
-//! `front` (host and path) → here (routing, admission) → `cache` → `origin`.
+//! `front` (host and path) → here (routing, admission) → `cache` → `origin`; and
+//! `warming` (refresh-ahead of the funnel pages when the factor rises).
 
 pub mod admission;
 pub mod cache;
@@ -22,6 +23,7 @@ pub(crate) mod front;
 pub mod origin;
 pub mod server;
 pub mod tls;
+pub mod warming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +62,10 @@ struct EdgeInner {
     shed_factor: f64,
     retry_after_secs: u64,
     warm_urls: Vec<String>,
+    /// `conversions.funnel_paths`: the pages refresh-ahead keeps fresh (`warming.rs`).
+    funnel: crate::syntax::globs::PathSet,
+    /// `cache.refresh_ahead_factor` (0 = off).
+    refresh_ahead_factor: f64,
     /// Read only for a request that carries no [`Scale`].
     factor: Factor,
     rejections: [metrics::Counter; 2],
@@ -97,6 +103,9 @@ impl Edge {
                 shed_factor: config.backpressure.shed_factor,
                 retry_after_secs: config.backpressure.retry_after_secs,
                 warm_urls: config.cache.warm_urls.clone(),
+                funnel: crate::syntax::globs::PathSet::new(&config.conversions.funnel_paths, &[])
+                    .map_err(|p| ConfigError::invalid("conversions.funnel_paths", p))?,
+                refresh_ahead_factor: config.cache.refresh_ahead_factor,
                 factor,
                 rejections: [Class::Normal, Class::Low].map(|c| {
                     metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
@@ -139,6 +148,36 @@ impl Edge {
     /// The configured `cache.warm_urls`.
     pub fn warm_urls(&self) -> &[String] {
         &self.inner.warm_urls
+    }
+
+    /// `cache.refresh_ahead_factor` (0 = off).
+    pub fn refresh_ahead_factor(&self) -> f64 {
+        self.inner.refresh_ahead_factor
+    }
+
+    /// Whether `path` is a funnel page (`conversions.funnel_paths`).
+    pub fn is_funnel(&self, path: &str) -> bool {
+        self.inner.funnel.is_match(path)
+    }
+
+    /// Whether a GET of `url` (path and query) under the primary host is in the cache.
+    pub fn is_cached(&self, url: &str) -> bool {
+        let (path, query) = cache::key::split(url);
+        let Ok(canonical) = front::canonical_path(path) else {
+            return false;
+        };
+        let host = self.inner.primary_host.to_str().unwrap_or_default();
+        self.inner
+            .cache
+            .key_of(host, &canonical, query)
+            .is_some_and(|k| {
+                self.inner
+                    .cache
+                    .store()
+                    .get(k.as_str(), &axum::http::HeaderMap::new())
+                    .0
+                    .is_some()
+            })
     }
 
     fn shed_response(&self, class: Class, factor: f64) -> Response<Body> {

@@ -804,3 +804,91 @@ async fn shutdown_cuts_a_request_that_outlasts_the_grace_period() {
         .unwrap();
     assert!(answer.is_err(), "the connection was closed: {answer:?}");
 }
+
+/// Waits (deadline, no fixed sleep) until the origin has seen `n` requests for `path`,
+/// and says so; false when it has not within `secs`.
+async fn origin_reaches(origin: &FakeOrigin, path: &str, n: u64, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while origin.count(path) < n {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Refresh-ahead: when the factor crosses `cache.refresh_ahead_factor` the cached
+/// funnel page is fetched again at once (not a non-funnel page), a missing warm_url
+/// is warmed, and while the factor stays up the page is fetched again in the last
+/// quarter of its (shrunk) lifetime, so a visitor after its end still gets a HIT.
+/// With it off, the same visitor gets a STALE copy.
+#[tokio::test]
+async fn refresh_ahead_keeps_funnel_pages_fresh_through_the_wave() {
+    for on in [true, false] {
+        let origin = FakeOrigin::start().await;
+        let (_d, s) = edge(&origin, |c| {
+            c.cache.refresh_ahead_factor = if on { 2.0 } else { 0.0 };
+            c.cache.warm_urls = vec!["/about".into()];
+        })
+        .await;
+        // Startup warmed /about; a visitor fills /launch/ and /pricing.
+        assert_eq!(origin.count("/about"), 1);
+        assert_eq!(x_cache(&get(&s, "/launch/", &[]).await), "MISS");
+        assert_eq!(x_cache(&get(&s, "/pricing", &[]).await), "MISS");
+        let purge = s
+            .client
+            .send(
+                Method::POST,
+                &s.admin_url("/admin/purge"),
+                &[("content-type", "application/json")],
+                br#"{"prefix": "/about"}"#.to_vec(),
+            )
+            .await;
+        assert_eq!(purge.status, StatusCode::OK, "{}", purge.text());
+
+        // The wave: factor 4, lifetime 60 / 4 = 15 s.
+        s.clock.advance_ms(20_000);
+        pin(&s, 4.0).await;
+        if on {
+            assert!(
+                origin_reaches(&origin, "/launch/", 2, 10).await,
+                "refreshed at the crossing"
+            );
+            assert!(
+                origin_reaches(&origin, "/about", 2, 10).await,
+                "the purged warm_url warmed again"
+            );
+        } else {
+            // Three looks' time (a look a second) without a fetch.
+            assert!(
+                !origin_reaches(&origin, "/launch/", 2, 3).await,
+                "nothing fetches it when off"
+            );
+        }
+        assert_eq!(origin.count("/pricing"), 1, "not a funnel page: left alone");
+
+        // 13 s later (2 s left of 15): due again, fetched ahead of its end.
+        s.clock.advance_ms(13_000);
+        if on {
+            assert!(
+                origin_reaches(&origin, "/launch/", 3, 10).await,
+                "refreshed ahead"
+            );
+        }
+        // 4 s later the refreshed copy is 4 s old: a HIT. Without refresh-ahead the
+        // copy from the first visit is 37 s old, past 15 s: STALE.
+        s.clock.advance_ms(4_000);
+        let r = get(&s, "/launch/", &[]).await;
+        assert_eq!(x_cache(&r), if on { "HIT" } else { "STALE" }, "on = {on}");
+        if on {
+            let refreshed = metric(
+                &s,
+                "launchguard_cache_refresh_ahead_total{result=\"refreshed\"}",
+            )
+            .await;
+            assert!(refreshed >= 2.0, "{refreshed}");
+        }
+        s.stop().await;
+    }
+}

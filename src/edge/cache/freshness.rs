@@ -262,6 +262,19 @@ pub fn verdict(life: &Life, policy: &Policy, factor: f64, now_ms: u64) -> Verdic
     }
 }
 
+/// Whether refresh-ahead should fetch an object again now: less than a quarter of
+/// its lifetime at `factor` is left, or less than `lead_ms` (so it cannot run out
+/// between two looks). An object asked for on each use (`no-cache`) is not: the
+/// visitor's request asks anyway.
+pub fn refresh_due(life: &Life, policy: &Policy, factor: f64, now_ms: u64, lead_ms: u64) -> bool {
+    if life.revalidate_always {
+        return false;
+    }
+    let ttl = life.ttl_ms(policy, factor);
+    let left = ttl.saturating_sub(life.age_ms(now_ms));
+    left < (ttl / 4).max(lead_ms)
+}
+
 /// Whether the stored object may stand in when the origin fails.
 pub fn usable_on_error(life: &Life, policy: &Policy, factor: f64, now_ms: u64) -> bool {
     if life.never_stale {
@@ -343,6 +356,24 @@ mod tests {
 
     fn life(pairs: &[(&'static str, &'static str)]) -> Life {
         Life::from_response(StatusCode::OK, &h(pairs), 1_000_000)
+    }
+
+    #[test]
+    fn refresh_ahead_is_due_in_the_last_quarter_or_the_lead() {
+        let l = life(&[]);
+        let at = |ms: u64| 1_000_000 + ms;
+        // Factor 2: a 30 s lifetime; due from 22.5 s of age on.
+        assert!(!refresh_due(&l, &P, 2.0, at(22_000), 1_000));
+        assert!(refresh_due(&l, &P, 2.0, at(22_600), 1_000));
+        assert!(refresh_due(&l, &P, 2.0, at(40_000), 1_000), "past its end");
+        // At the 5 s floor a quarter is 1.25 s; a 2 s lead wins.
+        assert!(!refresh_due(&l, &P, 50.0, at(2_900), 2_000));
+        assert!(refresh_due(&l, &P, 50.0, at(3_100), 2_000));
+        // The origin's own shorter lifetime counts; no-cache is never refreshed ahead.
+        let short = life(&[("cache-control", "max-age=8")]);
+        assert!(refresh_due(&short, &P, 2.0, at(6_500), 1_000));
+        let asked = life(&[("cache-control", "no-cache")]);
+        assert!(!refresh_due(&asked, &P, 2.0, at(60_000), 1_000));
     }
 
     #[test]

@@ -51,6 +51,21 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The key a stored text is (`url NUL host`, as [`Key::as_str`] gives it); None
+    /// for a `Vary` variant's key, which carries more after the host.
+    pub fn from_stored(text: &str) -> Option<Key> {
+        let (url, host) = text.split_once('\0')?;
+        if host.contains('\0') || !url.starts_with('/') {
+            return None;
+        }
+        Some(Key {
+            text: text.to_string(),
+            url_len: url.len(),
+        })
+    }
+}
+
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}{}", self.host(), self.url())

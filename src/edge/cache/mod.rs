@@ -237,6 +237,11 @@ impl Cache {
         }
     }
 
+    /// The freshness policy (`[cache]` lifetimes).
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
     pub fn store(&self) -> &Objects {
         &self.inner.store
     }
@@ -526,6 +531,42 @@ impl Cache {
             }
         }
         Ok((res.status().as_u16(), x))
+    }
+
+    /// Refresh-ahead of one stored object: fetched again from the origin (conditional
+    /// when it has validators) as the one fetch of its key, and compressed at once.
+    /// Nothing happens when a refresh of it runs already (a visitor's, or another
+    /// fetch of the key). True when a new or revalidated entry was stored.
+    pub async fn refresh_ahead(
+        &self,
+        key: &Key,
+        old: &Arc<Entry>,
+        fwd: Forwarded,
+        factor: f64,
+    ) -> bool {
+        if !old.start_refresh() {
+            return false;
+        }
+        let Some(leader) = self.inner.flights.lead(key.as_str()) else {
+            old.end_refresh();
+            return false;
+        };
+        let none = HeaderMap::new();
+        let origin_req = origin_request(key, &none, Some(old));
+        let (outcome, _) = self
+            .fetch(key, origin_req, &none, fwd, Some(old.clone()), factor)
+            .await;
+        let stored = matches!(outcome, Fetched::Stored { .. });
+        leader.finish(Arc::new(outcome));
+        let (current, slot) = self.inner.store.get(key.as_str(), &none);
+        match current {
+            // Not replaced (the fetch failed, or a purge kept its result out): a later
+            // look, or a visitor, may try again.
+            Some(e) if Arc::ptr_eq(&e, old) => old.end_refresh(),
+            Some(e) if e.claim_compression() => self.compress(key, slot.as_deref(), e).await,
+            _ => {}
+        }
+        stored
     }
 
     /// A shared, unstored answer (a 500, a 302) for one waiter.

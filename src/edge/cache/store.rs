@@ -496,6 +496,18 @@ impl Objects {
         self.map.remove(key).is_some()
     }
 
+    /// Every object stored under a plain key (not a `Vary` variant) whose key
+    /// `wanted` accepts, with the key. A copy: the map moves on meanwhile.
+    pub fn objects_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<(Arc<str>, Arc<Entry>)> {
+        self.map
+            .iter()
+            .filter_map(|(k, slot)| match slot {
+                Slot::Object(e) if wanted(&k) => Some((k, e)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Drops every key that starts with `prefix`; returns how many.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
         let before = self.map.len();
