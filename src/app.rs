@@ -81,6 +81,7 @@ impl axum::extract::FromRef<AppState> for admin::AdminState {
             shutting_down: state.shutting_down.clone(),
             connections: state.connections.clone(),
             certs: state.certs.clone(),
+            waiting_room: state.edge.waiting_room().cloned(),
         }
     }
 }
@@ -304,12 +305,22 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     )
     .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
     let front_primary = front.primary_host().clone();
-    let edge = Edge::new(
+    let mut edge = Edge::new(
         &config,
         factor.clone(),
         clock.clone(),
         front_primary.clone(),
     )?;
+    if config.waiting_room.enabled {
+        let key = store.secret_key(crate::ingest::store::trees::META_WAITING_ROOM_KEY)?;
+        let room = crate::edge::waiting::Room::new(
+            &config.waiting_room,
+            &key,
+            clock.clone(),
+            edge.cache().origin_limit().clone(),
+        )?;
+        edge = edge.with_waiting_room(room);
+    }
     if let Some(pin) = store.load_pin()? {
         if pin.until_ms > now {
             tracing::info!(factor = pin.factor, "restored the operator's factor pin");

@@ -48,6 +48,36 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub producthunt: ProducthuntConfig,
     pub tls: TlsConfig,
+    pub waiting_room: WaitingRoomConfig,
+}
+
+/// `[waiting_room]`: what a shed page view gets instead of a bare 503
+/// (`edge/waiting.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WaitingRoomConfig {
+    /// A shed page view gets the waiting page (its place in line, the estimated wait,
+    /// a refresh) and is let in first come first served as the origin frees up; off,
+    /// it gets the plain 503. Default true.
+    pub enabled: bool,
+    /// How long a visitor let in keeps access (not shed), seconds. Default 600.
+    pub session_secs: u64,
+    /// How often the waiting page refreshes itself, seconds. Default 10.
+    pub refresh_secs: u64,
+    /// An HTML file to show instead of the built-in page; `{{position}}`,
+    /// `{{wait_secs}}`, `{{wait}}` and `{{refresh_secs}}` are replaced. Default none.
+    pub template_file: Option<PathBuf>,
+}
+
+impl Default for WaitingRoomConfig {
+    fn default() -> Self {
+        WaitingRoomConfig {
+            enabled: true,
+            session_secs: 600,
+            refresh_secs: 10,
+            template_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -573,6 +603,14 @@ impl Config {
         self.alerts.validate()?;
         self.producthunt.validate()?;
         self.tls.validate(&self.server)?;
+        let w = &self.waiting_room;
+        positive("waiting_room.session_secs", w.session_secs)?;
+        if !(1..=300).contains(&w.refresh_secs) {
+            return Err(ConfigError::invalid(
+                "waiting_room.refresh_secs",
+                format!("expected 1 to 300 seconds, got {}", w.refresh_secs),
+            ));
+        }
         self.validate_edge()
     }
 

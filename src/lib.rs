@@ -14,8 +14,8 @@
 //!   HTTPS and HTTP/2 with [`edge::tls`], its certificate and its reload) →
 //!   [`edge::front`] (host and path) → [`edge::admission`] (classes, shedding, origin
 //!   permits) → [`edge::cache`] (keys, freshness, store, single-flight) →
-//!   [`edge::origin`] (static dir or upstream); [`edge::warming`] refreshes the
-//!   funnel pages ahead of the wave.
+//!   [`edge::origin`] (static dir or upstream); [`edge::waiting`] lines up shed page
+//!   views, [`edge::warming`] refreshes the funnel pages ahead of the wave.
 //! - [`insight`]: what the launch did. [`insight::counters`] (sharded counters, the
 //!   beacon, the flusher), [`insight::visitor`] (the visitor cookie, once-a-day marks),
 //!   [`insight::history`] (the `metrics` and `launches` trees), [`insight::analytics`]

@@ -30,6 +30,9 @@ pub const CACHE_BYTES: &str = "launchguard_cache_bytes";
 pub const CACHE_PURGED_TOTAL: &str = "launchguard_cache_purged_total";
 pub const CACHE_COMPRESSIONS_TOTAL: &str = "launchguard_cache_compressions_total";
 pub const CACHE_REFRESH_AHEAD_TOTAL: &str = "launchguard_cache_refresh_ahead_total";
+pub const WAITING_ROOM_LENGTH: &str = "launchguard_waiting_room_length";
+pub const WAITING_ROOM_ADMITTED_TOTAL: &str = "launchguard_waiting_room_admitted_total";
+pub const WAITING_ROOM_LONGEST_WAIT_SECONDS: &str = "launchguard_waiting_room_longest_wait_seconds";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "launchguard_backpressure_rejections_total";
 pub const ORIGIN_INFLIGHT: &str = "launchguard_origin_inflight";
 pub const ORIGIN_REQUEST_DURATION_SECONDS: &str = "launchguard_origin_request_duration_seconds";
@@ -259,6 +262,19 @@ fn describe() {
         TLS_CERTIFICATE_EXPIRY_SECONDS,
         Unit::Seconds,
         "Seconds until the certificate in force expires, per name it is for"
+    );
+    describe_gauge!(
+        WAITING_ROOM_LENGTH,
+        "Visitors waiting in the waiting room (their page asked within three refresh periods)"
+    );
+    describe_counter!(
+        WAITING_ROOM_ADMITTED_TOTAL,
+        "Visitors let in from the waiting room"
+    );
+    describe_gauge!(
+        WAITING_ROOM_LONGEST_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long the visitor at the head of the waiting room has waited"
     );
     describe_counter!(
         CACHE_REFRESH_AHEAD_TOTAL,

@@ -174,6 +174,17 @@ impl OriginLimit {
         (self.inner.inflight.load(Ordering::Relaxed) >> 32) as usize
     }
 
+    /// Fill permits free at `factor` now: the fill share of the limit less the fill
+    /// permits held (what the waiting room lets visitors in by).
+    pub fn free_fills(&self, factor: f64) -> usize {
+        let limit = origin_limit(self.inner.base, self.inner.max, factor);
+        let cap = limit
+            .saturating_sub(bypass_limit(limit, self.inner.bypass_share))
+            .max(1);
+        let held = self.inflight().saturating_sub(self.bypass_inflight());
+        cap.saturating_sub(held)
+    }
+
     /// Takes a permit for `use_` if one is free in its share at `factor`; never waits.
     pub fn try_acquire(&self, factor: f64, use_: Use) -> Option<OriginPermit> {
         let limit = origin_limit(self.inner.base, self.inner.max, factor);

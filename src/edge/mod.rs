@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! front door (front.rs: host, canonical path) ─► routing ─► classify the canonical path
-//!   ─► shed? (factor > shed_factor and not critical) ─► 503
+//!   ─► shed? (factor > shed_factor and not critical) ─► let in by the waiting room?
+//!        (a session cookie, or its turn) else the waiting page / 503
 //!   └─► cache (cache/) ─► origin (origin.rs) under a permit
 //! ```
 //!
@@ -14,8 +15,9 @@
 
 //!
 //! Where a visitor goes, in this folder: `server` (connections, parking, limits) →
-//! `front` (host and path) → here (routing, admission) → `cache` → `origin`; and
-//! `warming` (refresh-ahead of the funnel pages when the factor rises).
+//! `front` (host and path) → here (routing, admission; `waiting` for a shed page
+//! view) → `cache` → `origin`; and `warming` (refresh-ahead of the funnel pages when
+//! the factor rises).
 
 pub mod admission;
 pub mod cache;
@@ -23,6 +25,7 @@ pub(crate) mod front;
 pub mod origin;
 pub mod server;
 pub mod tls;
+pub mod waiting;
 pub mod warming;
 
 use std::net::SocketAddr;
@@ -66,6 +69,8 @@ struct EdgeInner {
     funnel: crate::syntax::globs::PathSet,
     /// `cache.refresh_ahead_factor` (0 = off).
     refresh_ahead_factor: f64,
+    /// The waiting room for shed page views (`waiting_room.enabled`).
+    room: Option<waiting::Room>,
     /// Read only for a request that carries no [`Scale`].
     factor: Factor,
     rejections: [metrics::Counter; 2],
@@ -106,6 +111,7 @@ impl Edge {
                 funnel: crate::syntax::globs::PathSet::new(&config.conversions.funnel_paths, &[])
                     .map_err(|p| ConfigError::invalid("conversions.funnel_paths", p))?,
                 refresh_ahead_factor: config.cache.refresh_ahead_factor,
+                room: None,
                 factor,
                 rejections: [Class::Normal, Class::Low].map(|c| {
                     metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
@@ -116,6 +122,20 @@ impl Edge {
 
     pub fn cache(&self) -> &Cache {
         &self.inner.cache
+    }
+
+    /// Shed page views wait in `room` instead of getting the plain 503. Only before
+    /// the edge is shared (at startup).
+    pub fn with_waiting_room(mut self, room: waiting::Room) -> Edge {
+        Arc::get_mut(&mut self.inner)
+            .expect("the waiting room is set before the edge is shared")
+            .room = Some(room);
+        self
+    }
+
+    /// The waiting room, when it is on.
+    pub fn waiting_room(&self) -> Option<&waiting::Room> {
+        self.inner.room.as_ref()
     }
 
     pub fn classify(&self, path: &str) -> Class {
@@ -233,8 +253,28 @@ pub async fn handle(edge: Edge, req: Request) -> Response<Body> {
 
 async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
     let class = edge.inner.classifier.classify(req.uri().path());
+    let mut let_in = Vec::new();
     if admission::shed(class, factor, edge.inner.shed_factor) {
-        return edge.shed_response(class, factor);
+        match &edge.inner.room {
+            // A visitor let in from the waiting room keeps access for its session.
+            Some(room) if room.lets_in(req.headers()) => {}
+            // A page view (not a low-priority asset or feed) waits in line.
+            Some(room) if class == Class::Normal && is_get(&req) => {
+                let secure = req
+                    .extensions()
+                    .get::<Verified>()
+                    .is_some_and(|v| v.proto == "https");
+                match room.decide(req.headers(), wants_json(req.headers()), factor, secure) {
+                    waiting::Decision::Admit(cookies) => let_in = cookies,
+                    waiting::Decision::Wait { mut response, .. } => {
+                        edge.inner.rejections[0].increment(1);
+                        response.extensions_mut().insert(admission::Rejected);
+                        return response;
+                    }
+                }
+            }
+            _ => return edge.shed_response(class, factor),
+        }
     }
     let fwd = match req.extensions().get::<Verified>() {
         Some(v) => Forwarded {
@@ -251,7 +291,27 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
             proto: "http",
         },
     };
-    edge.inner.cache.handle(req, fwd, factor).await
+    let mut res = edge.inner.cache.handle(req, fwd, factor).await;
+    for c in let_in {
+        res.headers_mut().append(axum::http::header::SET_COOKIE, c);
+    }
+    res
+}
+
+fn is_get(req: &Request) -> bool {
+    req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD
+}
+
+/// `Accept` asks for JSON and not for HTML (an API client, not a browser).
+fn wants_json(headers: &axum::http::HeaderMap) -> bool {
+    let accept = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_ascii_lowercase();
+    accept.contains("application/json") && !accept.contains("text/html")
 }
 
 /// The cache's admin routes: `POST /admin/purge`, `POST /admin/warm`.

@@ -83,6 +83,8 @@ pub struct AdminState {
     pub shutting_down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub connections: crate::edge::server::Connections,
     pub certs: Option<crate::edge::tls::Certs>,
+    /// The waiting room, when it is on (its gauges are set when `/metrics` is read).
+    pub waiting_room: Option<crate::edge::waiting::Room>,
 }
 
 /// The admin listener's router: its own handlers, and the admin routes of the cache,
@@ -251,6 +253,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     state.connections.record_metrics();
     if let Some(certs) = &state.certs {
         certs.record_metrics(state.clock.now_ms());
+    }
+    if let Some(room) = &state.waiting_room {
+        room.snapshot();
     }
     (
         [(

@@ -241,7 +241,8 @@ async fn a_full_origin_queue_gives_503_after_queue_timeout() {
 #[tokio::test]
 async fn shedding_spares_critical_paths() {
     let origin = FakeOrigin::start().await;
-    let (_d, s) = edge(&origin, |_| {}).await;
+    // The plain 503 (the waiting room has its own test).
+    let (_d, s) = edge(&origin, |c| c.waiting_room.enabled = false).await;
     assert_eq!(get(&s, "/pricing", &[]).await.status, StatusCode::OK);
     let before = metric(
         &s,
@@ -891,4 +892,154 @@ async fn refresh_ahead_keeps_funnel_pages_fresh_through_the_wave() {
         }
         s.stop().await;
     }
+}
+
+/// The `lg_wr=` / `lg_wa=` value a response sets, if any.
+fn set_cookie<'a>(r: &'a crate::support::Resp, name: &str) -> Option<&'a str> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(name)?.strip_prefix('=')?.split(';').next())
+}
+
+/// The waiting room over real HTTP: a shed page view gets the waiting page (503,
+/// Retry-After, Refresh, its place), JSON on request; a refresh keeps the place and a
+/// tampered cookie does not; after a restart the line is ordered by the cookies'
+/// entry times, not by who asked first; when the origin has free permits the head of
+/// the line is let in (served, with a session cookie that also opens other pages).
+#[tokio::test]
+async fn the_waiting_room_lines_up_shed_page_views_and_lets_them_in() {
+    let origin = FakeOrigin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = origin.url();
+    let start = |clock: Clock| {
+        let url = url.clone();
+        TestServer::start(dir.path(), clock, move |c| {
+            c.origin.upstream = Some(url);
+            c.backpressure.low_paths = vec!["/assets/*".into()];
+            // At factor 3: 3 origin permits, 2 of them for fills.
+            c.velocity.base_concurrency = 1;
+            c.velocity.max_concurrency = 10;
+        })
+    };
+    let clock = Clock::manual(T0);
+    let s = start(clock.clone()).await;
+    pin(&s, 3.0).await;
+    // The origin saturated: two critical fills hold both fill permits.
+    origin.hold_only("/launch");
+    let held: Vec<_> = ["/launch/a", "/launch/b"]
+        .into_iter()
+        .map(|p| {
+            let (client, url) = (s.client.clone(), s.url(p));
+            tokio::spawn(async move { client.get(&url).await })
+        })
+        .collect();
+    origin.wait_for("/launch/a", 1).await;
+    origin.wait_for("/launch/b", 1).await;
+    let html = [("accept", "text/html,application/xhtml+xml")];
+    let a = get(&s, "/pricing", &html).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.text().contains("You are in line"), "{}", a.text());
+    assert!(
+        a.text().contains(r#"<p class="place">1</p>"#),
+        "{}",
+        a.text()
+    );
+    assert_eq!(a.header("refresh"), Some("10"));
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 10, "{retry}");
+    let place_a = set_cookie(&a, "lg_wr").expect("a place").to_string();
+    let origin_before = origin.total();
+
+    s.clock.advance_ms(2_000);
+    let b = get(&s, "/pricing", &[("accept", "application/json")]).await;
+    assert_eq!(b.status, StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
+    assert_eq!(v["position"], 2, "{v}");
+    assert_eq!(v["refresh_secs"], 10);
+    assert!(v["wait_secs"].as_u64().unwrap() >= 1);
+    let place_b = set_cookie(&b, "lg_wr").unwrap().to_string();
+    // An asset of a visitor not let in: the plain 503.
+    let asset = get(&s, "/assets/app.css", &[]).await;
+    assert_eq!(asset.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(set_cookie(&asset, "lg_wr").is_none());
+    // A tampered place (an earlier time, the same MAC) goes to the end of the line.
+    s.clock.advance_ms(1_000);
+    let forged = place_a.replacen(&T0.to_string(), &(T0 - 60_000).to_string(), 1);
+    assert_ne!(forged, place_a);
+    let cookie = format!("lg_wr={forged}");
+    let f = get(
+        &s,
+        "/pricing",
+        &[("accept", "application/json"), ("cookie", &cookie)],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&f.body).unwrap();
+    assert_eq!(v["position"], 3, "{v}");
+    assert_eq!(
+        origin.total(),
+        origin_before,
+        "nobody waiting reached the origin"
+    );
+    origin.release();
+    for h in held {
+        assert_eq!(h.await.unwrap().status, StatusCode::OK);
+    }
+    s.stop().await;
+
+    // A restart: B asks first, but A entered earlier.
+    let s = start(clock.clone()).await;
+    pin(&s, 3.0).await;
+    let ask = |place: &str| format!("lg_wr={place}");
+    let json =
+        |r: &crate::support::Resp| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap();
+    let b = get(
+        &s,
+        "/pricing",
+        &[("accept", "application/json"), ("cookie", &ask(&place_b))],
+    )
+    .await;
+    assert_eq!(json(&b)["position"], 1);
+    let a = get(
+        &s,
+        "/pricing",
+        &[("accept", "application/json"), ("cookie", &ask(&place_a))],
+    )
+    .await;
+    assert_eq!(json(&a)["position"], 1, "A entered first");
+    let b = get(
+        &s,
+        "/pricing",
+        &[("accept", "application/json"), ("cookie", &ask(&place_b))],
+    )
+    .await;
+    assert_eq!(json(&b)["position"], 2);
+
+    // A second later the bank has earned the origin's two free fill permits: A (the
+    // head) is let in.
+    s.clock.advance_ms(1_000);
+    let a = get(
+        &s,
+        "/pricing",
+        &[("accept", "text/html"), ("cookie", &ask(&place_a))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let session = set_cookie(&a, "lg_wa").expect("a session").to_string();
+    let opened = format!("lg_wa={session}");
+    let css = get(&s, "/assets/app.css", &[("cookie", &opened)]).await;
+    assert_eq!(
+        css.status,
+        StatusCode::OK,
+        "a visitor let in gets its assets"
+    );
+    let admitted = metric(&s, "launchguard_waiting_room_admitted_total ").await;
+    assert!(admitted >= 1.0, "{admitted}");
+    // The session ends after waiting_room.session_secs.
+    s.clock.advance_ms(601_000);
+    pin(&s, 3.0).await;
+    let css = get(&s, "/assets/app.css", &[("cookie", &opened)]).await;
+    assert_eq!(css.status, StatusCode::SERVICE_UNAVAILABLE);
+    s.stop().await;
 }

@@ -512,6 +512,24 @@ impl Store {
         Ok(self.inner.db.open_tree(name)?)
     }
 
+    /// A 256-bit signing key kept under `name` in `meta` (a `[1][32 bytes]` record),
+    /// made from OS randomness at first use. Set only if absent, so two processes
+    /// never end up with two keys.
+    pub fn secret_key(&self, name: &'static str) -> Result<[u8; 32], StoreError> {
+        let meta = self.open_tree(trees::META)?;
+        let mut fresh = [0u8; 33];
+        fresh[0] = 1;
+        getrandom::fill(&mut fresh[1..]).map_err(|e| StoreError::Corrupt {
+            what: name,
+            detail: format!("no randomness for a new key: {e}"),
+        })?;
+        let stored = match meta.compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))? {
+            Ok(()) => fresh.to_vec(),
+            Err(e) => e.current.expect("present when the swap failed").to_vec(),
+        };
+        codec::decode_bytes(name, 1, &stored)
+    }
+
     /// Space sled uses on disk, bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)

@@ -39,3 +39,5 @@ pub const META_DEDUP_THROUGH: &str = "dedup_through";
 pub const META_PAYLOAD_SWEEP_SEQ: &str = "payload_sweep_seq";
 /// `meta`: the key that signs visitor cookies (`insight::visitor`).
 pub const META_VISITOR_KEY: &str = "visitor_key";
+/// `meta`: the key that signs waiting-room cookies (`edge::waiting`).
+pub const META_WAITING_ROOM_KEY: &str = "waiting_room_key";

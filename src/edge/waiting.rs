@@ -1,0 +1,611 @@
+//! The waiting room: what a shed page view gets instead of a bare 503, first come
+//! first served, let in as the origin frees up.
+//!
+//! - **A place in line** is the cookie `lg_wr=1.<entry ms>.<nonce>.<mac>`: the moment
+//!   the visitor first met the room, a random nonce, and the first 128 bits of
+//!   HMAC-SHA256 over `wr.1.<entry ms>.<nonce>` under a 256-bit key made at first
+//!   start and kept in the store (`meta.waiting_room_key`). Order is by entry time,
+//!   so it is first come first served and survives a restart (the line is rebuilt
+//!   as the waiting pages refresh). A forged or edited cookie does not verify and
+//!   the request gets a new place at the end; one from the future is refused too.
+//! - **Let in** means the cookie `lg_wa=1.<admitted s>.<mac>`, valid for
+//!   `waiting_room.session_secs`: a request carrying a valid one is not shed,
+//!   whatever its path (the visitor's assets and API calls too).
+//! - **The rate** is measured, not configured: each second the line earns as many
+//!   admissions as the origin has free fill permits at that moment (the permit limit
+//!   at the factor of the moment, less those held), banked for at most one refresh
+//!   period. A waiting visitor whose place is among the first the bank covers is let
+//!   in on its next refresh. A saturated origin (no free permit) lets no one in.
+//! - **The estimate**: the place (visitors ahead still waiting) divided by the drain
+//!   rate, the admissions of the last minute per second (before any, the rate the
+//!   bank earns now, and one per refresh period at the least).
+//! - **Answers**: a page view (`Accept: text/html`) gets the page (the built-in one,
+//!   or `waiting_room.template_file`) with `Refresh`; `Accept: application/json` gets
+//!   `{position, wait_secs, refresh_secs}`; both as 503 with `Retry-After` = the
+//!   estimated wait (at least the refresh period), so a client without cookies (it
+//!   gets a new place each time) is still told when to come back from the drain rate.
+//!   Any other shed request (an asset of a visitor not let in) is the plain 503.
+//! - **Forgetting**: a place not refreshed for three refresh periods has left the line.
+//!
+//! **Invariant:** the line is ordered by the entry time a valid cookie carries; no
+//! request can move ahead of one that entered earlier.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use parking_lot::Mutex;
+use sha2::Sha256;
+
+use crate::clock::Clock;
+use crate::config::{ConfigError, WaitingRoomConfig};
+use crate::edge::admission::OriginLimit;
+use crate::telemetry;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The place cookie.
+pub const PLACE_COOKIE: &str = "lg_wr";
+/// The let-in cookie.
+pub const ADMITTED_COOKIE: &str = "lg_wa";
+const VERSION: &str = "1";
+const MAC_BYTES: usize = 16;
+/// Window of the measured drain rate.
+const DRAIN_WINDOW_MS: u64 = 60_000;
+
+/// The built-in waiting page.
+const PAGE: &str = include_str!("waiting.html");
+
+/// A place in line: when the visitor entered, and its nonce (ties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Place {
+    pub entry_ms: u64,
+    pub nonce: u64,
+}
+
+/// What the room decided for one shed request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Serve it: the visitor was let in now (send these `Set-Cookie`s) or before.
+    Admit(Vec<HeaderValue>),
+    /// The waiting answer (503, page or JSON): the place (1 = next) and the wait.
+    Wait {
+        position: usize,
+        wait_secs: u64,
+        response: Response<Body>,
+    },
+}
+
+/// How the line is doing, for the metrics, the dashboard and the tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub length: usize,
+    pub admitted_total: u64,
+    /// Admissions per second over the last minute.
+    pub drain_per_sec: f64,
+    /// How long the visitor at the head has waited, seconds.
+    pub longest_wait_secs: u64,
+}
+
+/// The waiting room (module docs). A clone shares it.
+#[derive(Clone)]
+pub struct Room {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keyed: HmacSha256,
+    session_ms: u64,
+    refresh_secs: u64,
+    page: String,
+    clock: Clock,
+    limit: OriginLimit,
+    line: Mutex<Line>,
+}
+
+#[derive(Default)]
+struct Line {
+    /// Waiting visitors per entry second: the place is a sum over the seconds before,
+    /// plus those ahead within the same second (`places`).
+    per_second: BTreeMap<u64, u32>,
+    places: BTreeSet<Place>,
+    /// Each waiting visitor and when its page last asked.
+    seen: HashMap<Place, u64>,
+    /// Admissions earned and not yet used.
+    bank: f64,
+    /// When the bank last earned.
+    earned_at_ms: u64,
+    /// When the forgotten places were last swept.
+    swept_at_ms: u64,
+    /// Admission times within the drain window.
+    admitted: VecDeque<u64>,
+    admitted_total: u64,
+    opened_at_ms: Option<u64>,
+}
+
+impl Line {
+    fn add(&mut self, p: Place, now_ms: u64) {
+        if self.seen.insert(p, now_ms).is_none() {
+            *self.per_second.entry(p.entry_ms / 1000).or_default() += 1;
+            self.places.insert(p);
+        }
+    }
+
+    fn remove(&mut self, p: &Place) {
+        if self.seen.remove(p).is_some() {
+            self.places.remove(p);
+            let sec = p.entry_ms / 1000;
+            if let Some(n) = self.per_second.get_mut(&sec) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_second.remove(&sec);
+                }
+            }
+        }
+    }
+
+    /// Visitors ahead of `p`: a sum per earlier second (as many terms as seconds
+    /// waited), then those of its own second one by one.
+    fn ahead(&self, p: &Place) -> usize {
+        let sec = p.entry_ms / 1000;
+        let earlier: usize = self.per_second.range(..sec).map(|(_, n)| *n as usize).sum();
+        let second_start = Place {
+            entry_ms: sec * 1000,
+            nonce: 0,
+        };
+        earlier + self.places.range(second_start..*p).count()
+    }
+}
+
+impl Room {
+    /// `key`: the 32-byte signing key (`meta.waiting_room_key`); `limit`: the origin
+    /// permits whose free share sets the rate. Reads `waiting_room.template_file`.
+    pub fn new(
+        config: &WaitingRoomConfig,
+        key: &[u8; 32],
+        clock: Clock,
+        limit: OriginLimit,
+    ) -> Result<Room, ConfigError> {
+        let page = match &config.template_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(
+                    "waiting_room.template_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?,
+            None => PAGE.to_string(),
+        };
+        Ok(Room {
+            inner: Arc::new(Inner {
+                keyed: HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length"),
+                session_ms: config.session_secs.saturating_mul(1000),
+                refresh_secs: config.refresh_secs,
+                page,
+                clock,
+                limit,
+                line: Mutex::new(Line::default()),
+            }),
+        })
+    }
+
+    fn mac(&self, signed: &str) -> HmacSha256 {
+        let mut mac = self.inner.keyed.clone();
+        mac.update(signed.as_bytes());
+        mac
+    }
+
+    fn tag(&self, signed: &str) -> String {
+        B64.encode(&self.mac(signed).finalize().into_bytes()[..MAC_BYTES])
+    }
+
+    fn verified<'a>(&self, domain: &str, value: &'a str) -> Option<&'a str> {
+        if value.len() > 128 {
+            return None;
+        }
+        let (body, tag) = value.rsplit_once('.')?;
+        let tag = B64.decode(tag).ok()?;
+        if tag.len() != MAC_BYTES {
+            return None;
+        }
+        self.mac(&format!("{domain}.{body}"))
+            .verify_truncated_left(&tag)
+            .ok()?;
+        body.strip_prefix(VERSION)?.strip_prefix('.')
+    }
+
+    /// The place a `lg_wr` cookie value holds, if this room signed it and it is not
+    /// from the future.
+    pub fn place_of(&self, value: &str, now_ms: u64) -> Option<Place> {
+        let body = self.verified("wr", value)?;
+        let (entry, nonce) = body.split_once('.')?;
+        let place = Place {
+            entry_ms: entry.parse().ok()?,
+            nonce: u64::from_str_radix(nonce, 16).ok()?,
+        };
+        (place.entry_ms <= now_ms).then_some(place)
+    }
+
+    /// The `lg_wr` value for `place`.
+    pub fn place_cookie(&self, place: Place) -> String {
+        let body = format!("{VERSION}.{}.{:016x}", place.entry_ms, place.nonce);
+        let tag = self.tag(&format!("wr.{body}"));
+        format!("{body}.{tag}")
+    }
+
+    /// Whether a `lg_wa` value lets its visitor in at `now_ms`.
+    pub fn admitted(&self, value: &str, now_ms: u64) -> bool {
+        let Some(body) = self.verified("wa", value) else {
+            return false;
+        };
+        let Ok(at_secs) = body.parse::<u64>() else {
+            return false;
+        };
+        let at_ms = at_secs.saturating_mul(1000);
+        at_ms <= now_ms + 1000 && now_ms < at_ms.saturating_add(self.inner.session_ms)
+    }
+
+    fn admitted_cookie(&self, now_ms: u64) -> String {
+        let body = format!("{VERSION}.{}", now_ms / 1000);
+        let tag = self.tag(&format!("wa.{body}"));
+        format!("{body}.{tag}")
+    }
+
+    /// Whether the request carries a valid let-in cookie: then it is not shed.
+    pub fn lets_in(&self, headers: &HeaderMap) -> bool {
+        let now = self.inner.clock.now_ms();
+        cookie_values(headers, ADMITTED_COOKIE).any(|v| self.admitted(v, now))
+    }
+
+    /// The rate the bank earns now: free origin fill permits at `factor`, a second.
+    fn earn_rate(&self, factor: f64) -> f64 {
+        self.inner.limit.free_fills(factor) as f64
+    }
+
+    /// One shed page view (`json`: it asked for JSON) at `factor`.
+    pub fn decide(&self, headers: &HeaderMap, json: bool, factor: f64, secure: bool) -> Decision {
+        let now = self.inner.clock.now_ms();
+        let refresh_ms = self.inner.refresh_secs * 1000;
+        let rate_now = self.earn_rate(factor);
+        let existing = cookie_values(headers, PLACE_COOKIE).find_map(|v| self.place_of(v, now));
+        let mut line = self.inner.line.lock();
+        if line.opened_at_ms.is_none() {
+            line.opened_at_ms = Some(now);
+            line.earned_at_ms = now;
+        }
+        // Earn: the free permits of this moment, for the time since the last look,
+        // banked for one refresh period at most.
+        let dt = now.saturating_sub(line.earned_at_ms).min(refresh_ms) as f64 / 1000.0;
+        line.earned_at_ms = now;
+        line.bank = (line.bank + dt * rate_now).min(rate_now * self.inner.refresh_secs as f64);
+        // Forget places whose page stopped asking.
+        if now.saturating_sub(line.swept_at_ms) >= 1000 {
+            line.swept_at_ms = now;
+            let gone: Vec<Place> = line
+                .seen
+                .iter()
+                .filter(|(_, &at)| now.saturating_sub(at) > 3 * refresh_ms)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in &gone {
+                line.remove(p);
+            }
+            while line
+                .admitted
+                .front()
+                .is_some_and(|&t| now.saturating_sub(t) > DRAIN_WINDOW_MS)
+            {
+                line.admitted.pop_front();
+            }
+        }
+        let (place, new) = match existing {
+            Some(p) => (p, false),
+            None => (
+                Place {
+                    entry_ms: now,
+                    nonce: getrandom::u64().unwrap_or(now),
+                },
+                true,
+            ),
+        };
+        line.add(place, now);
+        let ahead = line.ahead(&place);
+        if (ahead as f64) < line.bank.floor() {
+            line.bank -= 1.0;
+            line.remove(&place);
+            line.admitted.push_back(now);
+            line.admitted_total += 1;
+            drop(line);
+            metrics::counter!(telemetry::WAITING_ROOM_ADMITTED_TOTAL).increment(1);
+            let mut cookies = vec![self.set_cookie(
+                ADMITTED_COOKIE,
+                &self.admitted_cookie(now),
+                self.inner.session_ms / 1000,
+                secure,
+            )];
+            if !new {
+                // The place is spent.
+                cookies.push(self.set_cookie(PLACE_COOKIE, "", 0, secure));
+            }
+            return Decision::Admit(cookies);
+        }
+        let drain = self.drain_rate(&line, now, rate_now);
+        drop(line);
+        let wait_secs = (((ahead + 1) as f64) / drain).ceil() as u64;
+        let cookie = self.set_cookie(PLACE_COOKIE, &self.place_cookie(place), 6 * 3600, secure);
+        Decision::Wait {
+            position: ahead + 1,
+            wait_secs,
+            response: self.waiting_answer(ahead + 1, wait_secs, json, cookie),
+        }
+    }
+
+    /// Admissions a second over the last minute; before any, the rate the bank earns
+    /// now; one per refresh period at the least.
+    fn drain_rate(&self, line: &Line, now: u64, rate_now: f64) -> f64 {
+        let floor = 1.0 / self.inner.refresh_secs as f64;
+        let opened = line.opened_at_ms.unwrap_or(now);
+        let span = now.saturating_sub(opened).clamp(1000, DRAIN_WINDOW_MS) as f64 / 1000.0;
+        let measured = line.admitted.len() as f64 / span;
+        if line.admitted.is_empty() {
+            rate_now.max(floor)
+        } else {
+            measured.max(floor)
+        }
+    }
+
+    fn set_cookie(&self, name: &str, value: &str, max_age: u64, secure: bool) -> HeaderValue {
+        let secure = if secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{name}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax{secure}"
+        ))
+        .expect("cookie values are ASCII")
+    }
+
+    fn waiting_answer(
+        &self,
+        position: usize,
+        wait_secs: u64,
+        json: bool,
+        cookie: HeaderValue,
+    ) -> Response<Body> {
+        let refresh = self.inner.refresh_secs;
+        let (content_type, body) = if json {
+            (
+                "application/json",
+                serde_json::json!({
+                    "position": position,
+                    "wait_secs": wait_secs,
+                    "refresh_secs": refresh,
+                })
+                .to_string(),
+            )
+        } else {
+            (
+                "text/html; charset=utf-8",
+                self.inner
+                    .page
+                    .replace("{{position}}", &position.to_string())
+                    .replace("{{wait_secs}}", &wait_secs.to_string())
+                    .replace("{{wait}}", &human_wait(wait_secs))
+                    .replace("{{refresh_secs}}", &refresh.to_string()),
+            )
+        };
+        let mut res = Response::new(Body::from(body));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait_secs.max(refresh)),
+        );
+        h.insert("refresh", HeaderValue::from(refresh));
+        h.append(header::SET_COOKIE, cookie);
+        res
+    }
+
+    /// The line now (and its gauges set).
+    pub fn snapshot(&self) -> Snapshot {
+        let now = self.inner.clock.now_ms();
+        let line = self.inner.line.lock();
+        let head = line.per_second.keys().next().copied();
+        let s = Snapshot {
+            length: line.seen.len(),
+            admitted_total: line.admitted_total,
+            drain_per_sec: self.drain_rate(&line, now, 0.0),
+            longest_wait_secs: head.map_or(0, |sec| (now / 1000).saturating_sub(sec)),
+        };
+        drop(line);
+        metrics::gauge!(telemetry::WAITING_ROOM_LENGTH).set(s.length as f64);
+        metrics::gauge!(telemetry::WAITING_ROOM_LONGEST_WAIT_SECONDS)
+            .set(s.longest_wait_secs as f64);
+        s
+    }
+}
+
+/// "about 3 minutes", "less than a minute".
+fn human_wait(secs: u64) -> String {
+    match secs {
+        0..=59 => "less than a minute".into(),
+        60..=119 => "about a minute".into(),
+        s if s < 3600 => format!("about {} minutes", (s + 30) / 60),
+        s => format!("about {} hours", (s + 1800) / 3600),
+    }
+}
+
+/// The values of cookie `name` in the request's `Cookie` headers.
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VelocityConfig;
+
+    fn room(clock: &Clock) -> Room {
+        let velocity = VelocityConfig::default();
+        let limit = OriginLimit::new(&velocity, 0.5, std::time::Duration::from_millis(100));
+        Room::new(
+            &WaitingRoomConfig::default(),
+            &[7; 32],
+            clock.clone(),
+            limit,
+        )
+        .unwrap()
+    }
+
+    fn with_cookie(name: &str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("a=b; {name}={value}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn place_cookies_verify_and_a_forged_or_edited_one_does_not() {
+        let clock = Clock::manual(1_000_000);
+        let r = room(&clock);
+        let p = Place {
+            entry_ms: 999_000,
+            nonce: 42,
+        };
+        let v = r.place_cookie(p);
+        assert_eq!(r.place_of(&v, 1_000_000), Some(p));
+        // An earlier entry time, same MAC: refused.
+        let edited = v.replacen("999000", "100000", 1);
+        assert_eq!(r.place_of(&edited, 1_000_000), None);
+        // Another room's key.
+        let other = Room::new(
+            &WaitingRoomConfig::default(),
+            &[8; 32],
+            clock.clone(),
+            OriginLimit::new(
+                &VelocityConfig::default(),
+                0.5,
+                std::time::Duration::from_millis(100),
+            ),
+        )
+        .unwrap();
+        assert_eq!(other.place_of(&v, 1_000_000), None);
+        // From the future: refused.
+        assert_eq!(r.place_of(&v, 998_000), None);
+        // A let-in cookie is not a place, nor the other way round.
+        let wa = r.admitted_cookie(1_000_000);
+        assert!(r.admitted(&wa, 1_000_000));
+        assert_eq!(r.place_of(&wa, 1_000_000), None);
+        assert!(!r.admitted(&v, 1_000_000));
+        // The session ends.
+        assert!(!r.admitted(&wa, 1_000_000 + 600_000));
+    }
+
+    fn place_set(res: &Response<Body>) -> Option<String> {
+        res.headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .find_map(|v| {
+                let v = v.to_str().unwrap();
+                v.strip_prefix("lg_wr=")
+                    .map(|s| s.split(';').next().unwrap().to_string())
+            })
+    }
+
+    #[test]
+    fn the_line_is_first_come_first_served_and_admits_as_the_origin_frees_up() {
+        use crate::edge::admission::Use;
+        let clock = Clock::manual(10_000_000);
+        let r = room(&clock);
+        // The origin saturated: every fill permit held, the bank earns nothing.
+        let mut held: Vec<_> =
+            std::iter::from_fn(|| r.inner.limit.try_acquire(1.0, Use::Fill)).collect();
+        assert_eq!(r.inner.limit.free_fills(1.0), 0);
+        let mut cookies = Vec::new();
+        for want in 1..=3 {
+            let Decision::Wait {
+                position, response, ..
+            } = r.decide(&HeaderMap::new(), true, 1.0, false)
+            else {
+                panic!("let in with a saturated origin");
+            };
+            assert_eq!(position, want);
+            assert!(response.headers().get(header::RETRY_AFTER).is_some());
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            cookies.push(place_set(&response).expect("a place cookie"));
+            clock.advance_ms(1000);
+        }
+        assert_eq!(r.snapshot().length, 3);
+        assert_eq!(r.snapshot().longest_wait_secs, 3);
+        // The third refreshes: still third. A forged place goes to the end.
+        let third = with_cookie(PLACE_COOKIE, &cookies[2]);
+        assert!(matches!(
+            r.decide(&third, true, 1.0, false),
+            Decision::Wait { position: 3, .. }
+        ));
+        let forged = cookies[0].replacen("10000000", "9000000", 1);
+        assert!(matches!(
+            r.decide(&with_cookie(PLACE_COOKIE, &forged), true, 1.0, false),
+            Decision::Wait { position: 4, .. }
+        ));
+        // One permit frees up: one admission a second, and it goes to the head.
+        held.pop();
+        clock.advance_ms(1000);
+        assert!(matches!(
+            r.decide(&third, true, 1.0, false),
+            Decision::Wait { position: 3, .. }
+        ));
+        let first = with_cookie(PLACE_COOKIE, &cookies[0]);
+        let Decision::Admit(set) = r.decide(&first, true, 1.0, false) else {
+            panic!("the head of the line is let in");
+        };
+        let admitted = set[0]
+            .to_str()
+            .unwrap()
+            .strip_prefix("lg_wa=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(r.lets_in(&with_cookie(ADMITTED_COOKIE, &admitted)));
+        let s = r.snapshot();
+        assert_eq!((s.length, s.admitted_total), (3, 1));
+        // The second moves up to first place.
+        let second = with_cookie(PLACE_COOKIE, &cookies[1]);
+        assert!(matches!(
+            r.decide(&second, true, 1.0, false),
+            Decision::Wait { position: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn the_estimate_is_the_place_over_the_measured_drain() {
+        let clock = Clock::manual(10_000_000);
+        let r = room(&clock);
+        let mut line = r.inner.line.lock();
+        line.opened_at_ms = Some(10_000_000 - 60_000);
+        for i in 0..30 {
+            line.admitted.push_back(10_000_000 - 60_000 + i * 2000);
+        }
+        // 30 admissions in the last minute: half a visitor a second.
+        assert!((r.drain_rate(&line, 10_000_000, 99.0) - 0.5).abs() < 1e-9);
+        line.admitted.clear();
+        // Before any admission: the rate the bank earns now.
+        assert_eq!(r.drain_rate(&line, 10_000_000, 8.0), 8.0);
+        // Never below one a refresh period.
+        assert_eq!(r.drain_rate(&line, 10_000_000, 0.0), 0.1);
+    }
+}
