@@ -191,6 +191,28 @@ mod tests {
         assert!(strip(&[]).is_empty());
     }
 
+    /// The visitor cookie and the funnel mark (`lg_v`, `lg_f`): a page asked for with
+    /// them is the shared one, and the origin never sees them.
+    #[test]
+    fn the_visitor_cookie_and_funnel_mark_are_shared_and_stripped() {
+        let (v, f) = ("lg_v", "lg_f");
+        assert!(is_own(v) && is_own(f));
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::try_from(format!("{v}=1.AAAA.1.BBBB; _ga=1; {f}=1.1795680000.CCCC"))
+                .unwrap(),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::try_from(format!("{f}=x")).unwrap(),
+        );
+        assert_eq!(policy().verdict(&h), Verdict::Shared);
+        strip_own(&mut h);
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["_ga=1"]);
+    }
+
     #[test]
     fn bad_patterns_name_their_entry() {
         assert_eq!(
