@@ -530,6 +530,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 ring: state.ring.clone(),
                 config: state.config.clone(),
                 clock: state.clock.clone(),
+                grace: state.grace.clone(),
             },
             state.live.clone(),
             opts.live_every,
