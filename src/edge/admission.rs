@@ -26,7 +26,9 @@
 //! **Invariant:** the shed decision is one atomic load of the factor plus a glob match
 //! on immutable sets; taking a permit is a compare-and-swap on one word (both counts,
 //! all permits in the low half, bypass permits in the high half). Neither
-//! takes a lock. Only a request that must *wait* for a permit parks on a `Notify`.
+//! takes a lock. Only a request that must *wait* for a permit parks on a `Notify`,
+//! and only a request about to be shed is put to the grace (MACs, and for one it
+//! admits, one shard lock of its table).
 //! **Invariant:** a permit given is a permit returned (`Drop`), whatever happens.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,7 +10,8 @@
 //!
 //! **Invariant:** a request is served under one factor, read once by the front door
 //! and carried as [`Scale`]; the admission decision uses it and matches immutable glob
-//! sets; it takes no lock.
+//! sets; it takes no lock (the funnel grace, asked only about a request about to be
+//! shed, may).
 
 //!
 //! Where a visitor goes, in this folder: `server` (connections, parking, limits) →

@@ -625,6 +625,18 @@ mod tests {
     }
 
     #[test]
+    fn the_funnel_mark_is_http_only_lax_and_secure_over_tls() {
+        assert_eq!(
+            Visitors::set_funnel_cookie("1.2.x", 900, true),
+            "lg_f=1.2.x; Path=/; Max-Age=900; HttpOnly; SameSite=Lax; Secure"
+        );
+        assert_eq!(
+            Visitors::set_funnel_cookie("1.2.x", 60, false),
+            "lg_f=1.2.x; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"
+        );
+    }
+
+    #[test]
     fn a_mark_is_new_once_per_day_tag_and_visitor() {
         let dir = tempfile::tempdir().unwrap();
         let v = visitors(dir.path());

@@ -86,6 +86,16 @@ async fn a_visitor_in_the_funnel_is_served_while_others_are_shed_until_its_grace
         "a known visitor keeps lg_v"
     );
     let lg_f = set_cookie(&again, "lg_f").expect("a known visitor's view renews lg_f");
+    let attrs = again
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .find_map(|v| v.to_str().ok().filter(|v| v.starts_with("lg_f=")))
+        .unwrap();
+    assert!(
+        attrs.ends_with("; Path=/; Max-Age=900; HttpOnly; SameSite=Lax"),
+        "{attrs}"
+    );
     let both = format!("{lg_v}; {lg_f}");
     let with_both = [("cookie", both.as_str())];
 

@@ -2,8 +2,9 @@
 //!
 //! Three kinds of cookie reach the edge:
 //! - **launchguard's own** (names starting `lg_`, also behind the `__Host-` and
-//!   `__Secure-` prefixes): the visitor and waiting-room cookies. They never make a
-//!   request personal and never reach the origin.
+//!   `__Secure-` prefixes): the visitor cookie and funnel mark (`lg_v`, `lg_f`), and
+//!   the waiting-room cookie to come. They never make a request personal and never
+//!   reach the origin.
 //! - **ignored** (`cache.ignore_cookies`, globs; default the common analytics
 //!   cookies): the site's scripts read them in the browser, the origin's HTML does not
 //!   depend on them. They do not make a request personal, and they are removed from
