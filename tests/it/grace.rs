@@ -180,3 +180,172 @@ async fn with_the_grace_off_nobody_is_spared() {
     assert!(s.state().grace.is_none());
     s.stop().await;
 }
+
+/// The factor, second by second, of the seed curve `data/curves/launch-hour.csv`
+/// played at `speed` times its rates: each minute's events spread evenly over it,
+/// weighed and windowed as the pump does (the default `[velocity]`).
+fn curve_factors(speed: u64) -> Vec<f64> {
+    let config = launchguard::config::Config::default();
+    let weight = |kind: &str| {
+        launchguard::ingest::velocity::to_milli(
+            config
+                .velocity
+                .weights
+                .get(kind)
+                .copied()
+                .unwrap_or(config.velocity.default_weight),
+        )
+    };
+    let kinds = [weight("upvote"), weight("comment"), weight("maker_comment")];
+    let curve = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/curves/launch-hour.csv"),
+    )
+    .unwrap();
+    let mut per_second: Vec<u64> = Vec::new();
+    for line in curve
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        let n: Vec<u64> = line.split(',').map(|x| x.trim().parse().unwrap()).collect();
+        let start = n[0] as usize * 60;
+        per_second.resize(per_second.len().max(start + 60), 0);
+        for (count, w) in n[1..].iter().zip(kinds) {
+            let count = count * speed;
+            for i in 0..count {
+                per_second[start + (i * 60 / count) as usize] += w;
+            }
+        }
+    }
+    // Two quiet minutes after the curve, for the last visitors' funnels.
+    per_second.resize(per_second.len() + 120, 0);
+    let mut window = launchguard::ingest::velocity::Window::new(&config.velocity, 0);
+    per_second
+        .iter()
+        .enumerate()
+        .map(|(sec, &w)| {
+            let now = sec as u64 * 1000;
+            window.advance(now);
+            if w > 0 {
+                window.record(now, w, now);
+            }
+            window.factor()
+        })
+        .collect()
+}
+
+/// Replays the seed curve's factor against the real server (pinned second by second
+/// on the manual clock) while a visitor starts the funnel every 20 s: the launch page,
+/// pricing 20 s later, the launch page again, the signup POST to the site at 60 s, the
+/// beacon. A visitor whose pricing or signup request is shed gives up: a conversion
+/// lost. Returns (lost, converted, protected).
+async fn lab_run(factors: &[f64], grace_secs: u64) -> (usize, u64, u64) {
+    use launchguard::ingest::factor::Pin;
+    let origin = FakeOrigin::start().await;
+    let (_d, s) = edge(&origin, |c| {
+        c.backpressure.funnel_grace_secs = grace_secs;
+        c.conversions.flush_interval_ms = 3_600_000;
+    })
+    .await;
+    let t0 = s.clock.now_ms();
+    let last_start = factors.len() as u64 - 120;
+    // (second, visitor, step)
+    let mut steps: Vec<(u64, usize, u8)> = Vec::new();
+    for (v, start) in (0..last_start).step_by(20).enumerate() {
+        for (step, at) in [0, 20, 45, 60, 61].into_iter().enumerate() {
+            steps.push((start + at, v, step as u8));
+        }
+    }
+    steps.sort();
+    let visitors = steps.iter().map(|s| s.1).max().unwrap() + 1;
+    let mut jar: Vec<Vec<String>> = vec![Vec::new(); visitors];
+    let mut lost = vec![false; visitors];
+    let factor = &s.state().factor;
+    for (sec, v, step) in steps {
+        if lost[v] {
+            continue;
+        }
+        let now = t0 + sec * 1000;
+        s.clock.set_ms(now);
+        let f = factors[sec as usize];
+        factor.pin(
+            Pin {
+                factor: f,
+                until_ms: now + 86_400_000,
+            },
+            now,
+        );
+        let cookie = jar[v].join("; ");
+        let mut headers = vec![("accept", "text/html")];
+        if !cookie.is_empty() {
+            headers.push(("cookie", cookie.as_str()));
+        }
+        let r = match step {
+            0 | 2 => get(&s, "/launch/", &headers).await,
+            1 => get(&s, "/pricing", &headers).await,
+            3 => {
+                let url = s.url("/api/signup");
+                s.client
+                    .send(Method::POST, &url, &headers, b"email=ada".to_vec())
+                    .await
+            }
+            _ => {
+                headers.push(("content-type", "application/json"));
+                let url = s.url("/api/convert");
+                s.client
+                    .send(
+                        Method::POST,
+                        &url,
+                        &headers,
+                        br#"{"goal":"signup"}"#.to_vec(),
+                    )
+                    .await
+            }
+        };
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(step == 1 || step == 3, "step {step} is critical");
+            assert!(f > 2.0, "shed at factor {f}");
+            lost[v] = true;
+            continue;
+        }
+        assert!(r.status.is_success(), "step {step}: {}", r.status);
+        for name in ["lg_v", "lg_f"] {
+            if let Some(pair) = set_cookie(&r, name) {
+                jar[v].retain(|c| !c.starts_with(&format!("{name}=")));
+                jar[v].push(pair);
+            }
+        }
+    }
+    let a = s.client.get(&s.admin_url("/api/analytics")).await.json();
+    let converted = a["conversions_total"].as_u64().unwrap();
+    let protected = s
+        .state()
+        .grace
+        .as_ref()
+        .map_or(0, |g| g.counts().protected_conversions);
+    s.stop().await;
+    (lost.iter().filter(|&&l| l).count(), converted, protected)
+}
+
+/// The issue's lab goal: on the seed curve (at its own rates, and at three times
+/// them), no conversion is lost to shedding with the grace on; with it off, some are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_conversion_is_lost_to_shedding_on_the_seed_curve() {
+    for speed in [1, 3] {
+        let factors = curve_factors(speed);
+        let peak = factors.iter().copied().fold(1.0, f64::max);
+        assert!(peak > 2.0, "the curve sheds at {speed}x (peak {peak})");
+        let visitors = (factors.len() as u64 - 120).div_ceil(20);
+        let (lost_on, converted_on, protected) = lab_run(&factors, 900).await;
+        let (lost_off, converted_off, _) = lab_run(&factors, 0).await;
+        eprintln!(
+            "seed curve at {speed}x (peak factor {peak:.2}), {visitors} visitors: \
+             grace on: {lost_on} lost, {converted_on} converted ({protected} protected); \
+             grace off: {lost_off} lost, {converted_off} converted"
+        );
+        assert_eq!(lost_on, 0);
+        assert_eq!(converted_on, visitors);
+        assert!(lost_off > 0, "shedding costs signups without the grace");
+        assert_eq!(converted_off + lost_off as u64, visitors);
+        assert!(protected > 0 && protected <= converted_on);
+    }
+}
