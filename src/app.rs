@@ -37,6 +37,7 @@ use crate::ingest::velocity::Window;
 use crate::ingest::webhook::signature::Keys;
 use crate::ingest::webhook::{self, Ingestor};
 use crate::insight::counters::{self, Conversions};
+use crate::insight::grace::FunnelGrace;
 use crate::insight::history::History;
 use crate::insight::live::{self, LiveFeed};
 use crate::insight::visitor::Visitors;
@@ -121,6 +122,7 @@ impl axum::extract::FromRef<AppState> for counters::BeaconState {
             visitors: state.visitors.clone(),
             config: state.config.clone(),
             clock: state.clock.clone(),
+            grace: state.grace.clone(),
         }
     }
 }
@@ -145,6 +147,8 @@ pub struct Handles {
     pub visitors: Visitors,
     /// Admission, edge cache and origin for every public request but the webhook.
     pub edge: Edge,
+    /// The funnel grace (`grace.rs`), when `backpressure.funnel_grace_secs` is on.
+    pub grace: Option<FunnelGrace>,
     /// The dashboard's live feed (`/api/live`).
     pub live: LiveFeed,
     /// The durable queue of outbound calls (`outbound.rs`).
@@ -341,6 +345,13 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         config.conversions.beacons_per_minute,
         counters.timezone().clone(),
     )?;
+    // Admission asks the grace about a request it would shed; the edge is not
+    // shared yet.
+    let grace = FunnelGrace::new(visitors.clone(), config.backpressure.funnel_grace_secs);
+    let edge = match &grace {
+        Some(g) => edge.with_grace(Arc::new(g.clone())),
+        None => edge,
+    };
     let outbound = Outbound::open(&store, &config.outbound, clock.clone(), outbound_tls)?;
     // The day of the newest stored event was announced already (or is past).
     let engaged_day = store.recent_events(1)?.first().map(|(_, ev)| {
@@ -398,6 +409,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         conversions: counters.clone(),
         visitors: visitors.clone(),
         edge: edge.clone(),
+        grace: grace.clone(),
         live: LiveFeed::new(),
         outbound: outbound.clone(),
         alerts: alerts.clone(),
@@ -539,6 +551,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 ring: state.ring.clone(),
                 config: state.config.clone(),
                 clock: state.clock.clone(),
+                grace: state.grace.clone(),
             },
             state.live.clone(),
             opts.live_every,
@@ -717,7 +730,8 @@ pub fn public_router(state: AppState) -> Router {
         state.conversions.clone(),
         state.visitors.clone(),
         state.clock.clone(),
-    );
+    )
+    .with_funnel_grace(state.config.backpressure.funnel_grace_secs);
     let edge = state.edge.clone();
     Router::new()
         .route(&state.config.webhook.path, post(webhook::handle))

@@ -195,6 +195,9 @@ pub struct BackpressureConfig {
     pub critical_paths: Vec<String>,
     /// Glob patterns of low-priority paths (assets, feeds). Default none.
     pub low_paths: Vec<String>,
+    /// A visitor whose cookies show a page view under `conversions.funnel_paths`
+    /// within this many seconds is never shed, whatever the path. 0 = off. Default 900.
+    pub funnel_grace_secs: u64,
 }
 
 impl Default for BackpressureConfig {
@@ -204,6 +207,7 @@ impl Default for BackpressureConfig {
             retry_after_secs: 5,
             critical_paths: vec!["/".into(), "/launch/*".into(), "/api/leaderboard".into()],
             low_paths: Vec::new(),
+            funnel_grace_secs: 900,
         }
     }
 }
@@ -644,6 +648,15 @@ impl Config {
             ));
         }
         positive("backpressure.retry_after_secs", b.retry_after_secs)?;
+        if b.funnel_grace_secs > MAX_FUNNEL_GRACE_SECS {
+            return Err(ConfigError::invalid(
+                "backpressure.funnel_grace_secs",
+                format!(
+                    "expected at most {MAX_FUNNEL_GRACE_SECS} (a day): how long after a funnel page view a visitor is never shed, 0 for off; got {}",
+                    b.funnel_grace_secs
+                ),
+            ));
+        }
         for (key, list) in [
             ("backpressure.critical_paths", &b.critical_paths),
             ("backpressure.low_paths", &b.low_paths),
@@ -1179,6 +1192,9 @@ impl Default for ConversionsConfig {
 /// The most goals `conversions.goals` may list: the counters' shard is 16 cells of 8 bytes,
 /// exactly one 128-byte padded line.
 pub const MAX_GOALS: usize = 8;
+/// Longest `backpressure.funnel_grace_secs`: a day. A signup takes minutes; a longer
+/// grace would only let more of the crowd past shedding.
+pub const MAX_FUNNEL_GRACE_SECS: u64 = 86_400;
 
 impl ConversionsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -1521,6 +1537,12 @@ mod tests {
         assert!(e.starts_with("backpressure.shed_factor:"), "{e}");
         let e = err("[backpressure]\nlow_paths = [\"/ok/*\", \"assets\"]\n");
         assert!(e.starts_with("backpressure.low_paths[1]:"), "{e}");
+        let e = err("[backpressure]\nfunnel_grace_secs = 86401\n");
+        assert!(e.starts_with("backpressure.funnel_grace_secs:"), "{e}");
+        let e = err("[backpressure]\nfunnel_grace_secs = -1\n");
+        assert!(e.starts_with("backpressure.funnel_grace_secs"), "{e}");
+        let c = Config::parse("[backpressure]\nfunnel_grace_secs = 0\n").unwrap();
+        assert_eq!(c.backpressure.funnel_grace_secs, 0, "0 is off, and valid");
         let e = err("[cache]\nmin_ttl_secs = 90\n");
         assert!(e.starts_with("cache.min_ttl_secs:"), "{e}");
         let e = err("[cache]\nmax_bytes = 10\n");

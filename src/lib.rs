@@ -18,6 +18,7 @@
 //!   views, [`edge::warming`] refreshes the funnel pages ahead of the wave.
 //! - [`insight`]: what the launch did. [`insight::counters`] (sharded counters, the
 //!   beacon, the flusher), [`insight::visitor`] (the visitor cookie, once-a-day marks),
+//!   [`insight::grace`] (the funnel grace: no shedding for a visitor mid-signup),
 //!   [`insight::history`] (the `metrics` and `launches` trees), [`insight::analytics`]
 //!   (launch-day reports), [`insight::live`] (the dashboard and its feed).
 //! - [`ops`]: running it. [`ops::admin`] (the admin API), [`ops::outbound`] (the durable

@@ -34,6 +34,8 @@ pub const WAITING_ROOM_LENGTH: &str = "launchguard_waiting_room_length";
 pub const WAITING_ROOM_ADMITTED_TOTAL: &str = "launchguard_waiting_room_admitted_total";
 pub const WAITING_ROOM_LONGEST_WAIT_SECONDS: &str = "launchguard_waiting_room_longest_wait_seconds";
 pub const BACKPRESSURE_REJECTIONS_TOTAL: &str = "launchguard_backpressure_rejections_total";
+pub const FUNNEL_GRACE_ADMITTED_TOTAL: &str = "launchguard_funnel_grace_admitted_total";
+pub const FUNNEL_GRACE_CONVERSIONS_TOTAL: &str = "launchguard_funnel_grace_conversions_total";
 pub const ORIGIN_INFLIGHT: &str = "launchguard_origin_inflight";
 pub const ORIGIN_REQUEST_DURATION_SECONDS: &str = "launchguard_origin_request_duration_seconds";
 pub const OUTBOUND_JOBS_TOTAL: &str = "launchguard_outbound_jobs_total";
@@ -133,6 +135,9 @@ fn zero_series() {
     for class in ["normal", "low", "queue"] {
         metrics::counter!(BACKPRESSURE_REJECTIONS_TOTAL, "class" => class).increment(0);
     }
+    for class in ["normal", "low"] {
+        metrics::counter!(FUNNEL_GRACE_ADMITTED_TOTAL, "class" => class).increment(0);
+    }
     metrics::counter!(COMMIT_FAILURES_TOTAL).increment(0);
 }
 
@@ -199,6 +204,14 @@ fn describe() {
     describe_counter!(
         UNIQUE_VISITORS_TOTAL,
         "Visitors (lg_v cookie) seen for the first time in their launch day (added at each counter flush)"
+    );
+    describe_counter!(
+        FUNNEL_GRACE_ADMITTED_TOTAL,
+        "Requests shedding would have refused, admitted because the visitor viewed a funnel page within backpressure.funnel_grace_secs, by the class shed (normal, low)"
+    );
+    describe_counter!(
+        FUNNEL_GRACE_CONVERSIONS_TOTAL,
+        "Conversions (first of a goal that day) by visitors the funnel grace admitted within backpressure.funnel_grace_secs before"
     );
     describe_counter!(
         CACHE_REQUESTS_TOTAL,

@@ -19,10 +19,16 @@
 //!   a signup POST still finds one. Neither share borrows the other's idle permits:
 //!   the guarantee is worth more than the spare capacity.
 //!
+//! - A request that would be shed is asked of the funnel grace ([`Grace`]) first: a
+//!   visitor whose cookies show a funnel page view within
+//!   `backpressure.funnel_grace_secs` passes, whatever the path.
+//!
 //! **Invariant:** the shed decision is one atomic load of the factor plus a glob match
 //! on immutable sets; taking a permit is a compare-and-swap on one word (both counts,
 //! all permits in the low half, bypass permits in the high half). Neither
-//! takes a lock. Only a request that must *wait* for a permit parks on a `Notify`.
+//! takes a lock. Only a request that must *wait* for a permit parks on a `Notify`,
+//! and only a request about to be shed is put to the grace (MACs, and for one it
+//! admits, one shard lock of its table).
 //! **Invariant:** a permit given is a permit returned (`Drop`), whatever happens.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +90,16 @@ impl Classifier {
             Class::Normal
         }
     }
+}
+
+/// A second look at a request admission would shed: the funnel grace
+/// (`backpressure.funnel_grace_secs`). The visitor cookies and their key are
+/// insight's (`insight::grace`); the edge sees them as this trait, one value `app`
+/// builds and hands to [`crate::edge::Edge::with_grace`].
+pub trait Grace: Send + Sync {
+    /// Whether the request may pass although its class is shed at `now_ms`. Asked
+    /// only for a request that would otherwise be shed.
+    fn admits(&self, headers: &axum::http::HeaderMap, now_ms: u64) -> bool;
 }
 
 /// Marks a response as refused by admission (shed, or no origin permit in time), for

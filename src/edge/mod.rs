@@ -4,14 +4,16 @@
 //!
 //! ```text
 //! front door (front.rs: host, canonical path) ─► routing ─► classify the canonical path
-//!   ─► shed? (factor > shed_factor and not critical) ─► let in by the waiting room?
-//!        (a session cookie, or its turn) else the waiting page / 503
+//!   ─► shed? (factor > shed_factor and not critical) ─► the funnel grace?
+//!        ─► let in by the waiting room? (a session cookie, or its turn)
+//!        else the waiting page (a page view) or 503
 //!   └─► cache (cache/) ─► origin (origin.rs) under a permit
 //! ```
 //!
 //! **Invariant:** a request is served under one factor, read once by the front door
 //! and carried as [`Scale`]; the admission decision uses it and matches immutable glob
-//! sets; it takes no lock.
+//! sets; it takes no lock (the funnel grace, asked only about a request about to be
+//! shed, may).
 
 //!
 //! Where a visitor goes, in this folder: `server` (connections, parking, limits) →
@@ -43,7 +45,7 @@ use serde_json::json;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
-use crate::edge::admission::{Class, Classifier, OriginLimit};
+use crate::edge::admission::{Class, Classifier, Grace, OriginLimit};
 use crate::edge::cache::Cache;
 use crate::edge::front::Verified;
 use crate::edge::origin::{Forwarded, Origin};
@@ -74,6 +76,11 @@ struct EdgeInner {
     /// Read only for a request that carries no [`Scale`].
     factor: Factor,
     rejections: [metrics::Counter; 2],
+    /// The funnel grace, when `backpressure.funnel_grace_secs` is on.
+    grace: Option<Arc<dyn Grace>>,
+    /// Requests the grace admitted, by the class shed (normal, low).
+    graced: [metrics::Counter; 2],
+    clock: Clock,
 }
 
 impl Edge {
@@ -98,7 +105,7 @@ impl Edge {
             origin,
             limit,
             factor.clone(),
-            clock,
+            clock.clone(),
         );
         Ok(Edge {
             inner: Arc::new(EdgeInner {
@@ -116,8 +123,22 @@ impl Edge {
                 rejections: [Class::Normal, Class::Low].map(|c| {
                     metrics::counter!(telemetry::BACKPRESSURE_REJECTIONS_TOTAL, "class" => c.as_str())
                 }),
+                grace: None,
+                graced: [Class::Normal, Class::Low].map(|c| {
+                    metrics::counter!(telemetry::FUNNEL_GRACE_ADMITTED_TOTAL, "class" => c.as_str())
+                }),
+                clock,
             }),
         })
+    }
+
+    /// Admits, among the requests that would be shed, those `grace` vouches for (the
+    /// funnel grace). Called once, before the edge is shared.
+    pub fn with_grace(mut self, grace: Arc<dyn Grace>) -> Edge {
+        Arc::get_mut(&mut self.inner)
+            .expect("the grace is set before the edge is shared")
+            .grace = Some(grace);
+        self
     }
 
     pub fn cache(&self) -> &Cache {
@@ -255,25 +276,35 @@ async fn admit(edge: &Edge, factor: f64, req: Request) -> Response<Body> {
     let class = edge.inner.classifier.classify(req.uri().path());
     let mut let_in = Vec::new();
     if admission::shed(class, factor, edge.inner.shed_factor) {
-        match &edge.inner.room {
-            // A visitor let in from the waiting room keeps access for its session.
-            Some(room) if room.lets_in(req.headers()) => {}
-            // A page view (not a low-priority asset or feed) waits in line.
-            Some(room) if class == Class::Normal && is_get(&req) => {
-                let secure = req
-                    .extensions()
-                    .get::<Verified>()
-                    .is_some_and(|v| v.proto == "https");
-                match room.decide(req.headers(), wants_json(req.headers()), factor, secure) {
-                    waiting::Decision::Admit(cookies) => let_in = cookies,
-                    waiting::Decision::Wait { mut response, .. } => {
-                        edge.inner.rejections[0].increment(1);
-                        response.extensions_mut().insert(admission::Rejected);
-                        return response;
+        // Only now, and only with the grace on, are the visitor's cookies verified.
+        let graced = edge
+            .inner
+            .grace
+            .as_ref()
+            .is_some_and(|g| g.admits(req.headers(), edge.inner.clock.now_ms()));
+        if graced {
+            edge.inner.graced[usize::from(class == Class::Low)].increment(1);
+        } else {
+            match &edge.inner.room {
+                // A visitor let in from the waiting room keeps access for its session.
+                Some(room) if room.lets_in(req.headers()) => {}
+                // A page view (not a low-priority asset or feed) waits in line.
+                Some(room) if class == Class::Normal && is_get(&req) => {
+                    let secure = req
+                        .extensions()
+                        .get::<Verified>()
+                        .is_some_and(|v| v.proto == "https");
+                    match room.decide(req.headers(), wants_json(req.headers()), factor, secure) {
+                        waiting::Decision::Admit(cookies) => let_in = cookies,
+                        waiting::Decision::Wait { mut response, .. } => {
+                            edge.inner.rejections[0].increment(1);
+                            response.extensions_mut().insert(admission::Rejected);
+                            return response;
+                        }
                     }
                 }
+                _ => return edge.shed_response(class, factor),
             }
-            _ => return edge.shed_response(class, factor),
         }
     }
     let fwd = match req.extensions().get::<Verified>() {
@@ -446,5 +477,46 @@ mod tests {
         // Without a carried factor (no front door), the live one decides.
         let res = handle(e, request(None)).await;
         assert_eq!(code_of(res).await.as_deref(), Some("shed"));
+    }
+
+    /// Admits requests that carry `x-test-grace`, and counts every question.
+    struct TestGrace(std::sync::atomic::AtomicUsize);
+
+    impl Grace for TestGrace {
+        fn admits(&self, headers: &axum::http::HeaderMap, _now_ms: u64) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            headers.contains_key("x-test-grace")
+        }
+    }
+
+    /// The grace is asked only about a request that would be shed, and what it
+    /// vouches for goes on to the cache instead of a 503.
+    #[tokio::test]
+    async fn the_grace_is_asked_only_when_a_request_would_be_shed() {
+        let factor = Factor::new();
+        let grace = Arc::new(TestGrace(Default::default()));
+        let e = edge(&factor).with_grace(grace.clone());
+        let asked = || grace.0.load(std::sync::atomic::Ordering::Relaxed);
+        // Not shedding: never asked.
+        let res = handle(e.clone(), request(Some(1.0))).await;
+        assert_ne!(code_of(res).await.as_deref(), Some("shed"));
+        assert_eq!(asked(), 0);
+        // Shedding, nothing to vouch for: asked, and shed.
+        let res = handle(e.clone(), request(Some(7.0))).await;
+        assert_eq!(code_of(res).await.as_deref(), Some("shed"));
+        assert_eq!(asked(), 1);
+        // Shedding, vouched for: served.
+        let mut req = request(Some(7.0));
+        req.headers_mut()
+            .insert("x-test-grace", axum::http::HeaderValue::from_static("1"));
+        let res = handle(e.clone(), req).await;
+        assert!(res.extensions().get::<admission::Rejected>().is_none());
+        assert_ne!(code_of(res).await.as_deref(), Some("shed"));
+        assert_eq!(asked(), 2);
+        // A critical path is never shed, so never asked.
+        let mut req = request(Some(7.0));
+        *req.uri_mut() = "/launch/".parse().unwrap();
+        handle(e, req).await;
+        assert_eq!(asked(), 2);
     }
 }

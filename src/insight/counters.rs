@@ -407,15 +407,28 @@ pub struct CountingParts {
     pub conversions: Conversions,
     pub visitors: Visitors,
     pub clock: Clock,
+    /// `backpressure.funnel_grace_secs`: a known visitor's funnel page view refreshes
+    /// its `lg_f` mark for this long; 0 = off, no mark.
+    pub funnel_grace_secs: u64,
 }
 
 impl Counting {
+    /// Without the funnel grace (see [`Counting::with_funnel_grace`]).
     pub fn new(conversions: Conversions, visitors: Visitors, clock: Clock) -> Counting {
         Counting(Arc::new(CountingParts {
             conversions,
             visitors,
             clock,
+            funnel_grace_secs: 0,
         }))
+    }
+
+    /// Sets `lg_f` on each known visitor's funnel page view, kept `secs` (0 = off).
+    pub fn with_funnel_grace(mut self, secs: u64) -> Counting {
+        Arc::get_mut(&mut self.0)
+            .expect("set before the layer is built")
+            .funnel_grace_secs = secs;
+        self
     }
 }
 
@@ -436,7 +449,8 @@ impl std::ops::Deref for Counting {
 ///
 /// A visit is also where visitors are counted: a valid `lg_v` cookie counts its
 /// visitor once a launch day, and a visit without one gets a new cookie (added here,
-/// after the cache, so the cached page stays the same for everyone).
+/// after the cache, so the cached page stays the same for everyone). With the funnel
+/// grace on, a known visitor's visit also renews its `lg_f` mark, the same way.
 pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next) -> Response {
     let conv = &c.conversions;
     let counters = conv.counters();
@@ -481,7 +495,8 @@ pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next)
 }
 
 impl Counting {
-    /// Counts a visit's visitor once in its launch day, issuing a cookie to a new one.
+    /// Counts a visit's visitor once in its launch day, issuing a cookie to a new one
+    /// and renewing a known one's funnel mark.
     fn visited(&self, known: Option<Visitor>, secure: bool, now_ms: u64, res: &mut Response) {
         match self.visitors.page_view(known, now_ms) {
             Ok((first, cookie)) => {
@@ -494,6 +509,15 @@ impl Counting {
                 }
             }
             Err(e) => tracing::warn!("cannot record a visitor: {e}"),
+        }
+        // A new visitor's lg_v says when it viewed the funnel; a known one's last
+        // view is its lg_f mark, renewed here (`insight::grace`).
+        if let (Some(visitor), secs @ 1..) = (known, self.funnel_grace_secs) {
+            let mark = self.visitors.funnel_mark(&visitor, now_ms);
+            res.headers_mut().append(
+                header::SET_COOKIE,
+                Visitors::set_funnel_cookie(&mark, secs, secure),
+            );
         }
     }
 }
@@ -525,6 +549,8 @@ pub struct BeaconState {
     pub visitors: Visitors,
     pub config: Arc<crate::config::Config>,
     pub clock: Clock,
+    /// The funnel grace, to count conversions it protected; `None` when off.
+    pub grace: Option<crate::insight::grace::FunnelGrace>,
 }
 
 /// Why a beacon did not count: the `reason` label of
@@ -735,6 +761,9 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
     }
     let counters = conv.counters();
     counters.record_conversion(index);
+    if let Some(grace) = &state.grace {
+        grace.converted(&visitor, now);
+    }
     // The conversion is counted (a retry would be a repeat), so the answer is 204 even
     // if a visitor mark below cannot be set; the visitor counts are then left short,
     // never over. Visited before converted: a day's converting visitors never exceed

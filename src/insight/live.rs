@@ -8,15 +8,22 @@
 //! of today's exact totals (flushed rows plus live counters, read under the flush
 //! lock), so the live view and `/api/analytics` never disagree.
 //!
+//! The feed keeps the last [`BACKLOG`] samples (five minutes) and sends them first to
+//! a dashboard that connects, so its charts are full at once; every SSE event carries
+//! its sample's `id`, and a client that reconnects with `Last-Event-ID` gets only what
+//! came after it. **Invariant:** a subscriber gets each sample at most once, in
+//! order (backlog and channel are split under one lock).
+//!
 //! The dashboard page itself is `dashboard/index.html`, compiled into the binary: no
 //! CDN, no build step, its charts drawn by its own canvas code.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use parking_lot::Mutex;
@@ -28,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ingest::store::StoreError;
 use crate::insight::analytics::{self, Economics, Pricing};
+use crate::insight::grace::GraceCounts;
 use crate::insight::history::{DayTotals, Tally};
 
 /// The dashboard page.
@@ -36,16 +44,31 @@ pub const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 /// Webhook events listed per sample at most.
 const FEED_LIMIT: usize = 20;
 
+/// Samples kept for a dashboard that connects: five minutes at one a second, as many
+/// as the dashboard's charts show.
+pub const BACKLOG: usize = 300;
+/// Samples a slow dashboard may fall behind before it skips ahead.
+const LAG: usize = 64;
+
 /// Handle to the feed; a clone is cheap.
 #[derive(Clone)]
 pub struct LiveFeed {
     inner: Arc<Inner>,
 }
 
+/// One published sample: its SSE id and its JSON.
+#[derive(Debug)]
+struct Published {
+    id: u64,
+    json: Arc<str>,
+}
+
 struct Inner {
-    tx: broadcast::Sender<Arc<str>>,
-    /// The newest sample, sent first to a dashboard that connects.
-    last: Mutex<Option<Arc<str>>>,
+    tx: broadcast::Sender<Arc<Published>>,
+    /// The last [`BACKLOG`] samples, oldest first, and the id of the next one. Publish
+    /// and subscribe both hold this lock, so a subscriber gets every sample exactly
+    /// once: from the backlog if it came before, from the channel if after.
+    backlog: Mutex<(VecDeque<Arc<Published>>, u64)>,
 }
 
 impl Default for LiveFeed {
@@ -55,28 +78,54 @@ impl Default for LiveFeed {
 }
 
 impl LiveFeed {
+    /// Ids start at the second the feed was made, times 1000 (one sample a second
+    /// never catches up with that), so a dashboard's `Last-Event-ID` from before a
+    /// restart is older than every sample of this process and it gets them all.
     pub fn new() -> LiveFeed {
-        let (tx, _) = broadcast::channel(16);
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs().max(1) * 1000);
+        let (tx, _) = broadcast::channel(LAG);
         LiveFeed {
             inner: Arc::new(Inner {
                 tx,
-                last: Mutex::new(None),
+                backlog: Mutex::new((VecDeque::with_capacity(BACKLOG), first_id)),
             }),
         }
     }
 
-    fn publish(&self, sample: Arc<str>) {
-        *self.inner.last.lock() = Some(sample.clone());
+    fn publish(&self, json: Arc<str>) {
+        let mut backlog = self.inner.backlog.lock();
+        let (samples, next_id) = &mut *backlog;
+        let sample = Arc::new(Published { id: *next_id, json });
+        *next_id += 1;
+        if samples.len() == BACKLOG {
+            samples.pop_front();
+        }
+        samples.push_back(sample.clone());
         // No dashboard connected is fine.
         let _ = self.inner.tx.send(sample);
     }
 
-    /// The newest sample, then every following one. A dashboard that falls behind
-    /// skips to the newest rather than blocking the sampler.
-    fn subscribe(&self) -> impl Stream<Item = Arc<str>> + Send + 'static {
+    /// The id of the newest sample, if any was published.
+    pub fn newest_id(&self) -> Option<u64> {
+        self.inner.backlog.lock().0.back().map(|s| s.id)
+    }
+
+    /// The backlog after `last_seen` (all of it without one, or for an id this feed
+    /// never gave), then every new sample. A dashboard that falls more than a few
+    /// dozen samples behind skips to the newest rather than blocking the sampler.
+    fn subscribe(
+        &self,
+        last_seen: Option<u64>,
+    ) -> impl Stream<Item = Arc<Published>> + Send + 'static {
+        let backlog = self.inner.backlog.lock();
         let rx = self.inner.tx.subscribe();
-        let first = self.inner.last.lock().clone();
-        tokio_stream::iter(first).chain(BroadcastStream::new(rx).filter_map(|r| r.ok()))
+        let (samples, next_id) = &*backlog;
+        let after = last_seen.filter(|&id| id < *next_id).unwrap_or(0);
+        let first: Vec<_> = samples.iter().filter(|s| s.id > after).cloned().collect();
+        drop(backlog);
+        futures_util::stream::iter(first).chain(BroadcastStream::new(rx).filter_map(|r| r.ok()))
     }
 }
 
@@ -105,6 +154,9 @@ pub struct Sample {
     /// Webhook events stored since the previous sample, oldest first.
     pub events: Vec<FeedEvent>,
     pub today: Today,
+    /// What the funnel grace did since the process started; `None` when it is off
+    /// (`backpressure.funnel_grace_secs = 0`).
+    pub grace: Option<GraceCounts>,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +203,7 @@ pub struct Sources {
     pub ring: crate::ingest::ring::Ring,
     pub config: std::sync::Arc<crate::config::Config>,
     pub clock: crate::clock::Clock,
+    pub grace: Option<crate::insight::grace::FunnelGrace>,
 }
 
 /// Builds a sample every `every` until `shutdown`, and publishes it.
@@ -286,6 +339,7 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
             peak_factor: totals.peak_factor,
             peak_rps: totals.peak_rps,
         },
+        grace: state.grace.as_ref().map(|g| g.counts()),
     };
     let next = Previous {
         t: now,
@@ -296,17 +350,29 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
     (Ok(sample), next)
 }
 
-/// `GET /api/live`: the samples as Server-Sent Events, the newest first.
-pub async fn stream(State(feed): State<LiveFeed>) -> Response {
+/// `GET /api/live`: the samples as Server-Sent Events, each with its `id`: first the
+/// last five minutes (those after `Last-Event-ID` when the client sends one it was
+/// given), then each new one.
+pub async fn stream(State(feed): State<LiveFeed>, headers: HeaderMap) -> Response {
     let events = feed
-        .subscribe()
-        .map(|json| Ok::<_, Infallible>(Event::default().data(&*json)));
+        .subscribe(last_event_id(&headers))
+        .map(|s| Ok::<_, Infallible>(Event::default().id(s.id.to_string()).data(&*s.json)));
     let mut res = Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response();
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// The `Last-Event-ID` a reconnecting client sends: a decimal id, or nothing (any
+/// other value is ignored, and the client gets the whole backlog).
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get("last-event-id")?.as_bytes();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// `GET /dashboard`.
@@ -322,4 +388,88 @@ pub async fn dashboard() -> Response {
         ),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    /// The ids a stream gives without waiting: what it had at once.
+    fn ready_ids(stream: impl Stream<Item = Arc<Published>> + Send + 'static) -> Vec<u64> {
+        let mut stream = Box::pin(stream);
+        let mut ids = Vec::new();
+        while let Some(Some(s)) = stream.next().now_or_never() {
+            ids.push(s.id);
+        }
+        ids
+    }
+
+    fn publish_n(feed: &LiveFeed, n: usize) {
+        for i in 0..n {
+            feed.publish(format!("{{\"n\":{i}}}").into());
+        }
+    }
+
+    #[test]
+    fn a_late_subscriber_gets_the_backlog_at_once_then_each_new_sample_once() {
+        let feed = LiveFeed::new();
+        assert_eq!(feed.newest_id(), None);
+        assert!(ready_ids(feed.subscribe(None)).is_empty());
+        publish_n(&feed, 7);
+        let newest = feed.newest_id().unwrap();
+        let first = newest - 6;
+        let mut stream = Box::pin(feed.subscribe(None));
+        let mut got = Vec::new();
+        while let Some(Some(s)) = stream.next().now_or_never() {
+            got.push(s.id);
+        }
+        assert_eq!(got, (first..=newest).collect::<Vec<_>>());
+        // Then the next sample, once, and nothing else.
+        publish_n(&feed, 1);
+        let next = stream.next().now_or_never().flatten().unwrap();
+        assert_eq!(next.id, newest + 1);
+        assert_eq!(&*next.json, "{\"n\":0}");
+        assert!(stream.next().now_or_never().is_none());
+    }
+
+    #[test]
+    fn a_reconnect_with_last_event_id_gets_only_what_came_after() {
+        let feed = LiveFeed::new();
+        publish_n(&feed, 10);
+        let newest = feed.newest_id().unwrap();
+        assert_eq!(
+            ready_ids(feed.subscribe(Some(newest - 3))),
+            vec![newest - 2, newest - 1, newest]
+        );
+        assert!(ready_ids(feed.subscribe(Some(newest))).is_empty());
+        // An id this feed never gave (a previous process's, or made up): everything.
+        assert_eq!(ready_ids(feed.subscribe(Some(newest + 1_000))).len(), 10);
+        assert_eq!(ready_ids(feed.subscribe(Some(0))).len(), 10);
+    }
+
+    #[test]
+    fn the_backlog_keeps_the_last_five_minutes_only() {
+        let feed = LiveFeed::new();
+        publish_n(&feed, BACKLOG + 50);
+        let ids = ready_ids(feed.subscribe(None));
+        let newest = feed.newest_id().unwrap();
+        assert_eq!(ids.len(), BACKLOG);
+        assert_eq!(ids[0], newest + 1 - BACKLOG as u64);
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn last_event_id_is_a_decimal_or_nothing() {
+        let h = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("last-event-id", HeaderValue::from_static(v));
+            last_event_id(&h)
+        };
+        assert_eq!(h("1795680000123"), Some(1_795_680_000_123));
+        for bad in ["", "-1", "1e3", " 12", "abc", "99999999999999999999"] {
+            assert_eq!(h(bad), None, "{bad:?}");
+        }
+        assert_eq!(last_event_id(&HeaderMap::new()), None);
+    }
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod analytics;
 pub mod counters;
+pub mod grace;
 pub mod history;
 pub(crate) mod live;
 pub mod visitor;

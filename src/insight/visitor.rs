@@ -10,6 +10,14 @@
 //!   the visitor reached us over TLS, `Path=/`, for 400 days (the most browsers
 //!   keep). It is added after the cache (in `counters::count_requests`), so cached
 //!   pages stay shared; the cache ignores `lg_*` cookies and never sends them on.
+//! - **The funnel mark** `lg_f=1.<second>.<mac>`: when the visitor last viewed a
+//!   funnel page, the MAC (same key, a text that cannot be a visitor cookie's) over
+//!   the visitor's id and that second, so it is worth nothing beside another
+//!   visitor's `lg_v`. Set on each funnel page view of a known visitor while
+//!   `backpressure.funnel_grace_secs` is on (a new visitor's `lg_v` already says when:
+//!   its first-seen second), for that many seconds, with the same attributes as
+//!   `lg_v`; read only by admission, for a request it would otherwise shed
+//!   (`insight::grace`).
 //! - **Unique visitors**: a new visitor is counted when its cookie is issued, with no
 //!   write at all; a visitor whose cookie was issued that same launch day is not
 //!   counted again, also without a write. Only a visitor from an earlier day leaves a
@@ -56,6 +64,12 @@ const KEY_RECORD_VERSION: u8 = 1;
 const COOKIE_VERSION: &str = "1";
 /// Bytes of the MAC kept in the cookie.
 const MAC_BYTES: usize = 16;
+/// The funnel mark's name: when the visitor last viewed a funnel page
+/// (`backpressure.funnel_grace_secs`, `insight::grace`).
+pub const FUNNEL_COOKIE: &str = "lg_f";
+const FUNNEL_VERSION: &str = "1";
+/// Cookies of one name verified per request on the grace path, at most.
+const MAX_CANDIDATES: usize = 4;
 /// Budget table entries per shard before idle buckets are dropped.
 const BUDGET_ENTRIES: usize = 4096;
 const BUDGET_SHARDS: usize = 16;
@@ -211,6 +225,93 @@ impl Visitors {
         })
     }
 
+    /// The signed text of a funnel mark: `lg_f.1.<id>.<secs>`. It starts unlike a
+    /// visitor cookie's (`1.<id>.<secs>`), so no MAC of one is ever a MAC of the other.
+    fn funnel_signed(id: &[u8; 16], view_secs: u64) -> String {
+        format!(
+            "{FUNNEL_COOKIE}.{FUNNEL_VERSION}.{}.{view_secs}",
+            B64.encode(id)
+        )
+    }
+
+    /// The `lg_f` value for `visitor`'s funnel page view at `now_ms`:
+    /// `1.<second>.<mac>`, the MAC over the visitor's id and that second, so it means
+    /// nothing beside another visitor's `lg_v`.
+    pub fn funnel_mark(&self, visitor: &Visitor, now_ms: u64) -> String {
+        let secs = now_ms / 1000;
+        let tag = self
+            .mac(&Self::funnel_signed(&visitor.id, secs))
+            .finalize()
+            .into_bytes();
+        format!("{FUNNEL_VERSION}.{secs}.{}", B64.encode(&tag[..MAC_BYTES]))
+    }
+
+    /// The second of `visitor`'s last funnel page view an `lg_f` value states, if this
+    /// store's key signed it for this visitor and it is not from the future (a
+    /// minute's leeway) at `now_ms`. How recent it must be is the caller's business.
+    pub fn verify_funnel_mark(&self, visitor: &Visitor, value: &[u8], now_ms: u64) -> Option<u64> {
+        if value.len() > 64 {
+            return None;
+        }
+        let value = std::str::from_utf8(value).ok()?;
+        let (version, rest) = value.split_once('.')?;
+        let (secs, tag) = rest.split_once('.')?;
+        if version != FUNNEL_VERSION || secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let view_secs: u64 = secs.parse().ok()?;
+        let tag = B64.decode(tag).ok()?;
+        if tag.len() != MAC_BYTES {
+            return None;
+        }
+        self.mac(&Self::funnel_signed(&visitor.id, view_secs))
+            .verify_truncated_left(&tag)
+            .ok()?;
+        (view_secs <= now_ms / 1000 + 60).then_some(view_secs)
+    }
+
+    /// The visitor of a request and the second of its last funnel page view that this
+    /// store can vouch for: the later of its `lg_v` issue (a visitor cookie is only
+    /// issued on a funnel page view) and its `lg_f` mark. `None` without a valid
+    /// `lg_v`. At most [`MAX_CANDIDATES`] cookies of each name are verified, so a
+    /// header stuffed with copies costs a bounded number of MACs.
+    pub fn last_funnel_view(&self, headers: &HeaderMap, now_ms: u64) -> Option<(Visitor, u64)> {
+        let mut visitors: [&[u8]; MAX_CANDIDATES] = [&[]; MAX_CANDIDATES];
+        let mut marks: [&[u8]; MAX_CANDIDATES] = [&[]; MAX_CANDIDATES];
+        let (mut nv, mut nm) = (0, 0);
+        for value in headers.get_all(header::COOKIE) {
+            for pair in value.as_bytes().split(|&b| b == b';') {
+                let Some((name, v)) = split_pair(pair) else {
+                    continue;
+                };
+                if name == COOKIE.as_bytes() && nv < MAX_CANDIDATES {
+                    visitors[nv] = v;
+                    nv += 1;
+                } else if name == FUNNEL_COOKIE.as_bytes() && nm < MAX_CANDIDATES {
+                    marks[nm] = v;
+                    nm += 1;
+                }
+            }
+        }
+        let visitor = visitors[..nv].iter().find_map(|v| self.verify(v, now_ms))?;
+        let last = marks[..nm]
+            .iter()
+            .filter_map(|m| self.verify_funnel_mark(&visitor, m, now_ms))
+            .fold(visitor.first_seen_secs, u64::max);
+        Some((visitor, last))
+    }
+
+    /// The `Set-Cookie` value of a funnel mark, kept by the browser `max_age_secs`
+    /// (`backpressure.funnel_grace_secs`).
+    pub fn set_funnel_cookie(value: &str, max_age_secs: u64, secure: bool) -> HeaderValue {
+        let secure = if secure { "; Secure" } else { "" };
+        HeaderValue::try_from(format!(
+            "{FUNNEL_COOKIE}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{secure}"
+        ))
+        .expect("the cookie is base64url, digits and dots")
+    }
+
     /// The visitor of a request's `lg_v` cookie. Several `lg_v` cookies (one set by a
     /// sibling subdomain, say): the first that verifies.
     pub fn of_request(&self, headers: &HeaderMap, now_ms: u64) -> Result<Visitor, NoVisitor> {
@@ -317,6 +418,13 @@ impl Visitors {
     pub fn take_beacon_token(&self, client: Option<IpAddr>, now_ms: u64) -> Result<(), u64> {
         self.inner.budget.take(client, now_ms)
     }
+}
+
+/// The name and value of one `name=value` piece of a `Cookie` header, trimmed.
+fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let pair = pair.trim_ascii();
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
 }
 
 fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
@@ -514,6 +622,18 @@ mod tests {
             HeaderValue::try_from(format!("theme=dark; lg_v = {value} ")).unwrap(),
         );
         assert_eq!(v.of_request(&h, NOW), Ok(visitor));
+    }
+
+    #[test]
+    fn the_funnel_mark_is_http_only_lax_and_secure_over_tls() {
+        assert_eq!(
+            Visitors::set_funnel_cookie("1.2.x", 900, true),
+            "lg_f=1.2.x; Path=/; Max-Age=900; HttpOnly; SameSite=Lax; Secure"
+        );
+        assert_eq!(
+            Visitors::set_funnel_cookie("1.2.x", 60, false),
+            "lg_f=1.2.x; Path=/; Max-Age=60; HttpOnly; SameSite=Lax"
+        );
     }
 
     #[test]

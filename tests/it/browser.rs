@@ -66,6 +66,72 @@ async fn dashboard_charts_update_live_in_a_real_browser() {
     s.stop().await;
 }
 
+/// Opened after 50 samples (one every 20 ms), the dashboard gets them at once: the
+/// first sample it applies is one from before it loaded, and it has applied every
+/// sample from there on exactly once (as many as its ids span).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_opened_late_draws_the_last_samples_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(driver) = Driver::start(&dir.path().join("profile")).await else {
+        return; // no browser here, and not under CI: the note is on stderr
+    };
+    let s = TestServer::start_with(
+        &dir.path().join("state"),
+        Clock::system(),
+        |o| o.live_every = std::time::Duration::from_millis(20),
+        |_| {},
+    )
+    .await;
+    let feed = &s.state().live;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let oldest = loop {
+        if let Some(id) = feed.newest_id() {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "no sample");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    while feed.newest_id().unwrap() < oldest + 49 {
+        assert!(std::time::Instant::now() < deadline, "no 50 samples");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    driver.goto(&s.admin_url("/dashboard")).await;
+    driver
+        .until(
+            "return Number(document.body.dataset.samples || 0) >= 50",
+            20,
+        )
+        .await;
+    let first = driver
+        .eval("return Number(document.body.dataset.firstId)")
+        .await
+        .as_u64()
+        .unwrap();
+    assert!(first <= oldest, "the page began {first}, after {oldest}");
+    let spans = driver
+        .eval(
+            "const b = document.body.dataset; \
+             return Number(b.samples) === Number(b.lastId) - Number(b.firstId) + 1",
+        )
+        .await;
+    assert_eq!(spans, true, "each sample once");
+    driver
+        .until(
+            "return Number(document.getElementById('c-rps').dataset.points) >= 50",
+            10,
+        )
+        .await;
+    let tile = driver
+        .eval("return document.getElementById('t-grace').textContent")
+        .await;
+    assert!(
+        tile.as_str().unwrap().contains("requests let through"),
+        "{tile}"
+    );
+    driver.quit().await;
+    s.stop().await;
+}
+
 /// Polls the admin API until `what` of today's analytics is `want` (10 s at most).
 async fn analytics_until(s: &TestServer, what: &str, want: u64) {
     for _ in 0..200 {

@@ -1,7 +1,9 @@
 //! The dashboard page and its live feed over real HTTP: `/dashboard` is one
 //! self-contained page, `/api/live` streams a JSON sample a second as Server-Sent
 //! Events, new webhook events show up in it, and the feed needs the admin token when
-//! one is configured.
+//! one is configured. A client that connects late gets the samples before it at once
+//! (the last five minutes), and one that reconnects with `Last-Event-ID` gets only
+//! those after it.
 
 use std::time::Duration;
 
@@ -163,5 +165,129 @@ async fn the_live_feed_needs_the_token_when_one_is_set() {
     )
     .await;
     assert_eq!(got[0]["factor"], 1.0);
+    s.stop().await;
+}
+
+/// Reads SSE frames from `url` (sending `Last-Event-ID: last_event_id` when given)
+/// until `done` holds for the samples so far: each as its `id` and its JSON. Gives up
+/// after 30 s.
+async fn frames(
+    url: &str,
+    last_event_id: Option<&str>,
+    mut done: impl FnMut(&[(u64, Value)]) -> bool,
+) -> Vec<(u64, Value)> {
+    let client = HyperClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = Request::get(url).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let res = client
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&out) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("samples keep coming")
+            .expect("the stream stays open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            buf.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf[..end].to_string();
+            buf.drain(..end + 2);
+            let field = |name: &str| -> String {
+                event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(name))
+                    .map(str::trim_start)
+                    .collect()
+            };
+            let data = field("data:");
+            if data.is_empty() {
+                continue; // a keep-alive comment
+            }
+            let id = field("id:").parse().expect("every sample has a numeric id");
+            out.push((id, serde_json::from_str(&data).unwrap()));
+        }
+    }
+    out
+}
+
+fn ids(frames: &[(u64, Value)]) -> Vec<u64> {
+    frames.iter().map(|(id, _)| *id).collect()
+}
+
+fn consecutive(ids: &[u64]) -> bool {
+    ids.windows(2).all(|w| w[1] == w[0] + 1)
+}
+
+/// With samples taken every 20 ms: a second client, connecting after the first has
+/// seen 20 samples, gets every one of those before anything newer (the backlog, at
+/// once, from the same first sample); a reconnect with `Last-Event-ID` starts right
+/// after that id, with no sample twice; a `Last-Event-ID` that is not one of the
+/// feed's ids gets the whole backlog.
+#[tokio::test]
+async fn a_late_client_gets_the_backlog_at_once_and_a_reconnect_no_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(
+        dir.path(),
+        Clock::manual(T0),
+        |o| o.live_every = Duration::from_millis(20),
+        |_| {},
+    )
+    .await;
+    let url = s.admin_url("/api/live");
+    let first = ids(&frames(&url, None, |f| f.len() >= 20).await);
+    assert!(consecutive(&first), "{first:?}");
+    let seen = *first.last().unwrap();
+
+    let late = ids(&frames(&url, None, |f| f.last().is_some_and(|(id, _)| *id >= seen)).await);
+    assert_eq!(
+        late[0], first[0],
+        "the backlog reaches back to the first sample"
+    );
+    assert!(consecutive(&late), "{late:?}");
+    assert!(late.len() >= first.len());
+
+    let resumed_from = first[9];
+    let resumed = ids(&frames(&url, Some(&resumed_from.to_string()), |f| f.len() >= 15).await);
+    assert_eq!(resumed[0], resumed_from + 1, "{resumed:?}");
+    assert!(
+        consecutive(&resumed),
+        "no sample twice, none missed: {resumed:?}"
+    );
+
+    for junk in ["x1", "-1", "99999999999999999999999"] {
+        let again = ids(&frames(&url, Some(junk), |f| !f.is_empty()).await);
+        assert_eq!(again[0], first[0], "{junk}: the whole backlog");
+    }
+    s.stop().await;
+}
+
+/// The grace tile's numbers: `grace` in each sample, `null` when the grace is off.
+#[tokio::test]
+async fn samples_say_what_the_funnel_grace_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
+    let got = frames(&s.admin_url("/api/live"), None, |f| !f.is_empty()).await;
+    let grace = &got[0].1["grace"];
+    assert_eq!(grace["grace_secs"], 900, "{grace}");
+    assert_eq!(grace["admitted_requests"], 0, "{grace}");
+    assert_eq!(grace["protected_conversions"], 0, "{grace}");
+    s.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |c| {
+        c.backpressure.funnel_grace_secs = 0;
+    })
+    .await;
+    let got = frames(&s.admin_url("/api/live"), None, |f| !f.is_empty()).await;
+    assert!(got[0].1["grace"].is_null(), "{}", got[0].1);
     s.stop().await;
 }

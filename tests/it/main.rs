@@ -21,6 +21,7 @@ mod dashboard;
 mod edge;
 mod framing;
 mod fuzz;
+mod grace;
 mod https_upstream;
 mod metrics;
 mod outbound;

@@ -2,8 +2,9 @@
 //!
 //! Three kinds of cookie reach the edge:
 //! - **launchguard's own** (names starting `lg_`, also behind the `__Host-` and
-//!   `__Secure-` prefixes): the visitor and waiting-room cookies. They never make a
-//!   request personal and never reach the origin.
+//!   `__Secure-` prefixes): the visitor cookie and funnel mark (`lg_v`, `lg_f`), and
+//!   the waiting-room cookie to come. They never make a request personal and never
+//!   reach the origin.
 //! - **ignored** (`cache.ignore_cookies`, globs; default the common analytics
 //!   cookies): the site's scripts read them in the browser, the origin's HTML does not
 //!   depend on them. They do not make a request personal, and they are removed from
@@ -189,6 +190,28 @@ mod tests {
         assert_eq!(strip(&["a=1", "b=2"]), ["a=1; b=2"]);
         assert!(strip(&["lg_vid=abc; __Secure-lg_wr=1"]).is_empty());
         assert!(strip(&[]).is_empty());
+    }
+
+    /// The visitor cookie and the funnel mark (`lg_v`, `lg_f`): a page asked for with
+    /// them is the shared one, and the origin never sees them.
+    #[test]
+    fn the_visitor_cookie_and_funnel_mark_are_shared_and_stripped() {
+        let (v, f) = ("lg_v", "lg_f");
+        assert!(is_own(v) && is_own(f));
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::try_from(format!("{v}=1.AAAA.1.BBBB; _ga=1; {f}=1.1795680000.CCCC"))
+                .unwrap(),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::try_from(format!("{f}=x")).unwrap(),
+        );
+        assert_eq!(policy().verdict(&h), Verdict::Shared);
+        strip_own(&mut h);
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["_ga=1"]);
     }
 
     #[test]

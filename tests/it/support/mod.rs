@@ -62,14 +62,26 @@ impl TestServer {
         clock: Clock,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
+        TestServer::start_with(data_dir, clock, |_| {}, tweak).await
+    }
+
+    /// As [`TestServer::start`], after `options` has had its say about the app's
+    /// options too (the background loops' periods).
+    pub async fn start_with(
+        data_dir: &Path,
+        clock: Clock,
+        options: impl FnOnce(&mut Options),
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let share = recorder::share().await;
         let mut c = config(data_dir);
         tweak(&mut c);
-        let opts = Options {
+        let mut opts = Options {
             clock: clock.clone(),
             env: Env::default(),
             ..Options::default()
         };
+        options(&mut opts);
         let running = app::start(c, opts).await.expect("the test server starts");
         TestServer {
             public: running.public_addr,
