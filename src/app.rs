@@ -252,9 +252,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let now = clock.now_ms();
 
     // Rebuild the window from what the log holds, so a restart mid-launch keeps its factor.
+    // The poller stores a vote at its createdAt, up to one window before it was
+    // ingested, so the log is in time order only to within a window: walk back two,
+    // and let the window drop what is older than one.
     let mut window = Window::new(&config.velocity, now);
     let window_ms = u64::from(config.velocity.window_secs) * 1000;
-    let recent = store.events_since(now.saturating_sub(window_ms))?;
+    let recent = store.events_since(now.saturating_sub(2 * window_ms))?;
     for ev in &recent {
         window.record(ev.received_ms, ev.weight_milli, now);
     }
