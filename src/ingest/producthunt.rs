@@ -273,6 +273,9 @@ pub struct Stats {
     /// Votes in an answer that could not be read (no `createdAt`, not RFC 3339, ...),
     /// and votes answers that were not what was asked.
     pub malformed: u64,
+    /// Counts polls that failed: no answer, an HTTP error, or an answer that is not
+    /// the counts (not JSON, GraphQL errors, a count that is not a number).
+    pub failed: u64,
 }
 
 #[derive(Default)]
@@ -281,6 +284,7 @@ struct StatCells {
     dated: AtomicU64,
     clamped: AtomicU64,
     malformed: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// The loop's view of the budget between polls.
@@ -396,6 +400,7 @@ impl Poller {
             dated: s.dated.load(Ordering::Relaxed),
             clamped: s.clamped.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
         }
     }
 
@@ -728,6 +733,7 @@ impl Poller {
                 wait
             }
             Err(PollError::Failed(e)) => {
+                self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let wait = next_poll_in_ms(&self.inner.config, pace.budget, pace.counts_cost);
                 tracing::warn!(wait_ms = wait, "Product Hunt poll failed: {e}");
                 wait

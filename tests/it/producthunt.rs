@@ -56,6 +56,8 @@ struct Budgeted {
     max_first: AtomicU64,
     throttled: AtomicU64,
     unauthorized: AtomicU64,
+    /// Answer 200 with this body instead (a broken or hostile API).
+    garbage: Mutex<Option<String>>,
 }
 
 struct FakeApi {
@@ -176,6 +178,9 @@ async fn graphql(
             r#"{"errors":[{"error":"rate_limit_reached"}]}"#.to_string(),
         )
             .into_response()
+    } else if let Some(body) = s.garbage.lock().clone() {
+        s.ok.fetch_add(1, Ordering::SeqCst);
+        (AxStatus::OK, body).into_response()
     } else {
         s.ok.fetch_add(1, Ordering::SeqCst);
         let votes = s.votes.lock();
@@ -608,6 +613,40 @@ async fn a_restart_rebuilds_the_window_around_votes_stored_at_their_time() {
     assert!(
         (sum - 1.2).abs() < 1e-9,
         "the rebuilt window holds {sum}, not the webhook's 1.2"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_answers_are_counted_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let api = FakeApi::start(clock.clone(), PH_LIMIT, PH_COUNTS_COST).await;
+    api.add_votes(2, START_MS - 5_000);
+    *api.state.garbage.lock() = Some(r#"{"data":{"post":{"votesCount":"lots","#.into());
+    let server = TestServer::start(dir.path(), clock.clone(), poller_config(&api)).await;
+    let poller = server.state().producthunt.clone().unwrap();
+    let store = server.state().store.clone();
+    let seq0 = store.next_seq();
+    step_until(&server, 1_000, 30, || poller.stats().failed >= 1).await;
+    assert_eq!(poller.baseline().unwrap(), None);
+    assert_eq!(store.next_seq(), seq0);
+    // Well-formed JSON that is not the counts: also a failure.
+    *api.state.garbage.lock() =
+        Some(r#"{"data":{"post":{"votesCount":-4,"commentsCount":1e400}}}"#.into());
+    let failed = poller.stats().failed;
+    step_until(&server, 1_000, 120, || poller.stats().failed > failed).await;
+    assert_eq!(poller.baseline().unwrap(), None);
+    assert_eq!(store.next_seq(), seq0);
+    // The API mends: the two votes of the last minute count, at their time.
+    *api.state.garbage.lock() = None;
+    step_until(&server, 1_000, 120, || poller.baseline().unwrap().is_some()).await;
+    assert_eq!(
+        poller_events(&server)
+            .iter()
+            .map(|(_, at)| *at)
+            .collect::<Vec<_>>(),
+        vec![START_MS - 5_000; 2]
     );
     server.stop().await;
 }
