@@ -260,12 +260,16 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     let now = clock.now_ms();
 
     // Rebuild the window from what the log holds, so a restart mid-launch keeps its factor.
+    // The poller stores a vote at its createdAt, up to one window before it was
+    // ingested, so the log is in time order only to within a window: walk back two,
+    // and let the window drop what is older than one.
     let mut window = Window::new(&config.velocity, now);
     let window_ms = u64::from(config.velocity.window_secs) * 1000;
-    let recent = store.events_since(now.saturating_sub(window_ms))?;
-    for ev in &recent {
-        window.record(ev.received_ms, ev.weight_milli, now);
-    }
+    let in_window = store
+        .events_since(now.saturating_sub(2 * window_ms))?
+        .iter()
+        .filter(|ev| window.record(ev.received_ms, ev.weight_milli, now))
+        .count();
     let factor = Factor::new();
     let public_listener = bind("server.listen", config.server.listen).await?;
     let admin_listener = bind("server.admin_listen", config.server.admin_listen).await?;
@@ -617,7 +621,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         https = %tls_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         http_redirect = %http_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         durability = ?state.config.webhook.durability,
-        events_in_window = recent.len(),
+        events_in_window = in_window,
         scale_factor = state.factor.current(),
         secrets = %secrets.sources.join(", "),
         "launchguard listening"

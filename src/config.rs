@@ -1088,9 +1088,10 @@ pub struct ProducthuntConfig {
     pub post_slug: Option<String>,
     /// GraphQL endpoint. Default `https://api.producthunt.com/v2/api/graphql`.
     pub api_url: String,
-    /// Time between polls at factor 1.0, ms; divided by the factor as it rises. Default 60000.
+    /// Time between polls while the API reports no budget (no `X-Rate-Limit-*`
+    /// headers), ms; with one, the budget sets the pace. Default 60000.
     pub poll_interval_ms: u64,
-    /// Shortest time between polls, ms. Default 5000.
+    /// Shortest time between polls, ms; the budget is spent at most this often. Default 2000.
     pub min_poll_interval_ms: u64,
 }
 
@@ -1102,7 +1103,7 @@ impl Default for ProducthuntConfig {
             post_slug: None,
             api_url: "https://api.producthunt.com/v2/api/graphql".into(),
             poll_interval_ms: 60_000,
-            min_poll_interval_ms: 5_000,
+            min_poll_interval_ms: 2_000,
         }
     }
 }

@@ -1,8 +1,13 @@
 //! The Product Hunt poller against a fake GraphQL endpoint on `127.0.0.1:0` that
-//! enforces a points budget per window (on the test's clock), answers 429 with the
-//! rate-limit headers past it, and counts: the poller never goes past the budget,
-//! resumes at the reset, its events move the factor, and replays after a restart (or
-//! an overlapping webhook) are not counted twice.
+//! speaks Product Hunt's budget (on the test's clock): a points limit per 15-minute
+//! window (6,250 for the real one), `X-Rate-Limit-Limit/Remaining/Reset` on every
+//! answer, 429 past it, and a complexity per query that grows with the votes asked for
+//! (`votes(first: k)`, graphql-ruby's rule: the counts query 3 points, the votes query
+//! `4 + 3k`). It serves `votesCount`, `commentsCount` and `votes(first, createdAfter)`
+//! with each vote's `createdAt`, newest first, and counts the points spent per window:
+//! the poller never goes past the budget, resumes at the reset, reacts within seconds,
+//! dates each vote at its `createdAt`, and replays after a restart (or an overlapping
+//! webhook) are not counted twice.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,18 +29,35 @@ use parking_lot::Mutex;
 const START_MS: u64 = 1_790_000_000_000;
 const WINDOW_MS: u64 = 900_000;
 const TOKEN: &str = "ph-test-token";
+/// Product Hunt's GraphQL budget: points per 15 minutes.
+const PH_LIMIT: u64 = 6250;
+/// Complexity of `post { votesCount commentsCount }`: one per field.
+const PH_COUNTS_COST: u64 = 3;
+/// Complexity of `post { votes(first: k) { edges { node { id createdAt } } pageInfo
+/// { hasNextPage } } }`: post, votes, pageInfo, hasNextPage, and k × (edge, id, createdAt).
+fn ph_votes_cost(first: u64) -> u64 {
+    4 + 3 * first
+}
 
 #[derive(Default)]
 struct Budgeted {
     limit: u64,
+    /// Points a counts query costs.
     cost: u64,
     /// Points spent per window index.
     spent: Mutex<std::collections::BTreeMap<u64, u64>>,
-    votes: AtomicU64,
+    /// Every vote in the API: (id, createdAt as RFC 3339 or anything a hostile API says,
+    /// createdAt ms for the `createdAfter` filter).
+    votes: Mutex<Vec<(u64, String, u64)>>,
     comments: AtomicU64,
     ok: AtomicU64,
+    votes_queries: AtomicU64,
+    /// The largest `first` asked.
+    max_first: AtomicU64,
     throttled: AtomicU64,
     unauthorized: AtomicU64,
+    /// Answer 200 with this body instead (a broken or hostile API).
+    garbage: Mutex<Option<String>>,
 }
 
 struct FakeApi {
@@ -68,6 +90,35 @@ impl FakeApi {
     fn requests(&self) -> u64 {
         self.state.ok.load(Ordering::SeqCst) + self.state.throttled.load(Ordering::SeqCst)
     }
+
+    /// `n` votes cast at `at_ms`, visible from now on. Returns their ids.
+    fn add_votes(&self, n: u64, at_ms: u64) -> Vec<u64> {
+        let stamp = jiff::Timestamp::from_millisecond(at_ms as i64)
+            .unwrap()
+            .to_string();
+        self.add_raw_votes(n, &stamp, at_ms)
+    }
+
+    /// `n` votes whose `createdAt` is `created_at` verbatim (`at_ms` for the filter).
+    fn add_raw_votes(&self, n: u64, created_at: &str, at_ms: u64) -> Vec<u64> {
+        let mut votes = self.state.votes.lock();
+        (0..n)
+            .map(|_| {
+                let id = 1000 + votes.len() as u64;
+                votes.push((id, created_at.to_string(), at_ms));
+                id
+            })
+            .collect()
+    }
+
+    fn vote_count(&self) -> u64 {
+        self.state.votes.lock().len() as u64
+    }
+
+    /// Points spent per window so far.
+    fn spent(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.state.spent.lock().clone()
+    }
 }
 
 async fn graphql(
@@ -82,16 +133,36 @@ async fn graphql(
         return (AxStatus::UNAUTHORIZED, "{}").into_response();
     }
     let q: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(q["query"].as_str().unwrap().contains("votesCount"));
+    let query = q["query"].as_str().unwrap();
     assert_eq!(q["variables"]["slug"], "tidepool");
+    // Which query, and what it costs.
+    let votes_asked = if query.contains("votes(") {
+        assert!(query.contains("createdAt") && query.contains("createdAfter"));
+        let first = q["variables"]["first"].as_u64().expect("first: Int");
+        assert!((1..=100).contains(&first), "first: {first}");
+        s.max_first.fetch_max(first, Ordering::SeqCst);
+        let after: jiff::Timestamp = q["variables"]["createdAfter"]
+            .as_str()
+            .expect("createdAfter: DateTime")
+            .parse()
+            .expect("createdAfter is RFC 3339");
+        Some((first, after.as_millisecond() as u64))
+    } else {
+        assert!(query.contains("votesCount") && query.contains("commentsCount"));
+        None
+    };
+    let cost = match votes_asked {
+        Some((first, _)) => ph_votes_cost(first) - PH_COUNTS_COST + s.cost,
+        None => s.cost,
+    };
     let now = clock.now_ms();
     let window = now / WINDOW_MS;
     let reset_secs = ((window + 1) * WINDOW_MS - now).div_ceil(1000);
     let mut spent = s.spent.lock();
     let used = spent.entry(window).or_insert(0);
-    let over = *used + s.cost > s.limit;
+    let over = *used + cost > s.limit;
     if !over {
-        *used += s.cost;
+        *used += cost;
     }
     let remaining = s.limit - *used;
     drop(spent);
@@ -107,12 +178,33 @@ async fn graphql(
             r#"{"errors":[{"error":"rate_limit_reached"}]}"#.to_string(),
         )
             .into_response()
+    } else if let Some(body) = s.garbage.lock().clone() {
+        s.ok.fetch_add(1, Ordering::SeqCst);
+        (AxStatus::OK, body).into_response()
     } else {
         s.ok.fetch_add(1, Ordering::SeqCst);
-        let data = serde_json::json!({"data": {"post": {
-            "votesCount": s.votes.load(Ordering::SeqCst),
-            "commentsCount": s.comments.load(Ordering::SeqCst),
-        }}});
+        let votes = s.votes.lock();
+        let data = match votes_asked {
+            None => serde_json::json!({"data": {"post": {
+                "votesCount": votes.len(),
+                "commentsCount": s.comments.load(Ordering::SeqCst),
+            }}}),
+            Some((first, after_ms)) => {
+                s.votes_queries.fetch_add(1, Ordering::SeqCst);
+                let matching: Vec<_> = votes.iter().rev().filter(|v| v.2 > after_ms).collect();
+                let edges: Vec<_> = matching
+                    .iter()
+                    .take(first as usize)
+                    .map(|(id, created, _)| {
+                        serde_json::json!({"node": {"id": id.to_string(), "createdAt": created}})
+                    })
+                    .collect();
+                serde_json::json!({"data": {"post": {"votes": {
+                    "edges": edges,
+                    "pageInfo": {"hasNextPage": matching.len() > first as usize},
+                }}}})
+            }
+        };
         (AxStatus::OK, data.to_string()).into_response()
     };
     for (k, v) in rate {
@@ -174,7 +266,7 @@ async fn the_poller_stays_within_the_budget_resumes_at_the_reset_and_moves_the_f
     let seq0 = server.state().store.next_seq();
 
     // Engagement: 30 votes and 10 comments appear.
-    api.state.votes.store(30, Ordering::SeqCst);
+    api.add_votes(30, clock.now_ms());
     api.state.comments.store(10, Ordering::SeqCst);
     let store = server.state().store.clone();
     step_until(&server, 5000, 200, || store.next_seq() >= seq0 + 40).await;
@@ -190,15 +282,11 @@ async fn the_poller_stays_within_the_budget_resumes_at_the_reset_and_moves_the_f
     assert_eq!(ev.id, "producthunt:tidepool:upvote:1");
     assert_eq!(ev.scheme.as_str(), "producthunt-api");
 
-    // Pin the factor high, so the poller wants to poll every 5 s; walk through two
-    // whole windows in 5 s steps.
-    server.state().factor.pin(
-        launchguard::ingest::factor::Pin {
-            factor: 5.0,
-            until_ms: START_MS + 10 * WINDOW_MS,
-        },
-        clock.now_ms(),
-    );
+    // So small a budget leaves nothing for reading votes: counts only.
+    assert_eq!(api.state.votes_queries.load(Ordering::SeqCst), 0);
+    assert_eq!(poller.stats().dated, 0);
+
+    // Walk through two whole windows in 5 s steps.
     for _ in 0..(2 * WINDOW_MS / 5000) {
         step(&server, 5000).await;
     }
@@ -256,7 +344,7 @@ async fn replays_after_a_restart_and_overlapping_webhooks_are_not_counted_twice(
     step_until(&server, 1000, 30, || poller.baseline().unwrap().is_some()).await;
     let seq0 = server.state().store.next_seq();
 
-    api.state.votes.store(5, Ordering::SeqCst);
+    api.add_votes(5, clock.now_ms());
     let store = server.state().store.clone();
     step_until(&server, 5000, 100, || store.next_seq() == seq0 + 5).await;
 
@@ -268,7 +356,7 @@ async fn replays_after_a_restart_and_overlapping_webhooks_are_not_counted_twice(
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    api.state.votes.store(6, Ordering::SeqCst);
+    api.add_votes(1, clock.now_ms());
     step_until(&server, 5000, 100, || {
         poller.baseline().unwrap().map(|c| c.votes) == Some(6)
     })
@@ -299,6 +387,267 @@ async fn replays_after_a_restart_and_overlapping_webhooks_are_not_counted_twice(
     })
     .await;
     assert_eq!(server.state().store.next_seq(), seq0 + 6, "replays counted");
+    server.stop().await;
+}
+
+/// The poller's events in the store, oldest first: (id, time in the window).
+fn poller_events(server: &TestServer) -> Vec<(String, u64)> {
+    server
+        .state()
+        .store
+        .events_since(0)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.scheme.as_str() == "producthunt-api")
+        .map(|e| (e.id, e.received_ms))
+        .collect()
+}
+
+/// The window holds exactly the stored votes of the last 60 seconds, by their stored
+/// times (checked right after an ingest, when the pump has drained at this clock).
+async fn assert_window_holds_the_stored_times(server: &TestServer) {
+    server.pumped().await;
+    let now_sec = server.clock.now_ms() / 1000;
+    let in_window = poller_events(server)
+        .iter()
+        .filter(|(_, at)| now_sec - at / 1000 < 60)
+        .count();
+    let sum = server.state().factor.velocity() * 60.0;
+    assert!(
+        (sum - 1.2 * in_window as f64).abs() < 1e-6,
+        "window sum {sum}, expected {in_window} votes of 1.2"
+    );
+}
+
+#[tokio::test]
+async fn votes_reach_the_factor_within_seconds_at_their_time_within_the_real_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let api = FakeApi::start(clock.clone(), PH_LIMIT, PH_COUNTS_COST).await;
+    // Before launchguard starts: 3 votes 20 minutes ago, 4 within the last minute.
+    api.add_votes(3, START_MS - 1_200_000);
+    let recent = [
+        START_MS - 50_000,
+        START_MS - 41_500,
+        START_MS - 30_000,
+        START_MS - 2_000,
+    ];
+    for at in recent {
+        api.add_votes(1, at);
+    }
+    let server = TestServer::start(dir.path(), clock.clone(), |c| {
+        poller_config(&api)(c);
+        // The default: the budget decides the pace, never faster than this.
+        c.producthunt.min_poll_interval_ms = 2_000;
+    })
+    .await;
+    let poller = server.state().producthunt.clone().unwrap();
+    let store = server.state().store.clone();
+
+    // The first poll: the counts, and the votes of the last minute, once, each at its
+    // createdAt (c); the older ones are only the baseline.
+    step_until(&server, 250, 40, || poller.baseline().unwrap().is_some()).await;
+    let expected: Vec<(String, u64)> = (4..=7)
+        .zip(recent)
+        .map(|(n, at)| (format!("producthunt:tidepool:upvote:{n}"), at))
+        .collect();
+    assert_eq!(poller_events(&server), expected);
+    assert_eq!(poller.baseline().unwrap().unwrap().votes, 7);
+    assert_window_holds_the_stored_times(&server).await;
+    assert!(server.state().factor.computed() > 1.0);
+
+    // (a) Votes appear at uneven moments; each reaches the factor within a poll or so
+    // of appearing (the budget allows one every 2 s from the first minute on), and (c)
+    // enters the window at its createdAt.
+    let mut latencies = Vec::new();
+    for i in 0..15u64 {
+        step(&server, 1_000 + (i * 737) % 3_000).await;
+        let before = store.next_seq();
+        let appeared = clock.now_ms();
+        api.add_votes(1, appeared);
+        step_until(&server, 250, 80, || store.next_seq() > before).await;
+        latencies.push(clock.now_ms() - appeared);
+        assert_eq!(store.next_seq(), before + 1);
+        let (id, at) = poller_events(&server).pop().unwrap();
+        assert_eq!(id, format!("producthunt:tidepool:upvote:{}", 8 + i));
+        assert_eq!(at, appeared, "the vote entered the window at its createdAt");
+        assert_window_holds_the_stored_times(&server).await;
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    assert!(median < 5_000, "median {median} ms: {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| *l <= 2_250),
+        "a vote waited longer than one 2 s poll: {latencies:?}"
+    );
+    // From the first minute on, not once a minute: a poll at every turn 2 s after the
+    // last (a step of the clock of up to 4 s is one turn, so one poll).
+    let (polls, elapsed) = (poller.stats().polls, clock.now_ms() - START_MS);
+    assert!(
+        elapsed < 90_000 && polls >= 20,
+        "{polls} polls in {elapsed} ms"
+    );
+
+    // Hostile times: one far in the future is moved to the poll, one that is no date
+    // enters at the poll; both counted, neither in the future.
+    let before = (store.next_seq(), poller.stats());
+    api.add_raw_votes(1, "2999-01-01T00:00:00Z", u64::MAX / 2);
+    api.add_raw_votes(1, "not a date", clock.now_ms());
+    step_until(&server, 250, 80, || store.next_seq() >= before.0 + 2).await;
+    let after = poller.stats();
+    assert_eq!(after.clamped, before.1.clamped + 1);
+    assert_eq!(after.malformed, before.1.malformed + 1);
+    let evs = poller_events(&server);
+    for (id, at) in &evs[evs.len() - 2..] {
+        assert!(
+            *at <= clock.now_ms() && *at + 2_250 >= clock.now_ms(),
+            "{id} at {at}"
+        );
+    }
+    assert_window_holds_the_stored_times(&server).await;
+
+    // (b) A hot stretch, 3 votes every 2 s, through the reset and a whole window after
+    // it: the budget is never exceeded, the counts are polled every 2 s all along, and
+    // the points left over date votes.
+    let full_window = clock.now_ms() / WINDOW_MS + 1;
+    let mut polls_at_full = None;
+    let mut i = 0u64;
+    while clock.now_ms() < (full_window + 1) * WINDOW_MS + 1_000 {
+        if polls_at_full.is_none() && clock.now_ms() >= full_window * WINDOW_MS {
+            polls_at_full = Some((poller.stats().polls, poller.stats().dated));
+        }
+        if i % 2 == 0 {
+            api.add_votes(3, clock.now_ms());
+        }
+        step(&server, 1_000).await;
+        i += 1;
+    }
+    let (polls0, dated0) = polls_at_full.unwrap();
+    let stats = poller.stats();
+    let spent = api.spent();
+    assert_eq!(
+        api.state.throttled.load(Ordering::SeqCst),
+        0,
+        "a 429: {spent:?}"
+    );
+    assert_eq!(api.state.unauthorized.load(Ordering::SeqCst), 0);
+    for (w, points) in &spent {
+        assert!(*points <= PH_LIMIT, "window {w}: {points} points");
+    }
+    let full = spent[&full_window];
+    eprintln!(
+        "latencies {latencies:?} ms; points per window {spent:?}; {} polls, {} votes dated",
+        stats.polls - polls0,
+        stats.dated - dated0
+    );
+    assert!(
+        full >= PH_LIMIT / 2,
+        "the full window spent only {full} of {PH_LIMIT}: {spent:?}"
+    );
+    assert!(
+        stats.polls - polls0 >= 440,
+        "{} polls in the full window",
+        stats.polls - polls0
+    );
+    assert!(
+        stats.dated - dated0 >= 100,
+        "{} votes dated in the full window",
+        stats.dated - dated0
+    );
+    // Every vote counted once.
+    step_until(&server, 1_000, 10, || {
+        poller.baseline().unwrap().map(|c| c.votes) == Some(api.vote_count())
+    })
+    .await;
+    assert_eq!(
+        poller_events(&server).len() as u64,
+        api.vote_count() - 3,
+        "one event per vote, but the three older than the window at startup"
+    );
+    assert!(api.state.max_first.load(Ordering::SeqCst) <= 50);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_rebuilds_the_window_around_votes_stored_at_their_time() {
+    // A vote dated before a webhook but stored after it: the log is out of time order
+    // by up to a window, and the rebuild at startup must still find the webhook.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let api = FakeApi::start(clock.clone(), PH_LIMIT, PH_COUNTS_COST).await;
+    let server = TestServer::start(dir.path(), clock.clone(), |c| {
+        poller_config(&api)(c);
+        c.producthunt.min_poll_interval_ms = 2_000;
+    })
+    .await;
+    let poller = server.state().producthunt.clone().unwrap();
+    let store = server.state().store.clone();
+    step_until(&server, 250, 40, || poller.baseline().unwrap().is_some()).await;
+    let polls = poller.stats().polls;
+    step_until(&server, 250, 40, || poller.stats().polls > polls).await;
+    let polled = clock.now_ms();
+    // A whole second after that poll, before the next: a relay's webhook, and a vote
+    // cast 2 ms before it that the next poll reads.
+    let t = ((polled + 2) / 1000 + 1) * 1000;
+    clock.set_ms(t);
+    let seq = store.next_seq();
+    let r = server
+        .webhook(&server.event("relay-upvote-1", "upvote"), SECRET)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    api.add_votes(1, t - 2);
+    step_until(&server, 250, 40, || store.next_seq() == seq + 2).await;
+    assert_eq!(
+        poller_events(&server),
+        vec![("producthunt:tidepool:upvote:1".into(), t - 2)]
+    );
+    drop((store, poller));
+    server.stop().await;
+
+    // One window later, to the millisecond: the webhook (second t/1000) is in it, the
+    // vote (the second before) is not, and the vote, stored last, is older than a
+    // window.
+    clock.set_ms(t + 59_999);
+    let server = TestServer::start(dir.path(), clock.clone(), poller_config(&api)).await;
+    let sum = server.state().factor.velocity() * 60.0;
+    assert!(
+        (sum - 1.2).abs() < 1e-9,
+        "the rebuilt window holds {sum}, not the webhook's 1.2"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_answers_are_counted_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(START_MS);
+    let api = FakeApi::start(clock.clone(), PH_LIMIT, PH_COUNTS_COST).await;
+    api.add_votes(2, START_MS - 5_000);
+    *api.state.garbage.lock() = Some(r#"{"data":{"post":{"votesCount":"lots","#.into());
+    let server = TestServer::start(dir.path(), clock.clone(), poller_config(&api)).await;
+    let poller = server.state().producthunt.clone().unwrap();
+    let store = server.state().store.clone();
+    let seq0 = store.next_seq();
+    step_until(&server, 1_000, 30, || poller.stats().failed >= 1).await;
+    assert_eq!(poller.baseline().unwrap(), None);
+    assert_eq!(store.next_seq(), seq0);
+    // Well-formed JSON that is not the counts: also a failure.
+    *api.state.garbage.lock() =
+        Some(r#"{"data":{"post":{"votesCount":-4,"commentsCount":1e400}}}"#.into());
+    let failed = poller.stats().failed;
+    step_until(&server, 1_000, 120, || poller.stats().failed > failed).await;
+    assert_eq!(poller.baseline().unwrap(), None);
+    assert_eq!(store.next_seq(), seq0);
+    // The API mends: the two votes of the last minute count, at their time.
+    *api.state.garbage.lock() = None;
+    step_until(&server, 1_000, 120, || poller.baseline().unwrap().is_some()).await;
+    assert_eq!(
+        poller_events(&server)
+            .iter()
+            .map(|(_, at)| *at)
+            .collect::<Vec<_>>(),
+        vec![START_MS - 5_000; 2]
+    );
     server.stop().await;
 }
 

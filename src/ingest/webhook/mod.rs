@@ -134,6 +134,20 @@ impl Ingestor {
         event_type: &str,
         payload: Vec<u8>,
     ) -> Result<Commit, Rejection> {
+        self.ingest_synthetic_at(id, event_type, payload, self.clock.now_ms())
+    }
+
+    /// `ingest_synthetic` for an event that happened at `at_ms` (a vote the poller read
+    /// with its `createdAt`): stored with that time and entering the window there. The
+    /// caller clamps it: never after now, never more than one window before it (the
+    /// window's rebuild at startup relies on that bound).
+    pub fn ingest_synthetic_at(
+        &self,
+        id: &str,
+        event_type: &str,
+        payload: Vec<u8>,
+        at_ms: u64,
+    ) -> Result<Commit, Rejection> {
         let record = EventRecord {
             id: id.to_string(),
             event_type: event_type.to_string(),
@@ -142,7 +156,7 @@ impl Ingestor {
                 .get(event_type)
                 .copied()
                 .unwrap_or(self.default_weight),
-            received_ms: self.clock.now_ms(),
+            received_ms: at_ms,
             scheme: Scheme::Poller,
             payload,
         };
