@@ -556,6 +556,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 config: state.config.clone(),
                 clock: state.clock.clone(),
                 grace: state.grace.clone(),
+                waiting_room: state.edge.waiting_room().cloned(),
             },
             state.live.clone(),
             opts.live_every,

@@ -81,7 +81,7 @@ pub enum Decision {
 }
 
 /// How the line is doing, for the metrics, the dashboard and the tests.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Snapshot {
     pub length: usize,
     pub admitted_total: u64,

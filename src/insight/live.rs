@@ -157,6 +157,8 @@ pub struct Sample {
     /// What the funnel grace did since the process started; `None` when it is off
     /// (`backpressure.funnel_grace_secs = 0`).
     pub grace: Option<GraceCounts>,
+    /// The waiting room now; `None` when it is off (`waiting_room.enabled = false`).
+    pub waiting_room: Option<crate::edge::waiting::Snapshot>,
 }
 
 #[derive(Debug, Serialize)]
@@ -204,6 +206,7 @@ pub struct Sources {
     pub config: std::sync::Arc<crate::config::Config>,
     pub clock: crate::clock::Clock,
     pub grace: Option<crate::insight::grace::FunnelGrace>,
+    pub waiting_room: Option<crate::edge::waiting::Room>,
 }
 
 /// Builds a sample every `every` until `shutdown`, and publishes it.
@@ -340,6 +343,7 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
             peak_rps: totals.peak_rps,
         },
         grace: state.grace.as_ref().map(|g| g.counts()),
+        waiting_room: state.waiting_room.as_ref().map(|r| r.snapshot()),
     };
     let next = Previous {
         t: now,

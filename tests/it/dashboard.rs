@@ -291,3 +291,29 @@ async fn samples_say_what_the_funnel_grace_did() {
     assert!(got[0].1["grace"].is_null(), "{}", got[0].1);
     s.stop().await;
 }
+
+/// The samples carry the waiting room: a shed page view is one visitor in line (the
+/// tile's value), and `null` with the room off.
+#[tokio::test]
+async fn samples_say_how_long_the_waiting_room_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |_| {}).await;
+    s.pin(3.0, 3600).await;
+    let r = s.client.get(&s.url("/pricing")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    let got = frames(&s.admin_url("/api/live"), None, |f| {
+        f.iter().any(|(_, v)| v["waiting_room"]["length"] == 1)
+    })
+    .await;
+    let room = &got.last().unwrap().1["waiting_room"];
+    assert_eq!(room["admitted_total"], 0, "{room}");
+    s.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), Clock::manual(T0), |c| {
+        c.waiting_room.enabled = false;
+    })
+    .await;
+    let got = frames(&s.admin_url("/api/live"), None, |f| !f.is_empty()).await;
+    assert!(got[0].1["waiting_room"].is_null(), "{}", got[0].1);
+    s.stop().await;
+}
