@@ -542,3 +542,138 @@ fn preflight_registers_the_acme_account_or_fails_naming_the_directory() {
     );
     assert!(out.contains("tls.acme_directory is reachable"), "{out}");
 }
+
+/// The window an ARI front answers, and the certificate ids it was asked about.
+struct AriFront {
+    directory: String,
+    asked: Arc<parking_lot::Mutex<Vec<String>>>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// Pebble 2.4 (Debian's) has no ARI (RFC 9773), so this HTTPS front, behind a
+/// certificate from the same test CA as pebble's listener, serves pebble's directory
+/// with `renewalInfo` added, pointing at itself, and answers every renewal-info
+/// request with `window` (Unix seconds). Everything else goes to pebble itself.
+async fn ari_front(pebble: &Pebble, window: (i64, i64)) -> AriFront {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let pebble_addr: std::net::SocketAddr = pebble
+        .directory
+        .trim_start_matches("https://")
+        .trim_end_matches("/dir")
+        .parse()
+        .unwrap();
+    let (_, dir) = tls::get(
+        pebble.ca.client_config(&[b"http/1.1"]),
+        pebble_addr,
+        "127.0.0.1",
+        "/dir",
+    )
+    .await;
+    let mut dir: serde_json::Value = serde_json::from_slice(&dir.body).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = listener.local_addr().unwrap();
+    dir["renewalInfo"] = format!("https://{me}/renewal-info").into();
+    let asked = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let rfc3339 = |t: i64| jiff::Timestamp::from_second(t).unwrap().to_string();
+    let info = serde_json::json!({
+        "suggestedWindow": {"start": rfc3339(window.0), "end": rfc3339(window.1)}
+    });
+    let seen = asked.clone();
+    let app = axum::Router::new()
+        .route("/dir", get(move || async move { axum::Json(dir) }))
+        .route(
+            "/renewal-info/{id}",
+            get(move |Path(id): Path<String>| async move {
+                seen.lock().push(id);
+                ([("retry-after", "21600")], axum::Json(info))
+            }),
+        );
+    let stop = tokio_util::sync::CancellationToken::new();
+    tls::serve(
+        listener,
+        pebble.ca.server_config(),
+        app,
+        stop.clone(),
+        |_| {},
+    );
+    AriFront {
+        directory: format!("https://{me}/dir"),
+        asked,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// A CA that offers ARI and suggests renewing early (a revocation coming, say): the
+/// certificate is renewed inside the suggested window, long before a third of its
+/// lifetime is left, and the CA was asked about exactly this certificate.
+#[tokio::test]
+async fn a_renewal_window_from_the_ca_brings_the_renewal_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
+        return;
+    };
+    let start = now_ms();
+    let t0 = (start / 1000) as i64;
+    // A one-hour certificate: a third left at 40 minutes. The CA asks for 10 to 11.
+    let front = ari_front(&pebble, (t0 + 600, t0 + 660)).await;
+    let clock = Clock::manual(start);
+    let directory = front.directory.clone();
+    let s = TestServer::start(&dir.path().join("state"), clock.clone(), |c| {
+        acme_config(c, &pebble, true);
+        c.tls.acme_directory = directory;
+    })
+    .await;
+    let certs = s.state().certs.clone().unwrap();
+    let status = s.state().acme.as_ref().unwrap().status();
+    until("the first certificate", &pebble, || {
+        status.obtained.load(Relaxed) == 1
+    })
+    .await;
+    let first = certs.current().unwrap();
+    until("the CA's window", &pebble, || {
+        status.ari_windows.load(Relaxed) == 1
+    })
+    .await;
+    // The id asked about is this certificate's (AKI.serial, base64url).
+    let id = instant_acme::CertificateIdentifier::try_from(&first.key.cert[0]).unwrap();
+    assert_eq!(
+        front.asked.lock()[0],
+        format!("{}.{}", id.authority_key_identifier, id.serial)
+    );
+    // Before the window: nothing ordered.
+    clock.advance_ms(500_000);
+    let checks = status.checks.load(Relaxed);
+    until("two more decisions", &pebble, || {
+        status.checks.load(Relaxed) >= checks + 2
+    })
+    .await;
+    assert_eq!(status.obtained.load(Relaxed), 1);
+    // Past the window's end (11 minutes in, far from 40): renewed in place.
+    clock.advance_ms(170_000);
+    until("the early renewal", &pebble, || {
+        status.obtained.load(Relaxed) >= 2
+    })
+    .await;
+    assert_ne!(
+        serial(&certs.current().unwrap().key.cert[0]),
+        serial(&first.key.cert[0])
+    );
+    // The front answers the same (now past) window for the new certificate: it is
+    // not followed again, so no second early renewal.
+    until("the window asked for the new certificate", &pebble, || {
+        front.asked.lock().len() >= 2
+    })
+    .await;
+    let checks = status.checks.load(Relaxed);
+    until("two more decisions", &pebble, || {
+        status.checks.load(Relaxed) >= checks + 2
+    })
+    .await;
+    assert_eq!(
+        status.obtained.load(Relaxed),
+        2,
+        "one early renewal, not a storm"
+    );
+    s.stop().await;
+}

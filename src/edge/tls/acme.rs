@@ -12,7 +12,9 @@
 //!   certificate, or when a third of its lifetime is left, or at the moment picked in
 //!   the CA's ARI window (RFC 9773), asked for when the directory offers
 //!   `renewalInfo` and again when the CA's Retry-After says (an hour to a day). A
-//!   renewal the CA suggested names the certificate it `replaces`. A new certificate
+//!   renewal the CA suggested names the certificate it `replaces` (a CA that refuses
+//!   or does not reflect that gets the same order without it, at once); the window
+//!   that brought a renewal forward is not followed again for the new certificate. A new certificate
 //!   is written to the data dir and swapped into [`Certs`] for the next handshake.
 //! - **Challenges.** HTTP-01 when `tls.http_listen` is set ([`Http01`], answered by
 //!   its router), TLS-ALPN-01 otherwise (the challenge certificate, made with rcgen,
@@ -128,6 +130,12 @@ struct Managed {
     directory: usize,
     /// The moment picked in the CA's ARI window, and the certificate it was for.
     ari: Option<(i64, CertificateIdentifier<'static>)>,
+    /// The window `ari` was picked in.
+    ari_window: Option<(i64, i64)>,
+    /// The window that brought the last renewal forward: the same window offered for
+    /// the new certificate is not followed again (a CA that keeps answering an old
+    /// window would otherwise have every new certificate renewed at once).
+    spent_window: Option<(i64, i64)>,
     /// When to ask the CA for the ARI window again.
     ari_next: i64,
 }
@@ -317,7 +325,10 @@ impl Acme {
                         i.certs.record_metrics(i.clock.now_ms());
                         m.failures = 0;
                         m.retry_at = None;
-                        m.ari = None;
+                        if m.ari.take().is_some_and(|(at, _)| at <= now) {
+                            m.spent_window = m.ari_window;
+                        }
+                        m.ari_window = None;
                         m.ari_next = 0;
                     }
                     Err(e) => {
@@ -382,11 +393,14 @@ impl Acme {
                     .ari
                     .as_ref()
                     .is_some_and(|(at, old)| *old == id && (start..=end).contains(at));
-                if !unchanged {
+                if m.spent_window == Some((start, end)) {
+                    tracing::warn!(domain = %m.domain, start, end, "ACME: the CA offers the window the last renewal followed again; renewing at a third of the lifetime left instead");
+                } else if !unchanged {
                     let at = renewal::ari_pick(start, end, random_unit());
                     tracing::info!(domain = %m.domain, start, end, at, "ACME: the CA's renewal window (ARI)");
                     self.inner.status.ari_windows.fetch_add(1, Relaxed);
                     m.ari = Some((at, id));
+                    m.ari_window = Some((start, end));
                 }
                 m.ari_next = now + (retry_after.as_secs() as i64).clamp(HOUR, 24 * HOUR);
                 false
@@ -481,14 +495,22 @@ impl Acme {
     ) -> Result<Loaded, String> {
         let i = &self.inner;
         let ids = [Identifier::Dns(domain.to_string())];
-        let mut new_order = NewOrder::new(&ids);
-        if let Some(id) = replaces {
-            new_order = new_order.replaces(id);
-        }
+        let plain = NewOrder::new(&ids);
+        let with_replaces = replaces.map(|id| NewOrder::new(&ids).replaces(id));
         i.status.orders.fetch_add(1, Relaxed);
         tracing::info!(directory = %url, challenge = ?kind, domain, "ACME: ordering a certificate");
-        let account = self.account(url).await?;
-        let mut order = match account.new_order(&new_order).await {
+        let mut account = self.account(url).await?;
+        let first = with_replaces.as_ref().unwrap_or(&plain);
+        let mut order = match account.new_order(first).await {
+            // A CA that offers ARI but does not take (or reflect) `replaces`: the
+            // same order without it, at once, rather than a failure and a backoff.
+            Err(e) if with_replaces.is_some() && !account_gone(&e) => {
+                tracing::warn!(directory = %url, "ACME: the order naming the certificate it replaces was refused ({e}); ordering without it");
+                account.new_order(&plain).await
+            }
+            r => r,
+        };
+        order = match order {
             Err(e) if account_gone(&e) => {
                 // The CA lost or deleted the account: set it aside, register anew.
                 tracing::warn!(directory = %url, "ACME: the CA no longer knows our account ({e}); registering a new one");
@@ -496,11 +518,12 @@ impl Acme {
                     .forget_account(url)
                     .map_err(|e| format!("cannot set the forgotten account aside: {e}"))?;
                 i.status.accounts_recreated.fetch_add(1, Relaxed);
-                self.account(url).await?.new_order(&new_order).await
+                account = self.account(url).await?;
+                account.new_order(&plain).await
             }
             r => r,
-        }
-        .map_err(|e| format!("new order: {e}"))?;
+        };
+        let mut order = order.map_err(|e| format!("new order: {e}"))?;
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
