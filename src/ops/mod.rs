@@ -4,6 +4,9 @@
 
 pub(crate) mod admin;
 pub(crate) mod alerts;
+// The visitor model comes first; the command that uses it follows.
+#[allow(dead_code)]
+pub(crate) mod lab;
 pub mod outbound;
 pub(crate) mod preflight;
 pub(crate) mod simulate;
