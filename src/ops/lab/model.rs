@@ -327,10 +327,12 @@ pub fn parse_bursts(text: &str) -> Result<Vec<Burst>, String> {
                 "minute" => b.minute = v,
                 "visitors" => b.visitors = v,
                 "spread_secs" => b.spread_secs = v.max(1),
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "curve line {}: lab.burst: unknown key {k:?} (minute, visitors, spread_secs)",
                     i + 1
-                )),
+                ))
+                }
             }
         }
         out.push(b);
