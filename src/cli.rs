@@ -537,6 +537,10 @@ pub fn lab(config_path: Option<PathBuf>, args: &LabArgs) -> anyhow::Result<Strin
     let report = runtime.block_on(lab::run(&plan, start, |line| eprintln!("{line}")));
     let _ = std::fs::remove_dir_all(&scratch);
     let report = report.map_err(anyhow::Error::msg)?;
+    let svg = lab::chart::svg(&report).map_err(anyhow::Error::msg)?;
+    std::fs::write(&args.chart, svg)
+        .with_context(|| format!("--chart: cannot write {}", args.chart.display()))?;
+    eprintln!("chart: {}", args.chart.display());
     Ok(report.table())
 }
 

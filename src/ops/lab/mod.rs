@@ -25,6 +25,7 @@
 //! **Invariant:** the lab sends traffic only to what it started on 127.0.0.1, every
 //! run ends by a deadline, and what it started is stopped before `run` returns.
 
+pub(crate) mod chart;
 pub(crate) mod drive;
 pub(crate) mod model;
 pub(crate) mod origin;
