@@ -22,6 +22,7 @@ mod edge;
 mod framing;
 mod fuzz;
 mod https_upstream;
+mod lab;
 mod metrics;
 mod outbound;
 mod packaging;
