@@ -76,7 +76,9 @@ fn panel(
         .configure_mesh()
         .x_desc("launch minute")
         .y_desc(y_desc)
-        .light_line_style(RGBColor(235, 235, 235))
+        .light_line_style(RGBColor(240, 240, 240))
+        .max_light_lines(1)
+        .y_label_formatter(&|v| format!("{v:.1}"))
         .label_style(("sans-serif", 11))
         .draw()
         .map_err(e)?;

@@ -53,6 +53,8 @@ pub struct Summary {
     pub peak_waiting: u32,
     pub let_in: usize,
     pub wait_within_30: Option<f64>,
+    /// The median of (wait had / wait shown) over the visitors let in.
+    pub wait_had_over_shown: Option<f64>,
     pub funnel_shed: u64,
     pub conversions: u64,
     pub lost: u64,
@@ -110,6 +112,16 @@ pub fn summarize(run: &Run, capacity_rps: f64, shed_factor: f64, speed: f64) -> 
                 .count() as f64
                 / run.waits.len() as f64
         }),
+        wait_had_over_shown: {
+            let mut r: Vec<f64> = run
+                .waits
+                .iter()
+                .filter(|(shown, _)| *shown > 0.0)
+                .map(|(shown, had)| had / shown)
+                .collect();
+            r.sort_by(f64::total_cmp);
+            r.get(r.len() / 2).copied()
+        },
         funnel_shed: sum(&|x| u64::from(x.funnel_shed)),
         conversions: sum(&|x| u64::from(x.conversions)),
         lost: sum(&|x| u64::from(x.lost)),
@@ -194,8 +206,16 @@ impl Report {
             col(&|s| format!("{} / {}", s.waiting_answers, s.peak_waiting)),
         );
         row(
-            "let in from the line / shown wait within ±30%",
-            col(&|s| format!("{} / {}", s.let_in, pct(s.wait_within_30))),
+            "let in from the line / shown wait within ±30% / median had÷shown",
+            col(&|s| {
+                format!(
+                    "{} / {} / {}",
+                    s.let_in,
+                    pct(s.wait_within_30),
+                    s.wait_had_over_shown
+                        .map_or("-".into(), |r| format!("{r:.2}"))
+                )
+            }),
         );
         row("funnel visitors shed", col(&|s| s.funnel_shed.to_string()));
         row(
@@ -268,6 +288,11 @@ mod tests {
             "the busiest second alone: 300 hits, 100 misses"
         );
         assert_eq!(s.wait_within_30, Some(0.5));
+        assert_eq!(
+            s.wait_had_over_shown,
+            Some(2.0),
+            "0.9 and 2.0: the upper median"
+        );
         assert_eq!(s.peak_factor, 3.0);
         let never = summarize(&run, 1000.0, 2.0, 20.0);
         assert_eq!(never.lead_secs, None);
