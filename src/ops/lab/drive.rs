@@ -387,7 +387,7 @@ async fn play(
     let curve = plan.curve.clone();
     let speed = plan.speed;
     let run_id = format!("lab-{}", crate::clock::Clock::system().now_ms());
-    let hooks = tokio::spawn(async move {
+    let mut hooks = tokio::spawn(async move {
         crate::ops::simulate::play(&hook_url, &key, &curve, speed, &run_id, |_| {}).await
     });
 
@@ -427,7 +427,9 @@ async fn play(
     let all_done = async { while visitors.join_next().await.is_some() {} };
     let finished = tokio::time::timeout_at(deadline, all_done).await.is_ok();
     visitors.abort_all();
-    let hooks = match tokio::time::timeout_at(deadline, hooks).await {
+    let hooks_done = tokio::time::timeout_at(deadline, &mut hooks).await;
+    hooks.abort();
+    let hooks = match hooks_done {
         Ok(Ok(Ok(summary))) => summary,
         Ok(Ok(Err(e))) => {
             sampler.abort();
