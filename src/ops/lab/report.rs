@@ -16,8 +16,8 @@
 //!   each second), and for each visitor let in the wait its first answer showed
 //!   beside the wait it then had: the share within ±30% of the wait had.
 //! - **Conversions**: made (beacons answered), lost (would-be converters who did not
-//!   convert: shed on pricing or the signup, or gone from the line after their
-//!   patience), and funnel visitors shed (any shed or waiting answer on a funnel step,
+//!   convert: shed on pricing or the signup, gone from the line after their
+//!   patience, or failed by an origin error), and funnel visitors shed (any shed or waiting answer on a funnel step,
 //!   whether they got in after or not).
 
 use super::drive::Run;
