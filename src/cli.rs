@@ -1,5 +1,5 @@
 //! The command line: `serve` (the default), `sign`, `preflight`, `report`, `warm`,
-//! `simulate`.
+//! `simulate`, `lab`.
 //!
 //! Exit codes: 0 on success, 2 for a configuration or usage error (the message names
 //! the key), 1 for anything else.
@@ -51,6 +51,46 @@ pub enum Command {
     Warm(WarmArgs),
     /// Replay a launch curve (webhooks per minute) against a running launchguard.
     Simulate(SimulateArgs),
+    /// Rehearse a launch: replay a curve's webhooks and visitors against launchguard
+    /// (started here, on 127.0.0.1) in front of a local origin of a stated capacity,
+    /// each feature off and on; print a table and write a chart.
+    Lab(LabArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LabArgs {
+    /// CSV of minute,upvotes,comments,maker_comments (and `# lab.burst` lines).
+    #[arg(long, default_value = "data/curves/seed-spike.csv")]
+    pub curve: PathBuf,
+    /// Launch seconds played in one real second.
+    #[arg(long, default_value_t = 30.0)]
+    pub speed: f64,
+    /// Offered requests a second (real, on this machine) at the curve's busiest second.
+    #[arg(long, default_value_t = 400.0)]
+    pub peak_rps: f64,
+    /// Requests the origin takes at once; above that it answers 503.
+    #[arg(long, default_value_t = 10)]
+    pub origin_concurrency: usize,
+    /// How long the origin takes to answer, milliseconds.
+    #[arg(long, default_value_t = 40)]
+    pub origin_latency_ms: u64,
+    /// Features to turn off one at a time, comma-separated: waiting-room,
+    /// funnel-grace, refresh-ahead (a feature this build lacks is noted and left out).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "waiting-room,funnel-grace,refresh-ahead"
+    )]
+    pub features: Vec<String>,
+    /// How long a visitor keeps a waiting page open before leaving, launch seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub patience_secs: f64,
+    /// Seed of the visitors' draw.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where to write the chart (SVG).
+    #[arg(long, default_value = "lab.svg")]
+    pub chart: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -166,6 +206,18 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        // No log subscriber: each shed request would be a line. Progress goes to
+        // stderr, the table to stdout.
+        Some(Command::Lab(args)) => match lab(cli.config, &args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Some(Command::Warm(args)) => match warm(cli.config, &args) {
             Ok(text) => {
                 print!("{text}");
@@ -373,6 +425,123 @@ pub fn simulate(config_path: Option<PathBuf>, args: &SimulateArgs) -> anyhow::Re
         summary.peak_factor,
         summary.last_factor.as_deref().unwrap_or("-")
     ))
+}
+
+/// Runs the lab; returns the table (progress lines go to stderr as it runs).
+pub fn lab(config_path: Option<PathBuf>, args: &LabArgs) -> anyhow::Result<String> {
+    use crate::ops::lab;
+    let base_config = match &config_path {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("config: cannot read {}", path.display()))?,
+        None => String::new(),
+    };
+    Config::parse(&base_config).context("config")?;
+    if !(args.speed.is_finite() && (1.0..=3600.0).contains(&args.speed)) {
+        anyhow::bail!(
+            "--speed: expected a number from 1 to 3600, got {}",
+            args.speed
+        );
+    }
+    if !(args.peak_rps.is_finite() && (1.0..=20_000.0).contains(&args.peak_rps)) {
+        anyhow::bail!(
+            "--peak-rps: expected 1 to 20000 requests a second, got {}",
+            args.peak_rps
+        );
+    }
+    if !(1..=10_000).contains(&args.origin_concurrency) {
+        anyhow::bail!(
+            "--origin-concurrency: expected 1 to 10000, got {}",
+            args.origin_concurrency
+        );
+    }
+    if !(1..=60_000).contains(&args.origin_latency_ms) {
+        anyhow::bail!(
+            "--origin-latency-ms: expected 1 to 60000, got {}",
+            args.origin_latency_ms
+        );
+    }
+    if !(args.patience_secs.is_finite() && args.patience_secs >= 0.0) {
+        anyhow::bail!(
+            "--patience-secs: expected 0 or more seconds, got {}",
+            args.patience_secs
+        );
+    }
+    let mut features = Vec::new();
+    for name in args
+        .features
+        .iter()
+        .map(|f| f.trim())
+        .filter(|f| !f.is_empty())
+    {
+        let f = lab::Feature::parse(name).with_context(|| {
+            format!(
+                "--features: unknown feature {name:?} (waiting-room, funnel-grace, refresh-ahead)"
+            )
+        })?;
+        if !features.contains(&f) {
+            features.push(f);
+        }
+    }
+    let text = std::fs::read_to_string(&args.curve)
+        .with_context(|| format!("--curve: cannot read {}", args.curve.display()))?;
+    let curve = crate::ops::simulate::parse_curve(&text)
+        .map_err(|e| anyhow::anyhow!("--curve {}: {e}", args.curve.display()))?;
+    let bursts = lab::model::parse_bursts(&text)
+        .map_err(|e| anyhow::anyhow!("--curve {}: {e}", args.curve.display()))?;
+    let scratch = std::env::temp_dir().join(format!(
+        "launchguard-lab-{}-{}",
+        std::process::id(),
+        crate::clock::Clock::system().now_ms()
+    ));
+    let plan = lab::Plan {
+        curve_name: args
+            .curve
+            .file_name()
+            .map_or("curve".into(), |n| n.to_string_lossy().into_owned()),
+        curve,
+        bursts,
+        base_config,
+        speed: args.speed,
+        peak_rps: args.peak_rps,
+        capacity: lab::Capacity {
+            concurrency: args.origin_concurrency,
+            latency: std::time::Duration::from_millis(args.origin_latency_ms),
+        },
+        features,
+        seed: args.seed,
+        patience_secs: args.patience_secs,
+        scratch: scratch.clone(),
+    };
+    let start: lab::Start = std::sync::Arc::new(|config, tick| {
+        Box::pin(async move {
+            let opts = Options {
+                // The lab's config alone: no LAUNCHGUARD_* from the environment.
+                env: Env::default(),
+                pump_tick: tick.min(std::time::Duration::from_millis(250)),
+                refresh_ahead_every: tick,
+                ..Options::default()
+            };
+            let running = app::start(config, opts).await.map_err(|e| e.to_string())?;
+            Ok(lab::Appliance {
+                public: running.public_addr,
+                admin: running.admin_addr,
+                stop: Box::pin(async move {
+                    let _ = running.shutdown().await;
+                }),
+            })
+        })
+    });
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        anyhow::bail!("cannot start the async runtime");
+    };
+    let report = runtime.block_on(lab::run(&plan, start, |line| eprintln!("{line}")));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = report.map_err(anyhow::Error::msg)?;
+    let svg = lab::chart::svg(&report).map_err(anyhow::Error::msg)?;
+    std::fs::write(&args.chart, svg)
+        .with_context(|| format!("--chart: cannot write {}", args.chart.display()))?;
+    eprintln!("chart: {}", args.chart.display());
+    Ok(report.table())
 }
 
 pub fn warm(config_path: Option<PathBuf>, args: &WarmArgs) -> anyhow::Result<String> {

@@ -24,7 +24,8 @@
 //! - [`ops`]: running it. [`ops::admin`] (the admin API), [`ops::outbound`] (the durable
 //!   queue of outbound calls), [`ops::alerts`] (launch-day messages through it),
 //!   [`ops::preflight`] (the night-before checklist), [`ops::systemd`] (READY and the
-//!   watchdog), [`ops::simulate`] (replaying a launch curve).
+//!   watchdog), [`ops::simulate`] (replaying a launch curve), [`ops::lab`] (a launch
+//!   rehearsed with visitors and an origin, each feature off and on).
 //! - [`app`]: `AppState`, both routers, startup and shutdown; [`cli`]: the commands.
 //! - [`secrets`], [`clock`], [`error`], [`telemetry`]: shared by every wing;
 //!   [`syntax`] parses what an operator writes (hosts, path and cookie globs, URLs) for

@@ -23,6 +23,7 @@ mod framing;
 mod fuzz;
 mod grace;
 mod https_upstream;
+mod lab;
 mod metrics;
 mod outbound;
 mod packaging;
