@@ -17,8 +17,10 @@
 //!   period. A waiting visitor whose place is among the first the bank covers is let
 //!   in on its next refresh. A saturated origin (no free permit) lets no one in.
 //! - **The estimate**: the place (visitors ahead still waiting) divided by the drain
-//!   rate, the admissions of the last minute per second (before any, the rate the
-//!   bank earns now, and one per refresh period at the least).
+//!   rate: the places that left the line (let in, or whose page stopped asking) per
+//!   second over the last [`DRAIN_WINDOW_REFRESHES`] refresh periods (a minute at
+//!   the default 10 s); before any, the rate the bank earns now; one per refresh
+//!   period at the least.
 //! - **Answers**: a page view (`Accept: text/html`) gets the page (the built-in one,
 //!   or `waiting_room.template_file`) with `Refresh`; `Accept: application/json` gets
 //!   `{position, wait_secs, refresh_secs}`; both as 503 with `Retry-After` = the
@@ -54,8 +56,8 @@ pub const PLACE_COOKIE: &str = "lg_wr";
 pub const ADMITTED_COOKIE: &str = "lg_wa";
 const VERSION: &str = "1";
 const MAC_BYTES: usize = 16;
-/// Window of the measured drain rate.
-const DRAIN_WINDOW_MS: u64 = 60_000;
+/// Window of the measured drain rate, in refresh periods.
+pub const DRAIN_WINDOW_REFRESHES: u64 = 6;
 
 /// The built-in waiting page.
 const PAGE: &str = include_str!("waiting.html");
@@ -121,8 +123,8 @@ struct Line {
     earned_at_ms: u64,
     /// When the forgotten places were last swept.
     swept_at_ms: u64,
-    /// Admission times within the drain window.
-    admitted: VecDeque<u64>,
+    /// When places left the line (let in, or gone quiet), within the drain window.
+    departed: VecDeque<u64>,
     admitted_total: u64,
     opened_at_ms: Option<u64>,
 }
@@ -292,13 +294,15 @@ impl Room {
                 .collect();
             for p in &gone {
                 line.remove(p);
+                line.departed.push_back(now);
             }
+            let window = DRAIN_WINDOW_REFRESHES * refresh_ms;
             while line
-                .admitted
+                .departed
                 .front()
-                .is_some_and(|&t| now.saturating_sub(t) > DRAIN_WINDOW_MS)
+                .is_some_and(|&t| now.saturating_sub(t) > window)
             {
-                line.admitted.pop_front();
+                line.departed.pop_front();
             }
         }
         let (place, new) = match existing {
@@ -316,7 +320,7 @@ impl Room {
         if (ahead as f64) < line.bank.floor() {
             line.bank -= 1.0;
             line.remove(&place);
-            line.admitted.push_back(now);
+            line.departed.push_back(now);
             line.admitted_total += 1;
             drop(line);
             metrics::counter!(telemetry::WAITING_ROOM_ADMITTED_TOTAL).increment(1);
@@ -343,14 +347,15 @@ impl Room {
         }
     }
 
-    /// Admissions a second over the last minute; before any, the rate the bank earns
-    /// now; one per refresh period at the least.
+    /// Departures from the line a second over the drain window; before any, the rate
+    /// the bank earns now; one per refresh period at the least.
     fn drain_rate(&self, line: &Line, now: u64, rate_now: f64) -> f64 {
         let floor = 1.0 / self.inner.refresh_secs as f64;
+        let window = DRAIN_WINDOW_REFRESHES * self.inner.refresh_secs * 1000;
         let opened = line.opened_at_ms.unwrap_or(now);
-        let span = now.saturating_sub(opened).clamp(1000, DRAIN_WINDOW_MS) as f64 / 1000.0;
-        let measured = line.admitted.len() as f64 / span;
-        if line.admitted.is_empty() {
+        let span = now.saturating_sub(opened).clamp(1000, window) as f64 / 1000.0;
+        let measured = line.departed.len() as f64 / span;
+        if line.departed.is_empty() {
             rate_now.max(floor)
         } else {
             measured.max(floor)
@@ -598,11 +603,12 @@ mod tests {
         let mut line = r.inner.line.lock();
         line.opened_at_ms = Some(10_000_000 - 60_000);
         for i in 0..30 {
-            line.admitted.push_back(10_000_000 - 60_000 + i * 2000);
+            line.departed.push_back(10_000_000 - 60_000 + i * 2000);
         }
-        // 30 admissions in the last minute: half a visitor a second.
+        // 30 departures in the last six refresh periods (a minute): half a visitor a
+        // second.
         assert!((r.drain_rate(&line, 10_000_000, 99.0) - 0.5).abs() < 1e-9);
-        line.admitted.clear();
+        line.departed.clear();
         // Before any admission: the rate the bank earns now.
         assert_eq!(r.drain_rate(&line, 10_000_000, 8.0), 8.0);
         // Never below one a refresh period.
