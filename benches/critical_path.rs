@@ -281,6 +281,7 @@ fn webhook_parts(c: &mut Criterion, fx: &mut Fixture) {
         received_ms: fx.clock.now_ms(),
         scheme: Scheme::ProductHunt,
         payload: b0.clone(),
+        origin: None,
     };
     g.bench_function("encode_event", |b| {
         b.iter(|| encode_event(black_box(&record)))

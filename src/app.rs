@@ -163,6 +163,8 @@ pub struct Handles {
     pub certs: Option<crate::edge::tls::Certs>,
     /// The ACME side of `tls.listen`, when its certificates come by ACME.
     pub acme: Option<crate::edge::tls::acme::Acme>,
+    /// This node's handle on the cluster, when `[cluster]` is on.
+    pub(crate) cluster: Option<crate::ops::cluster::Cluster>,
 }
 
 /// Why the appliance could not start.
@@ -172,6 +174,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cluster(#[from] crate::ops::cluster::ClusterError),
     #[error("{key}: cannot listen on {addr}: {source}; pick a free address or stop what holds it")]
     Bind {
         key: &'static str,
@@ -390,6 +394,13 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         .with_purges(purges.clone()),
     );
 
+    let cluster = match config.cluster.enabled() {
+        true => Some(crate::ops::cluster::Cluster::connect(&config.cluster).await?),
+        false => None,
+    };
+    let outbox = cluster
+        .as_ref()
+        .map(|c| crate::ops::cluster::events::Outbox::new(c.clone()));
     let config = Arc::new(config);
     let accepted = counters.counters().clone();
     let webhook_state = webhook::WebhookState::new(webhook::WebhookHandles {
@@ -397,6 +408,9 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         committer: committer.clone(),
         config: config.clone(),
         on_accepted: Box::new(move || accepted.record_webhook_accepted()),
+        replication: outbox
+            .clone()
+            .map(|o| Arc::new(o) as Arc<dyn webhook::Replication>),
     });
     let state = AppState(Arc::new(Handles {
         config,
@@ -421,6 +435,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         connections: Connections::new(),
         certs: tls.as_ref().map(|(certs, _)| certs.clone()),
         acme: acme.clone(),
+        cluster: cluster.clone(),
     }));
 
     let http_shutdown = CancellationToken::new();
@@ -572,6 +587,27 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             background_shutdown.clone(),
         )),
     ];
+    if let (Some(cluster), Some(outbox)) = (&state.cluster, outbox) {
+        use crate::ops::cluster::events;
+        let parts = Arc::new(events::Parts {
+            store: state.store.clone(),
+            ingestor: state.ingestor.clone(),
+            committer: state.committer.clone(),
+            clock: state.clock.clone(),
+            dedup_ttl_secs: state.config.webhook.dedup_ttl_secs,
+        });
+        tracing::info!(node = cluster.node(), nats = ?state.config.cluster.nats_url, "cluster: sharing this launch through NATS JetStream");
+        background.push(tokio::spawn(events::run_outbox(
+            outbox,
+            parts.clone(),
+            background_shutdown.clone(),
+        )));
+        background.push(tokio::spawn(events::run_consumer(
+            cluster.clone(),
+            parts,
+            background_shutdown.clone(),
+        )));
+    }
     if let Some(acme) = &state.acme {
         background.push(tokio::spawn(acme.clone().run(background_shutdown.clone())));
     }

@@ -49,6 +49,113 @@ pub struct Config {
     pub producthunt: ProducthuntConfig,
     pub tls: TlsConfig,
     pub waiting_room: WaitingRoomConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several nodes sharing one launch through NATS JetStream
+/// (`ops/cluster/`). Off unless `nats_url` is set: one box needs nothing else.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The NATS server (`nats://host:4222`, or `tls://` for TLS); several, comma
+    /// separated, for a NATS cluster. Default none: no cluster.
+    pub nats_url: Option<String>,
+    /// This node's name, unique in the cluster: letters, digits, `-` and `_`, at most
+    /// 64. Default: the host name.
+    pub node_id: Option<String>,
+    /// A NATS credentials file (`.creds`: JWT and nkey seed). Default none.
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// Whether this node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        self.nats_url.is_some()
+    }
+
+    /// The node id: `node_id`, or the host name made to fit (`validate` has checked
+    /// the configured one).
+    pub fn node(&self) -> String {
+        match &self.node_id {
+            Some(id) => id.clone(),
+            None => {
+                let host = rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned();
+                let id: String = host
+                    .chars()
+                    .map(|c| if is_node_char(c) { c } else { '-' })
+                    .take(64)
+                    .collect();
+                if id.is_empty() {
+                    "node".into()
+                } else {
+                    id
+                }
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(urls) = &self.nats_url {
+            for url in urls.split(',').map(str::trim) {
+                let rest = ["nats://", "tls://"]
+                    .iter()
+                    .find_map(|scheme| url.strip_prefix(scheme));
+                let ok = rest.is_some_and(|hostport| {
+                    !hostport.is_empty()
+                        && !hostport.contains('/')
+                        && !hostport
+                            .chars()
+                            .any(|c| c.is_whitespace() || c.is_control())
+                });
+                if !ok {
+                    return Err(ConfigError::invalid(
+                        "cluster.nats_url",
+                        format!(
+                            "expected nats://host:port or tls://host:port (several comma separated), got {url:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(id) = &self.node_id {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(is_node_char) {
+                return Err(ConfigError::invalid(
+                    "cluster.node_id",
+                    format!(
+                        "expected 1 to 64 letters, digits, '-' or '_' (it names this node's JetStream consumer), got {id:?}"
+                    ),
+                ));
+            }
+        }
+        if let Some(path) = &self.credentials_file {
+            if self.nats_url.is_none() {
+                return Err(ConfigError::invalid(
+                    "cluster.credentials_file",
+                    "is set but cluster.nats_url is not; set both, or neither",
+                ));
+            }
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    "cluster.credentials_file",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        if self.node_id.is_some() && self.nats_url.is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.node_id",
+                "is set but cluster.nats_url is not; a node id means nothing without the NATS server",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_node_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
 /// `[waiting_room]`: what a shed page view gets instead of a bare 503
@@ -607,6 +714,7 @@ impl Config {
         self.alerts.validate()?;
         self.producthunt.validate()?;
         self.tls.validate(&self.server)?;
+        self.cluster.validate()?;
         let w = &self.waiting_room;
         positive("waiting_room.session_secs", w.session_secs)?;
         if !(1..=300).contains(&w.refresh_secs) {
@@ -1493,6 +1601,8 @@ mod tests {
                 .or(t.strip_suffix(": AlertsConfig {"))
                 .or(t.strip_suffix(": ProducthuntConfig {"))
                 .or(t.strip_suffix(": TlsConfig {"))
+                .or(t.strip_suffix(": WaitingRoomConfig {"))
+                .or(t.strip_suffix(": ClusterConfig {"))
             {
                 section = name.to_string();
                 assert!(
@@ -1512,6 +1622,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cluster_errors_name_the_key() {
+        assert!(!Config::default().cluster.enabled());
+        let e = err("[cluster]\nnats_url = \"http://127.0.0.1:4222\"\n");
+        assert!(e.starts_with("cluster.nats_url:"), "{e}");
+        let e = err("[cluster]\nnats_url = \"nats://a:4222, nats://\"\n");
+        assert!(e.starts_with("cluster.nats_url:"), "{e}");
+        let e = err("[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nnode_id = \"box 1\"\n");
+        assert!(e.starts_with("cluster.node_id:"), "{e}");
+        let e = err("[cluster]\nnode_id = \"box-1\"\n");
+        assert!(e.starts_with("cluster.node_id:"), "{e}");
+        let e = err("[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\ncredentials_file = \"/nonexistent/x.creds\"\n");
+        assert!(e.starts_with("cluster.credentials_file:"), "{e}");
+        let c = Config::parse(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222,tls://10.0.0.2:4222\"\nnode_id = \"box_1\"\n",
+        )
+        .unwrap();
+        assert!(c.cluster.enabled());
+        assert_eq!(c.cluster.node(), "box_1");
+        let unnamed = Config::parse("[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n").unwrap();
+        let node = unnamed.cluster.node();
+        assert!(
+            !node.is_empty() && node.len() <= 64 && node.chars().all(is_node_char),
+            "{node}"
+        );
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub const HTTP_SEND_TIMEOUTS_TOTAL: &str = "launchguard_http_send_timeouts_total
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "launchguard_tls_handshake_failures_total";
 pub const TLS_CERTIFICATE_EXPIRY_SECONDS: &str = "launchguard_tls_certificate_expiry_seconds";
 pub const TLS_ACME_ORDERS_TOTAL: &str = "launchguard_tls_acme_orders_total";
+pub const CLUSTER_CONNECTED: &str = "launchguard_cluster_connected";
+pub const CLUSTER_OUTBOX_PENDING: &str = "launchguard_cluster_outbox_pending";
+pub const CLUSTER_PUBLISHED_TOTAL: &str = "launchguard_cluster_published_total";
+pub const CLUSTER_REPLICATED_TOTAL: &str = "launchguard_cluster_replicated_total";
+pub const CLUSTER_REPLICATION_LAG_SECONDS: &str = "launchguard_cluster_replication_lag_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

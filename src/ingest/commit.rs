@@ -12,8 +12,9 @@
 //!    waits, runs one blocking `flush()` and `sync_data()` — never sled's
 //!    `flush_async`, which deadlocks sled 0.34 under concurrency; in buffered mode
 //!    sled's own flusher writes the log within 500 ms;
-//! 5. it answers every waiter of the batch; messages that arrived meanwhile form the
-//!    next batch.
+//! 5. it answers every waiter of the batch, and announces the write
+//!    (`Store::announce_written`, which wakes the cluster's outbox); messages that
+//!    arrived meanwhile form the next batch.
 //!
 //! The committer is a thread that blocks on its channel rather than an async task that
 //! hands each batch to `spawn_blocking`: a batch then costs one thread wake-up instead
@@ -131,6 +132,11 @@ fn run(store: Store, fsync: bool, rx: channel::Receiver<Msg>) {
         }
         for w in waiters.drain(..) {
             let _ = w.send(result.clone());
+        }
+        if result.is_ok() {
+            // What was written is durable as the durability mode promises: the
+            // cluster's outbox may publish it now.
+            store.announce_written();
         }
     }
 }

@@ -535,6 +535,7 @@ mod tests {
                 received_ms: *at,
                 scheme: Scheme::ProductHunt,
                 payload: b"{\"secret\":\"stuff\"}".to_vec(),
+                origin: None,
             };
             store.commit_event(&r, 1000).unwrap();
         }

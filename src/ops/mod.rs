@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod alerts;
+pub(crate) mod cluster;
 pub(crate) mod lab;
 pub mod outbound;
 pub(crate) mod preflight;

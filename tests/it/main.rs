@@ -15,6 +15,7 @@ mod architecture;
 mod beacon_abuse;
 mod browser;
 mod cache_correctness;
+mod cluster;
 mod connections;
 mod conversions;
 mod dashboard;

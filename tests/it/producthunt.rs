@@ -516,7 +516,7 @@ async fn votes_reach_the_factor_within_seconds_at_their_time_within_the_real_bud
         if polls_at_full.is_none() && clock.now_ms() >= full_window * WINDOW_MS {
             polls_at_full = Some((poller.stats().polls, poller.stats().dated));
         }
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             api.add_votes(3, clock.now_ms());
         }
         step(&server, 1_000).await;

@@ -422,7 +422,7 @@ async fn an_http2_rapid_reset_client_is_cut_off_and_others_are_served() {
             Err(e) => break e,
         }
         sent += 1;
-        if sent % 50 == 0 {
+        if sent.is_multiple_of(50) {
             tokio::task::yield_now().await;
         }
         assert!(
@@ -515,7 +515,7 @@ async fn an_http2_continuation_flood_is_cut_off_and_others_are_served() {
             break;
         }
         sent += continuation.len();
-        if sent % (64 * continuation.len()) == 0 {
+        if sent.is_multiple_of(64 * continuation.len()) {
             tokio::task::yield_now().await;
         }
     }

@@ -63,7 +63,7 @@ mod records;
 pub mod trees;
 
 use records::{decode_entry, decode_seq, encode_batch, entry_len, is_batch};
-pub use records::{decode_event, encode_event, EventRecord, Scheme};
+pub use records::{decode_event, encode_event, EventRecord, Origin, Scheme};
 
 /// The store layout this build writes. A store with a higher number is refused.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -130,6 +130,9 @@ struct Inner {
     queue: Mutex<Vec<Pending>>,
     /// Serializes `write_pending`, so batches reach sled in seq order.
     writer: Mutex<()>,
+    /// Woken when the committer has written (and, in fsync mode, flushed) a batch:
+    /// the cluster's outbox reads the events it has not published yet then.
+    written: tokio::sync::Notify,
 }
 
 /// An accepted event waiting for `write_pending`.
@@ -247,6 +250,7 @@ impl Store {
                 hasher,
                 queue: Mutex::new(Vec::new()),
                 writer: Mutex::new(()),
+                written: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -373,14 +377,45 @@ impl Store {
     }
 
     /// Events received at or after `since_ms`, oldest first: what the velocity
-    /// window is rebuilt from at startup. Walks back from the newest event.
+    /// window is rebuilt from at startup. Walks back from the newest event while the
+    /// events were stored at or after `since_ms` (`EventRecord::stored_ms`: a
+    /// replica from another node may be stored long after it happened, and must not
+    /// end the walk early), keeping those received since.
     pub fn events_since(&self, since_ms: u64) -> Result<Vec<EventRecord>, StoreError> {
         let mut out = records_newest_first(&self.inner.events)
             .map(|stored| stored.map(|(_, record)| record))
-            .take_while(|stored| !matches!(stored, Ok(r) if r.received_ms < since_ms))
+            .take_while(|stored| !matches!(stored, Ok(r) if r.stored_ms() < since_ms))
+            .filter(|stored| !matches!(stored, Ok(r) if r.received_ms < since_ms))
             .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    /// Wakes whoever waits on `written` (the committer, after each batch).
+    pub fn announce_written(&self) {
+        self.inner.written.notify_waiters();
+    }
+
+    /// Resolves at the next `announce_written`. Create it before reading what is
+    /// written, then await it, so no announcement falls between the two.
+    pub fn written(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.written.notified()
+    }
+
+    /// A `u64` kept under `key` in `meta` (a `[1][u64 BE]` record), 0 when absent.
+    pub fn meta_u64(&self, key: &'static str) -> Result<u64, StoreError> {
+        match self.inner.meta.get(key)? {
+            Some(v) => Ok(codec::decode_words::<1>(key, 1, &v)?[0]),
+            None => Ok(0),
+        }
+    }
+
+    /// Sets `meta_u64(key)`; not flushed (sled's own flusher writes it soon).
+    pub fn set_meta_u64(&self, key: &'static str, value: u64) -> Result<(), StoreError> {
+        self.inner
+            .meta
+            .insert(key, codec::encode_words(1, [value]))?;
+        Ok(())
     }
 
     /// Empties the payload of events with seq above `after` received before

@@ -2,7 +2,9 @@
 //! legacy dedup record and the pin, each behind a version byte (`codec.rs` frames all but the batch).
 //!
 //! - Event record: `[version][bincode EventRecord]`; version 1 for webhooks (what
-//!   builds before the poller read), 2 for the poller's events.
+//!   builds before the poller read), 2 for the poller's events; version 4 for an
+//!   event another node of the cluster accepted: `[4][bincode (node, stored ms,
+//!   EventRecord)]` (`Origin`).
 //! - Batch entry (an `events` value): `[3][count u32 BE]` then per event
 //!   `[len u32 BE][event record]`, holding seqs `key`, `key + 1`, ...; any other first
 //!   byte is one event record (stores written before schema 2).
@@ -17,6 +19,8 @@ use super::{codec, StoreError, MAX_BATCH};
 use crate::ingest::factor::Pin;
 
 const EVENT_RECORD_VERSION: u8 = 2;
+/// An event replicated from another node (`Origin`). Not 3, the batch entry's byte.
+const REPLICA_RECORD_VERSION: u8 = 4;
 /// The first byte of an `events` entry holding a batch.
 const EVENT_BATCH_VERSION: u8 = 3;
 const DEDUP_RECORD_VERSION: u8 = 1;
@@ -56,6 +60,31 @@ pub struct EventRecord {
     pub received_ms: u64,
     pub scheme: Scheme,
     pub payload: Vec<u8>,
+    /// `Some` for an event another node of the cluster accepted (stored as record
+    /// version 4, which carries it); `None` for this node's own. Not part of the
+    /// bincode body (skipped both ways).
+    #[serde(skip)]
+    pub origin: Option<Origin>,
+}
+
+/// Where a replicated event came from, and when this node stored it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The node that accepted it (`cluster.node_id`).
+    pub node: String,
+    /// This node's clock when it stored the copy, Unix ms: the store's walk back in
+    /// time (`events_since`) goes by it, since a copy may arrive long after the event.
+    pub stored_ms: u64,
+}
+
+impl EventRecord {
+    /// When this node stored the event: its receive time for its own events, the
+    /// copy's time for a replica.
+    pub fn stored_ms(&self) -> u64 {
+        self.origin
+            .as_ref()
+            .map_or(self.received_ms, |o| o.stored_ms)
+    }
 }
 
 pub(super) fn decode_seq(k: &[u8]) -> Result<u64, StoreError> {
@@ -130,6 +159,14 @@ pub(super) fn batch_records(v: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
 }
 
 pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
+    if let Some(origin) = &record.origin {
+        return codec::encode_with_capacity(
+            "event",
+            REPLICA_RECORD_VERSION,
+            &(&origin.node, origin.stored_ms, record),
+            96 + record.payload.len(),
+        );
+    }
     // Version 1 for webhook records (what older builds read), 2 for the poller's.
     let version = if record.scheme == Scheme::Poller {
         EVENT_RECORD_VERSION
@@ -140,6 +177,12 @@ pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
 }
 
 pub fn decode_event(v: &[u8]) -> Result<EventRecord, StoreError> {
+    if codec::check_version("event", v, REPLICA_RECORD_VERSION)? == REPLICA_RECORD_VERSION {
+        let (node, stored_ms, mut record): (String, u64, EventRecord) =
+            codec::decode("event", REPLICA_RECORD_VERSION, v)?;
+        record.origin = Some(Origin { node, stored_ms });
+        return Ok(record);
+    }
     codec::decode("event", EVENT_RECORD_VERSION, v)
 }
 
@@ -179,6 +222,7 @@ pub(super) fn sample(id: &str, at: u64) -> EventRecord {
         received_ms: at,
         scheme: Scheme::ProductHunt,
         payload: br#"{"id":"x"}"#.to_vec(),
+        origin: None,
     }
 }
 
@@ -190,6 +234,21 @@ mod tests {
     fn event_record_round_trips() {
         let r = sample("evt-1", 42);
         assert_eq!(decode_event(&encode_event(&r).unwrap()).unwrap(), r);
+    }
+
+    #[test]
+    fn a_replica_round_trips_with_its_origin() {
+        let mut r = sample("evt-2", 42);
+        r.origin = Some(Origin {
+            node: "box-2".into(),
+            stored_ms: 99,
+        });
+        let bytes = encode_event(&r).unwrap();
+        assert_eq!(bytes[0], REPLICA_RECORD_VERSION);
+        let back = decode_event(&bytes).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.stored_ms(), 99);
+        assert_eq!(sample("evt-3", 42).stored_ms(), 42);
     }
 
     #[test]

@@ -41,3 +41,6 @@ pub const META_PAYLOAD_SWEEP_SEQ: &str = "payload_sweep_seq";
 pub const META_VISITOR_KEY: &str = "visitor_key";
 /// `meta`: the key that signs waiting-room cookies (`edge::waiting`).
 pub const META_WAITING_ROOM_KEY: &str = "waiting_room_key";
+/// `meta`: the highest event seq the cluster's outbox has had acknowledged by
+/// JetStream (`u64` BE, `[1][u64]`) (`ops::cluster`).
+pub const META_CLUSTER_PUBLISHED: &str = "cluster_published";

@@ -16,7 +16,10 @@
 //! 5. a new event is pushed on the ring, where the pump turns it into velocity;
 //! 6. the committer writes it to sled (`commit.rs`); in fsync mode the answer waits
 //!    for the group commit that puts it on disk;
-//! 7. `202 {"status":"accepted","seq":N}` or `200 {"status":"duplicate"}`.
+//! 7. in a cluster, the answer waits (at most `CONFIRM_WAIT`) for JetStream to say
+//!    whether another node accepted the id first (`Replication`): then it is a
+//!    duplicate here too;
+//! 8. `202 {"status":"accepted","seq":N}` or `200 {"status":"duplicate"}`.
 //!
 //! **Invariant:** nothing is stored for a 4xx; a 202 follows durability.
 //! **Invariant:** a duplicate is answered only once the original is durable too, so
@@ -122,6 +125,7 @@ impl Ingestor {
             received_ms: now_ms,
             scheme,
             payload: body.to_vec(),
+            origin: None,
         };
         self.append_and_push(&record)
     }
@@ -159,8 +163,18 @@ impl Ingestor {
             received_ms: at_ms,
             scheme: Scheme::Poller,
             payload,
+            origin: None,
         };
         self.append_and_push(&record)
+    }
+
+    /// An event another node of the cluster accepted (`record.origin` set), read from
+    /// the cluster's stream: the same dedup (a known id is a `Duplicate` and nothing
+    /// is written), seq, ring push at its own time and purge rule as a local event,
+    /// with the weight the accepting node gave it.
+    pub fn ingest_replica(&self, record: &EventRecord) -> Result<Commit, Rejection> {
+        debug_assert!(record.origin.is_some(), "a replica names its node");
+        self.append_and_push(record)
     }
 
     fn append_and_push(&self, record: &EventRecord) -> Result<Commit, Rejection> {
@@ -261,6 +275,27 @@ pub struct WebhookHandles {
     pub committer: Committer,
     pub config: Arc<Config>,
     pub on_accepted: Box<dyn Fn() + Send + Sync>,
+    /// The cluster's word on each new event (`ops::cluster`), when `[cluster]` is on.
+    pub replication: Option<Arc<dyn Replication>>,
+}
+
+/// How long a webhook's answer waits for the cluster to say whether another node
+/// had its id first; past it, the local acceptance stands (the outbox still
+/// publishes the event, and JetStream still drops a second copy).
+pub const CONFIRM_WAIT: Duration = Duration::from_millis(1000);
+
+/// The cluster, as the webhook path sees it: several nodes behind a balancer each
+/// accept webhooks, and a sender that retries on another node must hear `duplicate`
+/// there. Implemented by `ops::cluster`'s outbox, which publishes every event to
+/// JetStream with its id as `Nats-Msg-Id`; JetStream's answer says whether the id
+/// was already in the stream.
+pub trait Replication: Send + Sync {
+    /// Called once a new event is appended with `seq`, before it is durable. The
+    /// receiver resolves with `true` when the cluster already had the id (another
+    /// node accepted it first), `false` when this node's copy is the first. `None`
+    /// when the cluster cannot answer now (NATS unreachable): the local acceptance
+    /// stands, and the event is published when NATS is back.
+    fn confirm(&self, seq: u64) -> Option<tokio::sync::oneshot::Receiver<bool>>;
 }
 
 impl WebhookState {
@@ -323,6 +358,10 @@ async fn handle_inner(state: &WebhookState, req: Request) -> Result<Commit, Reje
     )
     .await?;
     let outcome = state.ingestor.ingest(&parts.headers, &body)?;
+    let confirm = match (&state.replication, outcome) {
+        (Some(r), Commit::Accepted { seq }) => r.confirm(seq),
+        _ => None,
+    };
     if state.config.webhook.durability == Durability::Fsync {
         state
             .committer
@@ -334,6 +373,16 @@ async fn handle_inner(state: &WebhookState, req: Request) -> Result<Commit, Reje
             })?;
     } else {
         state.committer.kick();
+    }
+    if let Some(confirm) = confirm {
+        // Another node had this id first (a sender retrying on another box): the
+        // event is in the cluster once, and this answer says so. This node's copy
+        // stays in its store and window, where it is that same event once.
+        if let Ok(Ok(true)) = tokio::time::timeout(CONFIRM_WAIT, confirm).await {
+            if let Commit::Accepted { seq } = outcome {
+                return Ok(Commit::Duplicate { seq });
+            }
+        }
     }
     Ok(outcome)
 }

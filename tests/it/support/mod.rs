@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 pub mod binary;
 pub mod browser;
 pub mod edge;
+pub mod nats;
 pub mod origin;
 pub mod pebble;
 pub mod receiver;

@@ -1,0 +1,481 @@
+//! The events of every node in every node's window: the outbox that publishes this
+//! node's events to `LAUNCHGUARD_EVENTS`, and the consumer that stores the other
+//! nodes' events here (the module above tells the whole path).
+//!
+//! Outbox, numbered:
+//! 1. the webhook path registers each new seq (`Outbox::confirm`) when JetStream is
+//!    reachable, before the event is durable;
+//! 2. the committer writes (and flushes) a batch and announces it
+//!    (`Store::announce_written`);
+//! 3. the outbox reads the events after its cursor, publishes this node's own ones
+//!    (replicas are skipped) with `Nats-Msg-Id` = the event id, all at once, then
+//!    awaits JetStream's acks in order;
+//! 4. each ack answers the webhook waiting on its seq (`duplicate`: another node
+//!    had the id first), and the cursor (`meta.cluster_published`) moves past it.
+//!
+//! Consumer: a durable pull consumer per node; each batch of messages is stored
+//! (`Ingestor::ingest_replica`: dedup, seq, ring), made durable with one group
+//! commit, then acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use parking_lot::Mutex;
+use sha2::Digest;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{backoff, Cluster, EVENTS_STREAM, EVENTS_SUBJECTS, NODE_HEADER};
+use crate::clock::Clock;
+use crate::ingest::commit::Committer;
+use crate::ingest::store::{decode_event, encode_event, trees, Commit, Origin, Store};
+use crate::ingest::webhook::{Ingestor, Replication};
+use crate::telemetry;
+
+/// Most events read from the store, or messages taken from the consumer, at once.
+const BATCH: usize = 256;
+
+/// The `Nats-Msg-Id` of an event id: the id itself when it is short printable
+/// ASCII without spaces (every id Product Hunt and Standard Webhooks senders use),
+/// else `sha256:` and the hex of its SHA-256, so any id the webhook path accepts
+/// (printable Unicode up to its limit) makes a valid header, the same on every node.
+pub fn msg_id(id: &str) -> String {
+    if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) && !id.starts_with("sha256:") {
+        id.to_string()
+    } else {
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(id.as_bytes()))
+        )
+    }
+}
+
+/// The configuration of the events stream: the duplicate window is the dedup TTL
+/// (JetStream's default is 2 minutes), and messages are kept twice as long.
+pub fn stream_config(dedup_ttl_secs: u64) -> stream::Config {
+    let ttl = Duration::from_secs(dedup_ttl_secs.max(1));
+    stream::Config {
+        name: EVENTS_STREAM.into(),
+        description: Some("launchguard: every event each node accepted".into()),
+        subjects: vec![EVENTS_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: ttl,
+        max_age: ttl * 2,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The webhooks waiting for JetStream's word on their seq (`Replication`).
+#[derive(Clone)]
+pub struct Outbox {
+    cluster: Cluster,
+    waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<bool>>>>,
+}
+
+impl Outbox {
+    pub fn new(cluster: Cluster) -> Outbox {
+        Outbox {
+            cluster,
+            waiting: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn answer(&self, seq: u64, duplicate: bool) {
+        if let Some(tx) = self.waiting.lock().remove(&seq) {
+            let _ = tx.send(duplicate);
+        }
+    }
+}
+
+impl Replication for Outbox {
+    fn confirm(&self, seq: u64) -> Option<oneshot::Receiver<bool>> {
+        if !self.cluster.healthy() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().insert(seq, tx);
+        Some(rx)
+    }
+}
+
+/// What the outbox and the consumer need of this node.
+pub struct Parts {
+    pub store: Store,
+    pub ingestor: Arc<Ingestor>,
+    pub committer: Committer,
+    pub clock: Clock,
+    pub dedup_ttl_secs: u64,
+}
+
+/// Makes sure the events stream exists with this node's settings.
+async fn ensure_stream(cluster: &Cluster, dedup_ttl_secs: u64) -> Result<(), String> {
+    let config = stream_config(dedup_ttl_secs);
+    match cluster.js().get_stream(EVENTS_STREAM).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(|e| e.to_string())?;
+            if info.config.duplicate_window != config.duplicate_window
+                || info.config.max_age != config.max_age
+            {
+                let mut updated = info.config.clone();
+                updated.duplicate_window = config.duplicate_window;
+                updated.max_age = config.max_age;
+                cluster
+                    .js()
+                    .update_stream(updated)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        Err(_) => cluster
+            .js()
+            .create_stream(config)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Publishes this node's events, from `meta.cluster_published` on, until
+/// `shutdown`; waits on the committer between batches, and retries (with backoff)
+/// while JetStream is unreachable.
+pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: CancellationToken) {
+    let cluster = outbox.cluster.clone();
+    let store = parts.store.clone();
+    let mut failures = 0u32;
+    let mut stream_ready = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if !stream_ready {
+            match ensure_stream(&cluster, parts.dedup_ttl_secs).await {
+                Ok(()) => stream_ready = true,
+                Err(e) => {
+                    cluster.set_healthy(false);
+                    if failures == 0 {
+                        tracing::warn!("cluster: cannot set up the events stream: {e}");
+                    }
+                    failures += 1;
+                    pause(backoff(failures), &shutdown).await;
+                    continue;
+                }
+            }
+        }
+        let written = store.written();
+        tokio::pin!(written);
+        written.as_mut().enable();
+        let cursor = match store.meta_u64(trees::META_CLUSTER_PUBLISHED) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cluster: cannot read the outbox cursor: {e}");
+                pause(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+        };
+        let batch = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.events_after(cursor, BATCH)).await
+        };
+        let batch = match batch {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::error!("cluster: cannot read events to publish: {e}");
+                pause(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        metrics::gauge!(telemetry::CLUSTER_OUTBOX_PENDING)
+            .set(store.next_seq().saturating_sub(cursor + 1) as f64);
+        if batch.is_empty() {
+            tokio::select! {
+                _ = &mut written => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        match publish(&cluster, &outbox, &batch).await {
+            Ok(through) => {
+                if through > cursor {
+                    if let Err(e) = store.set_meta_u64(trees::META_CLUSTER_PUBLISHED, through) {
+                        tracing::error!("cluster: cannot move the outbox cursor: {e}");
+                    }
+                }
+                if through == batch.last().map_or(cursor, |(seq, _)| *seq) {
+                    cluster.set_healthy(true);
+                    failures = 0;
+                    continue;
+                }
+                cluster.set_healthy(false);
+                failures += 1;
+                pause(backoff(failures), &shutdown).await;
+            }
+            Err(()) => {
+                cluster.set_healthy(false);
+                failures += 1;
+                pause(backoff(failures), &shutdown).await;
+            }
+        }
+    }
+}
+
+/// Publishes the own events of `batch` and awaits their acks in order. Returns the
+/// highest seq through which every event is published (replicas count as done).
+async fn publish(
+    cluster: &Cluster,
+    outbox: &Outbox,
+    batch: &[(u64, crate::ingest::store::EventRecord)],
+) -> Result<u64, ()> {
+    let subject = format!("launchguard.events.{}", cluster.node());
+    let mut acks = Vec::with_capacity(batch.len());
+    for (seq, record) in batch {
+        if record.origin.is_some() {
+            acks.push((*seq, None));
+            continue;
+        }
+        let payload = match encode_event(record) {
+            Ok(p) => Bytes::from(p),
+            Err(e) => {
+                tracing::error!(seq, "cluster: cannot encode event {seq}: {e}");
+                return Err(());
+            }
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            msg_id(&record.id).as_str(),
+        );
+        headers.insert(NODE_HEADER, cluster.node());
+        match cluster
+            .js()
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+        {
+            Ok(ack) => acks.push((*seq, Some(ack))),
+            Err(e) => {
+                tracing::debug!("cluster: publish failed: {e}");
+                break;
+            }
+        }
+    }
+    let mut through = None;
+    for (seq, ack) in acks {
+        match ack {
+            None => through = Some(seq),
+            Some(ack) => match ack.await {
+                Ok(ack) => {
+                    let result = if ack.duplicate { "duplicate" } else { "stored" };
+                    metrics::counter!(telemetry::CLUSTER_PUBLISHED_TOTAL, "result" => result)
+                        .increment(1);
+                    outbox.answer(seq, ack.duplicate);
+                    through = Some(seq);
+                }
+                Err(e) => {
+                    tracing::debug!("cluster: publish not acknowledged: {e}");
+                    break;
+                }
+            },
+        }
+    }
+    through.ok_or(())
+}
+
+/// Stores the other nodes' events as they reach the stream, until `shutdown`.
+pub async fn run_consumer(cluster: Cluster, parts: Arc<Parts>, shutdown: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match consume(&cluster, &parts, &shutdown, &mut failures).await {
+            Ok(()) => return,
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!("cluster: the events consumer stopped: {e}; retrying");
+                }
+                failures += 1;
+                pause(backoff(failures), &shutdown).await;
+            }
+        }
+    }
+}
+
+async fn consume(
+    cluster: &Cluster,
+    parts: &Parts,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+) -> Result<(), String> {
+    ensure_stream(cluster, parts.dedup_ttl_secs).await?;
+    let stream = cluster
+        .js()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let start_ms = parts
+        .clock
+        .now_ms()
+        .saturating_sub(parts.dedup_ttl_secs.saturating_mul(1000));
+    let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
+        .map_err(|e| e.to_string())?;
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            cluster.node(),
+            pull::Config {
+                durable_name: Some(cluster.node().to_string()),
+                description: Some(format!("launchguard node {}", cluster.node())),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
+                    start_time: start,
+                },
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .heartbeat(Duration::from_secs(2))
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let first = tokio::select! {
+            m = messages.next() => m,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let Some(first) = first else {
+            return Err("the message stream ended".into());
+        };
+        let mut batch = vec![first.map_err(|e| e.to_string())?];
+        while batch.len() < BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(m),
+                _ => break,
+            }
+        }
+        store_batch(cluster, parts, &batch).await?;
+        for m in &batch {
+            m.ack().await.map_err(|e| e.to_string())?;
+        }
+        *failures = 0;
+    }
+}
+
+/// Stores the replicas of `batch` (this node's own events are already stored) and
+/// waits until they are durable.
+async fn store_batch(
+    cluster: &Cluster,
+    parts: &Parts,
+    batch: &[jetstream::Message],
+) -> Result<(), String> {
+    let now = parts.clock.now_ms();
+    let mut appended = false;
+    for m in batch {
+        let node = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(NODE_HEADER))
+            .map(|v| v.as_str().to_string())
+            .or_else(|| {
+                m.subject
+                    .strip_prefix("launchguard.events.")
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        if let Ok(info) = m.info() {
+            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+            let lag = (now as i64 - published_ms).max(0) as f64 / 1000.0;
+            metrics::gauge!(telemetry::CLUSTER_REPLICATION_LAG_SECONDS, "node" => node.clone())
+                .set(lag);
+        }
+        if node == cluster.node() {
+            continue;
+        }
+        let mut record = match decode_event(&m.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                // A newer node's record this build cannot read: skipped (and said),
+                // never misread.
+                metrics::counter!(telemetry::CLUSTER_REPLICATED_TOTAL, "result" => "unreadable")
+                    .increment(1);
+                tracing::error!(node = %node, "cluster: an event from {node} cannot be read by this build: {e}");
+                continue;
+            }
+        };
+        record.origin = Some(Origin {
+            node,
+            stored_ms: now,
+        });
+        match parts.ingestor.ingest_replica(&record) {
+            Ok(Commit::Accepted { .. }) => {
+                appended = true;
+                metrics::counter!(telemetry::CLUSTER_REPLICATED_TOTAL, "result" => "stored")
+                    .increment(1);
+            }
+            Ok(Commit::Duplicate { .. }) => {
+                metrics::counter!(telemetry::CLUSTER_REPLICATED_TOTAL, "result" => "known")
+                    .increment(1);
+            }
+            Err(r) => return Err(format!("cannot store a replica: {r}")),
+        }
+    }
+    if appended {
+        parts
+            .committer
+            .wait_durable()
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    cluster.set_healthy(true);
+    Ok(())
+}
+
+async fn pause(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_id_is_its_own_msg_id_and_any_other_is_hashed() {
+        assert_eq!(msg_id("evt-123_ab.c"), "evt-123_ab.c");
+        let spaced = msg_id("evt 1");
+        assert!(
+            spaced.starts_with("sha256:") && spaced.len() == 7 + 64,
+            "{spaced}"
+        );
+        assert_eq!(msg_id("évt"), msg_id("évt"));
+        assert_ne!(msg_id("évt"), msg_id("evt"));
+        assert_ne!(msg_id(&"x".repeat(129)), "x".repeat(129));
+        // An id that looks like a hashed one is hashed too, so no two ids share one.
+        let lookalike = format!("sha256:{}", "0".repeat(64));
+        assert_ne!(msg_id(&lookalike), lookalike);
+    }
+
+    #[test]
+    fn the_stream_keeps_duplicates_for_the_whole_dedup_ttl() {
+        let c = stream_config(86_400);
+        assert_eq!(c.duplicate_window, Duration::from_secs(86_400));
+        assert!(c.max_age >= c.duplicate_window);
+        assert_eq!(c.subjects, vec![EVENTS_SUBJECTS.to_string()]);
+    }
+}

@@ -1,0 +1,148 @@
+//! Several nodes, one launch: `[cluster]` connects this node to a NATS server with
+//! JetStream, and the nodes share what each of them accepts (DESIGN.md, Cluster).
+//! One box with no `[cluster]` section runs none of this.
+//!
+//! What goes through JetStream, and why each piece is shaped the way it is:
+//! - **Events** (`events.rs`): every event this node accepts (webhook or poller), once
+//!   durable in its own store, is published by the **outbox** to the stream
+//!   `LAUNCHGUARD_EVENTS` (subject `launchguard.events.<node>`) with `Nats-Msg-Id` =
+//!   the event id; the outbox is the store itself read from a cursor
+//!   (`meta.cluster_published`), so an event accepted while NATS is unreachable is
+//!   published when it is back, and nothing acknowledged is lost. The stream's
+//!   duplicate window is `webhook.dedup_ttl_secs`, not JetStream's default 2 minutes.
+//!   Every node's durable **consumer** (named by its node id) stores the other nodes'
+//!   events in its own store as replicas (record version 4, with their node) through
+//!   the same dedup index, pushes them on the ring at the time they happened, and
+//!   acknowledges them once durable. So every store holds each event once, every
+//!   window counts it once, and a node restarted (or started late) resumes where its
+//!   consumer stood (a new consumer starts one dedup TTL back).
+//! - A webhook's answer waits, when NATS is reachable, for JetStream's word on its id
+//!   (`webhook::Replication`): an id another node accepted first is answered
+//!   `duplicate` here too.
+//!
+//! **Invariant:** an event is acknowledged to JetStream only once its replica is
+//! durable in this node's store; the outbox's cursor moves only past events
+//! JetStream acknowledged.
+//! **Invariant:** NATS unreachable never refuses or delays a webhook beyond
+//! `webhook::CONFIRM_WAIT`: the local store is the source of truth, JetStream the
+//! way between stores.
+
+pub(crate) mod events;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::config::ClusterConfig;
+
+/// The stream every node publishes its events to.
+pub const EVENTS_STREAM: &str = "LAUNCHGUARD_EVENTS";
+/// The subjects of `EVENTS_STREAM`: `launchguard.events.<node>`.
+pub const EVENTS_SUBJECTS: &str = "launchguard.events.>";
+/// The header naming the node that accepted an event.
+pub const NODE_HEADER: &str = "Launchguard-Node";
+
+/// Why the cluster could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster.credentials_file: {0}")]
+    Credentials(std::io::Error),
+    #[error("cluster.nats_url: {0}")]
+    Connect(String),
+}
+
+/// This node's handle on the cluster: the NATS connection, JetStream, its node id.
+/// A clone is cheap.
+#[derive(Clone)]
+pub struct Cluster {
+    node: Arc<str>,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// Set while the last publish or consume went through; the webhook path waits
+    /// for JetStream only then.
+    healthy: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Connects to `cluster.nats_url`. Never waits for the server: the connection is
+    /// made (and remade) in the background, so a node starts and serves with NATS
+    /// down, and the tasks of `events.rs` catch up once it is up.
+    pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        let node = config.node();
+        let urls = config.nats_url.as_deref().unwrap_or_default();
+        let addrs = urls
+            .split(',')
+            .map(|u| {
+                u.trim()
+                    .parse::<async_nats::ServerAddr>()
+                    .map_err(|e| ClusterError::Connect(format!("{u:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("launchguard {node}"))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .ping_interval(Duration::from_secs(5))
+            .reconnect_delay_callback(|attempts| {
+                // 100 ms, 200 ms, ... up to 2 s between attempts: a NATS restart is
+                // noticed within a couple of seconds.
+                Duration::from_millis((100 * attempts as u64).clamp(100, 2000))
+            });
+        if let Some(path) = &config.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(ClusterError::Credentials)?;
+        }
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| ClusterError::Connect(e.to_string()))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client.clone());
+        Ok(Cluster {
+            node: node.into(),
+            client,
+            js,
+            healthy: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// This node's id (`cluster.node_id`, or the host name).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the NATS connection is up now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        if self.healthy.swap(healthy, Ordering::AcqRel) != healthy {
+            metrics::gauge!(crate::telemetry::CLUSTER_CONNECTED).set(f64::from(u8::from(healthy)));
+            if healthy {
+                tracing::info!(node = %self.node, "cluster: JetStream reachable");
+            } else {
+                tracing::warn!(node = %self.node, "cluster: JetStream unreachable; serving on this node's own events, publishing what it accepts when it is back");
+            }
+        }
+    }
+
+    pub(crate) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire) && self.connected()
+    }
+}
+
+/// Exponential backoff for the cluster's tasks after a failure: 100 ms doubling to
+/// 2 s.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    Duration::from_millis((100u64 << failures.min(5)).min(2000))
+}
