@@ -83,6 +83,7 @@ impl axum::extract::FromRef<AppState> for admin::AdminState {
             connections: state.connections.clone(),
             certs: state.certs.clone(),
             waiting_room: state.edge.waiting_room().cloned(),
+            control: state.control.clone(),
         }
     }
 }
@@ -165,6 +166,8 @@ pub struct Handles {
     pub acme: Option<crate::edge::tls::acme::Acme>,
     /// This node's handle on the cluster, when `[cluster]` is on.
     pub(crate) cluster: Option<crate::ops::cluster::Cluster>,
+    /// What applies and shares the operator's pin, purges and warm-ups, in a cluster.
+    pub(crate) control: Option<crate::ops::cluster::control::Control>,
 }
 
 /// Why the appliance could not start.
@@ -436,6 +439,16 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         certs: tls.as_ref().map(|(certs, _)| certs.clone()),
         acme: acme.clone(),
         cluster: cluster.clone(),
+        control: cluster
+            .as_ref()
+            .map(|c| crate::ops::cluster::control::Control {
+                started: std::time::SystemTime::now(),
+                cluster: c.clone(),
+                edge: edge.clone(),
+                factor: factor.clone(),
+                store: store.clone(),
+                clock: clock.clone(),
+            }),
     }));
 
     let http_shutdown = CancellationToken::new();
@@ -530,6 +543,14 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         ),
     ]);
 
+    // In a cluster, the poller and the alerts run where their lease is.
+    let lease = |name| {
+        state
+            .cluster
+            .as_ref()
+            .map(|_| crate::ops::cluster::lease::Lease::new(name))
+    };
+    let (poller_lease, alerts_lease) = (lease("poller"), lease("alerts"));
     let pump = Pump::new(ring, window, factor).with_purges(purges);
     let mut background = vec![
         tokio::spawn(pump.run(clock.clone(), opts.pump_tick, background_shutdown.clone())),
@@ -558,6 +579,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 clock: state.clock.clone(),
                 acme: state.acme.as_ref().map(|a| a.status()),
                 certs: state.certs.clone(),
+                leading: alerts_lease.as_ref().map(|l| l.flag()),
             },
             opts.alerts_every,
             background_shutdown.clone(),
@@ -588,7 +610,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )),
     ];
     if let (Some(cluster), Some(outbox)) = (&state.cluster, outbox) {
-        use crate::ops::cluster::events;
+        use crate::ops::cluster::{control, events};
         let parts = Arc::new(events::Parts {
             store: state.store.clone(),
             ingestor: state.ingestor.clone(),
@@ -607,6 +629,22 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             parts,
             background_shutdown.clone(),
         )));
+        let control = state.control.clone().expect("built with the cluster");
+        background.push(tokio::spawn(control::run_pin_watch(
+            control.clone(),
+            background_shutdown.clone(),
+        )));
+        background.push(tokio::spawn(control::run_commands(
+            control,
+            background_shutdown.clone(),
+        )));
+        for lease in [&alerts_lease, &poller_lease].into_iter().flatten() {
+            background.push(tokio::spawn(crate::ops::cluster::lease::run(
+                cluster.clone(),
+                lease.clone(),
+                background_shutdown.clone(),
+            )));
+        }
     }
     if let Some(acme) = &state.acme {
         background.push(tokio::spawn(acme.clone().run(background_shutdown.clone())));
@@ -629,6 +667,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                     client: state.outbound.client().clone(),
                     factor: state.factor.clone(),
                     clock: state.clock.clone(),
+                    leading: poller_lease.as_ref().map(|l| l.flag()),
                 },
                 opts.producthunt_tick,
                 background_shutdown.clone(),

@@ -247,6 +247,9 @@ pub struct Sources {
     /// Read for the log line of new engagement (the pace does not depend on it).
     pub factor: crate::ingest::factor::Factor,
     pub clock: crate::clock::Clock,
+    /// In a cluster, whether this node holds the poller's lease (`ops::cluster::lease`):
+    /// only the holder polls, so the API budget is spent once. `None`: one box, always.
+    pub leading: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What one poll found.
@@ -752,7 +755,14 @@ impl Poller {
         let mut pace = Pace::new();
         loop {
             let now = state.clock.now_ms();
-            if now >= next_at {
+            let leading = state
+                .leading
+                .as_ref()
+                .is_none_or(|l| l.load(Ordering::Acquire));
+            if !leading {
+                // Another node polls; take over at once when the lease comes here.
+                next_at = now;
+            } else if now >= next_at {
                 let wait = tokio::select! {
                     w = self.poll_once(&state, &mut pace) => w,
                     _ = shutdown.cancelled() => return,

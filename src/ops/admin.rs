@@ -85,6 +85,8 @@ pub struct AdminState {
     pub certs: Option<crate::edge::tls::Certs>,
     /// The waiting room, when it is on (its gauges are set when `/metrics` is read).
     pub waiting_room: Option<crate::edge::waiting::Room>,
+    /// In a cluster: shares a pin, unpin, purge or warm-up with the other nodes.
+    pub control: Option<crate::ops::cluster::control::Control>,
 }
 
 /// The admin listener's router: its own handlers, and the admin routes of the cache,
@@ -114,7 +116,16 @@ where
         .merge(crate::edge::admin_routes())
         .merge(crate::ops::outbound::admin_routes(
             admin.config.backpressure.retry_after_secs,
-        ))
+        ));
+    // Innermost, so only a request past the token and the host checks is shared.
+    let admin_api = match &admin.control {
+        Some(control) => admin_api.route_layer(middleware::from_fn_with_state(
+            control.clone(),
+            crate::ops::cluster::control::share,
+        )),
+        None => admin_api,
+    };
+    let admin_api = admin_api
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token))
         .route_layer(middleware::from_fn_with_state(
             AdminHosts::new(&admin.config.server),

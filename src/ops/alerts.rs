@@ -283,6 +283,9 @@ pub struct Watched {
     pub acme: Option<Arc<crate::edge::tls::acme::Status>>,
     /// The TLS certificates in force, when `tls.listen` is set.
     pub certs: Option<crate::edge::tls::Certs>,
+    /// In a cluster, whether this node holds the alerts' lease: only the holder
+    /// sends, so Slack hears each signal once. `None`: one box, always.
+    pub leading: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Alerts {
@@ -360,7 +363,13 @@ impl Alerts {
                 _ = self.inner.wake.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
-            self.evaluate(&state).await;
+            let leading = state
+                .leading
+                .as_ref()
+                .is_none_or(|l| l.load(std::sync::atomic::Ordering::Acquire));
+            if leading {
+                self.evaluate(&state).await;
+            }
         }
     }
 }

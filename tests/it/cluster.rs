@@ -4,13 +4,20 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use launchguard::clock::Clock;
+use parking_lot::Mutex;
 
+use crate::support::edge::{get, x_cache};
 use crate::support::nats::Nats;
-use crate::support::{TestServer, SECRET};
+use crate::support::{Resp, TestServer, SECRET};
+
+/// Long enough for a second node to have tried to take a lease already held (it
+/// tries every 2 s): had it polled, it would show by then.
+const LEASE_SETTLE: Duration = Duration::from_millis(4500);
 
 const T0: u64 = 1_780_000_000_000;
 
@@ -209,6 +216,189 @@ async fn a_node_started_late_catches_up_the_current_window() {
     let (fa, fl) = (a.state().factor.current(), late.state().factor.current());
     assert!(fa > 1.0 && (fa - fl).abs() < 0.01, "{fa} vs {fl}");
     for n in [a, b, late] {
+        n.stop().await;
+    }
+}
+
+async fn admin(s: &TestServer, method: axum::http::Method, path: &str, body: &str) -> Resp {
+    let r = s
+        .client
+        .send(
+            method,
+            &s.admin_url(path),
+            &[("content-type", "application/json")],
+            body.as_bytes().to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_given_on_one_node_is_in_force_on_every_node_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let c = node(dir.path(), "c", &nats, &clock).await;
+    let r = admin(
+        &a,
+        Method::POST,
+        "/admin/factor",
+        r#"{"pin": 3.5, "for_secs": 600}"#,
+    )
+    .await;
+    assert_eq!(r.header("launchguard-cluster"), Some("shared"));
+    let started = Instant::now();
+    until("c follows a's pin", || c.state().factor.current() == 3.5).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Persisted there too: c restarted keeps it.
+    assert_eq!(
+        c.state().store.load_pin().unwrap().map(|p| p.factor),
+        Some(3.5)
+    );
+    // A node started after the pin gets the pin in force.
+    let late = node(dir.path(), "late", &nats, &clock).await;
+    until("the late node has the pin", || {
+        late.state().factor.current() == 3.5
+    })
+    .await;
+    // Unpinned on c: a and the late node follow.
+    admin(&c, Method::DELETE, "/admin/factor", "").await;
+    until("a unpinned", || a.state().factor.pinned(T0).is_none()).await;
+    until("late unpinned", || late.state().factor.pinned(T0).is_none()).await;
+    assert_eq!(a.state().factor.current(), 1.0);
+    for n in [a, c, late] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_on_one_node_empties_every_cache_and_a_warm_up_warms_every_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let c = node(dir.path(), "c", &nats, &clock).await;
+    for n in [&a, &b, &c] {
+        get(n, "/launch/", &[]).await;
+        assert_eq!(x_cache(&get(n, "/launch/", &[]).await), "HIT");
+    }
+    let r = admin(&b, Method::POST, "/admin/purge", r#"{"prefix": "/"}"#).await;
+    assert_eq!(r.header("launchguard-cluster"), Some("shared"));
+    for (name, n) in [("a", &a), ("c", &c)] {
+        until(&format!("{name}'s cache is empty"), || {
+            n.state().edge.cache().bytes() == 0
+        })
+        .await;
+    }
+    assert_eq!(x_cache(&get(&a, "/launch/", &[]).await), "MISS");
+    // Warmed on a: b and c answer the first request from their cache.
+    admin(&a, Method::POST, "/admin/purge", r#"{"prefix": "/"}"#).await;
+    for n in [&b, &c] {
+        until("empty again", || n.state().edge.cache().bytes() == 0).await;
+    }
+    admin(&a, Method::POST, "/admin/warm", r#"{"urls": ["/app.js"]}"#).await;
+    for (name, n) in [("b", &b), ("c", &c)] {
+        until(&format!("{name} warmed"), || {
+            n.state().edge.cache().bytes() > 0
+        })
+        .await;
+        assert_eq!(x_cache(&get(n, "/app.js", &[]).await), "HIT", "{name}");
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// A Product Hunt API that answers counts and records which token asked.
+async fn counting_api() -> (String, Arc<Mutex<Vec<String>>>) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let app = axum::Router::new().route(
+        "/v2/api/graphql",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let token = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                seen.lock().push(token);
+                (
+                    [
+                        ("x-rate-limit-limit", "6250"),
+                        ("x-rate-limit-remaining", "6000"),
+                        ("x-rate-limit-reset", "900"),
+                    ],
+                    r#"{"data":{"post":{"votesCount":0,"commentsCount":0}}}"#,
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v2/api/graphql", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_poller_runs_on_one_node_and_moves_to_another_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let (api, asked) = counting_api().await;
+    let clock = Clock::manual(T0);
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (url, api, name) = (nats.url(), api.clone(), name.to_string());
+        nodes.push(
+            TestServer::start(&dir.path().join(&name), clock.clone(), move |c| {
+                c.cluster.nats_url = Some(url);
+                c.producthunt.token = Some(format!("token-{name}"));
+                c.producthunt.post_slug = Some("tidepool".into());
+                c.producthunt.api_url = api;
+                c.cluster.node_id = Some(name);
+            })
+            .await,
+        );
+    }
+    // The clock stands still, so the lease holder polls once and waits.
+    until("someone polled", || !asked.lock().is_empty()).await;
+    tokio::time::sleep(LEASE_SETTLE).await;
+    let polled: HashSet<String> = asked.lock().iter().cloned().collect();
+    assert_eq!(polled.len(), 1, "more than one node polled: {polled:?}");
+    let holder = polled.into_iter().next().unwrap();
+    let i = ["a", "b", "c"]
+        .iter()
+        .position(|n| holder == format!("Bearer token-{n}"))
+        .expect("a node's token");
+    nodes.remove(i).stop().await;
+    until("another node polls", || {
+        asked.lock().iter().any(|t| *t != holder)
+    })
+    .await;
+    let after: HashSet<String> = asked
+        .lock()
+        .iter()
+        .filter(|t| **t != holder)
+        .cloned()
+        .collect();
+    assert_eq!(after.len(), 1, "{after:?}");
+    for n in nodes {
         n.stop().await;
     }
 }

@@ -321,12 +321,10 @@ async fn consume(
         .get_stream(EVENTS_STREAM)
         .await
         .map_err(|e| e.to_string())?;
-    let start_ms = parts
-        .clock
-        .now_ms()
-        .saturating_sub(parts.dedup_ttl_secs.saturating_mul(1000));
-    let start = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
-        .map_err(|e| e.to_string())?;
+    // JetStream stamps messages with the server's clock: the start is read off the
+    // system's, not the app's (injectable) one.
+    let start = time::OffsetDateTime::now_utc()
+        - Duration::from_secs(parts.dedup_ttl_secs.min(10 * 365 * 86_400));
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_or_create_consumer(
             cluster.node(),

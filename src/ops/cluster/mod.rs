@@ -27,7 +27,9 @@
 //! `webhook::CONFIRM_WAIT`: the local store is the source of truth, JetStream the
 //! way between stores.
 
+pub(crate) mod control;
 pub(crate) mod events;
+pub(crate) mod lease;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -139,6 +141,47 @@ impl Cluster {
     pub(crate) fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire) && self.connected()
     }
+}
+
+/// The key-value bucket `name`, made if missing. Made as its backing stream
+/// (`KV_<name>`, as async-nats's `create_key_value` would make it) rather than
+/// through `create_key_value`, which first reads the account's info in a shape
+/// nats-server 2.9 (Debian's) does not send.
+pub(crate) async fn kv_bucket(
+    cluster: &Cluster,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+    storage: jetstream::stream::StorageType,
+) -> Result<jetstream::kv::Store, String> {
+    if let Ok(b) = cluster.js().get_key_value(name).await {
+        return Ok(b);
+    }
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    if let Err(e) = cluster.js().create_stream(config).await {
+        // Another node may have made it meanwhile.
+        if cluster.js().get_key_value(name).await.is_err() {
+            return Err(e.to_string());
+        }
+    }
+    cluster
+        .js()
+        .get_key_value(name)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Exponential backoff for the cluster's tasks after a failure: 100 ms doubling to
