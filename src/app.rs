@@ -398,7 +398,10 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     );
 
     let cluster = match config.cluster.enabled() {
-        true => Some(crate::ops::cluster::Cluster::connect(&config.cluster).await?),
+        true => Some(
+            crate::ops::cluster::Cluster::connect(&config.cluster, config.webhook.dedup_ttl_secs)
+                .await?,
+        ),
         false => None,
     };
     let outbox = cluster
@@ -636,6 +639,22 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )));
         background.push(tokio::spawn(control::run_commands(
             control,
+            background_shutdown.clone(),
+        )));
+        let numbers = crate::ops::cluster::numbers::Numbers {
+            cluster: cluster.clone(),
+            conversions: state.conversions.clone(),
+            store: state.store.clone(),
+            retention: Duration::from_secs(
+                u64::from(state.config.conversions.retention_days) * 86_400,
+            ),
+        };
+        background.push(tokio::spawn(crate::ops::cluster::numbers::run_outbox(
+            numbers.clone(),
+            background_shutdown.clone(),
+        )));
+        background.push(tokio::spawn(crate::ops::cluster::numbers::run_consumer(
+            numbers,
             background_shutdown.clone(),
         )));
         for lease in [&alerts_lease, &poller_lease].into_iter().flatten() {

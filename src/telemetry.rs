@@ -53,6 +53,7 @@ pub const CLUSTER_CONNECTED: &str = "launchguard_cluster_connected";
 pub const CLUSTER_OUTBOX_PENDING: &str = "launchguard_cluster_outbox_pending";
 pub const CLUSTER_PUBLISHED_TOTAL: &str = "launchguard_cluster_published_total";
 pub const CLUSTER_REPLICATED_TOTAL: &str = "launchguard_cluster_replicated_total";
+pub const CLUSTER_METRICS_ROWS_TOTAL: &str = "launchguard_cluster_metrics_rows_total";
 pub const CLUSTER_LEASE_HELD: &str = "launchguard_cluster_lease_held";
 pub const CLUSTER_REPLICATION_LAG_SECONDS: &str = "launchguard_cluster_replication_lag_seconds";
 

@@ -7,6 +7,14 @@
 //! - `launches`: launch day `"YYYY-MM-DD"` (in `conversions.timezone`) →
 //!   `[version][bincode DayTotals]`, the running totals of that day; kept forever.
 //!
+//! - `peer_metrics`: window start ms `u64` BE, then the node id → a batch another node
+//!   of the cluster flushed (`ops::cluster::numbers` stores them); `peer_launches`:
+//!   `"YYYY-MM-DD" NUL node` → that node's totals of the day. Empty on one box.
+//!
+//! What the reports read (`day`, `days`, `batches`) is the cluster's: this node's rows
+//! and totals plus every other node's, batches merged into `CLUSTER_BUCKET_MS` slots
+//! when other nodes' rows are in range; `own_*` and `node_days` read one side.
+//!
 //! **Invariant:** a batch row and its day's totals are written in one sled transaction,
 //! so the totals always equal the sum of the day's batches (until retention removes
 //! batches; the totals stay).
@@ -28,6 +36,9 @@ use crate::ingest::store::{codec, trees, Store, StoreError};
 const BATCH_RECORD_VERSION: u8 = 2;
 const DAY_RECORD_VERSION: u8 = 2;
 const CURSOR_RECORD_VERSION: u8 = 1;
+/// The slot other nodes' batches are merged into with this node's, for the series a
+/// report draws: the default flush interval.
+pub const CLUSTER_BUCKET_MS: u64 = 5_000;
 
 /// Counts over some span of time. Conversions are kept by goal name, so a store read
 /// under a different `conversions.goals` list is still read correctly.
@@ -189,6 +200,15 @@ impl DayTotals {
         self.peak_rps = self.peak_rps.max(b.rps());
         self.batches += 1;
     }
+
+    /// Adds another node's totals of the same day: counts summed, peaks the highest
+    /// (a report that has the day's batches raises the cluster's peak rate from them).
+    pub fn merge(&mut self, other: &DayTotals) {
+        self.tally.merge(&other.tally);
+        self.peak_factor = self.peak_factor.max(other.peak_factor);
+        self.peak_rps = self.peak_rps.max(other.peak_rps);
+        self.batches += other.batches;
+    }
 }
 
 /// Handle to the history trees; a clone is cheap and shares the same sled trees.
@@ -196,6 +216,8 @@ impl DayTotals {
 pub struct History {
     metrics: sled::Tree,
     launches: sled::Tree,
+    peer_metrics: sled::Tree,
+    peer_launches: sled::Tree,
     store: Store,
     meta: sled::Tree,
 }
@@ -205,6 +227,8 @@ impl History {
         Ok(History {
             metrics: store.open_tree(trees::METRICS)?,
             launches: store.open_tree(trees::LAUNCHES)?,
+            peer_metrics: store.open_tree(trees::PEER_METRICS)?,
+            peer_launches: store.open_tree(trees::PEER_LAUNCHES)?,
             store: store.clone(),
             meta: store.open_tree(trees::META)?,
         })
@@ -239,8 +263,8 @@ impl History {
         })
     }
 
-    /// Batches whose window starts in `[from_ms, to_ms)`, oldest first.
-    pub fn batches(&self, from_ms: u64, to_ms: u64) -> Result<Vec<MetricsBatch>, StoreError> {
+    /// This node's batches whose window starts in `[from_ms, to_ms)`, oldest first.
+    pub fn own_batches(&self, from_ms: u64, to_ms: u64) -> Result<Vec<MetricsBatch>, StoreError> {
         if to_ms <= from_ms {
             return Ok(Vec::new());
         }
@@ -250,17 +274,125 @@ impl History {
             .collect()
     }
 
-    /// The totals of one day (`YYYY-MM-DD`), if anything was recorded on it.
-    pub fn day(&self, day: &str) -> Result<Option<DayTotals>, StoreError> {
+    /// The cluster's batches whose window starts in `[from_ms, to_ms)`, oldest first:
+    /// this node's alone on one box; with other nodes' rows in range, every row
+    /// merged into its `CLUSTER_BUCKET_MS` slot (counts summed, peaks the highest).
+    pub fn batches(&self, from_ms: u64, to_ms: u64) -> Result<Vec<MetricsBatch>, StoreError> {
+        let own = self.own_batches(from_ms, to_ms)?;
+        if to_ms <= from_ms {
+            return Ok(own);
+        }
+        let peers: Vec<MetricsBatch> = self
+            .peer_metrics
+            .range(from_ms.to_be_bytes()..to_ms.to_be_bytes())
+            .map(|kv| decode_batch(&kv?.1))
+            .collect::<Result<_, _>>()?;
+        if peers.is_empty() {
+            return Ok(own);
+        }
+        let mut slots: std::collections::BTreeMap<u64, MetricsBatch> = Default::default();
+        for b in own.iter().chain(&peers) {
+            let slot = b.window_start_ms / CLUSTER_BUCKET_MS * CLUSTER_BUCKET_MS;
+            match slots.get_mut(&slot) {
+                Some(row) => {
+                    row.window_start_ms = row.window_start_ms.min(b.window_start_ms);
+                    row.merge(b);
+                }
+                None => {
+                    slots.insert(slot, b.clone());
+                }
+            }
+        }
+        Ok(slots.into_values().collect())
+    }
+
+    /// This node's totals of one day (`YYYY-MM-DD`), if anything was recorded on it.
+    pub fn own_day(&self, day: &str) -> Result<Option<DayTotals>, StoreError> {
         self.launches
             .get(day.as_bytes())?
             .map(|v| decode_day(&v))
             .transpose()
     }
 
-    /// Every recorded day, oldest first.
+    /// The other nodes' totals of one day, by node id.
+    pub fn node_days(&self, day: &str) -> Result<Vec<(String, DayTotals)>, StoreError> {
+        let mut prefix = day.as_bytes().to_vec();
+        prefix.push(0);
+        self.peer_launches
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let node = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((node, decode_day(&v)?))
+            })
+            .collect()
+    }
+
+    /// The cluster's totals of one day: this node's and every other node's, summed
+    /// (peaks: the highest of any node).
+    pub fn day(&self, day: &str) -> Result<Option<DayTotals>, StoreError> {
+        let mut total = self.own_day(day)?;
+        for (_, t) in self.node_days(day)? {
+            match &mut total {
+                Some(sum) => sum.merge(&t),
+                None => total = Some(t),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Every recorded day of the cluster, oldest first.
     pub fn days(&self) -> Result<Vec<DayTotals>, StoreError> {
-        self.launches.iter().map(|kv| decode_day(&kv?.1)).collect()
+        let mut days: std::collections::BTreeMap<String, DayTotals> = self
+            .launches
+            .iter()
+            .map(|kv| decode_day(&kv?.1).map(|d| (d.day.clone(), d)))
+            .collect::<Result<_, StoreError>>()?;
+        for kv in self.peer_launches.iter() {
+            let t = decode_day(&kv?.1)?;
+            match days.get_mut(&t.day) {
+                Some(sum) => sum.merge(&t),
+                None => {
+                    days.insert(t.day.clone(), t);
+                }
+            }
+        }
+        Ok(days.into_values().collect())
+    }
+
+    /// Stores a batch another node flushed, and adds it to that node's day, in one
+    /// transaction. A batch already stored (a redelivery) changes nothing: returns
+    /// false.
+    pub fn record_peer(
+        &self,
+        node: &str,
+        batch: &MetricsBatch,
+        day: &str,
+    ) -> Result<bool, StoreError> {
+        let mut key = batch.window_start_ms.to_be_bytes().to_vec();
+        key.extend_from_slice(node.as_bytes());
+        let mut day_key = day.as_bytes().to_vec();
+        day_key.push(0);
+        day_key.extend_from_slice(node.as_bytes());
+        let result =
+            (&self.peer_metrics, &self.peer_launches).transaction(|(metrics, launches)| {
+                let abort = ConflictableTransactionError::Abort;
+                if metrics.get(&key)?.is_some() {
+                    return Ok(false);
+                }
+                let mut totals = match launches.get(&day_key)? {
+                    Some(v) => decode_day(&v).map_err(abort)?,
+                    None => DayTotals::empty(day),
+                };
+                totals.add_batch(batch);
+                metrics.insert(key.as_slice(), encode_batch(batch).map_err(abort)?)?;
+                launches.insert(day_key.as_slice(), encode_day(&totals).map_err(abort)?)?;
+                Ok(true)
+            });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
     }
 
     /// Removes metrics rows whose window started before `before_ms`. Daily totals stay.
@@ -275,6 +407,12 @@ impl History {
         if removed > 0 {
             self.metrics.apply_batch(batch)?;
         }
+        let mut peers = sled::Batch::default();
+        for kv in self.peer_metrics.range(..before_ms.to_be_bytes()) {
+            peers.remove(kv?.0);
+            removed += 1;
+        }
+        self.peer_metrics.apply_batch(peers)?;
         Ok(removed)
     }
 
@@ -375,6 +513,46 @@ mod tests {
             peak_factor: 1.5,
             velocity: 2.0,
         }
+    }
+
+    #[test]
+    fn other_nodes_rows_are_summed_once_and_merged_into_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        h.record(&batch(10_000, 2, 1), "2026-11-26").unwrap();
+        assert!(h
+            .record_peer("b", &batch(11_000, 3, 0), "2026-11-26")
+            .unwrap());
+        // A redelivered row changes nothing.
+        assert!(!h
+            .record_peer("b", &batch(11_000, 3, 0), "2026-11-26")
+            .unwrap());
+        assert!(h
+            .record_peer("c", &batch(16_000, 4, 2), "2026-11-26")
+            .unwrap());
+        let day = h.day("2026-11-26").unwrap().unwrap();
+        assert_eq!(day.tally.visits, 9);
+        assert_eq!(day.tally.conversions_of("signup"), 3);
+        assert_eq!(h.own_day("2026-11-26").unwrap().unwrap().tally.visits, 2);
+        let nodes = h.node_days("2026-11-26").unwrap();
+        let visits: Vec<(String, u64)> = nodes
+            .iter()
+            .map(|(n, t)| (n.clone(), t.tally.visits))
+            .collect();
+        assert_eq!(visits, vec![("b".into(), 3), ("c".into(), 4)]);
+        // a's row at 10 s and b's at 11 s share the 10–15 s slot; c's is in the next.
+        let rows = h.batches(0, 60_000).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].window_start_ms, rows[0].tally.visits), (10_000, 5));
+        assert_eq!((rows[1].window_start_ms, rows[1].tally.visits), (16_000, 4));
+        assert_eq!(h.own_batches(0, 60_000).unwrap().len(), 1);
+        assert_eq!(h.days().unwrap().len(), 1);
+        assert_eq!(h.days().unwrap()[0].tally.visits, 9);
+        // Retention sweeps the other nodes' rows too; the day's totals stay.
+        assert_eq!(h.sweep_metrics(60_000).unwrap(), 3);
+        assert!(h.batches(0, 60_000).unwrap().is_empty());
+        assert_eq!(h.day("2026-11-26").unwrap().unwrap().tally.visits, 9);
     }
 
     #[test]

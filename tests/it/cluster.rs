@@ -402,3 +402,90 @@ async fn the_poller_runs_on_one_node_and_moves_to_another_when_it_stops() {
         n.stop().await;
     }
 }
+
+/// `GET /api/analytics` (today, by the node's clock) on `s`.
+async fn analytics(s: &TestServer) -> serde_json::Value {
+    let r = s.client.get(&s.admin_url("/api/analytics")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let c = node(dir.path(), "c", &nats, &clock).await;
+    let nodes = [&a, &b, &c];
+    // Page views: 3 on a, 5 on b, 7 on c. Webhooks: 4 on each, and one id sent
+    // to a and then retried on b and c (a duplicate there).
+    let mut ids = HashSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for _ in 0..(3 + 2 * i) {
+            assert_eq!(get(n, "/launch/", &[]).await.status, StatusCode::OK);
+        }
+        for k in 0..4 {
+            let id = format!("count-{i}-{k}");
+            accepted(n, &id).await;
+            ids.insert(id);
+        }
+    }
+    let body = a.event("retried-everywhere", "upvote");
+    assert_eq!(a.webhook(&body, SECRET).await.status, StatusCode::ACCEPTED);
+    for n in [&b, &c] {
+        assert_eq!(n.webhook(&body, SECRET).await.json()["status"], "duplicate");
+    }
+    ids.insert("retried-everywhere".into());
+    all_hold(&nodes, &ids).await;
+    for n in nodes {
+        n.state().conversions.flush(clock.now_ms()).unwrap();
+    }
+    for (name, n) in [("a", &a), ("b", &b), ("c", &c)] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let report = loop {
+            let r = analytics(n).await;
+            if r["nodes"].as_array().is_some_and(|l| l.len() == 3)
+                && r["visits"] == 15
+                && r["webhooks_accepted"] == 13
+            {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never showed the cluster's totals: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Requests count the webhook posts too: a's 3 + 5, b's 5 + 5, c's 7 + 5.
+        assert_eq!(report["requests"], 30, "{name}");
+        let lines: Vec<(String, u64, u64)> = report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["node"].as_str().unwrap().to_string(),
+                    l["visits"].as_u64().unwrap(),
+                    l["webhooks_accepted"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let by_node = |id: &str| lines.iter().find(|l| l.0 == id).cloned();
+        assert_eq!(by_node("a"), Some(("a".into(), 3, 5)), "{name}: {lines:?}");
+        assert_eq!(by_node("b"), Some(("b".into(), 5, 4)), "{name}: {lines:?}");
+        assert_eq!(by_node("c"), Some(("c".into(), 7, 4)), "{name}: {lines:?}");
+        // The launches list says the same.
+        let launches = n.client.get(&n.admin_url("/api/launches")).await.json();
+        let day = &launches["launches"][0];
+        assert_eq!(day["visits"], 15, "{name}: {launches}");
+        assert_eq!(day["requests"], 30, "{name}: {launches}");
+        assert_eq!(day["webhooks_accepted"], 13, "{name}: {launches}");
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}

@@ -13,6 +13,11 @@ pub const META: &str = "meta";
 pub const METRICS: &str = "metrics";
 /// Launch day `YYYY-MM-DD` → the day's running totals (`insight::history`).
 pub const LAUNCHES: &str = "launches";
+/// Window start ms (`u64` BE) then a node id → a batch another node of the cluster
+/// flushed (`insight::history`).
+pub const PEER_METRICS: &str = "peer_metrics";
+/// `YYYY-MM-DD NUL node` → that node's running totals of the day (`insight::history`).
+pub const PEER_LAUNCHES: &str = "peer_launches";
 /// `day NUL v|c|g:<goal> NUL id` → a visitor's once-a-day mark (`insight::visitor`).
 pub const VISITORS: &str = "visitors";
 /// Post slug → the counts the poller last recorded (`ingest::producthunt`).
@@ -44,3 +49,6 @@ pub const META_WAITING_ROOM_KEY: &str = "waiting_room_key";
 /// `meta`: the highest event seq the cluster's outbox has had acknowledged by
 /// JetStream (`u64` BE, `[1][u64]`) (`ops::cluster`).
 pub const META_CLUSTER_PUBLISHED: &str = "cluster_published";
+/// `meta`: the window start of the last own metrics batch the cluster's outbox has had
+/// acknowledged by JetStream (`u64` BE, `[1][u64]`) (`ops::cluster`).
+pub const META_CLUSTER_METRICS_PUBLISHED: &str = "cluster_metrics_published";

@@ -66,6 +66,15 @@ fn storage_error<E: std::fmt::Display>(retry_after_secs: u64) -> impl Fn(E) -> A
     }
 }
 
+/// This node's name in a per-node breakdown: its cluster node id, or "this node".
+pub fn own_node(config: &crate::config::Config) -> String {
+    if config.cluster.enabled() {
+        config.cluster.node()
+    } else {
+        "this node".into()
+    }
+}
+
 /// What the report handlers read: the counters and their history, the config, the
 /// clock. `app` builds it from its state.
 #[derive(Clone)]
@@ -101,7 +110,7 @@ pub async fn analytics(
                 None => day_of(now, conv.timezone()),
             };
             let report = tokio::task::spawn_blocking(move || {
-                query_day(&conv, &config.conversions, day, now)
+                query_day(&conv, &config.conversions, day, now, &own_node(&config))
             })
             .await
             .map_err(storage_error(retry_after_secs))?

@@ -198,6 +198,46 @@ pub struct DayReport {
     pub summary: Summary,
     pub hourly: Vec<HourRow>,
     pub series: Vec<SeriesPoint>,
+    /// In a cluster, each node's share of the day (this node's with its live
+    /// window); absent on one box.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeLine>,
+}
+
+/// One node's line of a cluster's day.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeLine {
+    pub node: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// The per-node lines of a day: this node's totals (`own`, its live window added)
+/// and the others'. Pure.
+pub fn node_lines(
+    own_node: &str,
+    own: Option<&DayTotals>,
+    live: Option<&MetricsBatch>,
+    peers: &[(String, DayTotals)],
+    frame: &Frame,
+) -> Vec<NodeLine> {
+    let mut mine = own.cloned().unwrap_or_else(|| DayTotals::empty(""));
+    if let Some(l) = live {
+        mine.add_batch(l);
+    }
+    std::iter::once((own_node.to_string(), mine))
+        .chain(peers.iter().cloned())
+        .map(|(node, t)| NodeLine {
+            node,
+            summary: Summary::of(
+                &t.tally,
+                t.peak_rps,
+                t.peak_factor,
+                frame.goals,
+                &frame.pricing,
+            ),
+        })
+        .collect()
 }
 
 /// One day's line in a range or the launches list.
@@ -305,6 +345,7 @@ pub fn day_report(
             .map(|b| point(b, false, frame.tz))
             .chain(live.map(|l| point(l, true, frame.tz)))
             .collect(),
+        nodes: Vec::new(),
     })
 }
 

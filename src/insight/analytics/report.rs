@@ -82,7 +82,13 @@ pub fn report(
         crate::ingest::factor::Factor::new(),
         now,
     )?;
-    let r = query_day(&conv, &config.conversions, day, now)?;
+    let r = query_day(
+        &conv,
+        &config.conversions,
+        day,
+        now,
+        &super::http::own_node(&config),
+    )?;
     Ok(if args.json {
         let mut s = serde_json::to_string_pretty(&r).expect("reports serialize");
         s.push('\n');
@@ -180,6 +186,26 @@ pub fn render_table(r: &DayReport) -> String {
             out,
             "\n  (hourly detail is gone: rows older than conversions.retention_days are swept; the totals remain)"
         );
+    }
+    if !r.nodes.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n  {:<20} {:>8} {:>8} {:>11} {:>9} {:>9}",
+            "node", "visitors", "views", "conversions", "requests", "webhooks"
+        );
+        for n in &r.nodes {
+            let s = &n.summary;
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>8} {:>8} {:>11} {:>9} {:>9}",
+                n.node,
+                s.unique_visitors,
+                s.visits,
+                s.conversions_total,
+                s.requests,
+                s.webhooks_accepted
+            );
+        }
     }
     out
 }

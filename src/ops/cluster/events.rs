@@ -115,7 +115,7 @@ pub struct Parts {
 }
 
 /// Makes sure the events stream exists with this node's settings.
-async fn ensure_stream(cluster: &Cluster, dedup_ttl_secs: u64) -> Result<(), String> {
+pub(super) async fn ensure_stream(cluster: &Cluster, dedup_ttl_secs: u64) -> Result<(), String> {
     let config = stream_config(dedup_ttl_secs);
     match cluster.js().get_stream(EVENTS_STREAM).await {
         Ok(mut s) => {
@@ -134,12 +134,14 @@ async fn ensure_stream(cluster: &Cluster, dedup_ttl_secs: u64) -> Result<(), Str
             }
             Ok(())
         }
-        Err(_) => cluster
-            .js()
-            .create_stream(config)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        Err(_) => match cluster.js().create_stream(config).await {
+            Ok(_) => Ok(()),
+            // Another node made it meanwhile (nodes starting together race here).
+            Err(e) => match cluster.js().get_stream(EVENTS_STREAM).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(e.to_string()),
+            },
+        },
     }
 }
 

@@ -30,6 +30,7 @@
 pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod lease;
+pub(crate) mod numbers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,8 @@ use crate::config::ClusterConfig;
 pub const EVENTS_STREAM: &str = "LAUNCHGUARD_EVENTS";
 /// The subjects of `EVENTS_STREAM`: `launchguard.events.<node>`.
 pub const EVENTS_SUBJECTS: &str = "launchguard.events.>";
+/// Longest a node's start waits for an unreachable NATS server.
+const STARTUP_WAIT: Duration = Duration::from_secs(2);
 /// The header naming the node that accepted an event.
 pub const NODE_HEADER: &str = "Launchguard-Node";
 
@@ -71,7 +74,10 @@ impl Cluster {
     /// Connects to `cluster.nats_url`. Never waits for the server: the connection is
     /// made (and remade) in the background, so a node starts and serves with NATS
     /// down, and the tasks of `events.rs` catch up once it is up.
-    pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+    pub async fn connect(
+        config: &ClusterConfig,
+        dedup_ttl_secs: u64,
+    ) -> Result<Cluster, ClusterError> {
         let node = config.node();
         let urls = config.nats_url.as_deref().unwrap_or_default();
         let addrs = urls
@@ -105,12 +111,37 @@ impl Cluster {
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(2))
             .build(client.clone());
-        Ok(Cluster {
+        let cluster = Cluster {
             node: node.into(),
             client,
             js,
             healthy: Arc::new(AtomicBool::new(false)),
-        })
+        };
+        // Give a reachable server a moment, so a node that starts with NATS up
+        // serves its first webhook with JetStream's word on it; an unreachable one
+        // delays the start by at most `STARTUP_WAIT`.
+        let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+        while !cluster.connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if cluster.connected() {
+            let ready = tokio::time::timeout_at(
+                deadline + Duration::from_secs(1),
+                events::ensure_stream(&cluster, dedup_ttl_secs),
+            )
+            .await;
+            match ready {
+                Ok(Ok(())) => cluster.set_healthy(true),
+                Ok(Err(e)) => tracing::warn!("cluster: the events stream is not ready: {e}"),
+                Err(_) => tracing::warn!("cluster: JetStream did not answer at startup"),
+            }
+        } else {
+            tracing::warn!(
+                nats = urls,
+                "cluster: NATS is unreachable at startup; serving on this node's own events and connecting in the background"
+            );
+        }
+        Ok(cluster)
     }
 
     /// This node's id (`cluster.node_id`, or the host name).
