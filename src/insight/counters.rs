@@ -354,15 +354,22 @@ impl Conversions {
     /// Returns the batch written, if any.
     pub fn flush(&self, now_ms: u64) -> Result<Option<MetricsBatch>, StoreError> {
         let mut start = self.inner.window_start_ms.lock();
+        // Webhooks are counted from the log (every event this node accepted since the
+        // last flush), not from memory: a crash between two flushes then loses none,
+        // and one in flight at a flush is counted by the next.
+        let history = &self.inner.history;
+        let from = history.counted_from()?;
+        let (accepted, counted_to) = history.store().count_own_from(from)?;
         let (counts, peak) = self.inner.counters.take();
-        if counts.is_zero() {
+        if counts.is_zero() && accepted == 0 {
             *start = now_ms.max(*start);
             return Ok(None);
         }
-        let batch = self.batch_of(&counts, peak, *start, now_ms);
+        let mut batch = self.batch_of(&counts, peak, *start, now_ms);
+        batch.tally.webhooks_accepted = accepted;
         let day =
             crate::insight::analytics::day_of(batch.window_start_ms, &self.inner.tz).to_string();
-        if let Err(e) = self.inner.history.record(&batch, &day) {
+        if let Err(e) = history.record_counted(&batch, &day, Some(counted_to)) {
             self.inner.counters.give_back(&counts);
             if peak > 0.0 {
                 self.inner.counters.observe_factor(peak);

@@ -224,6 +224,17 @@ pub struct History {
 
 impl History {
     pub fn open(store: &Store) -> Result<History, StoreError> {
+        // A store that never counted from its log starts counting at its next event
+        // (what came before was counted in memory, and is in its rows already).
+        let meta = store.open_tree(trees::META)?;
+        let _ = meta.compare_and_swap(
+            trees::META_COUNTED_FROM,
+            None as Option<&[u8]>,
+            Some(codec::encode_words(
+                CURSOR_RECORD_VERSION,
+                [store.next_seq()],
+            )),
+        )?;
         Ok(History {
             metrics: store.open_tree(trees::METRICS)?,
             launches: store.open_tree(trees::LAUNCHES)?,
@@ -237,26 +248,58 @@ impl History {
     /// Writes `batch` (merged into a row with the same window start, if any) and adds
     /// it to the totals of `day`, in one transaction. In memory until the next flush.
     pub fn record(&self, batch: &MetricsBatch, day: &str) -> Result<(), StoreError> {
+        self.record_counted(batch, day, None)
+    }
+
+    /// The first event seq not yet counted as accepted (`Store::count_own_from`).
+    pub fn counted_from(&self) -> Result<u64, StoreError> {
+        match self.meta.get(trees::META_COUNTED_FROM)? {
+            Some(v) => {
+                Ok(codec::decode_words::<1>("meta.counted_from", CURSOR_RECORD_VERSION, &v)?[0])
+            }
+            None => Ok(self.store.next_seq()),
+        }
+    }
+
+    /// The store's events, for counting from the log.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// `record`, and with `counted_from` the new `meta.counted_from`, in the same
+    /// transaction: a batch's webhook count and the mark of what it counted are
+    /// written together, so an event is counted in exactly one batch.
+    pub fn record_counted(
+        &self,
+        batch: &MetricsBatch,
+        day: &str,
+        counted_from: Option<u64>,
+    ) -> Result<(), StoreError> {
         let key = batch.window_start_ms.to_be_bytes();
-        let result = (&self.metrics, &self.launches).transaction(|(metrics, launches)| {
-            let abort = ConflictableTransactionError::Abort;
-            let row = match metrics.get(key)? {
-                Some(old) => {
-                    let mut old = decode_batch(&old).map_err(abort)?;
-                    old.merge(batch);
-                    old
+        let cursor = counted_from.map(|c| codec::encode_words(CURSOR_RECORD_VERSION, [c]));
+        let result =
+            (&self.metrics, &self.launches, &self.meta).transaction(|(metrics, launches, meta)| {
+                let abort = ConflictableTransactionError::Abort;
+                let row = match metrics.get(key)? {
+                    Some(old) => {
+                        let mut old = decode_batch(&old).map_err(abort)?;
+                        old.merge(batch);
+                        old
+                    }
+                    None => batch.clone(),
+                };
+                let mut totals = match launches.get(day.as_bytes())? {
+                    Some(v) => decode_day(&v).map_err(abort)?,
+                    None => DayTotals::empty(day),
+                };
+                totals.add_batch(batch);
+                metrics.insert(&key, encode_batch(&row).map_err(abort)?)?;
+                launches.insert(day.as_bytes(), encode_day(&totals).map_err(abort)?)?;
+                if let Some(c) = &cursor {
+                    meta.insert(trees::META_COUNTED_FROM, c.as_slice())?;
                 }
-                None => batch.clone(),
-            };
-            let mut totals = match launches.get(day.as_bytes())? {
-                Some(v) => decode_day(&v).map_err(abort)?,
-                None => DayTotals::empty(day),
-            };
-            totals.add_batch(batch);
-            metrics.insert(&key, encode_batch(&row).map_err(abort)?)?;
-            launches.insert(day.as_bytes(), encode_day(&totals).map_err(abort)?)?;
-            Ok(())
-        });
+                Ok(())
+            });
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
@@ -304,6 +347,14 @@ impl History {
             }
         }
         Ok(slots.into_values().collect())
+    }
+
+    /// This node's newest row, if any.
+    pub fn last_own_batch(&self) -> Result<Option<MetricsBatch>, StoreError> {
+        self.metrics
+            .last()?
+            .map(|(_, v)| decode_batch(&v))
+            .transpose()
     }
 
     /// This node's totals of one day (`YYYY-MM-DD`), if anything was recorded on it.

@@ -441,6 +441,8 @@ fn event_view(seq: u64, r: &EventRecord) -> serde_json::Value {
         "weight": r.weight_milli as f64 / crate::ingest::velocity::MILLI,
         "received_at": rfc3339(r.received_ms),
         "scheme": r.scheme.as_str(),
+        // In a cluster, the node that accepted it; null: this node.
+        "node": r.origin.as_ref().map(|o| o.node.as_str()),
         "payload": payload,
     })
 }

@@ -489,3 +489,301 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
         n.stop().await;
     }
 }
+
+mod processes {
+    //! The same cluster as real processes of the binary, for what only a process
+    //! shows: SIGKILL mid-load, and a NATS restart under load.
+
+    use std::collections::{HashMap, HashSet};
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use axum::http::{Method, StatusCode};
+    use launchguard::ingest::webhook::signature::{sign_producthunt, Key};
+    use parking_lot::{Mutex, RwLock};
+
+    use crate::support::binary::{spawn, write_config, Proc};
+    use crate::support::nats::Nats;
+    use crate::support::{event_at, Client};
+
+    const SECRET: &str = "cluster-process-secret";
+
+    struct Node {
+        config: PathBuf,
+        proc: Option<Proc>,
+    }
+
+    impl Node {
+        fn start(dir: &Path, name: &str, nats: &Nats) -> Node {
+            let dir = dir.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = write_config(
+                &dir,
+                SECRET,
+                &format!(
+                    "[cluster]\nnats_url = \"{}\"\nnode_id = \"{name}\"\n[conversions]\nflush_interval_ms = 200\n",
+                    nats.url()
+                ),
+            );
+            let proc = spawn(&config, &[]);
+            Node {
+                config,
+                proc: Some(proc),
+            }
+        }
+
+        fn public(&self) -> SocketAddr {
+            self.proc.as_ref().unwrap().public
+        }
+
+        fn admin(&self) -> SocketAddr {
+            self.proc.as_ref().unwrap().admin
+        }
+
+        fn kill(&mut self) {
+            let mut p = self.proc.take().unwrap();
+            p.child.kill().unwrap();
+            p.child.wait().unwrap();
+        }
+
+        fn restart(&mut self) {
+            assert!(self.proc.is_none());
+            self.proc = Some(spawn(&self.config, &[]));
+        }
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            if let Some(mut p) = self.proc.take() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+
+    /// Sends uniquely numbered signed webhooks round-robin to `targets` (a target
+    /// may be down: its sends fail) from 8 tasks until `stop`; returns the ids each
+    /// node acknowledged (202, or 200 duplicate).
+    async fn load(
+        targets: Arc<RwLock<Vec<Option<SocketAddr>>>>,
+        stop: Arc<AtomicBool>,
+    ) -> HashSet<String> {
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let next = Arc::new(AtomicU64::new(0));
+        let key = Key::parse(SECRET).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (targets, stop, acked, next, key) = (
+                targets.clone(),
+                stop.clone(),
+                acked.clone(),
+                next.clone(),
+                key.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let client = Client::new();
+                while !stop.load(Ordering::Acquire) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let target = {
+                        let t = targets.read();
+                        t[n as usize % t.len()]
+                    };
+                    let Some(addr) = target else {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    };
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as u64;
+                    let id = format!("load-{n}");
+                    let body = event_at(&id, "upvote", now);
+                    let sig = sign_producthunt(&key, &body);
+                    let sent = client
+                        .try_send(
+                            Method::POST,
+                            &format!("http://{addr}/webhooks/producthunt"),
+                            &[("x-producthunt-signature", &sig)],
+                            body,
+                        )
+                        .await;
+                    if let Ok(r) = sent {
+                        if r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK {
+                            acked.lock().insert(id);
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let ids = acked.lock().clone();
+        ids
+    }
+
+    /// Every event id in a node's store, with how often it is there.
+    async fn stored(client: &Client, admin: SocketAddr) -> HashMap<String, usize> {
+        let mut ids = HashMap::new();
+        let mut after = 0;
+        loop {
+            let r = client
+                .get(&format!(
+                    "http://{admin}/admin/events?after={after}&limit=1000"
+                ))
+                .await
+                .json();
+            let events = r["events"].as_array().unwrap();
+            if events.is_empty() {
+                return ids;
+            }
+            for e in events {
+                *ids.entry(e["id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+                after = e["seq"].as_u64().unwrap();
+            }
+        }
+    }
+
+    /// Waits until every node holds every id of `acked`, each once, and all hold the
+    /// same ids (acked, plus events a killed node had made durable without
+    /// answering); returns how many.
+    async fn all_hold(client: &Client, nodes: &[&Node], acked: &HashSet<String>) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut stores = Vec::new();
+            for n in nodes {
+                stores.push(stored(client, n.admin()).await);
+            }
+            for (i, ids) in stores.iter().enumerate() {
+                let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+                assert!(twice.is_empty(), "node {i} holds events twice: {twice:?}");
+            }
+            let complete = stores
+                .iter()
+                .all(|ids| acked.iter().all(|id| ids.contains_key(id)));
+            let same = stores.iter().all(|ids| {
+                ids.len() == stores[0].len() && ids.keys().all(|k| stores[0].contains_key(k))
+            });
+            if complete && same {
+                return stores[0].len();
+            }
+            if Instant::now() > deadline {
+                let all: HashSet<&String> = stores.iter().flat_map(|s| s.keys()).collect();
+                let gaps: Vec<(usize, Vec<&&String>)> = stores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (i, all.iter().filter(|id| !s.contains_key(**id)).collect()))
+                    .collect();
+                let logs: Vec<String> = nodes
+                    .iter()
+                    .map(|m| {
+                        std::fs::read_to_string(m.config.with_file_name("stderr.log"))
+                            .unwrap_or_default()
+                            .lines()
+                            .filter(|l| !l.contains("lease"))
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .collect();
+                panic!(
+                    "the stores never agreed; missing per node: {gaps:?} (acknowledged: {})\nlogs:\n{}",
+                    acked.len(),
+                    logs.join("\n----\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the day's cluster-wide "webhooks accepted" on `admin` is `n`.
+    async fn analytics_count(client: &Client, admin: SocketAddr, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = client
+                .get(&format!("http://{admin}/api/analytics"))
+                .await
+                .json();
+            if r["webhooks_accepted"] == n as u64 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "analytics on {admin} say {} webhooks, the stores hold {n}; by node: {}",
+                r["webhooks_accepted"],
+                r["nodes"]
+                    .as_array()
+                    .map(|l| l
+                        .iter()
+                        .map(|x| format!("{}={}", x["node"], x["webhooks_accepted"]))
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_node_killed_mid_load_and_restarted_loses_nothing_and_counts_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mut nats) = Nats::start(dir.path()) else {
+            return;
+        };
+        let mut nodes: Vec<Node> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Node::start(dir.path(), n, &nats))
+            .collect();
+        let targets = Arc::new(RwLock::new(
+            nodes.iter().map(|n| Some(n.public())).collect::<Vec<_>>(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = tokio::spawn(load(targets.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // b dies with requests in flight.
+        targets.write()[1] = None;
+        nodes[1].kill();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // NATS restarts under load; a and c keep answering.
+        nats.stop();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nats.start_again();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nodes[1].restart();
+        targets.write()[1] = Some(nodes[1].public());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, Ordering::Release);
+        let acked = sender.await.unwrap();
+        assert!(
+            acked.len() > 100,
+            "only {} webhooks acknowledged",
+            acked.len()
+        );
+
+        let client = Client::new();
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let held = all_hold(&client, &refs, &acked).await;
+        for n in nodes.iter().rev() {
+            analytics_count(&client, n.admin(), held).await;
+        }
+        let mut factors = Vec::new();
+        for n in &nodes {
+            let f = client
+                .get(&format!("http://{}/admin/factor", n.admin()))
+                .await
+                .json();
+            factors.push(f["velocity"].as_f64().unwrap());
+        }
+        assert!(factors[0] > 0.0, "{factors:?}");
+        for v in &factors {
+            assert!(
+                (v - factors[0]).abs() <= 0.02 * factors[0],
+                "velocities differ: {factors:?}"
+            );
+        }
+    }
+}

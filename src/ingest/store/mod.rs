@@ -62,7 +62,7 @@ mod legacy;
 mod records;
 pub mod trees;
 
-use records::{decode_entry, decode_seq, encode_batch, entry_len, is_batch};
+use records::{decode_entry, decode_seq, encode_batch, entry_len, is_batch, own_in_entry};
 pub use records::{decode_event, encode_event, EventRecord, Origin, Scheme};
 
 /// The store layout this build writes. A store with a higher number is refused.
@@ -130,6 +130,8 @@ struct Inner {
     queue: Mutex<Vec<Pending>>,
     /// Serializes `write_pending`, so batches reach sled in seq order.
     writer: Mutex<()>,
+    /// Seqs of own events not to count as accepted (`mark_not_counted`).
+    not_counted: sled::Tree,
     /// Woken when the committer has written (and, in fsync mode, flushed) a batch:
     /// the cluster's outbox reads the events it has not published yet then.
     written: tokio::sync::Notify,
@@ -181,6 +183,7 @@ impl Store {
         let events = db.open_tree(trees::EVENTS)?;
         let dedup = db.open_tree(trees::DEDUP)?;
         let meta = db.open_tree(trees::META)?;
+        let not_counted = db.open_tree(trees::NOT_COUNTED)?;
 
         if let Some(v) = meta.get(trees::META_SCHEMA_VERSION)? {
             let found =
@@ -251,6 +254,7 @@ impl Store {
                 queue: Mutex::new(Vec::new()),
                 writer: Mutex::new(()),
                 written: tokio::sync::Notify::new(),
+                not_counted,
             }),
         })
     }
@@ -389,6 +393,49 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    /// How many events with seq `from` or later, written to sled, this node accepted
+    /// (replicas of other nodes' events and the seqs marked `not_counted` left
+    /// out), and the seq after the last one looked at: what the counter flusher
+    /// counts as "webhooks accepted", from the log rather than from memory, so a
+    /// crash between two flushes loses none. Reads version bytes only.
+    pub fn count_own_from(&self, from: u64) -> Result<(u64, u64), StoreError> {
+        let (mut own, mut next) = (0, from);
+        for entry in entries_from(&self.inner.events, from) {
+            let (k, v) = entry?;
+            let (n, after) = own_in_entry(&k, &v, from)?;
+            own += n;
+            next = next.max(after);
+        }
+        let skipped = self
+            .inner
+            .not_counted
+            .range(from.to_be_bytes()..next.to_be_bytes())
+            .count() as u64;
+        Ok((own.saturating_sub(skipped), next))
+    }
+
+    /// Marks an event of this node's that the cluster already had (another node
+    /// accepted it first, and the sender was answered `duplicate`): it is the same
+    /// event once, so `count_own_from` leaves it out.
+    pub fn mark_not_counted(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.not_counted.insert(seq.to_be_bytes(), &[])?;
+        Ok(())
+    }
+
+    /// The lowest seq of the events stored at or after `since_ms` (walking back from
+    /// the newest while they were), or the next seq when there are none.
+    pub fn first_seq_stored_since(&self, since_ms: u64) -> Result<u64, StoreError> {
+        let mut first = self.next_seq();
+        for stored in records_newest_first(&self.inner.events) {
+            let (seq, record) = stored?;
+            if record.stored_ms() < since_ms {
+                break;
+            }
+            first = seq;
+        }
+        Ok(first)
     }
 
     /// Wakes whoever waits on `written` (the committer, after each batch).

@@ -109,6 +109,23 @@ pub(super) fn decode_entry(k: &[u8], v: &[u8]) -> Result<Vec<(u64, EventRecord)>
         .collect()
 }
 
+/// How many of an `events` entry's events were accepted by this node (not replicas
+/// of another node's), read off their version bytes without decoding them.
+pub(super) fn own_in_entry(k: &[u8], v: &[u8], from: u64) -> Result<(u64, u64), StoreError> {
+    let first = decode_seq(k)?;
+    if v.first() != Some(&EVENT_BATCH_VERSION) {
+        let own = u64::from(first >= from && v.first() != Some(&REPLICA_RECORD_VERSION));
+        return Ok((own, first + 1));
+    }
+    let records = batch_records(v)?;
+    let own = records
+        .iter()
+        .zip(first..)
+        .filter(|(r, seq)| *seq >= from && r.first() != Some(&REPLICA_RECORD_VERSION))
+        .count() as u64;
+    Ok((own, first + records.len() as u64))
+}
+
 /// How many events an `events` entry holds.
 pub(super) fn entry_len(v: &[u8]) -> Result<u64, StoreError> {
     if v.first() != Some(&EVENT_BATCH_VERSION) {

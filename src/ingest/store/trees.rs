@@ -7,6 +7,9 @@ pub const EVENTS: &str = "events";
 /// Schema 1's event id → dedup record; read, repaired and swept, not written by new
 /// stores (`ingest::store::legacy`).
 pub const DEDUP: &str = "dedup";
+/// `u64` BE seq → nothing: own events the cluster already had, not counted as
+/// accepted (`ingest::store`).
+pub const NOT_COUNTED: &str = "not_counted";
 /// Single values of the whole store, under the `META_*` keys below.
 pub const META: &str = "meta";
 /// Window start ms (`u64` BE) → one flush of the counters (`insight::history`).
@@ -52,3 +55,12 @@ pub const META_CLUSTER_PUBLISHED: &str = "cluster_published";
 /// `meta`: the window start of the last own metrics batch the cluster's outbox has had
 /// acknowledged by JetStream (`u64` BE, `[1][u64]`) (`ops::cluster`).
 pub const META_CLUSTER_METRICS_PUBLISHED: &str = "cluster_metrics_published";
+/// `meta`: the first event seq the counter flusher has not counted as accepted yet
+/// (`u64` BE, `[1][u64]`) (`insight::history`).
+pub const META_COUNTED_FROM: &str = "counted_from";
+/// `meta`: the server time (Unix ms) of the last event message the cluster's
+/// consumer stored (`ops::cluster`).
+pub const META_CLUSTER_CONSUMED_MS: &str = "cluster_consumed_ms";
+/// `meta`: the server time (Unix ms) of the last metrics row the cluster's consumer
+/// stored (`ops::cluster`).
+pub const META_CLUSTER_METRICS_CONSUMED_MS: &str = "cluster_metrics_consumed_ms";

@@ -380,6 +380,13 @@ async fn handle_inner(state: &WebhookState, req: Request) -> Result<Commit, Reje
         // stays in its store and window, where it is that same event once.
         if let Ok(Ok(true)) = tokio::time::timeout(CONFIRM_WAIT, confirm).await {
             if let Commit::Accepted { seq } = outcome {
+                // Counted as accepted where it was accepted first, not here too.
+                if let Err(e) = state.ingestor.store().mark_not_counted(seq) {
+                    tracing::warn!(
+                        seq,
+                        "could not mark a cluster duplicate as not counted: {e}"
+                    );
+                }
                 return Ok(Commit::Duplicate { seq });
             }
         }

@@ -11,11 +11,16 @@
 //!    (replicas are skipped) with `Nats-Msg-Id` = the event id, all at once, then
 //!    awaits JetStream's acks in order;
 //! 4. each ack answers the webhook waiting on its seq (`duplicate`: another node
-//!    had the id first), and the cursor (`meta.cluster_published`) moves past it.
+//!    had the id first), and the cursor (`meta.cluster_published`) moves past it;
+//! 5. at start and after every reconnect, the outbox publishes the events stored in
+//!    the last `REWIND` again: a NATS server that crashed may have acknowledged the
+//!    last messages before it wrote them (JetStream's file store does not fsync each
+//!    one), and the ones it kept are dropped as duplicates.
 //!
-//! Consumer: a durable pull consumer per node; each batch of messages is stored
-//! (`Ingestor::ingest_replica`: dedup, seq, ring), made durable with one group
-//! commit, then acknowledged.
+//! Consumer: a durable pull consumer per node, remade at each (re)start from 30 s
+//! before the last message it consumed (`fresh_consumer`); each batch of messages
+//! is stored (`Ingestor::ingest_replica`: dedup, seq, ring), made durable with one
+//! group commit, then acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +43,10 @@ use crate::telemetry;
 
 /// Most events read from the store, or messages taken from the consumer, at once.
 const BATCH: usize = 256;
+/// How far back the outbox publishes again at start and after a reconnect.
+const REWIND: Duration = Duration::from_secs(60);
+/// How far before the last message consumed a remade consumer starts.
+const RESUME_OVERLAP: Duration = Duration::from_secs(30);
 
 /// The `Nats-Msg-Id` of an event id: the id itself when it is short printable
 /// ASCII without spaces (every id Product Hunt and Standard Webhooks senders use),
@@ -153,9 +162,17 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
     let store = parts.store.clone();
     let mut failures = 0u32;
     let mut stream_ready = false;
+    // At start, and after every reconnect, the events of the last `REWIND` are
+    // published again (see step 5).
+    let mut connects = None;
     loop {
         if shutdown.is_cancelled() {
             return;
+        }
+        if connects != Some(cluster.connects()) {
+            connects = Some(cluster.connects());
+            stream_ready = false;
+            rewind(&store, &parts.clock);
         }
         if !stream_ready {
             match ensure_stream(&cluster, parts.dedup_ttl_secs).await {
@@ -230,6 +247,48 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
     }
 }
 
+/// Whether the stream's copy of a duplicate (its message `stream_seq`) was published
+/// by another node: a publish of this node's own that was stored but not
+/// acknowledged in time, then sent again, is a duplicate of itself, not of another
+/// node's event. When the copy cannot be read, it is taken as another node's (the
+/// answer `duplicate` is safe to a sender; the event is in the stream either way).
+async fn first_copy_is_elsewhere(cluster: &Cluster, stream_seq: u64) -> bool {
+    let Ok(stream) = cluster.js().get_stream_no_info(EVENTS_STREAM).await else {
+        return true;
+    };
+    match stream.get_raw_message(stream_seq).await {
+        Ok(m) => m
+            .headers
+            .get(NODE_HEADER)
+            .is_none_or(|n| n.as_str() != cluster.node()),
+        Err(_) => true,
+    }
+}
+
+/// Moves the outbox's cursor back to before the events stored in the last `REWIND`,
+/// so they are published again.
+fn rewind(store: &Store, clock: &Clock) {
+    let since = clock.now_ms().saturating_sub(REWIND.as_millis() as u64);
+    let (Ok(cursor), Ok(first)) = (
+        store.meta_u64(trees::META_CLUSTER_PUBLISHED),
+        store.first_seq_stored_since(since),
+    ) else {
+        return;
+    };
+    let back = first.saturating_sub(1);
+    if back < cursor {
+        tracing::info!(
+            from = first,
+            to = cursor,
+            "cluster: publishing the events of the last {} s again",
+            REWIND.as_secs()
+        );
+        if let Err(e) = store.set_meta_u64(trees::META_CLUSTER_PUBLISHED, back) {
+            tracing::error!("cluster: cannot move the outbox cursor: {e}");
+        }
+    }
+}
+
 /// Publishes the own events of `batch` and awaits their acks in order. Returns the
 /// highest seq through which every event is published (replicas count as done).
 async fn publish(
@@ -278,7 +337,10 @@ async fn publish(
                     let result = if ack.duplicate { "duplicate" } else { "stored" };
                     metrics::counter!(telemetry::CLUSTER_PUBLISHED_TOTAL, "result" => result)
                         .increment(1);
-                    outbox.answer(seq, ack.duplicate);
+                    let elsewhere = ack.duplicate
+                        && outbox.waiting.lock().contains_key(&seq)
+                        && first_copy_is_elsewhere(cluster, ack.sequence).await;
+                    outbox.answer(seq, elsewhere);
                     through = Some(seq);
                 }
                 Err(e) => {
@@ -324,26 +386,28 @@ async fn consume(
         .await
         .map_err(|e| e.to_string())?;
     // JetStream stamps messages with the server's clock: the start is read off the
-    // system's, not the app's (injectable) one.
-    let start = time::OffsetDateTime::now_utc()
-        - Duration::from_secs(parts.dedup_ttl_secs.min(10 * 365 * 86_400));
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(
-            cluster.node(),
-            pull::Config {
-                durable_name: Some(cluster.node().to_string()),
-                description: Some(format!("launchguard node {}", cluster.node())),
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
-                    start_time: start,
-                },
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 20_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    // system's (or the last message's), not the app's (injectable) clock.
+    let start = super::resume_at(
+        &parts.store,
+        trees::META_CLUSTER_CONSUMED_MS,
+        RESUME_OVERLAP,
+        Duration::from_secs(parts.dedup_ttl_secs.min(10 * 365 * 86_400)),
+    );
+    let consumer = super::fresh_consumer(
+        &stream,
+        cluster.node(),
+        start,
+        pull::Config {
+            description: Some(format!("launchguard node {}", cluster.node())),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            // A message delivered to a node that died before storing it comes back
+            // this long after; a redelivery of one it did store is a known id.
+            ack_wait: Duration::from_secs(5),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
@@ -368,8 +432,17 @@ async fn consume(
             }
         }
         store_batch(cluster, parts, &batch).await?;
+        let mut last_ms = 0;
         for m in &batch {
             m.ack().await.map_err(|e| e.to_string())?;
+            if let Ok(info) = m.info() {
+                last_ms = last_ms.max(super::unix_ms(info.published));
+            }
+        }
+        if last_ms > 0 {
+            let _ = parts
+                .store
+                .set_meta_u64(trees::META_CLUSTER_CONSUMED_MS, last_ms);
         }
         *failures = 0;
     }

@@ -154,6 +154,12 @@ impl Cluster {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// How many times the connection was made: a change means the server may have
+    /// restarted.
+    pub(crate) fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn js(&self) -> &jetstream::Context {
         &self.js
     }
@@ -213,6 +219,53 @@ pub(crate) async fn kv_bucket(
         .get_key_value(name)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// This node's durable consumer `name` on `stream`, made afresh (the old one
+/// deleted) to start at the server time `start`. A node's consumers are remade each
+/// time they (re)start rather than resumed: a NATS server that crashed may come back
+/// with a consumer's position past the end of a stream that lost its last messages,
+/// and would then skip the next ones. Starting a little before the last message
+/// consumed costs a few redeliveries, which are known ids (or known rows).
+pub(crate) async fn fresh_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    start: time::OffsetDateTime,
+    config: jetstream::consumer::pull::Config,
+) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, String> {
+    let _ = stream.delete_consumer(name).await;
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time: start },
+            ..config
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Where a consumer resumes: `overlap` before the server time of the last message
+/// it consumed (kept under `key` in `meta`, Unix ms), or `first_back` before now.
+pub(crate) fn resume_at(
+    store: &crate::ingest::store::Store,
+    key: &'static str,
+    overlap: Duration,
+    first_back: Duration,
+) -> time::OffsetDateTime {
+    let last = store.meta_u64(key).unwrap_or(0);
+    let start = if last == 0 {
+        time::OffsetDateTime::now_utc() - first_back
+    } else {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(last) * 1_000_000)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+            - overlap
+    };
+    start.max(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Unix ms of a JetStream timestamp.
+pub(crate) fn unix_ms(t: time::OffsetDateTime) -> u64 {
+    (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
 }
 
 /// Exponential backoff for the cluster's tasks after a failure: 100 ms doubling to

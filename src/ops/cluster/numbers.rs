@@ -5,9 +5,12 @@
 //!   start in `meta.cluster_metrics_published` on, to the stream
 //!   `LAUNCHGUARD_METRICS` (subject `launchguard.metrics.<node>`, `Nats-Msg-Id` =
 //!   node and window start, so a row published twice is stored once); rows flushed
-//!   while NATS is unreachable are published when it is back.
-//! - Every node's durable **consumer** (`<node>-metrics`, from the stream's start,
-//!   so a node started late gets the whole retention) stores the other nodes' rows
+//!   while NATS is unreachable are published when it is back, and after a reconnect
+//!   the last 30 s of rows are published again (a crashed server may have lost rows
+//!   it acknowledged; the ones it kept are dropped as duplicates).
+//! - Every node's durable **consumer** (`<node>-metrics`, remade at each start from
+//!   a minute before the last row it stored, or the whole retention the first time,
+//!   so a node started late gets it all) stores the other nodes' rows
 //!   with `History::record_peer`, which adds each row to that node's day once, and
 //!   acknowledges them once stored.
 //!
@@ -31,6 +34,8 @@ pub const METRICS_STREAM: &str = "LAUNCHGUARD_METRICS";
 /// How often the outbox looks for new rows (a row is flushed every
 /// `conversions.flush_interval_ms`, 5 s by default).
 const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// How far back (in window starts) the outbox publishes again after a reconnect.
+const REWIND: Duration = Duration::from_secs(30);
 
 /// What sharing the numbers needs.
 #[derive(Clone)]
@@ -62,7 +67,19 @@ async fn metrics_stream(n: &Numbers) -> Result<stream::Stream, String> {
 /// Publishes this node's rows until `shutdown`.
 pub async fn run_outbox(n: Numbers, shutdown: CancellationToken) {
     let mut failures = 0u32;
+    let mut connects = n.cluster.connects();
     loop {
+        if n.cluster.connects() != connects {
+            // A server that crashed may have lost the last rows it acknowledged:
+            // publish the last `REWIND` again (the ones it kept are duplicates).
+            connects = n.cluster.connects();
+            if let Ok(cursor) = n.store.meta_u64(trees::META_CLUSTER_METRICS_PUBLISHED) {
+                let back = cursor.saturating_sub(REWIND.as_millis() as u64);
+                let _ = n
+                    .store
+                    .set_meta_u64(trees::META_CLUSTER_METRICS_PUBLISHED, back);
+            }
+        }
         let wait = match publish_new(&n).await {
             Ok(()) => {
                 failures = 0;
@@ -164,18 +181,23 @@ pub async fn run_consumer(n: Numbers, shutdown: CancellationToken) {
 async fn consume(n: &Numbers) -> Result<(), String> {
     let stream = metrics_stream(n).await?;
     let name = format!("{}-metrics", n.cluster.node());
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(
-            &name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let start = super::resume_at(
+        &n.store,
+        trees::META_CLUSTER_METRICS_CONSUMED_MS,
+        Duration::from_secs(60),
+        n.retention,
+    );
+    let consumer = super::fresh_consumer(
+        &stream,
+        &name,
+        start,
+        pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut messages = consumer
         .stream()
         .heartbeat(Duration::from_secs(2))
@@ -216,6 +238,12 @@ async fn consume(n: &Numbers) -> Result<(), String> {
             }
         }
         m.ack().await.map_err(|e| e.to_string())?;
+        if let Ok(info) = m.info() {
+            let _ = n.store.set_meta_u64(
+                trees::META_CLUSTER_METRICS_CONSUMED_MS,
+                super::unix_ms(info.published),
+            );
+        }
     }
     Err("the message stream ended".into())
 }

@@ -72,8 +72,22 @@ pub fn spawn(config: &Path, envs: &[(&str, &OsStr)]) -> Proc {
             break;
         }
     }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining stderr so the child never blocks on a full pipe, into
+    // `stderr.log` beside the config, for a failing test to show.
+    let log = config.with_file_name("stderr.log");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .ok();
+        for line in lines.map_while(Result::ok) {
+            if let Some(f) = out.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     let (public, admin, https) = addrs.expect("the binary logged its listeners");
     Proc {
         child,
