@@ -159,6 +159,34 @@ pub struct Sample {
     pub grace: Option<GraceCounts>,
     /// The waiting room now; `None` when it is off (`waiting_room.enabled = false`).
     pub waiting_room: Option<crate::edge::waiting::Snapshot>,
+    /// In a cluster, each node's share of today (this node's first, with its live
+    /// window); empty on one box.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeToday>,
+}
+
+/// One node's line of today, in a cluster.
+#[derive(Debug, Serialize)]
+pub struct NodeToday {
+    pub node: String,
+    pub requests: u64,
+    pub visits: u64,
+    pub unique_visitors: u64,
+    pub conversions: u64,
+    pub webhooks_accepted: u64,
+}
+
+impl NodeToday {
+    fn of(node: String, t: &DayTotals) -> NodeToday {
+        NodeToday {
+            node,
+            requests: t.tally.requests,
+            visits: t.tally.visits,
+            unique_visitors: t.tally.unique_visitors,
+            conversions: t.tally.conversions_total(),
+            webhooks_accepted: t.tally.webhooks_accepted,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -257,12 +285,25 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
     let day = analytics::day_of(now, conv.timezone()).to_string();
     let totals = conv.consistent(now, |history, live| {
         let mut totals = history.day(&day)?.unwrap_or_else(|| DayTotals::empty(&day));
+        let peers = history.node_days(&day)?;
+        let mut own = history
+            .own_day(&day)?
+            .unwrap_or_else(|| DayTotals::empty(&day));
         if analytics::day_of(live.window_start_ms, conv.timezone()).to_string() == day {
             totals.add_batch(&live.batch);
+            own.add_batch(&live.batch);
         }
-        Ok(totals)
+        let nodes = if peers.is_empty() {
+            Vec::new()
+        } else {
+            let me = crate::insight::analytics::own_node(&state.config);
+            std::iter::once(NodeToday::of(me, &own))
+                .chain(peers.iter().map(|(n, t)| NodeToday::of(n.clone(), t)))
+                .collect()
+        };
+        Ok((totals, nodes))
     });
-    let totals = match totals {
+    let (totals, nodes) = match totals {
         Ok(t) => t,
         Err(e) => return (Err(e), prev),
     };
@@ -344,6 +385,7 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
         },
         grace: state.grace.as_ref().map(|g| g.counts()),
         waiting_room: state.waiting_room.as_ref().map(|r| r.snapshot()),
+        nodes,
     };
     let next = Previous {
         t: now,

@@ -172,6 +172,16 @@ pub async fn run(path: Option<&Path>, env: &Env, budget: &Budget) -> Vec<Check> 
     if let Some(addr) = config.tls.http_listen {
         checks.push(bindable("tls.http_listen", addr));
     }
+    if config.cluster.enabled() {
+        for (name, result) in
+            crate::ops::cluster::preflight(&config.cluster, config.webhook.dedup_ttl_secs).await
+        {
+            checks.push(match result {
+                Ok(found) => Check::pass(name, found),
+                Err((found, fix)) => Check::fail(name, found, fix),
+            });
+        }
+    }
     checks.push(launch_day(&config.conversions.timezone));
     checks
 }

@@ -485,6 +485,15 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
         assert_eq!(day["requests"], 30, "{name}: {launches}");
         assert_eq!(day["webhooks_accepted"], 13, "{name}: {launches}");
     }
+    // The dashboard's live samples carry the nodes too, this node's first.
+    let got = crate::dashboard::frames(&c.admin_url("/api/live"), None, |f| {
+        f.last()
+            .is_some_and(|(_, s)| s["nodes"].as_array().is_some_and(|n| n.len() == 3))
+    })
+    .await;
+    let nodes = &got.last().unwrap().1["nodes"];
+    assert_eq!(nodes[0]["node"], "c", "{nodes}");
+    assert_eq!(nodes[0]["visits"], 7, "{nodes}");
     for n in [a, b, c] {
         n.stop().await;
     }
@@ -786,4 +795,63 @@ mod processes {
             );
         }
     }
+}
+
+/// A preflight config for a node `node_id` of the cluster at `nats_url`.
+fn preflight_config(dir: &Path, nats_url: &str, node_id: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+         [origin]\nstatic_dir = {:?}\n[webhook]\nsecrets = [\"preflight-secret\"]\n\
+         [cluster]\nnats_url = \"{nats_url}\"\nnode_id = \"{node_id}\"\n",
+        dir.join(format!("state-{node_id}")),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/site"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preflight_checks_the_nats_server_the_stream_and_that_the_node_id_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    // Nothing listens there.
+    let nowhere = format!("nats://127.0.0.1:{}", crate::support::pebble::free_port());
+    let (code, out) =
+        crate::preflight::preflight(dir.path(), &preflight_config(dir.path(), &nowhere, "z"));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("cluster: NATS") && out.contains("nats-server"),
+        "{out}"
+    );
+
+    // Before any node ran: the stream is made at start.
+    let (code, out) =
+        crate::preflight::preflight(dir.path(), &preflight_config(dir.path(), &nats.url(), "z"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("does not exist yet"), "{out}");
+
+    // With node "a" running, "a" is taken and "z" is free.
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let taken = preflight_config(dir.path(), &nats.url(), "a");
+    let free = preflight_config(dir.path(), &nats.url(), "z");
+    let ((code_taken, out_taken), (code_free, out_free)) = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            (
+                crate::preflight::preflight(&dir, &taken),
+                crate::preflight::preflight(&dir, &free),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_ne!(code_taken, 0, "{out_taken}");
+    assert!(out_taken.contains("cluster: node id"), "{out_taken}");
+    assert_eq!(code_free, 0, "{out_free}");
+    assert!(
+        out_free.contains("LAUNCHGUARD_EVENTS: 0 events"),
+        "{out_free}"
+    );
+    a.stop().await;
 }

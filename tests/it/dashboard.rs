@@ -171,7 +171,7 @@ async fn the_live_feed_needs_the_token_when_one_is_set() {
 /// Reads SSE frames from `url` (sending `Last-Event-ID: last_event_id` when given)
 /// until `done` holds for the samples so far: each as its `id` and its JSON. Gives up
 /// after 30 s.
-async fn frames(
+pub(crate) async fn frames(
     url: &str,
     last_event_id: Option<&str>,
     mut done: impl FnMut(&[(u64, Value)]) -> bool,

@@ -25,6 +25,6 @@ mod math;
 mod query;
 mod report;
 
-pub use http::{analytics, list_launches, Reports};
+pub use http::{analytics, list_launches, own_node, Reports};
 pub use math::{day_bounds, day_of, economics, Economics, Pricing};
 pub use report::{report, ReportArgs};

@@ -221,6 +221,148 @@ pub(crate) async fn kv_bucket(
         .map_err(|e| e.to_string())
 }
 
+/// What `launchguard preflight` finds of the cluster: one line per check, each a
+/// pass (`Ok(found)`) or a failure (`Err((found, fix))`).
+pub(crate) async fn preflight(
+    config: &ClusterConfig,
+    dedup_ttl_secs: u64,
+) -> Vec<(&'static str, Result<String, (String, String)>)> {
+    let mut out = Vec::new();
+    let urls = config.nats_url.clone().unwrap_or_default();
+    let node = config.node();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("launchguard preflight {node}"))
+        .connection_timeout(Duration::from_secs(3));
+    if let Some(path) = &config.credentials_file {
+        match options.credentials_file(path).await {
+            Ok(o) => options = o,
+            Err(e) => {
+                out.push((
+                    "cluster: NATS",
+                    Err((
+                        format!("cluster.credentials_file: {e}"),
+                        "point cluster.credentials_file at the .creds file NATS gave this node"
+                            .into(),
+                    )),
+                ));
+                return out;
+            }
+        }
+    }
+    let addrs: Result<Vec<async_nats::ServerAddr>, _> =
+        urls.split(',').map(|u| u.trim().parse()).collect();
+    let client = match addrs {
+        Ok(a) => tokio::time::timeout(Duration::from_secs(5), options.connect(a)).await,
+        Err(e) => {
+            out.push((
+                "cluster: NATS",
+                Err((
+                    format!("cluster.nats_url {urls:?}: {e}"),
+                    "use nats://host:4222".into(),
+                )),
+            ));
+            return out;
+        }
+    };
+    let client = match client {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            out.push((
+                "cluster: NATS",
+                Err((
+                    format!("cannot connect to {urls}: {e}"),
+                    "start nats-server with JetStream (nats-server -js -sd DIR) where cluster.nats_url points, or correct it".into(),
+                )),
+            ));
+            return out;
+        }
+        Err(_) => {
+            out.push((
+                "cluster: NATS",
+                Err((
+                    format!("no answer from {urls} within 5 s"),
+                    "check that nats-server runs there and that no firewall drops the port".into(),
+                )),
+            ));
+            return out;
+        }
+    };
+    out.push((
+        "cluster: NATS",
+        Ok(format!("connected to {urls} as node {node}")),
+    ));
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(3))
+        .build(client.clone());
+    let want = events::stream_config(dedup_ttl_secs);
+    match js.get_stream(EVENTS_STREAM).await {
+        Ok(mut stream) => {
+            match stream.info().await {
+                Ok(info) if info.config.duplicate_window == want.duplicate_window => out.push((
+                    "cluster: events stream",
+                    Ok(format!(
+                        "{EVENTS_STREAM}: {} events, duplicate window {} s (webhook.dedup_ttl_secs)",
+                        info.state.messages,
+                        want.duplicate_window.as_secs()
+                    )),
+                )),
+                Ok(info) => out.push((
+                    "cluster: events stream",
+                    Ok(format!(
+                        "{EVENTS_STREAM}: duplicate window {} s, not webhook.dedup_ttl_secs = {} s; the node sets it at start (every node must have the same dedup_ttl_secs)",
+                        info.config.duplicate_window.as_secs(),
+                        dedup_ttl_secs
+                    )),
+                )),
+                Err(e) => out.push((
+                    "cluster: events stream",
+                    Err((e.to_string(), "check JetStream on the NATS server".into())),
+                )),
+            }
+            // A node id in use: its durable consumer has a pull waiting right now.
+            match stream.consumer_info(&node).await {
+                Ok(info) if info.num_waiting > 0 => out.push((
+                    "cluster: node id",
+                    Err((
+                        format!("another running node reads the stream as {node:?}"),
+                        "give every node its own cluster.node_id (if that node is this one, already running, stop it first)".into(),
+                    )),
+                )),
+                _ => out.push(("cluster: node id", Ok(format!("{node:?} is not in use by a running node")))),
+            }
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            out.push((
+                "cluster: events stream",
+                Ok(format!(
+                    "{EVENTS_STREAM} does not exist yet; the first node makes it at start"
+                )),
+            ))
+        }
+        Err(e) => out.push((
+            "cluster: events stream",
+            Err((
+                format!("JetStream does not answer: {e}"),
+                "run nats-server with JetStream on (-js, with a store dir -sd)".into(),
+            )),
+        )),
+    }
+    for (bucket, what) in [(control::BUCKET, "the pin"), (lease::LEASES, "the leases")] {
+        let found = match js.get_key_value(bucket).await {
+            Ok(_) => format!("bucket {bucket} ({what}) is there"),
+            Err(_) => format!("bucket {bucket} ({what}) does not exist yet; made at start"),
+        };
+        out.push(("cluster: buckets", Ok(found)));
+    }
+    out
+}
+
 /// This node's durable consumer `name` on `stream`, made afresh (the old one
 /// deleted) to start at the server time `start`. A node's consumers are remade each
 /// time they (re)start rather than resumed: a NATS server that crashed may come back
