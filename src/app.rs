@@ -657,7 +657,26 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             numbers,
             background_shutdown.clone(),
         )));
-        for lease in [&alerts_lease, &poller_lease].into_iter().flatten() {
+        // Certificates: one node orders (the lease `acme`), every node serves them.
+        let acme_lease = state
+            .acme
+            .as_ref()
+            .map(|_| crate::ops::cluster::lease::Lease::new("acme"));
+        if let (Some(acme), Some(lease)) = (&state.acme, &acme_lease) {
+            acme.share(Arc::new(crate::ops::cluster::certs::ClusterAcme::new(
+                cluster.clone(),
+                lease.flag(),
+            )));
+            background.push(tokio::spawn(crate::ops::cluster::certs::run_watch(
+                cluster.clone(),
+                acme.clone(),
+                background_shutdown.clone(),
+            )));
+        }
+        for lease in [&alerts_lease, &poller_lease, &acme_lease]
+            .into_iter()
+            .flatten()
+        {
             background.push(tokio::spawn(crate::ops::cluster::lease::run(
                 cluster.clone(),
                 lease.clone(),

@@ -677,3 +677,77 @@ async fn a_renewal_window_from_the_ca_brings_the_renewal_forward() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_orders_one_certificate_and_every_node_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
+        return;
+    };
+    let Some(nats) = crate::support::nats::Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(now_ms());
+    let cluster = |c: &mut launchguard::config::Config, name: &str| {
+        c.cluster.nats_url = Some(nats.url());
+        c.cluster.node_id = Some(name.into());
+    };
+    // a starts first and takes the lease; its own listeners are not where pebble
+    // looks, so the HTTP-01 answer has to come from b, which never ordered.
+    let a = TestServer::start(&dir.path().join("a"), clock.clone(), |c| {
+        acme_config(c, &pebble, true);
+        c.tls.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.tls.http_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        cluster(c, "a");
+    })
+    .await;
+    let b = TestServer::start(&dir.path().join("b"), clock.clone(), |c| {
+        acme_config(c, &pebble, true);
+        cluster(c, "b");
+    })
+    .await;
+    let (a_certs, b_certs) = (
+        a.state().certs.clone().unwrap(),
+        b.state().certs.clone().unwrap(),
+    );
+    until("both nodes have the certificate", &pebble, || {
+        a_certs.current().is_some() && b_certs.current().is_some()
+    })
+    .await;
+    let orders = |s: &TestServer| {
+        s.state()
+            .acme
+            .as_ref()
+            .unwrap()
+            .status()
+            .orders
+            .load(Relaxed)
+    };
+    assert_eq!(
+        (orders(&a), orders(&b)),
+        (1, 0),
+        "one order for the cluster"
+    );
+
+    let client = client_trusting(&pebble).await;
+    let a_addr = a.running.as_ref().unwrap().tls_addr.unwrap();
+    let b_addr = b.running.as_ref().unwrap().tls_addr.unwrap();
+    let (v, page) = tls::get(client.clone(), b_addr, DOMAIN, "/launch/").await;
+    assert_eq!((v, page.status.as_u16()), (hyper::Version::HTTP_2, 200));
+    assert_eq!(
+        serial(&tls::presented(client.clone(), a_addr, DOMAIN).await),
+        serial(&tls::presented(client.clone(), b_addr, DOMAIN).await),
+        "the same certificate on both"
+    );
+    // b keeps it in its own data dir too: a restart of b alone serves it at once.
+    b.stop().await;
+    let b = TestServer::start(&dir.path().join("b"), clock.clone(), |c| {
+        acme_config(c, &pebble, true);
+        cluster(c, "b");
+    })
+    .await;
+    assert!(b.state().certs.as_ref().unwrap().current().is_some());
+    assert_eq!(orders(&b), 0);
+    b.stop().await;
+    a.stop().await;
+}

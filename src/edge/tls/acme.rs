@@ -69,22 +69,37 @@ pub const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pending HTTP-01 challenges: token → key authorization.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Http01 {
     tokens: Arc<RwLock<HashMap<String, String>>>,
+    /// In a cluster, where a token this node did not set is looked up: the node
+    /// that orders may be another one, and the CA's request may reach this one.
+    remote: Arc<std::sync::OnceLock<Arc<dyn Shared>>>,
+}
+
+impl std::fmt::Debug for Http01 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http01")
+            .field("tokens", &self.tokens.read().len())
+            .finish()
+    }
 }
 
 impl Http01 {
     /// The answer to `GET /.well-known/acme-challenge/<token>`.
-    pub fn answer(&self, token: &str) -> axum::response::Response {
+    pub async fn answer(&self, token: &str) -> axum::response::Response {
         use axum::http::{header, StatusCode};
         use axum::response::IntoResponse;
-        match self.tokens.read().get(token) {
-            Some(auth) => (
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                auth.clone(),
-            )
-                .into_response(),
+        let local = self.tokens.read().get(token).cloned();
+        let found = match (local, self.remote.get()) {
+            (Some(auth), _) => Some(auth),
+            (None, Some(shared)) => shared.lookup_challenge(token).await,
+            (None, None) => None,
+        };
+        match found {
+            Some(auth) => {
+                ([(header::CONTENT_TYPE, "application/octet-stream")], auth).into_response()
+            }
             None => StatusCode::NOT_FOUND.into_response(),
         }
     }
@@ -96,6 +111,25 @@ impl Http01 {
             None => t.remove(token),
         };
     }
+}
+
+/// A future the cluster's side of ACME returns.
+pub type SharedFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// ACME in a cluster (`ops::cluster::certs`): one node orders, under a lease, and
+/// every node serves what it obtained. This side knows nothing of NATS.
+pub trait Shared: Send + Sync {
+    /// Whether this node orders and renews now (it holds the lease).
+    fn leading(&self) -> bool;
+    /// A certificate this node obtained, for the other nodes.
+    fn issued(&self, domain: &str, chain_pem: &[u8], key_pem: &[u8]);
+    /// The account this node registered at `directory`, for the other nodes.
+    fn account(&self, directory: &str, json: &[u8]);
+    /// Publishes (`Some`) or withdraws (`None`) an HTTP-01 answer, so whichever
+    /// node the CA's request reaches answers it; resolves once it is published.
+    fn challenge(&self, token: &str, key_authorization: Option<&str>) -> SharedFuture<()>;
+    /// An HTTP-01 answer another node published.
+    fn lookup_challenge(&self, token: &str) -> SharedFuture<Option<String>>;
 }
 
 /// What the ACME task has done, for the admin side and the tests.
@@ -158,9 +192,66 @@ struct Inner {
     http01: Http01,
     clock: Clock,
     status: Arc<Status>,
+    /// In a cluster, the node that orders and where the results go.
+    shared: std::sync::OnceLock<Arc<dyn Shared>>,
 }
 
 impl Acme {
+    /// Orders only while `shared` says this node leads, and shares what it gets:
+    /// certificates, the account, HTTP-01 answers (`Shared`).
+    pub fn share(&self, shared: Arc<dyn Shared>) {
+        let _ = self.inner.http01.remote.set(shared.clone());
+        let _ = self.inner.shared.set(shared);
+    }
+
+    /// Puts a certificate another node obtained in force here, and stores it like
+    /// one of this node's own. Refuses (and keeps the one in force) a pair that
+    /// does not load.
+    pub fn install_cert(
+        &self,
+        domain: &str,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<(), String> {
+        let i = &self.inner;
+        let domain = domain.to_ascii_lowercase();
+        if !i.domains.contains(&domain) {
+            return Err(format!("{domain} is not in this node's tls.domains"));
+        }
+        let names = [domain.clone()];
+        let (cert_path, key_path) = i.store.cert_paths(&names);
+        let loaded = super::parse_pair(chain_pem, &cert_path, key_pem, &key_path)
+            .map_err(|e| format!("the shared certificate does not load: {e}"))?;
+        if i.certs
+            .slot(&domain)
+            .is_some_and(|c| c.not_after >= loaded.not_after && c.not_before >= loaded.not_before)
+        {
+            return Ok(());
+        }
+        i.store
+            .save_cert(&names, chain_pem, key_pem)
+            .map_err(|e| format!("cannot store the shared certificate: {e}"))?;
+        tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "ACME: certificate from another node of the cluster in force");
+        i.certs.set(&domain, loaded);
+        i.certs.record_metrics(i.clock.now_ms());
+        Ok(())
+    }
+
+    /// Stores the account another node registered at `directory`.
+    pub fn install_account(&self, directory: &str, json: &[u8]) -> Result<(), String> {
+        if !self.inner.directories.iter().any(|d| d == directory) {
+            return Err(format!(
+                "{directory} is not one of this node's ACME directories"
+            ));
+        }
+        let _: AccountCredentials = serde_json::from_slice(json)
+            .map_err(|e| format!("the shared account does not parse: {e}"))?;
+        self.inner
+            .store
+            .save_account(directory, json)
+            .map_err(|e| format!("cannot store the shared account: {e}"))
+    }
+
     /// From the `[tls]` config: reads `tls.acme_ca_file`, opens `<data_dir>/tls` and
     /// puts a stored certificate that covers every domain in force. Errors name the key.
     pub fn new(
@@ -208,6 +299,7 @@ impl Acme {
                 http01: Http01::default(),
                 clock,
                 status: Arc::new(Status::default()),
+                shared: std::sync::OnceLock::new(),
             }),
         };
         acme.load_stored();
@@ -297,6 +389,11 @@ impl Acme {
                 }
                 let ari_at = m.ari.as_ref().map(|(at, _)| *at);
                 if renewal::decide(now, held, m.retry_at, ari_at) != Next::Order {
+                    continue;
+                }
+                // In a cluster, only the lease holder orders; the others get its
+                // certificates through `install_cert`.
+                if i.shared.get().is_some_and(|s| !s.leading()) {
                     continue;
                 }
                 if let Err(free_at) = budget.take(now) {
@@ -464,6 +561,9 @@ impl Acme {
         i.store
             .save_account(url, &json)
             .map_err(|e| format!("cannot store the account: {e}"))?;
+        if let Some(shared) = i.shared.get() {
+            shared.account(url, &json);
+        }
         tracing::info!(directory = %url, "ACME account created");
         Ok(account)
     }
@@ -542,6 +642,15 @@ impl Acme {
                     i.http01
                         .set(&challenge.token, Some(key_auth.as_str().to_string()));
                     pending.tokens.push(challenge.token.clone());
+                    if let Some(shared) = i.shared.get() {
+                        // Published before the CA is told to look, so every node
+                        // answers it.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            shared.challenge(&challenge.token, Some(key_auth.as_str())),
+                        )
+                        .await;
+                    }
                 }
                 _ => {
                     let key = alpn_challenge_cert(&name, key_auth.digest().as_ref())?;
@@ -590,6 +699,9 @@ impl Acme {
                     i.store.dir().display()
                 )
             })?;
+        if let Some(shared) = i.shared.get() {
+            shared.issued(domain, chain.as_bytes(), key_pem.as_bytes());
+        }
         tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "ACME: certificate obtained");
         Ok(loaded)
     }
@@ -606,6 +718,9 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         for t in &self.tokens {
             self.acme.inner.http01.set(t, None);
+            if let Some(shared) = self.acme.inner.shared.get() {
+                tokio::spawn(shared.challenge(t, None));
+            }
         }
         for d in &self.alpn {
             self.acme.inner.certs.set_alpn_challenge(d, None);

@@ -525,7 +525,7 @@ pub fn redirect_router(https_port: u16, http01: Option<acme::Http01>) -> axum::R
             "/.well-known/acme-challenge/{token}",
             axum::routing::get(
                 move |axum::extract::Path(token): axum::extract::Path<String>| async move {
-                    h.answer(&token)
+                    h.answer(&token).await
                 },
             ),
         ),

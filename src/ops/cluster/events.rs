@@ -513,7 +513,6 @@ async fn store_batch(
             .await
             .map_err(|e| e.to_string())?;
     }
-    cluster.set_healthy(true);
     Ok(())
 }
 

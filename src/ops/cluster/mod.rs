@@ -27,6 +27,7 @@
 //! `webhook::CONFIRM_WAIT`: the local store is the source of truth, JetStream the
 //! way between stores.
 
+pub(crate) mod certs;
 pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod lease;
