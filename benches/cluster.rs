@@ -23,8 +23,10 @@
 //! and the difference (**202→C**, negative when C's window moved before A's 202 was
 //! read). The velocity and the factor are published together by C's pump; the run
 //! also counts the polls where the factor had not moved with the velocity (it is
-//! under its cap: `velocity.gain = 0.01`). `latency --alone` is the control: one
-//! node, no `[cluster]`, the same paced upvotes, only their 202s.
+//! under its cap: `velocity.gain = 0.01`). With `--controls`, each cluster run is
+//! followed by two controls at the same pace: `alone` (one node, no `[cluster]`, its
+//! 202s: the local fsync) and `jetstream` (the NATS server alone: a publish of a
+//! record's size with a `Nats-Msg-Id` to a file-stored stream, timed to its ack).
 //!
 //! `ingest`: the HTTP ingest method of BENCHMARKS.md ("Reproducing the HTTP runs":
 //! `loadgen`, c=50, P=1, fsync group commit, the node on `--server-cpu` and the load
@@ -53,7 +55,7 @@ use tokio::net::TcpStream;
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
 const USAGE: &str = "usage: cargo bench --bench cluster -- latency [--runs 5] [--rate 20] \
-[--duration 30s] [--alone] [--bin PATH] | ingest --loadgen PATH [--rounds 5] [--duration 10s] \
+[--duration 30s] [--controls] [--bin PATH] | ingest --loadgen PATH [--rounds 5] [--duration 10s] \
 [--connections 50] [--peers 2] [--server-cpu 0] [--load-cpu 1] [--bin PATH]";
 
 const SECRET: &str = "bench-secret";
@@ -82,8 +84,8 @@ struct Args {
     rate: u32,
     duration: Duration,
     loadgen: Option<PathBuf>,
-    /// `latency --alone`: one node, no cluster, only its 202s (the control).
-    alone: bool,
+    /// `latency --controls`: after each cluster run, the two controls.
+    controls: bool,
     connections: usize,
     peers: usize,
     server_cpu: String,
@@ -113,7 +115,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
     let mut rate = 20u32;
     let mut duration = None;
     let mut loadgen = None;
-    let mut alone = false;
+    let mut controls = false;
     let mut connections = 50usize;
     let mut peers = 2usize;
     let mut server_cpu = "0".to_string();
@@ -144,7 +146,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
             "--runs" | "--rounds" => runs = Some(number(&name, value(&name)?)?),
             "--rate" => rate = number("--rate", value("--rate")?)? as u32,
             "--duration" => duration = Some(parse_duration(&value("--duration")?)?),
-            "--alone" => alone = true,
+            "--controls" => controls = true,
             "--loadgen" => loadgen = Some(PathBuf::from(value("--loadgen")?)),
             "--connections" => connections = number("--connections", value("--connections")?)?,
             "--peers" => peers = number("--peers", value("--peers")?)?,
@@ -181,7 +183,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
         rate,
         duration,
         loadgen,
-        alone,
+        controls,
         connections,
         peers,
         server_cpu,
@@ -577,13 +579,37 @@ async fn wait_replicating(key: &Key, a: &mut Conn, others: &mut [Conn], run: &st
     Ok(())
 }
 
-async fn latency_run(args: &Args, run: usize) -> Res<LatencyRun> {
-    let nodes: &[Option<&str>] = if args.alone {
+/// What a latency run measures.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Three nodes: A's 202 and C's window.
+    Cluster,
+    /// One node, no `[cluster]`: its 202s only.
+    Alone,
+    /// The NATS server alone: a JetStream publish of the same size, to its ack.
+    JetStream,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster",
+            Kind::Alone => "alone",
+            Kind::JetStream => "jetstream",
+        }
+    }
+}
+
+async fn latency_run(args: &Args, kind: Kind, run: usize) -> Res<LatencyRun> {
+    if kind == Kind::JetStream {
+        return jetstream_run(args).await;
+    }
+    let nodes: &[Option<&str>] = if kind == Kind::Alone {
         &[None]
     } else {
         &[None, None, None]
     };
-    let setup = start_setup(&args.bin, !args.alone, nodes, None)?;
+    let setup = start_setup(&args.bin, kind == Kind::Cluster, nodes, None)?;
     let key = Key::parse(SECRET).map_err(|e| e.to_string())?;
     let tag = format!(
         "{}-{run}",
@@ -656,6 +682,26 @@ async fn latency_run(args: &Args, run: usize) -> Res<LatencyRun> {
     }
     let busy = cpu_busy(&before, &cpu_snap());
     drop(setup);
+    Ok(latency_result(
+        n,
+        send_to_c,
+        send_to_202,
+        ack_to_c,
+        rtts,
+        factor_lagged,
+        busy,
+    ))
+}
+
+fn latency_result(
+    n: usize,
+    send_to_c: Vec<i64>,
+    send_to_202: Vec<i64>,
+    ack_to_c: Vec<i64>,
+    rtts: Vec<i64>,
+    factor_lagged: usize,
+    busy: String,
+) -> LatencyRun {
     let slowest = {
         let mut s = send_to_202.clone();
         s.sort_unstable();
@@ -667,7 +713,7 @@ async fn latency_run(args: &Args, run: usize) -> Res<LatencyRun> {
             .join(" ")
     };
     let rtt = pcts(rtts);
-    Ok(LatencyRun {
+    LatencyRun {
         n,
         send_to_c: pcts(send_to_c),
         send_to_202: pcts(send_to_202),
@@ -676,45 +722,128 @@ async fn latency_run(args: &Args, run: usize) -> Res<LatencyRun> {
         factor_lagged,
         busy,
         slowest,
+    }
+}
+
+/// The control for JetStream's share of A's 202: a publish of a record's size with
+/// a `Nats-Msg-Id`, to a file-stored stream with the events stream's duplicate
+/// window, paced as the webhooks are, timed to its ack (in `send_to_202`).
+async fn jetstream_run(args: &Args) -> Res<LatencyRun> {
+    let dir = tempfile::Builder::new()
+        .prefix("launchguard-cluster-bench")
+        .tempdir()
+        .map_err(|e| format!("no temp dir: {e}"))?;
+    let (nats, url) = start_nats(dir.path(), None)?;
+    let client = async_nats::connect(url.as_str())
+        .await
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(86_400),
+        max_age: Duration::from_secs(2 * 86_400),
+        ..Default::default()
     })
+    .await
+    .map_err(|e| format!("create the stream: {e}"))?;
+    let payload = Bytes::from(vec![b'x'; 200]);
+    let period = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let n = (args.duration.as_secs_f64() * args.rate as f64).round() as usize;
+    let mut acks = Vec::with_capacity(n);
+    let before = cpu_snap();
+    let start = Instant::now();
+    for i in 0..n {
+        tokio::time::sleep_until((start + period * i as u32).into()).await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("bench-{i}").as_str(),
+        );
+        let sent = Instant::now();
+        let ack = tokio::time::timeout(REQUEST_WITHIN, async {
+            js.publish_with_headers("bench.a", headers, payload.clone())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|_| format!("no ack within {REQUEST_WITHIN:?}"))?;
+        ack?;
+        acks.push(sent.elapsed().as_nanos() as i64);
+    }
+    let busy = cpu_busy(&before, &cpu_snap());
+    drop(js);
+    drop(nats);
+    Ok(latency_result(
+        n,
+        Vec::new(),
+        acks,
+        Vec::new(),
+        Vec::new(),
+        0,
+        busy,
+    ))
 }
 
 async fn latency(args: &Args) -> Res<()> {
+    let kinds: &[Kind] = if args.controls {
+        &[Kind::Cluster, Kind::Alone, Kind::JetStream]
+    } else {
+        &[Kind::Cluster]
+    };
     println!(
-        "cluster latency: {} on 127.0.0.1, {} upvotes/s to A for {:?}, {} runs",
-        if args.alone {
-            "one node alone, no cluster (only its 202s)"
-        } else {
-            "3 nodes + nats-server, C polled while each event is in flight"
-        },
+        "cluster latency on 127.0.0.1: {} upvotes/s to A for {:?}, {} runs of: {}",
         args.rate,
         args.duration,
-        args.runs
+        args.runs,
+        kinds
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    let mut runs = Vec::new();
+    let mut runs: Vec<(Kind, LatencyRun)> = Vec::new();
     for run in 1..=args.runs {
-        let r = latency_run(args, run).await?;
-        println!(
-            "run {run}: n={} send->C p50 {:.3} ms p99 {:.3} ms max {:.3} ms | send->202 p50 {:.3} p99 {:.3} max {:.3} | 202->C p50 {:.3} p99 {:.3} max {:.3} | poll rtt p50 {:.0} us | factor behind velocity {} | {} | slowest 202s (ms) {}",
-            r.n, r.send_to_c.p50, r.send_to_c.p99, r.send_to_c.max,
-            r.send_to_202.p50, r.send_to_202.p99, r.send_to_202.max,
-            r.ack_to_c.p50, r.ack_to_c.p99, r.ack_to_c.max,
-            r.poll_rtt_p50_us, r.factor_lagged, r.busy, r.slowest
-        );
-        runs.push(r);
+        for &kind in kinds {
+            let r = latency_run(args, kind, run).await?;
+            println!(
+                "run {run} {}: n={} send->C p50 {:.3} ms p99 {:.3} ms max {:.3} ms | send->202 p50 {:.3} p99 {:.3} max {:.3} | 202->C p50 {:.3} p99 {:.3} max {:.3} | poll rtt p50 {:.0} us | factor behind velocity {} | {} | slowest 202s (ms) {}",
+                kind.name(), r.n, r.send_to_c.p50, r.send_to_c.p99, r.send_to_c.max,
+                r.send_to_202.p50, r.send_to_202.p99, r.send_to_202.max,
+                r.ack_to_c.p50, r.ack_to_c.p99, r.ack_to_c.max,
+                r.poll_rtt_p50_us, r.factor_lagged, r.busy, r.slowest
+            );
+            runs.push((kind, r));
+        }
     }
-    let med = |f: &dyn Fn(&LatencyRun) -> f64| median_f(&runs.iter().map(f).collect::<Vec<_>>());
-    println!(
-        "MEDIAN send->C p50 {:.3} ms p99 {:.3} ms max {:.3} ms | send->202 p50 {:.3} p99 {:.3} | 202->C p50 {:.3} p99 {:.3} | poll rtt p50 {:.0} us",
-        med(&|r| r.send_to_c.p50),
-        med(&|r| r.send_to_c.p99),
-        med(&|r| r.send_to_c.max),
-        med(&|r| r.send_to_202.p50),
-        med(&|r| r.send_to_202.p99),
-        med(&|r| r.ack_to_c.p50),
-        med(&|r| r.ack_to_c.p99),
-        med(&|r| r.poll_rtt_p50_us),
-    );
+    for &kind in kinds {
+        let med = |f: &dyn Fn(&LatencyRun) -> f64| {
+            median_f(
+                &runs
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, r)| f(r))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        println!(
+            "MEDIAN {}: send->C p50 {:.3} ms p99 {:.3} ms max {:.3} ms | send->202 p50 {:.3} p99 {:.3} max {:.3} | 202->C p50 {:.3} p99 {:.3} max {:.3} | poll rtt p50 {:.0} us",
+            kind.name(),
+            med(&|r| r.send_to_c.p50),
+            med(&|r| r.send_to_c.p99),
+            med(&|r| r.send_to_c.max),
+            med(&|r| r.send_to_202.p50),
+            med(&|r| r.send_to_202.p99),
+            med(&|r| r.send_to_202.max),
+            med(&|r| r.ack_to_c.p50),
+            med(&|r| r.ack_to_c.p99),
+            med(&|r| r.ack_to_c.max),
+            med(&|r| r.poll_rtt_p50_us),
+        );
+    }
     Ok(())
 }
 
