@@ -216,6 +216,35 @@ impl Drop for Proc {
     }
 }
 
+/// The warnings and errors the nodes logged: how many, and the first of each node.
+fn warnings(setup: &Setup) -> String {
+    setup
+        .nodes
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let bad: Vec<&str> = text
+                .lines()
+                // The alerts' own log lines (the launch's first engagement) are not
+                // trouble.
+                .filter(|l| {
+                    (l.contains("WARN") || l.contains("ERROR")) && !l.contains("ops::alerts")
+                })
+                .collect();
+            match bad.first() {
+                None => format!("{}: no warnings", n.name),
+                Some(first) => format!(
+                    "{}: {} warnings, the first: {}",
+                    n.name,
+                    bad.len(),
+                    first.chars().take(240).collect::<String>()
+                ),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
@@ -295,6 +324,7 @@ struct Node {
     name: String,
     public: SocketAddr,
     admin: SocketAddr,
+    log: PathBuf,
     /// Held for its `Drop`: the node stops with its `Node`.
     _proc: Proc,
 }
@@ -344,6 +374,7 @@ fn start_node(
         name: name.into(),
         public,
         admin,
+        log,
         _proc: proc,
     })
 }
@@ -486,6 +517,44 @@ impl Conn {
                 String::from_utf8_lossy(&body)
             )),
         }
+    }
+
+    /// Of the histogram `name` on the node's `/metrics` (summed over its labels):
+    /// how many observations in all, and how many above each of `les` (seconds, each
+    /// one of its bucket bounds).
+    async fn histogram_over(&mut self, name: &str, les: &[&str]) -> Res<(u64, Vec<u64>)> {
+        let body = self.get("/metrics").await?;
+        let text = String::from_utf8_lossy(&body);
+        let value = |l: &str| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        let count: u64 = text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with("_count"))
+            })
+            .map(value)
+            .sum();
+        let over = les
+            .iter()
+            .map(|le| {
+                let label = format!("le=\"{le}\"");
+                let under: u64 = text
+                    .lines()
+                    .filter(|l| {
+                        l.strip_prefix(name)
+                            .is_some_and(|r| r.starts_with("_bucket") && r.contains(&label))
+                    })
+                    .map(value)
+                    .sum();
+                count.saturating_sub(under)
+            })
+            .collect();
+        Ok((count, over))
     }
 
     /// A counter of the node's `/metrics` with a `result` label, 0 when absent.
@@ -680,7 +749,22 @@ async fn latency_run(args: &Args, kind: Kind, run: usize) -> Res<LatencyRun> {
             factor_lagged += 1;
         }
     }
-    let busy = cpu_busy(&before, &cpu_snap());
+    let mut busy = cpu_busy(&before, &cpu_snap());
+    // What A's own histograms saw: its group commits (write + fsync) and its
+    // webhook handler, each over 10 and 25 ms.
+    let mut a_admin = Conn::open(setup.nodes[0].admin).await?;
+    for (what, name) in [
+        ("flushes", "launchguard_commit_duration_seconds"),
+        ("webhooks", "launchguard_webhook_duration_seconds"),
+    ] {
+        let (n, over) = a_admin.histogram_over(name, &["0.01", "0.025"]).await?;
+        let _ = write!(
+            busy,
+            "; A's {what} {n}, over 10 ms {}, over 25 ms {}",
+            over[0], over[1]
+        );
+    }
+    let _ = write!(busy, "; {}", warnings(&setup));
     drop(setup);
     Ok(latency_result(
         n,
@@ -999,6 +1083,7 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
             );
         }
     }
+    let _ = write!(detail, "; {}", warnings(&setup));
     drop(setup);
     Ok(IngestRun {
         rps,
