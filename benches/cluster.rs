@@ -37,6 +37,10 @@
 //! After each cluster run it reads how many events A published and how many each peer
 //! stored, so a run whose replication fell behind shows it.
 //!
+//! `--peers-dir DIR` (either mode) keeps the stores of the NATS server and of every
+//! node but A under DIR (e.g. `/dev/shm`), so that only A writes to the disk, as if
+//! the others were on boxes of their own.
+//!
 //! Without a mode (as under a plain `cargo bench`) it prints its usage and exits 0.
 
 use std::fmt::Write as _;
@@ -55,8 +59,8 @@ use tokio::net::TcpStream;
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
 const USAGE: &str = "usage: cargo bench --bench cluster -- latency [--runs 5] [--rate 20] \
-[--duration 30s] [--controls] [--bin PATH] | ingest --loadgen PATH [--rounds 5] [--duration 10s] \
-[--connections 50] [--peers 2] [--server-cpu 0] [--load-cpu 1] [--bin PATH]";
+[--duration 30s] [--controls] [--peers-dir DIR] [--bin PATH] | ingest --loadgen PATH [--rounds 5] [--duration 10s] \
+[--connections 50] [--peers 2] [--server-cpu 0] [--load-cpu 1] [--peers-dir DIR] [--bin PATH]";
 
 const SECRET: &str = "bench-secret";
 const WEBHOOK_PATH: &str = "/webhooks/producthunt";
@@ -86,6 +90,8 @@ struct Args {
     loadgen: Option<PathBuf>,
     /// `latency --controls`: after each cluster run, the two controls.
     controls: bool,
+    /// Where the NATS server and the nodes but A keep their stores (`--peers-dir`).
+    peers_dir: Option<PathBuf>,
     connections: usize,
     peers: usize,
     server_cpu: String,
@@ -116,6 +122,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
     let mut duration = None;
     let mut loadgen = None;
     let mut controls = false;
+    let mut peers_dir = None;
     let mut connections = 50usize;
     let mut peers = 2usize;
     let mut server_cpu = "0".to_string();
@@ -147,6 +154,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
             "--rate" => rate = number("--rate", value("--rate")?)? as u32,
             "--duration" => duration = Some(parse_duration(&value("--duration")?)?),
             "--controls" => controls = true,
+            "--peers-dir" => peers_dir = Some(PathBuf::from(value("--peers-dir")?)),
             "--loadgen" => loadgen = Some(PathBuf::from(value("--loadgen")?)),
             "--connections" => connections = number("--connections", value("--connections")?)?,
             "--peers" => peers = number("--peers", value("--peers")?)?,
@@ -184,6 +192,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
         duration,
         loadgen,
         controls,
+        peers_dir,
         connections,
         peers,
         server_cpu,
@@ -385,20 +394,37 @@ struct Setup {
     nodes: Vec<Node>,
     _nats: Option<Proc>,
     _dir: tempfile::TempDir,
+    _peers_dir: Option<tempfile::TempDir>,
 }
 
+/// Starts the NATS server (when `nats`) and one node per entry of `node_cpus`. The
+/// first node's store is in a temp dir of the system's; the NATS server's and the
+/// other nodes' too, or under `peers_dir` when given (e.g. a tmpfs, so that only
+/// the first node writes to the disk).
 fn start_setup(
     bin: &Path,
     nats: bool,
     node_cpus: &[Option<&str>],
     nats_cpus: Option<&str>,
+    peers_dir: Option<&Path>,
 ) -> Res<Setup> {
-    let dir = tempfile::Builder::new()
-        .prefix("launchguard-cluster-bench")
-        .tempdir()
-        .map_err(|e| format!("no temp dir: {e}"))?;
+    let temp = |within: Option<&Path>| {
+        let mut b = tempfile::Builder::new();
+        b.prefix("launchguard-cluster-bench");
+        match within {
+            Some(d) => b.tempdir_in(d),
+            None => b.tempdir(),
+        }
+        .map_err(|e| format!("no temp dir: {e}"))
+    };
+    let dir = temp(None)?;
+    let peers = match peers_dir {
+        Some(d) => Some(temp(Some(d))?),
+        None => None,
+    };
+    let peers_path = peers.as_ref().map_or(dir.path(), |p| p.path());
     let (nats, url) = if nats {
-        let (p, url) = start_nats(dir.path(), nats_cpus)?;
+        let (p, url) = start_nats(peers_path, nats_cpus)?;
         (Some(p), Some(url))
     } else {
         (None, None)
@@ -406,12 +432,14 @@ fn start_setup(
     let mut nodes = Vec::new();
     for (i, cpus) in node_cpus.iter().enumerate() {
         let name = ((b'a' + i as u8) as char).to_string();
-        nodes.push(start_node(bin, dir.path(), &name, url.as_deref(), *cpus)?);
+        let within = if i == 0 { dir.path() } else { peers_path };
+        nodes.push(start_node(bin, within, &name, url.as_deref(), *cpus)?);
     }
     Ok(Setup {
         nodes,
         _nats: nats,
         _dir: dir,
+        _peers_dir: peers,
     })
 }
 
@@ -678,7 +706,13 @@ async fn latency_run(args: &Args, kind: Kind, run: usize) -> Res<LatencyRun> {
     } else {
         &[None, None, None]
     };
-    let setup = start_setup(&args.bin, kind == Kind::Cluster, nodes, None)?;
+    let setup = start_setup(
+        &args.bin,
+        kind == Kind::Cluster,
+        nodes,
+        None,
+        args.peers_dir.as_deref(),
+    )?;
     let key = Key::parse(SECRET).map_err(|e| e.to_string())?;
     let tag = format!(
         "{}-{run}",
@@ -978,7 +1012,7 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
     if cluster {
         cpus.extend(std::iter::repeat_n(load, args.peers));
     }
-    let setup = start_setup(&args.bin, cluster, &cpus, load)?;
+    let setup = start_setup(&args.bin, cluster, &cpus, load, args.peers_dir.as_deref())?;
     let key = Key::parse(SECRET).map_err(|e| e.to_string())?;
     let tag = format!(
         "{}{}r{round}",
