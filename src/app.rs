@@ -673,7 +673,11 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 background_shutdown.clone(),
             )));
         }
-        for lease in [&alerts_lease, &poller_lease, &acme_lease]
+        // This node's presence, so a second node with the same id is told.
+        let presence = Some(crate::ops::cluster::lease::Lease::new(
+            crate::ops::cluster::lease::presence_key(cluster.node()),
+        ));
+        for lease in [&alerts_lease, &poller_lease, &acme_lease, &presence]
             .into_iter()
             .flatten()
         {

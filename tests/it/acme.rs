@@ -710,10 +710,30 @@ async fn a_cluster_orders_one_certificate_and_every_node_serves_it() {
         a.state().certs.clone().unwrap(),
         b.state().certs.clone().unwrap(),
     );
-    until("both nodes have the certificate", &pebble, || {
-        a_certs.current().is_some() && b_certs.current().is_some()
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(a_certs.current().is_some() && b_certs.current().is_some()) {
+        if Instant::now() > deadline {
+            // What the bucket holds, for the failure message.
+            let client = async_nats::connect(nats.url()).await.unwrap();
+            let kv = async_nats::jetstream::new(client)
+                .get_key_value("LAUNCHGUARD_TLS")
+                .await;
+            let entry = match kv {
+                Ok(kv) => format!(
+                    "{:?}",
+                    kv.get("cert.lg.test").await.map(|v| v.map(|v| v.len()))
+                ),
+                Err(e) => format!("no bucket: {e}"),
+            };
+            panic!(
+                "a has a certificate: {}, b: {}; the bucket's cert.lg.test: {entry}; pebble said:\n{}",
+                a_certs.current().is_some(),
+                b_certs.current().is_some(),
+                pebble.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let orders = |s: &TestServer| {
         s.state()
             .acme

@@ -237,6 +237,11 @@ impl Acme {
         Ok(())
     }
 
+    /// The domains this node serves by ACME.
+    pub fn domains(&self) -> &[String] {
+        &self.inner.domains
+    }
+
     /// Stores the account another node registered at `directory`.
     pub fn install_account(&self, directory: &str, json: &[u8]) -> Result<(), String> {
         if !self.inner.directories.iter().any(|d| d == directory) {

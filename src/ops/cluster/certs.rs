@@ -28,6 +28,8 @@ use crate::edge::tls::acme::{Acme, Shared, SharedFuture};
 
 /// The bucket of certificates, accounts and challenge answers.
 pub const TLS_BUCKET: &str = "LAUNCHGUARD_TLS";
+/// How often each domain's entry is read besides the watch.
+const RECONCILE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct CertEntry {
@@ -190,36 +192,56 @@ pub async fn run_watch(cluster: Cluster, acme: Acme, shutdown: CancellationToken
 async fn watch(cluster: &Cluster, acme: &Acme) -> Result<(), String> {
     let b = bucket(cluster).await?;
     let mut entries = b.watch_with_history(">").await.map_err(|e| e.to_string())?;
-    while let Some(entry) = entries.next().await {
+    // Besides the watch, each domain's entry is read every `RECONCILE`: a watch
+    // that stalls (a consumer's missed heartbeats) must not keep a node without
+    // its certificate.
+    let mut reconcile = tokio::time::interval(RECONCILE);
+    loop {
+        let entry = tokio::select! {
+            e = entries.next() => e,
+            _ = reconcile.tick() => {
+                for domain in acme.domains() {
+                    let key = format!("cert.{domain}");
+                    if let Ok(Some(value)) = b.get(key.as_str()).await {
+                        apply(cluster, acme, &key, &value);
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(entry) = entry else {
+            return Err("the watch ended".into());
+        };
         let entry = entry.map_err(|e| e.to_string())?;
-        if entry.operation != kv::Operation::Put {
-            continue;
-        }
-        if let Some(domain) = entry.key.strip_prefix("cert.") {
-            match serde_json::from_slice::<CertEntry>(&entry.value) {
-                Ok(c) if c.node == cluster.node() => {}
-                Ok(c) => {
-                    if let Err(e) =
-                        acme.install_cert(domain, c.chain_pem.as_bytes(), c.key_pem.as_bytes())
-                    {
-                        tracing::error!(domain, node = %c.node, "cluster: {e}");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(domain, "cluster: a shared certificate cannot be read: {e}")
-                }
-            }
-        } else if entry.key.starts_with("account.") {
-            match serde_json::from_slice::<AccountEntry>(&entry.value) {
-                Ok(a) if a.node == cluster.node() => {}
-                Ok(a) => {
-                    if let Err(e) = acme.install_account(&a.directory, a.json.as_bytes()) {
-                        tracing::warn!(node = %a.node, "cluster: {e}");
-                    }
-                }
-                Err(e) => tracing::error!("cluster: a shared ACME account cannot be read: {e}"),
-            }
+        if entry.operation == kv::Operation::Put {
+            apply(cluster, acme, &entry.key, &entry.value);
         }
     }
-    Err("the watch ended".into())
+}
+
+/// Installs one entry of the bucket, unless this node put it.
+fn apply(cluster: &Cluster, acme: &Acme, key: &str, value: &[u8]) {
+    if let Some(domain) = key.strip_prefix("cert.") {
+        match serde_json::from_slice::<CertEntry>(value) {
+            Ok(c) if c.node == cluster.node() => {}
+            Ok(c) => {
+                if let Err(e) =
+                    acme.install_cert(domain, c.chain_pem.as_bytes(), c.key_pem.as_bytes())
+                {
+                    tracing::error!(domain, node = %c.node, "cluster: {e}");
+                }
+            }
+            Err(e) => tracing::error!(domain, "cluster: a shared certificate cannot be read: {e}"),
+        }
+    } else if key.starts_with("account.") {
+        match serde_json::from_slice::<AccountEntry>(value) {
+            Ok(a) if a.node == cluster.node() => {}
+            Ok(a) => {
+                if let Err(e) = acme.install_account(&a.directory, a.json.as_bytes()) {
+                    tracing::warn!(node = %a.node, "cluster: {e}");
+                }
+            }
+            Err(e) => tracing::error!("cluster: a shared ACME account cannot be read: {e}"),
+        }
+    }
 }

@@ -28,17 +28,24 @@ pub const TTL: Duration = Duration::from_secs(6);
 /// How often the holder renews, and the others try to take it.
 pub const RENEW: Duration = Duration::from_secs(2);
 
+/// The presence entry of a running node, `node.<id>`: held by the node with that
+/// id while it runs, so a second node started with the same id sees it taken
+/// (and `preflight` says so).
+pub fn presence_key(node: &str) -> String {
+    format!("node.{node}")
+}
+
 /// A lease on one kind of work; `held` is what the work reads.
 #[derive(Clone)]
 pub struct Lease {
-    name: &'static str,
+    name: Arc<str>,
     held: Arc<AtomicBool>,
 }
 
 impl Lease {
-    pub fn new(name: &'static str) -> Lease {
+    pub fn new(name: impl Into<Arc<str>>) -> Lease {
         Lease {
-            name,
+            name: name.into(),
             held: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -50,22 +57,16 @@ impl Lease {
 
     fn set(&self, held: bool, node: &str) {
         if self.held.swap(held, Ordering::AcqRel) != held {
-            metrics::gauge!(crate::telemetry::CLUSTER_LEASE_HELD, "work" => self.name)
+            metrics::gauge!(crate::telemetry::CLUSTER_LEASE_HELD, "work" => self.name.to_string())
                 .set(f64::from(u8::from(held)));
-            if held {
-                tracing::info!(
-                    work = self.name,
-                    node,
-                    "cluster: this node took the lease; running the {} here",
-                    self.name
-                );
+            if self.name.starts_with("node.") {
+                if !held {
+                    tracing::error!(node, "cluster: another running node uses this node id ({}); give each node its own cluster.node_id", self.name);
+                }
+            } else if held {
+                tracing::info!(work = %self.name, node, "cluster: this node took the lease; running the {} here", self.name);
             } else {
-                tracing::info!(
-                    work = self.name,
-                    node,
-                    "cluster: another node holds the lease; the {} runs there",
-                    self.name
-                );
+                tracing::info!(work = %self.name, node, "cluster: another node holds the lease; the {} runs there", self.name);
             }
         }
     }
@@ -93,7 +94,7 @@ pub async fn run(cluster: Cluster, lease: Lease, shutdown: CancellationToken) {
         }
         if let Some(b) = &store {
             match revision {
-                Some(rev) => match b.update(lease.name, node.clone().into(), rev).await {
+                Some(rev) => match b.update(&*lease.name, node.clone().into(), rev).await {
                     Ok(next) => revision = Some(next),
                     // Refused while NATS answers: the entry is not ours any more
                     // (another node holds it, or it aged out).
@@ -107,7 +108,7 @@ pub async fn run(cluster: Cluster, lease: Lease, shutdown: CancellationToken) {
                     // NATS unreachable: keep it; nobody can take it through NATS.
                     Err(_) => {}
                 },
-                None => match b.create(lease.name, node.clone().into()).await {
+                None => match b.create(&*lease.name, node.clone().into()).await {
                     Ok(rev) => {
                         revision = Some(rev);
                         lease.set(true, &node);
@@ -125,7 +126,7 @@ pub async fn run(cluster: Cluster, lease: Lease, shutdown: CancellationToken) {
         // Let the next node take it now rather than after the TTL.
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
-            b.delete_expect_revision(lease.name, Some(rev)),
+            b.delete_expect_revision(&*lease.name, Some(rev)),
         )
         .await;
     }

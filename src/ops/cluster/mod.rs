@@ -320,17 +320,27 @@ pub(crate) async fn preflight(
                     Err((e.to_string(), "check JetStream on the NATS server".into())),
                 )),
             }
-            // A node id in use: its durable consumer has a pull waiting right now.
-            match stream.consumer_info(&node).await {
-                Ok(info) if info.num_waiting > 0 => out.push((
+            // A node id in use: a running node holds its presence entry.
+            let taken = match js.get_key_value(lease::LEASES).await {
+                Ok(b) => b
+                    .get(lease::presence_key(&node))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                Err(_) => false,
+            };
+            out.push(if taken {
+                (
                     "cluster: node id",
                     Err((
-                        format!("another running node reads the stream as {node:?}"),
+                        format!("a running node uses the id {node:?}"),
                         "give every node its own cluster.node_id (if that node is this one, already running, stop it first)".into(),
                     )),
-                )),
-                _ => out.push(("cluster: node id", Ok(format!("{node:?} is not in use by a running node")))),
-            }
+                )
+            } else {
+                ("cluster: node id", Ok(format!("{node:?} is not in use by a running node")))
+            });
         }
         Err(e)
             if matches!(
