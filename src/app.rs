@@ -446,6 +446,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             .as_ref()
             .map(|c| crate::ops::cluster::control::Control {
                 started: std::time::SystemTime::now(),
+                consumed: Default::default(),
                 cluster: c.clone(),
                 edge: edge.clone(),
                 factor: factor.clone(),

@@ -71,6 +71,8 @@ pub struct Control {
     /// its control consumer, made a moment later, starts there, so no command
     /// published meanwhile is missed.
     pub started: std::time::SystemTime,
+    /// The server time of the last command this node's consumer took.
+    pub consumed: std::sync::Arc<parking_lot::Mutex<Option<time::OffsetDateTime>>>,
     pub cluster: Cluster,
     pub edge: Edge,
     pub factor: Factor,
@@ -353,20 +355,23 @@ pub async fn run_commands(control: Control, shutdown: CancellationToken) {
 async fn consume_commands(control: &Control) -> Result<(), String> {
     let stream = control_stream(&control.cluster).await?;
     let name = format!("{}-control", control.cluster.node());
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .get_or_create_consumer(
-            &name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime {
-                    start_time: time::OffsetDateTime::from(control.started),
-                },
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    // Remade at each (re)start (`fresh_consumer`): from this node's start, or from
+    // a few seconds before the last command it applied (a purge or warm-up applied
+    // twice does no harm; one missed after a NATS crash would).
+    let start = match *control.consumed.lock() {
+        Some(last) => (last - Duration::from_secs(5)).max(control.started.into()),
+        None => control.started.into(),
+    };
+    let consumer = super::fresh_consumer(
+        &stream,
+        &name,
+        start,
+        pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut messages = consumer
         .stream()
         .heartbeat(Duration::from_secs(2))
@@ -389,6 +394,9 @@ async fn consume_commands(control: &Control) -> Result<(), String> {
             }
         }
         m.ack().await.map_err(|e| e.to_string())?;
+        if let Ok(info) = m.info() {
+            *control.consumed.lock() = Some(info.published);
+        }
     }
     Err("the message stream ended".into())
 }
