@@ -411,8 +411,9 @@ async fn consume(
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
-        .heartbeat(Duration::from_secs(2))
-        .expires(Duration::from_secs(10))
+        // A pull that lapses is noticed after two missed heartbeats: 2 s.
+        .heartbeat(Duration::from_secs(1))
+        .expires(Duration::from_secs(5))
         .messages()
         .await
         .map_err(|e| e.to_string())?;
@@ -425,10 +426,21 @@ async fn consume(
             return Err("the message stream ended".into());
         };
         let mut batch = vec![first.map_err(|e| e.to_string())?];
+        // The messages already here join the batch; an error or the stream's end
+        // among them ends this consumer once the batch is stored (and is retried).
+        let mut ended = None;
         while batch.len() < BATCH {
             match messages.next().now_or_never() {
                 Some(Some(Ok(m))) => batch.push(m),
-                _ => break,
+                Some(Some(Err(e))) => {
+                    ended = Some(e.to_string());
+                    break;
+                }
+                Some(None) => {
+                    ended = Some("the message stream ended".into());
+                    break;
+                }
+                None => break,
             }
         }
         store_batch(cluster, parts, &batch).await?;
@@ -443,6 +455,9 @@ async fn consume(
             let _ = parts
                 .store
                 .set_meta_u64(trees::META_CLUSTER_CONSUMED_MS, last_ms);
+        }
+        if let Some(e) = ended {
+            return Err(e);
         }
         *failures = 0;
     }
