@@ -170,23 +170,7 @@ impl Shared for ClusterAcme {
 
 /// Installs the certificates and accounts other nodes put, until `shutdown`.
 pub async fn run_watch(cluster: Cluster, acme: Acme, shutdown: CancellationToken) {
-    let mut failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            r = watch(&cluster, &acme) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        if let Err(e) = result {
-            if failures == 0 {
-                tracing::warn!("cluster: the certificate watch stopped: {e}; retrying");
-            }
-        }
-        failures += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff(failures)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+    super::keep_running("certificate watch", &shutdown, || watch(&cluster, &acme)).await;
 }
 
 async fn watch(cluster: &Cluster, acme: &Acme) -> Result<(), String> {

@@ -257,23 +257,7 @@ fn command_id(cluster: &Cluster) -> String {
 
 /// Watches the shared pin and applies what other nodes put, until `shutdown`.
 pub async fn run_pin_watch(control: Control, shutdown: CancellationToken) {
-    let mut failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            r = watch_pin(&control) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        if let Err(e) = result {
-            if failures == 0 {
-                tracing::warn!("cluster: the pin watch stopped: {e}; retrying");
-            }
-        }
-        failures += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff(failures)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+    super::keep_running("pin watch", &shutdown, || watch_pin(&control)).await;
 }
 
 async fn watch_pin(control: &Control) -> Result<(), String> {
@@ -333,23 +317,7 @@ async fn apply_pin(control: &Control, shared: &SharedPin) {
 
 /// Applies the other nodes' purges and warm-ups as they reach the stream.
 pub async fn run_commands(control: Control, shutdown: CancellationToken) {
-    let mut failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            r = consume_commands(&control) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        if let Err(e) = result {
-            if failures == 0 {
-                tracing::warn!("cluster: the control consumer stopped: {e}; retrying");
-            }
-        }
-        failures += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff(failures)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+    super::keep_running("control consumer", &shutdown, || consume_commands(&control)).await;
 }
 
 async fn consume_commands(control: &Control) -> Result<(), String> {
@@ -381,12 +349,7 @@ async fn consume_commands(control: &Control) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
-        let node = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(NODE_HEADER))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
+        let node = super::sender(&m);
         if node != control.cluster.node() {
             match serde_json::from_slice::<Command>(&m.payload) {
                 Ok(command) => apply_command(control, &node, command).await,

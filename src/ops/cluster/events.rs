@@ -355,29 +355,16 @@ async fn publish(
 
 /// Stores the other nodes' events as they reach the stream, until `shutdown`.
 pub async fn run_consumer(cluster: Cluster, parts: Arc<Parts>, shutdown: CancellationToken) {
-    let mut failures = 0u32;
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        match consume(&cluster, &parts, &shutdown, &mut failures).await {
-            Ok(()) => return,
-            Err(e) => {
-                if failures == 0 {
-                    tracing::warn!("cluster: the events consumer stopped: {e}; retrying");
-                }
-                failures += 1;
-                pause(backoff(failures), &shutdown).await;
-            }
-        }
-    }
+    super::keep_running("events consumer", &shutdown, || {
+        consume(&cluster, &parts, &shutdown)
+    })
+    .await;
 }
 
 async fn consume(
     cluster: &Cluster,
     parts: &Parts,
     shutdown: &CancellationToken,
-    failures: &mut u32,
 ) -> Result<(), String> {
     ensure_stream(cluster, parts.dedup_ttl_secs).await?;
     let stream = cluster
@@ -459,7 +446,6 @@ async fn consume(
         if let Some(e) = ended {
             return Err(e);
         }
-        *failures = 0;
     }
 }
 
@@ -473,11 +459,8 @@ async fn store_batch(
     let now = parts.clock.now_ms();
     let mut appended = false;
     for m in batch {
-        let node = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(NODE_HEADER))
-            .map(|v| v.as_str().to_string())
+        let node = Some(super::sender(m))
+            .filter(|n| !n.is_empty())
             .or_else(|| {
                 m.subject
                     .strip_prefix("launchguard.events.")

@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::ClusterConfig;
 
 /// The stream every node publishes its events to.
@@ -419,6 +421,48 @@ pub(crate) fn resume_at(
 /// Unix ms of a JetStream timestamp.
 pub(crate) fn unix_ms(t: time::OffsetDateTime) -> u64 {
     (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
+}
+
+/// Runs `task` again after each time it ends (with `backoff`) until `shutdown`:
+/// the watches and consumers, which end only on an error. A task that ran a minute
+/// or more before failing counts as failing for the first time again (logged,
+/// shortest pause); later failures in a row are not logged again.
+pub(crate) async fn keep_running<F, Fut>(what: &str, shutdown: &CancellationToken, mut task: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut failures = 0u32;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = task() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        if started.elapsed() >= Duration::from_secs(60) {
+            failures = 0;
+        }
+        if let Err(e) = result {
+            if failures == 0 {
+                tracing::warn!("cluster: the {what} stopped: {e}; retrying");
+            }
+        }
+        failures += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(failures)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The node that published a message (its `Launchguard-Node` header), or "".
+pub(crate) fn sender(message: &async_nats::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(NODE_HEADER))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
 }
 
 /// Exponential backoff for the cluster's tasks after a failure: 100 ms doubling to

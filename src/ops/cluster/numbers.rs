@@ -159,23 +159,7 @@ async fn publish_new(n: &Numbers) -> Result<(), String> {
 
 /// Stores the other nodes' rows as they reach the stream, until `shutdown`.
 pub async fn run_consumer(n: Numbers, shutdown: CancellationToken) {
-    let mut failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            r = consume(&n) => r,
-            _ = shutdown.cancelled() => return,
-        };
-        if let Err(e) = result {
-            if failures == 0 {
-                tracing::warn!("cluster: the metrics consumer stopped: {e}; retrying");
-            }
-        }
-        failures += 1;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff(failures)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+    super::keep_running("metrics consumer", &shutdown, || consume(&n)).await;
 }
 
 async fn consume(n: &Numbers) -> Result<(), String> {
@@ -208,12 +192,7 @@ async fn consume(n: &Numbers) -> Result<(), String> {
     let tz = n.conversions.timezone().clone();
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
-        let node = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(NODE_HEADER))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
+        let node = super::sender(&m);
         if !node.is_empty() && node != n.cluster.node() {
             match decode_batch(&m.payload) {
                 Ok(batch) => {
