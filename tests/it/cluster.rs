@@ -660,7 +660,12 @@ mod processes {
     /// Waits until every node holds every id of `acked`, each once, and all hold the
     /// same ids (acked, plus events a killed node had made durable without
     /// answering); returns how many.
-    async fn all_hold(client: &Client, nodes: &[&Node], acked: &HashSet<String>) -> usize {
+    async fn all_hold(
+        client: &Client,
+        nodes: &[&Node],
+        acked: &HashSet<String>,
+        nats_url: &str,
+    ) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut stores = Vec::new();
@@ -699,9 +704,39 @@ mod processes {
                             .join("\n")
                     })
                     .collect();
+                // Where the missing ones are: in the stream (a consumer did not store
+                // them) or not (the outbox did not publish them, or NATS lost them).
+                let census = crate::support::nats::census(nats_url, "LAUNCHGUARD_EVENTS").await;
+                let in_stream: Vec<String> = match &census {
+                    Ok(msgs) => gaps
+                        .iter()
+                        .flat_map(|(_, ids)| ids.iter())
+                        .map(|id| {
+                            let at: Vec<_> = msgs.iter().filter(|m| &m.1 == **id).collect();
+                            format!("{id}: {at:?}")
+                        })
+                        .collect(),
+                    Err(e) => vec![format!("cannot read the stream: {e}")],
+                };
+                let mut cluster_metrics = Vec::new();
+                for n in nodes {
+                    let text = client
+                        .get(&format!("http://{}/metrics", n.admin()))
+                        .await
+                        .text();
+                    cluster_metrics.push(
+                        text.lines()
+                            .filter(|l| l.starts_with("launchguard_cluster_"))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    );
+                }
                 panic!(
-                    "the stores never agreed; missing per node: {gaps:?} (acknowledged: {})\nlogs:\n{}",
+                    "the stores never agreed; missing per node: {gaps:?} (acknowledged: {})\n\
+                     in the stream ({} messages): {in_stream:?}\nmetrics:\n{}\nlogs:\n{}",
                     acked.len(),
+                    census.as_ref().map_or(0, |m| m.len()),
+                    cluster_metrics.join("\n----\n"),
                     logs.join("\n----\n")
                 );
             }
@@ -775,7 +810,7 @@ mod processes {
 
         let client = Client::new();
         let refs: Vec<&Node> = nodes.iter().collect();
-        let held = all_hold(&client, &refs, &acked).await;
+        let held = all_hold(&client, &refs, &acked, &nats.url()).await;
         for n in nodes.iter().rev() {
             analytics_count(&client, n.admin(), held).await;
         }

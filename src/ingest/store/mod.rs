@@ -644,17 +644,21 @@ fn open_hint(e: &sled::Error) -> String {
 }
 
 /// The `events` entries that can hold `seq` or later ones: the entry at or before
-/// `seq` (a batch may hold it), then every later entry.
+/// `seq` (a batch may hold it), then every later entry, read by one iterator from that
+/// entry's key on. (Two reads, the entry before `seq` and then the entries after it,
+/// miss a batch written between them that starts exactly at `seq`; the cluster's
+/// outbox then moved past events it never published.)
 fn entries_from(
     events: &sled::Tree,
     seq: u64,
 ) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
     let at = seq.to_be_bytes();
-    events
-        .range(..=at)
-        .next_back()
-        .into_iter()
-        .chain(events.range((std::ops::Bound::Excluded(at), std::ops::Bound::Unbounded)))
+    let (failed, from) = match events.range(..=at).next_back() {
+        Some(Ok((k, _))) => (None, k),
+        Some(Err(e)) => (Some(Err(e)), sled::IVec::from(&at[..])),
+        None => (None, sled::IVec::from(&at[..])),
+    };
+    failed.into_iter().chain(events.range(from..))
 }
 
 /// The events with seq `from` or later, oldest first, across entries of either layout.
@@ -732,6 +736,38 @@ mod tests {
             Commit::Accepted { seq: 3 }
         );
         assert_eq!(s.event(1).unwrap().unwrap().id, "a");
+    }
+
+    /// A reader that follows the writer, as the cluster's outbox does (read after its
+    /// cursor, move the cursor to the last seq read), never passes a seq: every batch
+    /// it reads starts right after its cursor and has no hole. Each write here is a
+    /// batch of one or two entries, so a batch that starts exactly at the reader's
+    /// cursor + 1 lands between the reader's lookups again and again.
+    #[test]
+    fn a_reader_following_the_writer_sees_every_seq_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        const EVENTS: u64 = 40_000;
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..EVENTS {
+                    s.append(&record(&format!("e{i}"), i), u64::MAX).unwrap();
+                    if i % 3 != 0 {
+                        s.write_pending().unwrap();
+                    }
+                }
+                s.write_pending().unwrap();
+            })
+        };
+        let mut cursor = 0;
+        while cursor < EVENTS {
+            for (seq, _) in s.events_after(cursor, 64).unwrap() {
+                assert_eq!(seq, cursor + 1, "the reader passed seq {}", cursor + 1);
+                cursor = seq;
+            }
+        }
+        writer.join().unwrap();
     }
 
     #[test]

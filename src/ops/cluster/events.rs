@@ -7,7 +7,8 @@
 //!    reachable, before the event is durable;
 //! 2. the committer writes (and flushes) a batch and announces it
 //!    (`Store::announce_written`);
-//! 3. the outbox reads the events after its cursor, publishes this node's own ones
+//! 3. the outbox reads the events after its cursor (a run of seqs without a hole: a
+//!    hole is a write still landing, read again), publishes this node's own ones
 //!    (replicas are skipped) with `Nats-Msg-Id` = the event id, all at once, then
 //!    awaits JetStream's acks in order;
 //! 4. each ack answers the webhook waiting on its seq (`duplicate`: another node
@@ -47,6 +48,8 @@ const BATCH: usize = 256;
 const REWIND: Duration = Duration::from_secs(60);
 /// How far before the last message consumed a remade consumer starts.
 const RESUME_OVERLAP: Duration = Duration::from_secs(30);
+/// How long a hole in the log's seqs is waited on before the outbox passes it.
+const HOLE_WAIT: Duration = Duration::from_millis(50);
 
 /// The `Nats-Msg-Id` of an event id: the id itself when it is short printable
 /// ASCII without spaces (every id Product Hunt and Standard Webhooks senders use),
@@ -165,6 +168,8 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
     // At start, and after every reconnect, the events of the last `REWIND` are
     // published again (see step 5).
     let mut connects = None;
+    // The first seq found missing after the cursor, and since when.
+    let mut hole: Option<(u64, tokio::time::Instant)> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -214,6 +219,41 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
         };
         metrics::gauge!(telemetry::CLUSTER_OUTBOX_PENDING)
             .set(store.next_seq().saturating_sub(cursor + 1) as f64);
+        // The log has no holes (seqs are given and written in order), so a batch
+        // that skips a seq was read while a write was landing: only the run before
+        // the hole goes now, and the rest is read again. A hole still there 50 ms
+        // later is a real one (a damaged or old store), passed with a warning rather
+        // than waited on forever.
+        let run = contiguous(cursor, &batch);
+        let batch = if run == batch.len() {
+            hole = None;
+            &batch[..]
+        } else {
+            let missing = cursor + 1 + run as u64;
+            match hole {
+                Some((seq, since)) if seq == missing && since.elapsed() >= HOLE_WAIT => {
+                    tracing::warn!(
+                        seq,
+                        "cluster: event {seq} is missing from the log; publishing past it"
+                    );
+                    hole = None;
+                    &batch[..]
+                }
+                Some((seq, _)) if seq == missing && run == 0 => {
+                    pause(HOLE_WAIT / 5, &shutdown).await;
+                    continue;
+                }
+                _ => {
+                    if hole.is_none_or(|(seq, _)| seq != missing) {
+                        hole = Some((missing, tokio::time::Instant::now()));
+                    }
+                    if run == 0 {
+                        continue;
+                    }
+                    &batch[..run]
+                }
+            }
+        };
         if batch.is_empty() {
             tokio::select! {
                 _ = &mut written => {}
@@ -222,7 +262,7 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
             }
             continue;
         }
-        match publish(&cluster, &outbox, &batch).await {
+        match publish(&cluster, &outbox, batch).await {
             Ok(through) => {
                 if through > cursor {
                     if let Err(e) = store.set_meta_u64(trees::META_CLUSTER_PUBLISHED, through) {
@@ -245,6 +285,15 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
             }
         }
     }
+}
+
+/// How many events of `batch` follow `after` without a hole in their seqs.
+fn contiguous(after: u64, batch: &[(u64, crate::ingest::store::EventRecord)]) -> usize {
+    batch
+        .iter()
+        .zip(after + 1..)
+        .take_while(|((seq, _), want)| seq == want)
+        .count()
 }
 
 /// Whether the stream's copy of a duplicate (its message `stream_seq`) was published
@@ -524,6 +573,30 @@ async fn pause(d: Duration, shutdown: &CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_run_to_publish_stops_at_the_first_hole() {
+        let at = |seqs: &[u64]| -> Vec<(u64, crate::ingest::store::EventRecord)> {
+            seqs.iter()
+                .map(|&s| {
+                    let r = crate::ingest::store::EventRecord {
+                        id: format!("e{s}"),
+                        event_type: "upvote".into(),
+                        weight_milli: 1000,
+                        received_ms: s,
+                        scheme: crate::ingest::store::Scheme::ProductHunt,
+                        payload: Vec::new(),
+                        origin: None,
+                    };
+                    (s, r)
+                })
+                .collect()
+        };
+        assert_eq!(contiguous(4, &at(&[5, 6, 7])), 3);
+        assert_eq!(contiguous(4, &at(&[5, 7, 8])), 1);
+        assert_eq!(contiguous(4, &at(&[6, 7])), 0);
+        assert_eq!(contiguous(4, &at(&[])), 0);
+    }
 
     #[test]
     fn a_plain_id_is_its_own_msg_id_and_any_other_is_hashed() {

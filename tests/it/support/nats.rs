@@ -76,3 +76,41 @@ impl Drop for Nats {
         self.stop();
     }
 }
+
+/// Every message of stream `stream` on the server at `url`, as (stream seq,
+/// `Nats-Msg-Id`, `Launchguard-Node`): what a failing cluster test prints to tell a
+/// message that never reached the stream from one a consumer did not store.
+pub async fn census(url: &str, stream: &str) -> Result<Vec<(u64, String, String)>, String> {
+    use futures_util::StreamExt;
+    let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let last = s
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let consumer = s
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(3), messages.next()).await
+    {
+        let header = |name: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default()
+        };
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        out.push((seq, header("Nats-Msg-Id"), header("Launchguard-Node")));
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}

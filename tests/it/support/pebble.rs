@@ -13,11 +13,25 @@ use super::tools::require_tool;
 
 /// A loopback port free at the time of asking (for a child process to bind).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the kernel's ephemeral range (32768 up on Linux), which every `bind(0)`
+    // and every outgoing connection of the parallel tests draws from: a port picked
+    // there could be taken by one of them before the server that is told it binds.
+    // Here only another `free_port` could take it, and the pick is random.
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::UNIX_EPOCH
+                .elapsed()
+                .unwrap()
+                .as_nanos(),
+        );
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 pub struct Pebble {
