@@ -326,6 +326,38 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         clock.clone(),
         front_primary.clone(),
     )?;
+    let cluster = match config.cluster.enabled() {
+        true => Some(
+            crate::ops::cluster::Cluster::connect(&config.cluster, config.webhook.dedup_ttl_secs)
+                .await?,
+        ),
+        false => None,
+    };
+    // Before anything signs a cookie: the cluster's cookie keys, so a cookie made on
+    // one node is honoured on every other.
+    if let Some(cluster) = cluster.as_ref().filter(|c| c.connected()) {
+        let shared = tokio::time::timeout(
+            Duration::from_secs(3),
+            crate::ops::cluster::keys::share(cluster, &store),
+        )
+        .await;
+        match shared {
+            Ok(Ok(adopted)) if adopted.is_empty() => {}
+            Ok(Ok(adopted)) => {
+                tracing::info!(keys = ?adopted, "cluster: signing cookies with the cluster's keys")
+            }
+            Ok(Err(e)) => tracing::warn!(
+                "cluster: cannot share the cookie keys ({e}); this node's cookies are honoured only here until it restarts with NATS up"
+            ),
+            Err(_) => tracing::warn!(
+                "cluster: JetStream did not answer for the cookie keys; this node's cookies are honoured only here until it restarts with NATS up"
+            ),
+        }
+    } else if cluster.is_some() {
+        tracing::warn!(
+            "cluster: NATS is unreachable at startup; this node signs cookies with its own keys, honoured only here until it restarts with NATS up"
+        );
+    }
     if config.waiting_room.enabled {
         let key = store.secret_key(crate::ingest::store::trees::META_WAITING_ROOM_KEY)?;
         let room = crate::edge::waiting::Room::new(
@@ -397,13 +429,6 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         .with_purges(purges.clone()),
     );
 
-    let cluster = match config.cluster.enabled() {
-        true => Some(
-            crate::ops::cluster::Cluster::connect(&config.cluster, config.webhook.dedup_ttl_secs)
-                .await?,
-        ),
-        false => None,
-    };
     let outbox = cluster
         .as_ref()
         .map(|c| crate::ops::cluster::events::Outbox::new(c.clone()));

@@ -499,6 +499,83 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
     }
 }
 
+/// The `lg_v` cookie a page view on `s` sets (`name=value`), if it sets one.
+fn visitor_cookie(r: &Resp) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("lg_v="))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
+/// A balancer that is not sticky sends a visitor to any node: the cookie one node
+/// made is honoured by the others. On b, a's visitor gets no new cookie, is not
+/// counted again, and its conversion beacon counts instead of being refused as
+/// forged; b had keys of its own from a start without the cluster, and took the
+/// cluster's (so the cookie b made then is now another store's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cookie_made_on_one_node_is_honoured_on_every_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let alone = TestServer::start(&dir.path().join("b"), clock.clone(), |_| {}).await;
+    let before = visitor_cookie(&get(&alone, "/launch/", &[]).await).expect("a new visitor");
+    alone.stop().await;
+    clock.advance_ms(60_000);
+
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let cookie = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    let on_b = get(&b, "/launch/", &[("cookie", &cookie)]).await;
+    assert_eq!(on_b.status, StatusCode::OK);
+    assert_eq!(visitor_cookie(&on_b), None, "b honours a's cookie");
+    let origin = format!("http://{}", b.public);
+    let beacon = b
+        .client
+        .send(
+            Method::POST,
+            &b.url("/api/convert"),
+            &[
+                ("content-type", "text/plain;charset=UTF-8"),
+                ("cookie", &cookie),
+                ("origin", &origin),
+            ],
+            br#"{"goal":"signup"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(beacon.status, StatusCode::NO_CONTENT, "{}", beacon.text());
+    // The cookie b signed before it joined is no longer one of the cluster's.
+    let stale = get(&b, "/launch/", &[("cookie", &before)]).await;
+    assert!(visitor_cookie(&stale).is_some(), "a new cookie for it");
+
+    for n in [&a, &b] {
+        n.state().conversions.flush(clock.now_ms()).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = analytics(&a).await;
+        // a's visitor once (at its cookie's issue, on a); on b, the visitor of its
+        // start alone and the stale cookie's new one; one conversion, on b.
+        if r["nodes"].as_array().is_some_and(|l| l.len() == 2)
+            && r["unique_visitors"] == 3
+            && r["conversions_total"] == 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never counted a's visitor once and its conversion: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
 mod processes {
     //! The same cluster as real processes of the binary, for what only a process
     //! shows: SIGKILL mid-load, and a NATS restart under load.

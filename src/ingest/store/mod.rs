@@ -612,6 +612,25 @@ impl Store {
         codec::decode_bytes(name, 1, &stored)
     }
 
+    /// The record of the signing key under `name` (`[1][32 bytes]`), made as
+    /// `secret_key` makes it when absent: what a cluster shares so that every node
+    /// signs with the same key.
+    pub fn secret_key_record(&self, name: &'static str) -> Result<Vec<u8>, StoreError> {
+        let key = self.secret_key(name)?;
+        let mut record = Vec::with_capacity(33);
+        record.push(1);
+        record.extend_from_slice(&key);
+        Ok(record)
+    }
+
+    /// Replaces the signing key under `name` with `record` (as `secret_key_record`
+    /// gives it), after checking it is one; takes effect for what opens the key next.
+    pub fn replace_secret_key(&self, name: &'static str, record: &[u8]) -> Result<(), StoreError> {
+        codec::decode_bytes::<32>(name, 1, record)?;
+        self.open_tree(trees::META)?.insert(name, record)?;
+        Ok(())
+    }
+
     /// Space sled uses on disk, bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)

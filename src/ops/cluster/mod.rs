@@ -16,6 +16,8 @@
 //!   acknowledges them once durable. So every store holds each event once, every
 //!   window counts it once, and a node restarted (or started late) resumes where its
 //!   consumer stood (a new consumer starts one dedup TTL back).
+//! - **Cookie keys** (`keys.rs`): every node signs visitor and waiting-room cookies
+//!   with the keys of the bucket `LAUNCHGUARD_KEYS`, taken at start.
 //! - A webhook's answer waits, when NATS is reachable, for JetStream's word on its id
 //!   (`webhook::Replication`): an id another node accepted first is answered
 //!   `duplicate` here too.
@@ -30,6 +32,7 @@
 pub(crate) mod certs;
 pub(crate) mod control;
 pub(crate) mod events;
+pub(crate) mod keys;
 pub(crate) mod lease;
 pub(crate) mod numbers;
 
