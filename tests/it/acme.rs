@@ -771,3 +771,71 @@ async fn a_cluster_orders_one_certificate_and_every_node_serves_it() {
     b.stop().await;
     a.stop().await;
 }
+
+/// TLS-ALPN-01 in a cluster: the CA's handshake reaches the node that did not order
+/// (pebble's TLS port is b's listener; a, which holds the lease and orders, listens
+/// elsewhere), and b answers it with the challenge certificate a shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_answers_tls_alpn01_on_a_node_that_did_not_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(pebble) = Pebble::start(dir.path(), Ports::free()) else {
+        return;
+    };
+    let Some(nats) = crate::support::nats::Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(now_ms());
+    let cluster = |c: &mut launchguard::config::Config, name: &str| {
+        c.cluster.nats_url = Some(nats.url());
+        c.cluster.node_id = Some(name.into());
+    };
+    let a = TestServer::start(&dir.path().join("a"), clock.clone(), |c| {
+        acme_config(c, &pebble, false);
+        c.tls.listen = Some("127.0.0.1:0".parse().unwrap());
+        cluster(c, "a");
+    })
+    .await;
+    let b = TestServer::start(&dir.path().join("b"), clock.clone(), |c| {
+        acme_config(c, &pebble, false);
+        cluster(c, "b");
+    })
+    .await;
+    let (a_certs, b_certs) = (
+        a.state().certs.clone().unwrap(),
+        b.state().certs.clone().unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(a_certs.current().is_some() && b_certs.current().is_some()) {
+        assert!(
+            Instant::now() < deadline,
+            "a has a certificate: {}, b: {}; a's last error: {:?}; pebble said:\n{}",
+            a_certs.current().is_some(),
+            b_certs.current().is_some(),
+            a.state()
+                .acme
+                .as_ref()
+                .unwrap()
+                .status()
+                .last_error
+                .lock()
+                .clone(),
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = |s: &TestServer| {
+        let st = s.state().acme.as_ref().unwrap().status();
+        (st.orders.load(Relaxed), st.obtained.load(Relaxed))
+    };
+    assert_eq!(
+        (status(&a), status(&b)),
+        ((1, 1), (0, 0)),
+        "one order, validated at the first try through b"
+    );
+    let client = client_trusting(&pebble).await;
+    let b_addr = b.running.as_ref().unwrap().tls_addr.unwrap();
+    let (_, page) = tls::get(client, b_addr, DOMAIN, "/launch/").await;
+    assert_eq!(page.status.as_u16(), 200);
+    b.stop().await;
+    a.stop().await;
+}

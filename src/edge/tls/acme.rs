@@ -19,7 +19,8 @@
 //! - **Challenges.** HTTP-01 when `tls.http_listen` is set ([`Http01`], answered by
 //!   its router), TLS-ALPN-01 otherwise (the challenge certificate, made with rcgen,
 //!   answered by the [`Certs`] resolver to `acme-tls/1` handshakes). After a failed
-//!   order the next one uses the other type, if there is one.
+//!   order the next one uses the other type, if there is one. In a cluster both
+//!   answers are shared ([`Shared`]), so the node the CA reaches answers either.
 //! - **Failures** (the CA down, a challenge refused, a timeout): an error in the log,
 //!   `launchguard_tls_acme_orders_total{result="failed"}`, an alert (ops::alerts reads
 //!   [`Status`]), then [`renewal::backoff`] (1, 2, 5, 10 min ... a day) for that
@@ -130,6 +131,10 @@ pub trait Shared: Send + Sync {
     fn challenge(&self, token: &str, key_authorization: Option<&str>) -> SharedFuture<()>;
     /// An HTTP-01 answer another node published.
     fn lookup_challenge(&self, token: &str) -> SharedFuture<Option<String>>;
+    /// Publishes (`Some`: the key authorization's SHA-256) or withdraws (`None`) a
+    /// TLS-ALPN-01 answer for `domain`, so every node answers the CA's handshake;
+    /// resolves once the running nodes have it in force (or after a bound).
+    fn alpn_challenge(&self, domain: &str, digest: Option<&[u8]>) -> SharedFuture<()>;
 }
 
 /// What the ACME task has done, for the admin side and the tests.
@@ -234,6 +239,25 @@ impl Acme {
         tracing::info!(names = ?loaded.names, not_after = loaded.not_after, "ACME: certificate from another node of the cluster in force");
         i.certs.set(&domain, loaded);
         i.certs.record_metrics(i.clock.now_ms());
+        Ok(())
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `domain` with the challenge certificate of
+    /// `digest` (another node's order; `None`: stop answering).
+    pub fn install_alpn_challenge(
+        &self,
+        domain: &str,
+        digest: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let i = &self.inner;
+        let domain = domain.to_ascii_lowercase();
+        if !i.domains.contains(&domain) {
+            return Err(format!("{domain} is not in this node's tls.domains"));
+        }
+        let key = digest
+            .map(|d| alpn_challenge_cert(&domain, d))
+            .transpose()?;
+        i.certs.set_alpn_challenge(&domain, key);
         Ok(())
     }
 
@@ -658,9 +682,19 @@ impl Acme {
                     }
                 }
                 _ => {
-                    let key = alpn_challenge_cert(&name, key_auth.digest().as_ref())?;
+                    let digest = key_auth.digest();
+                    let key = alpn_challenge_cert(&name, digest.as_ref())?;
                     i.certs.set_alpn_challenge(&name, Some(key));
                     pending.alpn.push(name.clone());
+                    if let Some(shared) = i.shared.get() {
+                        // In force on every running node before the CA is told to
+                        // look: its handshake may reach any of them.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(6),
+                            shared.alpn_challenge(&name, Some(digest.as_ref())),
+                        )
+                        .await;
+                    }
                 }
             }
             challenge
@@ -729,6 +763,9 @@ impl Drop for Pending<'_> {
         }
         for d in &self.alpn {
             self.acme.inner.certs.set_alpn_challenge(d, None);
+            if let Some(shared) = self.acme.inner.shared.get() {
+                tokio::spawn(shared.alpn_challenge(d, None));
+            }
         }
     }
 }

@@ -5,7 +5,11 @@
 //! - `account.<hash of the directory URL>`: the ACME account, so the next lease
 //!   holder orders with the same account (and the CA's rate limits count one);
 //! - `challenge.<token>`: a pending HTTP-01 answer, so whichever node the CA's
-//!   request reaches (through the balancer) answers it.
+//!   request reaches (through the balancer) answers it;
+//! - `alpn.<domain>`: a pending TLS-ALPN-01 answer (the key authorization's digest):
+//!   every node puts the challenge certificate in force and says so under
+//!   `alpn-ready.<domain>.<node>`; the ordering node tells the CA to look once every
+//!   running node (its presence entry, `lease.rs`) has, or after 5 s.
 //!
 //! Every node watches the bucket from its last values and installs another node's
 //! certificate and account (`Acme::install_cert`, `install_account`), so a node
@@ -44,6 +48,16 @@ struct AccountEntry {
     directory: String,
     json: String,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AlpnEntry {
+    node: String,
+    /// The key authorization's SHA-256, hex.
+    digest: String,
+}
+
+/// How long the ordering node waits for the others to answer TLS-ALPN-01.
+const ALPN_SETTLE: Duration = Duration::from_secs(5);
 
 /// The cluster's side of ACME on this node (`edge::tls::acme::Shared`).
 #[derive(Clone)]
@@ -145,6 +159,57 @@ impl Shared for ClusterAcme {
         })
     }
 
+    fn alpn_challenge(&self, domain: &str, digest: Option<&[u8]>) -> SharedFuture<()> {
+        let cluster = self.cluster.clone();
+        let domain = domain.to_string();
+        let digest = digest.map(hex::encode);
+        Box::pin(async move {
+            let Ok(b) = bucket(&cluster).await else {
+                return;
+            };
+            let key = format!("alpn.{domain}");
+            let Some(digest) = digest else {
+                if let Err(e) = b.purge(key.as_str()).await {
+                    tracing::warn!("cluster: cannot withdraw the TLS-ALPN-01 answer {key}: {e}");
+                }
+                return;
+            };
+            let entry = AlpnEntry {
+                node: cluster.node().to_string(),
+                digest: digest.clone(),
+            };
+            let value = serde_json::to_vec(&entry).expect("serializes");
+            if let Err(e) = b.put(key.as_str(), value.into()).await {
+                tracing::warn!("cluster: cannot share the TLS-ALPN-01 answer {key}: {e}");
+                return;
+            }
+            let others: Vec<String> = super::lease::running_nodes(&cluster)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n != cluster.node())
+                .collect();
+            let deadline = tokio::time::Instant::now() + ALPN_SETTLE;
+            loop {
+                let mut missing = Vec::new();
+                for n in &others {
+                    let ready = b.get(format!("alpn-ready.{domain}.{n}")).await;
+                    if !matches!(ready, Ok(Some(v)) if v.as_ref() == digest.as_bytes()) {
+                        missing.push(n.as_str());
+                    }
+                }
+                if missing.is_empty() {
+                    return;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(domain, nodes = ?missing, "cluster: nodes did not confirm the TLS-ALPN-01 answer; asking the CA to validate anyway");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
     fn lookup_challenge(&self, token: &str) -> SharedFuture<Option<String>> {
         let cluster = self.cluster.clone();
         // Tokens are base64url; anything else cannot be a key, nor a token.
@@ -187,7 +252,7 @@ async fn watch(cluster: &Cluster, acme: &Acme) -> Result<(), String> {
                 for domain in acme.domains() {
                     let key = format!("cert.{domain}");
                     if let Ok(Some(value)) = b.get(key.as_str()).await {
-                        apply(cluster, acme, &key, &value);
+                        apply(cluster, acme, &b, &key, &value);
                     }
                 }
                 continue;
@@ -197,14 +262,51 @@ async fn watch(cluster: &Cluster, acme: &Acme) -> Result<(), String> {
             return Err("the watch ended".into());
         };
         let entry = entry.map_err(|e| e.to_string())?;
-        if entry.operation == kv::Operation::Put {
-            apply(cluster, acme, &entry.key, &entry.value);
+        match entry.operation {
+            kv::Operation::Put => apply(cluster, acme, &b, &entry.key, &entry.value),
+            // An order's TLS-ALPN-01 answer withdrawn.
+            kv::Operation::Delete | kv::Operation::Purge => {
+                if let Some(domain) = entry.key.strip_prefix("alpn.") {
+                    let _ = acme.install_alpn_challenge(domain, None);
+                }
+            }
         }
     }
 }
 
 /// Installs one entry of the bucket, unless this node put it.
-fn apply(cluster: &Cluster, acme: &Acme, key: &str, value: &[u8]) {
+fn apply(cluster: &Cluster, acme: &Acme, bucket: &kv::Store, key: &str, value: &[u8]) {
+    if let Some(domain) = key.strip_prefix("alpn.") {
+        let entry = match serde_json::from_slice::<AlpnEntry>(value) {
+            Ok(a) if a.node == cluster.node() => return,
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(
+                    domain,
+                    "cluster: a shared TLS-ALPN-01 answer cannot be read: {e}"
+                );
+                return;
+            }
+        };
+        let installed = hex::decode(&entry.digest)
+            .map_err(|e| e.to_string())
+            .and_then(|d| acme.install_alpn_challenge(domain, Some(&d)));
+        match installed {
+            Ok(()) => {
+                let (bucket, ready) = (
+                    bucket.clone(),
+                    format!("alpn-ready.{domain}.{}", cluster.node()),
+                );
+                tokio::spawn(async move {
+                    let _ = bucket
+                        .put(ready.as_str(), entry.digest.into_bytes().into())
+                        .await;
+                });
+            }
+            Err(e) => tracing::warn!(domain, node = %entry.node, "cluster: {e}"),
+        }
+        return;
+    }
     if let Some(domain) = key.strip_prefix("cert.") {
         match serde_json::from_slice::<CertEntry>(value) {
             Ok(c) if c.node == cluster.node() => {}

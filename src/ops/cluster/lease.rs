@@ -35,6 +35,20 @@ pub fn presence_key(node: &str) -> String {
     format!("node.{node}")
 }
 
+/// The ids of the nodes running now (their presence entries), this one included.
+pub async fn running_nodes(cluster: &Cluster) -> Result<Vec<String>, String> {
+    use futures_util::StreamExt;
+    let b = leases(cluster).await?;
+    let mut keys = b.keys().await.map_err(|e| e.to_string())?;
+    let mut nodes = Vec::new();
+    while let Some(key) = keys.next().await {
+        if let Some(node) = key.map_err(|e| e.to_string())?.strip_prefix("node.") {
+            nodes.push(node.to_string());
+        }
+    }
+    Ok(nodes)
+}
+
 /// A lease on one kind of work; `held` is what the work reads.
 #[derive(Clone)]
 pub struct Lease {
