@@ -376,7 +376,7 @@ fn describe() {
     describe_gauge!(
         PRODUCTHUNT_LAST_VOTE_LAG_SECONDS,
         Unit::Seconds,
-        "For the last vote read with its createdAt: seconds from that time (as clamped) to its event entering the window"
+        "For the last vote read with its createdAt: seconds from that createdAt to its event entering the velocity window (0 for a createdAt in the future)"
     );
 }
 

@@ -216,9 +216,13 @@ pub fn stamp(created_ms: u64, lo: u64, now: u64) -> (u64, bool) {
     (at, at != created_ms)
 }
 
-/// Events one poll makes of a kind: `(kind, first index, last index, the times and
-/// API ids of the first indices, ascending)`; the indices past them enter at the poll.
-type Planned = (&'static str, u64, u64, Vec<(u64, String)>);
+/// Events one poll makes of a kind: `(kind, first index, last index, the dated votes
+/// of the first indices, ascending)`; the indices past them enter at the poll.
+type Planned = (&'static str, u64, u64, Vec<Dated>);
+
+/// A vote read with its time: when it enters the window (its `createdAt` clamped),
+/// its `createdAt` as the API said, and its API id.
+type Dated = (u64, u64, String);
 
 /// Counts of a post at one poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,8 +527,8 @@ impl Poller {
         (Ok(body), budget)
     }
 
-    /// The times (ascending, clamped) of at most `wanted` votes created after `since`,
-    /// when the budget lets a votes query pay for itself; empty otherwise.
+    /// At most `wanted` votes created after `since` (ascending), each with its time
+    /// clamped, when the budget lets a votes query pay for itself; empty otherwise.
     async fn dated_votes(
         &self,
         state: &Sources,
@@ -532,7 +536,7 @@ impl Poller {
         wanted: u64,
         since: u64,
         now: u64,
-    ) -> Vec<(u64, String)> {
+    ) -> Vec<Dated> {
         let k = votes_to_ask(
             &self.inner.config,
             pace.budget,
@@ -626,7 +630,7 @@ impl Poller {
                     stats.clamped.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(telemetry::PRODUCTHUNT_VOTES_CLAMPED_TOTAL).increment(1);
                 }
-                (at, id)
+                (at, created, id)
             })
             .collect()
     }
@@ -683,9 +687,9 @@ impl Poller {
         for (kind, first, last, dated) in plan {
             for (i, n) in (first..=last).enumerate() {
                 let id = event_id(slug, kind, n);
-                let (at, vote) = match dated.get(i) {
-                    Some((at, vote)) => (*at, Some(vote.as_str())),
-                    None => (now, None),
+                let (at, created, vote) = match dated.get(i) {
+                    Some((at, created, vote)) => (*at, *created, Some(vote.as_str())),
+                    None => (now, now, None),
                 };
                 let mut data = json!({"post": slug, "count": n, "source": "producthunt-api"});
                 if let Some(vote) = vote {
@@ -710,8 +714,9 @@ impl Poller {
                             stats.dated.fetch_add(1, Ordering::Relaxed);
                             metrics::counter!(telemetry::PRODUCTHUNT_VOTES_DATED_TOTAL)
                                 .increment(1);
-                            // In the window now (the push above), dated `at`.
-                            let lag_ms = state.clock.now_ms().saturating_sub(at);
+                            // In the window now (the push above): the time from its
+                            // `createdAt` (0 for one in the future).
+                            let lag_ms = state.clock.now_ms().saturating_sub(created);
                             metrics::gauge!(telemetry::PRODUCTHUNT_LAST_VOTE_LAG_SECONDS)
                                 .set(lag_ms as f64 / 1000.0);
                         }

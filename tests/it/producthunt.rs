@@ -738,7 +738,7 @@ async fn the_pollers_counts_are_on_metrics_with_the_apis_own_numbers() {
     assert_eq!(sample(&m, &name("next_poll_seconds"), &[]), 10.0);
 
     // At the reset: the counts, and the two votes of the last minute read with their
-    // times; then three votes, then two comments.
+    // times; then three votes, two comments and a vote dated in the future.
     step_until(&server, 5_000, 10, || poller.baseline().unwrap().is_some()).await;
     assert_eq!(poller.stats().dated, 2);
     let m = scrape().await;
@@ -751,9 +751,17 @@ async fn the_pollers_counts_are_on_metrics_with_the_apis_own_numbers() {
     step_until(&server, 250, 40, || store.next_seq() >= seq + 3).await;
     let lag_ms = clock.now_ms() - cast;
     assert!(lag_ms > 0 && lag_ms <= 2_250, "{lag_ms}");
+    let m = scrape().await;
+    assert_eq!(
+        sample(&m, &name("last_vote_lag_seconds"), &[]),
+        lag_ms as f64 / 1000.0
+    );
     api.state.comments.store(2, Ordering::SeqCst);
     step_until(&server, 250, 40, || store.next_seq() >= seq + 5).await;
-    assert_eq!(store.next_seq(), seq + 5);
+    // A vote dated in the future: moved to the poll, counted clamped, no lag.
+    api.add_raw_votes(1, "2999-01-01T00:00:00Z", u64::MAX / 2);
+    step_until(&server, 250, 40, || store.next_seq() >= seq + 6).await;
+    assert_eq!(store.next_seq(), seq + 6);
 
     let m = scrape().await;
     let ok = api.state.ok.load(Ordering::SeqCst);
@@ -807,18 +815,16 @@ async fn the_pollers_counts_are_on_metrics_with_the_apis_own_numbers() {
     );
     // A plentiful budget: the floor of 2 s.
     assert_eq!(sample(&m, &name("next_poll_seconds"), &[]), 2.0);
-    assert_eq!(sample(&m, &name("post_votes"), &[]), 5.0);
+    assert_eq!(sample(&m, &name("post_votes"), &[]), 6.0);
     assert_eq!(sample(&m, &name("post_comments"), &[]), 2.0);
-    assert_eq!(delta(&m, &name("votes_seen_total"), &[]), 5.0);
+    assert_eq!(delta(&m, &name("votes_seen_total"), &[]), 6.0);
     assert_eq!(delta(&m, &name("comments_seen_total"), &[]), 2.0);
-    assert_eq!(delta(&m, &name("votes_dated_total"), &[]), 5.0);
-    assert_eq!(poller.stats().dated, 5);
-    assert_eq!(delta(&m, &name("votes_clamped_total"), &[]), 0.0);
+    assert_eq!(delta(&m, &name("votes_dated_total"), &[]), 6.0);
+    assert_eq!(poller.stats().dated, 6);
+    assert_eq!(delta(&m, &name("votes_clamped_total"), &[]), 1.0);
+    assert_eq!(poller.stats().clamped, 1);
     assert_eq!(delta(&m, &name("malformed_total"), &[]), 0.0);
-    assert_eq!(
-        sample(&m, &name("last_vote_lag_seconds"), &[]),
-        lag_ms as f64 / 1000.0
-    );
+    assert_eq!(sample(&m, &name("last_vote_lag_seconds"), &[]), 0.0);
     // Described, for whoever reads the scrape.
     assert!(m.contains(&format!("# HELP {P}polls_total ")), "{m}");
     drop((store, poller));
