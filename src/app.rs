@@ -390,7 +390,11 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     )?;
     // Admission asks the grace about a request it would shed; the edge is not
     // shared yet.
-    let grace = FunnelGrace::new(visitors.clone(), config.backpressure.funnel_grace_secs);
+    let grace = FunnelGrace::new(
+        visitors.clone(),
+        counters.counters().clone(),
+        config.backpressure.funnel_grace_secs,
+    );
     let edge = match &grace {
         Some(g) => edge.with_grace(Arc::new(g.clone())),
         None => edge,

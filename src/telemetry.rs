@@ -56,6 +56,21 @@ pub const CLUSTER_REPLICATED_TOTAL: &str = "launchguard_cluster_replicated_total
 pub const CLUSTER_METRICS_ROWS_TOTAL: &str = "launchguard_cluster_metrics_rows_total";
 pub const CLUSTER_LEASE_HELD: &str = "launchguard_cluster_lease_held";
 pub const CLUSTER_REPLICATION_LAG_SECONDS: &str = "launchguard_cluster_replication_lag_seconds";
+pub const PRODUCTHUNT_POLLS_TOTAL: &str = "launchguard_producthunt_polls_total";
+pub const PRODUCTHUNT_POINTS_SPENT_TOTAL: &str = "launchguard_producthunt_points_spent_total";
+pub const PRODUCTHUNT_BUDGET_LIMIT_POINTS: &str = "launchguard_producthunt_budget_limit_points";
+pub const PRODUCTHUNT_BUDGET_REMAINING_POINTS: &str =
+    "launchguard_producthunt_budget_remaining_points";
+pub const PRODUCTHUNT_BUDGET_RESET_SECONDS: &str = "launchguard_producthunt_budget_reset_seconds";
+pub const PRODUCTHUNT_NEXT_POLL_SECONDS: &str = "launchguard_producthunt_next_poll_seconds";
+pub const PRODUCTHUNT_POST_VOTES: &str = "launchguard_producthunt_post_votes";
+pub const PRODUCTHUNT_POST_COMMENTS: &str = "launchguard_producthunt_post_comments";
+pub const PRODUCTHUNT_VOTES_SEEN_TOTAL: &str = "launchguard_producthunt_votes_seen_total";
+pub const PRODUCTHUNT_COMMENTS_SEEN_TOTAL: &str = "launchguard_producthunt_comments_seen_total";
+pub const PRODUCTHUNT_VOTES_DATED_TOTAL: &str = "launchguard_producthunt_votes_dated_total";
+pub const PRODUCTHUNT_VOTES_CLAMPED_TOTAL: &str = "launchguard_producthunt_votes_clamped_total";
+pub const PRODUCTHUNT_MALFORMED_TOTAL: &str = "launchguard_producthunt_malformed_total";
+pub const PRODUCTHUNT_LAST_VOTE_LAG_SECONDS: &str = "launchguard_producthunt_last_vote_lag_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -303,6 +318,65 @@ fn describe() {
     describe_counter!(
         TLS_ACME_ORDERS_TOTAL,
         "ACME orders by domain and result (obtained, failed)"
+    );
+    describe_counter!(
+        PRODUCTHUNT_POLLS_TOTAL,
+        "Product Hunt GraphQL queries by query (counts, votes) and result (ok, throttled: a 429, failed: no answer, an HTTP error or an answer that is not what was asked)"
+    );
+    describe_counter!(
+        PRODUCTHUNT_POINTS_SPENT_TOTAL,
+        "Product Hunt complexity points spent, by query (counts, votes): the drop in X-Rate-Limit-Remaining from the previous answer of the same rate-limit window (the first answer after a start or a reset is not measured)"
+    );
+    describe_gauge!(
+        PRODUCTHUNT_BUDGET_LIMIT_POINTS,
+        "Product Hunt complexity points per rate-limit window (X-Rate-Limit-Limit of the last answer)"
+    );
+    describe_gauge!(
+        PRODUCTHUNT_BUDGET_REMAINING_POINTS,
+        "Product Hunt complexity points left until the reset (X-Rate-Limit-Remaining of the last answer)"
+    );
+    describe_gauge!(
+        PRODUCTHUNT_BUDGET_RESET_SECONDS,
+        Unit::Seconds,
+        "Seconds from the last Product Hunt answer to the budget's reset (X-Rate-Limit-Reset)"
+    );
+    describe_gauge!(
+        PRODUCTHUNT_NEXT_POLL_SECONDS,
+        Unit::Seconds,
+        "Wait the poller chose after its last poll until the next one"
+    );
+    describe_gauge!(
+        PRODUCTHUNT_POST_VOTES,
+        "votesCount of the watched post at the last poll"
+    );
+    describe_gauge!(
+        PRODUCTHUNT_POST_COMMENTS,
+        "commentsCount of the watched post at the last poll"
+    );
+    describe_counter!(
+        PRODUCTHUNT_VOTES_SEEN_TOTAL,
+        "New Product Hunt votes the poller turned into upvote events (duplicates of known ids not counted)"
+    );
+    describe_counter!(
+        PRODUCTHUNT_COMMENTS_SEEN_TOTAL,
+        "New Product Hunt comments the poller turned into comment events (duplicates of known ids not counted)"
+    );
+    describe_counter!(
+        PRODUCTHUNT_VOTES_DATED_TOTAL,
+        "Product Hunt votes that entered the velocity window at their createdAt (clamped or not)"
+    );
+    describe_counter!(
+        PRODUCTHUNT_VOTES_CLAMPED_TOTAL,
+        "Product Hunt votes whose createdAt was outside [previous poll, now] (or a window ago) and was moved in"
+    );
+    describe_counter!(
+        PRODUCTHUNT_MALFORMED_TOTAL,
+        "Product Hunt votes that could not be read (no or bad createdAt) and votes answers that were not what was asked"
+    );
+    describe_gauge!(
+        PRODUCTHUNT_LAST_VOTE_LAG_SECONDS,
+        Unit::Seconds,
+        "For the last vote read with its createdAt: seconds from that createdAt to its event entering the velocity window (0 for a createdAt in the future)"
     );
 }
 

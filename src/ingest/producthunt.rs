@@ -49,6 +49,15 @@
 //!   before it become events (the newest indices, at their times), once: the next
 //!   start finds the counts. A count that goes down (an unvote) lowers the baseline
 //!   and is not an event.
+//! - Metrics (`/metrics`, names in `telemetry.rs`): every query in
+//!   `launchguard_producthunt_polls_total{query="counts"|"votes", result="ok"|"throttled"|"failed"}`;
+//!   the budget of the last answer (`_budget_limit_points`, `_budget_remaining_points`,
+//!   `_budget_reset_seconds`), the points each query took (`_points_spent_total{query}`,
+//!   the drop in `X-Rate-Limit-Remaining` within one window), the wait chosen
+//!   (`_next_poll_seconds`), the post's counts (`_post_votes`, `_post_comments`), the
+//!   events made (`_votes_seen_total`, `_comments_seen_total`), what [`Stats`] counts
+//!   of vote times (`_votes_dated_total`, `_votes_clamped_total`, `_malformed_total`)
+//!   and, for the last dated vote, `_last_vote_lag_seconds` (its time to its event).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,6 +73,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::server_delay_ms;
 use crate::config::{Durability, ProducthuntConfig};
 use crate::ingest::store::{codec, trees, Commit, Store, StoreError};
+use crate::telemetry;
 
 /// The counts query: what every poll asks.
 pub const QUERY: &str =
@@ -206,9 +216,13 @@ pub fn stamp(created_ms: u64, lo: u64, now: u64) -> (u64, bool) {
     (at, at != created_ms)
 }
 
-/// Events one poll makes of a kind: `(kind, first index, last index, the times and
-/// API ids of the first indices, ascending)`; the indices past them enter at the poll.
-type Planned = (&'static str, u64, u64, Vec<(u64, String)>);
+/// Events one poll makes of a kind: `(kind, first index, last index, the dated votes
+/// of the first indices, ascending)`; the indices past them enter at the poll.
+type Planned = (&'static str, u64, u64, Vec<Dated>);
+
+/// A vote read with its time: when it enters the window (its `createdAt` clamped),
+/// its `createdAt` as the API said, and its API id.
+type Dated = (u64, u64, String);
 
 /// Counts of a post at one poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +276,8 @@ pub enum PollError {
     Failed(String),
 }
 
-/// What the poller has done so far (tests, logs).
+/// What the poller has done so far (tests, logs; `/metrics` has the same counts as
+/// `launchguard_producthunt_*`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Counts queries sent.
@@ -318,14 +333,19 @@ impl Pace {
     }
 
     /// Takes a new answer's budget; returns the points spent since the last answer
-    /// when both are from the same window (the remaining went down or stayed).
-    fn observe(&mut self, new: Option<Budget>) -> Option<u64> {
+    /// when both are from the same window (the remaining went down or stayed), and
+    /// adds them to `launchguard_producthunt_points_spent_total{query}`.
+    fn observe(&mut self, new: Option<Budget>, query: &'static str) -> Option<u64> {
         let spent = match (self.budget, new) {
             (Some(old), Some(new)) if new.limit == old.limit && new.remaining <= old.remaining => {
-                Some((old.remaining - new.remaining).max(1))
+                Some(old.remaining - new.remaining)
             }
             _ => None,
         };
+        if let Some(points) = spent {
+            metrics::counter!(telemetry::PRODUCTHUNT_POINTS_SPENT_TOTAL, "query" => query)
+                .increment(points);
+        }
         if new.is_some() {
             self.budget = new;
         }
@@ -476,6 +496,12 @@ impl Poller {
             Ok(Ok(x)) => x,
         };
         let budget = Budget::from_headers(&parts.headers, now);
+        if let Some(b) = budget {
+            metrics::gauge!(telemetry::PRODUCTHUNT_BUDGET_LIMIT_POINTS).set(b.limit as f64);
+            metrics::gauge!(telemetry::PRODUCTHUNT_BUDGET_REMAINING_POINTS).set(b.remaining as f64);
+            metrics::gauge!(telemetry::PRODUCTHUNT_BUDGET_RESET_SECONDS)
+                .set(b.reset_in_ms as f64 / 1000.0);
+        }
         if parts.status == StatusCode::TOO_MANY_REQUESTS {
             let wait_ms = server_delay_ms(&parts.headers, now);
             return (Err(PollError::Throttled { wait_ms }), budget);
@@ -501,8 +527,8 @@ impl Poller {
         (Ok(body), budget)
     }
 
-    /// The times (ascending, clamped) of at most `wanted` votes created after `since`,
-    /// when the budget lets a votes query pay for itself; empty otherwise.
+    /// At most `wanted` votes created after `since` (ascending), each with its time
+    /// clamped, when the budget lets a votes query pay for itself; empty otherwise.
     async fn dated_votes(
         &self,
         state: &Sources,
@@ -510,7 +536,7 @@ impl Poller {
         wanted: u64,
         since: u64,
         now: u64,
-    ) -> Vec<(u64, String)> {
+    ) -> Vec<Dated> {
         let k = votes_to_ask(
             &self.inner.config,
             pace.budget,
@@ -533,12 +559,16 @@ impl Poller {
         let stats = &self.inner.stats;
         stats.votes_queries.fetch_add(1, Ordering::Relaxed);
         let (answer, budget) = self.ask(state, body).await;
-        if let Some(cost) = pace.observe(budget) {
-            pace.votes_cost = Some(VotesCost { asked: k, cost });
+        if let Some(cost) = pace.observe(budget, "votes") {
+            pace.votes_cost = Some(VotesCost {
+                asked: k,
+                cost: cost.max(1),
+            });
         }
         let page = match answer {
             Ok(body) => parse_votes(&body, k),
             Err(PollError::Throttled { wait_ms }) => {
+                polled("votes", "throttled");
                 let wait = wait_ms
                     .max(pace.budget.map_or(0, |b| b.reset_in_ms))
                     .max(1000);
@@ -553,15 +583,21 @@ impl Poller {
             Err(PollError::Failed(e)) => Err(e),
         };
         let page = match page {
-            Ok(p) => p,
+            Ok(p) => {
+                polled("votes", "ok");
+                p
+            }
             Err(e) => {
+                polled("votes", "failed");
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::PRODUCTHUNT_MALFORMED_TOTAL).increment(1);
                 tracing::warn!("Product Hunt votes not read (the votes enter at the poll): {e}");
                 return Vec::new();
             }
         };
         if page.malformed > 0 {
             stats.malformed.fetch_add(page.malformed, Ordering::Relaxed);
+            metrics::counter!(telemetry::PRODUCTHUNT_MALFORMED_TOTAL).increment(page.malformed);
             tracing::warn!(
                 malformed = page.malformed,
                 "Product Hunt answer listed votes that could not be read"
@@ -592,8 +628,9 @@ impl Poller {
                 let (at, moved) = stamp(created, since, now);
                 if moved {
                     stats.clamped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(telemetry::PRODUCTHUNT_VOTES_CLAMPED_TOTAL).increment(1);
                 }
-                (at, id)
+                (at, created, id)
             })
             .collect()
     }
@@ -650,9 +687,9 @@ impl Poller {
         for (kind, first, last, dated) in plan {
             for (i, n) in (first..=last).enumerate() {
                 let id = event_id(slug, kind, n);
-                let (at, vote) = match dated.get(i) {
-                    Some((at, vote)) => (*at, Some(vote.as_str())),
-                    None => (now, None),
+                let (at, created, vote) = match dated.get(i) {
+                    Some((at, created, vote)) => (*at, *created, Some(vote.as_str())),
+                    None => (now, now, None),
                 };
                 let mut data = json!({"post": slug, "count": n, "source": "producthunt-api"});
                 if let Some(vote) = vote {
@@ -675,7 +712,20 @@ impl Poller {
                         accepted += 1;
                         if vote.is_some() {
                             stats.dated.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(telemetry::PRODUCTHUNT_VOTES_DATED_TOTAL)
+                                .increment(1);
+                            // In the window now (the push above): the time from its
+                            // `createdAt` (0 for one in the future).
+                            let lag_ms = state.clock.now_ms().saturating_sub(created);
+                            metrics::gauge!(telemetry::PRODUCTHUNT_LAST_VOTE_LAG_SECONDS)
+                                .set(lag_ms as f64 / 1000.0);
                         }
+                        let seen = if kind == "upvote" {
+                            telemetry::PRODUCTHUNT_VOTES_SEEN_TOTAL
+                        } else {
+                            telemetry::PRODUCTHUNT_COMMENTS_SEEN_TOTAL
+                        };
+                        metrics::counter!(seen).increment(1);
                         (state.webhook.on_accepted)();
                     }
                     Ok(Commit::Duplicate { .. }) => {}
@@ -706,12 +756,15 @@ impl Poller {
         let (answer, budget) = self.ask(state, body).await;
         self.inner.polls.send_modify(|n| *n += 1);
         let now = state.clock.now_ms();
-        if let Some(cost) = pace.observe(budget) {
-            pace.counts_cost = cost;
+        if let Some(cost) = pace.observe(budget, "counts") {
+            pace.counts_cost = cost.max(1);
         }
         let counts = answer.and_then(|body| parse_counts(&body, &self.inner.slug));
         let wait = match counts {
             Ok(counts) => {
+                polled("counts", "ok");
+                metrics::gauge!(telemetry::PRODUCTHUNT_POST_VOTES).set(counts.votes as f64);
+                metrics::gauge!(telemetry::PRODUCTHUNT_POST_COMMENTS).set(counts.comments as f64);
                 match self.record(state, pace, counts, now).await {
                     Ok(n) => {
                         pace.mark = Some(now);
@@ -724,6 +777,7 @@ impl Poller {
                 next_poll_in_ms(&self.inner.config, pace.budget, pace.counts_cost)
             }
             Err(PollError::Throttled { wait_ms }) => {
+                polled("counts", "throttled");
                 let wait = wait_ms
                     .max(pace.budget.map_or(0, |b| b.reset_in_ms))
                     .max(1000);
@@ -736,6 +790,7 @@ impl Poller {
                 wait
             }
             Err(PollError::Failed(e)) => {
+                polled("counts", "failed");
                 self.inner.stats.failed.fetch_add(1, Ordering::Relaxed);
                 let wait = next_poll_in_ms(&self.inner.config, pace.budget, pace.counts_cost);
                 tracing::warn!(wait_ms = wait, "Product Hunt poll failed: {e}");
@@ -743,10 +798,12 @@ impl Poller {
             }
         };
         let after_now = state.clock.now_ms();
-        match pace.throttled_until.take() {
+        let wait = match pace.throttled_until.take() {
             Some(until) => wait.max(until.saturating_sub(after_now)),
             None => wait,
-        }
+        };
+        metrics::gauge!(telemetry::PRODUCTHUNT_NEXT_POLL_SECONDS).set(wait as f64 / 1000.0);
+        wait
     }
 
     /// The loop: poll when due, record, pace by the budget.
@@ -779,6 +836,12 @@ impl Poller {
             }
         }
     }
+}
+
+/// Counts one GraphQL query in `launchguard_producthunt_polls_total{query, result}`.
+fn polled(query: &'static str, result: &'static str) {
+    metrics::counter!(telemetry::PRODUCTHUNT_POLLS_TOTAL, "query" => query, "result" => result)
+        .increment(1);
 }
 
 /// Reads `{"data": {"post": {"votesCount": N, "commentsCount": M}}}`.
@@ -1115,11 +1178,12 @@ mod tests {
     #[test]
     fn the_cost_is_what_the_remaining_dropped_by_in_one_window() {
         let mut p = Pace::new();
-        assert_eq!(p.observe(Some(real(6247, 900))), None);
-        assert_eq!(p.observe(Some(real(6244, 898))), Some(3));
-        assert_eq!(p.observe(None), None);
-        assert_eq!(p.budget, Some(real(6244, 898)));
+        assert_eq!(p.observe(Some(real(6247, 900)), "counts"), None);
+        assert_eq!(p.observe(Some(real(6244, 898)), "counts"), Some(3));
+        assert_eq!(p.observe(Some(real(6244, 897)), "counts"), Some(0));
+        assert_eq!(p.observe(None, "counts"), None);
+        assert_eq!(p.budget, Some(real(6244, 897)));
         // A reset in between: no measure.
-        assert_eq!(p.observe(Some(real(6247, 900))), None);
+        assert_eq!(p.observe(Some(real(6247, 900)), "counts"), None);
     }
 }

@@ -15,6 +15,10 @@
 //!   body, 400 naming it; a repeat, 200 `duplicate`. None of those count anywhere but
 //!   `launchguard_conversions_rejected_total{reason}`.
 //! - [`count_requests`] also counts unique visitors and sets the visitor cookie.
+//! - The funnel grace (`grace.rs`) counts here what it admitted and the conversions it
+//!   protected, so they are flushed, kept per day and summed by the reports like the
+//!   rest (two padded atomics beside the shards: they move only for a request that
+//!   was about to be shed).
 //! - [`Conversions::flush`]: swaps every cell to zero and writes the sum as one
 //!   `MetricsBatch` (`history.rs`); [`flush_loop`] runs it every
 //!   `conversions.flush_interval_ms` and once more at shutdown, and sweeps retention
@@ -68,7 +72,17 @@ const UNIQUE_VISITORS: usize = 6;
 /// Visitors converting (any goal) for the first time in their launch day.
 const CONVERTING_VISITORS: usize = 7;
 const FIRST_GOAL: usize = 8;
+/// The sharded cells: one padded line per shard.
 const CELLS: usize = FIRST_GOAL + MAX_GOALS;
+/// Requests the funnel grace admitted (`insight::grace`). This count and the next are
+/// kept in one padded atomic each, not in the shards: they move only for a request
+/// about to be shed whose visitor the grace vouches for (two MACs and a table lookup
+/// already), and sharding them would give every shard a second line.
+const GRACE_ADMITTED: usize = CELLS;
+/// Conversions the funnel grace protected.
+const GRACE_CONVERSIONS: usize = CELLS + 1;
+/// Every count: the sharded cells, then the two of the funnel grace.
+const COUNTS: usize = CELLS + 2;
 
 /// One thread's cells. Padded to its own cache line(s), so two threads never write
 /// the same line.
@@ -89,7 +103,7 @@ thread_local! {
 
 /// Counts taken out of (or read from) the cells, one per cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counts([u64; CELLS]);
+pub struct Counts([u64; COUNTS]);
 
 impl Counts {
     pub fn visits(&self) -> u64 {
@@ -110,6 +124,12 @@ impl Counts {
     pub fn converting_visitors(&self) -> u64 {
         self.0[CONVERTING_VISITORS]
     }
+    pub fn grace_admitted(&self) -> u64 {
+        self.0[GRACE_ADMITTED]
+    }
+    pub fn grace_conversions(&self) -> u64 {
+        self.0[GRACE_CONVERSIONS]
+    }
     pub fn is_zero(&self) -> bool {
         self.0.iter().all(|&n| n == 0)
     }
@@ -127,6 +147,8 @@ struct CountersInner {
     /// Highest factor a request saw since the last take, as `f64` bits (for positive
     /// floats the bit patterns order like the values).
     peak_factor: CachePadded<AtomicU64>,
+    /// The counts past `CELLS` (the funnel grace's), one padded atomic each.
+    unsharded: [CachePadded<AtomicU64>; COUNTS - CELLS],
 }
 
 impl Counters {
@@ -144,12 +166,17 @@ impl Counters {
                 shards: (0..n).map(|_| CachePadded::new(Shard::new())).collect(),
                 mask: n - 1,
                 peak_factor: CachePadded::new(AtomicU64::new(0)),
+                unsharded: std::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
             }),
         }
     }
 
     #[inline]
     fn add(&self, cell: usize, n: u64) {
+        if cell >= CELLS {
+            self.inner.unsharded[cell - CELLS].fetch_add(n, Ordering::Relaxed);
+            return;
+        }
         let shard = THREAD_SHARD.with(|s| *s) & self.inner.mask;
         self.inner.shards[shard].0[cell].fetch_add(n, Ordering::Relaxed);
     }
@@ -191,6 +218,16 @@ impl Counters {
     pub fn record_converting_visitor(&self) {
         self.add(CONVERTING_VISITORS, 1);
     }
+    /// For the funnel grace: a request shedding would have refused, admitted.
+    #[inline]
+    pub fn record_grace_admitted(&self) {
+        self.add(GRACE_ADMITTED, 1);
+    }
+    /// For the funnel grace: a conversion by a visitor it admitted within the grace.
+    #[inline]
+    pub fn record_grace_conversion(&self) {
+        self.add(GRACE_CONVERSIONS, 1);
+    }
     /// `goal_index` is the goal's position in `conversions.goals`.
     /// An index past [`MAX_GOALS`] is ignored (config validation prevents it).
     #[inline]
@@ -213,11 +250,14 @@ impl Counters {
 
     /// Takes every count out (each cell swapped to zero) and the peak factor.
     pub fn take(&self) -> (Counts, f64) {
-        let mut out = [0u64; CELLS];
+        let mut out = [0u64; COUNTS];
         for shard in self.inner.shards.iter() {
             for (sum, cell) in out.iter_mut().zip(shard.0.iter()) {
                 *sum += cell.swap(0, Ordering::AcqRel);
             }
+        }
+        for (sum, cell) in out[CELLS..].iter_mut().zip(&self.inner.unsharded) {
+            *sum = cell.swap(0, Ordering::AcqRel);
         }
         let peak = f64::from_bits(self.inner.peak_factor.swap(0, Ordering::AcqRel));
         (Counts(out), peak)
@@ -234,11 +274,14 @@ impl Counters {
 
     /// Reads every count without taking it.
     pub fn peek(&self) -> (Counts, f64) {
-        let mut out = [0u64; CELLS];
+        let mut out = [0u64; COUNTS];
         for shard in self.inner.shards.iter() {
             for (sum, cell) in out.iter_mut().zip(shard.0.iter()) {
                 *sum += cell.load(Ordering::Acquire);
             }
+        }
+        for (sum, cell) in out[CELLS..].iter_mut().zip(&self.inner.unsharded) {
+            *sum = cell.load(Ordering::Acquire);
         }
         let peak = f64::from_bits(self.inner.peak_factor.load(Ordering::Acquire));
         (Counts(out), peak)
@@ -335,6 +378,8 @@ impl Conversions {
             webhooks_accepted: counts.0[WEBHOOKS],
             unique_visitors: counts.0[UNIQUE_VISITORS],
             converting_visitors: counts.0[CONVERTING_VISITORS],
+            grace_admitted: counts.0[GRACE_ADMITTED],
+            grace_conversions: counts.0[GRACE_CONVERSIONS],
         };
         for (i, goal) in self.inner.goals.iter().enumerate() {
             tally.add_conversions(goal, counts.0[FIRST_GOAL + i]);
@@ -928,10 +973,14 @@ mod tests {
         c.record_visit();
         c.record_conversion(1);
         c.record_cache_hit();
+        c.record_grace_admitted();
+        c.record_grace_admitted();
+        c.record_grace_conversion();
         c.observe_factor(1.5);
         c.observe_factor(1.2);
         let (peek, peak) = c.peek();
         assert_eq!(peek.visits(), 2);
+        assert_eq!((peek.grace_admitted(), peek.grace_conversions()), (2, 1));
         assert_eq!(peak, 1.5);
         let (taken, peak) = c.take();
         assert_eq!(taken, peek);

@@ -12,14 +12,18 @@
 //! A forged, altered, expired or other visitor's mark is ignored: the request is then
 //! judged as any other.
 //!
-//! What is counted, since the process started (not stored; a restart starts from 0):
-//! requests admitted by the grace, and conversions (first of a goal that day, as
-//! `/api/analytics` counts them) by a visitor who had a request admitted by the grace
-//! within `funnel_grace_secs` before converting. That second count says the visitor
-//! was served something shedding would have refused on the way to converting; it does
-//! not prove the signup would have been lost. The visitors admitted are remembered in
-//! a bounded table ([`TABLE_SHARDS`] × [`TABLE_ENTRIES`]); when a flood of graced
-//! visitors fills it, some conversions go uncounted here, never counted twice.
+//! What is counted: requests admitted by the grace, and conversions (first of a goal
+//! that day, as `/api/analytics` counts them) by a visitor who had a request admitted
+//! by the grace within `funnel_grace_secs` before converting. That second count says
+//! the visitor was served something shedding would have refused on the way to
+//! converting; it does not prove the signup would have been lost. Both go into the
+//! counters (`counters.rs`), so the flusher writes them into each batch and the day's
+//! totals like every other count: a restart goes on from the day's totals, and
+//! `/api/analytics`, `report` and the dashboard read them per day. The visitors
+//! admitted are remembered in a bounded table ([`TABLE_SHARDS`] × [`TABLE_ENTRIES`]),
+//! in memory: when a flood of graced visitors fills it, or after a restart (a visitor
+//! admitted before it and converting after), some conversions go uncounted here,
+//! never counted twice.
 //!
 //! **Invariant:** only a mark this store's key made for the request's own visitor, of a
 //! funnel page view at most `funnel_grace_secs` old, admits a request; the grace never
@@ -27,13 +31,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use parking_lot::Mutex;
 
 use crate::edge::admission::Grace;
+use crate::insight::counters::Counters;
 use crate::insight::visitor::{Visitor, Visitors};
 use crate::telemetry;
 
@@ -61,13 +65,13 @@ pub struct FunnelGrace {
 struct Inner {
     visitors: Visitors,
     grace_secs: u64,
-    admitted: AtomicU64,
-    protected_conversions: AtomicU64,
+    /// Where the admissions and protected conversions are counted (and flushed).
+    counters: Counters,
     hasher: RandomState,
     graced: Box<[Shard]>,
 }
 
-/// What the grace did since the process started.
+/// What the grace did in a launch day (the dashboard's tile), from the day's totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct GraceCounts {
     /// `backpressure.funnel_grace_secs`.
@@ -79,14 +83,13 @@ pub struct GraceCounts {
 }
 
 impl FunnelGrace {
-    /// `None` when `grace_secs` is 0 (off).
-    pub fn new(visitors: Visitors, grace_secs: u64) -> Option<FunnelGrace> {
+    /// `None` when `grace_secs` is 0 (off). Counts into `counters`.
+    pub fn new(visitors: Visitors, counters: Counters, grace_secs: u64) -> Option<FunnelGrace> {
         (grace_secs > 0).then(|| FunnelGrace {
             inner: Arc::new(Inner {
                 visitors,
                 grace_secs,
-                admitted: AtomicU64::new(0),
-                protected_conversions: AtomicU64::new(0),
+                counters,
                 hasher: RandomState::new(),
                 graced: (0..TABLE_SHARDS)
                     .map(|_| Mutex::new(HashMap::new()))
@@ -99,11 +102,12 @@ impl FunnelGrace {
         self.inner.grace_secs
     }
 
-    pub fn counts(&self) -> GraceCounts {
+    /// The grace's counts in a tally (a day's totals, with the live window).
+    pub fn counts(&self, tally: &crate::insight::history::Tally) -> GraceCounts {
         GraceCounts {
             grace_secs: self.inner.grace_secs,
-            admitted_requests: self.inner.admitted.load(Ordering::Relaxed),
-            protected_conversions: self.inner.protected_conversions.load(Ordering::Relaxed),
+            admitted_requests: tally.grace_admitted,
+            protected_conversions: tally.grace_conversions,
         }
     }
 
@@ -134,9 +138,7 @@ impl FunnelGrace {
                 at <= now_ms && now_ms - at <= self.inner.grace_secs.saturating_mul(1000)
             });
         if graced {
-            self.inner
-                .protected_conversions
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.counters.record_grace_conversion();
             metrics::counter!(telemetry::FUNNEL_GRACE_CONVERSIONS_TOTAL).increment(1);
         }
         graced
@@ -152,7 +154,7 @@ impl Grace for FunnelGrace {
         if !within(view_secs, now_ms, self.inner.grace_secs) {
             return false;
         }
-        self.inner.admitted.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.record_grace_admitted();
         self.remember(&visitor, now_ms);
         true
     }
@@ -172,6 +174,11 @@ mod tests {
     fn visitors(dir: &std::path::Path) -> Visitors {
         let tz = TimeZone::get("America/Los_Angeles").unwrap();
         Visitors::open(&Store::open(dir).unwrap(), 30, tz).unwrap()
+    }
+
+    /// Requests the grace admitted, as its counters hold them.
+    fn admitted(g: &FunnelGrace) -> u64 {
+        g.inner.counters.peek().0.grace_admitted()
     }
 
     fn cookies(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -206,27 +213,30 @@ mod tests {
     fn a_funnel_view_within_the_grace_admits_and_just_past_it_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let v = visitors(dir.path());
-        let g = FunnelGrace::new(v.clone(), GRACE).unwrap();
+        let g = FunnelGrace::new(v.clone(), Counters::with_shards(2), GRACE).unwrap();
         let (_, lg_v, lg_f) = returning(&v, NOW);
         let h = cookies(&[("lg_v", &lg_v), ("lg_f", &lg_f)]);
         assert!(g.admits(&h, NOW));
         assert!(g.admits(&h, NOW + GRACE * 1000), "the grace's last ms");
         assert!(!g.admits(&h, NOW + GRACE * 1000 + 1), "just past the grace");
-        assert_eq!(g.counts().admitted_requests, 2);
+        assert_eq!(admitted(&g), 2);
         // The visitor cookie alone, an hour old: no funnel view in the grace.
         assert!(!g.admits(&cookies(&[("lg_v", &lg_v)]), NOW));
         // A new visitor's cookie is itself a funnel view, at its issue.
         let (_, fresh) = v.issue(NOW);
         assert!(g.admits(&cookies(&[("lg_v", &fresh)]), NOW + 60_000));
         assert!(!g.admits(&cookies(&[("lg_v", &fresh)]), NOW + GRACE * 1000 + 1));
-        assert!(FunnelGrace::new(v, 0).is_none(), "0 is off");
+        assert!(
+            FunnelGrace::new(v, Counters::with_shards(2), 0).is_none(),
+            "0 is off"
+        );
     }
 
     #[test]
     fn forged_altered_foreign_and_other_visitors_marks_admit_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let v = visitors(dir.path());
-        let g = FunnelGrace::new(v.clone(), GRACE).unwrap();
+        let g = FunnelGrace::new(v.clone(), Counters::with_shards(2), GRACE).unwrap();
         let (_, lg_v, lg_f) = returning(&v, NOW);
         // Every one-character change of the mark.
         for i in 0..lg_f.len() {
@@ -260,7 +270,7 @@ mod tests {
         for junk in ["", "1", "1..", "1.x.y", &"9".repeat(100)] {
             assert!(!g.admits(&cookies(&[("lg_v", &lg_v), ("lg_f", junk)]), NOW));
         }
-        assert_eq!(g.counts().admitted_requests, 0);
+        assert_eq!(admitted(&g), 0);
         // The real mark after all those copies: at most four of each name are read.
         let mut pairs = vec![("lg_v", lg_v.as_str())];
         pairs.extend(std::iter::repeat_n(("lg_f", theirs.as_str()), 4));
@@ -279,7 +289,7 @@ mod tests {
     fn a_conversion_is_protected_only_after_a_grace_admission_within_the_grace() {
         let dir = tempfile::tempdir().unwrap();
         let v = visitors(dir.path());
-        let g = FunnelGrace::new(v.clone(), GRACE).unwrap();
+        let g = FunnelGrace::new(v.clone(), Counters::with_shards(2), GRACE).unwrap();
         let (graced, lg_v, lg_f) = returning(&v, NOW);
         let (never, _) = v.issue(NOW);
         assert!(g.admits(&cookies(&[("lg_v", &lg_v), ("lg_f", &lg_f)]), NOW));
@@ -289,13 +299,10 @@ mod tests {
             !g.converted(&graced, NOW + GRACE * 1000 + 1),
             "too long after"
         );
+        let (counts, _) = g.inner.counters.peek();
         assert_eq!(
-            g.counts(),
-            GraceCounts {
-                grace_secs: GRACE,
-                admitted_requests: 1,
-                protected_conversions: 1
-            }
+            (counts.grace_admitted(), counts.grace_conversions()),
+            (1, 1)
         );
     }
 
@@ -303,7 +310,7 @@ mod tests {
     fn the_table_of_graced_visitors_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let v = visitors(dir.path());
-        let g = FunnelGrace::new(v.clone(), GRACE).unwrap();
+        let g = FunnelGrace::new(v.clone(), Counters::with_shards(2), GRACE).unwrap();
         for i in 0..(TABLE_SHARDS * TABLE_ENTRIES + 5_000) as u64 {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_le_bytes());

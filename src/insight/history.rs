@@ -32,9 +32,10 @@ use crate::ingest::store::{codec, trees, Store, StoreError};
 
 /// Version 2 added unique and converting visitors to the tally. Version 1 records are
 /// still read, with page views as unique visitors and conversions as converting
-/// visitors: the figures their reports were made from.
-const BATCH_RECORD_VERSION: u8 = 2;
-const DAY_RECORD_VERSION: u8 = 2;
+/// visitors: the figures their reports were made from. Version 3 added the funnel
+/// grace's counts; version 2 records read with none (nothing was kept of them).
+const BATCH_RECORD_VERSION: u8 = 3;
+const DAY_RECORD_VERSION: u8 = 3;
 const CURSOR_RECORD_VERSION: u8 = 1;
 /// The slot other nodes' batches are merged into with this node's, for the series a
 /// report draws: the default flush interval.
@@ -59,6 +60,44 @@ pub struct Tally {
     pub unique_visitors: u64,
     /// Visitors counted at their first conversion (any goal) in the launch day.
     pub converting_visitors: u64,
+    /// Requests the funnel grace admitted that shedding would have refused
+    /// (`insight::grace`).
+    pub grace_admitted: u64,
+    /// Conversions by visitors the funnel grace admitted within
+    /// `backpressure.funnel_grace_secs` before converting.
+    pub grace_conversions: u64,
+}
+
+/// The tally as version 2 records hold it: no funnel grace counts.
+#[derive(Deserialize)]
+struct TallyV2 {
+    visits: u64,
+    conversions: Vec<(String, u64)>,
+    requests: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+    rejections: u64,
+    webhooks_accepted: u64,
+    unique_visitors: u64,
+    converting_visitors: u64,
+}
+
+impl From<TallyV2> for Tally {
+    fn from(t: TallyV2) -> Tally {
+        Tally {
+            visits: t.visits,
+            conversions: t.conversions,
+            requests: t.requests,
+            cache_hits: t.cache_hits,
+            cache_misses: t.cache_misses,
+            rejections: t.rejections,
+            webhooks_accepted: t.webhooks_accepted,
+            unique_visitors: t.unique_visitors,
+            converting_visitors: t.converting_visitors,
+            grace_admitted: 0,
+            grace_conversions: 0,
+        }
+    }
 }
 
 /// The tally as version 1 records hold it.
@@ -86,6 +125,8 @@ impl From<TallyV1> for Tally {
             webhooks_accepted: t.webhooks_accepted,
             unique_visitors: t.visits,
             converting_visitors: converted,
+            grace_admitted: 0,
+            grace_conversions: 0,
         }
     }
 }
@@ -101,6 +142,8 @@ impl Tally {
         self.webhooks_accepted += other.webhooks_accepted;
         self.unique_visitors += other.unique_visitors;
         self.converting_visitors += other.converting_visitors;
+        self.grace_admitted += other.grace_admitted;
+        self.grace_conversions += other.grace_conversions;
         for (goal, n) in &other.conversions {
             self.add_conversions(goal, *n);
         }
@@ -134,6 +177,8 @@ impl Tally {
             && self.webhooks_accepted == 0
             && self.unique_visitors == 0
             && self.converting_visitors == 0
+            && self.grace_admitted == 0
+            && self.grace_conversions == 0
             && self.conversions_total() == 0
     }
 }
@@ -494,37 +539,55 @@ pub fn encode_batch(b: &MetricsBatch) -> Result<Vec<u8>, StoreError> {
 }
 
 pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
-    if v.first() == Some(&1) {
-        let old: BatchV1 = codec::decode("metrics batch", 1, v)?;
-        return Ok(MetricsBatch {
+    match v.first() {
+        Some(&1) => Ok(codec::decode::<OldBatch<TallyV1>>("metrics batch", 1, v)?.into()),
+        Some(&2) => Ok(codec::decode::<OldBatch<TallyV2>>("metrics batch", 2, v)?.into()),
+        _ => codec::decode("metrics batch", BATCH_RECORD_VERSION, v),
+    }
+}
+
+/// A metrics batch as version 1 and 2 records hold it, with their tally.
+#[derive(Deserialize)]
+struct OldBatch<T> {
+    window_start_ms: u64,
+    window_ms: u64,
+    tally: T,
+    peak_factor: f64,
+    velocity: f64,
+}
+
+impl<T: Into<Tally>> From<OldBatch<T>> for MetricsBatch {
+    fn from(old: OldBatch<T>) -> MetricsBatch {
+        MetricsBatch {
             window_start_ms: old.window_start_ms,
             window_ms: old.window_ms,
             tally: old.tally.into(),
             peak_factor: old.peak_factor,
             velocity: old.velocity,
-        });
+        }
     }
-    codec::decode("metrics batch", BATCH_RECORD_VERSION, v)
 }
 
-/// A metrics batch as version 1 records hold it.
+/// A day's totals as version 1 and 2 records hold them, with their tally.
 #[derive(Deserialize)]
-struct BatchV1 {
-    window_start_ms: u64,
-    window_ms: u64,
-    tally: TallyV1,
-    peak_factor: f64,
-    velocity: f64,
-}
-
-/// A day's totals as version 1 records hold them.
-#[derive(Deserialize)]
-struct DayV1 {
+struct OldDay<T> {
     day: String,
-    tally: TallyV1,
+    tally: T,
     peak_factor: f64,
     peak_rps: f64,
     batches: u64,
+}
+
+impl<T: Into<Tally>> From<OldDay<T>> for DayTotals {
+    fn from(old: OldDay<T>) -> DayTotals {
+        DayTotals {
+            day: old.day,
+            tally: old.tally.into(),
+            peak_factor: old.peak_factor,
+            peak_rps: old.peak_rps,
+            batches: old.batches,
+        }
+    }
 }
 
 fn encode_day(d: &DayTotals) -> Result<Vec<u8>, StoreError> {
@@ -532,17 +595,11 @@ fn encode_day(d: &DayTotals) -> Result<Vec<u8>, StoreError> {
 }
 
 fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
-    if v.first() == Some(&1) {
-        let old: DayV1 = codec::decode("launch day", 1, v)?;
-        return Ok(DayTotals {
-            day: old.day,
-            tally: old.tally.into(),
-            peak_factor: old.peak_factor,
-            peak_rps: old.peak_rps,
-            batches: old.batches,
-        });
+    match v.first() {
+        Some(&1) => Ok(codec::decode::<OldDay<TallyV1>>("launch day", 1, v)?.into()),
+        Some(&2) => Ok(codec::decode::<OldDay<TallyV2>>("launch day", 2, v)?.into()),
+        _ => codec::decode("launch day", DAY_RECORD_VERSION, v),
     }
-    codec::decode("launch day", DAY_RECORD_VERSION, v)
 }
 
 #[cfg(test)]
@@ -579,11 +636,19 @@ mod tests {
         assert!(!h
             .record_peer("b", &batch(11_000, 3, 0), "2026-11-26")
             .unwrap());
-        assert!(h
-            .record_peer("c", &batch(16_000, 4, 2), "2026-11-26")
-            .unwrap());
+        // Another node's funnel grace counts travel with its rows (the outbox
+        // publishes `encode_batch` rows as they are stored).
+        let mut from_c = batch(16_000, 4, 2);
+        from_c.tally.grace_admitted = 7;
+        from_c.tally.grace_conversions = 2;
+        let from_c = decode_batch(&encode_batch(&from_c).unwrap()).unwrap();
+        assert!(h.record_peer("c", &from_c, "2026-11-26").unwrap());
         let day = h.day("2026-11-26").unwrap().unwrap();
         assert_eq!(day.tally.visits, 9);
+        assert_eq!(
+            (day.tally.grace_admitted, day.tally.grace_conversions),
+            (7, 2)
+        );
         assert_eq!(day.tally.conversions_of("signup"), 3);
         assert_eq!(h.own_day("2026-11-26").unwrap().unwrap().tally.visits, 2);
         let nodes = h.node_days("2026-11-26").unwrap();
@@ -694,12 +759,111 @@ mod tests {
             (d.tally.unique_visitors, d.tally.converting_visitors),
             (40, 4)
         );
-        // What this build writes is version 2, and reads back whole.
+        // What this build writes is version 3, and reads back whole.
         let mut b2 = b.clone();
         b2.tally.unique_visitors = 30;
+        b2.tally.grace_admitted = 12;
+        b2.tally.grace_conversions = 2;
         let again = decode_batch(&encode_batch(&b2).unwrap()).unwrap();
         assert_eq!(again, b2);
-        assert_eq!(encode_batch(&b2).unwrap()[0], 2);
+        assert_eq!(encode_batch(&b2).unwrap()[0], 3);
+    }
+
+    #[test]
+    fn version_2_rows_read_with_no_grace_counts_and_the_rest_whole() {
+        // A version 2 batch and day, encoded as builds before the funnel grace's
+        // counts were kept wrote them.
+        #[derive(Serialize)]
+        struct T2 {
+            visits: u64,
+            conversions: Vec<(String, u64)>,
+            requests: u64,
+            cache_hits: u64,
+            cache_misses: u64,
+            rejections: u64,
+            webhooks_accepted: u64,
+            unique_visitors: u64,
+            converting_visitors: u64,
+        }
+        let tally = || T2 {
+            visits: 40,
+            conversions: vec![("signup".into(), 3)],
+            requests: 90,
+            cache_hits: 50,
+            cache_misses: 5,
+            rejections: 2,
+            webhooks_accepted: 7,
+            unique_visitors: 31,
+            converting_visitors: 3,
+        };
+        let want = Tally {
+            visits: 40,
+            conversions: vec![("signup".into(), 3)],
+            requests: 90,
+            cache_hits: 50,
+            cache_misses: 5,
+            rejections: 2,
+            webhooks_accepted: 7,
+            unique_visitors: 31,
+            converting_visitors: 3,
+            grace_admitted: 0,
+            grace_conversions: 0,
+        };
+        let row = codec::encode(
+            "metrics batch",
+            2,
+            &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_batch(&row).unwrap(),
+            MetricsBatch {
+                window_start_ms: 1000,
+                window_ms: 5000,
+                tally: want.clone(),
+                peak_factor: 2.5,
+                velocity: 1.5,
+            }
+        );
+        let day = codec::encode(
+            "launch day",
+            2,
+            &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),
+        )
+        .unwrap();
+        let d = decode_day(&day).unwrap();
+        assert_eq!(
+            d,
+            DayTotals {
+                day: "2026-11-26".into(),
+                tally: want.clone(),
+                peak_factor: 2.5,
+                peak_rps: 3.0,
+                batches: 4,
+            }
+        );
+        // A store holding a version 2 day goes on counting into it: the old totals
+        // and the new grace counts, written as version 3.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        h.launches.insert("2026-11-26", day).unwrap();
+        h.metrics.insert(1000u64.to_be_bytes(), row).unwrap();
+        let mut b = batch(1000, 1, 0);
+        b.tally.grace_admitted = 5;
+        b.tally.grace_conversions = 1;
+        h.record(&b, "2026-11-26").unwrap();
+        let d = h.day("2026-11-26").unwrap().unwrap();
+        assert_eq!(d.tally.visits, 41);
+        assert_eq!((d.tally.grace_admitted, d.tally.grace_conversions), (5, 1));
+        assert_eq!(d.batches, 5);
+        assert_eq!(h.launches.get("2026-11-26").unwrap().unwrap()[0], 3);
+        let rows = h.batches(0, u64::MAX).unwrap();
+        assert_eq!(rows.len(), 1, "merged into the version 2 row");
+        assert_eq!(
+            (rows[0].tally.visits, rows[0].tally.grace_admitted),
+            (41, 5)
+        );
     }
 
     proptest::proptest! {

@@ -154,8 +154,8 @@ pub struct Sample {
     /// Webhook events stored since the previous sample, oldest first.
     pub events: Vec<FeedEvent>,
     pub today: Today,
-    /// What the funnel grace did since the process started; `None` when it is off
-    /// (`backpressure.funnel_grace_secs = 0`).
+    /// What the funnel grace did today (the day's totals, as `/api/analytics` has
+    /// them); `None` when it is off (`backpressure.funnel_grace_secs = 0`).
     pub grace: Option<GraceCounts>,
     /// The waiting room now; `None` when it is off (`waiting_room.enabled = false`).
     pub waiting_room: Option<crate::edge::waiting::Snapshot>,
@@ -383,7 +383,7 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
             peak_factor: totals.peak_factor,
             peak_rps: totals.peak_rps,
         },
-        grace: state.grace.as_ref().map(|g| g.counts()),
+        grace: state.grace.as_ref().map(|g| g.counts(tally)),
         waiting_room: state.waiting_room.as_ref().map(|r| r.snapshot()),
         nodes,
     };

@@ -424,9 +424,14 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
     // Page views: 3 on a, 5 on b, 7 on c. Webhooks: 4 on each, and one id sent
     // to a and then retried on b and c (a duplicate there).
     let mut ids = HashSet::new();
+    let mut lg_v = String::new();
     for (i, n) in nodes.iter().enumerate() {
         for _ in 0..(3 + 2 * i) {
-            assert_eq!(get(n, "/launch/", &[]).await.status, StatusCode::OK);
+            let r = get(n, "/launch/", &[]).await;
+            assert_eq!(r.status, StatusCode::OK);
+            if let Some(v) = r.header("set-cookie").filter(|v| v.starts_with("lg_v=")) {
+                lg_v = v.split(';').next().unwrap().to_string();
+            }
         }
         for k in 0..4 {
             let id = format!("count-{i}-{k}");
@@ -441,6 +446,16 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
     }
     ids.insert("retried-everywhere".into());
     all_hold(&nodes, &ids).await;
+    // The funnel grace on c alone (pinned there, not through the cluster): c's last
+    // visitor is let through once where others are shed.
+    let pin = launchguard::ingest::factor::Pin {
+        factor: 3.0,
+        until_ms: clock.now_ms() + 60_000,
+    };
+    c.state().factor.pin(pin, clock.now_ms());
+    let graced = get(&c, "/app.js", &[("cookie", lg_v.as_str())]).await;
+    assert_eq!(graced.status, StatusCode::OK);
+    c.state().factor.unpin(clock.now_ms());
     for n in nodes {
         n.state().conversions.flush(clock.now_ms()).unwrap();
     }
@@ -451,6 +466,7 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
             if r["nodes"].as_array().is_some_and(|l| l.len() == 3)
                 && r["visits"] == 15
                 && r["webhooks_accepted"] == 13
+                && r["grace_admitted_requests"] == 1
             {
                 break r;
             }
@@ -460,9 +476,11 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        // Requests count the webhook posts too: a's 3 + 5, b's 5 + 5, c's 7 + 5.
-        assert_eq!(report["requests"], 30, "{name}");
-        let lines: Vec<(String, u64, u64)> = report["nodes"]
+        // Requests count the webhook posts too: a's 3 + 5, b's 5 + 5, c's 7 + 5 + 1.
+        assert_eq!(report["requests"], 31, "{name}");
+        // c's grace count travelled with its rows (version 3 batches).
+        assert_eq!(report["grace_admitted_requests"], 1, "{name}");
+        let lines: Vec<(String, u64, u64, u64)> = report["nodes"]
             .as_array()
             .unwrap()
             .iter()
@@ -471,18 +489,32 @@ async fn every_node_reports_the_clusters_exact_totals_with_a_line_per_node() {
                     l["node"].as_str().unwrap().to_string(),
                     l["visits"].as_u64().unwrap(),
                     l["webhooks_accepted"].as_u64().unwrap(),
+                    l["grace_admitted_requests"].as_u64().unwrap(),
                 )
             })
             .collect();
         let by_node = |id: &str| lines.iter().find(|l| l.0 == id).cloned();
-        assert_eq!(by_node("a"), Some(("a".into(), 3, 5)), "{name}: {lines:?}");
-        assert_eq!(by_node("b"), Some(("b".into(), 5, 4)), "{name}: {lines:?}");
-        assert_eq!(by_node("c"), Some(("c".into(), 7, 4)), "{name}: {lines:?}");
+        assert_eq!(
+            by_node("a"),
+            Some(("a".into(), 3, 5, 0)),
+            "{name}: {lines:?}"
+        );
+        assert_eq!(
+            by_node("b"),
+            Some(("b".into(), 5, 4, 0)),
+            "{name}: {lines:?}"
+        );
+        assert_eq!(
+            by_node("c"),
+            Some(("c".into(), 7, 4, 1)),
+            "{name}: {lines:?}"
+        );
         // The launches list says the same.
         let launches = n.client.get(&n.admin_url("/api/launches")).await.json();
         let day = &launches["launches"][0];
         assert_eq!(day["visits"], 15, "{name}: {launches}");
-        assert_eq!(day["requests"], 30, "{name}: {launches}");
+        assert_eq!(day["requests"], 31, "{name}: {launches}");
+        assert_eq!(day["grace_admitted_requests"], 1, "{name}: {launches}");
         assert_eq!(day["webhooks_accepted"], 13, "{name}: {launches}");
     }
     // The dashboard's live samples carry the nodes too, this node's first.

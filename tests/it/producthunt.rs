@@ -665,3 +665,168 @@ async fn the_poller_is_off_without_a_token() {
         .to_string();
     assert!(e.starts_with("producthunt.post_slug:"), "{e}");
 }
+
+/// The value of `name{labels}` in Prometheus text (0 when absent: a counter not yet
+/// moved).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = n == name
+                && rest.matches('=').count() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_pollers_counts_are_on_metrics_with_the_apis_own_numbers() {
+    // Gauges and counters are the process's: read them with no other server running.
+    let _alone = crate::support::recorder::alone().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Ten seconds before a reset, with that window's budget already spent by someone.
+    let reset_at = (START_MS / WINDOW_MS + 1) * WINDOW_MS;
+    let t0 = reset_at - 10_000;
+    let clock = Clock::manual(t0);
+    let api = FakeApi::start(clock.clone(), PH_LIMIT, PH_COUNTS_COST).await;
+    api.state.spent.lock().insert(t0 / WINDOW_MS, PH_LIMIT);
+    api.add_votes(2, t0 - 5_000);
+    let before = launchguard::telemetry::recorder().render();
+    let server = TestServer::start(dir.path(), clock.clone(), |c| {
+        poller_config(&api)(c);
+        c.producthunt.min_poll_interval_ms = 2_000;
+    })
+    .await;
+    let poller = server.state().producthunt.clone().unwrap();
+    let store = server.state().store.clone();
+    let s = &server;
+    let scrape = move || async move { s.client.get(&s.admin_url("/metrics")).await.text() };
+    let delta = |after: &str, name: &str, labels: &[(&str, &str)]| {
+        sample(after, name, labels) - sample(&before, name, labels)
+    };
+    const P: &str = "launchguard_producthunt_";
+    let name = |n: &str| format!("{P}{n}");
+
+    // The first poll is answered 429 with nothing left: the poller waits for the reset.
+    // (at t0: the poller's first poll is at its start, before the clock moves).
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        poller.polls().wait_for(|n| *n >= 1),
+    )
+    .await
+    .expect("the first poll")
+    .unwrap();
+    step(&server, 0).await; // the turn of that poll is over
+    let m = scrape().await;
+    assert_eq!(api.state.throttled.load(Ordering::SeqCst), 1);
+    let polls = name("polls_total");
+    assert_eq!(
+        delta(&m, &polls, &[("query", "counts"), ("result", "throttled")]),
+        1.0
+    );
+    assert_eq!(sample(&m, &name("budget_remaining_points"), &[]), 0.0);
+    assert_eq!(
+        sample(&m, &name("budget_limit_points"), &[]),
+        PH_LIMIT as f64
+    );
+    assert_eq!(sample(&m, &name("budget_reset_seconds"), &[]), 10.0);
+    assert_eq!(sample(&m, &name("next_poll_seconds"), &[]), 10.0);
+
+    // At the reset: the counts, and the two votes of the last minute read with their
+    // times; then three votes, two comments and a vote dated in the future.
+    step_until(&server, 5_000, 10, || poller.baseline().unwrap().is_some()).await;
+    assert_eq!(poller.stats().dated, 2);
+    let m = scrape().await;
+    let lag = sample(&m, &name("last_vote_lag_seconds"), &[]);
+    assert_eq!(lag, (clock.now_ms() - (t0 - 5_000)) as f64 / 1000.0);
+    let seq = store.next_seq();
+    step(&server, 1_300).await;
+    let cast = clock.now_ms();
+    api.add_votes(3, cast);
+    step_until(&server, 250, 40, || store.next_seq() >= seq + 3).await;
+    let lag_ms = clock.now_ms() - cast;
+    assert!(lag_ms > 0 && lag_ms <= 2_250, "{lag_ms}");
+    let m = scrape().await;
+    assert_eq!(
+        sample(&m, &name("last_vote_lag_seconds"), &[]),
+        lag_ms as f64 / 1000.0
+    );
+    api.state.comments.store(2, Ordering::SeqCst);
+    step_until(&server, 250, 40, || store.next_seq() >= seq + 5).await;
+    // A vote dated in the future: moved to the poll, counted clamped, no lag.
+    api.add_raw_votes(1, "2999-01-01T00:00:00Z", u64::MAX / 2);
+    step_until(&server, 250, 40, || store.next_seq() >= seq + 6).await;
+    assert_eq!(store.next_seq(), seq + 6);
+
+    let m = scrape().await;
+    let ok = api.state.ok.load(Ordering::SeqCst);
+    let votes_queries = api.state.votes_queries.load(Ordering::SeqCst);
+    let counts_ok = ok - votes_queries;
+    assert!(
+        counts_ok >= 3 && votes_queries >= 2,
+        "{counts_ok} {votes_queries}"
+    );
+    for (query, result, expected) in [
+        ("counts", "ok", counts_ok),
+        ("counts", "throttled", 1),
+        ("counts", "failed", 0),
+        ("votes", "ok", votes_queries),
+        ("votes", "throttled", 0),
+        ("votes", "failed", 0),
+    ] {
+        assert_eq!(
+            delta(&m, &polls, &[("query", query), ("result", result)]),
+            expected as f64,
+            "{query} {result}"
+        );
+    }
+    assert_eq!(poller.stats().polls, counts_ok + 1, "the 429 is a poll too");
+    // The budget as the API last reported it.
+    let window = clock.now_ms() / WINDOW_MS;
+    assert_eq!(window, reset_at / WINDOW_MS);
+    let spent = api.spent()[&window];
+    assert_eq!(
+        sample(&m, &name("budget_remaining_points"), &[]),
+        (PH_LIMIT - spent) as f64
+    );
+    assert_eq!(
+        sample(&m, &name("budget_limit_points"), &[]),
+        PH_LIMIT as f64
+    );
+    let reset_secs = ((window + 1) * WINDOW_MS - clock.now_ms()).div_ceil(1000);
+    assert_eq!(
+        sample(&m, &name("budget_reset_seconds"), &[]),
+        reset_secs as f64
+    );
+    // Every point the API charged, but the first answer of the window (nothing to
+    // measure it against); the counts polls at 3 points each.
+    let points = name("points_spent_total");
+    let counts_points = delta(&m, &points, &[("query", "counts")]);
+    let votes_points = delta(&m, &points, &[("query", "votes")]);
+    assert_eq!(counts_points, (PH_COUNTS_COST * (counts_ok - 1)) as f64);
+    assert_eq!(
+        counts_points + votes_points,
+        (spent - PH_COUNTS_COST) as f64
+    );
+    // A plentiful budget: the floor of 2 s.
+    assert_eq!(sample(&m, &name("next_poll_seconds"), &[]), 2.0);
+    assert_eq!(sample(&m, &name("post_votes"), &[]), 6.0);
+    assert_eq!(sample(&m, &name("post_comments"), &[]), 2.0);
+    assert_eq!(delta(&m, &name("votes_seen_total"), &[]), 6.0);
+    assert_eq!(delta(&m, &name("comments_seen_total"), &[]), 2.0);
+    assert_eq!(delta(&m, &name("votes_dated_total"), &[]), 6.0);
+    assert_eq!(poller.stats().dated, 6);
+    assert_eq!(delta(&m, &name("votes_clamped_total"), &[]), 1.0);
+    assert_eq!(poller.stats().clamped, 1);
+    assert_eq!(delta(&m, &name("malformed_total"), &[]), 0.0);
+    assert_eq!(sample(&m, &name("last_vote_lag_seconds"), &[]), 0.0);
+    // Described, for whoever reads the scrape.
+    assert!(m.contains(&format!("# HELP {P}polls_total ")), "{m}");
+    drop((store, poller));
+    server.stop().await;
+}

@@ -117,6 +117,11 @@ pub struct Summary {
     pub cache_misses: u64,
     pub rejections: u64,
     pub webhooks_accepted: u64,
+    /// Requests the funnel grace admitted that shedding would have refused.
+    pub grace_admitted_requests: u64,
+    /// Conversions by visitors the funnel grace admitted within
+    /// `backpressure.funnel_grace_secs` before converting.
+    pub grace_protected_conversions: u64,
 }
 
 impl Summary {
@@ -151,6 +156,8 @@ impl Summary {
             cache_misses: tally.cache_misses,
             rejections: tally.rejections,
             webhooks_accepted: tally.webhooks_accepted,
+            grace_admitted_requests: tally.grace_admitted,
+            grace_protected_conversions: tally.grace_conversions,
         }
     }
 }
@@ -180,6 +187,8 @@ pub struct SeriesPoint {
     pub cache_misses: u64,
     pub rejections: u64,
     pub webhooks_accepted: u64,
+    pub grace_admitted_requests: u64,
+    pub grace_protected_conversions: u64,
     pub peak_factor: f64,
     pub velocity: f64,
     /// The live window, not yet flushed.
@@ -282,6 +291,8 @@ fn point(b: &MetricsBatch, live: bool, tz: &TimeZone) -> SeriesPoint {
         cache_misses: b.tally.cache_misses,
         rejections: b.tally.rejections,
         webhooks_accepted: b.tally.webhooks_accepted,
+        grace_admitted_requests: b.tally.grace_admitted,
+        grace_protected_conversions: b.tally.grace_conversions,
         peak_factor: b.peak_factor,
         velocity: b.velocity,
         live,

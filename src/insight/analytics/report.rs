@@ -153,6 +153,13 @@ pub fn render_table(r: &DayReport) -> String {
         ),
         ("rejections (503)", s.rejections.to_string()),
         ("webhooks accepted", s.webhooks_accepted.to_string()),
+        (
+            "funnel grace",
+            format!(
+                "{} requests let through, {} conversions protected",
+                s.grace_admitted_requests, s.grace_protected_conversions
+            ),
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(out, "  {k:<20} {v}");
