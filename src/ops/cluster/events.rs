@@ -21,7 +21,8 @@
 //! Consumer: a durable pull consumer per node, remade at each (re)start from 30 s
 //! before the last message it consumed (`fresh_consumer`); each batch of messages
 //! is stored (`Ingestor::ingest_replica`: dedup, seq, ring), made durable with one
-//! group commit, then acknowledged.
+//! group commit, then acknowledged with one ack (`AckPolicy::All`: every message up
+//! to the batch's last).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -435,7 +436,9 @@ async fn consume(
         start,
         pull::Config {
             description: Some(format!("launchguard node {}", cluster.node())),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            // One ack per batch, for every message up to it: the whole batch is
+            // durable here before it is sent.
+            ack_policy: jetstream::consumer::AckPolicy::All,
             // A message delivered to a node that died before storing it comes back
             // this long after; a redelivery of one it did store is a known id.
             ack_wait: Duration::from_secs(5),
@@ -453,6 +456,9 @@ async fn consume(
         .messages()
         .await
         .map_err(|e| e.to_string())?;
+    // The consumer's number of the last message delivered (each delivery, a
+    // redelivery too, takes the next one).
+    let mut delivered: Option<u64> = None;
     loop {
         let first = tokio::select! {
             m = messages.next() => m,
@@ -480,13 +486,29 @@ async fn consume(
             }
         }
         store_batch(cluster, parts, &batch).await?;
-        let mut last_ms = 0;
+        // The one ack covers every message delivered before it, so it is sent only
+        // if none was missed on the way here (the consumer's delivery numbers run
+        // on without a gap); else the consumer is remade from before the batch.
         for m in &batch {
-            m.ack().await.map_err(|e| e.to_string())?;
-            if let Ok(info) = m.info() {
-                last_ms = last_ms.max(super::unix_ms(info.published));
+            let seq = m.info().map(|i| i.consumer_sequence).unwrap_or(0);
+            match delivered {
+                Some(prev) if seq != prev + 1 => {
+                    return Err(format!(
+                        "a delivery was missed (delivery {prev}, then {seq})"
+                    ))
+                }
+                _ => delivered = Some(seq),
             }
         }
+        if let Some(last) = batch.last() {
+            last.ack().await.map_err(|e| e.to_string())?;
+        }
+        let last_ms = batch
+            .iter()
+            .filter_map(|m| m.info().ok())
+            .map(|info| super::unix_ms(info.published))
+            .max()
+            .unwrap_or(0);
         if last_ms > 0 {
             let _ = parts
                 .store
