@@ -529,6 +529,8 @@ async fn store_batch(
 ) -> Result<(), String> {
     let now = parts.clock.now_ms();
     let mut appended = false;
+    // Each other node's newest message of the batch, for its replication lag.
+    let mut newest: Vec<(String, i64)> = Vec::new();
     for m in batch {
         let node = Some(super::sender(m))
             .filter(|n| !n.is_empty())
@@ -538,14 +540,17 @@ async fn store_batch(
                     .map(str::to_string)
             })
             .unwrap_or_default();
-        if let Ok(info) = m.info() {
-            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
-            let lag = (now as i64 - published_ms).max(0) as f64 / 1000.0;
-            metrics::gauge!(telemetry::CLUSTER_REPLICATION_LAG_SECONDS, "node" => node.clone())
-                .set(lag);
-        }
+        // This node's own events come back too (one consumer reads the whole
+        // stream): they are stored already.
         if node == cluster.node() {
             continue;
+        }
+        if let Ok(info) = m.info() {
+            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+            match newest.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, at)) => *at = (*at).max(published_ms),
+                None => newest.push((node.clone(), published_ms)),
+            }
         }
         let mut record = match decode_event(&m.payload) {
             Ok(r) => r,
@@ -574,6 +579,10 @@ async fn store_batch(
             }
             Err(r) => return Err(format!("cannot store a replica: {r}")),
         }
+    }
+    for (node, published_ms) in newest {
+        let lag = (now as i64 - published_ms).max(0) as f64 / 1000.0;
+        metrics::gauge!(telemetry::CLUSTER_REPLICATION_LAG_SECONDS, "node" => node).set(lag);
     }
     if appended {
         parts
