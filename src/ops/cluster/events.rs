@@ -205,7 +205,13 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
                 continue;
             }
         };
-        let batch = {
+        // Events just written are in sled's cache: read here, without the hop to a
+        // blocking thread and back that every webhook's answer would wait on. A
+        // catch-up (after a rewind, or NATS down) may read from the disk: there.
+        let fresh = store.next_seq().saturating_sub(cursor) <= BATCH as u64;
+        let batch = if fresh {
+            Ok(store.events_after(cursor, BATCH))
+        } else {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.events_after(cursor, BATCH)).await
         };

@@ -147,7 +147,10 @@ impl TestServer {
 
     /// Waits until the pump has applied everything pushed so far.
     pub async fn pumped(&self) {
-        for _ in 0..10_000 {
+        // Bounded by time, not by a count of yields: on a busy machine the pump's
+        // task may not run for a while.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
             if self.state().ring.depth() == 0 {
                 // One more round trip through the pump: it drains, then publishes.
                 tokio::task::yield_now().await;
@@ -155,9 +158,12 @@ impl TestServer {
                     return;
                 }
             }
-            tokio::task::yield_now().await;
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pump did not drain the ring in 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        panic!("the pump did not drain the ring");
     }
 
     /// Pins the scale factor through the admin API for `for_secs`.
