@@ -59,8 +59,9 @@ use tokio::net::TcpStream;
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
 const USAGE: &str = "usage: cargo bench --bench cluster -- latency [--runs 5] [--rate 20] \
-[--duration 30s] [--controls] [--peers-dir DIR] [--bin PATH] | ingest --loadgen PATH [--rounds 5] [--duration 10s] \
-[--connections 50] [--peers 2] [--server-cpu 0] [--load-cpu 1] [--peers-dir DIR] [--bin PATH]";
+[--duration 30s] [--controls] [--peers-dir DIR] [--durability fsync|buffered] [--bin PATH] | ingest --loadgen PATH [--rounds 5] [--duration 10s] \
+[--connections 50] [--peers 2] [--server-cpu 0] [--load-cpu 1] [--peers-dir DIR] \
+[--durability fsync|buffered] [--bin PATH]";
 
 const SECRET: &str = "bench-secret";
 const WEBHOOK_PATH: &str = "/webhooks/producthunt";
@@ -96,6 +97,8 @@ struct Args {
     peers: usize,
     server_cpu: String,
     load_cpu: String,
+    /// Every node's `webhook.durability` (`--durability`, default fsync).
+    durability: String,
 }
 
 fn parse_duration(s: &str) -> Res<Duration> {
@@ -127,6 +130,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
     let mut peers = 2usize;
     let mut server_cpu = "0".to_string();
     let mut load_cpu = "1".to_string();
+    let mut durability = "fsync".to_string();
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -160,6 +164,14 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
             "--peers" => peers = number("--peers", value("--peers")?)?,
             "--server-cpu" => server_cpu = value("--server-cpu")?,
             "--load-cpu" => load_cpu = value("--load-cpu")?,
+            "--durability" => {
+                durability = value("--durability")?;
+                if durability != "fsync" && durability != "buffered" {
+                    return Err(format!(
+                        "--durability: expected fsync or buffered, got {durability:?}"
+                    ));
+                }
+            }
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
             // A positional argument is a filter from `cargo bench X`.
             _ => {}
@@ -185,6 +197,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {
         ));
     }
     Ok(Some(Args {
+        durability,
         mode,
         bin,
         runs: runs.unwrap_or(5).max(1),
@@ -344,6 +357,7 @@ fn start_node(
     name: &str,
     nats_url: Option<&str>,
     cpus: Option<&str>,
+    durability: &str,
 ) -> Res<Node> {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -351,7 +365,7 @@ fn start_node(
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut toml = format!(
         "[server]\nlisten = \"{public}\"\nadmin_listen = \"{admin}\"\ndata_dir = {:?}\n\n\
-         [webhook]\nsecrets = [\"{SECRET}\"]\ndurability = \"fsync\"\n\n\
+         [webhook]\nsecrets = [\"{SECRET}\"]\ndurability = \"{durability}\"\n\n\
          [velocity]\nwindow_secs = 300\ngain = 0.01\n",
         dir.join("state").display().to_string()
     );
@@ -407,6 +421,7 @@ fn start_setup(
     node_cpus: &[Option<&str>],
     nats_cpus: Option<&str>,
     peers_dir: Option<&Path>,
+    durability: &str,
 ) -> Res<Setup> {
     let temp = |within: Option<&Path>| {
         let mut b = tempfile::Builder::new();
@@ -433,7 +448,14 @@ fn start_setup(
     for (i, cpus) in node_cpus.iter().enumerate() {
         let name = ((b'a' + i as u8) as char).to_string();
         let within = if i == 0 { dir.path() } else { peers_path };
-        nodes.push(start_node(bin, within, &name, url.as_deref(), *cpus)?);
+        nodes.push(start_node(
+            bin,
+            within,
+            &name,
+            url.as_deref(),
+            *cpus,
+            durability,
+        )?);
     }
     Ok(Setup {
         nodes,
@@ -712,6 +734,7 @@ async fn latency_run(args: &Args, kind: Kind, run: usize) -> Res<LatencyRun> {
         nodes,
         None,
         args.peers_dir.as_deref(),
+        &args.durability,
     )?;
     let key = Key::parse(SECRET).map_err(|e| e.to_string())?;
     let tag = format!(
@@ -913,9 +936,10 @@ async fn latency(args: &Args) -> Res<()> {
         &[Kind::Cluster]
     };
     println!(
-        "cluster latency on 127.0.0.1: {} upvotes/s to A for {:?}, {} runs of: {}",
+        "cluster latency on 127.0.0.1: {} upvotes/s to A for {:?}, durability {}, {} runs of: {}",
         args.rate,
         args.duration,
+        args.durability,
         args.runs,
         kinds
             .iter()
@@ -1012,7 +1036,14 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
     if cluster {
         cpus.extend(std::iter::repeat_n(load, args.peers));
     }
-    let setup = start_setup(&args.bin, cluster, &cpus, load, args.peers_dir.as_deref())?;
+    let setup = start_setup(
+        &args.bin,
+        cluster,
+        &cpus,
+        load,
+        args.peers_dir.as_deref(),
+        &args.durability,
+    )?;
     let key = Key::parse(SECRET).map_err(|e| e.to_string())?;
     let tag = format!(
         "{}{}r{round}",
@@ -1129,9 +1160,10 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
 
 async fn ingest(args: &Args) -> Res<()> {
     println!(
-        "cluster ingest: loadgen c={} for {:?}, fsync, node on cpu {}, loadgen{} on cpu {}, {} rounds",
+        "cluster ingest: loadgen c={} for {:?}, {}, node on cpu {}, loadgen{} on cpu {}, {} rounds",
         args.connections,
         args.duration,
+        args.durability,
         args.server_cpu,
         if args.peers > 0 {
             format!(", nats-server and {} peers", args.peers)
