@@ -465,6 +465,23 @@ impl Store {
         Ok(())
     }
 
+    /// A `u64` kept under a key made at run time (`cluster_consumed_ms.<node>`), as
+    /// `meta_u64` keeps one; 0 when absent.
+    pub fn meta_u64_named(&self, key: &str) -> Result<u64, StoreError> {
+        match self.inner.meta.get(key)? {
+            Some(v) => Ok(codec::decode_words::<1>("meta (a per-node cursor)", 1, &v)?[0]),
+            None => Ok(0),
+        }
+    }
+
+    /// Sets `meta_u64_named(key)`; not flushed.
+    pub fn set_meta_u64_named(&self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.inner
+            .meta
+            .insert(key, codec::encode_words(1, [value]))?;
+        Ok(())
+    }
+
     /// Empties the payload of events with seq above `after` received before
     /// `before_ms`, oldest first, stopping at the first newer event. Returns how many
     /// payloads were emptied and the last seq done (`after` if none): the retention

@@ -18,8 +18,11 @@
 //!    last messages before it wrote them (JetStream's file store does not fsync each
 //!    one), and the ones it kept are dropped as duplicates.
 //!
-//! Consumer: a durable pull consumer per node, remade at each (re)start from 30 s
-//! before the last message it consumed (`fresh_consumer`); each batch of messages
+//! Consumer: a durable pull consumer per other node (`<this>~<other>`, filtered on
+//! `launchguard.events.<other>`, so a node never reads its own events back), started
+//! as that node's subject appears in the stream and remade at each (re)start from
+//! 30 s before the last message it consumed (`fresh_consumer`, the position kept per
+//! node in `meta.cluster_consumed_ms.<other>`); each batch of messages
 //! is stored (`Ingestor::ingest_replica`: dedup, seq, ring), made durable with one
 //! group commit, then acknowledged with one ack (`AckPolicy::All`: every message up
 //! to the batch's last).
@@ -409,18 +412,83 @@ async fn publish(
     through.ok_or(())
 }
 
-/// Stores the other nodes' events as they reach the stream, until `shutdown`.
+/// How often the stream is asked which nodes publish to it.
+const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+
+/// Stores the other nodes' events as they reach the stream, until `shutdown`: one
+/// durable consumer per other node, filtered on that node's subject, so this node's
+/// own events never come back to it; each starts as its node's subject appears in
+/// the stream (looked for every `DISCOVER_EVERY`).
 pub async fn run_consumer(cluster: Cluster, parts: Arc<Parts>, shutdown: CancellationToken) {
-    super::keep_running("events consumer", &shutdown, || {
-        consume(&cluster, &parts, &shutdown)
-    })
-    .await;
+    let mut consuming = std::collections::HashSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut old_removed = false;
+    loop {
+        if let Ok(nodes) = senders(&cluster).await {
+            for node in nodes {
+                if node == cluster.node() || !consuming.insert(node.clone()) {
+                    continue;
+                }
+                let (cluster, parts, shutdown) = (cluster.clone(), parts.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    let what = format!("events consumer of node {node}");
+                    super::keep_running(&what, &shutdown, || {
+                        consume(&cluster, &parts, &shutdown, &node)
+                    })
+                    .await;
+                });
+            }
+            if !old_removed {
+                // The one consumer of the whole stream that builds before this one
+                // made, named by this node's id.
+                if let Ok(stream) = cluster.js().get_stream_no_info(EVENTS_STREAM).await {
+                    old_removed = match stream.delete_consumer(cluster.node()).await {
+                        Ok(_) => true,
+                        Err(e) => e.to_string().contains("not found"),
+                    };
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DISCOVER_EVERY) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The nodes that have events in the stream (its subjects, one a node).
+async fn senders(cluster: &Cluster) -> Result<Vec<String>, String> {
+    let stream = cluster
+        .js()
+        .get_stream_no_info(EVENTS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut subjects = stream
+        .info_with_subjects("launchguard.events.*")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut nodes = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| e.to_string())?;
+        if let Some(node) = subject.strip_prefix("launchguard.events.") {
+            nodes.push(node.to_string());
+        }
+    }
+    Ok(nodes)
+}
+
+/// The key in `meta` of where the consumer of `node`'s events stands (Unix ms of
+/// the last message it stored).
+fn consumed_key(node: &str) -> String {
+    format!("{}.{node}", trees::META_CLUSTER_CONSUMED_MS)
 }
 
 async fn consume(
     cluster: &Cluster,
     parts: &Parts,
     shutdown: &CancellationToken,
+    from: &str,
 ) -> Result<(), String> {
     ensure_stream(cluster, parts.dedup_ttl_secs).await?;
     let stream = cluster
@@ -429,19 +497,32 @@ async fn consume(
         .await
         .map_err(|e| e.to_string())?;
     // JetStream stamps messages with the server's clock: the start is read off the
-    // system's (or the last message's), not the app's (injectable) clock.
-    let start = super::resume_at(
-        &parts.store,
-        trees::META_CLUSTER_CONSUMED_MS,
+    // system's (or the last message's), not the app's (injectable) clock. A node
+    // upgraded from the one consumer of the whole stream resumes each node's from
+    // where that one stood.
+    let key = consumed_key(from);
+    let last = match parts.store.meta_u64_named(&key).unwrap_or(0) {
+        0 => parts
+            .store
+            .meta_u64(trees::META_CLUSTER_CONSUMED_MS)
+            .unwrap_or(0),
+        last => last,
+    };
+    let start = super::resume_from(
+        last,
         RESUME_OVERLAP,
         Duration::from_secs(parts.dedup_ttl_secs.min(10 * 365 * 86_400)),
     );
     let consumer = super::fresh_consumer(
         &stream,
-        cluster.node(),
+        &format!("{}~{from}", cluster.node()),
         start,
         pull::Config {
-            description: Some(format!("launchguard node {}", cluster.node())),
+            description: Some(format!(
+                "launchguard node {}: the events of node {from}",
+                cluster.node()
+            )),
+            filter_subject: format!("launchguard.events.{from}"),
             // One ack per batch, for every message up to it: the whole batch is
             // durable here before it is sent.
             ack_policy: jetstream::consumer::AckPolicy::All,
@@ -516,9 +597,7 @@ async fn consume(
             .max()
             .unwrap_or(0);
         if last_ms > 0 {
-            let _ = parts
-                .store
-                .set_meta_u64(trees::META_CLUSTER_CONSUMED_MS, last_ms);
+            let _ = parts.store.set_meta_u64_named(&key, last_ms);
         }
         if let Some(e) = ended {
             return Err(e);

@@ -10,10 +10,11 @@
 //!   (`meta.cluster_published`), so an event accepted while NATS is unreachable is
 //!   published when it is back, and nothing acknowledged is lost. The stream's
 //!   duplicate window is `webhook.dedup_ttl_secs`, not JetStream's default 2 minutes.
-//!   Every node's durable **consumer** (named by its node id) stores the other nodes'
-//!   events in its own store as replicas (record version 4, with their node) through
-//!   the same dedup index, pushes them on the ring at the time they happened, and
-//!   acknowledges them once durable. So every store holds each event once, every
+//!   Every node's durable **consumers** (one per other node, on its subject) store
+//!   the other nodes' events in its own store as replicas (record version 4, with
+//!   their node) through the same dedup index, push them on the ring at the time
+//!   they happened, and acknowledge them once durable. So every store holds each
+//!   event once, every
 //!   window counts it once, and a node restarted (or started late) resumes where its
 //!   consumer stood (a new consumer starts one dedup TTL back).
 //! - **Cookie keys** (`keys.rs`): every node signs visitor and waiting-room cookies
@@ -410,7 +411,16 @@ pub(crate) fn resume_at(
     overlap: Duration,
     first_back: Duration,
 ) -> time::OffsetDateTime {
-    let last = store.meta_u64(key).unwrap_or(0);
+    resume_from(store.meta_u64(key).unwrap_or(0), overlap, first_back)
+}
+
+/// Where a consumer resumes: `overlap` before `last` (Unix ms of the last message it
+/// consumed), or `first_back` before now when it consumed none (`last` 0).
+pub(crate) fn resume_from(
+    last: u64,
+    overlap: Duration,
+    first_back: Duration,
+) -> time::OffsetDateTime {
     let start = if last == 0 {
         time::OffsetDateTime::now_utc() - first_back
     } else {
