@@ -952,7 +952,13 @@ impl Cache {
                 }
             }
         } else {
-            h.clone_from(&e.headers);
+            // The stored headers, copied into a map with room for what this answer and
+            // the layers outside add (a clone would have to grow and rehash for them).
+            let mut copy = HeaderMap::with_capacity(e.headers.len() + ANSWER_HEADERS);
+            for (name, value) in &e.headers {
+                copy.append(name.clone(), value.clone());
+            }
+            *h = copy;
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             if let Some(enc) = encoding {
                 h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
@@ -1008,6 +1014,11 @@ fn edge_cache_control(max_age: u64, swr: u64) -> Option<HeaderValue> {
         Some(v)
     })
 }
+
+/// Headers a hit's answer gets besides the stored ones: `Content-Length`,
+/// `Content-Encoding`, `ETag`, `Cache-Control`, `Age`, `Vary`, `X-Cache` here; the
+/// visitor cookies, `X-Edge-Scale-Factor` and `Strict-Transport-Security` outside.
+const ANSWER_HEADERS: usize = 11;
 
 /// Ages below this come from a table made once (an age is seconds in the cache, so
 /// nearly every answer's is small); larger ones are formatted.
