@@ -80,7 +80,8 @@ echo "# ALPN: launchguard $(curl -sk -o /dev/null -w '%{http_version}' --http2 "
 echo "# loads on CPU $LOAD_CPU: wrk -t${THREADS:-2} -c$CONNS; wrk -t${THREADS:-2} -c32 -H 'Connection: close'; h2load -c$H2_CLIENTS -m$H2_STREAMS; $DURATION each; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 limit=$(( $(seconds "$DURATION") + 20 ))
-NGINX_PIDS=$(echo "$NGINX_PID" $(pgrep -P "$NGINX_PID") | tr ' ' ',')
+# nginx's CPU: the master and its workers (not the cache loader, which exits).
+NGINX_PIDS=$(echo "$NGINX_PID" $(ps -o pid=,args= --ppid "$NGINX_PID" | awk '/worker process/ { print $1 }') | tr ' ' ',')
 HZ=$(getconf CLK_TCK)
 # child_ticks: sets CT to the CPU time (user + system, clock ticks) of this shell's
 # waited-for children. (`times` must run in this shell: not in a pipe or `$(...)`.)
@@ -93,7 +94,7 @@ child_ticks() {
 ticks() {
     local t=0 pid
     for pid in ${1//,/ }; do
-        t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$pid/stat") ))
+        [ -r "/proc/$pid/stat" ] && t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$pid/stat") ))
     done
     echo "$t"
 }
