@@ -893,13 +893,10 @@ pub fn public_router(state: AppState) -> Router {
             async move { edge::handle(edge, req).await }
         })
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(
+        // `counters::count_requests` inside `telemetry::HttpTimer::layer`, as one layer.
+        .layer(counters::PublicLayer::new(
             counting,
-            counters::count_requests,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
             telemetry::HttpTimer::new(),
-            telemetry::HttpTimer::layer,
         ))
 }
 

@@ -104,7 +104,7 @@ impl HttpTimer {
         }
     }
 
-    fn record(&self, status: axum::http::StatusCode, secs: f64) {
+    pub(crate) fn record(&self, status: axum::http::StatusCode, secs: f64) {
         let i = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[i].record(secs);
     }

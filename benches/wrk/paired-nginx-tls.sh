@@ -80,9 +80,30 @@ echo "# ALPN: launchguard $(curl -sk -o /dev/null -w '%{http_version}' --http2 "
 echo "# loads on CPU $LOAD_CPU: wrk -t${THREADS:-2} -c$CONNS; wrk -t${THREADS:-2} -c32 -H 'Connection: close'; h2load -c$H2_CLIENTS -m$H2_STREAMS; $DURATION each; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 limit=$(( $(seconds "$DURATION") + 20 ))
+# nginx's CPU: the master and its workers (not the cache loader, which exits).
+NGINX_PIDS=$(echo "$NGINX_PID" $(ps -o pid=,args= --ppid "$NGINX_PID" | awk '/worker process/ { print $1 }') | tr ' ' ',')
+HZ=$(getconf CLK_TCK)
+# child_ticks: sets CT to the CPU time (user + system, clock ticks) of this shell's
+# waited-for children. (`times` must run in this shell: not in a pipe or `$(...)`.)
+child_ticks() {
+    local f="$SCRATCH/times.$BASHPID"
+    times > "$f"
+    CT=$(awk -v hz="$HZ" 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d\n", t * hz + 0.5 }' "$f")
+}
+# ticks PID,PID...: the CPU time (user + system, clock ticks) the processes used so far.
+ticks() {
+    local t=0 pid
+    for pid in ${1//,/ }; do
+        [ -r "/proc/$pid/stat" ] && t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$pid/stat") ))
+    done
+    echo "$t"
+}
 one() { # NAME LOAD URL ROUND -> req/s on stdout, a line on stderr
     local name=$1 load=$2 url=$3 round=$4 out="$SCRATCH/$1-$2-$4.txt"
     local snap; snap=$(cpu_snap)
+    local pids=$LG_PID; [ "$name" = nginx ] && pids=$NGINX_PIDS
+    local t0; t0=$(ticks "$pids")
+    local CT; child_ticks; local c0=$CT
     local rps p50 p99 n err
     case $load in
         keepalive)
@@ -102,7 +123,15 @@ one() { # NAME LOAD URL ROUND -> req/s on stdout, a line on stderr
             err=$(awk '/^requests:/ { print $10 + $12 }' "$out") ;;
     esac
     local util; util=$(cpu_busy "$snap" "$(cpu_snap)")
-    echo "$name $load round=$round: ${rps:-0} req/s, p50 ${p50:-0}us, p99 ${p99:-0}us, ${n:-0} requests, ${err:-?} errors, $util, load $(cut -d' ' -f1 /proc/loadavg)" >&2
+    # The server's own CPU time per request served: what background load on the
+    # shared machine moves least.
+    local cpu; cpu=$(awk -v t="$(( $(ticks "$pids") - t0 ))" -v hz="$HZ" -v n="${n:-0}" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
+    child_ticks
+    # And the load generator's, which is the bottleneck when the server is not busy.
+    local ccpu; ccpu=$(awk -v t="$(( CT - c0 ))" -v hz="$HZ" -v n="${n:-0}" 'BEGIN { printf "%.1f", n ? t * 1e6 / hz / n : 0 }')
+    echo "$name $load cpu $cpu" >> "$SCRATCH/cpu.txt"
+    echo "$name $load client $ccpu" >> "$SCRATCH/cpu.txt"
+    echo "$name $load round=$round: ${rps:-0} req/s, p50 ${p50:-0}us, p99 ${p99:-0}us, ${n:-0} requests, ${err:-?} errors, server CPU ${cpu} us/request, client ${ccpu} us/request, $util, load $(cut -d' ' -f1 /proc/loadavg)" >&2
     printf '%s\t%s\t%s\t%s\n' "$name https-$load HIT pinned" "${rps:-0}" "${p50:-0}" "${p99:-0}" >> "$SCRATCH/results.tsv"
     echo "${rps:-0}"
 }
@@ -125,6 +154,12 @@ echo "# h2 rows: the p50 column is h2load's mean time per request; p99 is not re
 for load in $LOADS; do
     awk -v L="$load" '$1 == L { print $2 }' "$SCRATCH/ratios.txt" | sort -n |
         awk -v L="$load" '{ a[NR] = $1 } END { printf "ratio launchguard/nginx %s req/s per round: median %s (min %s, max %s, %d rounds)\n", L, (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2), a[1], a[NR], NR }'
+    for name in launchguard nginx; do
+        for who in cpu client; do
+            awk -v N="$name" -v L="$load" -v W="$who" '$1 == N && $2 == L && $3 == W { print $4 }' "$SCRATCH/cpu.txt" | sort -n |
+                awk -v N="$name" -v L="$load" -v W="$who" '{ a[NR] = $1 } END { if (NR) printf "%s CPU per request %s %s: median %s us (min %s, max %s)\n", (W == "cpu" ? "server" : "load generator"), N, L, (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2), a[1], a[NR] }'
+        done
+    done
 done
 
 if [ "$IDLE" -gt 0 ]; then

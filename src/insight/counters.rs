@@ -5,7 +5,7 @@
 //!   always increments its own shard (picked round-robin on its first increment), so
 //!   an increment is one uncontended `fetch_add`, no lock, no shared line.
 //! - [`count_requests`]: the one layer on the public router that counts requests and
-//!   visits. A visit is a `GET` under `conversions.funnel_paths` answered 2xx with
+//!   visits (there as [`PublicLayer`], which also runs the request timer). A visit is a `GET` under `conversions.funnel_paths` answered 2xx with
 //!   `text/html` (or 304 to a request that accepts `text/html`: a browser reload);
 //!   assets, `HEAD`, errors and shed requests (503) are not visits.
 //! - [`beacon`]: `POST /api/convert {"goal":"signup"}` (JSON, or a `navigator.sendBeacon`
@@ -504,60 +504,165 @@ impl std::ops::Deref for Counting {
 /// after the cache, so the cached page stays the same for everyone). With the funnel
 /// grace on, a known visitor's visit also renews its `lg_f` mark, the same way.
 pub async fn count_requests(State(c): State<Counting>, req: Request, next: Next) -> Response {
-    let conv = &c.conversions;
-    let counters = conv.counters();
-    counters.record_request();
-    counters.observe_factor(Scale::of(&req, || conv.inner.factor.current()));
-    let maybe_visit = req.method() == Method::GET && conv.inner.funnel.is_match(req.uri().path());
-    // A reload answered 304 Not Modified carries no content type; a browser asking
-    // for a page says so in Accept, an asset request does not.
-    let wants_html = maybe_visit && accepts_html(req.headers());
-    let visitor = maybe_visit.then(|| {
-        let now = c.clock.now_ms();
-        let secure = req
-            .extensions()
-            .get::<crate::edge::front::Verified>()
-            .is_some_and(|v| v.proto == "https");
-        (c.visitors.of_request(req.headers(), now).ok(), secure, now)
-    });
+    let seen = c.before(&req);
     let mut res = next.run(req).await;
-    let status = res.status();
-    match res.extensions().get::<XCache>() {
-        Some(XCache::Hit | XCache::Stale) => counters.record_cache_hit(),
-        Some(XCache::Miss) => counters.record_cache_miss(),
-        Some(XCache::Bypass) | None => {}
-    }
-    if res
-        .extensions()
-        .get::<crate::edge::admission::Rejected>()
-        .is_some()
-    {
-        counters.record_rejection();
-    }
-    if maybe_visit
-        && ((status.is_success() && is_html(&res))
-            || (status == StatusCode::NOT_MODIFIED && wants_html))
-    {
-        counters.record_visit();
-        if let Some((known, secure, now)) = visitor {
-            c.visited(known, secure, now, &mut res);
+    c.after(seen, &mut res);
+    res
+}
+
+/// What [`Counting::before`] saw of a request, for [`Counting::after`] to judge its
+/// answer by.
+pub struct Seen {
+    maybe_visit: bool,
+    wants_html: bool,
+    /// The visitor's cookie, whether the request came over HTTPS, and when.
+    visitor: Option<(Option<Visitor>, bool, u64)>,
+}
+
+impl Counting {
+    /// The request side of [`count_requests`]: counts the request and its factor.
+    pub fn before(&self, req: &Request) -> Seen {
+        let conv = &self.conversions;
+        let counters = conv.counters();
+        counters.record_request();
+        counters.observe_factor(Scale::of(req, || conv.inner.factor.current()));
+        let maybe_visit =
+            req.method() == Method::GET && conv.inner.funnel.is_match(req.uri().path());
+        // A reload answered 304 Not Modified carries no content type; a browser asking
+        // for a page says so in Accept, an asset request does not.
+        let wants_html = maybe_visit && accepts_html(req.headers());
+        let visitor = maybe_visit.then(|| {
+            let now = self.clock.now_ms();
+            let secure = req
+                .extensions()
+                .get::<crate::edge::front::Verified>()
+                .is_some_and(|v| v.proto == "https");
+            (
+                self.visitors.of_request(req.headers(), now).ok(),
+                secure,
+                now,
+            )
+        });
+        Seen {
+            maybe_visit,
+            wants_html,
+            visitor,
         }
     }
-    res
+
+    /// The answer side of [`count_requests`]: cache hits and misses, rejections, the
+    /// visit and its visitor (the cookie goes on `res`).
+    pub fn after(&self, seen: Seen, res: &mut Response) {
+        let counters = self.conversions.counters();
+        let status = res.status();
+        match res.extensions().get::<XCache>() {
+            Some(XCache::Hit | XCache::Stale) => counters.record_cache_hit(),
+            Some(XCache::Miss) => counters.record_cache_miss(),
+            Some(XCache::Bypass) | None => {}
+        }
+        if res
+            .extensions()
+            .get::<crate::edge::admission::Rejected>()
+            .is_some()
+        {
+            counters.record_rejection();
+        }
+        if seen.maybe_visit
+            && ((status.is_success() && is_html(res))
+                || (status == StatusCode::NOT_MODIFIED && seen.wants_html))
+        {
+            counters.record_visit();
+            if let Some((known, secure, now)) = seen.visitor {
+                self.visited(known, secure, now, res);
+            }
+        }
+    }
+}
+
+/// [`count_requests`] and [`telemetry::HttpTimer`] as one hand-written layer for the
+/// public router: the same work in the same order (the timer around the counting),
+/// without `from_fn`'s boxed `Next` and cloned inner service per layer per request.
+#[derive(Clone)]
+pub struct PublicLayer(Arc<(Counting, telemetry::HttpTimer)>);
+
+impl PublicLayer {
+    pub fn new(counting: Counting, timer: telemetry::HttpTimer) -> PublicLayer {
+        PublicLayer(Arc::new((counting, timer)))
+    }
+}
+
+impl<S> tower::Layer<S> for PublicLayer {
+    type Service = PublicService<S>;
+
+    fn layer(&self, inner: S) -> PublicService<S> {
+        PublicService {
+            inner,
+            parts: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`PublicLayer`] wraps the router's routes in.
+#[derive(Clone)]
+pub struct PublicService<S> {
+    inner: S,
+    parts: Arc<(Counting, telemetry::HttpTimer)>,
+}
+
+impl<S> tower::Service<Request> for PublicService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let started = std::time::Instant::now();
+        let seen = self.parts.0.before(&req);
+        let answer = self.inner.call(req);
+        let parts = self.parts.clone();
+        Box::pin(async move {
+            let mut res = answer.await?;
+            parts.0.after(seen, &mut res);
+            parts
+                .1
+                .record(res.status(), started.elapsed().as_secs_f64());
+            Ok(res)
+        })
+    }
 }
 
 impl Counting {
     /// Counts a visit's visitor once in its launch day, issuing a cookie to a new one
     /// and renewing a known one's funnel mark.
     fn visited(&self, known: Option<Visitor>, secure: bool, now_ms: u64, res: &mut Response) {
-        match self.visitors.page_view(known, now_ms) {
+        // `Visitors::page_view`, with a new visitor's cookie written straight into its
+        // header value.
+        let viewed = match &known {
+            None => Ok((true, Some(self.visitors.issue_set_cookie(now_ms, secure)))),
+            Some(v) => self
+                .visitors
+                .first_today(v, now_ms)
+                .map(|first| (first, None)),
+        };
+        match viewed {
             Ok((first, cookie)) => {
                 if first {
                     self.conversions.counters().record_unique_visitor();
                 }
                 if let Some(value) = cookie {
-                    res.headers_mut()
-                        .append(header::SET_COOKIE, Visitors::set_cookie(&value, secure));
+                    res.headers_mut().append(header::SET_COOKIE, value);
                 }
             }
             Err(e) => tracing::warn!("cannot record a visitor: {e}"),

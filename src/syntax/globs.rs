@@ -26,10 +26,27 @@ pub fn path_glob(pattern: &str) -> Result<globset::Glob, String> {
         .map_err(|e| format!("invalid glob {pattern:?}: {e}"))
 }
 
-/// A set of path patterns, compiled once; matching takes no lock and no allocation.
+/// A set of path patterns, compiled once; matching takes no lock and no allocation
+/// (past a thread's first sight of a path, see [`PathSet::is_match`]).
 #[derive(Debug, Clone)]
 pub struct PathSet {
     set: GlobSet,
+    /// Tells this set's answers apart in the per-thread memo (a clone shares it: same
+    /// patterns, same answers).
+    id: usize,
+}
+
+/// Paths longer than this are matched without the memo.
+const MEMO_PATH_BYTES: usize = 256;
+/// Memo slots per thread: the sets of one request (admission's two, the funnel) each
+/// have their own slot.
+const MEMO_SLOTS: usize = 8;
+
+/// The last path each set was asked about on this thread, and its answer.
+struct Memo {
+    id: usize,
+    path: String,
+    matched: bool,
 }
 
 impl PathSet {
@@ -47,13 +64,39 @@ impl PathSet {
                 b.add(path_glob(bare)?);
             }
         }
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         Ok(PathSet {
             set: b.build().map_err(|e| e.to_string())?,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
+    /// Whether `path` matches. A thread remembers each set's last path and answer
+    /// (the sets are immutable, so an answer never goes stale): a run of requests for
+    /// the same page, the common case on launch day, compares a string instead of
+    /// running the glob matcher.
     pub fn is_match(&self, path: &str) -> bool {
-        self.set.is_match(path)
+        thread_local! {
+            static MEMO: std::cell::RefCell<[Memo; MEMO_SLOTS]> = std::cell::RefCell::new(
+                std::array::from_fn(|_| Memo { id: 0, path: String::new(), matched: false }),
+            );
+        }
+        if path.len() > MEMO_PATH_BYTES {
+            return self.set.is_match(path);
+        }
+        MEMO.with(|memo| {
+            let mut memo = memo.borrow_mut();
+            let slot = &mut memo[self.id % MEMO_SLOTS];
+            if slot.id == self.id && slot.path == path {
+                return slot.matched;
+            }
+            let matched = self.set.is_match(path);
+            slot.id = self.id;
+            slot.path.clear();
+            slot.path.push_str(path);
+            slot.matched = matched;
+            matched
+        })
     }
 }
 
@@ -99,6 +142,26 @@ mod tests {
         assert!(f.is_match("/assets/site.css"));
         assert!(f.is_match("/hook"));
         assert!(!f.is_match("/api/v1/users"));
+    }
+
+    /// The memo answers as the matcher does, for sets sharing a slot and paths that
+    /// come back.
+    #[test]
+    fn the_memo_answers_as_the_matcher() {
+        let sets: Vec<PathSet> = (0..2 * MEMO_SLOTS + 1)
+            .map(|i| PathSet::new(&[format!("/p{i}/*")], &[]).unwrap())
+            .collect();
+        let paths = ["/p0/x", "/p1/", "/p3", "/p8/a/b", "/other", "/p0/x", "/p1/"];
+        for _ in 0..3 {
+            for p in paths {
+                for s in &sets {
+                    assert_eq!(s.is_match(p), s.set.is_match(p), "{p}");
+                }
+            }
+        }
+        let long = format!("/p0/{}", "a".repeat(MEMO_PATH_BYTES));
+        assert!(sets[0].is_match(&long));
+        assert!(!sets[1].is_match(&long));
     }
 
     #[test]

@@ -952,7 +952,13 @@ impl Cache {
                 }
             }
         } else {
-            h.clone_from(&e.headers);
+            // The stored headers, copied into a map with room for what this answer and
+            // the layers outside add (a clone would have to grow and rehash for them).
+            let mut copy = HeaderMap::with_capacity(e.headers.len() + ANSWER_HEADERS);
+            for (name, value) in &e.headers {
+                copy.append(name.clone(), value.clone());
+            }
+            *h = copy;
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             if let Some(enc) = encoding {
                 h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
@@ -967,16 +973,11 @@ impl Cache {
             }
         }
         if !e.origin_speaks {
-            let cache_control = format!(
-                "public, max-age={}, stale-while-revalidate={}",
-                remaining_ms / 1000,
-                self.inner.swr_secs
-            );
-            if let Ok(v) = HeaderValue::from_str(&cache_control) {
+            if let Some(v) = edge_cache_control(remaining_ms / 1000, self.inner.swr_secs) {
                 h.insert(header::CACHE_CONTROL, v);
             }
         }
-        h.insert(header::AGE, HeaderValue::from(age));
+        h.insert(header::AGE, age_value(age));
         match &e.vary_out {
             Some(v) => {
                 h.insert(header::VARY, v.clone());
@@ -987,6 +988,49 @@ impl Cache {
         }
         x.mark(&mut res);
         res
+    }
+}
+
+/// The edge's own `Cache-Control` (`public, max-age=M, stale-while-revalidate=S`),
+/// remembered per thread for the last `(M, S)`: every hit on a page within the same
+/// second carries the same value, so most answers clone it instead of formatting one.
+fn edge_cache_control(max_age: u64, swr: u64) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((m, s, v)) = &*last {
+            if (*m, *s) == (max_age, swr) {
+                return Some(v.clone());
+            }
+        }
+        let v = HeaderValue::try_from(format!(
+            "public, max-age={max_age}, stale-while-revalidate={swr}"
+        ))
+        .ok()?;
+        *last = Some((max_age, swr, v.clone()));
+        Some(v)
+    })
+}
+
+/// Headers a hit's answer gets besides the stored ones: `Content-Length`,
+/// `Content-Encoding`, `ETag`, `Cache-Control`, `Age`, `Vary`, `X-Cache` here; the
+/// visitor cookies, `X-Edge-Scale-Factor` and `Strict-Transport-Security` outside.
+const ANSWER_HEADERS: usize = 11;
+
+/// Ages below this come from a table made once (an age is seconds in the cache, so
+/// nearly every answer's is small); larger ones are formatted.
+const AGE_TABLE: u64 = 4096;
+
+/// The `Age` header for `age` seconds.
+fn age_value(age: u64) -> HeaderValue {
+    static AGES: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..AGE_TABLE).map(HeaderValue::from).collect());
+    match AGES.get(age as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(age),
     }
 }
 
@@ -1125,6 +1169,20 @@ async fn collect_limited(body: Body, limit: u64) -> Result<Collected, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The remembered and tabled header values are the formatted ones.
+    #[test]
+    fn memoized_header_values_are_the_formatted_ones() {
+        for age in [0, 1, 59, AGE_TABLE - 1, AGE_TABLE, 1 << 40] {
+            assert_eq!(age_value(age), HeaderValue::from(age));
+        }
+        for (m, swr) in [(59, 30), (59, 30), (58, 30), (58, 0), (0, 0)] {
+            assert_eq!(
+                edge_cache_control(m, swr).unwrap(),
+                format!("public, max-age={m}, stale-while-revalidate={swr}")
+            );
+        }
+    }
 
     #[test]
     fn accept_encoding() {
