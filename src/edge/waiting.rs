@@ -741,6 +741,9 @@ mod tests {
         assert_eq!(wait_for(5, 0.0, 0.5, 1), 12);
     }
 
+    /// A wait shown and the wait had, seconds.
+    type ShownHad = (f64, f64);
+
     /// A line on an injected clock: a visitor every `every_ms` for `count` visitors,
     /// each page asking again every refresh period from its own entry (but every
     /// `quitter`-th visitor closes its page after `patience_ms`), `free` fill permits
@@ -753,7 +756,7 @@ mod tests {
         count: usize,
         quitter: usize,
         patience_ms: u64,
-    ) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    ) -> (Vec<ShownHad>, Vec<ShownHad>) {
         use crate::edge::admission::Use;
         struct Waiting {
             cookie: HeaderMap,
@@ -836,7 +839,7 @@ mod tests {
         (entry, later)
     }
 
-    fn within_30(waits: &[(f64, f64)]) -> f64 {
+    fn within_30(waits: &[ShownHad]) -> f64 {
         waits
             .iter()
             .filter(|(shown, had)| (shown - had).abs() <= 0.3 * had)
