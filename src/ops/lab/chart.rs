@@ -310,6 +310,7 @@ mod tests {
             peak_rps: 100.0,
             scale: 1.0,
             shed_factor: 2.0,
+            warm_from: 1.5,
             notes: Vec::new(),
             runs: vec![run("all on"), run("waiting-room off")],
         };

@@ -9,7 +9,12 @@
 //! the wait), or leaves after `patience_secs`. The lab asks for pages that are not
 //! critical with `Accept: application/json`, so a waiting answer is the room's JSON
 //! (`position`, `wait_secs`, `refresh_secs`: what its page shows) and the shown wait
-//! can be put beside the wait the visitor then had.
+//! can be put beside the wait the visitor then had: the one shown at entry beside the
+//! whole wait, and the one shown at each refresh beside the rest of the wait from
+//! then. A visitor is let in by the room when the answer that lets it through sets
+//! the let-in cookie (`lg_wa`); one that gets through without it was not shed any
+//! more (the factor fell under `shed_factor`), which no estimate of the line's drain
+//! foresees, so those are counted apart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +50,12 @@ pub struct Second {
     pub misses: u32,
     /// Misses on the funnel page (`/launch/`).
     pub funnel_misses: u32,
+    /// Of those, the ones answered at a factor at or above the refresh-ahead
+    /// threshold (`Plan::warm_from`): the ones warming is there to avoid.
+    pub funnel_misses_warm: u32,
+    /// Stale copies (STALE) of the funnel page, and those at or above the threshold.
+    pub funnel_stale: u32,
+    pub funnel_stale_warm: u32,
     pub conversions: u32,
     pub lost: u32,
     pub funnel_shed: u32,
@@ -62,13 +73,28 @@ impl Second {
     }
 }
 
+/// One visitor's wait in the room, real seconds, from its first waiting answer to the
+/// answer that let it through.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wait {
+    /// The wait shown at entry (the first waiting answer's `wait_secs`).
+    pub shown: f64,
+    /// The wait it then had.
+    pub had: f64,
+    /// Each later waiting answer (each refresh): (the wait it showed, the rest of the
+    /// wait from then).
+    pub refreshes: Vec<(f64, f64)>,
+    /// Let in by the room (the let-in cookie), not by shedding stopping.
+    pub by_room: bool,
+}
+
 /// A scenario's record.
 #[derive(Debug, Clone, Default)]
 pub struct Run {
     pub name: String,
     pub seconds: Vec<Second>,
-    /// (shown, then had) waits of visitors let in from the waiting room, seconds.
-    pub waits: Vec<(f64, f64)>,
+    /// The waits of visitors who waited in the room and got in.
+    pub waits: Vec<Wait>,
     pub visitors: usize,
     pub would_convert: usize,
     pub webhooks_accepted: u64,
@@ -90,8 +116,14 @@ impl Run {
 }
 
 enum Outcome {
-    Ok,
-    Waiting { wait_secs: f64, refresh_secs: f64 },
+    /// Served; `let_in`: the answer set the room's let-in cookie.
+    Ok {
+        let_in: bool,
+    },
+    Waiting {
+        wait_secs: f64,
+        refresh_secs: f64,
+    },
     Shed,
     Error,
 }
@@ -103,8 +135,10 @@ struct Ctx {
     t0: Instant,
     speed: f64,
     patience: Duration,
+    /// The refresh-ahead threshold, the same in every scenario (`Plan::warm_from`).
+    warm_from: f64,
     seconds: Mutex<Vec<Second>>,
-    waits: Mutex<Vec<(f64, f64)>>,
+    waits: Mutex<Vec<Wait>>,
     waiting_now: AtomicI64,
 }
 
@@ -178,19 +212,21 @@ impl Ctx {
         let status = res.status();
         let headers = res.headers().clone();
         // The factor this answer was decided under (every public answer carries it).
-        if let Some(f) = headers
+        let factor = headers
             .get(crate::ingest::factor::SCALE_FACTOR_HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<f64>().ok())
-        {
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(f) = factor {
             self.record(|s| s.factor = s.factor.max(f));
         }
+        let warm = factor.is_some_and(|f| f >= self.warm_from);
         let body = res
             .into_body()
             .collect()
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
+        let mut let_in = false;
         for v in headers.get_all("set-cookie") {
             let Some((pair, attrs)) = v
                 .to_str()
@@ -203,22 +239,32 @@ impl Ctx {
                 continue;
             };
             jar.retain(|(name, _)| name != k);
+            let_in |= k == crate::edge::waiting::ADMITTED_COOKIE && !val.is_empty();
             if !val.is_empty() && !attrs.contains("Max-Age=0") {
                 jar.push((k.to_string(), val.to_string()));
             }
         }
         if status.is_success() || status.is_redirection() {
+            let funnel = request == Request::Page(LAUNCH);
             match headers.get("x-cache").and_then(|v| v.to_str().ok()) {
-                Some("HIT" | "STALE") => self.record(|s| s.hits += 1),
+                Some("HIT") => self.record(|s| s.hits += 1),
+                Some("STALE") => self.record(|s| {
+                    s.hits += 1;
+                    if funnel {
+                        s.funnel_stale += 1;
+                        s.funnel_stale_warm += u32::from(warm);
+                    }
+                }),
                 Some("MISS") => self.record(|s| {
                     s.misses += 1;
-                    if request == Request::Page(LAUNCH) {
+                    if funnel {
                         s.funnel_misses += 1;
+                        s.funnel_misses_warm += u32::from(warm);
                     }
                 }),
                 _ => {}
             }
-            return Outcome::Ok;
+            return Outcome::Ok { let_in };
         }
         if status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key("refresh") {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -249,25 +295,41 @@ impl Ctx {
         mut refresh: f64,
     ) -> bool {
         let entered = Instant::now();
+        let mut shown_then: Vec<(Instant, f64)> = Vec::new();
         self.waiting_now.fetch_add(1, Ordering::Relaxed);
         let admitted = loop {
             tokio::time::sleep(Duration::from_secs_f64(refresh)).await;
             if entered.elapsed() > self.patience {
-                break false;
+                break None;
             }
+            let asked = Instant::now();
             match self.send(request, jar).await {
-                Outcome::Ok => break true,
-                Outcome::Waiting { refresh_secs, .. } => refresh = refresh_secs,
-                Outcome::Shed | Outcome::Error => break false,
+                Outcome::Ok { let_in } => break Some(let_in),
+                Outcome::Waiting {
+                    wait_secs,
+                    refresh_secs,
+                } => {
+                    shown_then.push((asked, wait_secs));
+                    refresh = refresh_secs;
+                }
+                Outcome::Shed | Outcome::Error => break None,
             }
         };
         self.waiting_now.fetch_sub(1, Ordering::Relaxed);
-        if admitted {
-            self.waits
-                .lock()
-                .push((shown, entered.elapsed().as_secs_f64()));
-        }
-        admitted
+        let Some(by_room) = admitted else {
+            return false;
+        };
+        let done = Instant::now();
+        self.waits.lock().push(Wait {
+            shown,
+            had: (done - entered).as_secs_f64(),
+            refreshes: shown_then
+                .into_iter()
+                .map(|(at, shown)| (shown, (done - at).as_secs_f64()))
+                .collect(),
+            by_room,
+        });
+        true
     }
 
     async fn visit(self: Arc<Self>, a: Arrival) {
@@ -280,7 +342,7 @@ impl Ctx {
         for step in a.journey.steps(a.pick) {
             tokio::time::sleep_until(self.when(a.at_secs + f64::from(step.at_secs)) + delay).await;
             let ok = match self.send(step.request, &mut jar).await {
-                Outcome::Ok => true,
+                Outcome::Ok { .. } => true,
                 Outcome::Waiting {
                     wait_secs,
                     refresh_secs,
@@ -370,6 +432,7 @@ async fn play(
         t0: Instant::now(),
         speed: plan.speed,
         patience: Duration::from_secs_f64(plan.patience_secs / plan.speed),
+        warm_from: plan.warm_from(),
         seconds: Mutex::new(Vec::new()),
         waits: Mutex::new(Vec::new()),
         waiting_now: AtomicI64::new(0),

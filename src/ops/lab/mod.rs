@@ -132,6 +132,15 @@ fn scaled_secs(secs: f64, speed: f64) -> u64 {
     ((secs / speed).round() as u64).max(1)
 }
 
+/// The same, but 0 (a duration that is off) stays 0.
+fn scaled_secs_or_off(secs: f64, speed: f64) -> u64 {
+    if secs <= 0.0 {
+        0
+    } else {
+        scaled_secs(secs, speed)
+    }
+}
+
 /// What to run.
 #[derive(Clone)]
 pub struct Plan {
@@ -151,6 +160,24 @@ pub struct Plan {
     pub patience_secs: f64,
     /// Where the scenarios keep their stores (removed after).
     pub scratch: PathBuf,
+}
+
+impl Plan {
+    /// The factor refresh-ahead starts at when it is on (the operator's
+    /// `cache.refresh_ahead_factor`, or its default 1.5): the lab counts the funnel
+    /// page's misses and stale copies at or above it apart, in every scenario.
+    pub fn warm_from(&self) -> f64 {
+        self.base_config
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| {
+                t.get("cache")?
+                    .get("refresh_ahead_factor")
+                    .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+            })
+            .filter(|f| *f >= 1.0)
+            .unwrap_or(1.5)
+    }
 }
 
 /// One scenario: a name and the features it turns on and off.
@@ -241,7 +268,7 @@ disk_free_percent = 0.0
         gain = v.gain / s,
         max = ((f64::from(conc) * cap).round() as u32).max(conc),
         min_ttl = scaled_secs(c.min_ttl_secs as f64, s).min(base_ttl),
-        swr = scaled_secs(c.stale_while_revalidate_secs as f64, s),
+        swr = scaled_secs_or_off(c.stale_while_revalidate_secs as f64, s),
         refresh = scaled_secs(w.refresh_secs as f64, s).min(300),
         session = scaled_secs(w.session_secs as f64, s),
         retry = scaled_secs(base.backpressure.retry_after_secs as f64, s),
@@ -373,6 +400,7 @@ pub async fn run(
         shed_factor: Config::parse(&plan.base_config)
             .map(|c| c.backpressure.shed_factor)
             .unwrap_or(2.0),
+        warm_from: plan.warm_from(),
         notes,
         runs,
     })
@@ -424,6 +452,23 @@ mod tests {
         assert_eq!(c.cache.refresh_ahead_factor, 1.5);
         assert_eq!(c.origin.upstream.as_deref(), Some("http://127.0.0.1:3000"));
         assert_eq!(c.webhook.secrets, vec!["sec".to_string()]);
+    }
+
+    #[test]
+    fn a_duration_that_is_off_stays_off_and_the_warming_threshold_is_the_operators() {
+        let p = plan("[cache]\nstale_while_revalidate_secs = 0\nrefresh_ahead_factor = 1.8\n");
+        let s = Scenario {
+            name: "x".into(),
+            toggles: vec![(Feature::RefreshAhead, false)],
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], 3000).into();
+        let c = scenario_config(&p, &s, "sec", addr, "d".into()).unwrap();
+        assert_eq!(c.cache.stale_while_revalidate_secs, 0, "not one second");
+        assert_eq!(c.cache.refresh_ahead_factor, 0.0, "off in this scenario");
+        assert_eq!(p.warm_from(), 1.8, "the misses are still split at 1.8");
+        assert_eq!(plan("").warm_from(), 1.5);
+        let c = scenario_config(&plan(""), &s, "sec", addr, "d".into()).unwrap();
+        assert_eq!(c.cache.stale_while_revalidate_secs, 2, "30 s at speed 20");
     }
 
     #[test]

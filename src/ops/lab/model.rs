@@ -478,5 +478,29 @@ mod tests {
         let peak = c.iter().max_by_key(|m| m.upvotes).unwrap();
         assert!((6 * 60..11 * 60).contains(&peak.minute), "{}", peak.minute);
         assert!(c[1439].upvotes * 5 < peak.upvotes, "it decays");
+        // The waiting line: a factor near 3.1 at the default weights and gain, held by
+        // the votes for 8 minutes and by the comments for 8 more, no votes then.
+        let text = std::fs::read_to_string(dir.join("waiting-line.csv")).unwrap();
+        let c = crate::ops::simulate::parse_curve(&text).unwrap();
+        let v = crate::config::VelocityConfig::default();
+        assert_eq!(c.len(), 16);
+        for m in &c {
+            let weighted = (v.weight_of("upvote") * f64::from(m.upvotes)
+                + v.weight_of("comment") * f64::from(m.comments))
+                / 60.0;
+            let factor = 1.0 + v.gain * weighted;
+            assert!(
+                (factor - 3.12).abs() < 0.01,
+                "minute {}: {factor}",
+                m.minute
+            );
+            assert_eq!(m.upvotes == 0, m.minute >= 8, "minute {}", m.minute);
+        }
+        let base = std::fs::read_to_string(dir.join("waiting-line.toml")).unwrap();
+        let config = crate::config::Config::parse(&base).unwrap();
+        assert_eq!(config.backpressure.funnel_grace_secs, 0);
+        let base = std::fs::read_to_string(dir.join("refresh-ahead.toml")).unwrap();
+        let config = crate::config::Config::parse(&base).unwrap();
+        assert_eq!(config.cache.stale_while_revalidate_secs, 0);
     }
 }

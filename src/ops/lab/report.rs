@@ -10,11 +10,19 @@
 //!   saw the wave coming).
 //! - **Hit ratio**: HIT and STALE over HIT, STALE and MISS answers; "at peak" over
 //!   the seconds whose offered load is at least 80% of the peak.
-//! - **Funnel-page misses in the ramp**: MISS answers to `/launch/` before the
-//!   busiest second.
+//! - **Funnel-page misses and stale copies in the ramp**: MISS and STALE answers to
+//!   `/launch/` before the busiest second, all of them and those answered at a factor
+//!   at or above the refresh-ahead threshold (the same threshold in every scenario,
+//!   whether refresh-ahead is on there or not). Below the threshold refresh-ahead
+//!   does nothing by design, so the misses there (a cold cache, a page that expired
+//!   between two visitors at the start) are the same with it on and off; at or
+//!   above it, they and the stale copies are what it is there to avoid.
 //! - **Waiting room**: answers, the longest line (visitors holding a place, sampled
-//!   each second), and for each visitor let in the wait its first answer showed
-//!   beside the wait it then had: the share within ±30% of the wait had.
+//!   each second), visitors let in by the room (the let-in cookie) and those who got
+//!   through because shedding stopped; for those let in by the room, the wait the
+//!   first answer showed beside the wait they then had (the share within ±30% of the
+//!   wait had, and the median of had ÷ shown), and the same share over every later
+//!   waiting answer (each refresh: the wait it showed beside the rest of the wait).
 //! - **Conversions**: made (beacons answered), lost (would-be converters who did not
 //!   convert: shed on pricing or the signup, gone from the line after their
 //!   patience, or failed by an origin error), and funnel visitors shed (any shed or waiting answer on a funnel step,
@@ -33,6 +41,8 @@ pub struct Report {
     /// Lab visitors per visitor of the curve.
     pub scale: f64,
     pub shed_factor: f64,
+    /// The refresh-ahead threshold the funnel-page figures are split at.
+    pub warm_from: f64,
     pub notes: Vec<String>,
     pub runs: Vec<Run>,
 }
@@ -48,18 +58,41 @@ pub struct Summary {
     pub hit_ratio: Option<f64>,
     pub hit_ratio_at_peak: Option<f64>,
     pub funnel_misses_ramp: u64,
+    /// Of those, at a factor at or above the refresh-ahead threshold.
+    pub funnel_misses_ramp_warm: u64,
+    pub funnel_stale_ramp: u64,
+    pub funnel_stale_ramp_warm: u64,
     pub shed: [u64; 3],
     pub waiting_answers: u64,
     pub peak_waiting: u32,
+    /// Visitors let in by the room.
     pub let_in: usize,
+    /// Visitors who waited and got through because shedding stopped.
+    pub let_in_unshed: usize,
+    /// Of those let in by the room, the share whose wait shown at entry was within
+    /// ±30% of the wait they had.
     pub wait_within_30: Option<f64>,
-    /// The median of (wait had / wait shown) over the visitors let in.
+    /// The same over every later waiting answer (the wait shown at a refresh beside
+    /// the rest of the wait from then).
+    pub wait_within_30_refreshes: Option<f64>,
+    /// The median of (wait had / wait shown at entry) over those let in by the room.
     pub wait_had_over_shown: Option<f64>,
     pub funnel_shed: u64,
     pub conversions: u64,
     pub lost: u64,
     pub would_convert: usize,
     pub errors: u64,
+}
+
+/// Whether a shown wait is within ±30% of the wait had.
+pub fn within_30(shown: f64, had: f64) -> bool {
+    (shown - had).abs() <= 0.3 * had
+}
+
+fn share(pairs: &[(f64, f64)]) -> Option<f64> {
+    (!pairs.is_empty()).then(|| {
+        pairs.iter().filter(|(s, h)| within_30(*s, *h)).count() as f64 / pairs.len() as f64
+    })
 }
 
 fn ratio(hits: u64, misses: u64) -> Option<f64> {
@@ -83,6 +116,11 @@ pub fn summarize(run: &Run, capacity_rps: f64, shed_factor: f64, speed: f64) -> 
         .filter(|x| f64::from(x.offered_total()) >= 0.8 * f64::from(peak_offered))
         .collect();
     let sum = |f: &dyn Fn(&super::drive::Second) -> u64| s.iter().map(f).sum::<u64>();
+    let ramp = |f: &dyn Fn(&super::drive::Second) -> u32| {
+        s[..peak_at].iter().map(|x| u64::from(f(x))).sum::<u64>()
+    };
+    let by_room: Vec<_> = run.waits.iter().filter(|w| w.by_room).collect();
+    let at_entry: Vec<(f64, f64)> = by_room.iter().map(|w| (w.shown, w.had)).collect();
     Summary {
         peak_offered,
         peak_origin: s.iter().map(|x| x.origin_served).max().unwrap_or(0),
@@ -97,24 +135,24 @@ pub fn summarize(run: &Run, capacity_rps: f64, shed_factor: f64, speed: f64) -> 
             at_peak.iter().map(|x| u64::from(x.hits)).sum(),
             at_peak.iter().map(|x| u64::from(x.misses)).sum(),
         ),
-        funnel_misses_ramp: s[..peak_at]
-            .iter()
-            .map(|x| u64::from(x.funnel_misses))
-            .sum(),
+        funnel_misses_ramp: ramp(&|x| x.funnel_misses),
+        funnel_misses_ramp_warm: ramp(&|x| x.funnel_misses_warm),
+        funnel_stale_ramp: ramp(&|x| x.funnel_stale),
+        funnel_stale_ramp_warm: ramp(&|x| x.funnel_stale_warm),
         shed: [0, 1, 2].map(|c| sum(&|x| u64::from(x.shed[c]))),
         waiting_answers: sum(&|x| u64::from(x.waiting_answers)),
         peak_waiting: s.iter().map(|x| x.waiting_len).max().unwrap_or(0),
-        let_in: run.waits.len(),
-        wait_within_30: (!run.waits.is_empty()).then(|| {
-            run.waits
+        let_in: by_room.len(),
+        let_in_unshed: run.waits.len() - by_room.len(),
+        wait_within_30: share(&at_entry),
+        wait_within_30_refreshes: share(
+            &by_room
                 .iter()
-                .filter(|(shown, had)| (shown - had).abs() <= 0.3 * had)
-                .count() as f64
-                / run.waits.len() as f64
-        }),
+                .flat_map(|w| w.refreshes.iter().copied())
+                .collect::<Vec<_>>(),
+        ),
         wait_had_over_shown: {
-            let mut r: Vec<f64> = run
-                .waits
+            let mut r: Vec<f64> = at_entry
                 .iter()
                 .filter(|(shown, _)| *shown > 0.0)
                 .map(|(shown, had)| had / shown)
@@ -190,9 +228,14 @@ impl Report {
             "hit ratio, whole run / at peak",
             col(&|s| format!("{} / {}", pct(s.hit_ratio), pct(s.hit_ratio_at_peak))),
         );
+        let warm_from = self.warm_from;
         row(
-            "funnel-page misses in the ramp",
-            col(&|s| s.funnel_misses_ramp.to_string()),
+            &format!("funnel-page misses in the ramp: all / at factor ≥ {warm_from}"),
+            col(&|s| format!("{} / {}", s.funnel_misses_ramp, s.funnel_misses_ramp_warm)),
+        );
+        row(
+            &format!("funnel-page stale copies in the ramp: all / at factor ≥ {warm_from}"),
+            col(&|s| format!("{} / {}", s.funnel_stale_ramp, s.funnel_stale_ramp_warm)),
         );
         row(
             &format!(
@@ -206,15 +249,24 @@ impl Report {
             col(&|s| format!("{} / {}", s.waiting_answers, s.peak_waiting)),
         );
         row(
-            "let in from the line / shown wait within ±30% / median had÷shown",
+            "let in from the line: by the room / as shedding stopped",
+            col(&|s| format!("{} / {}", s.let_in, s.let_in_unshed)),
+        );
+        row(
+            "shown wait within ±30% of the wait had: at entry / at each refresh (let in by the room)",
             col(&|s| {
                 format!(
-                    "{} / {} / {}",
-                    s.let_in,
+                    "{} / {}",
                     pct(s.wait_within_30),
-                    s.wait_had_over_shown
-                        .map_or("-".into(), |r| format!("{r:.2}"))
+                    pct(s.wait_within_30_refreshes)
                 )
+            }),
+        );
+        row(
+            "median wait had ÷ shown at entry",
+            col(&|s| {
+                s.wait_had_over_shown
+                    .map_or("-".into(), |r| format!("{r:.2}"))
             }),
         );
         row("funnel visitors shed", col(&|s| s.funnel_shed.to_string()));
@@ -244,7 +296,7 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::super::drive::Second;
+    use super::super::drive::{Second, Wait};
     use super::*;
 
     fn second(offered: u32, factor: f64) -> Second {
@@ -270,24 +322,56 @@ mod tests {
         .map(|&(o, f)| second(o, f))
         .collect();
         seconds[1].funnel_misses = 2;
+        seconds[1].funnel_misses_warm = 1;
+        seconds[3].funnel_stale = 4;
+        seconds[3].funnel_stale_warm = 3;
+        seconds[5].funnel_stale = 9;
         seconds[4].misses = 100;
         seconds[5].funnel_misses = 7;
         let run = Run {
             name: "x".into(),
             seconds,
-            waits: vec![(10.0, 9.0), (10.0, 20.0)],
+            waits: vec![
+                Wait {
+                    shown: 10.0,
+                    had: 9.0,
+                    refreshes: vec![(5.0, 4.0), (2.0, 1.0)],
+                    by_room: true,
+                },
+                Wait {
+                    shown: 10.0,
+                    had: 20.0,
+                    refreshes: vec![(10.0, 11.0)],
+                    by_room: true,
+                },
+                // Got through as shedding stopped: counted apart.
+                Wait {
+                    shown: 60.0,
+                    had: 2.0,
+                    refreshes: vec![],
+                    by_room: false,
+                },
+            ],
             ..Run::default()
         };
         let s = summarize(&run, 100.0, 2.0, 20.0);
         assert_eq!(s.peak_offered, 300);
         assert_eq!(s.lead_secs, Some(40.0), "2 real seconds at 20x");
         assert_eq!(s.funnel_misses_ramp, 2, "before the peak only");
+        assert_eq!(s.funnel_misses_ramp_warm, 1);
+        assert_eq!((s.funnel_stale_ramp, s.funnel_stale_ramp_warm), (4, 3));
         assert_eq!(
             s.hit_ratio_at_peak,
             Some(0.75),
             "the busiest second alone: 300 hits, 100 misses"
         );
+        assert_eq!((s.let_in, s.let_in_unshed), (2, 1));
         assert_eq!(s.wait_within_30, Some(0.5));
+        assert_eq!(
+            s.wait_within_30_refreshes,
+            Some(2.0 / 3.0),
+            "5 for 4 and 10 for 11 within, 2 for 1 not"
+        );
         assert_eq!(
             s.wait_had_over_shown,
             Some(2.0),
