@@ -58,6 +58,10 @@ use tokio::net::TcpStream;
 
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
+#[path = "support/args.rs"]
+mod args;
+use args::parse_duration;
+
 const USAGE: &str = "usage: cargo bench --bench cluster -- latency [--runs 5] [--rate 20] \
 [--duration 30s] [--controls] [--peers-dir DIR] [--durability fsync|buffered] [--bin PATH] | ingest --loadgen PATH [--rounds 5] [--duration 10s] \
 [--connections 50] [--peers 2] [--server-cpu 0] [--load-cpu 1] [--peers-dir DIR] \
@@ -99,22 +103,6 @@ struct Args {
     load_cpu: String,
     /// Every node's `webhook.durability` (`--durability`, default fsync).
     durability: String,
-}
-
-fn parse_duration(s: &str) -> Res<Duration> {
-    let bad = || format!("bad duration {s:?}: use e.g. 10s, 500ms, 1m");
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(bad()),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_args(argv: impl IntoIterator<Item = String>) -> Res<Option<Args>> {

@@ -29,6 +29,10 @@ use tokio::net::TcpStream;
 
 use launchguard::ingest::webhook::signature::{sign_producthunt, Key, PRODUCTHUNT_HEADER};
 
+#[path = "support/args.rs"]
+mod args;
+use args::parse_duration;
+
 const USAGE: &str =
     "usage: cargo bench --bench loadgen -- --url http://HOST:PORT/PATH --secret SECRET \
 [--connections 50] [--duration 10s] [--warmup 0s] [--threads 1] [--run ID] [--event-type upvote] \
@@ -49,22 +53,6 @@ struct Args {
 enum Parsed {
     Run(Box<Args>),
     Usage,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration {s:?}: use e.g. 10s, 500ms, 1m");
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(bad()),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> {

@@ -335,28 +335,25 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     };
     // Before anything signs a cookie: the cluster's cookie keys, so a cookie made on
     // one node is honoured on every other.
-    if let Some(cluster) = cluster.as_ref().filter(|c| c.connected()) {
-        let shared = tokio::time::timeout(
-            Duration::from_secs(3),
-            crate::ops::cluster::keys::share(cluster, &store),
-        )
-        .await;
+    if let Some(cluster) = &cluster {
+        let shared = match cluster.connected() {
+            false => Err("NATS is unreachable at startup".to_string()),
+            true => tokio::time::timeout(
+                Duration::from_secs(3),
+                crate::ops::cluster::keys::share(cluster, &store),
+            )
+            .await
+            .unwrap_or_else(|_| Err("JetStream did not answer".into())),
+        };
         match shared {
-            Ok(Ok(adopted)) if adopted.is_empty() => {}
-            Ok(Ok(adopted)) => {
+            Ok(adopted) if adopted.is_empty() => {}
+            Ok(adopted) => {
                 tracing::info!(keys = ?adopted, "cluster: signing cookies with the cluster's keys")
             }
-            Ok(Err(e)) => tracing::warn!(
-                "cluster: cannot share the cookie keys ({e}); this node's cookies are honoured only here until it restarts with NATS up"
-            ),
-            Err(_) => tracing::warn!(
-                "cluster: JetStream did not answer for the cookie keys; this node's cookies are honoured only here until it restarts with NATS up"
+            Err(e) => tracing::warn!(
+                "cluster: cannot take the cluster's cookie keys ({e}); this node signs with its own, honoured only here until it restarts with NATS up"
             ),
         }
-    } else if cluster.is_some() {
-        tracing::warn!(
-            "cluster: NATS is unreachable at startup; this node signs cookies with its own keys, honoured only here until it restarts with NATS up"
-        );
     }
     if config.waiting_room.enabled {
         let key = store.secret_key(crate::ingest::store::trees::META_WAITING_ROOM_KEY)?;

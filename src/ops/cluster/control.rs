@@ -323,14 +323,14 @@ pub async fn run_commands(control: Control, shutdown: CancellationToken) {
 async fn consume_commands(control: &Control) -> Result<(), String> {
     let stream = control_stream(&control.cluster).await?;
     let name = format!("{}-control", control.cluster.node());
-    // Remade at each (re)start (`fresh_consumer`): from this node's start, or from
+    // Remade at each (re)start (`fresh_messages`): from this node's start, or from
     // a few seconds before the last command it applied (a purge or warm-up applied
     // twice does no harm; one missed after a NATS crash would).
     let start = match *control.consumed.lock() {
         Some(last) => (last - Duration::from_secs(5)).max(control.started.into()),
         None => control.started.into(),
     };
-    let consumer = super::fresh_consumer(
+    let mut messages = super::fresh_messages(
         &stream,
         &name,
         start,
@@ -338,15 +338,9 @@ async fn consume_commands(control: &Control) -> Result<(), String> {
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         },
+        Duration::from_secs(2),
     )
     .await?;
-    let mut messages = consumer
-        .stream()
-        .heartbeat(Duration::from_secs(2))
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
         let node = super::sender(&m);

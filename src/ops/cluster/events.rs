@@ -21,7 +21,7 @@
 //! Consumer: a durable pull consumer per other node (`<this>~<other>`, filtered on
 //! `launchguard.events.<other>`, so a node never reads its own events back), started
 //! as that node's subject appears in the stream and remade at each (re)start from
-//! 30 s before the last message it consumed (`fresh_consumer`, the position kept per
+//! 30 s before the last message it consumed (`fresh_messages`, the position kept per
 //! node in `meta.cluster_consumed_ms.<other>`); each batch of messages
 //! is stored (`Ingestor::ingest_replica`: dedup, seq, ring), made durable with one
 //! group commit, then acknowledged with one ack (`AckPolicy::All`: every message up
@@ -240,28 +240,22 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
             &batch[..]
         } else {
             let missing = cursor + 1 + run as u64;
-            match hole {
-                Some((seq, since)) if seq == missing && since.elapsed() >= HOLE_WAIT => {
-                    tracing::warn!(
-                        seq,
-                        "cluster: event {seq} is missing from the log; publishing past it"
-                    );
-                    hole = None;
-                    &batch[..]
-                }
-                Some((seq, _)) if seq == missing && run == 0 => {
-                    pause(HOLE_WAIT / 5, &shutdown).await;
-                    continue;
-                }
-                _ => {
-                    if hole.is_none_or(|(seq, _)| seq != missing) {
-                        hole = Some((missing, tokio::time::Instant::now()));
-                    }
-                    if run == 0 {
-                        continue;
-                    }
-                    &batch[..run]
-                }
+            let since = match hole {
+                Some((seq, since)) if seq == missing => since,
+                _ => hole.insert((missing, tokio::time::Instant::now())).1,
+            };
+            if since.elapsed() >= HOLE_WAIT {
+                tracing::warn!(
+                    seq = missing,
+                    "cluster: event {missing} is missing from the log; publishing past it"
+                );
+                hole = None;
+                &batch[..]
+            } else if run == 0 {
+                pause(HOLE_WAIT / 5, &shutdown).await;
+                continue;
+            } else {
+                &batch[..run]
             }
         };
         if batch.is_empty() {
@@ -513,7 +507,7 @@ async fn consume(
         RESUME_OVERLAP,
         Duration::from_secs(parts.dedup_ttl_secs.min(10 * 365 * 86_400)),
     );
-    let consumer = super::fresh_consumer(
+    let mut messages = super::fresh_messages(
         &stream,
         &format!("{}~{from}", cluster.node()),
         start,
@@ -532,17 +526,10 @@ async fn consume(
             max_ack_pending: 20_000,
             ..Default::default()
         },
+        // A pull that lapses is noticed within 2 s.
+        Duration::from_secs(1),
     )
     .await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(BATCH)
-        // A pull that lapses is noticed after two missed heartbeats: 2 s.
-        .heartbeat(Duration::from_secs(1))
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
     // The consumer's number of the last message delivered (each delivery, a
     // redelivery too, takes the next one).
     let mut delivered: Option<u64> = None;

@@ -380,18 +380,21 @@ pub(crate) async fn preflight(
     out
 }
 
-/// This node's durable consumer `name` on `stream`, made afresh (the old one
-/// deleted) to start at the server time `start`. A node's consumers are remade each
-/// time they (re)start rather than resumed: a NATS server that crashed may come back
-/// with a consumer's position past the end of a stream that lost its last messages,
-/// and would then skip the next ones. Starting a little before the last message
-/// consumed costs a few redeliveries, which are known ids (or known rows).
-pub(crate) async fn fresh_consumer(
+/// The messages of this node's durable consumer `name` on `stream`, made afresh (the
+/// old one deleted) to start at the server time `start`, pulled up to 256 at a time.
+/// A node's consumers are remade each time they (re)start rather than resumed: a NATS
+/// server that crashed may come back with a consumer's position past the end of a
+/// stream that lost its last messages, and would then skip the next ones. Starting a
+/// little before the last message consumed costs a few redeliveries, which are known
+/// ids (or known rows). A pull that lapses (the server forgot it) ends the stream
+/// with an error after two missed `heartbeat`s.
+pub(crate) async fn fresh_messages(
     stream: &jetstream::stream::Stream,
     name: &str,
     start: time::OffsetDateTime,
     config: jetstream::consumer::pull::Config,
-) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>, String> {
+    heartbeat: Duration,
+) -> Result<jetstream::consumer::pull::Stream, String> {
     let _ = stream.delete_consumer(name).await;
     stream
         .create_consumer(jetstream::consumer::pull::Config {
@@ -399,6 +402,13 @@ pub(crate) async fn fresh_consumer(
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time: start },
             ..config
         })
+        .await
+        .map_err(|e| e.to_string())?
+        .stream()
+        .max_messages_per_batch(256)
+        .heartbeat(heartbeat)
+        .expires(heartbeat * 5)
+        .messages()
         .await
         .map_err(|e| e.to_string())
 }

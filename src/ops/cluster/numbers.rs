@@ -171,7 +171,7 @@ async fn consume(n: &Numbers) -> Result<(), String> {
         Duration::from_secs(60),
         n.retention,
     );
-    let consumer = super::fresh_consumer(
+    let mut messages = super::fresh_messages(
         &stream,
         &name,
         start,
@@ -180,15 +180,9 @@ async fn consume(n: &Numbers) -> Result<(), String> {
             ack_wait: Duration::from_secs(5),
             ..Default::default()
         },
+        Duration::from_secs(2),
     )
     .await?;
-    let mut messages = consumer
-        .stream()
-        .heartbeat(Duration::from_secs(2))
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
     let tz = n.conversions.timezone().clone();
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
