@@ -91,6 +91,10 @@ pub struct LabArgs {
     /// Where to write the chart (SVG).
     #[arg(long, default_value = "lab.svg")]
     pub chart: PathBuf,
+    /// Also write every waiting-room wait (shown against had, one visitor a row) to
+    /// this CSV file.
+    #[arg(long)]
+    pub waits: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -541,6 +545,11 @@ pub fn lab(config_path: Option<PathBuf>, args: &LabArgs) -> anyhow::Result<Strin
     std::fs::write(&args.chart, svg)
         .with_context(|| format!("--chart: cannot write {}", args.chart.display()))?;
     eprintln!("chart: {}", args.chart.display());
+    if let Some(path) = &args.waits {
+        std::fs::write(path, report.waits_csv())
+            .with_context(|| format!("--waits: cannot write {}", path.display()))?;
+        eprintln!("waits: {}", path.display());
+    }
     Ok(report.table())
 }
 

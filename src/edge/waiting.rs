@@ -13,16 +13,20 @@
 //!   whatever its path (the visitor's assets and API calls too).
 //! - **The rate** is measured, not configured: each second the line earns as many
 //!   admissions as the origin has free fill permits at that moment (the permit limit
-//!   at the factor of the moment, less those held), banked for at most one refresh
-//!   period. A waiting visitor whose place is among the first the bank covers is let
-//!   in on its next refresh. A saturated origin (no free permit) lets no one in.
+//!   at the factor of the moment, less those held), banked for at most
+//!   [`BANK_REFRESHES`] refresh periods at the rate earned over the drain window. A
+//!   waiting visitor whose place is among the first the bank covers is let in on its
+//!   next refresh. A saturated origin (no free permit) lets no one in. (A bank of one
+//!   refresh period at the free permits of the moment lost admissions: the pages it
+//!   covered had not all asked yet when it filled, and the free permits of one moment
+//!   jump between none and all as fills come and go.)
 //! - **The estimate** ([`wait_for`]): a waiting visitor is let in at the first of
 //!   its refreshes at which the bank covers its place, so the wait shown is a whole
 //!   number of refresh periods: those it takes for what the bank holds plus the
 //!   drain (a second) to reach the visitors ahead plus one. The drain is measured
 //!   over the last [`DRAIN_WINDOW_REFRESHES`] refresh periods (a minute at the
-//!   default 10 s): what the bank kept a second (the origin's free fill permits at each
-//!   look, less what its cap lost while covered pages had not asked yet) over the time
+//!   default 10 s): what the bank kept a second, net (the origin's free fill permits
+//!   at each look, less what its cap took back) over the time
 //!   the line was busy (its head had waited a refresh period or more), plus the places
 //!   that went quiet a second. Until the line was busy for a refresh period, what the
 //!   bank earned a second; before any look, the rate it earns now; one per refresh
@@ -36,7 +40,9 @@
 //!   estimated wait (at least the refresh period), so a client without cookies (it
 //!   gets a new place each time) is still told when to come back from the drain rate.
 //!   Any other shed request (an asset of a visitor not let in) is the plain 503.
-//! - **Forgetting**: a place not refreshed for three refresh periods has left the line.
+//! - **Forgetting**: a place whose page has not asked for a refresh period and a half
+//!   has left the line (so it no longer holds up those behind it); if its page asks
+//!   again, its cookie puts it back in its place (and it is no longer counted gone).
 //!
 //! **Invariant:** the line is ordered by the entry time a valid cookie carries; no
 //! request can move ahead of one that entered earlier.
@@ -65,6 +71,13 @@ pub const PLACE_COOKIE: &str = "lg_wr";
 pub const ADMITTED_COOKIE: &str = "lg_wa";
 const VERSION: &str = "1";
 const MAC_BYTES: usize = 16;
+/// A place whose page has not asked for this many half refresh periods has left the
+/// line (one ask missed by half a period): it no longer holds up those behind it.
+/// Its cookie still holds its entry time, so if its page asks again it is back in
+/// its place.
+const FORGET_AFTER_HALF_REFRESHES: u64 = 3;
+/// How many refresh periods of admissions the bank keeps at most.
+const BANK_REFRESHES: u64 = 2;
 /// Window of the measured drain rate, in refresh periods.
 pub const DRAIN_WINDOW_REFRESHES: u64 = 6;
 
@@ -149,19 +162,22 @@ struct Measured {
     /// What the bank earned (before its cap), and the time that covered, seconds.
     earned: f64,
     covered: f64,
-    /// What the bank kept of what it earned (its cap loses the rest) while the line
-    /// was busy, and how long it was busy (its head had waited a refresh period or
+    /// What the bank kept of what it earned, net of what its cap took back, while
+    /// the line was busy, and how long it was busy (its head had waited a refresh period or
     /// more), seconds.
     kept: f64,
     busy: f64,
 }
 
 impl Line {
-    fn add(&mut self, p: Place, now_ms: u64) {
+    /// Puts `p` in line (or notes that its page asked); true if it was not in line.
+    fn add(&mut self, p: Place, now_ms: u64) -> bool {
         if self.seen.insert(p, now_ms).is_none() {
             *self.per_second.entry(p.entry_ms / 1000).or_default() += 1;
             self.places.insert(p);
+            return true;
         }
+        false
     }
 
     fn remove(&mut self, p: &Place) {
@@ -305,13 +321,9 @@ impl Room {
             line.opened_at_ms = Some(now);
             line.earned_at_ms = now;
         }
-        // Earn: the free permits of this moment, for the time since the last look,
-        // banked for one refresh period at most.
+        // Earn: the free permits of this moment, for the time since the last look.
         let dt = now.saturating_sub(line.earned_at_ms).min(refresh_ms) as f64 / 1000.0;
         line.earned_at_ms = now;
-        let before = line.bank;
-        line.bank = (line.bank + dt * rate_now).min(rate_now * self.inner.refresh_secs as f64);
-        let kept = (line.bank - before).max(0.0);
         // Busy: the head of the line has waited a refresh period or more, so whoever
         // the bank covers can be let in as their page asks.
         let busy = line
@@ -328,7 +340,28 @@ impl Room {
         if let Some(m) = line.measured.back_mut() {
             m.earned += dt * rate_now;
             m.covered += dt;
-            if busy {
+        }
+        // Banked for two refresh periods at most, at the rate earned over the drain
+        // window: the free permits of one moment jump between none and all of them as
+        // fills come and go, and a cap that followed them, or held only one period
+        // while the pages it covers ask once a period, would throw away admissions the
+        // origin had room for.
+        let (earned, covered) = line
+            .measured
+            .iter()
+            .fold((0.0, 0.0), |(e, c), m| (e + m.earned, c + m.covered));
+        let rate = if covered > 0.0 {
+            earned / covered
+        } else {
+            rate_now
+        };
+        let before = line.bank;
+        line.bank = (line.bank + dt * rate_now)
+            .min(rate * (BANK_REFRESHES * self.inner.refresh_secs) as f64);
+        if busy {
+            // What the bank kept, net: what it lost to its cap counts against it.
+            let kept = line.bank - before;
+            if let Some(m) = line.measured.back_mut() {
                 m.kept += kept;
                 m.busy += dt;
             }
@@ -347,7 +380,9 @@ impl Room {
             let gone: Vec<Place> = line
                 .seen
                 .iter()
-                .filter(|(_, &at)| now.saturating_sub(at) > 3 * refresh_ms)
+                .filter(|(_, &at)| {
+                    now.saturating_sub(at) > FORGET_AFTER_HALF_REFRESHES * refresh_ms / 2
+                })
                 .map(|(p, _)| *p)
                 .collect();
             for p in &gone {
@@ -372,7 +407,10 @@ impl Room {
                 true,
             ),
         };
-        line.add(place, now);
+        if line.add(place, now) && !new && now.saturating_sub(place.entry_ms) > refresh_ms {
+            // A place forgotten as gone is back: it did not leave after all.
+            line.gone.pop_back();
+        }
         let ahead = line.ahead(&place);
         if (ahead as f64) < line.bank.floor() {
             line.bank -= 1.0;
@@ -746,12 +784,13 @@ mod tests {
 
     /// A line on an injected clock: a visitor every `every_ms` for `count` visitors,
     /// each page asking again every refresh period from its own entry (but every
-    /// `quitter`-th visitor closes its page after `patience_ms`), `free` fill permits
-    /// free all along (the room lets in `free` a second). Returns, for each
+    /// `quitter`-th visitor closes its page after `patience_ms`), `free.0` to `free.1`
+    /// fill permits free (drawn anew every 100 ms, as fills come and go; the room
+    /// lets in about their mean a second). Returns, for each
     /// visitor who waited and was let in, the wait shown at entry and the wait had,
     /// and the (shown, rest of the wait) of every later waiting answer.
     fn line_of(
-        free: usize,
+        free: (usize, usize),
         every_ms: u64,
         count: usize,
         quitter: usize,
@@ -769,30 +808,34 @@ mod tests {
         let clock = Clock::manual(10_000_000);
         let r = room(&clock);
         let refresh_ms = WaitingRoomConfig::default().refresh_secs * 1000;
-        let _held: Vec<_> = std::iter::from_fn(|| {
-            (r.inner.limit.free_fills(1.0) > free)
-                .then(|| r.inner.limit.try_acquire(1.0, Use::Fill))
-                .flatten()
-        })
-        .collect();
-        assert_eq!(r.inner.limit.free_fills(1.0), free);
+        let mut held = Vec::new();
+        let mut hold = |free: usize| {
+            held.clear();
+            held.extend(std::iter::from_fn(|| {
+                (r.inner.limit.free_fills(1.0) > free)
+                    .then(|| r.inner.limit.try_acquire(1.0, Use::Fill))
+                    .flatten()
+            }));
+            assert_eq!(r.inner.limit.free_fills(1.0), free);
+        };
         let (mut line, mut entry, mut later) = (Vec::<Waiting>::new(), Vec::new(), Vec::new());
         let (mut arrived, mut next_arrival) = (0, clock.now_ms());
         // Arrivals `every_ms` apart on average, at uneven times (so the pages' asks
         // fall at uneven phases, as real ones do): a fixed linear congruential draw.
         let mut draw = 12_345u64;
-        let mut gap = move || {
+        let mut next = move |below: u64| {
             draw = draw.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            (draw >> 33) % (2 * every_ms)
+            (draw >> 33) % below
         };
         for _ in 0..100_000 {
             let now = clock.now_ms();
+            hold(free.0 + next((free.1 - free.0 + 1) as u64) as usize);
             if arrived == count && line.is_empty() {
                 break;
             }
             while arrived < count && next_arrival <= now {
                 arrived += 1;
-                next_arrival += gap();
+                next_arrival += next(2 * every_ms);
                 if let Decision::Wait {
                     wait_secs,
                     response,
@@ -851,31 +894,38 @@ mod tests {
     fn the_shown_wait_is_within_30_percent_of_the_wait_had() {
         // 5 visitors a second for two minutes, 3 let in a second: the line grows to
         // about 240 and waits reach about 80 s, then it drains.
-        let (entry, later) = line_of(3, 200, 600, usize::MAX, 0);
+        let (entry, later) = line_of((3, 3), 200, 600, usize::MAX, 0);
         assert!(entry.len() > 400, "{} waited", entry.len());
         let longest = entry.iter().map(|w| w.1).fold(0.0, f64::max);
         assert!(longest > 60.0, "the line was long: {longest}");
-        // Every visitor within ±30%, bar a couple at the line's start (99.7% at entry,
-        // 99.4% at each refresh). The estimate of departures over the last minute
-        // showed 1 to 6 s here (nobody is let in before its next refresh), or 14 for 10:
-        // 78% within on evenly spaced arrivals.
-        assert!(within_30(&entry) >= 0.99, "at entry: {}", within_30(&entry));
+        // With the origin's free permits steady, every visitor is within ±30%, at
+        // entry and at each refresh. (When the bank kept one refresh period of
+        // admissions, it lost some while the pages it covered had not asked yet, and
+        // a couple at the line's start were one period out: 99.7% and 99.4%.)
+        assert_eq!(within_30(&entry), 1.0, "at entry");
+        assert_eq!(within_30(&later), 1.0, "at each refresh");
+        // 1 to 5 permits free, drawn anew every 100 ms (3 on average), as fills come
+        // and go: 97.7% at entry and 97.0% at each refresh. The misses are waits of
+        // two to four refresh periods that the free permits of the seconds to come made
+        // one period longer or shorter: at that length, one period is more than 30%.
+        let (entry, later) = line_of((1, 5), 200, 600, usize::MAX, 0);
+        assert!(within_30(&entry) >= 0.97, "at entry: {}", within_30(&entry));
         assert!(
-            within_30(&later) >= 0.99,
+            within_30(&later) >= 0.96,
             "at each refresh: {}",
             within_30(&later)
         );
         // Every fourth visitor closes its page after 30 s: the line moves faster than
         // the admissions alone, by the places that went quiet. Those are counted once
-        // they are forgotten (three refresh periods later), and the ones that will go
-        // quiet cannot be foreseen (nor the admissions they hold up while they still
-        // count as ahead), so the estimate is rougher: 86% within at entry, 69% at
-        // each refresh (where the rest of a wait is a refresh period or two, and one
-        // period off is more than 30%).
-        let (entry, later) = line_of(3, 200, 600, 4, 30_000);
-        assert!(within_30(&entry) >= 0.8, "at entry: {}", within_30(&entry));
+        // they are forgotten (a refresh period and a half later), and the ones that
+        // will go quiet cannot be foreseen, so the estimate is rougher: 96.3% within at
+        // entry, 83.1% at each refresh (where the rest of a wait is a refresh period
+        // or two, and one period off is more than 30%). Forgotten after three
+        // periods, as before, it was 86% and 69%.
+        let (entry, later) = line_of((3, 3), 200, 600, 4, 30_000);
+        assert!(within_30(&entry) >= 0.95, "at entry: {}", within_30(&entry));
         assert!(
-            within_30(&later) >= 0.65,
+            within_30(&later) >= 0.8,
             "at each refresh: {}",
             within_30(&later)
         );

@@ -160,12 +160,15 @@ fn a_line_forms_and_the_wait_shown_is_measured_against_the_wait_had() {
     let config = dir.path().join("lab.toml");
     std::fs::write(&config, "[backpressure]\nfunnel_grace_secs = 0\n").unwrap();
     let chart = dir.path().join("lab.svg");
+    let waits = dir.path().join("waits.csv");
     let (stdout, _) = lab(
         &[
             "--config".as_ref(),
             config.as_os_str(),
             "--curve".as_ref(),
             curve.as_os_str(),
+            "--waits".as_ref(),
+            waits.as_os_str(),
             "--chart".as_ref(),
             chart.as_os_str(),
             "--speed".as_ref(),
@@ -184,6 +187,24 @@ fn a_line_forms_and_the_wait_shown_is_measured_against_the_wait_had() {
     let by_room: u32 = by_room.parse().unwrap();
     assert!(by_room >= 15, "a line formed and drained: {stdout}");
     assert_eq!(let_in[1], "0 / 0", "no room, no line: {stdout}");
+    // --waits: a row per visitor let in from the line, all from the run with the room.
+    let waits = std::fs::read_to_string(&waits).unwrap();
+    let mut rows = waits.lines();
+    assert_eq!(
+        rows.next(),
+        Some("scenario,entered_secs,position,shown_secs,had_secs,by_room,within_30")
+    );
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split(',').collect()).collect();
+    let (room_rows, _): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r[5] == "true");
+    assert_eq!(room_rows.len() as u32, by_room, "{waits}");
+    assert!(
+        rows.iter().all(|r| r[0] == "all on" && r.len() == 7),
+        "{waits}"
+    );
+    assert!(
+        rows.iter().all(|r| r[2].parse::<u32>().unwrap() >= 1),
+        "places start at 1: {waits}"
+    );
     // The share within ±30%, at entry and at each refresh, is measured, and not far
     // off. At 30x a refresh period is 30 launch seconds and the factor (so the origin
     // permits the room lets in by) moves within it, so this short run is rougher than

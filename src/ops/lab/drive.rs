@@ -77,6 +77,10 @@ impl Second {
 /// answer that let it through.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Wait {
+    /// When it entered the line, real seconds from the scenario's start.
+    pub entered_secs: f64,
+    /// Its place at entry (the first waiting answer's `position`; 1 = next).
+    pub position: u64,
     /// The wait shown at entry (the first waiting answer's `wait_secs`).
     pub shown: f64,
     /// The wait it then had.
@@ -121,6 +125,7 @@ enum Outcome {
         let_in: bool,
     },
     Waiting {
+        position: u64,
         wait_secs: f64,
         refresh_secs: f64,
     },
@@ -270,6 +275,7 @@ impl Ctx {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             self.record(|s| s.waiting_answers += 1);
             return Outcome::Waiting {
+                position: v["position"].as_u64().unwrap_or(0),
                 wait_secs: v["wait_secs"].as_f64().unwrap_or(0.0),
                 refresh_secs: v["refresh_secs"].as_f64().unwrap_or(1.0).max(0.1),
             };
@@ -291,7 +297,7 @@ impl Ctx {
         &self,
         request: Request,
         jar: &mut Vec<(String, String)>,
-        shown: f64,
+        (position, shown): (u64, f64),
         mut refresh: f64,
     ) -> bool {
         let entered = Instant::now();
@@ -308,6 +314,7 @@ impl Ctx {
                 Outcome::Waiting {
                     wait_secs,
                     refresh_secs,
+                    ..
                 } => {
                     shown_then.push((asked, wait_secs));
                     refresh = refresh_secs;
@@ -321,6 +328,8 @@ impl Ctx {
         };
         let done = Instant::now();
         self.waits.lock().push(Wait {
+            entered_secs: (entered - self.t0).as_secs_f64(),
+            position,
             shown,
             had: (done - entered).as_secs_f64(),
             refreshes: shown_then
@@ -344,13 +353,14 @@ impl Ctx {
             let ok = match self.send(step.request, &mut jar).await {
                 Outcome::Ok { .. } => true,
                 Outcome::Waiting {
+                    position,
                     wait_secs,
                     refresh_secs,
                 } => {
                     shed_in_funnel |= step.request.in_funnel();
                     let began = Instant::now();
                     let ok = self
-                        .wait_in_line(step.request, &mut jar, wait_secs, refresh_secs)
+                        .wait_in_line(step.request, &mut jar, (position, wait_secs), refresh_secs)
                         .await;
                     delay += began.elapsed();
                     ok

@@ -180,6 +180,30 @@ impl Report {
             .collect()
     }
 
+    /// Every wait in the room, one CSV row per visitor who got in (`--waits`):
+    /// scenario, when it entered (real seconds from the scenario's start), its place
+    /// at entry, the wait shown then and the wait it had, whether the room let it in
+    /// (not shedding stopping), and whether the shown wait was within ±30%.
+    pub fn waits_csv(&self) -> String {
+        let mut out =
+            String::from("scenario,entered_secs,position,shown_secs,had_secs,by_room,within_30\n");
+        for run in &self.runs {
+            for w in &run.waits {
+                out.push_str(&format!(
+                    "{},{:.3},{},{},{:.3},{},{}\n",
+                    run.name,
+                    w.entered_secs,
+                    w.position,
+                    w.shown,
+                    w.had,
+                    w.by_room,
+                    within_30(w.shown, w.had)
+                ));
+            }
+        }
+        out
+    }
+
     /// The markdown table, scenarios side by side, with a heading that says what ran.
     pub fn table(&self) -> String {
         let sums = self.summaries();
@@ -337,12 +361,14 @@ mod tests {
                     had: 9.0,
                     refreshes: vec![(5.0, 4.0), (2.0, 1.0)],
                     by_room: true,
+                    ..Wait::default()
                 },
                 Wait {
                     shown: 10.0,
                     had: 20.0,
                     refreshes: vec![(10.0, 11.0)],
                     by_room: true,
+                    ..Wait::default()
                 },
                 // Got through as shedding stopped: counted apart.
                 Wait {
@@ -350,6 +376,7 @@ mod tests {
                     had: 2.0,
                     refreshes: vec![],
                     by_room: false,
+                    ..Wait::default()
                 },
             ],
             ..Run::default()
