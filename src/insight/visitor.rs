@@ -46,14 +46,11 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
 use jiff::tz::TimeZone;
 use parking_lot::Mutex;
-use sha2::Sha256;
 
+use crate::ingest::store::keyring::Keyring;
 use crate::ingest::store::{codec, trees, Store, StoreError};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The cookie's name.
 pub const COOKIE: &str = "lg_v";
@@ -108,9 +105,9 @@ pub struct Visitors {
 }
 
 struct Inner {
-    /// HMAC-SHA256 keyed with the cookie key: cloned per cookie, so the key's two
-    /// padded blocks are hashed once, not per request.
-    keyed: HmacSha256,
+    /// The cookie key (and, in a cluster that adopted its key while running, the
+    /// one this node signed with before, still verified).
+    keys: Keyring,
     marks: sled::Tree,
     budget: Budget,
     tz: TimeZone,
@@ -151,9 +148,10 @@ impl Visitors {
             Err(e) => e.current.expect("present when the swap failed").to_vec(),
         };
         let key: [u8; 32] = codec::decode_bytes("meta.visitor_key", KEY_RECORD_VERSION, &stored)?;
+        let retired = store.retired_keys(trees::META_VISITOR_KEY)?;
         Ok(Visitors {
             inner: Arc::new(Inner {
-                keyed: HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+                keys: Keyring::new(&key, &retired),
                 marks: store.open_tree(trees::VISITORS)?,
                 budget: Budget::new(beacons_per_minute),
                 tz,
@@ -162,10 +160,10 @@ impl Visitors {
         })
     }
 
-    fn mac(&self, signed: &str) -> HmacSha256 {
-        let mut mac = self.inner.keyed.clone();
-        mac.update(signed.as_bytes());
-        mac
+    /// The cookie keys: a cluster node adopts the cluster's here while running
+    /// (`ops::cluster::keys`).
+    pub fn keys(&self) -> &Keyring {
+        &self.inner.keys
     }
 
     /// A new visitor first seen at `now_ms`, and its cookie value.
@@ -220,7 +218,7 @@ impl Visitors {
         out.push('.');
         B64.encode_string(visitor.id, out);
         let _ = write!(out, ".{}", visitor.first_seen_secs);
-        let tag = self.mac(&out[start..]).finalize().into_bytes();
+        let tag = self.inner.keys.tag(&out.as_bytes()[start..]);
         out.push('.');
         B64.encode_string(&tag[..MAC_BYTES], out);
     }
@@ -242,7 +240,9 @@ impl Visitors {
         if tag.len() != MAC_BYTES {
             return None;
         }
-        self.mac(signed).verify_truncated_left(&tag).ok()?;
+        if !self.inner.keys.verify(signed.as_bytes(), &tag) {
+            return None;
+        }
         let id: [u8; 16] = B64.decode(id).ok()?.try_into().ok()?;
         let first_seen_secs: u64 = first_seen.parse().ok()?;
         let now = now_ms / 1000;
@@ -272,9 +272,9 @@ impl Visitors {
     pub fn funnel_mark(&self, visitor: &Visitor, now_ms: u64) -> String {
         let secs = now_ms / 1000;
         let tag = self
-            .mac(&Self::funnel_signed(&visitor.id, secs))
-            .finalize()
-            .into_bytes();
+            .inner
+            .keys
+            .tag(Self::funnel_signed(&visitor.id, secs).as_bytes());
         format!("{FUNNEL_VERSION}.{secs}.{}", B64.encode(&tag[..MAC_BYTES]))
     }
 
@@ -297,9 +297,13 @@ impl Visitors {
         if tag.len() != MAC_BYTES {
             return None;
         }
-        self.mac(&Self::funnel_signed(&visitor.id, view_secs))
-            .verify_truncated_left(&tag)
-            .ok()?;
+        if !self
+            .inner
+            .keys
+            .verify(Self::funnel_signed(&visitor.id, view_secs).as_bytes(), &tag)
+        {
+            return None;
+        }
         (view_secs <= now_ms / 1000 + 60).then_some(view_secs)
     }
 

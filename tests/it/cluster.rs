@@ -608,6 +608,65 @@ async fn a_cookie_made_on_one_node_is_honoured_on_every_other() {
     }
 }
 
+/// A node that starts while NATS is down signs with keys of its own; once NATS is
+/// back it takes the cluster's (a cookie another node made is honoured there), and
+/// the cookies it made meanwhile still verify on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_with_nats_down_takes_the_clusters_keys_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let from_a = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    // Let the server write the keys bucket before it is killed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.stop();
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let meanwhile = visitor_cookie(&get(&b, "/launch/", &[]).await).expect("a new visitor");
+    let on_b = get(&b, "/launch/", &[("cookie", &from_a)]).await;
+    assert!(
+        visitor_cookie(&on_b).is_some(),
+        "b signs with its own key while NATS is down"
+    );
+    nats.start_again();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let on_b = get(&b, "/launch/", &[("cookie", &from_a)]).await;
+        if visitor_cookie(&on_b).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never took the cluster's keys");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What b signed meanwhile still verifies on b: that visitor keeps its cookie.
+    let again = get(&b, "/launch/", &[("cookie", &meanwhile)]).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        visitor_cookie(&again),
+        None,
+        "b still honours its own cookie"
+    );
+    // What b signs now is honoured on a.
+    let from_b = visitor_cookie(&get(&b, "/launch/", &[]).await).expect("a new visitor");
+    assert_eq!(
+        visitor_cookie(&get(&a, "/launch/", &[("cookie", &from_b)]).await),
+        None,
+        "a honours what b signs now"
+    );
+    // And after a restart of b, with NATS up, both still verify on b.
+    b.stop().await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    for cookie in [&from_a, &meanwhile, &from_b] {
+        let r = get(&b, "/launch/", &[("cookie", cookie)]).await;
+        assert_eq!(visitor_cookie(&r), None, "{cookie}");
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
 mod processes {
     //! The same cluster as real processes of the binary, for what only a process
     //! shows: SIGKILL mid-load, and a NATS restart under load.
