@@ -380,6 +380,7 @@ impl Conversions {
             converting_visitors: counts.0[CONVERTING_VISITORS],
             grace_admitted: counts.0[GRACE_ADMITTED],
             grace_conversions: counts.0[GRACE_CONVERSIONS],
+            elsewhere: Default::default(),
         };
         for (i, goal) in self.inner.goals.iter().enumerate() {
             tally.add_conversions(goal, counts.0[FIRST_GOAL + i]);
@@ -390,6 +391,7 @@ impl Conversions {
             tally,
             peak_factor: peak.max(self.inner.factor.current()),
             velocity: self.inner.factor.velocity(),
+            earlier: Vec::new(),
         }
     }
 

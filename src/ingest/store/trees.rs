@@ -23,6 +23,9 @@ pub const PEER_METRICS: &str = "peer_metrics";
 pub const PEER_LAUNCHES: &str = "peer_launches";
 /// `day NUL v|c|g:<goal> NUL id` → a visitor's once-a-day mark (`insight::visitor`).
 pub const VISITORS: &str = "visitors";
+/// A visitor mark's key → nothing: a count the cluster must decide on, kept until
+/// claimed (`insight::history`, `ops::cluster::claims`).
+pub const CLAIMS: &str = "cluster_claims";
 /// Post slug → the counts the poller last recorded (`ingest::producthunt`).
 pub const PRODUCTHUNT: &str = "producthunt";
 /// `u64` BE id → an outbound job waiting to be sent (`ops::outbound`).
