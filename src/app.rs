@@ -384,6 +384,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         factor.clone(),
         now,
     )?;
+    // In a cluster, the counts every node may make of one visitor are claimed, so
+    // one node keeps each (`ops::cluster::claims`).
+    let counters = match &cluster {
+        Some(_) => counters.with_claims(crate::insight::claims::Claims::new()),
+        None => counters,
+    };
 
     let visitors = Visitors::open(
         &store,
@@ -698,6 +704,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
                 background_shutdown.clone(),
             )));
         }
+        background.push(tokio::spawn(crate::ops::cluster::claims::run(
+            cluster.clone(),
+            state.conversions.clone(),
+            state.clock.clone(),
+            background_shutdown.clone(),
+        )));
         // Certificates: one node orders (the lease `acme`), every node serves them.
         let acme_lease = state
             .acme

@@ -463,7 +463,9 @@ fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
 }
 
-fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
+/// The key of `visitor`'s `mark` on `day`: `day NUL tag NUL id`. In a cluster it is
+/// also the key of the count's claim (`insight::claims`).
+pub fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
     let mut key = Vec::with_capacity(day.len() + 24);
     key.extend_from_slice(day.as_bytes());
     key.push(0);
@@ -478,6 +480,20 @@ fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&visitor.id);
     key
+}
+
+/// The day, mark and visitor id of a [`mark_key`].
+pub fn parse_mark_key(key: &[u8]) -> Option<(&str, Mark<'_>, [u8; 16])> {
+    let (rest, id) = key.split_last_chunk::<16>()?;
+    let rest = rest.strip_suffix(&[0])?;
+    let sep = rest.iter().position(|&b| b == 0)?;
+    let day = std::str::from_utf8(&rest[..sep]).ok()?;
+    let mark = match &rest[sep + 1..] {
+        b"v" => Mark::Visited,
+        b"c" => Mark::Converted,
+        tag => Mark::Goal(std::str::from_utf8(tag.strip_prefix(b"g:")?).ok()?),
+    };
+    Some((day, mark, *id))
 }
 
 /// The beacon budget per client, as GCRA (a token bucket kept as one time per
@@ -707,6 +723,12 @@ mod tests {
         assert!(v.first("2026-11-26", Mark::Goal("signup"), &a).unwrap());
         assert!(v.first("2026-11-26", Mark::Goal("demo"), &a).unwrap());
         assert!(!v.first("2026-11-26", Mark::Goal("signup"), &a).unwrap());
+        for mark in [Mark::Visited, Mark::Converted, Mark::Goal("sign\0up")] {
+            let key = mark_key("2026-11-26", mark, &a);
+            let (day, back, id) = parse_mark_key(&key).unwrap();
+            assert_eq!((day, id), ("2026-11-26", a.id));
+            assert_eq!(format!("{back:?}"), format!("{mark:?}"));
+        }
         assert_eq!(v.sweep_before("2026-11-27").unwrap(), 5);
         assert!(!v.first("2026-11-27", Mark::Visited, &a).unwrap());
     }

@@ -608,6 +608,162 @@ async fn a_cookie_made_on_one_node_is_honoured_on_every_other() {
     }
 }
 
+/// Flushes every node's counters now (the claims' corrections among them).
+fn flush_all(nodes: &[&TestServer], clock: &Clock) {
+    for n in nodes {
+        n.state().conversions.flush(clock.now_ms()).unwrap();
+    }
+}
+
+/// Waits (flushing every node meanwhile) until every node's `/api/analytics` shows
+/// `want` (a field and its value each) with a line for each node, and the lines'
+/// `sum_field` add up to the total's; returns the last report of each node.
+async fn every_node_shows(
+    nodes: &[(&str, &TestServer)],
+    clock: &Clock,
+    want: &[(&str, u64)],
+    sum_field: &str,
+) -> Vec<serde_json::Value> {
+    let all: Vec<&TestServer> = nodes.iter().map(|(_, n)| *n).collect();
+    let mut out = Vec::new();
+    for (name, n) in nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let report = loop {
+            flush_all(&all, clock);
+            let r = analytics(n).await;
+            let lines = r["nodes"].as_array().cloned().unwrap_or_default();
+            let summed: u64 = lines.iter().map(|l| l[sum_field].as_u64().unwrap()).sum();
+            if lines.len() == nodes.len()
+                && want.iter().all(|(k, v)| r[*k] == *v)
+                && Some(summed) == r[sum_field].as_u64()
+            {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never showed {want:?} (the lines summing to the total): {:?}, lines {:?}",
+                want.iter().map(|(k, _)| (*k, &r[*k])).collect::<Vec<_>>(),
+                lines
+                    .iter()
+                    .map(|l| (&l["node"], &l[sum_field]))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        out.push(report);
+    }
+    out
+}
+
+/// A visitor whose cookie is from an earlier day is counted by every node it
+/// reaches (each keeps its own once-a-day mark, no NATS call on the request's
+/// path); the nodes claim it in NATS, one keeps it, the others subtract it. Every
+/// node's report then shows one visitor, and the node lines add up to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_visitor_from_an_earlier_day_on_three_nodes_is_one_visitor_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let c = node(dir.path(), "c", &nats, &clock).await;
+    let cookie = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    // The next day: every node's window starts in it.
+    clock.advance_ms(86_400_000);
+    flush_all(&[&a, &b, &c], &clock);
+    for n in [&a, &b, &c] {
+        for _ in 0..2 {
+            let r = get(n, "/launch/", &[("cookie", &cookie)]).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(visitor_cookie(&r), None, "the cookie is honoured");
+        }
+    }
+    let reports = every_node_shows(
+        &[("a", &a), ("b", &b), ("c", &c)],
+        &clock,
+        &[("unique_visitors", 1), ("visits", 6)],
+        "unique_visitors",
+    )
+    .await;
+    // One node keeps it, the same one on every node's report.
+    let keeper = |r: &serde_json::Value| -> Vec<String> {
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["unique_visitors"] == 1)
+            .map(|l| l["node"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keeper(&reports[0]).len(), 1, "{}", reports[0]);
+    assert!(reports.iter().all(|r| keeper(r) == keeper(&reports[0])));
+    // Still one, once everything has settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    flush_all(&[&a, &b, &c], &clock);
+    for n in [&a, &b, &c] {
+        assert_eq!(analytics(n).await["unique_visitors"], 1);
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// The same conversion beacon (one visitor, goal and day) sent to two nodes is
+/// counted by each (a 204 on both: neither waits on the other) and kept once: one
+/// conversion and one converting visitor on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_conversion_sent_to_two_nodes_counts_once_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let cookie = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    for n in [&a, &b] {
+        let origin = format!("http://{}", n.public);
+        let beacon = n
+            .client
+            .send(
+                Method::POST,
+                &n.url("/api/convert"),
+                &[
+                    ("content-type", "text/plain;charset=UTF-8"),
+                    ("cookie", &cookie),
+                    ("origin", &origin),
+                ],
+                br#"{"goal":"signup"}"#.to_vec(),
+            )
+            .await;
+        assert_eq!(beacon.status, StatusCode::NO_CONTENT, "{}", beacon.text());
+    }
+    every_node_shows(
+        &[("a", &a), ("b", &b)],
+        &clock,
+        &[
+            ("conversions_total", 1),
+            ("converting_visitors", 1),
+            ("unique_visitors", 1),
+        ],
+        "conversions_total",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    flush_all(&[&a, &b], &clock);
+    for n in [&a, &b] {
+        let r = analytics(n).await;
+        assert_eq!(r["conversions_total"], 1, "{r}");
+        assert_eq!(r["conversions"]["signup"], 1, "{r}");
+        assert_eq!(r["converting_visitors"], 1, "{r}");
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
 /// A node that starts while NATS is down signs with keys of its own; once NATS is
 /// back it takes the cluster's (a cookie another node made is honoured there), and
 /// the cookies it made meanwhile still verify on it.

@@ -1,0 +1,264 @@
+//! Exact counts across nodes: the claims of the counts a cluster decides on
+//! (`insight::claims`: a visitor from an earlier day, a converting visitor, a
+//! conversion of a goal, each counted once per launch day on every node it reaches).
+//!
+//! Each node counts as one box does, on its own marks, with no NATS call on the
+//! request's path; its flush keeps the claims of what it counted
+//! (`History::record_claimed`). This task makes them, up to 512 at once and 64 in
+//! flight, in the key-value bucket `LAUNCHGUARD_CLAIMS` with `create`, which only
+//! the first node to make a key gets; the key is `<day>.<v|c|g.<goal>>.<visitor>`,
+//! the value the node's id. A claim another node holds is **lost**: this node's
+//! next flush subtracts its count (`history::Elsewhere`, in the node's own row, so
+//! every node's reports subtract it too). A claim this node holds (made now, or
+//! before a crash) is **won**, and forgotten. Claims kept while NATS is unreachable
+//! are made when it is back.
+//!
+//! The bucket's entries age out after [`MAX_AGE`] (nats-server 2.9 has no per-key
+//! age: the whole bucket's `max_age`): two days, so a day's first claims (made at its
+//! midnight, a day of up to 25 hours) are still there 23 hours after the day ended.
+//! A claim of a day that ended longer ago than [`DECIDE_AFTER_END`] cannot be decided
+//! (the others' claims may be gone): it is kept as won, counted in
+//! `launchguard_cluster_claims_total{result="expired"}` and logged.
+//!
+//! **Invariant:** no request waits on this task; a claim is made only for a count
+//! that is durable (the flush wrote it with its claim).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{kv, stream};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{backoff, Cluster};
+use crate::clock::Clock;
+use crate::insight::counters::Conversions;
+use crate::insight::visitor::{parse_mark_key, Mark};
+use crate::telemetry;
+
+/// The bucket of the claims.
+pub const CLAIMS_BUCKET: &str = "LAUNCHGUARD_CLAIMS";
+/// How long the bucket keeps a claim: two days.
+pub const MAX_AGE: Duration = Duration::from_secs(2 * 86_400);
+/// How long after its day ended a claim can still be decided: `MAX_AGE` less the
+/// longest day (25 hours, the day the clocks go back).
+pub const DECIDE_AFTER_END: Duration = Duration::from_secs(23 * 3600);
+/// Claims read per round, and made at once.
+const BATCH: usize = 512;
+const IN_FLIGHT: usize = 64;
+/// How often the task looks for new claims.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// How a claim was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    Won,
+    Lost,
+    Expired,
+}
+
+impl Decided {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decided::Won => "won",
+            Decided::Lost => "lost",
+            Decided::Expired => "expired",
+        }
+    }
+}
+
+/// The bucket key of a claim (a visitor mark's key), or `None` for a key this build
+/// cannot read.
+pub fn bucket_key(mark_key: &[u8]) -> Option<String> {
+    let (day, mark, id) = parse_mark_key(mark_key)?;
+    let id = B64.encode(id);
+    Some(match mark {
+        Mark::Visited => format!("{day}.v.{id}"),
+        Mark::Converted => format!("{day}.c.{id}"),
+        Mark::Goal(goal) => format!("{day}.g.{}.{id}", B64.encode(goal)),
+    })
+}
+
+async fn bucket(cluster: &Cluster) -> Result<kv::Store, String> {
+    super::kv_bucket(
+        cluster,
+        CLAIMS_BUCKET,
+        "launchguard: which node counts a visitor or conversion of a day",
+        MAX_AGE,
+        stream::StorageType::File,
+    )
+    .await
+}
+
+/// Makes this node's claims until `shutdown`.
+pub async fn run(
+    cluster: Cluster,
+    conversions: Conversions,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
+    let Some(claims) = conversions.claims().cloned() else {
+        return;
+    };
+    let mut store = None;
+    let mut failures = 0u32;
+    loop {
+        let wait = match round(&cluster, &conversions, &claims, &clock, &mut store).await {
+            Ok(n) => {
+                failures = 0;
+                if n >= BATCH {
+                    Duration::ZERO
+                } else {
+                    LOOK_EVERY
+                }
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!("cluster: cannot claim this node's counts yet (kept, claimed when NATS answers): {e}");
+                }
+                failures += 1;
+                store = None;
+                backoff(failures).max(LOOK_EVERY)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One round: reads up to `BATCH` kept claims and decides them. Returns how many
+/// were read.
+async fn round(
+    cluster: &Cluster,
+    conversions: &Conversions,
+    claims: &crate::insight::claims::Claims,
+    clock: &Clock,
+    store: &mut Option<kv::Store>,
+) -> Result<usize, String> {
+    let history = conversions.history().clone();
+    let skip = claims.clone();
+    let (pending, kept) = tokio::task::spawn_blocking(move || {
+        let pending = history.pending_claims(BATCH, |k| skip.settling(k))?;
+        Ok::<_, crate::ingest::store::StoreError>((pending, history.pending_claims_len()))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    metrics::gauge!(telemetry::CLUSTER_CLAIMS_PENDING).set(kept as f64);
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    if store.is_none() {
+        *store = Some(bucket(cluster).await?);
+    }
+    let bucket = store.as_ref().expect("set above");
+    let node = cluster.node();
+    let now = clock.now_ms();
+    let tz = conversions.timezone().clone();
+    let read = pending.len();
+    let results: Vec<(Vec<u8>, Result<Decided, String>)> = futures_util::stream::iter(pending)
+        .map(|key| {
+            let tz = tz.clone();
+            async move {
+                let decided = decide(bucket, &key, node, now, &tz).await;
+                (key, decided)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let (mut done, mut lost, mut error) = (Vec::new(), Vec::new(), None);
+    for (key, decided) in results {
+        match decided {
+            Ok(d) => {
+                metrics::counter!(telemetry::CLUSTER_CLAIMS_TOTAL, "result" => d.as_str())
+                    .increment(1);
+                if d == Decided::Lost {
+                    lost.push(key);
+                } else {
+                    done.push(key);
+                }
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    claims.lost(lost);
+    if !done.is_empty() {
+        let history = conversions.history().clone();
+        tokio::task::spawn_blocking(move || history.claims_won(&done))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(read),
+    }
+}
+
+/// Claims `key` for `node`.
+async fn decide(
+    bucket: &kv::Store,
+    key: &[u8],
+    node: &str,
+    now_ms: u64,
+    tz: &jiff::tz::TimeZone,
+) -> Result<Decided, String> {
+    let Some(name) = bucket_key(key) else {
+        // Not a claim this build made: nothing to subtract.
+        return Ok(Decided::Expired);
+    };
+    let day_end = name
+        .split('.')
+        .next()
+        .and_then(|d| d.parse::<jiff::civil::Date>().ok())
+        .and_then(|d| crate::insight::analytics::day_bounds(d, tz).ok())
+        .map_or(0, |(_, end)| end);
+    if now_ms > day_end.saturating_add(DECIDE_AFTER_END.as_millis() as u64) {
+        tracing::warn!(claim = %name, "cluster: a claim kept since more than 23 hours after its day cannot be decided any more; counted here");
+        return Ok(Decided::Expired);
+    }
+    match bucket.create(&name, node.as_bytes().to_vec().into()).await {
+        Ok(_) => Ok(Decided::Won),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            match bucket.get(&name).await.map_err(|e| e.to_string())? {
+                // Made by this node before (a crash before it was forgotten here).
+                Some(holder) if holder.as_ref() == node.as_bytes() => Ok(Decided::Won),
+                Some(_) => Ok(Decided::Lost),
+                None => Err(format!("{name}: neither created nor found")),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::insight::visitor::{mark_key, Visitor};
+
+    #[test]
+    fn bucket_keys_use_only_what_a_key_may_hold() {
+        let v = Visitor {
+            id: [0xfb; 16],
+            first_seen_secs: 1,
+        };
+        for (mark, want) in [
+            (Mark::Visited, "2026-11-26.v."),
+            (Mark::Converted, "2026-11-26.c."),
+            (Mark::Goal("sign up/ü"), "2026-11-26.g."),
+        ] {
+            let k = bucket_key(&mark_key("2026-11-26", mark, &v)).unwrap();
+            assert!(k.starts_with(want), "{k}");
+            assert!(
+                k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b)),
+                "{k}"
+            );
+        }
+        assert_eq!(bucket_key(b"junk"), None);
+    }
+}
