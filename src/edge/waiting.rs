@@ -608,6 +608,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(other.place_of(&v, 1_000_000), None);
+        // The other room's key adopted (a cluster node when NATS is back): it signs,
+        // and the place this room signed before still holds.
+        r.keys().adopt(&[8; 32]);
+        assert_eq!(r.place_of(&v, 1_000_000), Some(p));
+        assert_eq!(other.place_of(&r.place_cookie(p), 1_000_000), Some(p));
         // From the future: refused.
         assert_eq!(r.place_of(&v, 998_000), None);
         // A let-in cookie is not a place, nor the other way round.

@@ -1228,6 +1228,60 @@ mod tests {
         assert!(takes > 0);
     }
 
+    /// In a cluster, a claimed count and its claim are written by the same flush; a
+    /// lost claim's correction is written once, by the flush that removes the claim.
+    #[test]
+    fn a_claim_is_flushed_with_its_count_and_a_loss_subtracted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::ingest::store::Store::open(dir.path()).unwrap();
+        let config = ConversionsConfig::default();
+        const NOW: u64 = 1_795_720_000_000;
+        let conv = Conversions::new(&config, History::open(&store).unwrap(), Factor::new(), NOW)
+            .unwrap()
+            .with_claims(Claims::new());
+        let day = crate::insight::analytics::day_of(NOW, conv.timezone()).to_string();
+        let visitor = Visitor {
+            id: [3; 16],
+            first_seen_secs: 1,
+        };
+        conv.count_claimed(&day, Mark::Visited, &visitor, |c| c.record_unique_visitor());
+        let pending = |conv: &Conversions| conv.history().pending_claims(10, |_| false).unwrap();
+        assert!(pending(&conv).is_empty(), "not before its count is flushed");
+        conv.flush(NOW + 5_000).unwrap();
+        let key = crate::insight::visitor::mark_key(&day, Mark::Visited, &visitor);
+        assert_eq!(pending(&conv), vec![key.clone()]);
+        let net = |conv: &Conversions| {
+            conv.consistent(NOW + 20_000, |h, live| {
+                let mut t = h.day(&day)?.unwrap();
+                t.add_batch(&live.batch);
+                Ok(t.tally.net().unique_visitors)
+            })
+            .unwrap()
+        };
+        assert_eq!(net(&conv), 1);
+        // Another node holds it: the live view subtracts it at once, the next flush
+        // writes the correction and removes the claim, and a later one nothing more.
+        conv.claims().unwrap().lost(vec![key.clone()]);
+        assert!(conv.claims().unwrap().settling(&key));
+        assert_eq!(net(&conv), 0);
+        let batch = conv.flush(NOW + 10_000).unwrap().unwrap();
+        assert_eq!(batch.tally.elsewhere.unique_visitors, 1);
+        assert!(pending(&conv).is_empty());
+        assert!(!conv.claims().unwrap().settling(&key));
+        assert_eq!(conv.flush(NOW + 15_000).unwrap(), None);
+        assert_eq!(net(&conv), 0);
+        assert_eq!(
+            conv.history()
+                .day(&day)
+                .unwrap()
+                .unwrap()
+                .tally
+                .unique_visitors,
+            1,
+            "the count stays; the correction is beside it"
+        );
+    }
+
     #[test]
     fn beacon_bodies() {
         assert_eq!(parse_goal(br#"{"goal":"signup"}"#).unwrap(), "signup");

@@ -623,6 +623,28 @@ mod tests {
         assert_eq!(visitor.first_seen_secs, NOW / 1000);
     }
 
+    /// A key adopted while running signs from then on; the cookies and funnel marks
+    /// of the key before still verify.
+    #[test]
+    fn after_adopting_a_key_the_cookies_of_the_one_before_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path());
+        let (visitor, before) = v.issue(NOW);
+        let mark = v.funnel_mark(&visitor, NOW);
+        assert!(v.keys().adopt(&[9; 32]).is_some());
+        assert_eq!(v.verify(before.as_bytes(), NOW), Some(visitor));
+        assert_eq!(
+            v.verify_funnel_mark(&visitor, mark.as_bytes(), NOW),
+            Some(NOW / 1000)
+        );
+        // What it signs now is signed with the adopted key alone.
+        let (_, after) = v.issue(NOW);
+        assert!(v.verify(after.as_bytes(), NOW).is_some());
+        let (signed, tag) = after.rsplit_once('.').unwrap();
+        let adopted = Keyring::new(&[9; 32], &[]);
+        assert!(adopted.verify(signed.as_bytes(), &B64.decode(tag).unwrap()));
+    }
+
     /// The hot path's one-buffer `Set-Cookie` is byte for byte what `set_cookie`
     /// makes of an issued value, and the value in it verifies.
     #[test]
