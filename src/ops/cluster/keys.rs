@@ -51,20 +51,12 @@ async fn bucket(cluster: &Cluster) -> Result<kv::Store, String> {
 /// anything signs. Returns the names of the keys this node adopted (its own
 /// differed, or it had none).
 pub async fn share(cluster: &Cluster, store: &Store) -> Result<Vec<&'static str>, String> {
-    Ok(take(cluster, store, false)
-        .await?
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect())
+    take(cluster, store, false).await
 }
 
 /// `share`, for a node that has signed with its own keys meanwhile: each key it
-/// leaves is retired in the store first. Returns the keys adopted, by name.
-async fn take(
-    cluster: &Cluster,
-    store: &Store,
-    retire: bool,
-) -> Result<Vec<(&'static str, [u8; 32])>, String> {
+/// leaves is retired in the store first. Returns the keys it wrote, by name.
+async fn take(cluster: &Cluster, store: &Store, retire: bool) -> Result<Vec<&'static str>, String> {
     let bucket = bucket(cluster).await?;
     let mut adopted = Vec::new();
     for name in SHARED {
@@ -83,7 +75,7 @@ async fn take(
             },
         };
         if theirs != own {
-            let key: [u8; 32] = codec::decode_bytes(name, 1, &theirs)
+            codec::decode_bytes::<32>(name, 1, &theirs)
                 .map_err(|e| format!("the cluster's {name}: {e}"))?;
             if retire {
                 let mine: [u8; 32] =
@@ -93,7 +85,31 @@ async fn take(
             store
                 .replace_secret_key(name, &theirs)
                 .map_err(|e| format!("the cluster's {name}: {e}"))?;
-            adopted.push((name, key));
+            adopted.push(name);
+        }
+    }
+    Ok(adopted)
+}
+
+/// Signs visitor cookies (`visitors`) and place cookies (`room`) with the keys the
+/// store holds now (`Keyring::adopt`: nothing for a key that signs already). After a
+/// `take` that succeeds, whatever an earlier attempt cut short wrote to the store is
+/// adopted too. Returns the keys adopted, by name.
+fn adopt_stored(
+    store: &Store,
+    visitors: &Visitors,
+    room: Option<&Room>,
+) -> Result<Vec<&'static str>, String> {
+    let mut adopted = Vec::new();
+    for name in SHARED {
+        let key = store.secret_key(name).map_err(|e| e.to_string())?;
+        let ring = if name == trees::META_VISITOR_KEY {
+            Some(visitors.keys())
+        } else {
+            room.map(|r| r.keys())
+        };
+        if ring.and_then(|r| r.adopt(&key)).is_some() {
+            adopted.push(name);
         }
     }
     Ok(adopted)
@@ -118,18 +134,15 @@ pub async fn adopt_when_back(
             let taken =
                 tokio::time::timeout(Duration::from_secs(3), take(&cluster, &store, true)).await;
             let e = match taken {
-                Ok(Ok(adopted)) => {
-                    for (name, key) in &adopted {
-                        if *name == trees::META_VISITOR_KEY {
-                            visitors.keys().adopt(key);
-                        } else if let Some(room) = &room {
-                            room.keys().adopt(key);
-                        }
+                // A key an earlier attempt wrote before failing is in the store
+                // already: what the store holds is adopted, not what this one wrote.
+                Ok(Ok(_)) => match adopt_stored(&store, &visitors, room.as_ref()) {
+                    Ok(names) => {
+                        tracing::info!(keys = ?names, "cluster: NATS is back; signing cookies with the cluster's keys from now on (those this node signed meanwhile still verify here)");
+                        return;
                     }
-                    let names: Vec<&str> = adopted.iter().map(|(n, _)| *n).collect();
-                    tracing::info!(keys = ?names, "cluster: NATS is back; signing cookies with the cluster's keys from now on (those this node signed meanwhile still verify here)");
-                    return;
-                }
+                    Err(e) => e,
+                },
                 Ok(Err(e)) => e,
                 Err(_) => "JetStream did not answer".to_string(),
             };
@@ -143,5 +156,37 @@ pub async fn adopt_when_back(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::store::keyring::Keyring;
+
+    /// An attempt that wrote the cluster's visitor key and then failed (the
+    /// waiting-room key's bucket timed out) leaves the store holding it: the next
+    /// attempt, finding nothing to write for it, still signs with it.
+    #[test]
+    fn a_key_written_by_an_attempt_cut_short_is_adopted_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let visitors = Visitors::open(&store, 6, jiff::tz::TimeZone::UTC).unwrap();
+        let own = visitors.keys().tag(b"text");
+        let mut theirs = vec![1u8];
+        theirs.extend_from_slice(&[9; 32]);
+        store
+            .replace_secret_key(trees::META_VISITOR_KEY, &theirs)
+            .unwrap();
+        assert_eq!(
+            adopt_stored(&store, &visitors, None).unwrap(),
+            vec![trees::META_VISITOR_KEY]
+        );
+        assert_eq!(
+            visitors.keys().tag(b"text"),
+            Keyring::new(&[9; 32], &[]).tag(b"text")
+        );
+        assert!(visitors.keys().verify(b"text", &own[..16]));
+        assert!(adopt_stored(&store, &visitors, None).unwrap().is_empty());
     }
 }
