@@ -15,7 +15,8 @@
 //!   to subtract, `history::Elsewhere`) waits here for the next flush, which writes
 //!   it in its batch and removes the claim in the same transaction. A crash before
 //!   that flush leaves the claim kept, made again at the next start, lost again:
-//!   the correction is in exactly one batch.
+//!   the correction is in exactly one batch. A claim read before a flush removed it
+//!   and found lost after is no longer kept, and dropped (`Claims::lost`).
 //! - A claim this node wins is removed; nothing else changes.
 //!
 //! **Invariant:** a claim is made only for a count that is durable, and a correction
@@ -94,11 +95,15 @@ impl Claims {
         }
     }
 
-    /// Claims another node won: their corrections go into the next flush.
-    pub fn lost(&self, keys: Vec<Vec<u8>>) {
+    /// Claims another node won: their corrections go into the next flush. A claim
+    /// `kept` says is no longer kept (`History::claim_kept`) was settled by a flush
+    /// since it was read (its correction written): it is dropped, not lost twice.
+    /// Checked under the lock `settled` takes after its flush's commit.
+    pub fn lost(&self, keys: Vec<Vec<u8>>, kept: impl Fn(&[u8]) -> bool) {
         let mut lost = self.inner.lost.lock();
         for k in keys {
-            if lost.set.insert(k.clone()) {
+            if !lost.set.contains(&k) && kept(&k) {
+                lost.set.insert(k.clone());
                 lost.keys.push(k);
             }
         }
@@ -158,7 +163,7 @@ mod tests {
         let (_, writes) = claims.take_with(|| ());
         assert_eq!(writes.add, vec![key.clone()]);
 
-        claims.lost(vec![key.clone(), key.clone()]);
+        claims.lost(vec![key.clone(), key.clone()], |_| true);
         assert!(claims.settling(&key));
         let c = claims.pending_corrections();
         assert_eq!(c["2026-11-26"].conversions, vec![("signup".into(), 1)]);
@@ -167,5 +172,9 @@ mod tests {
         claims.settled(&writes.settled);
         assert!(!claims.settling(&key));
         assert!(claims.pending_corrections().is_empty());
+        // Read again before its flush settled it, lost again after: not kept, dropped.
+        claims.lost(vec![key.clone()], |_| false);
+        assert!(!claims.settling(&key));
+        assert!(claims.take_with(|| ()).1.settled.is_empty());
     }
 }

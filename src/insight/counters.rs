@@ -1261,7 +1261,8 @@ mod tests {
         assert_eq!(net(&conv), 1);
         // Another node holds it: the live view subtracts it at once, the next flush
         // writes the correction and removes the claim, and a later one nothing more.
-        conv.claims().unwrap().lost(vec![key.clone()]);
+        let kept = |k: &[u8]| conv.history().claim_kept(k).unwrap();
+        conv.claims().unwrap().lost(vec![key.clone()], kept);
         assert!(conv.claims().unwrap().settling(&key));
         assert_eq!(net(&conv), 0);
         let batch = conv.flush(NOW + 10_000).unwrap().unwrap();
@@ -1269,6 +1270,12 @@ mod tests {
         assert!(pending(&conv).is_empty());
         assert!(!conv.claims().unwrap().settling(&key));
         assert_eq!(conv.flush(NOW + 15_000).unwrap(), None);
+        assert_eq!(net(&conv), 0);
+        // Read before that flush removed it (a cached leaf), decided lost again after:
+        // no longer kept, so not subtracted a second time.
+        conv.claims().unwrap().lost(vec![key.clone()], kept);
+        assert!(!conv.claims().unwrap().settling(&key));
+        assert_eq!(conv.flush(NOW + 16_000).unwrap(), None);
         assert_eq!(net(&conv), 0);
         assert_eq!(
             conv.history()

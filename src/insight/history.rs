@@ -519,6 +519,11 @@ impl History {
         Ok(out)
     }
 
+    /// Whether claim `key` is still kept (not settled, nor won).
+    pub fn claim_kept(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.claims.contains_key(key)?)
+    }
+
     /// How many claims are kept, not yet settled.
     pub fn pending_claims_len(&self) -> usize {
         self.claims.len()

@@ -185,14 +185,21 @@ async fn round(
             Err(e) => error = Some(e),
         }
     }
-    claims.lost(lost);
-    if !done.is_empty() {
-        let history = conversions.history().clone();
-        tokio::task::spawn_blocking(move || history.claims_won(&done))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-    }
+    let history = conversions.history().clone();
+    let claims = claims.clone();
+    tokio::task::spawn_blocking(move || {
+        // A claim a flush settled since it was read is no longer kept, and not lost
+        // again; one that cannot be looked up now is read again next round.
+        claims.lost(lost, |k| history.claim_kept(k).unwrap_or(false));
+        if done.is_empty() {
+            Ok(())
+        } else {
+            history.claims_won(&done)
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     match error {
         Some(e) => Err(e),
         None => Ok(read),
