@@ -16,8 +16,11 @@
 //! The bucket's entries age out after [`MAX_AGE`] (nats-server 2.9 has no per-key
 //! age: the whole bucket's `max_age`): two days, so a day's first claims (made at its
 //! midnight, a day of up to 25 hours) are still there 23 hours after the day ended.
-//! A claim of a day that ended longer ago than [`DECIDE_AFTER_END`] cannot be decided
-//! (the others' claims may be gone): it is kept as won, counted in
+//! A claim of a day that ended longer ago than [`DECIDE_AFTER_END`] (22 hours: an
+//! hour left for the nodes' clocks to disagree) is not made any more (the others'
+//! claims may be gone, so a `create` could win one another node held): the bucket
+//! is only read. Held by another node, it is lost; by this node, won; by none, it
+//! cannot be decided: kept as won, counted in
 //! `launchguard_cluster_claims_total{result="expired"}` and logged.
 //!
 //! **Invariant:** no request waits on this task; a claim is made only for a count
@@ -41,9 +44,10 @@ use crate::telemetry;
 pub const CLAIMS_BUCKET: &str = "LAUNCHGUARD_CLAIMS";
 /// How long the bucket keeps a claim: two days.
 pub const MAX_AGE: Duration = Duration::from_secs(2 * 86_400);
-/// How long after its day ended a claim can still be decided: `MAX_AGE` less the
-/// longest day (25 hours, the day the clocks go back).
-pub const DECIDE_AFTER_END: Duration = Duration::from_secs(23 * 3600);
+/// How long after its day ended a claim can still be made: `MAX_AGE` less the
+/// longest day (25 hours, the day the clocks go back) and an hour for the nodes'
+/// clocks to disagree.
+pub const DECIDE_AFTER_END: Duration = Duration::from_secs(22 * 3600);
 /// Claims read per round, and made at once.
 const BATCH: usize = 512;
 const IN_FLIGHT: usize = 64;
@@ -206,7 +210,9 @@ async fn round(
     }
 }
 
-/// Claims `key` for `node`.
+/// Claims `key` for `node`: `create`, or past the deadline (the claims of other
+/// nodes may have aged out, so a `create` could win what another node held) only a
+/// look at who holds it.
 async fn decide(
     bucket: &kv::Store,
     key: &[u8],
@@ -218,27 +224,44 @@ async fn decide(
         // Not a claim this build made: nothing to subtract.
         return Ok(Decided::Expired);
     };
+    let late = past_deadline(&name, now_ms, tz);
+    if !late {
+        match bucket.create(&name, node.as_bytes().to_vec().into()).await {
+            Ok(_) => return Ok(Decided::Won),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let holder = bucket.get(&name).await.map_err(|e| e.to_string())?;
+    let decided = by_holder(holder.as_deref(), node, late)
+        .ok_or_else(|| format!("{name}: neither created nor found"))?;
+    if decided == Decided::Expired {
+        tracing::warn!(claim = %name, "cluster: a claim kept since more than 22 hours after its day, and held by no node, cannot be decided any more; counted here");
+    }
+    Ok(decided)
+}
+
+/// Whether claim `name` (a bucket key) is of a day that ended longer ago than
+/// [`DECIDE_AFTER_END`].
+fn past_deadline(name: &str, now_ms: u64, tz: &jiff::tz::TimeZone) -> bool {
     let day_end = name
         .split('.')
         .next()
         .and_then(|d| d.parse::<jiff::civil::Date>().ok())
         .and_then(|d| crate::insight::analytics::day_bounds(d, tz).ok())
         .map_or(0, |(_, end)| end);
-    if now_ms > day_end.saturating_add(DECIDE_AFTER_END.as_millis() as u64) {
-        tracing::warn!(claim = %name, "cluster: a claim kept since more than 23 hours after its day cannot be decided any more; counted here");
-        return Ok(Decided::Expired);
-    }
-    match bucket.create(&name, node.as_bytes().to_vec().into()).await {
-        Ok(_) => Ok(Decided::Won),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-            match bucket.get(&name).await.map_err(|e| e.to_string())? {
-                // Made by this node before (a crash before it was forgotten here).
-                Some(holder) if holder.as_ref() == node.as_bytes() => Ok(Decided::Won),
-                Some(_) => Ok(Decided::Lost),
-                None => Err(format!("{name}: neither created nor found")),
-            }
-        }
-        Err(e) => Err(e.to_string()),
+    now_ms > day_end.saturating_add(DECIDE_AFTER_END.as_millis() as u64)
+}
+
+/// A claim decided by who holds it in the bucket (`holder`): this node (made
+/// now, or before a crash) or another. Held by none, past the deadline it has
+/// expired; before, `None` (it was just found there).
+fn by_holder(holder: Option<&[u8]>, node: &str, late: bool) -> Option<Decided> {
+    match holder {
+        Some(h) if h == node.as_bytes() => Some(Decided::Won),
+        Some(_) => Some(Decided::Lost),
+        None if late => Some(Decided::Expired),
+        None => None,
     }
 }
 
@@ -267,5 +290,26 @@ mod tests {
             );
         }
         assert_eq!(bucket_key(b"junk"), None);
+    }
+
+    /// Past the deadline a claim is asked of the bucket, not kept as won: another
+    /// node's claim is still lost, and the deadline leaves an hour for clocks.
+    #[test]
+    fn a_late_claim_is_decided_by_its_holder() {
+        let tz = jiff::tz::TimeZone::UTC;
+        let end = crate::insight::analytics::day_bounds("2026-11-26".parse().unwrap(), &tz)
+            .unwrap()
+            .1;
+        let name = "2026-11-26.v.AAAA";
+        let hour = 3_600_000;
+        assert!(!past_deadline(name, end + 22 * hour - 1, &tz));
+        assert!(past_deadline(name, end + 22 * hour + 1, &tz));
+        assert!(DECIDE_AFTER_END + Duration::from_secs(26 * 3600) <= MAX_AGE);
+        for late in [false, true] {
+            assert_eq!(by_holder(Some(b"b"), "a", late), Some(Decided::Lost));
+            assert_eq!(by_holder(Some(b"a"), "a", late), Some(Decided::Won));
+        }
+        assert_eq!(by_holder(None, "a", true), Some(Decided::Expired));
+        assert_eq!(by_holder(None, "a", false), None);
     }
 }
