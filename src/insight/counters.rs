@@ -728,31 +728,22 @@ impl Counting {
     fn visited(&self, known: Option<Visitor>, secure: bool, now_ms: u64, res: &mut Response) {
         // `Visitors::page_view`, with a new visitor's cookie written straight into its
         // header value.
-        let viewed = match &known {
-            None => Ok((true, Some(self.visitors.issue_set_cookie(now_ms, secure)))),
-            Some(v) => self
-                .visitors
-                .first_today(v, now_ms)
-                .map(|first| (first, None)),
-        };
-        match viewed {
-            Ok((first, cookie)) => {
-                match (first, &known) {
-                    // A visitor from an earlier day: counted on every node it
-                    // reaches, claimed so that one keeps it.
-                    (true, Some(v)) => {
-                        let day = self.visitors.today(now_ms).day;
-                        self.conversions
-                            .count_claimed(&day, Mark::Visited, v, |c| c.record_unique_visitor());
-                    }
-                    (true, None) => self.conversions.counters().record_unique_visitor(),
-                    (false, _) => {}
-                }
-                if let Some(value) = cookie {
-                    res.headers_mut().append(header::SET_COOKIE, value);
-                }
+        match &known {
+            None => {
+                let cookie = self.visitors.issue_set_cookie(now_ms, secure);
+                self.conversions.counters().record_unique_visitor();
+                res.headers_mut().append(header::SET_COOKIE, cookie);
             }
-            Err(e) => tracing::warn!("cannot record a visitor: {e}"),
+            // A visitor from an earlier day: counted on every node it reaches, claimed
+            // (on the day its mark was set) so that one keeps it.
+            Some(v) => match self.visitors.first_today(v, now_ms) {
+                Ok(Some(day)) => {
+                    self.conversions
+                        .count_claimed(&day, Mark::Visited, v, |c| c.record_unique_visitor());
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cannot record a visitor: {e}"),
+            },
         }
         // A new visitor's lg_v says when it viewed the funnel; a known one's last
         // view is its lg_f mark, renewed here (`insight::grace`).
@@ -1014,7 +1005,7 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
     // never over. Visited before converted: a day's converting visitors never exceed
     // its visitors (a cookie from an earlier day converts without a page view today).
     let marks = state.visitors.first_today(&visitor, now).and_then(|new| {
-        if new {
+        if let Some(day) = new {
             conv.count_claimed(&day, Mark::Visited, &visitor, |c| c.record_unique_visitor());
         }
         state.visitors.first(&day, Mark::Converted, &visitor)

@@ -411,18 +411,25 @@ impl Visitors {
     ) -> Result<(bool, Option<String>), StoreError> {
         match known {
             None => Ok((true, Some(self.issue(now_ms).1))),
-            Some(v) => Ok((self.first_today(&v, now_ms)?, None)),
+            Some(v) => Ok((self.first_today(&v, now_ms)?.is_some(), None)),
         }
     }
 
-    /// Counts `visitor` among the visitors of `now_ms`'s launch day: true the first time.
-    /// A visitor whose cookie was issued that day was counted at its issue.
-    pub fn first_today(&self, visitor: &Visitor, now_ms: u64) -> Result<bool, StoreError> {
+    /// Counts `visitor` among the visitors of `now_ms`'s launch day: the day
+    /// (`YYYY-MM-DD`) the first time, `None` after. A visitor whose cookie was issued
+    /// that day was counted at its issue.
+    pub fn first_today(
+        &self,
+        visitor: &Visitor,
+        now_ms: u64,
+    ) -> Result<Option<Arc<str>>, StoreError> {
         let today = self.today(now_ms);
         if visitor.first_seen_secs.saturating_mul(1000) >= today.start_ms {
-            return Ok(false);
+            return Ok(None);
         }
-        self.first(&today.day, Mark::Visited, visitor)
+        Ok(self
+            .first(&today.day, Mark::Visited, visitor)?
+            .then_some(today.day))
     }
 
     /// Sets `mark` for `visitor` on `day` (`YYYY-MM-DD`); true if it was not set yet.
