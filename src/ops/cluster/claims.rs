@@ -26,7 +26,7 @@
 //! **Invariant:** no request waits on this task; a claim is made only for a count
 //! that is durable (the flush wrote it with its claim).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{kv, stream};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -53,6 +53,9 @@ const BATCH: usize = 512;
 const IN_FLIGHT: usize = 64;
 /// How often the task looks for new claims.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// How often the claims kept are counted (a scan of the tree) for the gauge while a
+/// backlog is read; a round that reads less than a batch counts them always.
+const COUNT_EVERY: Duration = Duration::from_secs(10);
 
 /// How a claim was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +109,18 @@ pub async fn run(
         return;
     };
     let mut store = None;
+    let mut counted = None;
     let mut failures = 0u32;
     loop {
-        let wait = match round(&cluster, &conversions, &claims, &clock, &mut store).await {
+        let read = round(
+            &cluster,
+            &conversions,
+            &claims,
+            &clock,
+            &mut store,
+            &mut counted,
+        );
+        let wait = match read.await {
             Ok(n) => {
                 failures = 0;
                 if n >= BATCH {
@@ -134,24 +146,32 @@ pub async fn run(
 }
 
 /// One round: reads up to `BATCH` kept claims and decides them. Returns how many
-/// were read.
+/// were read. Counts the claims kept for the gauge when it read less than a batch,
+/// or `COUNT_EVERY` after it last did (`counted`), so a backlog is not scanned
+/// whole every round.
 async fn round(
     cluster: &Cluster,
     conversions: &Conversions,
     claims: &crate::insight::claims::Claims,
     clock: &Clock,
     store: &mut Option<kv::Store>,
+    counted: &mut Option<Instant>,
 ) -> Result<usize, String> {
     let history = conversions.history().clone();
     let skip = claims.clone();
+    let due = counted.is_none_or(|t| t.elapsed() >= COUNT_EVERY);
     let (pending, kept) = tokio::task::spawn_blocking(move || {
         let pending = history.pending_claims(BATCH, |k| skip.settling(k))?;
-        Ok::<_, crate::ingest::store::StoreError>((pending, history.pending_claims_len()))
+        let kept = (due || pending.len() < BATCH).then(|| history.pending_claims_len());
+        Ok::<_, crate::ingest::store::StoreError>((pending, kept))
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    metrics::gauge!(telemetry::CLUSTER_CLAIMS_PENDING).set(kept as f64);
+    if let Some(kept) = kept {
+        metrics::gauge!(telemetry::CLUSTER_CLAIMS_PENDING).set(kept as f64);
+        *counted = Some(Instant::now());
+    }
     if pending.is_empty() {
         return Ok(0);
     }
