@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use launchguard::clock::Clock;
+use launchguard::ingest::store::trees;
 use parking_lot::Mutex;
 
 use crate::support::edge::{get, x_cache};
@@ -824,8 +825,29 @@ async fn a_node_started_with_nats_down_takes_the_clusters_keys_when_it_is_back()
     let clock = Clock::manual(T0);
     let a = node(dir.path(), "a", &nats, &clock).await;
     let from_a = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
-    // Let the server write the keys bucket before it is killed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server holds the keys a offered before it is killed.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut held = 0;
+        if let Ok(kv) = js.get_key_value("LAUNCHGUARD_KEYS").await {
+            for name in [trees::META_VISITOR_KEY, trees::META_WAITING_ROOM_KEY] {
+                if matches!(kv.get(name).await, Ok(Some(_))) {
+                    held += 1;
+                }
+            }
+        }
+        if held == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the keys bucket never held a's keys"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(js);
     nats.stop();
     let b = node(dir.path(), "b", &nats, &clock).await;
     let meanwhile = visitor_cookie(&get(&b, "/launch/", &[]).await).expect("a new visitor");
