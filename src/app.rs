@@ -335,6 +335,7 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
     };
     // Before anything signs a cookie: the cluster's cookie keys, so a cookie made on
     // one node is honoured on every other.
+    let mut keys_pending = false;
     if let Some(cluster) = &cluster {
         let shared = match cluster.connected() {
             false => Err("NATS is unreachable at startup".to_string()),
@@ -350,16 +351,20 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
             Ok(adopted) => {
                 tracing::info!(keys = ?adopted, "cluster: signing cookies with the cluster's keys")
             }
-            Err(e) => tracing::warn!(
-                "cluster: cannot take the cluster's cookie keys ({e}); this node signs with its own, honoured only here until it restarts with NATS up"
-            ),
+            Err(e) => {
+                keys_pending = true;
+                tracing::warn!(
+                    "cluster: cannot take the cluster's cookie keys ({e}); this node signs with its own, honoured only here, until NATS answers"
+                )
+            }
         }
     }
     if config.waiting_room.enabled {
-        let key = store.secret_key(crate::ingest::store::trees::META_WAITING_ROOM_KEY)?;
+        let name = crate::ingest::store::trees::META_WAITING_ROOM_KEY;
         let room = crate::edge::waiting::Room::new(
             &config.waiting_room,
-            &key,
+            &store.secret_key(name)?,
+            &store.retired_keys(name)?,
             clock.clone(),
             edge.cache().origin_limit().clone(),
         )?;
@@ -379,6 +384,12 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         factor.clone(),
         now,
     )?;
+    // In a cluster, the counts every node may make of one visitor are claimed, so
+    // one node keeps each (`ops::cluster::claims`).
+    let counters = match &cluster {
+        Some(_) => counters.with_claims(crate::insight::claims::Claims::new()),
+        None => counters,
+    };
 
     let visitors = Visitors::open(
         &store,
@@ -682,6 +693,21 @@ pub async fn start(config: Config, opts: Options) -> Result<Running, StartError>
         )));
         background.push(tokio::spawn(crate::ops::cluster::numbers::run_consumer(
             numbers,
+            background_shutdown.clone(),
+        )));
+        if keys_pending {
+            background.push(tokio::spawn(crate::ops::cluster::keys::adopt_when_back(
+                cluster.clone(),
+                state.store.clone(),
+                state.visitors.clone(),
+                state.edge.waiting_room().cloned(),
+                background_shutdown.clone(),
+            )));
+        }
+        background.push(tokio::spawn(crate::ops::cluster::claims::run(
+            cluster.clone(),
+            state.conversions.clone(),
+            state.clock.clone(),
             background_shutdown.clone(),
         )));
         // Certificates: one node orders (the lease `acme`), every node serves them.

@@ -54,16 +54,13 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::Mutex;
-use sha2::Sha256;
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, WaitingRoomConfig};
 use crate::edge::admission::OriginLimit;
+use crate::ingest::store::keyring::Keyring;
 use crate::telemetry;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The place cookie.
 pub const PLACE_COOKIE: &str = "lg_wr";
@@ -124,7 +121,8 @@ pub struct Room {
 }
 
 struct Inner {
-    keyed: HmacSha256,
+    /// The place cookies' key (and any retired one, `ingest::store::keyring`).
+    keys: Keyring,
     session_ms: u64,
     refresh_secs: u64,
     page: String,
@@ -207,11 +205,13 @@ impl Line {
 }
 
 impl Room {
-    /// `key`: the 32-byte signing key (`meta.waiting_room_key`); `limit`: the origin
-    /// permits whose free share sets the rate. Reads `waiting_room.template_file`.
+    /// `key`: the 32-byte signing key (`meta.waiting_room_key`), `retired`: keys that
+    /// signed before and still verify; `limit`: the origin permits whose free share
+    /// sets the rate. Reads `waiting_room.template_file`.
     pub fn new(
         config: &WaitingRoomConfig,
         key: &[u8; 32],
+        retired: &[[u8; 32]],
         clock: Clock,
         limit: OriginLimit,
     ) -> Result<Room, ConfigError> {
@@ -226,7 +226,7 @@ impl Room {
         };
         Ok(Room {
             inner: Arc::new(Inner {
-                keyed: HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length"),
+                keys: Keyring::new(key, retired),
                 session_ms: config.session_secs.saturating_mul(1000),
                 refresh_secs: config.refresh_secs,
                 page,
@@ -237,14 +237,14 @@ impl Room {
         })
     }
 
-    fn mac(&self, signed: &str) -> HmacSha256 {
-        let mut mac = self.inner.keyed.clone();
-        mac.update(signed.as_bytes());
-        mac
+    /// The place cookies' keys: a cluster node adopts the cluster's here while
+    /// running (`ops::cluster::keys`).
+    pub fn keys(&self) -> &Keyring {
+        &self.inner.keys
     }
 
     fn tag(&self, signed: &str) -> String {
-        B64.encode(&self.mac(signed).finalize().into_bytes()[..MAC_BYTES])
+        B64.encode(&self.inner.keys.tag(signed.as_bytes())[..MAC_BYTES])
     }
 
     fn verified<'a>(&self, domain: &str, value: &'a str) -> Option<&'a str> {
@@ -256,9 +256,13 @@ impl Room {
         if tag.len() != MAC_BYTES {
             return None;
         }
-        self.mac(&format!("{domain}.{body}"))
-            .verify_truncated_left(&tag)
-            .ok()?;
+        if !self
+            .inner
+            .keys
+            .verify(format!("{domain}.{body}").as_bytes(), &tag)
+        {
+            return None;
+        }
         body.strip_prefix(VERSION)?.strip_prefix('.')
     }
 
@@ -599,6 +603,7 @@ mod tests {
         Room::new(
             &WaitingRoomConfig::default(),
             &[7; 32],
+            &[],
             clock.clone(),
             limit,
         )
@@ -631,6 +636,7 @@ mod tests {
         let other = Room::new(
             &WaitingRoomConfig::default(),
             &[8; 32],
+            &[],
             clock.clone(),
             OriginLimit::new(
                 &VelocityConfig::default(),
@@ -640,6 +646,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(other.place_of(&v, 1_000_000), None);
+        // The other room's key adopted (a cluster node when NATS is back): it signs,
+        // and the place this room signed before still holds.
+        r.keys().adopt(&[8; 32]);
+        assert_eq!(r.place_of(&v, 1_000_000), Some(p));
+        assert_eq!(other.place_of(&r.place_cookie(p), 1_000_000), Some(p));
         // From the future: refused.
         assert_eq!(r.place_of(&v, 998_000), None);
         // A let-in cookie is not a place, nor the other way round.

@@ -24,9 +24,16 @@
 //!   `conversions.flush_interval_ms` and once more at shutdown, and sweeps retention
 //!   (metrics rows, event payloads, and the visitor marks of `visitor.rs`).
 //!
+//! - In a cluster, the counts one visitor can make on every node it reaches (a
+//!   visitor from an earlier day, a converting visitor, a conversion) are made with
+//!   [`Conversions::count_claimed`]: the increment and its claim under the claims'
+//!   lock (`claims.rs`), taken by the flush with the cells, so a batch writes exactly
+//!   the claims of its counts. One box takes no lock.
+//!
 //! **Invariant:** no increment is lost or counted twice across a flush: each cell is
 //! taken with an atomic `swap(0)`, so an increment lands either in the batch being
-//! written or in the next one. A failed write puts the taken counts back.
+//! written or in the next one. A failed write puts the taken counts back (and the
+//! claims).
 //! **Invariant:** readers see flushed rows plus live cells under the flush lock, so a
 //! report is exact at any moment; increments never take that lock.
 
@@ -50,7 +57,8 @@ use crate::edge::Scale;
 use crate::error::{ApiError, Code};
 use crate::ingest::factor::Factor;
 use crate::ingest::store::StoreError;
-use crate::insight::history::{History, MetricsBatch, Tally};
+use crate::insight::claims::{self, Claims};
+use crate::insight::history::{ClaimWrites, History, MetricsBatch, Tally};
 use crate::insight::visitor::{Mark, NoVisitor, Visitor, Visitors};
 use crate::syntax::globs::PathSet;
 use crate::telemetry;
@@ -319,6 +327,9 @@ struct ConvInner {
     /// Start of the window the cells are counting. Taken by the flusher and by readers
     /// that need flushed rows and live cells to agree; never by an increment.
     window_start_ms: Mutex<u64>,
+    /// In a cluster, the claims of the counts it decides on (`claims.rs`); `None` on
+    /// one box, where nothing is claimed.
+    claims: Option<Claims>,
 }
 
 impl Conversions {
@@ -343,8 +354,54 @@ impl Conversions {
                 tz,
                 factor,
                 window_start_ms: Mutex::new(now_ms),
+                claims: None,
             }),
         })
+    }
+
+    /// Claims the counts a cluster decides on (`claims.rs`). Before any clone.
+    pub fn with_claims(mut self, claims: Claims) -> Conversions {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the conversions are shared")
+            .claims = Some(claims);
+        self
+    }
+
+    /// The claims, in a cluster.
+    pub fn claims(&self) -> Option<&Claims> {
+        self.inner.claims.as_ref()
+    }
+
+    /// Counts `mark` of `visitor` on `day` with `count`, and in a cluster keeps its
+    /// claim with it (`Claims::counted`).
+    pub fn count_claimed(
+        &self,
+        day: &str,
+        mark: Mark<'_>,
+        visitor: &Visitor,
+        count: impl FnOnce(&Counters),
+    ) {
+        let counters = &self.inner.counters;
+        match &self.inner.claims {
+            None => count(counters),
+            Some(c) => c.counted(
+                crate::insight::visitor::mark_key(day, mark, visitor),
+                || count(counters),
+            ),
+        }
+    }
+
+    /// Puts the corrections of `writes.settled` (lost claims) into `batch`: those of
+    /// its own day or later in its tally (a count is in the row of its window, whose
+    /// day is the day the window started), those of earlier days in `earlier`.
+    fn correct(&self, batch: &mut MetricsBatch, day: &str, writes: &ClaimWrites) {
+        for (d, e) in claims::corrections(&writes.settled) {
+            if d.as_str() >= day {
+                batch.tally.elsewhere.merge(&e);
+            } else {
+                batch.earlier.push((d, e));
+            }
+        }
     }
 
     pub fn counters(&self) -> &Counters {
@@ -380,6 +437,7 @@ impl Conversions {
             converting_visitors: counts.0[CONVERTING_VISITORS],
             grace_admitted: counts.0[GRACE_ADMITTED],
             grace_conversions: counts.0[GRACE_CONVERSIONS],
+            elsewhere: Default::default(),
         };
         for (i, goal) in self.inner.goals.iter().enumerate() {
             tally.add_conversions(goal, counts.0[FIRST_GOAL + i]);
@@ -390,6 +448,7 @@ impl Conversions {
             tally,
             peak_factor: peak.max(self.inner.factor.current()),
             velocity: self.inner.factor.velocity(),
+            earlier: Vec::new(),
         }
     }
 
@@ -405,8 +464,11 @@ impl Conversions {
         let history = &self.inner.history;
         let from = history.counted_from()?;
         let (accepted, counted_to) = history.store().count_own_from(from)?;
-        let (counts, peak) = self.inner.counters.take();
-        if counts.is_zero() && accepted == 0 {
+        let ((counts, peak), writes) = match &self.inner.claims {
+            Some(c) => c.take_with(|| self.inner.counters.take()),
+            None => (self.inner.counters.take(), ClaimWrites::default()),
+        };
+        if counts.is_zero() && accepted == 0 && writes.settled.is_empty() {
             *start = now_ms.max(*start);
             return Ok(None);
         }
@@ -414,12 +476,19 @@ impl Conversions {
         batch.tally.webhooks_accepted = accepted;
         let day =
             crate::insight::analytics::day_of(batch.window_start_ms, &self.inner.tz).to_string();
-        if let Err(e) = history.record_counted(&batch, &day, Some(counted_to)) {
+        self.correct(&mut batch, &day, &writes);
+        if let Err(e) = history.record_claimed(&batch, &day, Some(counted_to), &writes) {
             self.inner.counters.give_back(&counts);
             if peak > 0.0 {
                 self.inner.counters.observe_factor(peak);
             }
+            if let Some(c) = &self.inner.claims {
+                c.give_back(writes);
+            }
             return Err(e);
+        }
+        if let Some(c) = &self.inner.claims {
+            c.settled(&writes.settled);
         }
         *start = now_ms.max(*start);
         drop(start);
@@ -440,10 +509,20 @@ impl Conversions {
     ) -> Result<T, StoreError> {
         let start = self.inner.window_start_ms.lock();
         let (counts, peak) = self.inner.counters.peek();
+        let mut batch = self.batch_of(&counts, peak, *start, now_ms.max(*start));
+        // Lost claims not flushed yet: their corrections, as the flush will write them.
+        if let Some(c) = &self.inner.claims {
+            let day = crate::insight::analytics::day_of(*start, &self.inner.tz).to_string();
+            for (d, e) in c.pending_corrections() {
+                if d >= day {
+                    batch.tally.elsewhere.merge(&e);
+                }
+            }
+        }
         let live = Live {
             window_start_ms: *start,
             now_ms,
-            batch: self.batch_of(&counts, peak, *start, now_ms.max(*start)),
+            batch,
         };
         read(&self.inner.history, &live)
     }
@@ -649,23 +728,22 @@ impl Counting {
     fn visited(&self, known: Option<Visitor>, secure: bool, now_ms: u64, res: &mut Response) {
         // `Visitors::page_view`, with a new visitor's cookie written straight into its
         // header value.
-        let viewed = match &known {
-            None => Ok((true, Some(self.visitors.issue_set_cookie(now_ms, secure)))),
-            Some(v) => self
-                .visitors
-                .first_today(v, now_ms)
-                .map(|first| (first, None)),
-        };
-        match viewed {
-            Ok((first, cookie)) => {
-                if first {
-                    self.conversions.counters().record_unique_visitor();
-                }
-                if let Some(value) = cookie {
-                    res.headers_mut().append(header::SET_COOKIE, value);
-                }
+        match &known {
+            None => {
+                let cookie = self.visitors.issue_set_cookie(now_ms, secure);
+                self.conversions.counters().record_unique_visitor();
+                res.headers_mut().append(header::SET_COOKIE, cookie);
             }
-            Err(e) => tracing::warn!("cannot record a visitor: {e}"),
+            // A visitor from an earlier day: counted on every node it reaches, claimed
+            // (on the day its mark was set) so that one keeps it.
+            Some(v) => match self.visitors.first_today(v, now_ms) {
+                Ok(Some(day)) => {
+                    self.conversions
+                        .count_claimed(&day, Mark::Visited, v, |c| c.record_unique_visitor());
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cannot record a visitor: {e}"),
+            },
         }
         // A new visitor's lg_v says when it viewed the funnel; a known one's last
         // view is its lg_f mark, renewed here (`insight::grace`).
@@ -916,8 +994,9 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
     if !first {
         return Err((Refusal::Repeat, None));
     }
-    let counters = conv.counters();
-    counters.record_conversion(index);
+    conv.count_claimed(&day, Mark::Goal(&goal), &visitor, |c| {
+        c.record_conversion(index)
+    });
     if let Some(grace) = &state.grace {
         grace.converted(&visitor, now);
     }
@@ -926,13 +1005,15 @@ async fn beacon_inner(state: &BeaconState, req: Request) -> Result<(), Refused> 
     // never over. Visited before converted: a day's converting visitors never exceed
     // its visitors (a cookie from an earlier day converts without a page view today).
     let marks = state.visitors.first_today(&visitor, now).and_then(|new| {
-        if new {
-            counters.record_unique_visitor();
+        if let Some(day) = new {
+            conv.count_claimed(&day, Mark::Visited, &visitor, |c| c.record_unique_visitor());
         }
         state.visitors.first(&day, Mark::Converted, &visitor)
     });
     match marks {
-        Ok(true) => counters.record_converting_visitor(),
+        Ok(true) => conv.count_claimed(&day, Mark::Converted, &visitor, |c| {
+            c.record_converting_visitor()
+        }),
         Ok(false) => {}
         Err(e) => tracing::warn!("conversion counted, but not its visitor: {e}"),
     }
@@ -1136,6 +1217,67 @@ mod tests {
         assert_eq!(visits, THREADS * EACH);
         assert_eq!(goal, THREADS * EACH);
         assert!(takes > 0);
+    }
+
+    /// In a cluster, a claimed count and its claim are written by the same flush; a
+    /// lost claim's correction is written once, by the flush that removes the claim.
+    #[test]
+    fn a_claim_is_flushed_with_its_count_and_a_loss_subtracted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::ingest::store::Store::open(dir.path()).unwrap();
+        let config = ConversionsConfig::default();
+        const NOW: u64 = 1_795_720_000_000;
+        let conv = Conversions::new(&config, History::open(&store).unwrap(), Factor::new(), NOW)
+            .unwrap()
+            .with_claims(Claims::new());
+        let day = crate::insight::analytics::day_of(NOW, conv.timezone()).to_string();
+        let visitor = Visitor {
+            id: [3; 16],
+            first_seen_secs: 1,
+        };
+        conv.count_claimed(&day, Mark::Visited, &visitor, |c| c.record_unique_visitor());
+        let pending = |conv: &Conversions| conv.history().pending_claims(10, |_| false).unwrap();
+        assert!(pending(&conv).is_empty(), "not before its count is flushed");
+        conv.flush(NOW + 5_000).unwrap();
+        let key = crate::insight::visitor::mark_key(&day, Mark::Visited, &visitor);
+        assert_eq!(pending(&conv), vec![key.clone()]);
+        let net = |conv: &Conversions| {
+            conv.consistent(NOW + 20_000, |h, live| {
+                let mut t = h.day(&day)?.unwrap();
+                t.add_batch(&live.batch);
+                Ok(t.tally.net().unique_visitors)
+            })
+            .unwrap()
+        };
+        assert_eq!(net(&conv), 1);
+        // Another node holds it: the live view subtracts it at once, the next flush
+        // writes the correction and removes the claim, and a later one nothing more.
+        let kept = |k: &[u8]| conv.history().claim_kept(k).unwrap();
+        conv.claims().unwrap().lost(vec![key.clone()], kept);
+        assert!(conv.claims().unwrap().settling(&key));
+        assert_eq!(net(&conv), 0);
+        let batch = conv.flush(NOW + 10_000).unwrap().unwrap();
+        assert_eq!(batch.tally.elsewhere.unique_visitors, 1);
+        assert!(pending(&conv).is_empty());
+        assert!(!conv.claims().unwrap().settling(&key));
+        assert_eq!(conv.flush(NOW + 15_000).unwrap(), None);
+        assert_eq!(net(&conv), 0);
+        // Read before that flush removed it (a cached leaf), decided lost again after:
+        // no longer kept, so not subtracted a second time.
+        conv.claims().unwrap().lost(vec![key.clone()], kept);
+        assert!(!conv.claims().unwrap().settling(&key));
+        assert_eq!(conv.flush(NOW + 16_000).unwrap(), None);
+        assert_eq!(net(&conv), 0);
+        assert_eq!(
+            conv.history()
+                .day(&day)
+                .unwrap()
+                .unwrap()
+                .tally
+                .unique_visitors,
+            1,
+            "the count stays; the correction is beside it"
+        );
     }
 
     #[test]

@@ -34,8 +34,12 @@ use crate::ingest::store::{codec, trees, Store, StoreError};
 /// still read, with page views as unique visitors and conversions as converting
 /// visitors: the figures their reports were made from. Version 3 added the funnel
 /// grace's counts; version 2 records read with none (nothing was kept of them).
-const BATCH_RECORD_VERSION: u8 = 3;
-const DAY_RECORD_VERSION: u8 = 3;
+/// Version 4 added what was counted here and counted elsewhere first (the tally's
+/// `elsewhere`, and a batch's `earlier`: the same for days before the batch's);
+/// version 3 and older records read with none (one box, or a cluster before it
+/// claimed its counts).
+const BATCH_RECORD_VERSION: u8 = 4;
+const DAY_RECORD_VERSION: u8 = 4;
 const CURSOR_RECORD_VERSION: u8 = 1;
 /// The slot other nodes' batches are merged into with this node's, for the series a
 /// report draws: the default flush interval.
@@ -66,6 +70,80 @@ pub struct Tally {
     /// Conversions by visitors the funnel grace admitted within
     /// `backpressure.funnel_grace_secs` before converting.
     pub grace_conversions: u64,
+    /// Of the counts above, those another node of the cluster counted first (its
+    /// claim won, `ops::cluster::claims`): subtracted by every report
+    /// ([`Tally::net`]). Zero on one box.
+    pub elsewhere: Elsewhere,
+}
+
+/// Counts of a day this node made and another node made first: a visitor from an
+/// earlier day, a converting visitor, a conversion of a goal, each counted once per
+/// launch day on every node it reached, and claimed in the cluster so that one node
+/// keeps it. Every report subtracts these.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Elsewhere {
+    pub unique_visitors: u64,
+    pub converting_visitors: u64,
+    /// `(goal, count)`.
+    pub conversions: Vec<(String, u64)>,
+}
+
+impl Elsewhere {
+    pub fn merge(&mut self, other: &Elsewhere) {
+        self.unique_visitors += other.unique_visitors;
+        self.converting_visitors += other.converting_visitors;
+        for (goal, n) in &other.conversions {
+            add_goal(&mut self.conversions, goal, *n);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.unique_visitors == 0
+            && self.converting_visitors == 0
+            && self.conversions.iter().all(|(_, n)| *n == 0)
+    }
+}
+
+fn add_goal(list: &mut Vec<(String, u64)>, goal: &str, n: u64) {
+    match list.iter_mut().find(|(g, _)| g == goal) {
+        Some((_, c)) => *c += n,
+        None => list.push((goal.to_string(), n)),
+    }
+}
+
+/// The tally as version 3 records hold it: nothing counted elsewhere.
+#[derive(Deserialize)]
+struct TallyV3 {
+    visits: u64,
+    conversions: Vec<(String, u64)>,
+    requests: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+    rejections: u64,
+    webhooks_accepted: u64,
+    unique_visitors: u64,
+    converting_visitors: u64,
+    grace_admitted: u64,
+    grace_conversions: u64,
+}
+
+impl From<TallyV3> for Tally {
+    fn from(t: TallyV3) -> Tally {
+        Tally {
+            visits: t.visits,
+            conversions: t.conversions,
+            requests: t.requests,
+            cache_hits: t.cache_hits,
+            cache_misses: t.cache_misses,
+            rejections: t.rejections,
+            webhooks_accepted: t.webhooks_accepted,
+            unique_visitors: t.unique_visitors,
+            converting_visitors: t.converting_visitors,
+            grace_admitted: t.grace_admitted,
+            grace_conversions: t.grace_conversions,
+            elsewhere: Elsewhere::default(),
+        }
+    }
 }
 
 /// The tally as version 2 records hold it: no funnel grace counts.
@@ -96,6 +174,7 @@ impl From<TallyV2> for Tally {
             converting_visitors: t.converting_visitors,
             grace_admitted: 0,
             grace_conversions: 0,
+            elsewhere: Elsewhere::default(),
         }
     }
 }
@@ -127,6 +206,7 @@ impl From<TallyV1> for Tally {
             converting_visitors: converted,
             grace_admitted: 0,
             grace_conversions: 0,
+            elsewhere: Elsewhere::default(),
         }
     }
 }
@@ -147,13 +227,27 @@ impl Tally {
         for (goal, n) in &other.conversions {
             self.add_conversions(goal, *n);
         }
+        self.elsewhere.merge(&other.elsewhere);
     }
 
     pub fn add_conversions(&mut self, goal: &str, n: u64) {
-        match self.conversions.iter_mut().find(|(g, _)| g == goal) {
-            Some((_, c)) => *c += n,
-            None => self.conversions.push((goal.to_string(), n)),
+        add_goal(&mut self.conversions, goal, n);
+    }
+
+    /// The counts as reports show them: what was counted elsewhere first taken off
+    /// (never below zero: over a window shorter than the day, a correction may come
+    /// after the count it corrects), and `elsewhere` empty.
+    pub fn net(&self) -> Tally {
+        let mut t = self.clone();
+        let e = std::mem::take(&mut t.elsewhere);
+        t.unique_visitors = t.unique_visitors.saturating_sub(e.unique_visitors);
+        t.converting_visitors = t.converting_visitors.saturating_sub(e.converting_visitors);
+        for (goal, n) in &e.conversions {
+            if let Some((_, c)) = t.conversions.iter_mut().find(|(g, _)| g == goal) {
+                *c = c.saturating_sub(*n);
+            }
         }
+        t
     }
 
     pub fn conversions_of(&self, goal: &str) -> u64 {
@@ -180,6 +274,7 @@ impl Tally {
             && self.grace_admitted == 0
             && self.grace_conversions == 0
             && self.conversions_total() == 0
+            && self.elsewhere.is_empty()
     }
 }
 
@@ -193,6 +288,10 @@ pub struct MetricsBatch {
     pub peak_factor: f64,
     /// Engagement velocity (weighted events/s) at the flush.
     pub velocity: f64,
+    /// Counts of days before this batch's day that were counted elsewhere first,
+    /// found out only now (claims made late, NATS having been unreachable): added
+    /// to those days' totals, by day `YYYY-MM-DD`. Empty on one box.
+    pub earlier: Vec<(String, Elsewhere)>,
 }
 
 impl MetricsBatch {
@@ -208,6 +307,12 @@ impl MetricsBatch {
         self.tally.merge(&other.tally);
         self.peak_factor = self.peak_factor.max(other.peak_factor);
         self.velocity = other.velocity;
+        for (day, e) in &other.earlier {
+            match self.earlier.iter_mut().find(|(d, _)| d == day) {
+                Some((_, mine)) => mine.merge(e),
+                None => self.earlier.push((day.clone(), e.clone())),
+            }
+        }
     }
 }
 
@@ -263,8 +368,20 @@ pub struct History {
     launches: sled::Tree,
     peer_metrics: sled::Tree,
     peer_launches: sled::Tree,
+    /// Counts this node made that the cluster must decide on (`ops::cluster::claims`):
+    /// a visitor mark's key → nothing. Empty on one box.
+    claims: sled::Tree,
     store: Store,
     meta: sled::Tree,
+}
+
+/// What a flush writes to the claims tree beside its batch ([`History::record_claimed`]).
+#[derive(Debug, Clone, Default)]
+pub struct ClaimWrites {
+    /// Claims of counts in the batch, to be made.
+    pub add: Vec<Vec<u8>>,
+    /// Claims lost, whose correction is in the batch.
+    pub settled: Vec<Vec<u8>>,
 }
 
 impl History {
@@ -285,6 +402,7 @@ impl History {
             launches: store.open_tree(trees::LAUNCHES)?,
             peer_metrics: store.open_tree(trees::PEER_METRICS)?,
             peer_launches: store.open_tree(trees::PEER_LAUNCHES)?,
+            claims: store.open_tree(trees::CLAIMS)?,
             store: store.clone(),
             meta: store.open_tree(trees::META)?,
         })
@@ -320,10 +438,25 @@ impl History {
         day: &str,
         counted_from: Option<u64>,
     ) -> Result<(), StoreError> {
+        self.record_claimed(batch, day, counted_from, &ClaimWrites::default())
+    }
+
+    /// `record_counted`, and in the same transaction the claims of `claims`
+    /// (`ops::cluster::claims`): the new ones (each counted in `batch`) kept until
+    /// claimed, the settled ones (each counted elsewhere first, subtracted in
+    /// `batch`) removed. A count and its claim are then durable together, and a
+    /// correction is in exactly one batch.
+    pub fn record_claimed(
+        &self,
+        batch: &MetricsBatch,
+        day: &str,
+        counted_from: Option<u64>,
+        claims: &ClaimWrites,
+    ) -> Result<(), StoreError> {
         let key = batch.window_start_ms.to_be_bytes();
         let cursor = counted_from.map(|c| codec::encode_words(CURSOR_RECORD_VERSION, [c]));
-        let result =
-            (&self.metrics, &self.launches, &self.meta).transaction(|(metrics, launches, meta)| {
+        let result = (&self.metrics, &self.launches, &self.meta, &self.claims).transaction(
+            |(metrics, launches, meta, pending)| {
                 let abort = ConflictableTransactionError::Abort;
                 let row = match metrics.get(key)? {
                     Some(old) => {
@@ -340,15 +473,71 @@ impl History {
                 totals.add_batch(batch);
                 metrics.insert(&key, encode_batch(&row).map_err(abort)?)?;
                 launches.insert(day.as_bytes(), encode_day(&totals).map_err(abort)?)?;
+                for (d, e) in batch.earlier.iter().filter(|(d, _)| d != day) {
+                    let mut t = match launches.get(d.as_bytes())? {
+                        Some(v) => decode_day(&v).map_err(abort)?,
+                        None => DayTotals::empty(d),
+                    };
+                    t.tally.elsewhere.merge(e);
+                    launches.insert(d.as_bytes(), encode_day(&t).map_err(abort)?)?;
+                }
                 if let Some(c) = &cursor {
                     meta.insert(trees::META_COUNTED_FROM, c.as_slice())?;
                 }
+                for k in &claims.add {
+                    pending.insert(k.as_slice(), &[][..])?;
+                }
+                for k in &claims.settled {
+                    pending.remove(k.as_slice())?;
+                }
                 Ok(())
-            });
+            },
+        );
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
         })
+    }
+
+    /// Up to `limit` claims kept and not yet settled, oldest day first, skipping
+    /// those `skip` says are being settled.
+    pub fn pending_claims(
+        &self,
+        limit: usize,
+        skip: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.claims.iter() {
+            let (k, _) = kv?;
+            if !skip(&k) {
+                out.push(k.to_vec());
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether claim `key` is still kept (not settled, nor won).
+    pub fn claim_kept(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.claims.contains_key(key)?)
+    }
+
+    /// How many claims are kept, not yet settled.
+    pub fn pending_claims_len(&self) -> usize {
+        self.claims.len()
+    }
+
+    /// Removes claims this node won (nothing to subtract): a claim removed twice,
+    /// or never kept, is no error.
+    pub fn claims_won(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k.as_slice());
+        }
+        self.claims.apply_batch(batch)?;
+        Ok(())
     }
 
     /// This node's batches whose window starts in `[from_ms, to_ms)`, oldest first.
@@ -483,6 +672,17 @@ impl History {
                 totals.add_batch(batch);
                 metrics.insert(key.as_slice(), encode_batch(batch).map_err(abort)?)?;
                 launches.insert(day_key.as_slice(), encode_day(&totals).map_err(abort)?)?;
+                for (d, e) in batch.earlier.iter().filter(|(d, _)| d != day) {
+                    let mut earlier_key = d.as_bytes().to_vec();
+                    earlier_key.push(0);
+                    earlier_key.extend_from_slice(node.as_bytes());
+                    let mut t = match launches.get(&earlier_key)? {
+                        Some(v) => decode_day(&v).map_err(abort)?,
+                        None => DayTotals::empty(d),
+                    };
+                    t.tally.elsewhere.merge(e);
+                    launches.insert(earlier_key, encode_day(&t).map_err(abort)?)?;
+                }
                 Ok(true)
             });
         result.map_err(|e| match e {
@@ -542,11 +742,12 @@ pub fn decode_batch(v: &[u8]) -> Result<MetricsBatch, StoreError> {
     match v.first() {
         Some(&1) => Ok(codec::decode::<OldBatch<TallyV1>>("metrics batch", 1, v)?.into()),
         Some(&2) => Ok(codec::decode::<OldBatch<TallyV2>>("metrics batch", 2, v)?.into()),
+        Some(&3) => Ok(codec::decode::<OldBatch<TallyV3>>("metrics batch", 3, v)?.into()),
         _ => codec::decode("metrics batch", BATCH_RECORD_VERSION, v),
     }
 }
 
-/// A metrics batch as version 1 and 2 records hold it, with their tally.
+/// A metrics batch as version 1 to 3 records hold it, with their tally.
 #[derive(Deserialize)]
 struct OldBatch<T> {
     window_start_ms: u64,
@@ -564,11 +765,12 @@ impl<T: Into<Tally>> From<OldBatch<T>> for MetricsBatch {
             tally: old.tally.into(),
             peak_factor: old.peak_factor,
             velocity: old.velocity,
+            earlier: Vec::new(),
         }
     }
 }
 
-/// A day's totals as version 1 and 2 records hold them, with their tally.
+/// A day's totals as version 1 to 3 records hold them, with their tally.
 #[derive(Deserialize)]
 struct OldDay<T> {
     day: String,
@@ -598,6 +800,7 @@ fn decode_day(v: &[u8]) -> Result<DayTotals, StoreError> {
     match v.first() {
         Some(&1) => Ok(codec::decode::<OldDay<TallyV1>>("launch day", 1, v)?.into()),
         Some(&2) => Ok(codec::decode::<OldDay<TallyV2>>("launch day", 2, v)?.into()),
+        Some(&3) => Ok(codec::decode::<OldDay<TallyV3>>("launch day", 3, v)?.into()),
         _ => codec::decode("launch day", DAY_RECORD_VERSION, v),
     }
 }
@@ -620,6 +823,7 @@ mod tests {
             tally,
             peak_factor: 1.5,
             velocity: 2.0,
+            earlier: Vec::new(),
         }
     }
 
@@ -759,14 +963,14 @@ mod tests {
             (d.tally.unique_visitors, d.tally.converting_visitors),
             (40, 4)
         );
-        // What this build writes is version 3, and reads back whole.
+        // What this build writes is version 4, and reads back whole.
         let mut b2 = b.clone();
         b2.tally.unique_visitors = 30;
         b2.tally.grace_admitted = 12;
         b2.tally.grace_conversions = 2;
         let again = decode_batch(&encode_batch(&b2).unwrap()).unwrap();
         assert_eq!(again, b2);
-        assert_eq!(encode_batch(&b2).unwrap()[0], 3);
+        assert_eq!(encode_batch(&b2).unwrap()[0], 4);
     }
 
     #[test]
@@ -808,6 +1012,7 @@ mod tests {
             converting_visitors: 3,
             grace_admitted: 0,
             grace_conversions: 0,
+            elsewhere: Elsewhere::default(),
         };
         let row = codec::encode(
             "metrics batch",
@@ -823,6 +1028,7 @@ mod tests {
                 tally: want.clone(),
                 peak_factor: 2.5,
                 velocity: 1.5,
+                earlier: Vec::new(),
             }
         );
         let day = codec::encode(
@@ -843,7 +1049,7 @@ mod tests {
             }
         );
         // A store holding a version 2 day goes on counting into it: the old totals
-        // and the new grace counts, written as version 3.
+        // and the new grace counts, written as this build's version.
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let h = History::open(&store).unwrap();
@@ -857,12 +1063,186 @@ mod tests {
         assert_eq!(d.tally.visits, 41);
         assert_eq!((d.tally.grace_admitted, d.tally.grace_conversions), (5, 1));
         assert_eq!(d.batches, 5);
-        assert_eq!(h.launches.get("2026-11-26").unwrap().unwrap()[0], 3);
+        assert_eq!(
+            h.launches.get("2026-11-26").unwrap().unwrap()[0],
+            DAY_RECORD_VERSION
+        );
         let rows = h.batches(0, u64::MAX).unwrap();
         assert_eq!(rows.len(), 1, "merged into the version 2 row");
         assert_eq!(
             (rows[0].tally.visits, rows[0].tally.grace_admitted),
             (41, 5)
+        );
+    }
+
+    #[test]
+    fn version_3_rows_read_with_nothing_counted_elsewhere_and_the_rest_whole() {
+        // A version 3 batch and day, encoded as builds before the cluster's claims
+        // wrote them.
+        #[derive(Serialize)]
+        struct T3 {
+            visits: u64,
+            conversions: Vec<(String, u64)>,
+            requests: u64,
+            cache_hits: u64,
+            cache_misses: u64,
+            rejections: u64,
+            webhooks_accepted: u64,
+            unique_visitors: u64,
+            converting_visitors: u64,
+            grace_admitted: u64,
+            grace_conversions: u64,
+        }
+        let tally = || T3 {
+            visits: 40,
+            conversions: vec![("signup".into(), 3)],
+            requests: 90,
+            cache_hits: 50,
+            cache_misses: 5,
+            rejections: 2,
+            webhooks_accepted: 7,
+            unique_visitors: 31,
+            converting_visitors: 3,
+            grace_admitted: 6,
+            grace_conversions: 1,
+        };
+        let want = Tally {
+            visits: 40,
+            conversions: vec![("signup".into(), 3)],
+            requests: 90,
+            cache_hits: 50,
+            cache_misses: 5,
+            rejections: 2,
+            webhooks_accepted: 7,
+            unique_visitors: 31,
+            converting_visitors: 3,
+            grace_admitted: 6,
+            grace_conversions: 1,
+            elsewhere: Elsewhere::default(),
+        };
+        let row = codec::encode(
+            "metrics batch",
+            3,
+            &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_batch(&row).unwrap(),
+            MetricsBatch {
+                window_start_ms: 1000,
+                window_ms: 5000,
+                tally: want.clone(),
+                peak_factor: 2.5,
+                velocity: 1.5,
+                earlier: Vec::new(),
+            }
+        );
+        let day = codec::encode(
+            "launch day",
+            3,
+            &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_day(&day).unwrap(),
+            DayTotals {
+                day: "2026-11-26".into(),
+                tally: want,
+                peak_factor: 2.5,
+                peak_rps: 3.0,
+                batches: 4,
+            }
+        );
+        // A store holding version 3 rows goes on counting into them, corrections
+        // included, written as version 4.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        h.launches.insert("2026-11-26", day).unwrap();
+        h.metrics.insert(1000u64.to_be_bytes(), row).unwrap();
+        let mut b = batch(1000, 1, 0);
+        b.tally.elsewhere.unique_visitors = 2;
+        h.record(&b, "2026-11-26").unwrap();
+        let d = h.day("2026-11-26").unwrap().unwrap();
+        assert_eq!((d.tally.visits, d.tally.grace_admitted), (41, 6));
+        assert_eq!(d.tally.net().unique_visitors, 29);
+        assert_eq!(h.launches.get("2026-11-26").unwrap().unwrap()[0], 4);
+        assert_eq!(h.metrics.get(1000u64.to_be_bytes()).unwrap().unwrap()[0], 4);
+    }
+
+    #[test]
+    fn corrections_are_subtracted_in_their_own_day_and_travel_with_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        let mut counted = batch(1000, 3, 2);
+        counted.tally.unique_visitors = 3;
+        counted.tally.converting_visitors = 2;
+        h.record(&counted, "2026-11-26").unwrap();
+        // The next day's batch says two of the 26th's were counted elsewhere first,
+        // and one of its own.
+        let mut next = batch(90_000_000, 1, 0);
+        next.tally.unique_visitors = 1;
+        next.tally.elsewhere.unique_visitors = 1;
+        next.earlier.push((
+            "2026-11-26".into(),
+            Elsewhere {
+                unique_visitors: 2,
+                converting_visitors: 1,
+                conversions: vec![("signup".into(), 1)],
+            },
+        ));
+        let claims = ClaimWrites {
+            add: vec![b"k1".to_vec(), b"k2".to_vec()],
+            settled: vec![],
+        };
+        h.record_claimed(&next, "2026-11-27", None, &claims)
+            .unwrap();
+        let d26 = h.day("2026-11-26").unwrap().unwrap().tally.net();
+        assert_eq!(
+            (
+                d26.unique_visitors,
+                d26.converting_visitors,
+                d26.conversions_of("signup")
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(h.day("2026-11-26").unwrap().unwrap().batches, 1);
+        let d27 = h.day("2026-11-27").unwrap().unwrap().tally.net();
+        assert_eq!(d27.unique_visitors, 0);
+        assert_eq!(
+            h.pending_claims(10, |_| false).unwrap(),
+            vec![b"k1".to_vec(), b"k2".to_vec()]
+        );
+        assert_eq!(
+            h.pending_claims(10, |k| k == b"k1").unwrap(),
+            vec![b"k2".to_vec()]
+        );
+        // A lost claim leaves with the batch that holds its correction.
+        let settle = ClaimWrites {
+            add: vec![],
+            settled: vec![b"k1".to_vec()],
+        };
+        h.record_claimed(&batch(90_005_000, 0, 0), "2026-11-27", None, &settle)
+            .unwrap();
+        h.claims_won(&[b"k2".to_vec(), b"never".to_vec()]).unwrap();
+        assert_eq!(h.pending_claims_len(), 0);
+        // Another node's row carries its corrections to this node's line of it.
+        let row = decode_batch(&encode_batch(&next).unwrap()).unwrap();
+        assert_eq!(row, next);
+        assert!(h.record_peer("b", &row, "2026-11-27").unwrap());
+        let b = h.node_days("2026-11-26").unwrap();
+        assert_eq!(b[0].0, "b");
+        assert_eq!(b[0].1.tally.elsewhere.unique_visitors, 2);
+        assert_eq!(b[0].1.batches, 0);
+        assert_eq!(
+            h.day("2026-11-26")
+                .unwrap()
+                .unwrap()
+                .tally
+                .net()
+                .unique_visitors,
+            0
         );
     }
 

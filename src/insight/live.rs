@@ -178,12 +178,13 @@ pub struct NodeToday {
 
 impl NodeToday {
     fn of(node: String, t: &DayTotals) -> NodeToday {
+        let net = t.tally.net();
         NodeToday {
             node,
             requests: t.tally.requests,
             visits: t.tally.visits,
-            unique_visitors: t.tally.unique_visitors,
-            conversions: t.tally.conversions_total(),
+            unique_visitors: net.unique_visitors,
+            conversions: net.conversions_total(),
             webhooks_accepted: t.tally.webhooks_accepted,
         }
     }
@@ -321,7 +322,8 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
         Err(e) => return (Err(e), prev),
     };
 
-    let tally = &totals.tally;
+    // What another node of the cluster counted first is counted there.
+    let tally = &totals.tally.net();
     // Across midnight the totals start again from zero: count from there.
     let base = if prev.day == day {
         prev.tally.clone()
@@ -390,7 +392,7 @@ fn sample(state: &Sources, prev: Previous, elapsed: Duration) -> SampleResult {
     let next = Previous {
         t: now,
         day,
-        tally: totals.tally,
+        tally: tally.clone(),
         last_seq,
     };
     (Ok(sample), next)

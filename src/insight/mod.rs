@@ -2,6 +2,7 @@
 //! once, their history in the store, the launch-day reports and the live dashboard.
 
 pub(crate) mod analytics;
+pub mod claims;
 pub mod counters;
 pub mod grace;
 pub mod history;

@@ -46,14 +46,11 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderValue};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
 use jiff::tz::TimeZone;
 use parking_lot::Mutex;
-use sha2::Sha256;
 
+use crate::ingest::store::keyring::Keyring;
 use crate::ingest::store::{codec, trees, Store, StoreError};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The cookie's name.
 pub const COOKIE: &str = "lg_v";
@@ -108,9 +105,9 @@ pub struct Visitors {
 }
 
 struct Inner {
-    /// HMAC-SHA256 keyed with the cookie key: cloned per cookie, so the key's two
-    /// padded blocks are hashed once, not per request.
-    keyed: HmacSha256,
+    /// The cookie key (and, in a cluster that adopted its key while running, the
+    /// one this node signed with before, still verified).
+    keys: Keyring,
     marks: sled::Tree,
     budget: Budget,
     tz: TimeZone,
@@ -151,9 +148,10 @@ impl Visitors {
             Err(e) => e.current.expect("present when the swap failed").to_vec(),
         };
         let key: [u8; 32] = codec::decode_bytes("meta.visitor_key", KEY_RECORD_VERSION, &stored)?;
+        let retired = store.retired_keys(trees::META_VISITOR_KEY)?;
         Ok(Visitors {
             inner: Arc::new(Inner {
-                keyed: HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+                keys: Keyring::new(&key, &retired),
                 marks: store.open_tree(trees::VISITORS)?,
                 budget: Budget::new(beacons_per_minute),
                 tz,
@@ -162,10 +160,10 @@ impl Visitors {
         })
     }
 
-    fn mac(&self, signed: &str) -> HmacSha256 {
-        let mut mac = self.inner.keyed.clone();
-        mac.update(signed.as_bytes());
-        mac
+    /// The cookie keys: a cluster node adopts the cluster's here while running
+    /// (`ops::cluster::keys`).
+    pub fn keys(&self) -> &Keyring {
+        &self.inner.keys
     }
 
     /// A new visitor first seen at `now_ms`, and its cookie value.
@@ -220,7 +218,7 @@ impl Visitors {
         out.push('.');
         B64.encode_string(visitor.id, out);
         let _ = write!(out, ".{}", visitor.first_seen_secs);
-        let tag = self.mac(&out[start..]).finalize().into_bytes();
+        let tag = self.inner.keys.tag(&out.as_bytes()[start..]);
         out.push('.');
         B64.encode_string(&tag[..MAC_BYTES], out);
     }
@@ -242,7 +240,9 @@ impl Visitors {
         if tag.len() != MAC_BYTES {
             return None;
         }
-        self.mac(signed).verify_truncated_left(&tag).ok()?;
+        if !self.inner.keys.verify(signed.as_bytes(), &tag) {
+            return None;
+        }
         let id: [u8; 16] = B64.decode(id).ok()?.try_into().ok()?;
         let first_seen_secs: u64 = first_seen.parse().ok()?;
         let now = now_ms / 1000;
@@ -272,9 +272,9 @@ impl Visitors {
     pub fn funnel_mark(&self, visitor: &Visitor, now_ms: u64) -> String {
         let secs = now_ms / 1000;
         let tag = self
-            .mac(&Self::funnel_signed(&visitor.id, secs))
-            .finalize()
-            .into_bytes();
+            .inner
+            .keys
+            .tag(Self::funnel_signed(&visitor.id, secs).as_bytes());
         format!("{FUNNEL_VERSION}.{secs}.{}", B64.encode(&tag[..MAC_BYTES]))
     }
 
@@ -297,9 +297,13 @@ impl Visitors {
         if tag.len() != MAC_BYTES {
             return None;
         }
-        self.mac(&Self::funnel_signed(&visitor.id, view_secs))
-            .verify_truncated_left(&tag)
-            .ok()?;
+        if !self
+            .inner
+            .keys
+            .verify(Self::funnel_signed(&visitor.id, view_secs).as_bytes(), &tag)
+        {
+            return None;
+        }
         (view_secs <= now_ms / 1000 + 60).then_some(view_secs)
     }
 
@@ -407,18 +411,25 @@ impl Visitors {
     ) -> Result<(bool, Option<String>), StoreError> {
         match known {
             None => Ok((true, Some(self.issue(now_ms).1))),
-            Some(v) => Ok((self.first_today(&v, now_ms)?, None)),
+            Some(v) => Ok((self.first_today(&v, now_ms)?.is_some(), None)),
         }
     }
 
-    /// Counts `visitor` among the visitors of `now_ms`'s launch day: true the first time.
-    /// A visitor whose cookie was issued that day was counted at its issue.
-    pub fn first_today(&self, visitor: &Visitor, now_ms: u64) -> Result<bool, StoreError> {
+    /// Counts `visitor` among the visitors of `now_ms`'s launch day: the day
+    /// (`YYYY-MM-DD`) the first time, `None` after. A visitor whose cookie was issued
+    /// that day was counted at its issue.
+    pub fn first_today(
+        &self,
+        visitor: &Visitor,
+        now_ms: u64,
+    ) -> Result<Option<Arc<str>>, StoreError> {
         let today = self.today(now_ms);
         if visitor.first_seen_secs.saturating_mul(1000) >= today.start_ms {
-            return Ok(false);
+            return Ok(None);
         }
-        self.first(&today.day, Mark::Visited, visitor)
+        Ok(self
+            .first(&today.day, Mark::Visited, visitor)?
+            .then_some(today.day))
     }
 
     /// Sets `mark` for `visitor` on `day` (`YYYY-MM-DD`); true if it was not set yet.
@@ -459,7 +470,9 @@ fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
 }
 
-fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
+/// The key of `visitor`'s `mark` on `day`: `day NUL tag NUL id`. In a cluster it is
+/// also the key of the count's claim (`insight::claims`).
+pub fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
     let mut key = Vec::with_capacity(day.len() + 24);
     key.extend_from_slice(day.as_bytes());
     key.push(0);
@@ -474,6 +487,20 @@ fn mark_key(day: &str, mark: Mark<'_>, visitor: &Visitor) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&visitor.id);
     key
+}
+
+/// The day, mark and visitor id of a [`mark_key`].
+pub fn parse_mark_key(key: &[u8]) -> Option<(&str, Mark<'_>, [u8; 16])> {
+    let (rest, id) = key.split_last_chunk::<16>()?;
+    let rest = rest.strip_suffix(&[0])?;
+    let sep = rest.iter().position(|&b| b == 0)?;
+    let day = std::str::from_utf8(&rest[..sep]).ok()?;
+    let mark = match &rest[sep + 1..] {
+        b"v" => Mark::Visited,
+        b"c" => Mark::Converted,
+        tag => Mark::Goal(std::str::from_utf8(tag.strip_prefix(b"g:")?).ok()?),
+    };
+    Some((day, mark, *id))
 }
 
 /// The beacon budget per client, as GCRA (a token bucket kept as one time per
@@ -603,6 +630,28 @@ mod tests {
         assert_eq!(visitor.first_seen_secs, NOW / 1000);
     }
 
+    /// A key adopted while running signs from then on; the cookies and funnel marks
+    /// of the key before still verify.
+    #[test]
+    fn after_adopting_a_key_the_cookies_of_the_one_before_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = visitors(dir.path());
+        let (visitor, before) = v.issue(NOW);
+        let mark = v.funnel_mark(&visitor, NOW);
+        assert!(v.keys().adopt(&[9; 32]).is_some());
+        assert_eq!(v.verify(before.as_bytes(), NOW), Some(visitor));
+        assert_eq!(
+            v.verify_funnel_mark(&visitor, mark.as_bytes(), NOW),
+            Some(NOW / 1000)
+        );
+        // What it signs now is signed with the adopted key alone.
+        let (_, after) = v.issue(NOW);
+        assert!(v.verify(after.as_bytes(), NOW).is_some());
+        let (signed, tag) = after.rsplit_once('.').unwrap();
+        let adopted = Keyring::new(&[9; 32], &[]);
+        assert!(adopted.verify(signed.as_bytes(), &B64.decode(tag).unwrap()));
+    }
+
     /// The hot path's one-buffer `Set-Cookie` is byte for byte what `set_cookie`
     /// makes of an issued value, and the value in it verifies.
     #[test]
@@ -703,6 +752,12 @@ mod tests {
         assert!(v.first("2026-11-26", Mark::Goal("signup"), &a).unwrap());
         assert!(v.first("2026-11-26", Mark::Goal("demo"), &a).unwrap());
         assert!(!v.first("2026-11-26", Mark::Goal("signup"), &a).unwrap());
+        for mark in [Mark::Visited, Mark::Converted, Mark::Goal("sign\0up")] {
+            let key = mark_key("2026-11-26", mark, &a);
+            let (day, back, id) = parse_mark_key(&key).unwrap();
+            assert_eq!((day, id), ("2026-11-26", a.id));
+            assert_eq!(format!("{back:?}"), format!("{mark:?}"));
+        }
         assert_eq!(v.sweep_before("2026-11-27").unwrap(), 5);
         assert!(!v.first("2026-11-27", Mark::Visited, &a).unwrap());
     }

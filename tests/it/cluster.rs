@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use launchguard::clock::Clock;
+use launchguard::ingest::store::trees;
 use parking_lot::Mutex;
 
 use crate::support::edge::{get, x_cache};
@@ -602,6 +603,290 @@ async fn a_cookie_made_on_one_node_is_honoured_on_every_other() {
             "the cluster never counted a's visitor once and its conversion: {r}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+/// Flushes every node's counters now (the claims' corrections among them). The
+/// clock moves a millisecond first, so each flush writes a row of its own, as a
+/// running node's do: a row merged into one already published is not published
+/// again.
+fn flush_all(nodes: &[&TestServer], clock: &Clock) {
+    clock.advance_ms(1);
+    for n in nodes {
+        n.state().conversions.flush(clock.now_ms()).unwrap();
+    }
+}
+
+/// Waits (flushing every node meanwhile) until every node's `/api/analytics` shows
+/// `want` (a field and its value each) with a line for each node, and the lines'
+/// `sum_field` add up to the total's; returns the last report of each node.
+async fn every_node_shows(
+    nodes: &[(&str, &TestServer)],
+    clock: &Clock,
+    want: &[(&str, u64)],
+    sum_field: &str,
+) -> Vec<serde_json::Value> {
+    let all: Vec<&TestServer> = nodes.iter().map(|(_, n)| *n).collect();
+    let mut out = Vec::new();
+    for (name, n) in nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let report = loop {
+            flush_all(&all, clock);
+            let r = analytics(n).await;
+            let lines = r["nodes"].as_array().cloned().unwrap_or_default();
+            let summed: u64 = lines.iter().map(|l| l[sum_field].as_u64().unwrap()).sum();
+            if lines.len() == nodes.len()
+                && want.iter().all(|(k, v)| r[*k] == *v)
+                && Some(summed) == r[sum_field].as_u64()
+            {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never showed {want:?} (the lines summing to the total): {:?}, lines {:?}",
+                want.iter().map(|(k, _)| (*k, &r[*k])).collect::<Vec<_>>(),
+                lines
+                    .iter()
+                    .map(|l| (&l["node"], &l[sum_field]))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        out.push(report);
+    }
+    out
+}
+
+/// A visitor whose cookie is from an earlier day is counted by every node it
+/// reaches (each keeps its own once-a-day mark, no NATS call on the request's
+/// path); the nodes claim it in NATS, one keeps it, the others subtract it. Every
+/// node's report then shows one visitor, and the node lines add up to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_visitor_from_an_earlier_day_on_three_nodes_is_one_visitor_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let c = node(dir.path(), "c", &nats, &clock).await;
+    let cookie = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    // The next day: every node's window starts in it.
+    clock.advance_ms(86_400_000);
+    flush_all(&[&a, &b, &c], &clock);
+    for n in [&a, &b, &c] {
+        for _ in 0..2 {
+            let r = get(n, "/launch/", &[("cookie", &cookie)]).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(visitor_cookie(&r), None, "the cookie is honoured");
+        }
+    }
+    let reports = every_node_shows(
+        &[("a", &a), ("b", &b), ("c", &c)],
+        &clock,
+        &[("unique_visitors", 1), ("visits", 6)],
+        "unique_visitors",
+    )
+    .await;
+    // One node keeps it, the same one on every node's report.
+    let keeper = |r: &serde_json::Value| -> Vec<String> {
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["unique_visitors"] == 1)
+            .map(|l| l["node"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keeper(&reports[0]).len(), 1, "{}", reports[0]);
+    assert!(reports.iter().all(|r| keeper(r) == keeper(&reports[0])));
+    // Still one, once everything has settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    flush_all(&[&a, &b, &c], &clock);
+    for n in [&a, &b, &c] {
+        assert_eq!(analytics(n).await["unique_visitors"], 1);
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// Counts made while NATS is down keep their claims in each node's store (through
+/// a restart of the node too) and are claimed when NATS is back: the cluster's
+/// totals are exact again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_kept_while_nats_is_down_are_made_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let cookie = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clock.advance_ms(86_400_000);
+    flush_all(&[&a, &b], &clock);
+    nats.stop();
+    for n in [&a, &b] {
+        let r = get(n, "/launch/", &[("cookie", &cookie)]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(visitor_cookie(&r), None);
+    }
+    flush_all(&[&a, &b], &clock);
+    // Each node counted it, and could claim it nowhere.
+    for n in [&a, &b] {
+        let r = analytics(n).await;
+        assert_eq!(r["unique_visitors"], 1, "{}", r["nodes"]);
+    }
+    // b restarts while NATS is still down: its claim waits in its store.
+    b.stop().await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    nats.start_again();
+    every_node_shows(
+        &[("a", &a), ("b", &b)],
+        &clock,
+        &[("unique_visitors", 1), ("visits", 2)],
+        "unique_visitors",
+    )
+    .await;
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+/// The same conversion beacon (one visitor, goal and day) sent to two nodes is
+/// counted by each (a 204 on both: neither waits on the other) and kept once: one
+/// conversion and one converting visitor on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_conversion_sent_to_two_nodes_counts_once_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let cookie = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    for n in [&a, &b] {
+        let origin = format!("http://{}", n.public);
+        let beacon = n
+            .client
+            .send(
+                Method::POST,
+                &n.url("/api/convert"),
+                &[
+                    ("content-type", "text/plain;charset=UTF-8"),
+                    ("cookie", &cookie),
+                    ("origin", &origin),
+                ],
+                br#"{"goal":"signup"}"#.to_vec(),
+            )
+            .await;
+        assert_eq!(beacon.status, StatusCode::NO_CONTENT, "{}", beacon.text());
+    }
+    every_node_shows(
+        &[("a", &a), ("b", &b)],
+        &clock,
+        &[
+            ("conversions_total", 1),
+            ("converting_visitors", 1),
+            ("unique_visitors", 1),
+        ],
+        "conversions_total",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    flush_all(&[&a, &b], &clock);
+    for n in [&a, &b] {
+        let r = analytics(n).await;
+        assert_eq!(r["conversions_total"], 1, "{r}");
+        assert_eq!(r["conversions"]["signup"], 1, "{r}");
+        assert_eq!(r["converting_visitors"], 1, "{r}");
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+/// A node that starts while NATS is down signs with keys of its own; once NATS is
+/// back it takes the cluster's (a cookie another node made is honoured there), and
+/// the cookies it made meanwhile still verify on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_with_nats_down_takes_the_clusters_keys_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let from_a = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
+    // The server holds the keys a offered before it is killed.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut held = 0;
+        if let Ok(kv) = js.get_key_value("LAUNCHGUARD_KEYS").await {
+            for name in [trees::META_VISITOR_KEY, trees::META_WAITING_ROOM_KEY] {
+                if matches!(kv.get(name).await, Ok(Some(_))) {
+                    held += 1;
+                }
+            }
+        }
+        if held == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the keys bucket never held a's keys"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(js);
+    nats.stop();
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    let meanwhile = visitor_cookie(&get(&b, "/launch/", &[]).await).expect("a new visitor");
+    let on_b = get(&b, "/launch/", &[("cookie", &from_a)]).await;
+    assert!(
+        visitor_cookie(&on_b).is_some(),
+        "b signs with its own key while NATS is down"
+    );
+    nats.start_again();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let on_b = get(&b, "/launch/", &[("cookie", &from_a)]).await;
+        if visitor_cookie(&on_b).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never took the cluster's keys");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What b signed meanwhile still verifies on b: that visitor keeps its cookie.
+    let again = get(&b, "/launch/", &[("cookie", &meanwhile)]).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        visitor_cookie(&again),
+        None,
+        "b still honours its own cookie"
+    );
+    // What b signs now is honoured on a.
+    let from_b = visitor_cookie(&get(&b, "/launch/", &[]).await).expect("a new visitor");
+    assert_eq!(
+        visitor_cookie(&get(&a, "/launch/", &[("cookie", &from_b)]).await),
+        None,
+        "a honours what b signs now"
+    );
+    // And after a restart of b, with NATS up, both still verify on b.
+    b.stop().await;
+    let b = node(dir.path(), "b", &nats, &clock).await;
+    for cookie in [&from_a, &meanwhile, &from_b] {
+        let r = get(&b, "/launch/", &[("cookie", cookie)]).await;
+        assert_eq!(visitor_cookie(&r), None, "{cookie}");
     }
     for n in [a, b] {
         n.stop().await;

@@ -41,6 +41,7 @@ fn batch(
         tally,
         peak_factor: factor,
         velocity: 1.0,
+        earlier: Vec::new(),
     }
 }
 

@@ -58,6 +58,7 @@ use parking_lot::Mutex;
 use crate::ingest::factor::Pin;
 
 pub mod codec;
+pub mod keyring;
 mod legacy;
 mod records;
 pub mod trees;
@@ -645,6 +646,37 @@ impl Store {
     pub fn replace_secret_key(&self, name: &'static str, record: &[u8]) -> Result<(), StoreError> {
         codec::decode_bytes::<32>(name, 1, record)?;
         self.open_tree(trees::META)?.insert(name, record)?;
+        Ok(())
+    }
+
+    /// The keys retired from signing under `name` (`Store::retire_key`), newest first.
+    pub fn retired_keys(&self, name: &'static str) -> Result<Vec<[u8; 32]>, StoreError> {
+        let Some(v) = self.open_tree(trees::META)?.get(trees::retired(name))? else {
+            return Ok(Vec::new());
+        };
+        match v.split_first() {
+            Some((1, keys)) if keys.len() % 32 == 0 => Ok(keys
+                .chunks_exact(32)
+                .map(|k| k.try_into().expect("32 bytes"))
+                .collect()),
+            _ => Err(StoreError::Corrupt {
+                what: trees::retired(name),
+                detail: "not a version 1 list of 32-byte keys".into(),
+            }),
+        }
+    }
+
+    /// Keeps `key` among the keys retired from signing under `name` (the newest
+    /// `keyring::MAX_RETIRED`): cookies it signed still verify after a restart.
+    pub fn retire_key(&self, name: &'static str, key: &[u8; 32]) -> Result<(), StoreError> {
+        let mut keys = self.retired_keys(name)?;
+        keys.retain(|k| k != key);
+        keys.insert(0, *key);
+        keys.truncate(keyring::MAX_RETIRED);
+        let mut record = vec![1u8];
+        keys.iter().for_each(|k| record.extend_from_slice(k));
+        self.open_tree(trees::META)?
+            .insert(trees::retired(name), record)?;
         Ok(())
     }
 

@@ -23,6 +23,9 @@ pub const PEER_METRICS: &str = "peer_metrics";
 pub const PEER_LAUNCHES: &str = "peer_launches";
 /// `day NUL v|c|g:<goal> NUL id` → a visitor's once-a-day mark (`insight::visitor`).
 pub const VISITORS: &str = "visitors";
+/// A visitor mark's key → nothing: a count the cluster must decide on, kept until
+/// claimed (`insight::history`, `ops::cluster::claims`).
+pub const CLAIMS: &str = "cluster_claims";
 /// Post slug → the counts the poller last recorded (`ingest::producthunt`).
 pub const PRODUCTHUNT: &str = "producthunt";
 /// `u64` BE id → an outbound job waiting to be sent (`ops::outbound`).
@@ -49,6 +52,19 @@ pub const META_PAYLOAD_SWEEP_SEQ: &str = "payload_sweep_seq";
 pub const META_VISITOR_KEY: &str = "visitor_key";
 /// `meta`: the key that signs waiting-room cookies (`edge::waiting`).
 pub const META_WAITING_ROOM_KEY: &str = "waiting_room_key";
+/// `meta`: keys that signed visitor cookies before the cluster's was adopted while
+/// running, still verified (`ingest::store::keyring`).
+pub const META_VISITOR_KEY_RETIRED: &str = "visitor_key_retired";
+/// `meta`: the same for the waiting room's key.
+pub const META_WAITING_ROOM_KEY_RETIRED: &str = "waiting_room_key_retired";
+
+/// The `meta` key of the keys retired from signing under `name`.
+pub fn retired(name: &str) -> &'static str {
+    match name {
+        META_WAITING_ROOM_KEY => META_WAITING_ROOM_KEY_RETIRED,
+        _ => META_VISITOR_KEY_RETIRED,
+    }
+}
 /// `meta`: the highest event seq the cluster's outbox has had acknowledged by
 /// JetStream (`u64` BE, `[1][u64]`) (`ops::cluster`).
 pub const META_CLUSTER_PUBLISHED: &str = "cluster_published";

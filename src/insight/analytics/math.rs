@@ -132,6 +132,8 @@ impl Summary {
         goals: &[String],
         pricing: &Pricing,
     ) -> Summary {
+        // What another node of the cluster counted first is counted there.
+        let tally = &tally.net();
         let mut conversions: BTreeMap<String, u64> = goals.iter().map(|g| (g.clone(), 0)).collect();
         for (g, n) in &tally.conversions {
             *conversions.entry(g.clone()).or_default() += n;
@@ -278,13 +280,14 @@ pub struct Frame<'a> {
 }
 
 fn point(b: &MetricsBatch, live: bool, tz: &TimeZone) -> SeriesPoint {
+    let net = b.tally.net();
     SeriesPoint {
         t: local_time(b.window_start_ms, tz),
         start_ms: b.window_start_ms,
         window_ms: b.window_ms,
         visits: b.tally.visits,
-        unique_visitors: b.tally.unique_visitors,
-        conversions: b.tally.conversions.iter().cloned().collect(),
+        unique_visitors: net.unique_visitors,
+        conversions: net.conversions.into_iter().collect(),
         requests: b.tally.requests,
         rps: b.rps(),
         cache_hits: b.tally.cache_hits,
@@ -564,6 +567,7 @@ mod tests {
             tally,
             peak_factor: 1.0,
             velocity: 0.0,
+            earlier: Vec::new(),
         }
     }
 

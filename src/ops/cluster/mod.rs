@@ -18,7 +18,10 @@
 //!   window counts it once, and a node restarted (or started late) resumes where its
 //!   consumer stood (a new consumer starts one dedup TTL back).
 //! - **Cookie keys** (`keys.rs`): every node signs visitor and waiting-room cookies
-//!   with the keys of the bucket `LAUNCHGUARD_KEYS`, taken at start.
+//!   with the keys of the bucket `LAUNCHGUARD_KEYS`, taken at start (or, by a node
+//!   that started with NATS unreachable, when it is back).
+//! - **Claims** (`claims.rs`): the counts one visitor can make on every node it
+//!   reaches are claimed in the bucket `LAUNCHGUARD_CLAIMS`, so one node keeps each.
 //! - A webhook's answer waits, when NATS is reachable, for JetStream's word on its id
 //!   (`webhook::Replication`): an id another node accepted first is answered
 //!   `duplicate` here too.
@@ -31,6 +34,7 @@
 //! way between stores.
 
 pub(crate) mod certs;
+pub(crate) mod claims;
 pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod keys;
