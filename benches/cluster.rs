@@ -335,6 +335,8 @@ struct Node {
     public: SocketAddr,
     admin: SocketAddr,
     log: PathBuf,
+    /// Its process id (`taskset` execs the node: the same process).
+    pid: u32,
     /// Held for its `Drop`: the node stops with its `Node`.
     _proc: Proc,
 }
@@ -386,6 +388,7 @@ fn start_node(
         public,
         admin,
         log,
+        pid: proc.child.id(),
         _proc: proc,
     })
 }
@@ -997,6 +1000,22 @@ fn cpu_snap() -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The CPU time (user and system) process `pid` has used, from /proc/<pid>/stat
+/// (in clock ticks of 10 ms, Linux's USER_HZ): what node A spends, whatever else
+/// shares its core.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, maybe with spaces): the
+    // state is field 3, utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let tick = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Duration::from_millis(10 * (tick(14).unwrap_or(0) + tick(15).unwrap_or(0)))
+}
+
 fn cpu_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> String {
     before
         .iter()
@@ -1014,6 +1033,8 @@ struct IngestRun {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Node A's CPU time per answered event.
+    a_cpu_us: f64,
     detail: String,
 }
 
@@ -1071,6 +1092,7 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
 
     let loadgen = args.loadgen.as_deref().expect("checked");
     let before = cpu_snap();
+    let a_before = process_cpu(a.pid);
     let out = command(loadgen, Some(&args.load_cpu))
         .arg("--url")
         .arg(format!("http://{}{WEBHOOK_PATH}", a.public))
@@ -1083,6 +1105,7 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
         .output()
         .map_err(|e| format!("cannot run {}: {e}", loadgen.display()))?;
     let busy = cpu_busy(&before, &cpu_snap());
+    let a_cpu = process_cpu(a.pid).saturating_sub(a_before);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let result = stdout
         .lines()
@@ -1104,7 +1127,11 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
     if other > 0.0 || errors > 0.0 {
         return Err(format!("not every answer was a 202: {result}"));
     }
-    let mut detail = format!("{busy}; {n:.0} answered");
+    let a_cpu_us = a_cpu.as_secs_f64() * 1e6 / n.max(1.0);
+    let mut detail = format!(
+        "{busy}; {n:.0} answered; a's cpu {:.2} s, {a_cpu_us:.1} us an event",
+        a_cpu.as_secs_f64()
+    );
     if cluster {
         let published = a_admin
             .counter("launchguard_cluster_published_total", "stored")
@@ -1142,6 +1169,7 @@ async fn ingest_run(args: &Args, cluster: bool, round: usize) -> Res<IngestRun> 
         rps,
         p50_us: field("p50_us"),
         p99_us: field("p99_us"),
+        a_cpu_us,
         detail,
     })
 }
@@ -1191,13 +1219,15 @@ async fn ingest(args: &Args) -> Res<()> {
         .map(|(a, b)| format!("{:.2}", b.rps / a.rps))
         .collect();
     println!(
-        "MEDIAN off {:.0} req/s p99 {:.2} ms | on {:.0} req/s p99 {:.2} ms | on/off {:.2} (per round: {})",
+        "MEDIAN off {:.0} req/s p99 {:.2} ms | on {:.0} req/s p99 {:.2} ms | on/off {:.2} (per round: {}) | a's cpu an event: off {:.1} us, on {:.1} us",
         off_rps,
         med(&off, &|r| r.p99_us) / 1000.0,
         on_rps,
         med(&on, &|r| r.p99_us) / 1000.0,
         on_rps / off_rps,
-        ratios.join(" ")
+        ratios.join(" "),
+        med(&off, &|r| r.a_cpu_us),
+        med(&on, &|r| r.a_cpu_us)
     );
     Ok(())
 }

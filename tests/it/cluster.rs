@@ -196,6 +196,45 @@ async fn nats_down_and_back_loses_nothing_and_counts_nothing_twice() {
     b.stop().await;
 }
 
+/// The `Nats-Msg-Id` of the last message node `node` has in the events stream, if
+/// the stream is there and holds one.
+async fn last_published(js: &async_nats::jetstream::Context, node: &str) -> Option<String> {
+    let stream = js.get_stream_no_info("LAUNCHGUARD_EVENTS").await.ok()?;
+    let m = stream
+        .get_last_raw_message_by_subject(&format!("launchguard.events.{node}"))
+        .await
+        .ok()?;
+    Some(m.headers.get("Nats-Msg-Id")?.as_str().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_events_stream_deleted_under_a_node_is_made_again_by_its_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = Nats::start(dir.path()) else {
+        return;
+    };
+    let clock = Clock::manual(T0);
+    // One node alone: no consumer of its own would make the stream again.
+    let a = node(dir.path(), "a", &nats, &clock).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    accepted(&a, "before").await;
+    assert_eq!(last_published(&js, "a").await.as_deref(), Some("before"));
+
+    js.delete_stream("LAUNCHGUARD_EVENTS").await.unwrap();
+    // JetStream answers the next publish with "no responders": the outbox sets the
+    // stream up again and publishes it there.
+    accepted(&a, "after").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last_published(&js, "a").await.as_deref() != Some("after") {
+        assert!(
+            Instant::now() < deadline,
+            "the event accepted after the stream went is not in a new one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_started_late_catches_up_the_current_window() {
     let dir = tempfile::tempdir().unwrap();

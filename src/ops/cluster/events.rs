@@ -8,11 +8,19 @@
 //! 2. the committer writes (and flushes) a batch and announces it
 //!    (`Store::announce_written`);
 //! 3. the outbox reads the events after its cursor (a run of seqs without a hole: a
-//!    hole is a write still landing, read again), publishes this node's own ones
-//!    (replicas are skipped) with `Nats-Msg-Id` = the event id, all at once, then
-//!    awaits JetStream's acks in order;
+//!    hole is a write still landing, read again) and publishes this node's own ones
+//!    (replicas are skipped) all at once, as core NATS messages (`publish`): headers
+//!    `Nats-Msg-Id` = the event id and `Launchguard-Node`, reply subject
+//!    `<inbox>.<seq>`. JetStream answers each on that subject; one subscription on
+//!    `<inbox>.*`, made once per connection (`AckInbox`), takes every answer, reads
+//!    the seq off its subject and the PubAck JSON with `parse_ack`. One timeout
+//!    (`ACK_WAIT`) covers the whole batch, not one timer per message;
 //! 4. each ack answers the webhook waiting on its seq (`duplicate`: another node
-//!    had the id first), and the cursor (`meta.cluster_published`) moves past it;
+//!    had the id first), and the cursor (`meta.cluster_published`) moves past the
+//!    run of seqs from the batch's first that are all acknowledged. A seq refused or
+//!    not answered in time stops the run: the batch is published again from it after
+//!    a backoff (JetStream drops the copies it has by `Nats-Msg-Id`), and "no
+//!    responders" (no stream takes the subject) sets the stream up again first;
 //! 5. at start and after every reconnect, the outbox publishes the events stored in
 //!    the last `REWIND` again: a NATS server that crashed may have acknowledged the
 //!    last messages before it wrote them (JetStream's file store does not fsync each
@@ -54,6 +62,9 @@ const REWIND: Duration = Duration::from_secs(60);
 const RESUME_OVERLAP: Duration = Duration::from_secs(30);
 /// How long a hole in the log's seqs is waited on before the outbox passes it.
 const HOLE_WAIT: Duration = Duration::from_millis(50);
+/// How long the acks of a batch are waited for, from its last publish (JetStream
+/// requests wait as long: `Cluster::connect`).
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// The `Nats-Msg-Id` of an event id: the id itself when it is short printable
 /// ASCII without spaces (every id Product Hunt and Standard Webhooks senders use),
@@ -174,6 +185,8 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
     let mut connects = None;
     // The first seq found missing after the cursor, and since when.
     let mut hole: Option<(u64, tokio::time::Instant)> = None;
+    // Where JetStream's acks arrive, made anew with each connection.
+    let mut inbox: Option<AckInbox> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -181,6 +194,7 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
         if connects != Some(cluster.connects()) {
             connects = Some(cluster.connects());
             stream_ready = false;
+            inbox = None;
             rewind(&store, &parts.clock);
         }
         if !stream_ready {
@@ -266,28 +280,36 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
             }
             continue;
         }
-        match publish(&cluster, &outbox, batch).await {
-            Ok(through) => {
-                if through > cursor {
-                    if let Err(e) = store.set_meta_u64(trees::META_CLUSTER_PUBLISHED, through) {
-                        tracing::error!("cluster: cannot move the outbox cursor: {e}");
-                    }
-                }
-                if through == batch.last().map_or(cursor, |(seq, _)| *seq) {
-                    cluster.set_healthy(true);
-                    failures = 0;
+        let acks = match &mut inbox {
+            Some(acks) => acks,
+            None => match AckInbox::new(&cluster).await {
+                Ok(acks) => inbox.insert(acks),
+                Err(e) => {
+                    tracing::debug!("cluster: cannot subscribe to the outbox's acks: {e}");
+                    cluster.set_healthy(false);
+                    failures += 1;
+                    pause(backoff(failures), &shutdown).await;
                     continue;
                 }
-                cluster.set_healthy(false);
-                failures += 1;
-                pause(backoff(failures), &shutdown).await;
-            }
-            Err(()) => {
-                cluster.set_healthy(false);
-                failures += 1;
-                pause(backoff(failures), &shutdown).await;
+            },
+        };
+        let published = publish(&cluster, &outbox, acks, batch).await;
+        if let Some(through) = published.through.filter(|&t| t > cursor) {
+            if let Err(e) = store.set_meta_u64(trees::META_CLUSTER_PUBLISHED, through) {
+                tracing::error!("cluster: cannot move the outbox cursor: {e}");
             }
         }
+        if published.through == batch.last().map(|(seq, _)| *seq) {
+            cluster.set_healthy(true);
+            failures = 0;
+            continue;
+        }
+        if published.no_stream {
+            stream_ready = false;
+        }
+        cluster.set_healthy(false);
+        failures += 1;
+        pause(backoff(failures), &shutdown).await;
     }
 }
 
@@ -342,25 +364,118 @@ fn rewind(store: &Store, clock: &Clock) {
     }
 }
 
-/// Publishes the own events of `batch` and awaits their acks in order. Returns the
-/// highest seq through which every event is published (replicas count as done).
+/// The subject JetStream answers this outbox's publishes on: one subscription on
+/// `<inbox>.*` (`inbox` a fresh, unique inbox of the connection), each event
+/// published with the reply subject `<inbox>.<seq>`.
+struct AckInbox {
+    inbox: String,
+    acks: async_nats::Subscriber,
+}
+
+impl AckInbox {
+    async fn new(cluster: &Cluster) -> Result<AckInbox, async_nats::SubscribeError> {
+        let inbox = cluster.client().new_inbox();
+        let acks = cluster.client().subscribe(format!("{inbox}.*")).await?;
+        Ok(AckInbox { inbox, acks })
+    }
+
+    /// The seq an answer on `subject` is for.
+    fn seq(&self, subject: &str) -> Option<u64> {
+        subject
+            .strip_prefix(self.inbox.as_str())?
+            .strip_prefix('.')?
+            .parse()
+            .ok()
+    }
+}
+
+/// JetStream's answer to one publish.
+#[derive(Debug, PartialEq)]
+enum Ack {
+    /// In the stream as its message `stream_seq`; `duplicate`: it was already there
+    /// (a message with its `Nats-Msg-Id` within the duplicate window).
+    Stored { stream_seq: u64, duplicate: bool },
+    /// No stream takes the subject (the server's "no responders").
+    NoStream,
+    /// Refused (the PubAck's `error`), or an answer this build cannot read.
+    Refused(String),
+}
+
+/// Reads a JetStream PubAck: `{"stream":"…","seq":12,"duplicate":true}` (the
+/// `duplicate` only when true), or `{"error":{"code":…,"err_code":…,
+/// "description":"…"}}`. Only what the outbox needs is kept (serde skips the rest
+/// without allocating).
+fn parse_ack(payload: &[u8]) -> Ack {
+    #[derive(serde::Deserialize)]
+    struct PubAck {
+        seq: Option<u64>,
+        #[serde(default)]
+        duplicate: bool,
+        error: Option<PubAckError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PubAckError {
+        #[serde(default)]
+        err_code: u64,
+        #[serde(default)]
+        description: String,
+    }
+    match serde_json::from_slice::<PubAck>(payload) {
+        Ok(PubAck { error: Some(e), .. }) => {
+            Ack::Refused(format!("{} (err_code {})", e.description, e.err_code))
+        }
+        Ok(PubAck {
+            seq: Some(stream_seq),
+            duplicate,
+            ..
+        }) => Ack::Stored {
+            stream_seq,
+            duplicate,
+        },
+        Ok(_) => Ack::Refused("an ack without a seq".into()),
+        Err(e) => Ack::Refused(format!("an unreadable ack: {e}")),
+    }
+}
+
+/// How far a batch got.
+struct Published {
+    /// The highest seq through which every event of the batch is in the stream
+    /// (replicas count as done); `None`: not even the first.
+    through: Option<u64>,
+    /// JetStream said no stream takes the subject.
+    no_stream: bool,
+}
+
+/// Publishes the own events of `batch` (sorted by seq) with their replies to
+/// `acks`, then takes the answers as they come, until every one is in or
+/// `ACK_WAIT` after the last publish; each ack answers its webhook at once.
 async fn publish(
     cluster: &Cluster,
     outbox: &Outbox,
+    acks: &mut AckInbox,
     batch: &[(u64, crate::ingest::store::EventRecord)],
-) -> Result<u64, ()> {
-    let subject = format!("launchguard.events.{}", cluster.node());
-    let mut acks = Vec::with_capacity(batch.len());
+) -> Published {
+    // Answers left from an earlier batch (a late one, past its wait) are dropped;
+    // one still on its way is not in this batch or is about the same message.
+    while let Some(Some(_)) = acks.acks.next().now_or_never() {}
+    let subject = async_nats::Subject::from(format!("launchguard.events.{}", cluster.node()));
+    // Each event's answer; a replica is done without one.
+    let mut answers: Vec<Option<Ack>> = Vec::with_capacity(batch.len());
+    let mut waiting = 0usize;
     for (seq, record) in batch {
         if record.origin.is_some() {
-            acks.push((*seq, None));
+            answers.push(Some(Ack::Stored {
+                stream_seq: 0,
+                duplicate: false,
+            }));
             continue;
         }
+        answers.push(None);
         let payload = match encode_event(record) {
             Ok(p) => Bytes::from(p),
             Err(e) => {
                 tracing::error!(seq, "cluster: cannot encode event {seq}: {e}");
-                return Err(());
+                break;
             }
         };
         let mut headers = async_nats::HeaderMap::new();
@@ -369,41 +484,77 @@ async fn publish(
             msg_id(&record.id).as_str(),
         );
         headers.insert(NODE_HEADER, cluster.node());
+        let reply = format!("{}.{seq}", acks.inbox);
         match cluster
-            .js()
-            .publish_with_headers(subject.clone(), headers, payload)
+            .client()
+            .publish_with_reply_and_headers(subject.clone(), reply, headers, payload)
             .await
         {
-            Ok(ack) => acks.push((*seq, Some(ack))),
+            Ok(()) => waiting += 1,
             Err(e) => {
                 tracing::debug!("cluster: publish failed: {e}");
                 break;
             }
         }
     }
-    let mut through = None;
-    for (seq, ack) in acks {
-        match ack {
-            None => through = Some(seq),
-            Some(ack) => match ack.await {
-                Ok(ack) => {
-                    let result = if ack.duplicate { "duplicate" } else { "stored" };
-                    metrics::counter!(telemetry::CLUSTER_PUBLISHED_TOTAL, "result" => result)
-                        .increment(1);
-                    let elsewhere = ack.duplicate
-                        && outbox.waiting.lock().contains_key(&seq)
-                        && first_copy_is_elsewhere(cluster, ack.sequence).await;
-                    outbox.answer(seq, elsewhere);
-                    through = Some(seq);
-                }
-                Err(e) => {
-                    tracing::debug!("cluster: publish not acknowledged: {e}");
-                    break;
-                }
-            },
+    let mut no_stream = false;
+    let deadline = tokio::time::sleep(ACK_WAIT);
+    tokio::pin!(deadline);
+    while waiting > 0 {
+        let message = tokio::select! {
+            m = acks.acks.next() => m,
+            _ = &mut deadline => {
+                tracing::debug!("cluster: {waiting} publishes not acknowledged in time");
+                break;
+            }
+        };
+        let Some(message) = message else { break };
+        let Some(i) = acks
+            .seq(message.subject.as_str())
+            .and_then(|seq| batch.binary_search_by_key(&seq, |(s, _)| *s).ok())
+        else {
+            continue;
+        };
+        if answers.get(i).is_none_or(Option::is_some) {
+            continue;
         }
+        let seq = batch[i].0;
+        let ack = match message.status {
+            Some(async_nats::StatusCode::NO_RESPONDERS) => Ack::NoStream,
+            Some(status) if status != async_nats::StatusCode::OK => {
+                Ack::Refused(format!("status {status}"))
+            }
+            _ => parse_ack(&message.payload),
+        };
+        match &ack {
+            Ack::Stored {
+                stream_seq,
+                duplicate,
+            } => {
+                let result = if *duplicate { "duplicate" } else { "stored" };
+                metrics::counter!(telemetry::CLUSTER_PUBLISHED_TOTAL, "result" => result)
+                    .increment(1);
+                let elsewhere = *duplicate
+                    && outbox.waiting.lock().contains_key(&seq)
+                    && first_copy_is_elsewhere(cluster, *stream_seq).await;
+                outbox.answer(seq, elsewhere);
+            }
+            Ack::NoStream => {
+                no_stream = true;
+                tracing::debug!(seq, "cluster: publish not acknowledged: no stream");
+            }
+            Ack::Refused(e) => tracing::debug!(seq, "cluster: publish not acknowledged: {e}"),
+        }
+        answers[i] = Some(ack);
+        waiting -= 1;
     }
-    through.ok_or(())
+    let through = batch
+        .iter()
+        .zip(&answers)
+        .take_while(|(_, ack)| matches!(ack, Some(Ack::Stored { .. })))
+        .last()
+        .map(|((seq, _), _)| *seq);
+    Published { through, no_stream }
 }
 
 /// How often the stream is asked which nodes publish to it.
@@ -715,6 +866,35 @@ mod tests {
         // An id that looks like a hashed one is hashed too, so no two ids share one.
         let lookalike = format!("sha256:{}", "0".repeat(64));
         assert_ne!(msg_id(&lookalike), lookalike);
+    }
+
+    #[test]
+    fn a_pub_ack_is_read_as_stored_duplicate_or_refused() {
+        assert_eq!(
+            parse_ack(br#"{"stream":"LAUNCHGUARD_EVENTS","seq":42}"#),
+            Ack::Stored {
+                stream_seq: 42,
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            parse_ack(
+                br#"{"stream":"LAUNCHGUARD_EVENTS","domain":"hub","seq":7,"duplicate":true}"#
+            ),
+            Ack::Stored {
+                stream_seq: 7,
+                duplicate: true
+            }
+        );
+        let refused = parse_ack(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+        );
+        assert_eq!(
+            refused,
+            Ack::Refused("maximum messages exceeded (err_code 10077)".into())
+        );
+        assert!(matches!(parse_ack(b""), Ack::Refused(_)));
+        assert!(matches!(parse_ack(br#"{"stream":"S"}"#), Ack::Refused(_)));
     }
 
     #[test]

@@ -175,6 +175,11 @@ impl Cluster {
         &self.js
     }
 
+    /// The core NATS client under JetStream (the outbox publishes through it).
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     fn set_healthy(&self, healthy: bool) {
         if self.healthy.swap(healthy, Ordering::AcqRel) != healthy {
             metrics::gauge!(crate::telemetry::CLUSTER_CONNECTED).set(f64::from(u8::from(healthy)));
