@@ -13,6 +13,7 @@
 //!
 //! **Invariant:** a record written by a newer version is refused, never misread.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{codec, StoreError, MAX_BATCH};
@@ -175,6 +176,45 @@ pub(super) fn batch_records(v: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
     Ok(out)
 }
 
+/// The encoded event records of one `events` entry with their seqs, each a slice of
+/// the entry as sled gave it (`Bytes::from_owner`: no copy), for the cluster's
+/// outbox, which publishes a record's bytes as they are stored.
+pub(super) fn entry_encoded(k: &[u8], v: sled::IVec) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    let first = decode_seq(k)?;
+    if !is_batch(&v) {
+        return Ok(vec![(first, Bytes::from_owner(v))]);
+    }
+    let whole = Bytes::from_owner(v);
+    Ok(batch_records(&whole)?
+        .into_iter()
+        .zip(first..)
+        .map(|(record, seq)| (seq, whole.slice_ref(record)))
+        .collect())
+}
+
+/// What the outbox reads of an encoded event record without decoding the rest:
+/// `None` for a replica of another node's event (record version 4), else the
+/// event's id, borrowed from the bytes (it is the first field of the bincode body).
+/// A record this build cannot read is refused as `decode_event` refuses it.
+pub fn own_event_id(v: &[u8]) -> Result<Option<&str>, StoreError> {
+    if codec::check_version("event", v, REPLICA_RECORD_VERSION)? == REPLICA_RECORD_VERSION {
+        return Ok(None);
+    }
+    codec::check_version("event", v, EVENT_RECORD_VERSION)?;
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        id: &'a str,
+    }
+    let (head, _) =
+        bincode::serde::borrow_decode_from_slice::<Head, _>(&v[1..], bincode::config::standard())
+            .map_err(|e| StoreError::Corrupt {
+            what: "event",
+            detail: e.to_string(),
+        })?;
+    Ok(Some(head.id))
+}
+
 pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
     if let Some(origin) = &record.origin {
         return codec::encode_with_capacity(
@@ -251,6 +291,31 @@ mod tests {
     fn event_record_round_trips() {
         let r = sample("evt-1", 42);
         assert_eq!(decode_event(&encode_event(&r).unwrap()).unwrap(), r);
+    }
+
+    /// The bytes of an event record, pinned: they are the store's durable data and,
+    /// as stored, the payload of the cluster's messages.
+    #[test]
+    fn an_event_record_is_these_bytes() {
+        let mut want = vec![1, 5];
+        want.extend_from_slice(b"evt-1");
+        want.push(6);
+        want.extend_from_slice(b"upvote");
+        // weight 1200 (a varint: 251, then u16 LE), received 42, scheme 0, payload.
+        want.extend_from_slice(&[251, 0xb0, 0x04, 42, 0, 10]);
+        want.extend_from_slice(br#"{"id":"x"}"#);
+        assert_eq!(encode_event(&sample("evt-1", 42)).unwrap(), want);
+        assert_eq!(own_event_id(&want).unwrap(), Some("evt-1"));
+        let mut newer = want.clone();
+        newer[0] = EVENT_RECORD_VERSION + 1;
+        assert!(matches!(
+            own_event_id(&newer),
+            Err(StoreError::NewerRecord { .. })
+        ));
+        assert!(matches!(
+            own_event_id(&want[..4]),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
