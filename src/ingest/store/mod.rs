@@ -857,7 +857,7 @@ mod tests {
         };
         let mut cursor = 0;
         while cursor < EVENTS {
-            for (seq, _) in s.events_after(cursor, 64).unwrap() {
+            for (seq, _) in s.encoded_events_after(cursor, 64).unwrap() {
                 assert_eq!(seq, cursor + 1, "the reader passed seq {}", cursor + 1);
                 cursor = seq;
             }

@@ -9,7 +9,9 @@
 //!    (`Store::announce_written`);
 //! 3. the outbox reads the events after its cursor (a run of seqs without a hole: a
 //!    hole is a write still landing, read again) and publishes this node's own ones
-//!    (replicas are skipped) all at once, as core NATS messages (`publish`): headers
+//!    (replicas are skipped) all at once, as core NATS messages (`publish`): the
+//!    payload is the record as stored (`Store::encoded_events_after`, not decoded and
+//!    encoded again: the same bytes), headers
 //!    `Nats-Msg-Id` = the event id and `Launchguard-Node`, reply subject
 //!    `<inbox>.<seq>`. JetStream answers each on that subject; one subscription on
 //!    `<inbox>.*`, made once per connection (`AckInbox`), takes every answer, reads
