@@ -64,7 +64,7 @@ mod records;
 pub mod trees;
 
 use records::{decode_entry, decode_seq, encode_batch, entry_len, is_batch, own_in_entry};
-pub use records::{decode_event, encode_event, EventRecord, Origin, Scheme};
+pub use records::{decode_event, encode_event, own_event_id, EventRecord, Origin, Scheme};
 
 /// The store layout this build writes. A store with a higher number is refused.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -372,6 +372,33 @@ impl Store {
         records_from(&self.inner.events, after.saturating_add(1))
             .take(limit)
             .collect()
+    }
+
+    /// Up to `limit` events with seq greater than `after`, oldest first, as their
+    /// encoded records (`[version][bincode]`, each a slice of its sled entry, not
+    /// decoded or copied): what the cluster's outbox publishes.
+    pub fn encoded_events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, StoreError> {
+        let from = after.saturating_add(1);
+        let mut out = Vec::with_capacity(limit.min(MAX_BATCH));
+        for entry in entries_from(&self.inner.events, from) {
+            let (k, v) = entry?;
+            for (seq, record) in records::entry_encoded(&k, v)? {
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                if seq >= from {
+                    out.push((seq, record));
+                }
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The newest `limit` events, newest first.
@@ -830,7 +857,7 @@ mod tests {
         };
         let mut cursor = 0;
         while cursor < EVENTS {
-            for (seq, _) in s.events_after(cursor, 64).unwrap() {
+            for (seq, _) in s.encoded_events_after(cursor, 64).unwrap() {
                 assert_eq!(seq, cursor + 1, "the reader passed seq {}", cursor + 1);
                 cursor = seq;
             }
@@ -910,6 +937,63 @@ mod tests {
         assert_eq!(s.recent_events(10).unwrap()[0].1.id, "a");
         assert_eq!(s.dedup_entry("a").unwrap(), Some((10, 1)));
     }
+    /// The outbox publishes each record's bytes as stored, where it used to decode
+    /// the record and encode it again: the bytes are the same (so the messages in
+    /// the stream are too), for every kind of record and both layouts of an entry.
+    #[test]
+    fn encoded_events_are_the_bytes_decoding_and_encoding_gave() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = 86_400_000;
+        let s = Store::open(dir.path()).unwrap();
+        let mut records = vec![record("ph-1", 100)];
+        let mut sw = record("évt 2, not plain", 200);
+        sw.scheme = Scheme::StandardWebhooks;
+        sw.payload = (0..=255u8).chain(0..=255).collect();
+        records.push(sw);
+        let mut polled = record("poll-3", 300);
+        polled.scheme = Scheme::Poller;
+        polled.payload.clear();
+        records.push(polled);
+        let mut replica = record("other-4", 400);
+        replica.origin = Some(Origin {
+            node: "box-2".into(),
+            stored_ms: 450,
+        });
+        records.push(replica);
+        for r in &records {
+            s.append(r, ttl).unwrap();
+        }
+        s.write_pending().unwrap();
+        s.append(&record("ph-5", 500), ttl).unwrap();
+        s.write_pending().unwrap();
+        records.push(record("ph-5", 500));
+        // One record alone under its seq: an entry of the layout before batches.
+        let mut alone = record("alone-6", 600);
+        alone.weight_milli = 70_000;
+        s.open_tree(trees::EVENTS)
+            .unwrap()
+            .insert(6u64.to_be_bytes(), encode_event(&alone).unwrap())
+            .unwrap();
+        records.push(alone);
+
+        let encoded = s.encoded_events_after(0, 10).unwrap();
+        let decoded = s.events_after(0, 10).unwrap();
+        assert_eq!(encoded.len(), 6);
+        for ((seq, bytes), (r, (dseq, d))) in encoded.iter().zip(records.iter().zip(&decoded)) {
+            assert_eq!(seq, dseq);
+            assert_eq!(d, r);
+            assert_eq!(&bytes[..], &encode_event(d).unwrap()[..], "seq {seq}");
+            let id = own_event_id(bytes).unwrap();
+            assert_eq!(id, r.origin.is_none().then_some(r.id.as_str()), "seq {seq}");
+        }
+        let seqs =
+            |v: Vec<(u64, bytes::Bytes)>| -> Vec<u64> { v.into_iter().map(|(q, _)| q).collect() };
+        assert_eq!(seqs(s.encoded_events_after(2, 2).unwrap()), [3, 4]);
+        assert_eq!(seqs(s.encoded_events_after(3, 10).unwrap()), [4, 5, 6]);
+        assert_eq!(seqs(s.encoded_events_after(4, 1).unwrap()), [5]);
+        assert!(s.encoded_events_after(6, 10).unwrap().is_empty());
+    }
+
     #[test]
     fn a_batch_is_one_entry_and_reads_back_by_seq() {
         let dir = tempfile::tempdir().unwrap();

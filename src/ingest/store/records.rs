@@ -13,6 +13,7 @@
 //!
 //! **Invariant:** a record written by a newer version is refused, never misread.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{codec, StoreError, MAX_BATCH};
@@ -59,12 +60,57 @@ pub struct EventRecord {
     /// Server clock at receipt, Unix ms.
     pub received_ms: u64,
     pub scheme: Scheme,
+    #[serde(with = "payload_bytes")]
     pub payload: Vec<u8>,
     /// `Some` for an event another node of the cluster accepted (stored as record
     /// version 4, which carries it); `None` for this node's own. Not part of the
     /// bincode body (skipped both ways).
     #[serde(skip)]
     pub origin: Option<Origin>,
+}
+
+/// The payload through serde as one byte string, not as a sequence of `u8`s taken
+/// one by one. In bincode (`config::standard()`) the two are the same bytes, a varint
+/// length then the bytes, so the records stored before read as they did and are
+/// written as they were (`an_event_record_is_these_bytes`); a sequence is still read
+/// (for any other format).
+mod payload_bytes {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Where a replicated event came from, and when this node stored it.
@@ -175,6 +221,45 @@ pub(super) fn batch_records(v: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
     Ok(out)
 }
 
+/// The encoded event records of one `events` entry with their seqs, each a slice of
+/// the entry as sled gave it (`Bytes::from_owner`: no copy), for the cluster's
+/// outbox, which publishes a record's bytes as they are stored.
+pub(super) fn entry_encoded(k: &[u8], v: sled::IVec) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    let first = decode_seq(k)?;
+    if !is_batch(&v) {
+        return Ok(vec![(first, Bytes::from_owner(v))]);
+    }
+    let whole = Bytes::from_owner(v);
+    Ok(batch_records(&whole)?
+        .into_iter()
+        .zip(first..)
+        .map(|(record, seq)| (seq, whole.slice_ref(record)))
+        .collect())
+}
+
+/// What the outbox reads of an encoded event record without decoding the rest:
+/// `None` for a replica of another node's event (record version 4), else the
+/// event's id, borrowed from the bytes (it is the first field of the bincode body).
+/// A record this build cannot read is refused as `decode_event` refuses it.
+pub fn own_event_id(v: &[u8]) -> Result<Option<&str>, StoreError> {
+    if codec::check_version("event", v, REPLICA_RECORD_VERSION)? == REPLICA_RECORD_VERSION {
+        return Ok(None);
+    }
+    codec::check_version("event", v, EVENT_RECORD_VERSION)?;
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        id: &'a str,
+    }
+    let (head, _) =
+        bincode::serde::borrow_decode_from_slice::<Head, _>(&v[1..], bincode::config::standard())
+            .map_err(|e| StoreError::Corrupt {
+            what: "event",
+            detail: e.to_string(),
+        })?;
+    Ok(Some(head.id))
+}
+
 pub fn encode_event(record: &EventRecord) -> Result<Vec<u8>, StoreError> {
     if let Some(origin) = &record.origin {
         return codec::encode_with_capacity(
@@ -251,6 +336,80 @@ mod tests {
     fn event_record_round_trips() {
         let r = sample("evt-1", 42);
         assert_eq!(decode_event(&encode_event(&r).unwrap()).unwrap(), r);
+    }
+
+    /// The bytes of an event record, pinned: they are the store's durable data and,
+    /// as stored, the payload of the cluster's messages.
+    #[test]
+    fn an_event_record_is_these_bytes() {
+        let mut want = vec![1, 5];
+        want.extend_from_slice(b"evt-1");
+        want.push(6);
+        want.extend_from_slice(b"upvote");
+        // weight 1200 (a varint: 251, then u16 LE), received 42, scheme 0, payload.
+        want.extend_from_slice(&[251, 0xb0, 0x04, 42, 0, 10]);
+        want.extend_from_slice(br#"{"id":"x"}"#);
+        assert_eq!(encode_event(&sample("evt-1", 42)).unwrap(), want);
+        assert_eq!(decode_event(&want).unwrap(), sample("evt-1", 42));
+        assert_eq!(own_event_id(&want).unwrap(), Some("evt-1"));
+        let mut newer = want.clone();
+        newer[0] = EVENT_RECORD_VERSION + 1;
+        assert!(matches!(
+            own_event_id(&newer),
+            Err(StoreError::NewerRecord { .. })
+        ));
+        assert!(matches!(
+            own_event_id(&want[..4]),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// The payload's serde (`payload_bytes`) against the derive before it (a plain
+    /// `Vec<u8>`, a sequence of `u8`s), on payloads around bincode's varint steps:
+    /// the same bytes written, and each build's bytes read by the other.
+    #[test]
+    fn the_payload_as_bytes_is_encoded_as_the_sequence_was() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Before {
+            id: String,
+            event_type: String,
+            weight_milli: u64,
+            received_ms: u64,
+            scheme: Scheme,
+            payload: Vec<u8>,
+        }
+        for len in [0usize, 1, 250, 251, 252, 300, 65_535, 65_536, 70_000] {
+            let mut r = sample("evt-len", 7);
+            r.scheme = Scheme::StandardWebhooks;
+            r.payload = (0..len).map(|i| (i * 31 % 256) as u8).collect();
+            let before = Before {
+                id: r.id.clone(),
+                event_type: r.event_type.clone(),
+                weight_milli: r.weight_milli,
+                received_ms: r.received_ms,
+                scheme: r.scheme,
+                payload: r.payload.clone(),
+            };
+            let old = codec::encode("event", 1, &before).unwrap();
+            let new = encode_event(&r).unwrap();
+            assert_eq!(new, old, "payload of {len} bytes");
+            assert_eq!(decode_event(&old).unwrap(), r);
+            let back: Before = codec::decode("event", 1, &new).unwrap();
+            assert_eq!(back, before);
+            let origin = Origin {
+                node: "box-2".into(),
+                stored_ms: 9,
+            };
+            let old_replica = codec::encode(
+                "event",
+                REPLICA_RECORD_VERSION,
+                &(&origin.node, 9u64, &before),
+            )
+            .unwrap();
+            r.origin = Some(origin);
+            assert_eq!(encode_event(&r).unwrap(), old_replica);
+            assert_eq!(decode_event(&old_replica).unwrap(), r);
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!    (`Store::announce_written`);
 //! 3. the outbox reads the events after its cursor (a run of seqs without a hole: a
 //!    hole is a write still landing, read again) and publishes this node's own ones
-//!    (replicas are skipped) all at once, as core NATS messages (`publish`): headers
+//!    (replicas are skipped) all at once, as core NATS messages (`publish`): the
+//!    payload is the record as stored (`Store::encoded_events_after`, not decoded and
+//!    encoded again: the same bytes), headers
 //!    `Nats-Msg-Id` = the event id and `Launchguard-Node`, reply subject
 //!    `<inbox>.<seq>`. JetStream answers each on that subject; one subscription on
 //!    `<inbox>.*`, made once per connection (`AckInbox`), takes every answer, reads
@@ -36,11 +38,12 @@
 //! to the batch's last).
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use sha2::Digest;
@@ -50,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use super::{backoff, Cluster, EVENTS_STREAM, EVENTS_SUBJECTS, NODE_HEADER};
 use crate::clock::Clock;
 use crate::ingest::commit::Committer;
-use crate::ingest::store::{decode_event, encode_event, trees, Commit, Origin, Store};
+use crate::ingest::store::{decode_event, own_event_id, trees, Commit, Origin, Store};
 use crate::ingest::webhook::{Ingestor, Replication};
 use crate::telemetry;
 
@@ -227,10 +230,10 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
         // catch-up (after a rewind, or NATS down) may read from the disk: there.
         let fresh = store.next_seq().saturating_sub(cursor) <= BATCH as u64;
         let batch = if fresh {
-            Ok(store.events_after(cursor, BATCH))
+            Ok(store.encoded_events_after(cursor, BATCH))
         } else {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.events_after(cursor, BATCH)).await
+            tokio::task::spawn_blocking(move || store.encoded_events_after(cursor, BATCH)).await
         };
         let batch = match batch {
             Ok(Ok(b)) => b,
@@ -314,7 +317,7 @@ pub async fn run_outbox(outbox: Outbox, parts: Arc<Parts>, shutdown: Cancellatio
 }
 
 /// How many events of `batch` follow `after` without a hole in their seqs.
-fn contiguous(after: u64, batch: &[(u64, crate::ingest::store::EventRecord)]) -> usize {
+fn contiguous<T>(after: u64, batch: &[(u64, T)]) -> usize {
     batch
         .iter()
         .zip(after + 1..)
@@ -367,16 +370,28 @@ fn rewind(store: &Store, clock: &Clock) {
 /// The subject JetStream answers this outbox's publishes on: one subscription on
 /// `<inbox>.*` (`inbox` a fresh, unique inbox of the connection), each event
 /// published with the reply subject `<inbox>.<seq>`.
+///
+/// It also holds what every publish of the connection shares, made once rather than
+/// for each event: the subject, and the `Launchguard-Node` header's name and value.
 struct AckInbox {
     inbox: String,
     acks: async_nats::Subscriber,
+    subject: async_nats::Subject,
+    node_header: async_nats::HeaderName,
+    node: async_nats::HeaderValue,
 }
 
 impl AckInbox {
     async fn new(cluster: &Cluster) -> Result<AckInbox, async_nats::SubscribeError> {
         let inbox = cluster.client().new_inbox();
         let acks = cluster.client().subscribe(format!("{inbox}.*")).await?;
-        Ok(AckInbox { inbox, acks })
+        Ok(AckInbox {
+            inbox,
+            acks,
+            subject: format!("launchguard.events.{}", cluster.node()).into(),
+            node_header: async_nats::HeaderName::from_static(NODE_HEADER),
+            node: cluster.node().into(),
+        })
     }
 
     /// The seq an answer on `subject` is for.
@@ -446,48 +461,54 @@ struct Published {
     no_stream: bool,
 }
 
-/// Publishes the own events of `batch` (sorted by seq) with their replies to
-/// `acks`, then takes the answers as they come, until every one is in or
+/// Publishes the own events of `batch` (sorted by seq; each event's record as it is
+/// stored, `[version][bincode]`, which is the message's payload as it is) with their
+/// replies to `acks`, then takes the answers as they come, until every one is in or
 /// `ACK_WAIT` after the last publish; each ack answers its webhook at once.
 async fn publish(
     cluster: &Cluster,
     outbox: &Outbox,
     acks: &mut AckInbox,
-    batch: &[(u64, crate::ingest::store::EventRecord)],
+    batch: &[(u64, Bytes)],
 ) -> Published {
     // Answers left from an earlier batch (a late one, past its wait) are dropped;
     // one still on its way is not in this batch or is about the same message.
     while let Some(Some(_)) = acks.acks.next().now_or_never() {}
-    let subject = async_nats::Subject::from(format!("launchguard.events.{}", cluster.node()));
+    // The counters' handles, looked up once a batch rather than once an event.
+    let stored_total = metrics::counter!(telemetry::CLUSTER_PUBLISHED_TOTAL, "result" => "stored");
+    let duplicate_total =
+        metrics::counter!(telemetry::CLUSTER_PUBLISHED_TOTAL, "result" => "duplicate");
+    // Every reply subject of the batch, written into one buffer and each split off it.
+    let mut replies = BytesMut::with_capacity(batch.len() * (acks.inbox.len() + 21));
     // Each event's answer; a replica is done without one.
     let mut answers: Vec<Option<Ack>> = Vec::with_capacity(batch.len());
     let mut waiting = 0usize;
     for (seq, record) in batch {
-        if record.origin.is_some() {
-            answers.push(Some(Ack::Stored {
-                stream_seq: 0,
-                duplicate: false,
-            }));
-            continue;
-        }
-        answers.push(None);
-        let payload = match encode_event(record) {
-            Ok(p) => Bytes::from(p),
+        let id = match own_event_id(record) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                answers.push(Some(Ack::Stored {
+                    stream_seq: 0,
+                    duplicate: false,
+                }));
+                continue;
+            }
             Err(e) => {
-                tracing::error!(seq, "cluster: cannot encode event {seq}: {e}");
+                tracing::error!(seq, "cluster: cannot read event {seq}: {e}");
                 break;
             }
         };
+        answers.push(None);
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            msg_id(&record.id).as_str(),
-        );
-        headers.insert(NODE_HEADER, cluster.node());
-        let reply = format!("{}.{seq}", acks.inbox);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id(id));
+        headers.insert(acks.node_header.clone(), acks.node.clone());
+        replies.extend_from_slice(acks.inbox.as_bytes());
+        let _ = write!(replies, ".{seq}");
+        let reply = async_nats::Subject::try_from(replies.split().freeze())
+            .expect("an inbox and a number are UTF-8");
         match cluster
             .client()
-            .publish_with_reply_and_headers(subject.clone(), reply, headers, payload)
+            .publish_with_reply_and_headers(acks.subject.clone(), reply, headers, record.clone())
             .await
         {
             Ok(()) => waiting += 1,
@@ -531,9 +552,12 @@ async fn publish(
                 stream_seq,
                 duplicate,
             } => {
-                let result = if *duplicate { "duplicate" } else { "stored" };
-                metrics::counter!(telemetry::CLUSTER_PUBLISHED_TOTAL, "result" => result)
-                    .increment(1);
+                if *duplicate {
+                    &duplicate_total
+                } else {
+                    &stored_total
+                }
+                .increment(1);
                 let elsewhere = *duplicate
                     && outbox.waiting.lock().contains_key(&seq)
                     && first_copy_is_elsewhere(cluster, *stream_seq).await;
