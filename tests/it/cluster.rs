@@ -1298,6 +1298,39 @@ async fn preflight_checks_the_nats_server_the_stream_and_that_the_node_id_is_fre
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("does not exist yet"), "{out}");
 
+    // A claims bucket that forgets its entries within the hour is refused, by name.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // (Made as its backing stream, as launchguard makes buckets: nats-server 2.9 does
+    // not answer async-nats's create_key_value.)
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_LAUNCHGUARD_CLAIMS".into(),
+        subjects: vec!["$KV.LAUNCHGUARD_CLAIMS.>".into()],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(3600),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (code, out) = tokio::task::spawn_blocking({
+        let (dir, config) = (
+            dir.path().to_path_buf(),
+            preflight_config(dir.path(), &nats.url(), "z"),
+        );
+        move || crate::preflight::preflight(&dir, &config)
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("LAUNCHGUARD_CLAIMS") && out.contains("keeps entries 3600 s"),
+        "{out}"
+    );
+    js.delete_stream("KV_LAUNCHGUARD_CLAIMS").await.unwrap();
+
     // With node "a" running, "a" is taken and "z" is free.
     let clock = Clock::manual(T0);
     let a = node(dir.path(), "a", &nats, &clock).await;
@@ -1324,6 +1357,10 @@ async fn preflight_checks_the_nats_server_the_stream_and_that_the_node_id_is_fre
     assert_eq!(code_free, 0, "{out_free}");
     assert!(
         out_free.contains("LAUNCHGUARD_EVENTS: 0 events"),
+        "{out_free}"
+    );
+    assert!(
+        out_free.contains("bucket LAUNCHGUARD_KEYS (the cookie keys) is there"),
         "{out_free}"
     );
     a.stop().await;

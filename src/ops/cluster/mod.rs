@@ -379,12 +379,39 @@ pub(crate) async fn preflight(
             )),
         )),
     }
-    for (bucket, what) in [(control::BUCKET, "the pin"), (lease::LEASES, "the leases")] {
+    for (bucket, what) in [
+        (control::BUCKET, "the pin"),
+        (lease::LEASES, "the leases"),
+        (keys::KEYS_BUCKET, "the cookie keys"),
+        (claims::CLAIMS_BUCKET, "the visitor and conversion claims"),
+        (certs::TLS_BUCKET, "the certificates"),
+    ] {
         let found = match js.get_key_value(bucket).await {
-            Ok(_) => format!("bucket {bucket} ({what}) is there"),
-            Err(_) => format!("bucket {bucket} ({what}) does not exist yet; made at start"),
+            Err(_) => Ok(format!(
+                "bucket {bucket} ({what}) does not exist yet; made at start"
+            )),
+            // A claim must outlive its day by the time the nodes decide it in.
+            Ok(b) if bucket == claims::CLAIMS_BUCKET => match b.status().await {
+                Ok(st) if st.max_age() < claims::MAX_AGE => Err((
+                    format!(
+                        "bucket {bucket} ({what}) keeps entries {} s, under the {} s launchguard needs",
+                        st.max_age().as_secs(),
+                        claims::MAX_AGE.as_secs()
+                    ),
+                    format!("delete the bucket (nats kv rm {bucket}); the first node makes it again at start"),
+                )),
+                Ok(st) => Ok(format!(
+                    "bucket {bucket} ({what}) is there, entries kept {} s",
+                    st.max_age().as_secs()
+                )),
+                Err(e) => Err((
+                    format!("bucket {bucket} ({what}) does not answer: {e}"),
+                    "check JetStream on the NATS server".into(),
+                )),
+            },
+            Ok(_) => Ok(format!("bucket {bucket} ({what}) is there")),
         };
-        out.push(("cluster: buckets", Ok(found)));
+        out.push(("cluster: buckets", found));
     }
     out
 }
