@@ -973,10 +973,77 @@ mod tests {
         assert_eq!(encode_batch(&b2).unwrap()[0], 4);
     }
 
+    /// A batch row and a day record of an older `version`, their tally written as
+    /// `tally` (that version's layout): both decode to `want`, and a store holding
+    /// them (the batch at window 1000, the day 2026-11-26) is returned to go on
+    /// counting into them.
+    fn older_rows<T: Serialize>(
+        version: u8,
+        tally: impl Fn() -> T,
+        want: Tally,
+    ) -> (tempfile::TempDir, History) {
+        let row = codec::encode(
+            "metrics batch",
+            version,
+            &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_batch(&row).unwrap(),
+            MetricsBatch {
+                window_start_ms: 1000,
+                window_ms: 5000,
+                tally: want.clone(),
+                peak_factor: 2.5,
+                velocity: 1.5,
+                earlier: Vec::new(),
+            }
+        );
+        let day = codec::encode(
+            "launch day",
+            version,
+            &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_day(&day).unwrap(),
+            DayTotals {
+                day: "2026-11-26".into(),
+                tally: want,
+                peak_factor: 2.5,
+                peak_rps: 3.0,
+                batches: 4,
+            }
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let h = History::open(&store).unwrap();
+        h.launches.insert("2026-11-26", day).unwrap();
+        h.metrics.insert(1000u64.to_be_bytes(), row).unwrap();
+        (dir, h)
+    }
+
+    /// The tally both older layouts below hold: 40 visits, 3 signups, 31 visitors.
+    fn older_want(grace_admitted: u64, grace_conversions: u64) -> Tally {
+        Tally {
+            visits: 40,
+            conversions: vec![("signup".into(), 3)],
+            requests: 90,
+            cache_hits: 50,
+            cache_misses: 5,
+            rejections: 2,
+            webhooks_accepted: 7,
+            unique_visitors: 31,
+            converting_visitors: 3,
+            grace_admitted,
+            grace_conversions,
+            elsewhere: Elsewhere::default(),
+        }
+    }
+
     #[test]
     fn version_2_rows_read_with_no_grace_counts_and_the_rest_whole() {
-        // A version 2 batch and day, encoded as builds before the funnel grace's
-        // counts were kept wrote them.
+        // Tallies as builds before the funnel grace's counts were kept wrote them.
         #[derive(Serialize)]
         struct T2 {
             visits: u64,
@@ -1000,61 +1067,9 @@ mod tests {
             unique_visitors: 31,
             converting_visitors: 3,
         };
-        let want = Tally {
-            visits: 40,
-            conversions: vec![("signup".into(), 3)],
-            requests: 90,
-            cache_hits: 50,
-            cache_misses: 5,
-            rejections: 2,
-            webhooks_accepted: 7,
-            unique_visitors: 31,
-            converting_visitors: 3,
-            grace_admitted: 0,
-            grace_conversions: 0,
-            elsewhere: Elsewhere::default(),
-        };
-        let row = codec::encode(
-            "metrics batch",
-            2,
-            &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
-        )
-        .unwrap();
-        assert_eq!(
-            decode_batch(&row).unwrap(),
-            MetricsBatch {
-                window_start_ms: 1000,
-                window_ms: 5000,
-                tally: want.clone(),
-                peak_factor: 2.5,
-                velocity: 1.5,
-                earlier: Vec::new(),
-            }
-        );
-        let day = codec::encode(
-            "launch day",
-            2,
-            &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),
-        )
-        .unwrap();
-        let d = decode_day(&day).unwrap();
-        assert_eq!(
-            d,
-            DayTotals {
-                day: "2026-11-26".into(),
-                tally: want.clone(),
-                peak_factor: 2.5,
-                peak_rps: 3.0,
-                batches: 4,
-            }
-        );
         // A store holding a version 2 day goes on counting into it: the old totals
         // and the new grace counts, written as this build's version.
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let h = History::open(&store).unwrap();
-        h.launches.insert("2026-11-26", day).unwrap();
-        h.metrics.insert(1000u64.to_be_bytes(), row).unwrap();
+        let (_dir, h) = older_rows(2, tally, older_want(0, 0));
         let mut b = batch(1000, 1, 0);
         b.tally.grace_admitted = 5;
         b.tally.grace_conversions = 1;
@@ -1077,8 +1092,7 @@ mod tests {
 
     #[test]
     fn version_3_rows_read_with_nothing_counted_elsewhere_and_the_rest_whole() {
-        // A version 3 batch and day, encoded as builds before the cluster's claims
-        // wrote them.
+        // Tallies as builds before the cluster's claims wrote them.
         #[derive(Serialize)]
         struct T3 {
             visits: u64,
@@ -1106,60 +1120,9 @@ mod tests {
             grace_admitted: 6,
             grace_conversions: 1,
         };
-        let want = Tally {
-            visits: 40,
-            conversions: vec![("signup".into(), 3)],
-            requests: 90,
-            cache_hits: 50,
-            cache_misses: 5,
-            rejections: 2,
-            webhooks_accepted: 7,
-            unique_visitors: 31,
-            converting_visitors: 3,
-            grace_admitted: 6,
-            grace_conversions: 1,
-            elsewhere: Elsewhere::default(),
-        };
-        let row = codec::encode(
-            "metrics batch",
-            3,
-            &(1000u64, 5000u64, tally(), 2.5f64, 1.5f64),
-        )
-        .unwrap();
-        assert_eq!(
-            decode_batch(&row).unwrap(),
-            MetricsBatch {
-                window_start_ms: 1000,
-                window_ms: 5000,
-                tally: want.clone(),
-                peak_factor: 2.5,
-                velocity: 1.5,
-                earlier: Vec::new(),
-            }
-        );
-        let day = codec::encode(
-            "launch day",
-            3,
-            &("2026-11-26", tally(), 2.5f64, 3.0f64, 4u64),
-        )
-        .unwrap();
-        assert_eq!(
-            decode_day(&day).unwrap(),
-            DayTotals {
-                day: "2026-11-26".into(),
-                tally: want,
-                peak_factor: 2.5,
-                peak_rps: 3.0,
-                batches: 4,
-            }
-        );
         // A store holding version 3 rows goes on counting into them, corrections
         // included, written as version 4.
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let h = History::open(&store).unwrap();
-        h.launches.insert("2026-11-26", day).unwrap();
-        h.metrics.insert(1000u64.to_be_bytes(), row).unwrap();
+        let (_dir, h) = older_rows(3, tally, older_want(6, 1));
         let mut b = batch(1000, 1, 0);
         b.tally.elsewhere.unique_visitors = 2;
         h.record(&b, "2026-11-26").unwrap();
