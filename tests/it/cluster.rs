@@ -767,7 +767,6 @@ async fn claims_kept_while_nats_is_down_are_made_when_it_is_back() {
     let a = node(dir.path(), "a", &nats, &clock).await;
     let b = node(dir.path(), "b", &nats, &clock).await;
     let cookie = visitor_cookie(&get(&a, "/launch/", &[]).await).expect("a new visitor");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     clock.advance_ms(86_400_000);
     flush_all(&[&a, &b], &clock);
     nats.stop();
